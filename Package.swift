@@ -1,0 +1,78 @@
+// swift-tools-version:6.1
+// clawpen: a process-per-tenant supervisor. Layout (see docs/architecture.md):
+//   C shims (CClawpenShim, CSQLite) <- ClawpenWire <- ClawpenProtocol <- ClawpenClient
+//   ClawpenStore, ClawpenPolicy, ClawpenSupervisor (NIO) <- clawpen
+//   ClawpenWorkerCore (no Foundation, no NIO: it is multiplied by the tenant count) <- clawpen-worker
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "clawpen",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "clawpen", targets: ["clawpen"]),
+        .executable(name: "clawpen-worker", targets: ["clawpen-worker"]),
+        .executable(name: "clawpen-bench", targets: ["clawpen-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Syscalls Swift's Glibc module cannot see (it is not built with _GNU_SOURCE) and the
+        // fork-to-exec path, which must be async-signal-safe C.
+        .target(name: "CClawpenShim", cSettings: [.define("_GNU_SOURCE")]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+
+        // Framing, tenant names and the supervisor<->worker binary codec. No Foundation.
+        .target(name: "ClawpenWire", swiftSettings: strict),
+        // Client<->supervisor JSON messages (FoundationEssentials only).
+        .target(name: "ClawpenProtocol", dependencies: ["ClawpenWire"], swiftSettings: strict),
+        // Blocking Unix-socket client used by the CLI and the bench.
+        .target(name: "ClawpenClient", dependencies: ["ClawpenProtocol", "CClawpenShim"], swiftSettings: strict),
+        .target(name: "ClawpenStore", dependencies: ["ClawpenProtocol", "CSQLite"], swiftSettings: strict),
+        .target(name: "ClawpenPolicy", swiftSettings: strict),
+        .target(
+            name: "ClawpenSupervisor",
+            dependencies: [
+                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "CClawpenShim",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "CClawpenShim"], swiftSettings: strict),
+
+        .executableTarget(
+            name: "clawpen",
+            dependencies: [
+                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        // Statically linked Swift runtime: saves 1.4-2.8 MiB RSS per worker (FINDINGS.md).
+        .executableTarget(
+            name: "clawpen-worker", dependencies: ["ClawpenWorkerCore"], swiftSettings: strict,
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+        .executableTarget(
+            name: "clawpen-bench",
+            dependencies: ["ClawpenClient", "CClawpenShim",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+
+        .testTarget(
+            name: "ClawpenUnitTests",
+            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "ClawpenIntegrationTests",
+            dependencies: ["ClawpenClient", "clawpen", "clawpen-worker"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "ClawpenHostileTests",
+            dependencies: ["ClawpenClient", "clawpen", "clawpen-worker"],
+            swiftSettings: strict),
+    ]
+)

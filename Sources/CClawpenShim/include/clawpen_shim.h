@@ -1,0 +1,116 @@
+// clawpen_shim.h — the C that Swift cannot (or must not) do itself.
+//
+// Why this target exists:
+//  1. Spawning. Between fork and exec only async-signal-safe calls are allowed: the supervisor is
+//     multithreaded (NIO), so another thread may hold the malloc lock at the moment of the fork.
+//     Swift code there (retain/release, allocation) could deadlock. cp_spawn() does the clone and
+//     every child step in C with raw syscalls, and reports the failing step and errno over an
+//     O_CLOEXEC pipe. All memory it uses (argv, envp, paths) is allocated by the caller beforehand.
+//  2. Swift's Glibc module is not built with _GNU_SOURCE: clone3, close_range, signalfd,
+//     SO_PEERCRED's struct ucred, pidfd and the W* status macros are invisible or not importable.
+#ifndef CLAWPEN_SHIM_H
+#define CLAWPEN_SHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/resource.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Steps of cp_spawn's child, reported with errno when one fails.
+enum cp_spawn_step {
+    CP_STEP_NONE = 0,
+    CP_STEP_CLONE = 1,
+    CP_STEP_SIGNALS = 2,
+    CP_STEP_PDEATHSIG = 3,
+    CP_STEP_SETSID = 4,
+    CP_STEP_DUP_FDS = 5,
+    CP_STEP_CLOSE_FDS = 6,
+    CP_STEP_CHDIR = 7,
+    CP_STEP_RLIMIT = 8,
+    CP_STEP_EXEC = 9,
+};
+
+/// Human-readable name of a step ("exec", "chdir", ...), for error messages.
+const char *cp_spawn_step_name(int step);
+
+#define CP_MAX_RLIMITS 8
+#define CP_MAX_FDS 8
+
+struct cp_rlimit {
+    int resource;
+    uint64_t soft;
+    uint64_t hard;
+};
+
+/// Everything the child needs, prepared by the parent before the clone.
+struct cp_spawn_request {
+    const char *path;          ///< absolute path of the executable
+    char *const *argv;         ///< NULL-terminated
+    char *const *envp;         ///< NULL-terminated
+    const char *cwd;           ///< NULL: inherit
+
+    /// fd_sources[i] becomes fd i in the child (i < fd_count); -1 opens /dev/null... no: -1 is not
+    /// allowed, the caller opens /dev/null itself. All other descriptors are closed at exec.
+    int fd_sources[CP_MAX_FDS];
+    int fd_count;
+
+    int new_session;           ///< setsid(): own session and process group (job kill by -pgid)
+    int parent_death_signal;   ///< 0: none; else PR_SET_PDEATHSIG
+    uint64_t clone_flags;      ///< namespace flags for clone3 (0 = plain fork semantics)
+    int cgroup_fd;             ///< -1: none; else CLONE_INTO_CGROUP target directory fd
+    mode_t umask_value;
+
+    struct cp_rlimit rlimits[CP_MAX_RLIMITS];
+    int rlimit_count;
+};
+
+/// Spawns the child. Returns its pid (> 0), or -1 with *failed_step and *failed_errno set to the
+/// step that failed (in the parent for CP_STEP_CLONE, in the child otherwise; the child has then
+/// already exited and been reaped).
+pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed_errno);
+
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+int cp_socketpair(int fds[2]);
+/// pipe2 with O_CLOEXEC (and O_NONBLOCK on the read end when nonblocking_read).
+int cp_pipe(int fds[2], int nonblocking_read);
+int cp_set_nonblocking(int fd, int on);
+int cp_set_cloexec(int fd, int on);
+
+/// Blocks SIGCHLD (and SIGPIPE is ignored) and returns a non-blocking signalfd for SIGCHLD.
+int cp_sigchld_fd(void);
+/// Drains a signalfd; returns the number of signals read.
+int cp_drain_signalfd(int fd);
+
+/// wait4 with the rusage split out. Returns pid, 0 (WNOHANG, none ready), or -1.
+pid_t cp_wait4(pid_t pid, int *status, int options, struct rusage *usage);
+int cp_wifexited(int status);
+int cp_wexitstatus(int status);
+int cp_wifsignaled(int status);
+int cp_wtermsig(int status);
+
+/// SO_PEERCRED of a connected Unix socket.
+int cp_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
+long cp_raise_nofile_limit(void);
+
+/// Sets the calling process's parent-death signal.
+int cp_set_pdeathsig(int sig);
+
+/// mkdirat + openat(O_DIRECTORY|O_NOFOLLOW) in one: never follows a symlink planted at name.
+/// Returns an fd of the directory (created when missing) or -1 with errno.
+int cp_mkdir_beneath(int dirfd, const char *name, mode_t mode);
+
+/// Connects a blocking Unix stream socket to path. Returns fd or -1 with errno.
+int cp_unix_connect(const char *path);
+
+/// 1 if path is a socket (lstat, no symlink following), 0 if not, -1 with errno on failure.
+int cp_is_socket(const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,148 @@
+/// The keys of a tier file, in file order, with their types and the ranges that make sense.
+enum LimitKey: String, CaseIterable, Sendable {
+    case maxConcurrentRuns = "max_concurrent_runs"
+    case jobsPerMinute = "jobs_per_minute"
+    case maxQueued = "max_queued"
+    case memoryMax = "memory_max"
+    case pidsMax = "pids_max"
+    case cpuMax = "cpu_max"
+    case cpuWeight = "cpu_weight"
+    case timeoutDefault = "timeout_default_s"
+    case timeoutMax = "timeout_max_s"
+    case outputMaxBytes = "output_max_bytes"
+    case network = "network"
+    case seccompProfile = "seccomp_profile"
+    case tmpSize = "tmp_size"
+
+    static let networkModes = ["none", "loopback"]
+    /// The longest timeout a policy may allow: one day.
+    static let maxTimeoutSeconds: Double = 86_400
+
+    /// Checks `value` and stores it in the matching property of `target`.
+    func decode(_ value: TOMLValue, file: String, line: Int, into target: inout TenantOverride) throws(PolicyError) {
+        let c = Context(key: rawValue, file: file, line: line, value: value)
+        switch self {
+        case .maxConcurrentRuns:
+            target.maxConcurrentRuns = try c.integer(
+                1...4096, note: "jobs of one tenant that may run at the same time")
+        case .jobsPerMinute:
+            target.jobsPerMinute = try c.integer(1...100_000_000, note: "jobs one tenant may submit per minute")
+        case .maxQueued:
+            target.maxQueued = try c.integer(1...10_000_000, note: "jobs of one tenant that may wait in the queue")
+        case .memoryMax:
+            target.memoryMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64.max)
+        case .pidsMax:
+            target.pidsMax = try c.integer(1...4_194_304, note: "processes and threads of one tenant")
+        case .cpuMax:
+            target.cpuMaxCores = try c.number(
+                above: 0, minimum: 0.01, maximum: 4096, unit: "cores",
+                note: "CPU cores, e.g. 0.5 for half a core; cgroup cpu.max needs at least 0.01")
+        case .cpuWeight:
+            target.cpuWeight = try c.integer(1...10_000, note: "cgroup cpu.weight accepts 1 to 10000")
+        case .timeoutDefault:
+            target.timeoutDefaultSeconds = try c.number(
+                above: 0, minimum: nil, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds")
+        case .timeoutMax:
+            target.timeoutMaxSeconds = try c.number(
+                above: 0, minimum: nil, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds; at most one day")
+        case .outputMaxBytes:
+            target.outputMaxBytes = Int(try c.size(minimum: 1, maximum: 64 * ByteSize.mebibyte))
+        case .network:
+            let s = try c.string()
+            guard Self.networkModes.contains(s) else {
+                throw c.invalid(
+                    "\(quoted(s)) is not a network mode (use \"none\": own network namespace, no interface up; or \"loopback\": only lo, up)")
+            }
+            target.network = s
+        case .seccompProfile:
+            let s = try c.string()
+            guard PolicyLoader.isValidTenantName(s) else {
+                throw c.invalid(
+                    "\(quoted(s)) is not a profile name (the name of seccomp/<name>.toml: lowercase letters, digits, '_' and '-', e.g. \"default\")")
+            }
+            target.seccompProfile = s
+        case .tmpSize:
+            target.tmpSizeBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64.max)
+        }
+    }
+}
+
+/// One key's value being checked, with what error messages need.
+private struct Context {
+    let key: String
+    let file: String
+    let line: Int
+    let value: TOMLValue
+
+    func invalid(_ reason: String) -> PolicyError {
+        .invalidValue(file: file, line: line, key: key, reason: reason)
+    }
+
+    func wrongType(_ expected: String) -> PolicyError {
+        .wrongType(file: file, line: line, key: key, expected: expected, found: value.shortDescription)
+    }
+
+    func integer(_ range: ClosedRange<Int>, note: String) throws(PolicyError) -> Int {
+        guard case .integer(let raw) = value else {
+            if case .string(let s) = value, Int(s) != nil {
+                throw wrongType("an integer (write \(s) without quotes)")
+            }
+            throw wrongType("an integer")
+        }
+        guard let v = Int(exactly: raw), range.contains(v) else {
+            throw invalid("must be between \(range.lowerBound) and \(range.upperBound) (\(note)), not \(raw)")
+        }
+        return v
+    }
+
+    /// A float or an integer; `above` is an exclusive lower bound, `minimum` an inclusive one.
+    func number(above: Double, minimum: Double?, maximum: Double, unit: String, note: String) throws(PolicyError)
+        -> Double
+    {
+        guard let d = value.numberValue else {
+            throw wrongType("a number (\(note))")
+        }
+        guard d.isFinite else { throw invalid("must be a finite number (\(note)), not \(d)") }
+        guard d > above else {
+            throw invalid("must be greater than \(formatNumber(above)) \(unit) (\(note)), not \(formatNumber(d))")
+        }
+        if let minimum, d < minimum {
+            throw invalid("must be at least \(formatNumber(minimum)) \(unit) (\(note)), not \(formatNumber(d))")
+        }
+        guard d <= maximum else {
+            throw invalid("must be at most \(formatNumber(maximum)) \(unit) (\(note)), not \(formatNumber(d))")
+        }
+        return d
+    }
+
+    /// Bytes as an integer, or a size string ("256M").
+    func size(minimum: Int64, maximum: Int64) throws(PolicyError) -> Int64 {
+        let bytes: Int64
+        let shown: String
+        switch value {
+        case .integer(let i):
+            bytes = i
+            shown = "\(i)"
+        case .string(let s):
+            guard let b = ByteSize.parse(s) else {
+                throw invalid("\(quoted(s)) is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\")")
+            }
+            bytes = b
+            shown = quoted(s)
+        default:
+            throw wrongType("a size (bytes as an integer, or a string such as \"256M\")")
+        }
+        guard bytes >= minimum else {
+            throw invalid("\(shown) is too small: the minimum is \(ByteSize.format(minimum))")
+        }
+        guard bytes <= maximum else {
+            throw invalid("\(shown) is too large: the maximum is \(ByteSize.format(maximum))")
+        }
+        return bytes
+    }
+
+    func string() throws(PolicyError) -> String {
+        guard case .string(let s) = value else { throw wrongType("a string") }
+        return s
+    }
+}

@@ -1,0 +1,62 @@
+/// The machine-readable error codes of the contract (DESIGN.md), with the exit status `clawpen`
+/// uses for each.
+public enum ErrorCode: String, Sendable, CaseIterable {
+    case invalidRequest = "invalid_request"
+    case invalidTenant = "invalid_tenant"
+    case unknownTenant = "unknown_tenant"
+    case frameTooLarge = "frame_too_large"
+    case quotaExceeded = "quota_exceeded"
+    case policyDenied = "policy_denied"
+    case permissionDenied = "permission_denied"
+    case timedOut = "timed_out"
+    case oomKilled = "oom_killed"
+    case workerCrashed = "worker_crashed"
+    case unavailable = "unavailable"
+    case `internal` = "internal"
+
+    public var exitCode: Int32 {
+        switch self {
+        case .invalidRequest, .invalidTenant, .unknownTenant, .frameTooLarge: return 64
+        case .quotaExceeded: return 75
+        case .policyDenied, .permissionDenied: return 77
+        case .timedOut: return 124
+        case .oomKilled: return 137
+        case .unavailable: return 69
+        case .workerCrashed, .internal: return 70
+        }
+    }
+}
+
+/// A refusal or failure as it travels on the wire: `{"code": ..., "message": ...}` plus details
+/// (the rule, limit, current value, retry_after_ms of a quota).
+public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var code: ErrorCode
+    public var message: String
+    public var details: [String: String]
+
+    public init(_ code: ErrorCode, _ message: String, details: [String: String] = [:]) {
+        self.code = code; self.message = message; self.details = details
+    }
+
+    public var description: String { "\(code.rawValue): \(message)" }
+
+    public var json: JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("code", .string(code.rawValue))
+        o.set("message", .string(message))
+        for (k, v) in details.sorted(by: { $0.key < $1.key }) { o.set(k, .string(v)) }
+        return o.value
+    }
+
+    public init?(json: JSONValue) {
+        guard let c = json["code"]?.stringValue else { return nil }
+        let code = ErrorCode(rawValue: c) ?? .internal
+        var details: [String: String] = [:]
+        if case .object(let pairs) = json {
+            for (k, v) in pairs where k != "code" && k != "message" {
+                details[k] = v.stringValue ?? v.text
+            }
+        }
+        self.init(code, json["message"]?.stringValue ?? c, details: details)
+    }
+}

@@ -1,0 +1,222 @@
+import FoundationEssentials
+
+/// Every request a client can send (docs/protocol.md), parsed and checked for shape. Semantic
+/// checks (tenant name rules, quotas) happen in the supervisor.
+public enum Request: Sendable, Equatable {
+    case ping
+    case submit(SubmitRequest)
+    case jobGet(jobID: String)
+    case jobWait(jobID: String)
+    case jobCancel(jobID: String)
+    case tenantCreate(name: String, tier: String)
+    case tenantList
+    case tenantShow(name: String)
+    case status(tenant: String?)
+
+    public var typeName: String {
+        switch self {
+        case .ping: return "ping"
+        case .submit: return "submit"
+        case .jobGet: return "job.get"
+        case .jobWait: return "job.wait"
+        case .jobCancel: return "job.cancel"
+        case .tenantCreate: return "tenant.create"
+        case .tenantList: return "tenant.list"
+        case .tenantShow: return "tenant.show"
+        case .status: return "status"
+        }
+    }
+}
+
+public struct SubmitRequest: Sendable, Equatable {
+    public var tenant: String
+    public var argv: [String]
+    public var env: [EnvVar]
+    public var cwd: String?
+    public var stdin: [UInt8]
+    public var timeoutSeconds: Double?
+    public var idempotencyKey: String?
+    public var wait: Bool
+
+    public struct EnvVar: Sendable, Equatable {
+        public var name: String
+        public var value: String
+        public init(name: String, value: String) { self.name = name; self.value = value }
+    }
+
+    public init(tenant: String, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
+                timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false) {
+        self.tenant = tenant; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
+        self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.wait = wait
+    }
+
+    public static let maxArguments = 4096
+    public static let maxEnvironment = 1024
+    public static let maxIdempotencyKeyBytes = 256
+}
+
+/// Encoding (clients) and decoding (supervisor) of request frames.
+public enum RequestCodec {
+    /// Parses one request payload. The id is returned even when the request is refused, so the
+    /// refusal can echo it.
+    public static func decode(_ payload: [UInt8]) -> (id: JSONValue, request: Result<Request, ProtocolError>) {
+        let value: JSONValue
+        do { value = try JSONValue.parse(payload) } catch {
+            return (.null, .failure(ProtocolError(.invalidRequest, "the frame is not valid JSON (\(payload.count) bytes); each frame must hold one UTF-8 JSON object")))
+        }
+        guard case .object = value else {
+            return (.null, .failure(ProtocolError(.invalidRequest, "the frame must hold a JSON object with a \"type\"")))
+        }
+        var id = value["id"] ?? .null
+        switch id { case .string, .int, .double, .null: break; default: id = .null }
+        do { return (id, .success(try request(from: value))) } catch let e as ProtocolError {
+            return (id, .failure(e))
+        } catch {
+            return (id, .failure(ProtocolError(.invalidRequest, "\(error)")))
+        }
+    }
+
+    static func request(from v: JSONValue) throws -> Request {
+        guard let type = v["type"]?.stringValue else {
+            throw ProtocolError(.invalidRequest, "missing string field \"type\"")
+        }
+        let f = Fields(object: v, type: type)
+        switch type {
+        case "ping": return .ping
+        case "submit": return .submit(try submit(f))
+        case "job.get": return .jobGet(jobID: try f.string("job_id"))
+        case "job.wait": return .jobWait(jobID: try f.string("job_id"))
+        case "job.cancel": return .jobCancel(jobID: try f.string("job_id"))
+        case "tenant.create": return .tenantCreate(name: try f.string("name"), tier: try f.optionalString("tier") ?? "free")
+        case "tenant.list": return .tenantList
+        case "tenant.show": return .tenantShow(name: try f.string("name"))
+        case "status": return .status(tenant: try f.optionalString("tenant"))
+        default:
+            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, status)")
+        }
+    }
+
+    static func submit(_ f: Fields) throws -> SubmitRequest {
+        let tenant = try f.string("tenant")
+        guard let rawArgv = f.object["argv"]?.arrayValue, !rawArgv.isEmpty else {
+            throw ProtocolError(.invalidRequest, "submit: \"argv\" must be a non-empty array of strings")
+        }
+        guard rawArgv.count <= SubmitRequest.maxArguments else {
+            throw ProtocolError(.invalidRequest, "submit: \"argv\" has \(rawArgv.count) elements, the limit is \(SubmitRequest.maxArguments)")
+        }
+        var argv: [String] = []
+        for a in rawArgv {
+            guard let s = a.stringValue, !s.utf8.contains(0) else {
+                throw ProtocolError(.invalidRequest, "submit: every element of \"argv\" must be a string without NUL bytes")
+            }
+            argv.append(s)
+        }
+        guard !argv[0].isEmpty else { throw ProtocolError(.invalidRequest, "submit: argv[0] is empty") }
+        var env: [SubmitRequest.EnvVar] = []
+        if let e = f.object["env"], !e.isNull {
+            guard case .object(let pairs) = e else {
+                throw ProtocolError(.invalidRequest, "submit: \"env\" must be an object of string values")
+            }
+            guard pairs.count <= SubmitRequest.maxEnvironment else {
+                throw ProtocolError(.invalidRequest, "submit: \"env\" has \(pairs.count) entries, the limit is \(SubmitRequest.maxEnvironment)")
+            }
+            for (k, v) in pairs.sorted(by: { $0.0 < $1.0 }) {
+                guard !k.isEmpty, !k.contains("="), !k.utf8.contains(0) else {
+                    throw ProtocolError(.invalidRequest, "submit: environment variable name \"\(k)\" is empty or contains '=' or NUL")
+                }
+                guard let s = v.stringValue, !s.utf8.contains(0) else {
+                    throw ProtocolError(.invalidRequest, "submit: the value of environment variable \(k) must be a string without NUL bytes")
+                }
+                env.append(.init(name: k, value: s))
+            }
+        }
+        let cwd = try f.optionalString("cwd")
+        if let cwd, !cwd.hasPrefix("/") || cwd.utf8.contains(0) {
+            throw ProtocolError(.invalidRequest, "submit: \"cwd\" must be an absolute path as the job sees it (for example /home/work), got \"\(cwd)\"")
+        }
+        var stdin: [UInt8] = []
+        let text = try f.optionalString("stdin"), b64 = try f.optionalString("stdin_b64")
+        if text != nil && b64 != nil {
+            throw ProtocolError(.invalidRequest, "submit: give \"stdin\" or \"stdin_b64\", not both")
+        }
+        if let text { stdin = Array(text.utf8) }
+        if let b64 {
+            guard let data = Data(base64Encoded: b64) else {
+                throw ProtocolError(.invalidRequest, "submit: \"stdin_b64\" is not valid base64")
+            }
+            stdin = Array(data)
+        }
+        var timeout: Double?
+        if let t = f.object["timeout_s"], !t.isNull {
+            guard let d = t.doubleValue, d.isFinite, d > 0 else {
+                throw ProtocolError(.invalidRequest, "submit: \"timeout_s\" must be a positive number of seconds")
+            }
+            timeout = d
+        }
+        let key = try f.optionalString("idempotency_key")
+        if let key, key.isEmpty || key.utf8.count > SubmitRequest.maxIdempotencyKeyBytes {
+            throw ProtocolError(.invalidRequest, "submit: \"idempotency_key\" must be 1 to \(SubmitRequest.maxIdempotencyKeyBytes) bytes")
+        }
+        var wait = false
+        if let w = f.object["wait"], !w.isNull {
+            guard let b = w.boolValue else { throw ProtocolError(.invalidRequest, "submit: \"wait\" must be true or false") }
+            wait = b
+        }
+        return SubmitRequest(tenant: tenant, argv: argv, env: env, cwd: cwd, stdin: stdin,
+                             timeoutSeconds: timeout, idempotencyKey: key, wait: wait)
+    }
+
+    struct Fields {
+        let object: JSONValue
+        let type: String
+        func string(_ key: String) throws -> String {
+            guard let s = object[key]?.stringValue else {
+                throw ProtocolError(.invalidRequest, "\(type): missing string field \"\(key)\"")
+            }
+            return s
+        }
+        func optionalString(_ key: String) throws -> String? {
+            guard let v = object[key], !v.isNull else { return nil }
+            guard let s = v.stringValue else { throw ProtocolError(.invalidRequest, "\(type): field \"\(key)\" must be a string") }
+            return s
+        }
+    }
+
+    /// The frame payload a client sends.
+    public static func encode(_ request: Request, id: JSONValue) -> [UInt8] {
+        var o = JSONObjectBuilder()
+        o.set("type", .string(request.typeName))
+        o.set("id", id)
+        switch request {
+        case .ping, .tenantList: break
+        case .submit(let s):
+            o.set("tenant", .string(s.tenant))
+            o.set("argv", .array(s.argv.map(JSONValue.string)))
+            if !s.env.isEmpty { o.set("env", .object(s.env.map { ($0.name, .string($0.value)) })) }
+            if let cwd = s.cwd { o.set("cwd", .string(cwd)) }
+            if !s.stdin.isEmpty {
+                if let text = String(validating: s.stdin, as: UTF8.self) { o.set("stdin", .string(text)) }
+                else { o.set("stdin_b64", .string(Data(s.stdin).base64EncodedString())) }
+            }
+            if let t = s.timeoutSeconds { o.set("timeout_s", .double(t)) }
+            if let k = s.idempotencyKey { o.set("idempotency_key", .string(k)) }
+            o.set("wait", s.wait)
+        case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
+        case .tenantCreate(let name, let tier): o.set("name", .string(name)); o.set("tier", .string(tier))
+        case .tenantShow(let name): o.set("name", .string(name))
+        case .status(let tenant): if let tenant { o.set("tenant", .string(tenant)) }
+        }
+        return o.value.serialized()
+    }
+}
+
+/// A reply frame: `{"type": ..., "id": ..., ...}`.
+public enum Reply {
+    public static func make(_ type: String, id: JSONValue, _ fields: [(String, JSONValue)]) -> [UInt8] {
+        JSONValue.object([("type", .string(type)), ("id", id)] + fields).serialized()
+    }
+
+    public static func error(_ e: ProtocolError, id: JSONValue) -> [UInt8] {
+        make("error", id: id, [("error", e.json)])
+    }
+}

@@ -1,0 +1,129 @@
+/// Job states (DESIGN.md contract).
+public enum JobState: String, Sendable, CaseIterable {
+    case queued, running, succeeded, failed
+    case timedOut = "timed_out"
+    case oomKilled = "oom_killed"
+    case killed, canceled, rejected
+
+    public var isFinal: Bool { self != .queued && self != .running }
+}
+
+/// A job as clients see it (`submit --json`, `job get --json`; DESIGN.md lists the contract fields).
+public struct JobView: Sendable, Equatable {
+    public var id: String
+    public var tenant: String
+    public var state: JobState
+    public var exitCode: Int32?
+    public var signal: Int32?
+    public var stdout: String
+    public var stderr: String
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+    public var queuedMs: Double?
+    public var runMs: Double?
+    public var cpuMs: Double?
+    public var maxRSSKiB: Int64?
+    public var attempt: Int
+    public var error: ProtocolError?
+    public var argv: [String]
+    public var cwd: String
+    public var timeoutSeconds: Double
+    public var idempotencyKey: String?
+    public var createdAt: Double
+    public var startedAt: Double?
+    public var finishedAt: Double?
+
+    public init(id: String, tenant: String, state: JobState, exitCode: Int32? = nil, signal: Int32? = nil,
+                stdout: String = "", stderr: String = "", stdoutTruncated: Bool = false, stderrTruncated: Bool = false,
+                queuedMs: Double? = nil, runMs: Double? = nil, cpuMs: Double? = nil, maxRSSKiB: Int64? = nil,
+                attempt: Int = 1, error: ProtocolError? = nil, argv: [String], cwd: String, timeoutSeconds: Double,
+                idempotencyKey: String? = nil, createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil) {
+        self.id = id; self.tenant = tenant; self.state = state; self.exitCode = exitCode; self.signal = signal
+        self.stdout = stdout; self.stderr = stderr; self.stdoutTruncated = stdoutTruncated
+        self.stderrTruncated = stderrTruncated; self.queuedMs = queuedMs; self.runMs = runMs; self.cpuMs = cpuMs
+        self.maxRSSKiB = maxRSSKiB; self.attempt = attempt; self.error = error; self.argv = argv; self.cwd = cwd
+        self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.createdAt = createdAt
+        self.startedAt = startedAt; self.finishedAt = finishedAt
+    }
+
+    public var json: JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("id", .string(id)); o.set("tenant", .string(tenant)); o.set("state", .string(state.rawValue))
+        o.set("exit_code", exitCode.map { Int($0) }); o.set("signal", signal.map { Int($0) })
+        o.set("stdout", .string(stdout)); o.set("stderr", .string(stderr))
+        o.set("stdout_truncated", stdoutTruncated); o.set("stderr_truncated", stderrTruncated)
+        o.set("queued_ms", queuedMs.map(Self.round3)); o.set("run_ms", runMs.map(Self.round3))
+        o.set("cpu_ms", cpuMs.map(Self.round3)); o.set("max_rss_kb", maxRSSKiB)
+        o.set("attempt", attempt); o.set("error", error?.json ?? .null)
+        o.set("argv", .array(argv.map(JSONValue.string))); o.set("cwd", .string(cwd))
+        o.set("timeout_s", .double(timeoutSeconds)); o.set("idempotency_key", idempotencyKey)
+        o.set("created_at", createdAt); o.set("started_at", startedAt); o.set("finished_at", finishedAt)
+        return o.value
+    }
+
+    static func round3(_ d: Double) -> Double { (d * 1000).rounded() / 1000 }
+
+    public init?(json v: JSONValue) {
+        guard let id = v["id"]?.stringValue, let tenant = v["tenant"]?.stringValue,
+              let state = v["state"]?.stringValue.flatMap(JobState.init(rawValue:)) else { return nil }
+        self.init(
+            id: id, tenant: tenant, state: state,
+            exitCode: v["exit_code"]?.intValue.map { Int32(truncatingIfNeeded: $0) },
+            signal: v["signal"]?.intValue.map { Int32(truncatingIfNeeded: $0) },
+            stdout: v["stdout"]?.stringValue ?? "", stderr: v["stderr"]?.stringValue ?? "",
+            stdoutTruncated: v["stdout_truncated"]?.boolValue ?? false,
+            stderrTruncated: v["stderr_truncated"]?.boolValue ?? false,
+            queuedMs: v["queued_ms"]?.doubleValue, runMs: v["run_ms"]?.doubleValue, cpuMs: v["cpu_ms"]?.doubleValue,
+            maxRSSKiB: v["max_rss_kb"]?.intValue, attempt: Int(v["attempt"]?.intValue ?? 1),
+            error: v["error"].flatMap(ProtocolError.init(json:)),
+            argv: v["argv"]?.arrayValue?.compactMap(\.stringValue) ?? [], cwd: v["cwd"]?.stringValue ?? "/home",
+            timeoutSeconds: v["timeout_s"]?.doubleValue ?? 0, idempotencyKey: v["idempotency_key"]?.stringValue,
+            createdAt: v["created_at"]?.doubleValue ?? 0, startedAt: v["started_at"]?.doubleValue,
+            finishedAt: v["finished_at"]?.doubleValue)
+    }
+
+    /// The exit status `clawpen submit` / `job wait` use for this job (DESIGN.md exit table).
+    public var cliExitStatus: Int32 {
+        switch state {
+        case .succeeded: return 0
+        case .failed:
+            if let code = exitCode { return code }
+            return error?.code.exitCode ?? 70
+        case .timedOut: return 124
+        case .oomKilled: return 137
+        case .killed, .canceled: return 128 + (signal ?? 9)
+        case .rejected: return error?.code.exitCode ?? 70
+        case .queued, .running: return 0
+        }
+    }
+}
+
+/// A tenant as clients see it.
+public struct TenantView: Sendable, Equatable {
+    public var name: String
+    public var tier: String
+    public var uid: Int
+    public var workspace: String
+    public var createdAt: Double
+
+    public init(name: String, tier: String, uid: Int, workspace: String, createdAt: Double) {
+        self.name = name; self.tier = tier; self.uid = uid; self.workspace = workspace; self.createdAt = createdAt
+    }
+
+    public var json: JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("tenant", .string(name)); o.set("tier", .string(tier)); o.set("uid", uid)
+        o.set("workspace", .string(workspace)); o.set("created_at", createdAt)
+        return o.value
+    }
+
+    public init?(json v: JSONValue) {
+        guard let name = v["tenant"]?.stringValue, let tier = v["tier"]?.stringValue else { return nil }
+        self.init(name: name, tier: tier, uid: Int(v["uid"]?.intValue ?? -1),
+                  workspace: v["workspace"]?.stringValue ?? "", createdAt: v["created_at"]?.doubleValue ?? 0)
+    }
+}
+
+public enum ClawpenVersion {
+    public static let string = "0.1.0"
+}

@@ -1,0 +1,69 @@
+import ClawpenProtocol
+
+public struct TenantRecord: Sendable, Equatable {
+    public var name: String
+    public var tier: String
+    public var uid: Int
+    public var createdAt: Double
+}
+
+/// A job as stored: the request, its state and, once finished, its result.
+public struct JobRecord: Sendable, Equatable {
+    public var id: String
+    public var tenant: String
+    public var state: JobState
+    public var argv: [String]
+    public var env: [SubmitRequest.EnvVar]
+    public var cwd: String
+    public var stdin: [UInt8]
+    public var timeoutSeconds: Double
+    public var outputCap: Int
+    public var idempotencyKey: String?
+    public var attempt: Int
+    public var createdAt: Double
+    public var startedAt: Double?
+    public var finishedAt: Double?
+    public var result: JobResult?
+
+    public init(id: String, tenant: String, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
+                stdin: [UInt8], timeoutSeconds: Double, outputCap: Int, idempotencyKey: String?, attempt: Int,
+                createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil, result: JobResult? = nil) {
+        self.id = id; self.tenant = tenant; self.state = state; self.argv = argv; self.env = env; self.cwd = cwd
+        self.stdin = stdin; self.timeoutSeconds = timeoutSeconds; self.outputCap = outputCap
+        self.idempotencyKey = idempotencyKey; self.attempt = attempt; self.createdAt = createdAt
+        self.startedAt = startedAt; self.finishedAt = finishedAt; self.result = result
+    }
+
+    /// The client's view. Output bytes that are not UTF-8 become U+FFFD.
+    public var view: JobView {
+        let r = result
+        return JobView(
+            id: id, tenant: tenant, state: state, exitCode: r?.exitCode, signal: r?.signal,
+            stdout: String(decoding: r?.stdout ?? [], as: UTF8.self), stderr: String(decoding: r?.stderr ?? [], as: UTF8.self),
+            stdoutTruncated: r?.stdoutTruncated ?? false, stderrTruncated: r?.stderrTruncated ?? false,
+            queuedMs: startedAt.map { ($0 - createdAt) * 1000 }, runMs: r?.runMs, cpuMs: r?.cpuMs, maxRSSKiB: r?.maxRSSKiB,
+            attempt: attempt, error: r?.error, argv: argv, cwd: cwd, timeoutSeconds: timeoutSeconds,
+            idempotencyKey: idempotencyKey, createdAt: createdAt, startedAt: startedAt, finishedAt: finishedAt)
+    }
+}
+
+public struct JobResult: Sendable, Equatable {
+    public var exitCode: Int32?
+    public var signal: Int32?
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+    public var runMs: Double?
+    public var cpuMs: Double?
+    public var maxRSSKiB: Int64?
+    public var error: ProtocolError?
+
+    public init(exitCode: Int32? = nil, signal: Int32? = nil, stdout: [UInt8] = [], stderr: [UInt8] = [],
+                stdoutTruncated: Bool = false, stderrTruncated: Bool = false, runMs: Double? = nil,
+                cpuMs: Double? = nil, maxRSSKiB: Int64? = nil, error: ProtocolError? = nil) {
+        self.exitCode = exitCode; self.signal = signal; self.stdout = stdout; self.stderr = stderr
+        self.stdoutTruncated = stdoutTruncated; self.stderrTruncated = stderrTruncated; self.runMs = runMs
+        self.cpuMs = cpuMs; self.maxRSSKiB = maxRSSKiB; self.error = error
+    }
+}

@@ -1,0 +1,154 @@
+import CSQLite
+import Glibc
+
+/// Failures of the store, each naming the database and what SQLite said.
+public enum StoreError: Error, CustomStringConvertible, Sendable {
+    case open(path: String, message: String)
+    case sql(path: String, statement: String, message: String)
+    case constraint(message: String)
+    case corrupt(String)
+
+    public var description: String {
+        switch self {
+        case .open(let path, let m): return "cannot open the state database \(path): \(m) (check that the state dir exists and is writable)"
+        case .sql(let path, let s, let m): return "state database \(path): \(m) (in: \(s.prefix(80)))"
+        case .constraint(let m): return "state database constraint: \(m)"
+        case .corrupt(let m): return "state database holds unexpected data: \(m)"
+        }
+    }
+}
+
+/// A single SQLite connection with a statement cache. Not thread-safe: the supervisor uses it
+/// from its one event-loop thread only.
+final class SQLiteConnection {
+    private var handle: OpaquePointer?
+    private var cache: [String: OpaquePointer] = [:]
+    let path: String
+
+    init(path: String) throws(StoreError) {
+        self.path = path
+        var db: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "error \(rc)"
+            sqlite3_close(db)
+            throw .open(path: path, message: message)
+        }
+        handle = db
+        sqlite3_busy_timeout(db, 5000)
+        sqlite3_extended_result_codes(db, 1)
+    }
+
+    deinit {
+        for stmt in cache.values { sqlite3_finalize(stmt) }
+        sqlite3_close_v2(handle)
+    }
+
+    private func message() -> String { String(cString: sqlite3_errmsg(handle)) }
+
+    func exec(_ sql: String) throws(StoreError) {
+        var err: UnsafeMutablePointer<CChar>?
+        if sqlite3_exec(handle, sql, nil, nil, &err) != SQLITE_OK {
+            let m = err.map { String(cString: $0) } ?? message()
+            sqlite3_free(err)
+            throw .sql(path: path, statement: sql, message: m)
+        }
+    }
+
+    /// Runs `body` with a prepared (cached) statement, reset afterwards.
+    func with<T>(_ sql: String, _ bind: [SQLValue], _ body: (Statement) throws(StoreError) -> T) throws(StoreError) -> T {
+        let stmt: OpaquePointer
+        if let cached = cache[sql] {
+            stmt = cached
+        } else {
+            var s: OpaquePointer?
+            guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil) == SQLITE_OK, let s else {
+                throw .sql(path: path, statement: sql, message: message())
+            }
+            cache[sql] = s
+            stmt = s
+        }
+        defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+        for (i, v) in bind.enumerated() {
+            let idx = Int32(i + 1)
+            let rc: Int32
+            switch v {
+            case .null: rc = sqlite3_bind_null(stmt, idx)
+            case .int(let x): rc = sqlite3_bind_int64(stmt, idx, x)
+            case .double(let x): rc = sqlite3_bind_double(stmt, idx, x)
+            case .text(let x): rc = sqlite3_bind_text(stmt, idx, x, -1, clawpen_sqlite_transient())
+            case .blob(let x):
+                rc = x.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count), clawpen_sqlite_transient()) }
+            }
+            guard rc == SQLITE_OK else { throw .sql(path: path, statement: sql, message: message()) }
+        }
+        return try body(Statement(stmt: stmt, connection: self, sql: sql))
+    }
+
+    /// Executes a statement that returns no rows; returns the number of changed rows.
+    @discardableResult
+    func run(_ sql: String, _ bind: [SQLValue] = []) throws(StoreError) -> Int {
+        try with(sql, bind) { (s: Statement) throws(StoreError) -> Int in
+            try s.stepDone()
+            return Int(sqlite3_changes(self.handle))
+        }
+    }
+
+    func rows<T>(_ sql: String, _ bind: [SQLValue] = [], _ map: (Row) throws(StoreError) -> T) throws(StoreError) -> [T] {
+        try with(sql, bind) { (s: Statement) throws(StoreError) -> [T] in
+            var out: [T] = []
+            while try s.step() { out.append(try map(Row(stmt: s.stmt))) }
+            return out
+        }
+    }
+
+    struct Statement {
+        let stmt: OpaquePointer
+        let connection: SQLiteConnection
+        let sql: String
+
+        /// true: a row is ready; false: done.
+        func step() throws(StoreError) -> Bool {
+            switch sqlite3_step(stmt) {
+            case SQLITE_ROW: return true
+            case SQLITE_DONE: return false
+            case let rc where rc & 0xFF == SQLITE_CONSTRAINT:
+                throw .constraint(message: connection.message())
+            default: throw .sql(path: connection.path, statement: sql, message: connection.message())
+            }
+        }
+        func stepDone() throws(StoreError) { _ = try step() }
+    }
+
+    struct Row {
+        let stmt: OpaquePointer
+        func isNull(_ i: Int32) -> Bool { sqlite3_column_type(stmt, i) == SQLITE_NULL }
+        func int(_ i: Int32) -> Int64 { sqlite3_column_int64(stmt, i) }
+        func optionalInt(_ i: Int32) -> Int64? { isNull(i) ? nil : int(i) }
+        func double(_ i: Int32) -> Double { sqlite3_column_double(stmt, i) }
+        func optionalDouble(_ i: Int32) -> Double? { isNull(i) ? nil : double(i) }
+        func text(_ i: Int32) -> String {
+            guard let p = sqlite3_column_text(stmt, i) else { return "" }
+            return String(cString: p)
+        }
+        func optionalText(_ i: Int32) -> String? { isNull(i) ? nil : text(i) }
+        func blob(_ i: Int32) -> [UInt8] {
+            let n = Int(sqlite3_column_bytes(stmt, i))
+            guard n > 0, let p = sqlite3_column_blob(stmt, i) else { return [] }
+            return Array(UnsafeRawBufferPointer(start: p, count: n))
+        }
+    }
+}
+
+enum SQLValue {
+    case null
+    case int(Int64)
+    case double(Double)
+    case text(String)
+    case blob([UInt8])
+
+    static func optional(_ v: String?) -> SQLValue { v.map(SQLValue.text) ?? .null }
+    static func optional(_ v: Double?) -> SQLValue { v.map(SQLValue.double) ?? .null }
+    static func optional(_ v: Int64?) -> SQLValue { v.map(SQLValue.int) ?? .null }
+}

@@ -1,0 +1,262 @@
+import ClawpenProtocol
+import Glibc
+
+/// Durable state: tenants, jobs, audit events, in one SQLite database (WAL) in the state dir.
+///
+/// The interface is narrow on purpose (a handful of verbs on records) so that a PostgreSQL store
+/// can take its place later. Durability: an accepted job is committed with `synchronous=FULL`
+/// (fsync of the WAL) before the caller hears of it, when `fsyncAccepts` is on; later state
+/// changes use `NORMAL` (they survive a daemon crash; after a power loss a finished job may be
+/// found `running` and run again, which at-least-once allows).
+/// Not thread-safe: one owner (the supervisor's event loop) uses it; `@unchecked Sendable` lets
+/// that owner hand it to closures it schedules on the same loop.
+public final class Store: @unchecked Sendable {
+    private let db: SQLiteConnection
+    public let path: String
+    public let fsyncAccepts: Bool
+    private var synchronousFull = false
+
+    public static let schemaVersion = 1
+
+    public init(path: String, fsyncAccepts: Bool = true) throws(StoreError) {
+        self.path = path
+        self.fsyncAccepts = fsyncAccepts
+        db = try SQLiteConnection(path: path)
+        try db.exec("PRAGMA journal_mode=WAL")
+        try db.exec("PRAGMA synchronous=NORMAL")
+        try db.exec("PRAGMA foreign_keys=ON")
+        try migrate()
+    }
+
+    private func migrate() throws(StoreError) {
+        try db.exec("""
+        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS tenants(
+            name TEXT PRIMARY KEY,
+            tier TEXT NOT NULL,
+            uid INTEGER NOT NULL UNIQUE,
+            created_at REAL NOT NULL);
+        CREATE TABLE IF NOT EXISTS jobs(
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL REFERENCES tenants(name),
+            state TEXT NOT NULL,
+            argv BLOB NOT NULL,
+            env BLOB NOT NULL,
+            cwd TEXT NOT NULL,
+            stdin BLOB,
+            timeout_s REAL NOT NULL,
+            output_cap INTEGER NOT NULL,
+            idempotency_key TEXT,
+            attempt INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            exit_code INTEGER,
+            signal INTEGER,
+            stdout BLOB,
+            stderr BLOB,
+            stdout_truncated INTEGER NOT NULL DEFAULT 0,
+            stderr_truncated INTEGER NOT NULL DEFAULT 0,
+            run_ms REAL,
+            cpu_ms REAL,
+            max_rss_kb INTEGER,
+            error_code TEXT,
+            error_message TEXT);
+        CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS jobs_tenant_state ON jobs(tenant, state);
+        CREATE TABLE IF NOT EXISTS audit(
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            tenant TEXT,
+            caller_uid INTEGER,
+            action TEXT NOT NULL,
+            rule TEXT,
+            detail TEXT);
+        """)
+        let found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
+        if let found, Int(found) != Self.schemaVersion {
+            throw .corrupt("schema version \(found), this clawpen understands \(Self.schemaVersion): use the clawpen release that wrote it")
+        }
+        if found == nil { try db.run("INSERT INTO meta(key, value) VALUES('schema_version', ?)", [.text(String(Self.schemaVersion))]) }
+    }
+
+    private func setSynchronous(full: Bool) throws(StoreError) {
+        guard full != synchronousFull else { return }
+        try db.exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
+        synchronousFull = full
+    }
+
+    // MARK: Tenants
+
+    public func tenants() throws(StoreError) -> [TenantRecord] {
+        try db.rows("SELECT name, tier, uid, created_at FROM tenants ORDER BY name") { r in
+            TenantRecord(name: r.text(0), tier: r.text(1), uid: Int(r.int(2)), createdAt: r.double(3))
+        }
+    }
+
+    public func tenant(named name: String) throws(StoreError) -> TenantRecord? {
+        try db.rows("SELECT name, tier, uid, created_at FROM tenants WHERE name=?", [.text(name)]) { r in
+            TenantRecord(name: r.text(0), tier: r.text(1), uid: Int(r.int(2)), createdAt: r.double(3))
+        }.first
+    }
+
+    public enum CreateTenantOutcome: Equatable, Sendable { case created(TenantRecord), duplicate, uidRangeExhausted }
+
+    /// Creates a tenant with the lowest free uid of the range (never one a living tenant holds).
+    public func createTenant(name: String, tier: String, uidRange: ClosedRange<Int>, now: Double) throws(StoreError) -> CreateTenantOutcome {
+        if try tenant(named: name) != nil { return .duplicate }
+        let used = try db.rows("SELECT uid FROM tenants WHERE uid BETWEEN ? AND ? ORDER BY uid",
+                               [.int(Int64(uidRange.lowerBound)), .int(Int64(uidRange.upperBound))]) { Int($0.int(0)) }
+        var candidate = uidRange.lowerBound
+        for u in used {
+            if u == candidate { candidate += 1 } else if u > candidate { break }
+        }
+        guard candidate <= uidRange.upperBound else { return .uidRangeExhausted }
+        try setSynchronous(full: true)
+        try db.run("INSERT INTO tenants(name, tier, uid, created_at) VALUES(?,?,?,?)",
+                   [.text(name), .text(tier), .int(Int64(candidate)), .double(now)])
+        return .created(TenantRecord(name: name, tier: tier, uid: candidate, createdAt: now))
+    }
+
+    // MARK: Jobs
+
+    private static let jobColumns = """
+        id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt,
+        created_at, started_at, finished_at, exit_code, signal, stdout, stderr, stdout_truncated,
+        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message
+        """
+
+    private static func decodeJob(_ r: SQLiteConnection.Row) throws(StoreError) -> JobRecord {
+        guard let state = JobState(rawValue: r.text(2)) else { throw .corrupt("job \(r.text(0)) has state '\(r.text(2))'") }
+        let finished = state.isFinal
+        var result: JobResult?
+        if finished {
+            var error: ProtocolError?
+            if let code = r.optionalText(23) {
+                error = ProtocolError(ErrorCode(rawValue: code) ?? .internal, r.optionalText(24) ?? code)
+            }
+            result = JobResult(
+                exitCode: r.optionalInt(14).map { Int32(truncatingIfNeeded: $0) },
+                signal: r.optionalInt(15).map { Int32(truncatingIfNeeded: $0) },
+                stdout: r.blob(16), stderr: r.blob(17), stdoutTruncated: r.int(18) != 0, stderrTruncated: r.int(19) != 0,
+                runMs: r.optionalDouble(20), cpuMs: r.optionalDouble(21), maxRSSKiB: r.optionalInt(22), error: error)
+        }
+        return JobRecord(
+            id: r.text(0), tenant: r.text(1), state: state, argv: splitNUL(r.blob(3)),
+            env: splitNUL(r.blob(4)).map { kv in
+                let parts = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                return SubmitRequest.EnvVar(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
+            },
+            cwd: r.text(5), stdin: r.blob(6), timeoutSeconds: r.double(7), outputCap: Int(r.int(8)),
+            idempotencyKey: r.optionalText(9), attempt: Int(r.int(10)), createdAt: r.double(11),
+            startedAt: r.optionalDouble(12), finishedAt: r.optionalDouble(13), result: result)
+    }
+
+    /// argv and env are stored NUL-separated: NUL cannot occur inside a C string.
+    static func joinNUL(_ items: [String]) -> [UInt8] {
+        var out: [UInt8] = []
+        for (i, s) in items.enumerated() {
+            if i > 0 { out.append(0) }
+            out.append(contentsOf: s.utf8)
+        }
+        return out
+    }
+
+    static func splitNUL(_ bytes: [UInt8]) -> [String] {
+        guard !bytes.isEmpty else { return [] }
+        return bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    public enum InsertOutcome: Sendable { case inserted, duplicateIdempotencyKey(JobRecord) }
+
+    /// Commits a newly accepted job. Returns the existing job instead when the tenant already has
+    /// one with the same idempotency key.
+    public func insertJob(_ job: JobRecord) throws(StoreError) -> InsertOutcome {
+        if let key = job.idempotencyKey, let existing = try self.job(tenant: job.tenant, idempotencyKey: key) {
+            return .duplicateIdempotencyKey(existing)
+        }
+        try setSynchronous(full: fsyncAccepts)
+        try db.run("""
+            INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at)
+            VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
+            """, [.text(job.id), .text(job.tenant), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
+                  .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
+                  job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
+                  .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt)])
+        try setSynchronous(full: false)
+        return .inserted
+    }
+
+    public func job(id: String) throws(StoreError) -> JobRecord? {
+        try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE id=?", [.text(id)], Self.decodeJob).first
+    }
+
+    public func job(tenant: String, idempotencyKey: String) throws(StoreError) -> JobRecord? {
+        try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE tenant=? AND idempotency_key=?",
+                    [.text(tenant), .text(idempotencyKey)], Self.decodeJob).first
+    }
+
+    public func markRunning(id: String, startedAt: Double) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("UPDATE jobs SET state='running', started_at=? WHERE id=?", [.double(startedAt), .text(id)])
+    }
+
+    /// A running job goes back to the queue (its worker died): attempt + 1.
+    public func requeue(id: String) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("UPDATE jobs SET state='queued', started_at=NULL, attempt=attempt+1 WHERE id=?", [.text(id)])
+    }
+
+    public func finish(id: String, state: JobState, result: JobResult, finishedAt: Double) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("""
+            UPDATE jobs SET state=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?, stdout_truncated=?,
+                stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?
+            WHERE id=?
+            """, [.text(state.rawValue), .double(finishedAt), .optional(result.exitCode.map { Int64($0) }),
+                  .optional(result.signal.map { Int64($0) }), .blob(result.stdout), .blob(result.stderr),
+                  .int(result.stdoutTruncated ? 1 : 0), .int(result.stderrTruncated ? 1 : 0),
+                  .optional(result.runMs), .optional(result.cpuMs), .optional(result.maxRSSKiB),
+                  .optional(result.error?.code.rawValue), .optional(result.error?.message), .text(id)])
+    }
+
+    /// At start-up: every job a previous run left `queued` or `running` is queued again with
+    /// attempt + 1 (at-least-once), and returned in acceptance order.
+    public func recoverUnfinishedJobs() throws(StoreError) -> [JobRecord] {
+        try setSynchronous(full: true)
+        try db.exec("BEGIN IMMEDIATE")
+        do {
+            try db.run("UPDATE jobs SET state='queued', started_at=NULL, attempt=attempt+1 WHERE state IN ('queued','running')")
+            try db.exec("COMMIT")
+        } catch {
+            try? db.exec("ROLLBACK")
+            throw error
+        }
+        try setSynchronous(full: false)
+        return try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE state='queued' ORDER BY created_at, id", [], Self.decodeJob)
+    }
+
+    /// Job counts per tenant and state (for `status`).
+    public func jobCounts() throws(StoreError) -> [String: [JobState: Int]] {
+        var out: [String: [JobState: Int]] = [:]
+        for (tenant, state, n) in try db.rows("SELECT tenant, state, count(*) FROM jobs GROUP BY tenant, state", [], { r in
+            (r.text(0), r.text(1), Int(r.int(2)))
+        }) {
+            if let s = JobState(rawValue: state) { out[tenant, default: [:]][s] = n }
+        }
+        return out
+    }
+
+    // MARK: Audit
+
+    public func audit(tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?, at: Double) throws(StoreError) {
+        try db.run("INSERT INTO audit(at, tenant, caller_uid, action, rule, detail) VALUES(?,?,?,?,?,?)",
+                   [.double(at), .optional(tenant), .optional(callerUID.map { Int64($0) }), .text(action),
+                    .optional(rule), .optional(detail)])
+    }
+
+    /// Merges the WAL back into the database (at shutdown).
+    public func checkpoint() {
+        try? db.exec("PRAGMA wal_checkpoint(TRUNCATE)")
+    }
+}

@@ -1,0 +1,28 @@
+/// Everything `clawpen serve` is configured with, after flags, environment and config file have
+/// been merged (flag > environment > config file > default).
+public struct ServeConfig: Sendable {
+    public var socketPath = "/run/clawpen/clawpen.sock"
+    public var stateDir = "/var/lib/clawpen"
+    public var workspaceRoot = "/workspace"
+    public var policiesDir = "/etc/clawpen/policies"
+    /// false when policiesDir is the built-in default: then a missing directory means "use the
+    /// embedded defaults"; an explicitly named directory must exist.
+    public var policiesDirExplicit = false
+    /// The clawpen-worker executable; default: next to the running clawpen.
+    public var workerPath: String?
+    /// A worker with nothing to do is stopped after this long (scale to zero).
+    public var idleTimeoutSeconds = 300.0
+    public var maxFrameBytes = 16 * 1024 * 1024
+    /// On SIGTERM, running jobs get this long to finish before they are killed (and re-queued
+    /// at the next start).
+    public var shutdownGraceSeconds = 10.0
+    public var uidRange: ClosedRange<Int> = 200_000...265_535
+    /// fsync every accepted job before acknowledging it (survives power loss, not only a crash).
+    public var fsyncAccepts = true
+    /// A client that leaves a frame half-sent this long is disconnected.
+    public var partialFrameTimeoutSeconds = 30.0
+    /// A job that was running when its worker died is re-queued until it has had this many attempts.
+    public var maxAttempts = 3
+
+    public init() {}
+}

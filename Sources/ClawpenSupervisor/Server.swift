@@ -1,0 +1,135 @@
+import CClawpenShim
+import ClawpenPolicy
+import ClawpenStore
+import Dispatch
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+
+/// `clawpen serve`: prepares directories, policies and the store, binds the socket, serves until
+/// SIGTERM/SIGINT, then shuts down in order (stop accepting, drain, stop workers, remove socket).
+public enum Server {
+    public static func run(_ config: ServeConfig, logger: Logger) throws(ServeError) {
+        _ = cp_raise_nofile_limit()
+        signal(SIGPIPE, SIG_IGN)
+
+        let policies = try loadPolicies(config, logger: logger)
+        try FileIO.makeDirectories(config.stateDir, mode: 0o700)
+        try FileIO.makeDirectories(config.workspaceRoot, mode: 0o755)
+        let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
+        if !socketDir.isEmpty { try FileIO.makeDirectories(socketDir, mode: 0o755) }
+        let workerPath = try resolveWorkerPath(config)
+        try checkSocketPath(config.socketPath)
+
+        let store: Store
+        do { store = try Store(path: config.stateDir + "/clawpen.db", fsyncAccepts: config.fsyncAccepts) } catch {
+            throw .store(error)
+        }
+        let cgroup = CgroupInfo.probe()
+
+        // One event loop for everything: clients, workers, the store. The supervisor's state is
+        // confined to it, and two cores gain nothing from a second loop hopping state across.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let supervisor = Supervisor(loop: loop, config: config, store: store, policies: policies,
+                                    logger: logger, workerPath: workerPath, cgroup: cgroup)
+        do {
+            try loop.submit { try supervisor.start() }.wait()
+        } catch let e as StoreError {
+            try? group.syncShutdownGracefully()
+            throw .store(e)
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw .bind(path: config.socketPath, message: "\(error)")
+        }
+
+        let server: Channel
+        let oldMask = umask(0o117) // the socket is created 0660
+        do {
+            server = try ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers(
+                            FrameReader(maxFrameBytes: config.maxFrameBytes, partialTimeoutSeconds: config.partialFrameTimeoutSeconds),
+                            ClientHandler(supervisor: supervisor))
+                    }
+                }
+                .bind(unixDomainSocketPath: config.socketPath, cleanupExistingSocketFile: false)
+                .wait()
+        } catch {
+            umask(oldMask)
+            try? group.syncShutdownGracefully()
+            throw .bind(path: config.socketPath, message: "\(error)")
+        }
+        umask(oldMask)
+        chmod(config.socketPath, 0o660)
+        logger.notice("clawpen serving", metadata: [
+            "socket": "\(config.socketPath)", "pid": "\(getpid())", "state_dir": "\(config.stateDir)",
+            "workspace_root": "\(config.workspaceRoot)", "cgroup": "\(cgroup.mode.rawValue)",
+            "policies": "\(policies.source == .embedded ? "embedded defaults" : config.policiesDir)",
+        ])
+
+        // Signals: SIGTERM/SIGINT start the shutdown on the loop.
+        let finished = loop.makePromise(of: Void.self)
+        let signalQueue = DispatchQueue(label: "clawpen.signals")
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
+            source.setEventHandler {
+                loop.execute {
+                    logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
+                    server.close(promise: nil) // stop accepting first
+                    supervisor.beginShutdown { finished.succeed(()) }
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        try? finished.futureResult.wait()
+        for s in sources { s.cancel() }
+        unlink(config.socketPath)
+        try? loop.submit { store.checkpoint() }.wait()
+        try? group.syncShutdownGracefully()
+        logger.notice("clawpen stopped")
+    }
+
+    static func loadPolicies(_ config: ServeConfig, logger: Logger) throws(ServeError) -> PolicySet {
+        var st = stat()
+        if stat(config.policiesDir, &st) != 0 {
+            if config.policiesDirExplicit { throw .policiesDirectoryMissing(config.policiesDir) }
+            logger.notice("no policies directory, using the embedded defaults", metadata: ["looked_in": "\(config.policiesDir)"])
+            return PolicyLoader.embedded
+        }
+        do { return try PolicyLoader.load(directory: config.policiesDir) } catch { throw .policy(error) }
+    }
+
+    static func resolveWorkerPath(_ config: ServeConfig) throws(ServeError) -> String {
+        var path = config.workerPath
+        if path == nil {
+            var buf = [CChar](repeating: 0, count: 4096)
+            let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+            if n > 0 {
+                let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                path = String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)]) + "/clawpen-worker"
+            }
+        }
+        guard let path, access(path, X_OK) == 0 else { throw .workerMissing(path: path ?? "clawpen-worker") }
+        return path
+    }
+
+    /// A socket file left by a dead daemon is replaced; a live daemon's is not; anything that is
+    /// not a socket is never removed.
+    static func checkSocketPath(_ path: String) throws(ServeError) {
+        switch cp_is_socket(path) {
+        case -1: return // absent
+        case 0: throw .socketPathOccupied(path: path)
+        default:
+            let fd = cp_unix_connect(path)
+            if fd >= 0 { close(fd); throw .socketInUse(path: path) }
+            unlink(path) // ECONNREFUSED: nobody listens, it is stale
+        }
+    }
+}

@@ -1,0 +1,595 @@
+import CClawpenShim
+import ClawpenPolicy
+import ClawpenProtocol
+import ClawpenStore
+import ClawpenWire
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The supervisor's core: tenants, their queues and workers, jobs from acceptance to result.
+///
+/// Concurrency: every method runs on `loop`, the one event loop that also serves the client
+/// connections and the worker sockets, so the state below needs no locks (hence
+/// `@unchecked Sendable`: closures scheduled on the loop may capture it).
+public final class Supervisor: @unchecked Sendable {
+    let loop: EventLoop
+    let config: ServeConfig
+    let store: Store
+    let policies: PolicySet
+    let logger: Logger
+    let workerPath: String
+    let cgroup: CgroupInfo
+    private let startedAt = Clock.monotonic()
+
+    private var tenants: [String: TenantRuntime] = [:]
+    /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel).
+    private var waiters: [String: [(Result<JobView, ProtocolError>) -> Void]] = [:]
+    private var draining = false
+    private var shutdownCompletion: (() -> Void)?
+    private var graceTimer: Scheduled<Void>?
+    private var stoppingWorkers = false
+
+    init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, logger: Logger,
+         workerPath: String, cgroup: CgroupInfo) {
+        self.loop = loop; self.config = config; self.store = store; self.policies = policies
+        self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
+    }
+
+    // MARK: - Start-up
+
+    /// Loads tenants and re-queues what a previous run left unfinished.
+    func start() throws(StoreError) {
+        loop.preconditionInEventLoop()
+        let counts = try store.jobCounts()
+        for record in try store.tenants() {
+            guard let name = try? TenantName(validating: record.name) else {
+                logger.error("ignoring stored tenant with an invalid name", metadata: ["tenant": "\(record.name)"])
+                continue
+            }
+            let runtime = TenantRuntime(record: record, name: name, limits: limits(for: record))
+            for (state, n) in counts[record.name] ?? [:] where state.isFinal { runtime.finishedCounts[state] = n }
+            tenants[record.name] = runtime
+        }
+        let recovered = try store.recoverUnfinishedJobs()
+        for job in recovered { tenants[job.tenant]?.queue.append(job) }
+        if !recovered.isEmpty {
+            logger.notice("re-queued \(recovered.count) job(s) left queued or running by the previous run")
+        }
+        for runtime in tenants.values where !runtime.queue.isEmpty { dispatch(runtime) }
+    }
+
+    private func limits(for record: TenantRecord) -> TierLimits {
+        policies.limits(tenant: record.name, tier: Tier(rawValue: record.tier) ?? .free)
+    }
+
+    // MARK: - Requests
+
+    func handle(_ request: Request, _ r: Responder) {
+        loop.preconditionInEventLoop()
+        do {
+            switch request {
+            case .ping:
+                r.reply("pong", [("version", .string(ClawpenVersion.string)), ("pid", .int(Int64(getpid())))])
+            case .submit(let s): try submit(s, r)
+            case .jobGet(let id): r.job(try activeOrStoredJob(id))
+            case .jobWait(let id):
+                let view = try activeOrStoredJob(id)
+                if view.state.isFinal { r.job(view) } else { addWaiter(id) { r.job($0) } }
+            case .jobCancel(let id): try cancel(id, r)
+            case .tenantCreate(let name, let tier): r.reply("tenant", [("tenant", try createTenant(name, tier).json)])
+            case .tenantList: r.reply("tenants", [("tenants", .array(tenants.keys.sorted().map { view(tenants[$0]!).json }))])
+            case .tenantShow(let name): r.reply("tenant", [("tenant", view(try runtime(name)).json)])
+            case .status(let tenant): r.reply("status", [("status", try status(tenant: tenant))])
+            }
+        } catch let e as ProtocolError {
+            r.fail(e)
+        } catch let e as StoreError {
+            logger.error("store failure", metadata: ["error": "\(e)"])
+            r.fail(ProtocolError(.internal, "\(e)"))
+        } catch {
+            r.fail(ProtocolError(.internal, "\(error)"))
+        }
+    }
+
+    private func validName(_ raw: String) throws -> TenantName {
+        do { return try TenantName(validating: raw) } catch { throw ProtocolError(.invalidTenant, error.description) }
+    }
+
+    private func runtime(_ raw: String) throws -> TenantRuntime {
+        let name = try validName(raw)
+        guard let rt = tenants[name.value] else {
+            throw ProtocolError(.unknownTenant, "no tenant named '\(name)' (create it with: clawpen tenant create \(name))")
+        }
+        return rt
+    }
+
+    private func view(_ rt: TenantRuntime) -> TenantView {
+        TenantView(name: rt.record.name, tier: rt.record.tier, uid: rt.record.uid,
+                   workspace: workspacePath(rt.name), createdAt: rt.record.createdAt)
+    }
+
+    func workspacePath(_ name: TenantName) -> String { config.workspaceRoot + "/" + name.value }
+
+    // MARK: Tenants
+
+    private func createTenant(_ rawName: String, _ rawTier: String) throws -> TenantView {
+        let name = try validName(rawName)
+        guard let tier = Tier(rawValue: rawTier) else {
+            throw ProtocolError(.invalidRequest, "unknown tier '\(rawTier)' (tiers: free, pro, enterprise)")
+        }
+        if tenants[name.value] != nil {
+            throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
+        }
+        do { try Workspace.create(root: config.workspaceRoot, tenant: name) } catch {
+            throw ProtocolError(.internal, error.description)
+        }
+        switch try store.createTenant(name: name.value, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now()) {
+        case .duplicate: throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
+        case .uidRangeExhausted:
+            throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
+        case .created(let record):
+            let rt = TenantRuntime(record: record, name: name, limits: limits(for: record))
+            tenants[name.value] = rt
+            try? store.audit(tenant: name.value, callerUID: nil, action: "tenant.create", rule: nil, detail: "tier=\(tier.rawValue) uid=\(record.uid)", at: Clock.now())
+            logger.info("tenant created", metadata: ["tenant": "\(name)", "tier": "\(tier.rawValue)", "uid": "\(record.uid)"])
+            return view(rt)
+        }
+    }
+
+    // MARK: Jobs
+
+    private func submit(_ s: SubmitRequest, _ r: Responder) throws {
+        let rt = try runtime(s.tenant)
+        guard !draining else { throw ProtocolError(.unavailable, "the daemon is shutting down; submit again when it is back") }
+        let limits = rt.limits
+        let timeout = s.timeoutSeconds ?? limits.timeoutDefaultSeconds
+        if timeout > limits.timeoutMaxSeconds {
+            throw ProtocolError(.quotaExceeded, "timeout of \(timeout) s is above the tenant's maximum of \(limits.timeoutMaxSeconds) s (rule: timeout_max_s of tier \(rt.record.tier))",
+                                details: ["quota": "timeout_max_s", "limit": "\(limits.timeoutMaxSeconds)", "current": "\(timeout)"])
+        }
+        let job = JobRecord(
+            id: JobID.make(), tenant: rt.name.value, state: .queued, argv: s.argv, env: s.env, cwd: s.cwd ?? "/home",
+            stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
+            attempt: 1, createdAt: Clock.now())
+        // Accepted means committed: the reply (and the dispatch) only follow a successful insert.
+        switch try store.insertJob(job) {
+        case .duplicateIdempotencyKey(let existing):
+            let current = try activeOrStoredJob(existing.id)
+            if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
+            else { r.job(current, existing: true) }
+            return
+        case .inserted: break
+        }
+        rt.queue.append(job)
+        if s.wait { addWaiter(job.id) { r.job($0) } }
+        dispatch(rt)
+        if !s.wait { r.job(try activeOrStoredJob(job.id)) }
+    }
+
+    /// A job's current view: from memory while it is queued or running, else from the store.
+    private func activeOrStoredJob(_ id: String) throws -> JobView {
+        guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
+            throw ProtocolError(.unknownTenant, "no job with id '\(id.prefix(80))'")
+        }
+        if let rt = tenants[stored.tenant], let w = rt.worker, let running = w.inFlight[id] {
+            var v = running.view
+            v.state = .running
+            return v
+        }
+        return stored.view
+    }
+
+    private func addWaiter(_ id: String, _ callback: @escaping (Result<JobView, ProtocolError>) -> Void) {
+        waiters[id, default: []].append(callback)
+    }
+
+    private func cancel(_ id: String, _ r: Responder) throws {
+        let view = try activeOrStoredJob(id)
+        if view.state.isFinal { r.job(view); return }
+        guard let rt = tenants[view.tenant] else { r.job(view); return }
+        if let job = rt.queue.remove(id: id) {
+            finish(job, rt, state: .canceled, result: JobResult(error: nil))
+            r.job(try activeOrStoredJob(id))
+            return
+        }
+        if let w = rt.worker, w.inFlight[id] != nil {
+            rt.cancelRequested.insert(id)
+            addWaiter(id) { r.job($0) }
+            send(.cancel(jobID: id), to: w)
+            return
+        }
+        r.job(view)
+    }
+
+    // MARK: - Dispatch
+
+    /// Starts queued jobs of one tenant while its worker has room (max_concurrent_runs).
+    func dispatch(_ rt: TenantRuntime) {
+        guard !draining else { return }
+        guard !rt.queue.isEmpty else { armIdleTimerIfIdle(rt); return }
+        guard let w = rt.worker else {
+            if !rt.respawnPending { startWorker(rt) }
+            return
+        }
+        guard w.isReady, !w.exitExpected, let channel = w.channel else { return }
+        w.idleTimer?.cancel(); w.idleTimer = nil
+        var sent = false
+        while w.inFlight.count < rt.limits.maxConcurrentRuns, var job = rt.queue.popFirst() {
+            let now = Clock.now()
+            job.state = .running
+            job.startedAt = now
+            do { try store.markRunning(id: job.id, startedAt: now) } catch {
+                logger.error("store failure marking a job running", metadata: ["job_id": "\(job.id)", "error": "\(error)"])
+            }
+            w.inFlight[job.id] = job
+            let run = RunRequest(jobID: job.id, argv: job.argv, env: job.env.map { "\($0.name)=\($0.value)" },
+                                 cwd: job.cwd, stdin: job.stdin,
+                                 timeoutMs: UInt32(min(job.timeoutSeconds * 1000, Double(UInt32.max - 1))),
+                                 outputCapBytes: UInt32(job.outputCap))
+            write(.run(run), to: channel)
+            sent = true
+        }
+        if sent { channel.flush() }
+    }
+
+    private func write(_ message: SupervisorToWorker, to channel: Channel) {
+        let payload = message.encoded()
+        var buffer = channel.allocator.buffer(capacity: payload.count + 4)
+        buffer.writeInteger(UInt32(payload.count))
+        buffer.writeBytes(payload)
+        channel.write(buffer, promise: nil)
+    }
+
+    private func send(_ message: SupervisorToWorker, to w: WorkerHandle) {
+        guard let channel = w.channel else { return }
+        write(message, to: channel)
+        channel.flush()
+    }
+
+    private func armIdleTimerIfIdle(_ rt: TenantRuntime) {
+        guard let w = rt.worker, w.isReady, !w.exitExpected, w.inFlight.isEmpty, rt.queue.isEmpty, w.idleTimer == nil else { return }
+        w.idleTimer = loop.scheduleTask(in: .milliseconds(Int64(config.idleTimeoutSeconds * 1000))) { [self] in
+            w.idleTimer = nil
+            guard rt.worker === w, w.inFlight.isEmpty, rt.queue.isEmpty, !w.exitExpected else { return }
+            logger.info("worker idle, stopping it", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)"])
+            w.exitExpected = true
+            send(.shutdown, to: w)
+        }
+    }
+
+    // MARK: - Workers
+
+    private func startWorker(_ rt: TenantRuntime) {
+        let spawned: WorkerSpawner.Spawned
+        do {
+            spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name))
+        } catch {
+            workerStartFailed(rt, error.description)
+            return
+        }
+        let w = WorkerHandle(tenant: rt.name.value, pid: spawned.pid, startedAt: Clock.monotonic())
+        rt.worker = w
+        logger.info("worker started", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(spawned.pid)"])
+        let outputCap = rt.limits.outputMaxBytes
+        ClientBootstrap(group: loop)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(WorkerChannelHandler(supervisor: self, worker: w, outputCap: outputCap))
+                }
+            }
+            .withConnectedSocket(spawned.socketFD)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    if w.exited { channel.close(promise: nil); return }
+                    w.channel = channel
+                    dispatch(rt)
+                case .failure(let error):
+                    close(spawned.socketFD)
+                    kill(w.pid, SIGKILL)
+                    w.setupFailure = "cannot attach to the worker socket: \(error)"
+                    workerChannelClosed(w)
+                }
+            }
+    }
+
+    func workerSent(_ message: WorkerToSupervisor, _ w: WorkerHandle) {
+        guard let rt = tenants[w.tenant], rt.worker === w else { return }
+        switch message {
+        case .ready:
+            guard !w.isReady else { return workerMisbehaved(w, "said ready twice") }
+            w.isReady = true
+            rt.consecutiveStartFailures = 0
+            rt.lastError = nil
+            dispatch(rt)
+            armIdleTimerIfIdle(rt)
+        case .setupFailed(let step, let err, let detail):
+            w.setupFailure = "worker setup failed at step '\(step)': \(FileIO.errnoString(err))\(detail.isEmpty ? "" : " (\(detail))")"
+            logger.error("worker setup failed", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)", "step": "\(step)", "errno": "\(err)"])
+        case .started(let id, _):
+            guard w.inFlight[id] != nil else { return workerMisbehaved(w, "reported a start of job \(id.prefix(64)) it was not given") }
+        case .finished(let report):
+            guard let job = w.inFlight.removeValue(forKey: report.jobID) else {
+                return workerMisbehaved(w, "reported a result for job \(report.jobID.prefix(64)) it was not given")
+            }
+            rt.cancelRequested.remove(job.id)
+            let (state, result) = Self.outcome(report, job)
+            finish(job, rt, state: state, result: result)
+            if draining { checkDrained() } else { dispatch(rt) }
+        }
+    }
+
+    /// Maps what the worker saw to the job's final state and result.
+    static func outcome(_ rep: JobReport, _ job: JobRecord) -> (JobState, JobResult) {
+        var result = JobResult(stdout: rep.stdout, stderr: rep.stderr, stdoutTruncated: rep.stdoutTruncated,
+                               stderrTruncated: rep.stderrTruncated, runMs: Double(rep.runMicros) / 1000,
+                               cpuMs: Double(rep.cpuMicros) / 1000, maxRSSKiB: Int64(clamping: rep.maxRSSKiB))
+        switch rep.outcome {
+        case .exited(let code):
+            result.exitCode = code
+            return (code == 0 ? .succeeded : .failed, result)
+        case .signaled(let sig):
+            result.signal = sig
+            return (.killed, result)
+        case .timedOut(let sig):
+            result.signal = sig
+            result.error = ProtocolError(.timedOut, "the job ran past its timeout of \(job.timeoutSeconds) s and was killed")
+            return (.timedOut, result)
+        case .canceled(let sig):
+            result.signal = sig
+            return (.canceled, result)
+        case .spawnFailed:
+            // As a shell would: 127, and the reason on stderr (the worker wrote it there).
+            result.exitCode = 127
+            result.runMs = nil; result.cpuMs = nil; result.maxRSSKiB = nil
+            return (.failed, result)
+        }
+    }
+
+    /// Records a final state, tells the waiters, counts it.
+    private func finish(_ job: JobRecord, _ rt: TenantRuntime, state: JobState, result: JobResult) {
+        let now = Clock.now()
+        do { try store.finish(id: job.id, state: state, result: result, finishedAt: now) } catch {
+            logger.error("store failure recording a job result", metadata: ["job_id": "\(job.id)", "error": "\(error)"])
+        }
+        rt.finishedCounts[state, default: 0] += 1
+        var done = job
+        done.state = state
+        done.finishedAt = now
+        done.result = result
+        if let callbacks = waiters.removeValue(forKey: job.id) {
+            let view = done.view
+            for cb in callbacks { cb(.success(view)) }
+        }
+    }
+
+    func workerMisbehaved(_ w: WorkerHandle, _ what: String) {
+        guard w.misbehaviour == nil else { return }
+        w.misbehaviour = what
+        logger.error("worker misbehaved, killing it", metadata: ["tenant": "\(w.tenant)", "worker_pid": "\(w.pid)", "what": "\(what)"])
+        kill(w.pid, SIGKILL)
+        w.channel?.close(promise: nil)
+    }
+
+    /// The worker's socket closed: it exited (or is about to). Reap it, then decide.
+    func workerChannelClosed(_ w: WorkerHandle) {
+        guard !w.exited else { return }
+        w.exited = true
+        w.idleTimer?.cancel(); w.idleTimer = nil
+        reap(w, attempt: 0)
+    }
+
+    private func reap(_ w: WorkerHandle, attempt: Int) {
+        var status: Int32 = 0
+        var usage = rusage()
+        let r = cp_wait4(w.pid, &status, WNOHANG, &usage)
+        if r == 0 {
+            // Socket closed but the process lingers: give it 2 s, then SIGKILL.
+            if attempt == 200 { kill(w.pid, SIGKILL) }
+            loop.scheduleTask(in: .milliseconds(10)) { [self] in reap(w, attempt: attempt + 1) }
+            return
+        }
+        let how: String
+        if r < 0 { how = "could not be reaped (\(FileIO.errnoString(errno)))" }
+        else if cp_wifsignaled(status) != 0 { how = "was killed by signal \(cp_wtermsig(status))" }
+        else { how = "exited with status \(cp_wexitstatus(status))" }
+        workerExited(w, how: how)
+    }
+
+    private func workerExited(_ w: WorkerHandle, how: String) {
+        guard let rt = tenants[w.tenant], rt.worker === w else { return }
+        rt.worker = nil
+        let lost = w.inFlight.values.sorted { $0.createdAt < $1.createdAt }
+        w.inFlight.removeAll()
+        if w.exitExpected && w.misbehaviour == nil {
+            logger.info("worker stopped", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)"])
+            // Shutdown: jobs it still ran stay `running` in the store and run again next start.
+            if draining { checkDrained(); return }
+        } else {
+            let reason = w.misbehaviour.map { "worker misbehaved (\($0))" } ?? w.setupFailure ?? "worker \(how)"
+            rt.lastError = reason
+            logger.error("worker died", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)", "reason": "\(reason)", "jobs_in_flight": "\(lost.count)"])
+            if w.isReady { rt.restarts += 1 } else { rt.consecutiveStartFailures += 1 }
+            let now = Clock.monotonic()
+            rt.recentCrashes = rt.recentCrashes.filter { now - $0 < 60 } + [now]
+            // Jobs it was running: canceled ones end canceled; the others run again while they
+            // have attempts left, else end with worker_crashed.
+            for job in lost.reversed() {
+                if rt.cancelRequested.remove(job.id) != nil {
+                    finish(job, rt, state: .canceled, result: JobResult(signal: SIGKILL))
+                } else if job.attempt < config.maxAttempts && !draining {
+                    var again = job
+                    again.state = .queued; again.startedAt = nil; again.attempt += 1
+                    try? store.requeue(id: job.id)
+                    rt.queue.pushFront(again)
+                } else {
+                    finish(job, rt, state: .failed, result: JobResult(error: ProtocolError(.workerCrashed, "\(reason) while running this job (attempt \(job.attempt) of \(config.maxAttempts))")))
+                }
+            }
+            if draining { checkDrained(); return }
+            if rt.consecutiveStartFailures >= 3 {
+                // The worker cannot start at all: fail what waits instead of retrying forever.
+                for job in rt.queue.removeAll() {
+                    finish(job, rt, state: .failed, result: JobResult(error: ProtocolError(.workerCrashed, "the tenant's worker cannot start: \(reason)")))
+                }
+                rt.consecutiveStartFailures = 0
+                return
+            }
+        }
+        guard !rt.queue.isEmpty else { return }
+        // Back off when it keeps crashing: 0, 100 ms, 200 ms, ... up to 5 s.
+        let crashes = rt.recentCrashes.count
+        let delay = w.exitExpected ? 0 : min(5000, crashes <= 1 ? 0 : 100 << min(crashes - 2, 6))
+        if delay == 0 { dispatch(rt); return }
+        rt.respawnPending = true
+        loop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
+            rt.respawnPending = false
+            dispatch(rt)
+        }
+    }
+
+    private func workerStartFailed(_ rt: TenantRuntime, _ reason: String) {
+        rt.lastError = reason
+        rt.consecutiveStartFailures += 1
+        logger.error("worker could not start", metadata: ["tenant": "\(rt.name)", "reason": "\(reason)"])
+        if rt.consecutiveStartFailures >= 3 {
+            for job in rt.queue.removeAll() {
+                finish(job, rt, state: .failed, result: JobResult(error: ProtocolError(.workerCrashed, "the tenant's worker cannot start: \(reason)")))
+            }
+            rt.consecutiveStartFailures = 0
+            return
+        }
+        rt.respawnPending = true
+        loop.scheduleTask(in: .milliseconds(100 << Int64(rt.consecutiveStartFailures))) { [self] in
+            rt.respawnPending = false
+            dispatch(rt)
+        }
+    }
+
+    // MARK: - Status
+
+    private func status(tenant: String?) throws -> JSONValue {
+        let selected: [TenantRuntime]
+        if let tenant { selected = [try runtime(tenant)] } else { selected = tenants.keys.sorted().map { tenants[$0]! } }
+        var sup = JSONObjectBuilder()
+        sup.set("pid", Int(getpid()))
+        sup.set("uptime_s", (Clock.monotonic() - startedAt) * 1000 .rounded() / 1000)
+        sup.set("version", .string(ClawpenVersion.string))
+        var cg = JSONObjectBuilder()
+        cg.set("mode", .string(cgroup.mode.rawValue))
+        cg.set("path", cgroup.path)
+        cg.set("controllers", .array(cgroup.controllers.map(JSONValue.string)))
+        sup.set("cgroup", cg.value)
+        sup.set("socket", .string(config.socketPath))
+        switch policies.source {
+        case .directory(let d): sup.set("policies", .string(d))
+        case .embedded: sup.set("policies", .string("embedded defaults"))
+        }
+        sup.set("draining", draining)
+        sup.set("tenant_count", tenants.count)
+        sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
+        let now = Clock.monotonic()
+        let list: [JSONValue] = selected.map { rt in
+            var o = JSONObjectBuilder()
+            o.set("tenant", .string(rt.name.value))
+            o.set("tier", .string(rt.record.tier))
+            o.set("state", .string(rt.state.rawValue))
+            o.set("worker_pid", rt.worker.map { Int($0.pid) })
+            o.set("uptime_s", rt.worker.map { ((now - $0.startedAt) * 1000).rounded() / 1000 })
+            o.set("restarts", rt.restarts)
+            let c = rt.finishedCounts
+            var jobs = JSONObjectBuilder()
+            jobs.set("queued", rt.queue.count)
+            jobs.set("running", rt.runningCount)
+            jobs.set("succeeded", c[.succeeded] ?? 0)
+            // "failed" counts every unsuccessful end but a cancel; the kinds follow.
+            let unsuccessful: [JobState] = [.failed, .timedOut, .oomKilled, .killed]
+            jobs.set("failed", unsuccessful.reduce(0) { $0 + (c[$1] ?? 0) })
+            jobs.set("timed_out", c[.timedOut] ?? 0)
+            jobs.set("oom_killed", c[.oomKilled] ?? 0)
+            jobs.set("killed", c[.killed] ?? 0)
+            jobs.set("canceled", c[.canceled] ?? 0)
+            jobs.set("rejected", c[.rejected] ?? 0)
+            o.set("jobs", jobs.value)
+            var lim = JSONObjectBuilder()
+            lim.set("memory_max", Int64(rt.limits.memoryMaxBytes))
+            lim.set("pids_max", rt.limits.pidsMax)
+            lim.set("cpu_max", .string(rt.limits.cpuMaxCgroupString))
+            lim.set("max_concurrent_runs", rt.limits.maxConcurrentRuns)
+            lim.set("timeout_max_s", rt.limits.timeoutMaxSeconds)
+            lim.set("output_max_bytes", rt.limits.outputMaxBytes)
+            o.set("limits", lim.value)
+            // No per-tenant cgroup yet (sandbox issue): nothing can be read, so nothing is claimed.
+            var usage = JSONObjectBuilder()
+            usage.set("memory_current", .null)
+            usage.set("pids_current", .null)
+            usage.set("cpu_usec", .null)
+            o.set("usage", usage.value)
+            var enf = JSONObjectBuilder()
+            enf.set("memory", .string("none"))
+            enf.set("pids", .string("none"))
+            enf.set("cpu", .string("none"))
+            enf.set("timeout", .string("worker"))
+            enf.set("output", .string("worker"))
+            o.set("enforcement", enf.value)
+            o.set("last_error", rt.lastError)
+            return o.value
+        }
+        return .object([("supervisor", sup.value), ("tenants", .array(list))])
+    }
+
+    // MARK: - Shutdown
+
+    /// Stops dispatching, lets running jobs finish up to the grace period, stops every worker,
+    /// then calls `completion`. Queued jobs stay queued in the store for the next start.
+    func beginShutdown(_ completion: @escaping () -> Void) {
+        loop.preconditionInEventLoop()
+        guard !draining else { return }
+        draining = true
+        shutdownCompletion = completion
+        let running = tenants.values.reduce(0) { $0 + $1.runningCount }
+        logger.notice("shutting down", metadata: ["running": "\(running)", "grace_s": "\(config.shutdownGraceSeconds)"])
+        graceTimer = loop.scheduleTask(in: .milliseconds(Int64(config.shutdownGraceSeconds * 1000))) { [self] in
+            logger.warning("grace period over; killing jobs still running (they run again at the next start)")
+            stopWorkers()
+        }
+        checkDrained()
+    }
+
+    private func checkDrained() {
+        guard draining else { return }
+        if !stoppingWorkers {
+            if tenants.values.allSatisfy({ $0.runningCount == 0 }) { stopWorkers() }
+            return
+        }
+        if tenants.values.allSatisfy({ $0.worker == nil }) {
+            graceTimer?.cancel()
+            // Whoever still waits hears why: the job itself is safe in the store.
+            let pending = waiters
+            waiters.removeAll()
+            for (id, callbacks) in pending {
+                for cb in callbacks {
+                    cb(.failure(ProtocolError(.unavailable, "the daemon is shutting down; job \(id) is kept and runs (again) at the next start: ask with `clawpen job wait \(id)` then")))
+                }
+            }
+            let done = shutdownCompletion
+            shutdownCompletion = nil
+            done?()
+        }
+    }
+
+    private func stopWorkers() {
+        guard !stoppingWorkers else { return }
+        stoppingWorkers = true
+        for rt in tenants.values {
+            guard let w = rt.worker else { continue }
+            w.exitExpected = true
+            if w.channel != nil { send(.shutdown, to: w) } else { kill(w.pid, SIGKILL) }
+            // A worker that does not go within 3 s is killed.
+            loop.scheduleTask(in: .seconds(3)) { if !w.exited { kill(w.pid, SIGKILL) } }
+        }
+        checkDrained()
+    }
+}

@@ -1,0 +1,29 @@
+import CClawpenShim
+import ClawpenWire
+import Glibc
+
+/// Creates `<root>/<tenant>` (mode 0700) and `home/` in it without following symlinks: a
+/// symlink planted where the workspace or `home` should be makes the call fail (ELOOP) instead
+/// of creating or chowning anything elsewhere.
+enum Workspace {
+    struct Failure: Error, CustomStringConvertible {
+        let path: String
+        let errno: Int32
+        var description: String {
+            let hint = errno == ELOOP || errno == ENOTDIR ? " (a symlink or file is in the way; refusing to follow it)" : ""
+            return "cannot create workspace \(path): \(FileIO.errnoString(errno))\(hint)"
+        }
+    }
+
+    static func create(root: String, tenant: TenantName) throws(Failure) {
+        let rootFD = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard rootFD >= 0 else { throw Failure(path: root, errno: errno) }
+        defer { close(rootFD) }
+        let dirFD = cp_mkdir_beneath(rootFD, tenant.value, 0o700)
+        guard dirFD >= 0 else { throw Failure(path: "\(root)/\(tenant)", errno: errno) }
+        defer { close(dirFD) }
+        let homeFD = cp_mkdir_beneath(dirFD, "home", 0o700)
+        guard homeFD >= 0 else { throw Failure(path: "\(root)/\(tenant)/home", errno: errno) }
+        close(homeFD)
+    }
+}

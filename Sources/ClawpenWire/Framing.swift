@@ -1,0 +1,77 @@
+/// Length-prefixed framing shared by every clawpen connection: a 4-byte unsigned big-endian
+/// payload length, then the payload (docs/protocol.md). The limits live here so that the client,
+/// the supervisor and the worker agree on them.
+public enum Framing {
+    public static let headerSize = 4
+    /// Default cap on a client request (DESIGN.md: 16 MiB, configurable).
+    public static let defaultMaxRequestBytes = 16 * 1024 * 1024
+    /// Replies carry up to two 1 MiB streams JSON-escaped (up to 6x for control bytes).
+    public static let maxReplyBytes = 64 * 1024 * 1024
+
+    /// Appends one frame (header + payload) to `out`.
+    public static func append<C: Collection>(payload: C, to out: inout [UInt8]) where C.Element == UInt8 {
+        let n = UInt32(truncatingIfNeeded: payload.count)
+        out.append(UInt8(truncatingIfNeeded: n >> 24))
+        out.append(UInt8(truncatingIfNeeded: n >> 16))
+        out.append(UInt8(truncatingIfNeeded: n >> 8))
+        out.append(UInt8(truncatingIfNeeded: n))
+        out.append(contentsOf: payload)
+    }
+
+    public static func frame<C: Collection>(_ payload: C) -> [UInt8] where C.Element == UInt8 {
+        var out: [UInt8] = []
+        out.reserveCapacity(payload.count + headerSize)
+        append(payload: payload, to: &out)
+        return out
+    }
+
+    public static func readLength<C: Collection>(_ header: C) -> Int where C.Element == UInt8 {
+        var n = 0
+        for b in header.prefix(4) { n = (n << 8) | Int(b) }
+        return n
+    }
+}
+
+/// Incremental frame splitter for byte streams read in arbitrary chunks (the worker's poll loop
+/// and the blocking client). It never buffers more than one frame's worth beyond its limit: a
+/// header announcing more than `maxFrameBytes` is reported before any payload is read.
+public struct FrameSplitter: Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case frameTooLarge(announced: Int, limit: Int)
+    }
+
+    public let maxFrameBytes: Int
+    private var buffer: [UInt8] = []
+    private var start = 0
+
+    public init(maxFrameBytes: Int) { self.maxFrameBytes = maxFrameBytes }
+
+    public var bufferedByteCount: Int { buffer.count - start }
+
+    public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 {
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 20)
+            start = 0
+        }
+        buffer.append(contentsOf: bytes)
+    }
+
+    /// The next complete frame's payload, nil when more bytes are needed.
+    public mutating func next() throws(Failure) -> [UInt8]? {
+        let available = buffer.count - start
+        guard available >= Framing.headerSize else { return nil }
+        let n = Framing.readLength(buffer[start..<(start + 4)])
+        guard n <= maxFrameBytes else { throw .frameTooLarge(announced: n, limit: maxFrameBytes) }
+        guard available >= Framing.headerSize + n else { return nil }
+        let payload = Array(buffer[(start + 4)..<(start + 4 + n)])
+        start += 4 + n
+        if start == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 20)
+            start = 0
+        } else if start > 1 << 20 {
+            buffer.removeFirst(start)
+            start = 0
+        }
+        return payload
+    }
+}

@@ -1,0 +1,161 @@
+/// Messages on the supervisor<->worker socketpair. Each frame payload is one message: a tag byte
+/// and its fields (BinaryCodec). The supervisor treats every `WorkerToSupervisor` as untrusted.
+
+/// What a job is asked to run, as the worker receives it.
+public struct RunRequest: Equatable, Sendable {
+    public var jobID: String
+    public var argv: [String]
+    public var env: [String]          // "K=V", the complete environment of the job
+    public var cwd: String            // as the job sees it
+    public var stdin: [UInt8]
+    public var timeoutMs: UInt32
+    public var outputCapBytes: UInt32 // per stream
+
+    public init(jobID: String, argv: [String], env: [String], cwd: String, stdin: [UInt8],
+                timeoutMs: UInt32, outputCapBytes: UInt32) {
+        self.jobID = jobID; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
+        self.timeoutMs = timeoutMs; self.outputCapBytes = outputCapBytes
+    }
+}
+
+/// How a job ended, as the worker saw it.
+public enum JobOutcome: Equatable, Sendable {
+    case exited(code: Int32)
+    case signaled(signal: Int32)
+    case timedOut(signal: Int32)
+    case canceled(signal: Int32?)
+    /// The job could not be started: which step failed and errno (exec of a missing command...).
+    case spawnFailed(step: String, errno: Int32)
+}
+
+public struct JobReport: Equatable, Sendable {
+    public var jobID: String
+    public var outcome: JobOutcome
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+    public var runMicros: UInt64
+    public var cpuMicros: UInt64
+    public var maxRSSKiB: UInt64
+
+    public init(jobID: String, outcome: JobOutcome, stdout: [UInt8], stderr: [UInt8],
+                stdoutTruncated: Bool, stderrTruncated: Bool, runMicros: UInt64, cpuMicros: UInt64,
+                maxRSSKiB: UInt64) {
+        self.jobID = jobID; self.outcome = outcome; self.stdout = stdout; self.stderr = stderr
+        self.stdoutTruncated = stdoutTruncated; self.stderrTruncated = stderrTruncated
+        self.runMicros = runMicros; self.cpuMicros = cpuMicros; self.maxRSSKiB = maxRSSKiB
+    }
+}
+
+public enum SupervisorToWorker: Equatable, Sendable {
+    case run(RunRequest)
+    case cancel(jobID: String)
+    /// Stop serving: kill whatever still runs, reap it, exit 0.
+    case shutdown
+
+    public func encoded() -> [UInt8] {
+        var w = BinaryWriter()
+        switch self {
+        case .run(let r):
+            w.u8(1); w.string(r.jobID); w.strings(r.argv); w.strings(r.env); w.string(r.cwd)
+            w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes)
+        case .cancel(let id):
+            w.u8(2); w.string(id)
+        case .shutdown:
+            w.u8(3)
+        }
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(BinaryReader.Failure) -> SupervisorToWorker {
+        var r = BinaryReader(payload)
+        let msg: SupervisorToWorker
+        switch try r.u8() {
+        case 1:
+            msg = .run(RunRequest(
+                jobID: try r.string(), argv: try r.strings(max: 65536), env: try r.strings(max: 65536),
+                cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32()))
+        case 2: msg = .cancel(jobID: try r.string())
+        case 3: msg = .shutdown
+        default: throw .badValue
+        }
+        guard r.isAtEnd else { throw .badValue }
+        return msg
+    }
+}
+
+public enum WorkerToSupervisor: Equatable, Sendable {
+    /// Sent once, when the worker is ready to serve (after its setup).
+    case ready(pid: Int32)
+    /// Setup failed at `step` with `errno`; the worker exits after sending it.
+    case setupFailed(step: String, errno: Int32, detail: String)
+    case started(jobID: String, pid: Int32)
+    case finished(JobReport)
+
+    public static let maxJobIDBytes = 128
+
+    public func encoded() -> [UInt8] {
+        var w = BinaryWriter()
+        switch self {
+        case .ready(let pid):
+            w.u8(1); w.i32(pid)
+        case .setupFailed(let step, let errno, let detail):
+            w.u8(2); w.string(step); w.i32(errno); w.string(detail)
+        case .started(let id, let pid):
+            w.u8(3); w.string(id); w.i32(pid)
+        case .finished(let rep):
+            w = BinaryWriter(capacity: rep.stdout.count + rep.stderr.count + 96)
+            w.u8(4); w.string(rep.jobID)
+            switch rep.outcome {
+            case .exited(let c): w.u8(1); w.i32(c)
+            case .signaled(let s): w.u8(2); w.i32(s)
+            case .timedOut(let s): w.u8(3); w.i32(s)
+            case .canceled(let s): w.u8(4); w.optionalI32(s)
+            case .spawnFailed(let step, let e): w.u8(5); w.string(step); w.i32(e)
+            }
+            w.bytes(rep.stdout); w.bytes(rep.stderr)
+            w.bool(rep.stdoutTruncated); w.bool(rep.stderrTruncated)
+            w.u64(rep.runMicros); w.u64(rep.cpuMicros); w.u64(rep.maxRSSKiB)
+        }
+        return w.bytes
+    }
+
+    /// Decodes an untrusted worker message. `outputCap` bounds each stream: a worker that sends
+    /// more than it was allowed to capture is misbehaving.
+    public static func decode(_ payload: [UInt8], outputCap: Int) throws(BinaryReader.Failure) -> WorkerToSupervisor {
+        var r = BinaryReader(payload)
+        let msg: WorkerToSupervisor
+        switch try r.u8() {
+        case 1: msg = .ready(pid: try r.i32())
+        case 2: msg = .setupFailed(step: try r.string(), errno: try r.i32(), detail: try r.string())
+        case 3: msg = .started(jobID: try r.string(), pid: try r.i32())
+        case 4:
+            let id = try r.string()
+            let outcome: JobOutcome
+            switch try r.u8() {
+            case 1: outcome = .exited(code: try r.i32())
+            case 2: outcome = .signaled(signal: try r.i32())
+            case 3: outcome = .timedOut(signal: try r.i32())
+            case 4: outcome = .canceled(signal: try r.optionalI32())
+            case 5: outcome = .spawnFailed(step: try r.string(), errno: try r.i32())
+            default: throw .badValue
+            }
+            let out = try r.bytes(), err = try r.bytes()
+            guard out.count <= outputCap, err.count <= outputCap else { throw .tooMany }
+            msg = .finished(JobReport(
+                jobID: id, outcome: outcome, stdout: out, stderr: err,
+                stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
+                runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
+        default: throw .badValue
+        }
+        guard r.isAtEnd else { throw .badValue }
+        switch msg {
+        case .started(let id, _) where id.utf8.count > maxJobIDBytes: throw .badValue
+        case .finished(let rep) where rep.jobID.utf8.count > maxJobIDBytes: throw .badValue
+        case .setupFailed(let step, _, let detail) where step.utf8.count > 256 || detail.utf8.count > 4096: throw .badValue
+        default: break
+        }
+        return msg
+    }
+}

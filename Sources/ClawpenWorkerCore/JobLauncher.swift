@@ -1,0 +1,127 @@
+import CClawpenShim
+import ClawpenWire
+import Glibc
+
+/// Resolves and starts one job process: the worker-side half of the spawn path. The child side
+/// is C (cp_spawn); everything here happens before the clone.
+struct JobLauncher {
+    /// Host path that `/` of the job maps to. Empty once the worker runs in its own root
+    /// (sandboxed); the workspace path while it shares the host's root.
+    let rootPrefix: String
+    let devNullFD: Int32
+
+    struct Started {
+        let pid: Int32
+        let stdoutFD: Int32
+        let stderrFD: Int32
+        let stdinFD: Int32?   // write end, non-blocking; nil when there is no input
+    }
+
+    enum Failure: Error {
+        case notFound(command: String, searched: String)
+        case spawn(step: String, errno: Int32)
+    }
+
+    /// Host path for a path as the job sees it. `..` components are dropped so that the mapping
+    /// cannot climb out of the prefix.
+    func hostPath(_ jobPath: String) -> String {
+        var parts: [Substring] = []
+        for part in jobPath.split(separator: "/") where part != "." && !part.isEmpty {
+            if part == ".." { _ = parts.popLast() } else { parts.append(part) }
+        }
+        return rootPrefix + "/" + parts.joined(separator: "/")
+    }
+
+    /// The job's environment: a fixed base (nothing of the daemon's or the worker's own), then
+    /// what the request sets, which wins over the base.
+    func environment(tenant: String, requested: [String]) -> [String] {
+        var env = [
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "HOME=" + hostPath("/home"),
+            "TMPDIR=" + hostPath("/tmp"),
+            "USER=" + tenant,
+            "LOGNAME=" + tenant,
+            "LANG=C.UTF-8",
+        ]
+        for kv in requested {
+            let name = kv.prefix { $0 != "=" }
+            env.removeAll { $0.hasPrefix(name + "=") }
+            env.append(kv)
+        }
+        return env
+    }
+
+    /// `argv[0]` without a slash is looked up in the job's PATH, as a shell would.
+    func resolve(_ command: String, env: [String]) throws(Failure) -> String {
+        if command.contains("/") { return command }
+        let path = env.last(where: { $0.hasPrefix("PATH=") }).map { String($0.dropFirst(5)) } ?? "/usr/bin:/bin"
+        for dir in path.split(separator: ":") where dir.hasPrefix("/") {
+            let candidate = "\(dir)/\(command)"
+            var st = stat()
+            if stat(candidate, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, access(candidate, X_OK) == 0 {
+                return candidate
+            }
+        }
+        throw .notFound(command: command, searched: path)
+    }
+
+    func launch(_ request: RunRequest, tenant: String) throws(Failure) -> Started {
+        let env = environment(tenant: tenant, requested: request.env)
+        let path = try resolve(request.argv[0], env: env)
+        var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1], input: [Int32] = [-1, -1]
+        guard cp_pipe(&out, 1) == 0 else { throw .spawn(step: "pipe", errno: errno) }
+        guard cp_pipe(&err, 1) == 0 else {
+            let e = errno; close(out[0]); close(out[1]); throw .spawn(step: "pipe", errno: e)
+        }
+        let hasInput = !request.stdin.isEmpty
+        if hasInput {
+            guard cp_pipe(&input, 0) == 0 else {
+                let e = errno; [out[0], out[1], err[0], err[1]].forEach { close($0) }
+                throw .spawn(step: "pipe", errno: e)
+            }
+            _ = cp_set_nonblocking(input[1], 1)
+        }
+        let argv = CStringArray(request.argv)
+        let envp = CStringArray(env)
+        let cwd = hostPath(request.cwd)
+
+        var req = cp_spawn_request()
+        var step: Int32 = 0, spawnErrno: Int32 = 0
+        let pid: pid_t = path.withCString { cPath in
+            cwd.withCString { cCwd in
+                req.path = cPath
+                req.argv = UnsafePointer(argv.pointer)
+                req.envp = UnsafePointer(envp.pointer)
+                req.cwd = cCwd
+                req.fd_count = 3
+                withUnsafeMutableBytes(of: &req.fd_sources) { raw in
+                    let fds = raw.bindMemory(to: Int32.self)
+                    fds[0] = hasInput ? input[0] : devNullFD
+                    fds[1] = out[1]
+                    fds[2] = err[1]
+                }
+                // Own session and process group: a timeout or cancel kills the whole group.
+                req.new_session = 1
+                req.parent_death_signal = SIGKILL
+                req.clone_flags = 0
+                req.cgroup_fd = -1
+                req.umask_value = 0o022
+                // Second line of defence, whatever the sandbox adds: no core dumps.
+                req.rlimit_count = 1
+                withUnsafeMutableBytes(of: &req.rlimits) { raw in
+                    let limits = raw.bindMemory(to: cp_rlimit.self)
+                    limits[0] = cp_rlimit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0)
+                }
+                return cp_spawn(&req, &step, &spawnErrno)
+            }
+        }
+        close(out[1]); close(err[1])
+        if hasInput { close(input[0]) }
+        guard pid > 0 else {
+            close(out[0]); close(err[0])
+            if hasInput { close(input[1]) }
+            throw .spawn(step: String(cString: cp_spawn_step_name(step)), errno: spawnErrno)
+        }
+        return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil)
+    }
+}

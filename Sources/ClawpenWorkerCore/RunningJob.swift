@@ -1,0 +1,55 @@
+import ClawpenWire
+import Glibc
+
+/// One job process inside the worker, from spawn to its report.
+struct RunningJob {
+    enum KillReason { case timeout, cancel }
+
+    let id: String
+    let pid: Int32
+    let startedAt: UInt64
+    let deadline: UInt64
+    let outputCap: Int
+
+    var stdoutFD: Int32
+    var stderrFD: Int32
+    var stdinFD: Int32
+    var pendingInput: [UInt8]
+    var inputOffset = 0
+
+    var stdout = OutputBuffer()
+    var stderr = OutputBuffer()
+
+    var killReason: KillReason?
+    var waitStatus: Int32?
+    var exitedAt: UInt64 = 0
+    var cpuMicros: UInt64 = 0
+    var maxRSSKiB: UInt64 = 0
+    /// After the job's process has exited, how long its pipes may stay open (held by a process
+    /// that left the job's process group) before the report is sent anyway.
+    var drainDeadline: UInt64 = 0
+
+    var pipesClosed: Bool { stdoutFD < 0 && stderrFD < 0 }
+    var hasExited: Bool { waitStatus != nil }
+}
+
+/// Captured output, capped: beyond the cap bytes are read and dropped so the job never blocks
+/// on a full pipe, and the worker's memory stays bounded whatever the job prints.
+struct OutputBuffer {
+    var bytes: [UInt8] = []
+    var truncated = false
+
+    mutating func append(_ chunk: UnsafeRawBufferPointer, cap: Int) {
+        let room = cap - bytes.count
+        if room <= 0 {
+            if chunk.count > 0 { truncated = true }
+            return
+        }
+        if chunk.count > room {
+            bytes.append(contentsOf: chunk.prefix(room))
+            truncated = true
+        } else {
+            bytes.append(contentsOf: chunk)
+        }
+    }
+}

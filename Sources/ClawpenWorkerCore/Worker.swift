@@ -1,0 +1,340 @@
+import CClawpenShim
+import ClawpenWire
+import Glibc
+
+/// How the supervisor configured this worker (from its command line).
+public struct WorkerConfig: Sendable {
+    public var tenant: TenantName
+    /// The tenant's workspace on the host.
+    public var root: String
+    /// The socketpair end shared with the supervisor.
+    public var socketFD: Int32
+
+    public init(tenant: TenantName, root: String, socketFD: Int32) {
+        self.tenant = tenant; self.root = root; self.socketFD = socketFD
+    }
+}
+
+/// The worker: one per tenant, single-threaded, a poll loop over the supervisor socket, a
+/// SIGCHLD signalfd and the pipes of its running jobs. It holds no state that outlives a job.
+public final class Worker {
+    private let config: WorkerConfig
+    private let socketFD: Int32
+    private var inbound = FrameSplitter(maxFrameBytes: 64 * 1024 * 1024)
+    private var jobs: [String: RunningJob] = [:]
+    private var jobByPID: [Int32: String] = [:]
+    private var launcher: JobLauncher
+    private var sigchldFD: Int32 = -1
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+
+    /// How long pipes may outlive the job's process before the report goes out anyway.
+    private static let drainGraceNanos: UInt64 = 200_000_000
+
+    public init(config: WorkerConfig) {
+        self.config = config
+        self.socketFD = config.socketFD
+        self.launcher = JobLauncher(rootPrefix: config.root, devNullFD: -1)
+    }
+
+    private func log(_ message: String) {
+        var line = "clawpen-worker[\(config.tenant)]: \(message)\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// Sets up, reports ready (or the failed step) and serves until told to stop. Never returns.
+    public func run() -> Never {
+        do {
+            try setUp()
+        } catch {
+            send(.setupFailed(step: error.step, errno: error.errno, detail: error.detail))
+            log("setup failed at \(error.step): \(errnoString(error.errno)) \(error.detail)")
+            exit(70)
+        }
+        send(.ready(pid: getpid()))
+        serve()
+    }
+
+    struct SetupError: Error { let step: String; let errno: Int32; let detail: String }
+
+    private func setUp() throws(SetupError) {
+        _ = cp_set_pdeathsig(SIGKILL)
+        if getppid() == 1 { throw SetupError(step: "parent check", errno: ESRCH, detail: "supervisor is gone") }
+        guard cp_set_nonblocking(socketFD, 1) == 0 else {
+            throw SetupError(step: "socket", errno: errno, detail: "fd \(socketFD)")
+        }
+        sigchldFD = cp_sigchld_fd()
+        guard sigchldFD >= 0 else { throw SetupError(step: "signalfd", errno: errno, detail: "") }
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        guard devNull >= 0 else { throw SetupError(step: "open /dev/null", errno: errno, detail: "") }
+        launcher = JobLauncher(rootPrefix: config.root, devNullFD: devNull)
+        guard chdir(config.root) == 0 else {
+            throw SetupError(step: "chdir workspace", errno: errno, detail: config.root)
+        }
+        // /home and /tmp of the job's view, inside the workspace.
+        for dir in ["home", "tmp"] { _ = mkdir(dir, 0o700) }
+    }
+
+    // MARK: - The loop
+
+    private func serve() -> Never {
+        var fds: [pollfd] = []
+        while true {
+            fds.removeAll(keepingCapacity: true)
+            fds.append(pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: sigchldFD, events: Int16(POLLIN), revents: 0))
+            for job in jobs.values {
+                if job.stdoutFD >= 0 { fds.append(pollfd(fd: job.stdoutFD, events: Int16(POLLIN), revents: 0)) }
+                if job.stderrFD >= 0 { fds.append(pollfd(fd: job.stderrFD, events: Int16(POLLIN), revents: 0)) }
+                if job.stdinFD >= 0 { fds.append(pollfd(fd: job.stdinFD, events: Int16(POLLOUT), revents: 0)) }
+            }
+            let n = poll(&fds, nfds_t(fds.count), nextTimeoutMillis())
+            if n < 0 && errno != EINTR {
+                log("poll failed: \(errnoString(errno))")
+                shutdown(code: 70)
+            }
+            if n > 0 {
+                for pfd in fds where pfd.revents != 0 {
+                    if pfd.fd == socketFD { readSupervisor() }
+                    else if pfd.fd == sigchldFD { _ = cp_drain_signalfd(sigchldFD); reap() }
+                    else { service(fd: pfd.fd, revents: pfd.revents) }
+                }
+            }
+            enforceDeadlines()
+            finishReadyJobs()
+        }
+    }
+
+    private func nextTimeoutMillis() -> Int32 {
+        var next: UInt64 = .max
+        for job in jobs.values {
+            if job.hasExited { next = min(next, job.drainDeadline) }
+            else if job.killReason == nil { next = min(next, job.deadline) }
+        }
+        if next == .max { return -1 }
+        let now = monotonicNanos()
+        if next <= now { return 0 }
+        return Int32(clamping: (next - now + 999_999) / 1_000_000)
+    }
+
+    private func readSupervisor() {
+        while true {
+            let n = read(socketFD, scratch.baseAddress, scratch.count)
+            if n > 0 {
+                inbound.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                continue
+            }
+            if n == 0 {
+                // The supervisor is gone: nothing may outlive it.
+                shutdown(code: 0)
+            }
+            if errno == EINTR { continue }
+            if errno == EAGAIN { break }
+            log("read from supervisor failed: \(errnoString(errno))")
+            shutdown(code: 70)
+        }
+        while true {
+            let payload: [UInt8]?
+            do { payload = try inbound.next() } catch {
+                log("oversized frame from supervisor"); shutdown(code: 70)
+            }
+            guard let payload else { break }
+            let message: SupervisorToWorker
+            do { message = try SupervisorToWorker.decode(payload) } catch {
+                log("undecodable frame from supervisor: \(error)"); shutdown(code: 70)
+            }
+            handle(message)
+        }
+    }
+
+    private func handle(_ message: SupervisorToWorker) {
+        switch message {
+        case .run(let request): start(request)
+        case .cancel(let id):
+            guard var job = jobs[id], !job.hasExited, job.killReason == nil else { return }
+            job.killReason = .cancel
+            kill(-job.pid, SIGKILL)
+            jobs[id] = job
+        case .shutdown: shutdown(code: 0)
+        }
+    }
+
+    private func start(_ request: RunRequest) {
+        guard !request.argv.isEmpty, jobs[request.jobID] == nil else {
+            report(JobReport(jobID: request.jobID, outcome: .spawnFailed(step: "request", errno: EINVAL),
+                             stdout: [], stderr: Array("clawpen: invalid run request\n".utf8),
+                             stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
+            return
+        }
+        let started: JobLauncher.Started
+        do {
+            started = try launcher.launch(request, tenant: config.tenant.value)
+        } catch {
+            let (outcome, message): (JobOutcome, String)
+            switch error {
+            case .notFound(let command, let searched):
+                outcome = .spawnFailed(step: "exec", errno: ENOENT)
+                message = "clawpen: \(command): command not found (searched PATH=\(searched))\n"
+            case .spawn(let step, let e):
+                outcome = .spawnFailed(step: step, errno: e)
+                message = "clawpen: cannot run '\(request.argv[0])': \(step) failed: \(errnoString(e))\n"
+            }
+            report(JobReport(jobID: request.jobID, outcome: outcome, stdout: [], stderr: Array(message.utf8),
+                             stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
+            return
+        }
+        let now = monotonicNanos()
+        let job = RunningJob(
+            id: request.jobID, pid: started.pid, startedAt: now,
+            deadline: now + UInt64(request.timeoutMs) * 1_000_000,
+            outputCap: Int(request.outputCapBytes),
+            stdoutFD: started.stdoutFD, stderrFD: started.stderrFD, stdinFD: started.stdinFD ?? -1,
+            pendingInput: started.stdinFD == nil ? [] : request.stdin)
+        jobs[request.jobID] = job
+        jobByPID[started.pid] = request.jobID
+        send(.started(jobID: request.jobID, pid: started.pid))
+    }
+
+    /// A readable or writable pipe of some job.
+    private func service(fd: Int32, revents: Int16) {
+        guard let id = jobs.first(where: { $0.value.stdoutFD == fd || $0.value.stderrFD == fd || $0.value.stdinFD == fd })?.key,
+              var job = jobs[id] else { return }
+        if fd == job.stdinFD {
+            writeInput(&job)
+        } else {
+            let isOut = fd == job.stdoutFD
+            var closed = false
+            while true {
+                let n = read(fd, scratch.baseAddress, scratch.count)
+                if n > 0 {
+                    let chunk = UnsafeRawBufferPointer(rebasing: scratch[0..<n])
+                    if isOut { job.stdout.append(chunk, cap: job.outputCap) } else { job.stderr.append(chunk, cap: job.outputCap) }
+                    if n < scratch.count { break }
+                    continue
+                }
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && errno == EAGAIN { break }
+                closed = true
+                break
+            }
+            if closed {
+                close(fd)
+                if isOut { job.stdoutFD = -1 } else { job.stderrFD = -1 }
+            }
+        }
+        jobs[id] = job
+    }
+
+    private func writeInput(_ job: inout RunningJob) {
+        while job.inputOffset < job.pendingInput.count {
+            let n = job.pendingInput[job.inputOffset...].withUnsafeBytes { write(job.stdinFD, $0.baseAddress, $0.count) }
+            if n > 0 { job.inputOffset += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN { return }
+            break // EPIPE: the job closed its stdin; the rest is dropped
+        }
+        close(job.stdinFD)
+        job.stdinFD = -1
+        job.pendingInput = []
+    }
+
+    private func reap() {
+        while true {
+            var status: Int32 = 0
+            var usage = rusage()
+            let pid = cp_wait4(-1, &status, WNOHANG, &usage)
+            if pid <= 0 { return }
+            guard let id = jobByPID.removeValue(forKey: pid), var job = jobs[id] else { continue }
+            let now = monotonicNanos()
+            job.waitStatus = status
+            job.exitedAt = now
+            job.drainDeadline = now + Self.drainGraceNanos
+            job.cpuMicros = UInt64(usage.ru_utime.tv_sec) * 1_000_000 + UInt64(usage.ru_utime.tv_usec)
+                + UInt64(usage.ru_stime.tv_sec) * 1_000_000 + UInt64(usage.ru_stime.tv_usec)
+            job.maxRSSKiB = UInt64(max(0, usage.ru_maxrss))
+            // The job is over when its first process is: take whatever it left running in its
+            // process group with it.
+            kill(-pid, SIGKILL)
+            if job.stdinFD >= 0 { close(job.stdinFD); job.stdinFD = -1 }
+            jobs[id] = job
+        }
+    }
+
+    private func enforceDeadlines() {
+        let now = monotonicNanos()
+        for (id, var job) in jobs where !job.hasExited && job.killReason == nil && now >= job.deadline {
+            job.killReason = .timeout
+            kill(-job.pid, SIGKILL)
+            jobs[id] = job
+        }
+    }
+
+    private func finishReadyJobs() {
+        let now = monotonicNanos()
+        for (id, job) in jobs where job.hasExited && (job.pipesClosed || now >= job.drainDeadline) {
+            var job = job
+            if job.stdoutFD >= 0 { drainRemaining(fd: job.stdoutFD, into: &job.stdout, cap: job.outputCap); close(job.stdoutFD); job.stdoutFD = -1 }
+            if job.stderrFD >= 0 { drainRemaining(fd: job.stderrFD, into: &job.stderr, cap: job.outputCap); close(job.stderrFD); job.stderrFD = -1 }
+            jobs[id] = nil
+            report(makeReport(job))
+        }
+    }
+
+    private func drainRemaining(fd: Int32, into buffer: inout OutputBuffer, cap: Int) {
+        while true {
+            let n = read(fd, scratch.baseAddress, scratch.count)
+            guard n > 0 else { return }
+            buffer.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]), cap: cap)
+        }
+    }
+
+    private func makeReport(_ job: RunningJob) -> JobReport {
+        let status = job.waitStatus ?? 0
+        let signal: Int32? = cp_wifsignaled(status) != 0 ? cp_wtermsig(status) : nil
+        let outcome: JobOutcome
+        switch job.killReason {
+        case .timeout: outcome = .timedOut(signal: signal ?? SIGKILL)
+        case .cancel: outcome = .canceled(signal: signal)
+        case nil:
+            if let signal { outcome = .signaled(signal: signal) }
+            else { outcome = .exited(code: cp_wexitstatus(status)) }
+        }
+        return JobReport(
+            jobID: job.id, outcome: outcome, stdout: job.stdout.bytes, stderr: job.stderr.bytes,
+            stdoutTruncated: job.stdout.truncated, stderrTruncated: job.stderr.truncated,
+            runMicros: (job.exitedAt - job.startedAt) / 1000, cpuMicros: job.cpuMicros, maxRSSKiB: job.maxRSSKiB)
+    }
+
+    // MARK: - Sending
+
+    private func report(_ r: JobReport) { send(.finished(r)) }
+
+    /// Writes one frame, waiting for the socket when it is full. The supervisor (NIO) always
+    /// reads, so this cannot deadlock; meanwhile jobs block on their own full pipes.
+    private func send(_ message: WorkerToSupervisor) {
+        let frame = Framing.frame(message.encoded())
+        var offset = 0
+        while offset < frame.count {
+            let n = frame[offset...].withUnsafeBytes { write(socketFD, $0.baseAddress, $0.count) }
+            if n > 0 { offset += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN {
+                var pfd = pollfd(fd: socketFD, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&pfd, 1, -1)
+                continue
+            }
+            // EPIPE/ECONNRESET: the supervisor is gone.
+            shutdown(code: 0)
+        }
+    }
+
+    /// Kills every job's process group, reaps them, exits.
+    private func shutdown(code: Int32) -> Never {
+        for job in jobs.values where !job.hasExited { kill(-job.pid, SIGKILL) }
+        for job in jobs.values where !job.hasExited {
+            var status: Int32 = 0
+            var usage = rusage()
+            _ = cp_wait4(job.pid, &status, 0, &usage)
+        }
+        exit(code)
+    }
+}

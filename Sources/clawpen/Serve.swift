@@ -1,0 +1,136 @@
+import ArgumentParser
+import ClawpenPolicy
+import ClawpenSupervisor
+import Glibc
+import Logging
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the supervisor (normally started by systemd).",
+        discussion: """
+        Settings come from flags, else the environment (CLAWPEN_SOCKET, CLAWPEN_STATE_DIR, \
+        CLAWPEN_WORKSPACE_ROOT, CLAWPEN_POLICIES, CLAWPEN_WORKER), else --config FILE (TOML, a \
+        [serve] table with the flag names in snake_case: socket, state_dir, workspace_root, \
+        policies, worker_path, idle_timeout_s, max_frame_bytes, shutdown_grace_s, uid_min, \
+        uid_max, fsync_accepts), else the defaults. When --policies is not given and \
+        /etc/clawpen/policies does not exist, the embedded default policies are used (and \
+        `status` says so). SIGTERM or SIGINT: stop accepting, let running jobs finish within \
+        the grace period, stop the workers, remove the socket.
+        """)
+
+    @Option(help: "Socket to listen on (default /run/clawpen/clawpen.sock).") var socket: String?
+    @Option(name: .customLong("state-dir"), help: "Where the SQLite store lives (default /var/lib/clawpen).") var stateDir: String?
+    @Option(name: .customLong("workspace-root"), help: "Parent of every tenant's workspace (default /workspace).") var workspaceRoot: String?
+    @Option(help: "Policies directory (default /etc/clawpen/policies).") var policies: String?
+    @Option(help: "A TOML file with a [serve] table.") var config: String?
+    @Option(name: .customLong("worker-path"), help: "The clawpen-worker executable (default: next to clawpen).") var workerPath: String?
+    @Option(name: .customLong("idle-timeout"), help: "Seconds before an idle worker is stopped (default 300).") var idleTimeout: Double?
+    @Option(name: .customLong("max-frame-bytes"), help: "Largest request frame accepted (default 16777216).") var maxFrameBytes: Int?
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds running jobs get to finish on SIGTERM (default 10).") var shutdownGrace: Double?
+    @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String = "info"
+
+    func run() throws {
+        var cfg = ServeConfig()
+        if let path = config {
+            do { try ConfigFile.apply(path: path, to: &cfg) } catch {
+                throw Output.fail(.invalidRequest, "\(error)")
+            }
+        }
+        func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } }
+        if let v = socket ?? env("CLAWPEN_SOCKET") { cfg.socketPath = v }
+        if let v = stateDir ?? env("CLAWPEN_STATE_DIR") { cfg.stateDir = v }
+        if let v = workspaceRoot ?? env("CLAWPEN_WORKSPACE_ROOT") { cfg.workspaceRoot = v }
+        if let v = policies ?? env("CLAWPEN_POLICIES") { cfg.policiesDir = v; cfg.policiesDirExplicit = true }
+        if let v = workerPath ?? env("CLAWPEN_WORKER") { cfg.workerPath = v }
+        if let v = idleTimeout { cfg.idleTimeoutSeconds = v }
+        if let v = maxFrameBytes { cfg.maxFrameBytes = v }
+        if let v = shutdownGrace { cfg.shutdownGraceSeconds = v }
+        if let v = fsyncAccepts { cfg.fsyncAccepts = v }
+        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
+            throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --max-frame-bytes 1024...1073741824")
+        }
+        cfg.socketPath = absolute(cfg.socketPath)
+        cfg.stateDir = absolute(cfg.stateDir)
+        cfg.workspaceRoot = absolute(cfg.workspaceRoot)
+        cfg.policiesDir = absolute(cfg.policiesDir)
+
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "clawpen")
+        do { try Server.run(cfg, logger: logger) } catch {
+            Output.writeStderr("clawpen: serve: \(error)\n")
+            throw ExitCode(error.exitCode)
+        }
+    }
+
+    private func absolute(_ p: String) -> String {
+        if p.hasPrefix("/") { return p }
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buf, buf.count) != nil else { return p }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + p
+    }
+}
+
+extension ServeError {
+    var exitCode: Int32 {
+        switch self {
+        case .socketInUse: return 69
+        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied: return 78 // EX_CONFIG
+        default: return 70
+        }
+    }
+}
+
+/// `serve --config FILE`: a `[serve]` table, keys named like the flags in snake_case.
+enum ConfigFile {
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func apply(path: String, to cfg: inout ServeConfig) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure(description: "cannot read config file \(path): \(String(cString: strerror(errno)))") }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        close(fd)
+        let doc: TOMLDocument
+        do { doc = try TOMLDocument.parse(String(decoding: bytes, as: UTF8.self), file: path) } catch {
+            throw Failure(description: error.description)
+        }
+        for top in doc.root.entries where top.key != "serve" {
+            throw Failure(description: "\(path):\(top.line): unknown key '\(top.key)' (the config file has one table, [serve])")
+        }
+        guard let serve = doc.root["serve"]?.tableValue else { return }
+        var uidMin = cfg.uidRange.lowerBound, uidMax = cfg.uidRange.upperBound
+        for e in serve.entries {
+            func bad(_ expected: String) -> Failure { Failure(description: "\(path):\(e.line): \(e.key) must be \(expected)") }
+            switch e.key {
+            case "socket": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.socketPath = s
+            case "state_dir": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.stateDir = s
+            case "workspace_root": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.workspaceRoot = s
+            case "policies": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.policiesDir = s; cfg.policiesDirExplicit = true
+            case "worker_path": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.workerPath = s
+            case "idle_timeout_s": guard let d = e.value.numberValue, d > 0 else { throw bad("a positive number") }; cfg.idleTimeoutSeconds = d
+            case "shutdown_grace_s": guard let d = e.value.numberValue, d >= 0 else { throw bad("a number >= 0") }; cfg.shutdownGraceSeconds = d
+            case "max_frame_bytes": guard let i = e.value.integerValue, i >= 1024 else { throw bad("an integer >= 1024") }; cfg.maxFrameBytes = Int(i)
+            case "uid_min": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMin = Int(i)
+            case "uid_max": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMax = Int(i)
+            case "fsync_accepts": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.fsyncAccepts = b
+            default:
+                throw Failure(description: "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts)")
+            }
+        }
+        guard uidMin <= uidMax else { throw Failure(description: "\(path): uid_min (\(uidMin)) is above uid_max (\(uidMax))") }
+        cfg.uidRange = uidMin...uidMax
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import ClawpenClient
+import ClawpenProtocol
+import Glibc
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the supervisor and every tenant's worker at a glance.",
+        discussion: "Numbers that cannot be read are shown as - (null in --json), never as 0.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Only this tenant.") var tenant: String?
+    @Flag(help: "Print the status object as JSON.") var json = false
+    @Flag(help: "Redraw every second until interrupted.") var watch = false
+
+    func run() throws {
+        repeat {
+            let status = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.status(tenant: tenant) }
+            if watch { Output.writeStdout("\u{1B}[H\u{1B}[2J") }
+            if json { Output.json(status) } else { Output.writeStdout(Self.render(status)) }
+            if watch { sleep(1) }
+        } while watch
+    }
+
+    static func render(_ s: JSONValue) -> String {
+        let sup = s["supervisor"] ?? .null
+        let cg = sup["cgroup"] ?? .null
+        var out = "clawpen \(sup["version"]?.stringValue ?? "?")  pid \(sup["pid"]?.intValue.map(String.init) ?? "-")"
+        out += "  up \(Format.duration(sup["uptime_s"]?.doubleValue))"
+        out += "  cgroup \(cg["mode"]?.stringValue ?? "-")"
+        if let p = cg["path"]?.stringValue { out += " (\(p))" }
+        out += "  policies: \(sup["policies"]?.stringValue ?? "-")"
+        if sup["draining"]?.boolValue == true { out += "  DRAINING" }
+        out += "\n\n"
+        var rows = [["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "MEMORY", "CPU", "ENFORCED"]]
+        for t in s["tenants"]?.arrayValue ?? [] {
+            let jobs = t["jobs"] ?? .null, usage = t["usage"] ?? .null, limits = t["limits"] ?? .null
+            let enf = t["enforcement"] ?? .null
+            let mem = Format.bytes(usage["memory_current"]?.intValue) + "/" + Format.bytes(limits["memory_max"]?.intValue)
+            let cpu = usage["cpu_usec"]?.intValue.map { "\(Double($0) / 1e6)s" } ?? "-"
+            let enforced = ["memory", "pids", "cpu"].map { "\($0)=\(enf[$0]?.stringValue ?? "-")" }.joined(separator: ",")
+            func n(_ v: JSONValue?) -> String { v?.intValue.map(String.init) ?? "-" }
+            rows.append([
+                t["tenant"]?.stringValue ?? "?", t["tier"]?.stringValue ?? "-", t["state"]?.stringValue ?? "-",
+                n(t["worker_pid"]), Format.duration(t["uptime_s"]?.doubleValue), n(t["restarts"]),
+                n(jobs["queued"]), n(jobs["running"]), n(jobs["succeeded"]), n(jobs["failed"]), mem, cpu, enforced,
+            ])
+        }
+        out += Format.table(rows)
+        let troubled = (s["tenants"]?.arrayValue ?? []).compactMap { t -> String? in
+            guard let e = t["last_error"]?.stringValue else { return nil }
+            return "  \(t["tenant"]?.stringValue ?? "?"): \(e)"
+        }
+        if !troubled.isEmpty { out += "\nlast errors:\n" + troubled.joined(separator: "\n") + "\n" }
+        return out
+    }
+}

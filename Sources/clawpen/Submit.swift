@@ -1,0 +1,85 @@
+import ArgumentParser
+import ClawpenClient
+import ClawpenProtocol
+import Glibc
+
+struct Submit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a command as a tenant's job.",
+        discussion: """
+        Behaves like running the command locally: the job's stdout on stdout, its stderr on \
+        stderr, and its exit status as clawpen's (128+N when signal N ended it, 124 on timeout). \
+        The job is accepted (committed to the supervisor's store) before it runs; if this command \
+        is interrupted, the job still runs: see `clawpen job get ID`.
+
+        Example: clawpen submit --tenant acme --env MODE=fast -- python3 -c 'print(1)'
+        """)
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "The tenant to run as.") var tenant: String
+    @Option(help: "Kill the job after this many seconds (default: the tier's, 30).") var timeout: Double?
+    @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable of the job (repeatable).", valueName: "K=V"))
+    var env: [String] = []
+    @Option(help: "Working directory as the job sees it (default /home).") var cwd: String?
+    @Option(name: .customLong("stdin-file"), help: "Send this file as the job's stdin.") var stdinFile: String?
+    @Flag(name: .customShort("i"), help: "Send clawpen's own stdin as the job's stdin.") var interactiveStdin = false
+    @Option(name: .customLong("idempotency-key"), help: "Return the earlier job with this key instead of running again.")
+    var idempotencyKey: String?
+    @Flag(help: "Do not wait: print the job id once it is accepted.") var detach = false
+    @Flag(help: "Print the job as JSON (with --detach: as accepted).") var json = false
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
+    var command: [String] = []
+
+    func validate() throws {
+        if stdinFile != nil && interactiveStdin { throw ValidationError("give --stdin-file or -i, not both") }
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        if cmd.isEmpty { throw ValidationError("no command given: clawpen submit --tenant NAME -- CMD [ARG...]") }
+        for e in env where !e.contains("=") || e.hasPrefix("=") {
+            throw ValidationError("--env takes K=V, got '\(e)'")
+        }
+    }
+
+    func run() throws {
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        var stdin: [UInt8] = []
+        if let stdinFile {
+            guard let bytes = readAll(path: stdinFile) else {
+                throw Output.fail(.invalidRequest, "cannot read --stdin-file \(stdinFile): \(String(cString: strerror(errno)))")
+            }
+            stdin = bytes
+        } else if interactiveStdin {
+            stdin = readAll(fd: 0)
+        }
+        let vars = env.map { e -> SubmitRequest.EnvVar in
+            let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return .init(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
+        }
+        let request = SubmitRequest(tenant: tenant, argv: cmd, env: vars, cwd: cwd, stdin: stdin,
+                                    timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach)
+        let (job, _) = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
+        if detach {
+            if json { Output.json(job.json) } else { Output.line(job.id) }
+            return
+        }
+        throw present(job, json: json)
+    }
+
+    private func readAll(path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return readAll(fd: fd)
+    }
+
+    private func readAll(fd: Int32) -> [UInt8] {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return out
+    }
+}
