@@ -58,7 +58,7 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .executableTarget(
             name: "clawpen-bench",
-            dependencies: ["ClawpenClient", "CClawpenShim",
+            dependencies: ["ClawpenClient", "ClawpenProtocol", "CClawpenShim",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
@@ -66,13 +66,17 @@ let package = Package(
             name: "ClawpenUnitTests",
             dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor"],
             swiftSettings: strict),
+        // Starts the real daemon in temporary directories; shared by the two suites below.
+        .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),
+        // `clawpen` is a dependency so that `swift test` builds it. clawpen-worker cannot be one: its
+        // -static-stdlib link flag would leak into the test product. scripts/test builds it first.
         .testTarget(
             name: "ClawpenIntegrationTests",
-            dependencies: ["ClawpenClient", "clawpen", "clawpen-worker"],
+            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],
             swiftSettings: strict),
         .testTarget(
             name: "ClawpenHostileTests",
-            dependencies: ["ClawpenClient", "clawpen", "clawpen-worker"],
+            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],
             swiftSettings: strict),
     ]
 )

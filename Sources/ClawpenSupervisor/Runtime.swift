@@ -59,7 +59,7 @@ final class TenantRuntime: @unchecked Sendable {
             if !w.isReady { return .starting }
             return w.inFlight.isEmpty ? .ready : .busy
         }
-        return respawnPending || (lastError != nil && !queue.isEmpty) ? .crashed : .idle
+        return respawnPending ? .crashed : .idle
     }
 }
 

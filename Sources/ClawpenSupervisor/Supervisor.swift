@@ -301,8 +301,8 @@ public final class Supervisor: @unchecked Sendable {
         case .ready:
             guard !w.isReady else { return workerMisbehaved(w, "said ready twice") }
             w.isReady = true
+            // lastError stays: status keeps showing that this tenant's worker died, after it is back.
             rt.consecutiveStartFailures = 0
-            rt.lastError = nil
             dispatch(rt)
             armIdleTimerIfIdle(rt)
         case .setupFailed(let step, let err, let detail):

@@ -27,6 +27,7 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an idle worker is stopped (default 300).") var idleTimeout: Double?
     @Option(name: .customLong("max-frame-bytes"), help: "Largest request frame accepted (default 16777216).") var maxFrameBytes: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds running jobs get to finish on SIGTERM (default 10).") var shutdownGrace: Double?
+    @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).") var partialFrameTimeout: Double?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String = "info"
 
@@ -47,7 +48,8 @@ struct Serve: ParsableCommand {
         if let v = maxFrameBytes { cfg.maxFrameBytes = v }
         if let v = shutdownGrace { cfg.shutdownGraceSeconds = v }
         if let v = fsyncAccepts { cfg.fsyncAccepts = v }
-        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
+        if let v = partialFrameTimeout { cfg.partialFrameTimeoutSeconds = v }
+        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
             throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --max-frame-bytes 1024...1073741824")
         }
         cfg.socketPath = absolute(cfg.socketPath)

@@ -1,0 +1,237 @@
+import ClawpenTestSupport
+import Foundation
+import XCTest
+
+/// Start-up, shutdown, restart, idle reaping and crashes of the daemon and its workers.
+final class LifecycleTests: XCTestCase {
+    var daemons: [Daemon] = []
+
+    override func tearDown() { daemons.forEach { $0.cleanup() } }
+
+    func make(_ args: [String] = [], dir: String? = nil, policies: String? = nil) throws -> Daemon {
+        let d = try Daemon(extraArgs: args, dir: dir, policies: policies)
+        daemons.append(d)
+        return d
+    }
+
+    func testSocketModeAndCleanShutdownRemovesSocket() throws {
+        let d = try make().start()
+        var st = stat()
+        XCTAssertEqual(lstat(d.socket, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o660)
+        try d.createTenant("a")
+        _ = try d.run("a", ["true"])
+        let worker = Int32(try d.tenantStatus("a")["worker_pid"]!.intValue!)
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertNotEqual(lstat(d.socket, &st), 0, "socket removed on shutdown")
+        XCTAssertTrue(d.eventually(3) { kill(worker, 0) != 0 }, "worker stopped with the daemon")
+    }
+
+    func testSocketParentDirectoryIsCreated0755() throws {
+        let d = try make()
+        let nested = d.dir + "/run/clawpen"
+        let d2 = try make(["--socket", nested + "/c.sock"], dir: d.dir)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+        p.arguments = d2.serveArguments
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() }
+        XCTAssertTrue(d.eventually { (try? ClawpenConnection(socketPath: nested + "/c.sock").call(.ping)) != nil })
+        var st = stat()
+        XCTAssertEqual(stat(nested, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o755)
+    }
+
+    func testStaleSocketIsReplacedLiveOneRefused() throws {
+        let d = try make()
+        try FileManager.default.createDirectory(atPath: d.dir, withIntermediateDirectories: true)
+        // A socket file nobody listens on: what a daemon killed with SIGKILL leaves behind.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in d.socket.utf8.enumerated() { raw[i] = b } }
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        close(fd)
+        try d.start()
+        // A second daemon on the same socket refuses to start and leaves the first alone.
+        let second = Process()
+        second.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+        second.arguments = d.serveArguments
+        let err = Pipe()
+        second.standardError = err
+        try second.run()
+        second.waitUntilExit()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertNotEqual(second.terminationStatus, 0)
+        XCTAssertTrue(message.contains("already serving"), message)
+        XCTAssertNoThrow(try d.connect().call(.ping))
+    }
+
+    func testNonSocketAtSocketPathIsNotReplaced() throws {
+        let d = try make()
+        try FileManager.default.createDirectory(atPath: d.dir, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: d.socket, contents: Data("precious".utf8))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+        p.arguments = d.serveArguments
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertTrue(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("not a socket"))
+        XCTAssertEqual(try String(contentsOfFile: d.socket, encoding: .utf8), "precious")
+    }
+
+    func testInvalidPolicyIsAStartupErrorNamingFileAndKey() throws {
+        let d = try make()
+        let pol = d.dir + "/policies"
+        try FileManager.default.createDirectory(atPath: pol + "/tiers", withIntermediateDirectories: true)
+        for tier in ["free", "pro", "enterprise"] {
+            try FileManager.default.copyItem(atPath: Daemon.repoRoot + "/policies/tiers/\(tier).toml", toPath: pol + "/tiers/\(tier).toml")
+        }
+        var text = try String(contentsOfFile: pol + "/tiers/pro.toml", encoding: .utf8)
+        text = text.replacingOccurrences(of: "pids_max = 256", with: "pids_max = \"lots\"")
+        try text.write(toFile: pol + "/tiers/pro.toml", atomically: true, encoding: .utf8)
+        let d2 = try make(dir: d.dir, policies: pol)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+        p.arguments = d2.serveArguments
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertTrue(message.contains("pro.toml") && message.contains("pids_max"), message)
+        // A missing tier file is named too.
+        try FileManager.default.removeItem(atPath: pol + "/tiers/pro.toml")
+        try FileManager.default.copyItem(atPath: Daemon.repoRoot + "/policies/tiers/pro.toml", toPath: pol + "/tiers/pro.toml")
+        try FileManager.default.removeItem(atPath: pol + "/tiers/enterprise.toml")
+        let p2 = Process()
+        p2.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+        p2.arguments = d2.serveArguments
+        let err2 = Pipe()
+        p2.standardError = err2
+        try p2.run()
+        p2.waitUntilExit()
+        XCTAssertTrue(String(decoding: err2.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("enterprise.toml"))
+    }
+
+    func testGracefulShutdownLetsRunningJobsFinish() throws {
+        let d = try make(["--shutdown-grace", "10"]).start()
+        try d.createTenant("a")
+        let job = try d.detach("a", ["sh", "-c", "sleep 1; echo finished"])
+        XCTAssertTrue(d.eventually { (try? d.tenantStatus("a")["jobs"]?["running"]?.intValue) == 1 })
+        XCTAssertEqual(d.stop(), 0)
+        // Read the result through a new daemon on the same state.
+        let d2 = try make(dir: d.dir).start()
+        let done = try d2.connect().job(.jobGet(jobID: job.id)).job
+        XCTAssertEqual(done.state, .succeeded)
+        XCTAssertEqual(done.stdout, "finished\n")
+        XCTAssertEqual(done.attempt, 1)
+    }
+
+    func testRestartRequeuesQueuedAndRunningJobs() throws {
+        let d = try make(["--shutdown-grace", "0"]).start()
+        try d.createTenant("a")
+        // Two run (tier free), one waits.
+        let ids = try (0..<3).map { _ in try d.detach("a", ["sh", "-c", "sleep 2; echo ran"]).id }
+        XCTAssertTrue(d.eventually { (try? d.tenantStatus("a")["jobs"]?["running"]?.intValue) == 2 })
+        // Crash the daemon: no chance to record anything. Its workers die with it (PDEATHSIG).
+        let workerPID = Int32(try d.tenantStatus("a")["worker_pid"]!.intValue!)
+        d.stop(signal: SIGKILL)
+        XCTAssertTrue(d.eventually(5) { kill(workerPID, 0) != 0 }, "worker outlived the daemon")
+        let d2 = try make(dir: d.dir).start()
+        let c = try d2.connect()
+        for id in ids {
+            let job = try c.job(.jobWait(jobID: id)).job
+            XCTAssertEqual(job.state, .succeeded, "job \(id)")
+            XCTAssertEqual(job.stdout, "ran\n")
+            XCTAssertEqual(job.attempt, 2, "job \(id) was queued again with attempt + 1")
+        }
+    }
+
+    func testIdleWorkerIsReapedAndRespawnedOnDemand() throws {
+        let d = try make(["--idle-timeout", "0.5"]).start()
+        try d.createTenant("a")
+        let first = try d.run("a", ["sh", "-c", "echo $PPID"]).stdout
+        XCTAssertTrue(d.eventually(5) { (try? d.tenantStatus("a")["state"]?.stringValue) == "idle" })
+        let t = try d.tenantStatus("a")
+        XCTAssertEqual(t["worker_pid"], .null)
+        XCTAssertEqual(t["restarts"]?.intValue, 0, "an idle stop is no restart")
+        XCTAssertNotEqual(kill(Int32(first.trimmingCharacters(in: .whitespacesAndNewlines))!, 0), 0)
+        let second = try d.run("a", ["sh", "-c", "echo $PPID"])
+        XCTAssertEqual(second.state, .succeeded)
+        XCTAssertNotEqual(second.stdout, first, "a new worker")
+    }
+
+    func testWorkerCrashRequeuesItsJobAndRespawns() throws {
+        let d = try make().start()
+        try d.createTenant("a")
+        // The first attempt kills its own worker; the retry (in a new worker) succeeds.
+        let job = try d.run("a", ["sh", "-c", "test -f $HOME/once || { touch $HOME/once; kill -9 $PPID; sleep 5; }; echo second try"])
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertEqual(job.stdout, "second try\n")
+        XCTAssertEqual(job.attempt, 2)
+        let t = try d.tenantStatus("a")
+        XCTAssertEqual(t["restarts"]?.intValue, 1)
+        XCTAssertNotNil(t["last_error"]?.stringValue)
+    }
+
+    func testJobThatAlwaysKillsItsWorkerEndsWorkerCrashed() throws {
+        let d = try make().start()
+        try d.createTenant("a")
+        let job = try d.run("a", ["sh", "-c", "kill -9 $PPID; sleep 5"])
+        XCTAssertEqual(job.state, .failed)
+        XCTAssertEqual(job.error?.code, .workerCrashed)
+        XCTAssertEqual(job.attempt, 3)
+        XCTAssertEqual(try d.run("a", ["echo", "fine"]).stdout, "fine\n", "the tenant still works afterwards")
+        let r = try runCLI(["submit", "--tenant", "a", "--", "sh", "-c", "kill -9 $PPID; sleep 5"], socket: d.socket)
+        XCTAssertEqual(r.status, 70)
+        XCTAssertTrue(r.stderr.contains("worker_crashed"), r.stderr)
+    }
+
+    func testMissingWorkerBinaryFailsJobsClearly() throws {
+        let d = try make(["--worker-path", "/bin/false"]).start()
+        try d.createTenant("a")
+        let job = try d.run("a", ["true"])
+        XCTAssertEqual(job.state, .failed)
+        XCTAssertEqual(job.error?.code, .workerCrashed)
+        XCTAssertTrue(job.error?.message.contains("cannot start") ?? false, job.error?.message ?? "")
+        XCTAssertEqual(try d.tenantStatus("a")["state"]?.stringValue, "idle")
+        XCTAssertNoThrow(try d.connect().call(.ping))
+    }
+
+    func testClientThatDisconnectsMidJobDoesNotLoseIt() throws {
+        let d = try make().start()
+        try d.createTenant("a")
+        do {
+            let raw = try RawSocket(d.socket)
+            raw.sendFrame(Array(#"{"type":"submit","id":1,"tenant":"a","argv":["sh","-c","sleep 0.5; echo survived"],"idempotency_key":"gone","wait":true}"#.utf8))
+            usleep(100_000)
+        } // closed here, mid-job
+        // The same key finds the job; it ran to the end.
+        let again = try d.connect().submit(SubmitRequest(tenant: "a", argv: ["true"], idempotencyKey: "gone", wait: true))
+        XCTAssertTrue(again.existing)
+        XCTAssertEqual(again.job.state, .succeeded)
+        XCTAssertEqual(again.job.stdout, "survived\n")
+        XCTAssertEqual(try d.connect().job(.jobGet(jobID: again.job.id)).job.stdout, "survived\n")
+    }
+
+    func testConfigFileAndUnknownKey() throws {
+        let d = try make()
+        try FileManager.default.createDirectory(atPath: d.dir, withIntermediateDirectories: true)
+        let cfg = d.dir + "/clawpen.toml"
+        try "[serve]\nidle_timeout_s = 0.4\nbogus = 1\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        let r = try runCLI(d.serveArguments + ["--config", cfg], socket: nil)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("clawpen.toml:3") && r.stderr.contains("bogus"), r.stderr)
+        try "[serve]\nidle_timeout_s = 0.4\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        let d2 = try make(["--config", cfg], dir: d.dir).start()
+        try d2.createTenant("a")
+        _ = try d2.run("a", ["true"])
+        XCTAssertTrue(d2.eventually(5) { (try? d2.tenantStatus("a")["state"]?.stringValue) == "idle" }, "idle timeout from the config file")
+    }
+}
