@@ -1,0 +1,191 @@
+import ArgumentParser
+import Glibc
+
+/// Which part of the benchmark to run.
+enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case all, warm, throughput, cold, density
+}
+
+/// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
+/// measured failed jobs would report numbers about errors, so every job result is checked.
+struct BenchFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+@main
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clawpen-bench",
+        abstract: "Measure clawpen against its targets with a real supervisor.",
+        discussion: """
+        Each scenario starts its own `clawpen serve` (temporary socket, state and workspace \
+        directories under /tmp, --idle-timeout 3600), runs /bin/true jobs through the client \
+        library, stops the daemon with SIGTERM and removes the directories. Every job must end \
+        `succeeded`; anything else stops the run with exit status 1 and the daemon's log tail.
+
+        warm: p50/p99 of sequential submits (wait) of /bin/true to one tenant whose worker \
+        is up, against the floor (the same /bin/true fork/exec'd directly by this process, as \
+        many times, alternating in blocks), and bubblewrap's time for a sandboxed /bin/true when \
+        `bwrap` is on PATH.
+
+        throughput: jobs/s with concurrent submitters (one thread and one connection each, one \
+        job at a time) spread over several tenants.
+
+        cold: time from the first submit for a new tenant (created beforehand, untimed) to its \
+        result, worker start included.
+
+        density: private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, after \
+        sync) of idle workers (median), and of the supervisor with many tenants that each ran one \
+        job, workers still up.
+
+        Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
+        private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
+        change the exit status; a failed job or a misbehaving daemon does.
+        """)
+
+    @Option(help: "Run one scenario: all, warm, throughput, cold or density.")
+    var scenario: Scenario = .all
+
+    @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
+    var json = false
+
+    @Option(help: ArgumentHelp("The clawpen executable to start (default: the one next to clawpen-bench; clawpen-worker must be next to it).", valueName: "path"))
+    var clawpen: String?
+
+    @Option(help: ArgumentHelp("Policies directory passed to `clawpen serve --policies` (default: the repository's policies/, found above the executable, else ./policies).", valueName: "dir"))
+    var policies: String?
+
+    @Option(name: .customLong("warm-jobs"), help: "Timed sequential jobs in the warm scenario; the floor runs as many fork/execs.")
+    var warmJobs = 2000
+
+    @Option(name: .customLong("warmup-jobs"), help: "Untimed jobs (and floor spawns) before the warm measurement.")
+    var warmupJobs = 200
+
+    @Option(name: .customLong("bwrap-runs"), help: "Timed bubblewrap runs in the warm scenario (skipped when bwrap is not on PATH).")
+    var bwrapRuns = 200
+
+    @Option(name: .customLong("throughput-jobs"), help: "Jobs in total in the throughput scenario.")
+    var throughputJobs = 8000
+
+    @Option(name: .customLong("throughput-threads"), help: "Concurrent submitter threads, each with its own connection, submitting and waiting one job at a time.")
+    var throughputThreads = 16
+
+    @Option(name: .customLong("throughput-tenants"), help: "Tenants the throughput submitters are spread over (thread i uses tenant i mod N).")
+    var throughputTenants = 8
+
+    @Option(name: .customLong("cold-tenants"), help: "New tenants whose first job is timed in the cold scenario.")
+    var coldTenants = 100
+
+    @Option(name: .customLong("idle-tenants"), help: "Tenants whose idle workers are measured for the per-worker figure (median).")
+    var idleTenants = 10
+
+    @Option(name: .customLong("density-tenants"), help: "Tenants (each runs one job; workers stay up) when the supervisor's memory is measured.")
+    var densityTenants = 1000
+
+    @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
+    var keepTemp = false
+
+    func validate() throws {
+        guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
+              throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1 else {
+            throw ValidationError("counts must be positive")
+        }
+        guard densityTenants >= idleTenants else {
+            throw ValidationError("--density-tenants must be at least --idle-tenants (\(idleTenants))")
+        }
+    }
+
+    func run() throws {
+        let setup: Setup
+        do { setup = try Setup.resolve(clawpen: clawpen, policies: policies, keepTemp: keepTemp) } catch {
+            Progress.say("clawpen-bench: \(error)")
+            throw ExitCode(1)
+        }
+        var report = Report(machine: MachineInfo.current())
+        let scenarios = Scenarios(options: self, setup: setup)
+        do {
+            if scenario == .all || scenario == .warm { try scenarios.warm(into: &report) }
+            if scenario == .all || scenario == .throughput { try scenarios.throughput(into: &report) }
+            if scenario == .all || scenario == .cold { try scenarios.cold(into: &report) }
+            if scenario == .all || scenario == .density { try scenarios.density(into: &report) }
+        } catch {
+            Progress.say("\nclawpen-bench: FAILED: \(error)")
+            if report.hasFigures {
+                Progress.say("\nFigures measured before the failure:\n" + report.table())
+            }
+            throw ExitCode(1)
+        }
+        print(report.table(), terminator: "")
+        if json { print(report.json().text) }
+        fflush(nil)
+    }
+}
+
+/// Where the binaries and policies are.
+struct Setup: Sendable {
+    let clawpen: String
+    let policies: String
+    let keepTemp: Bool
+
+    static func resolve(clawpen: String?, policies: String?, keepTemp: Bool) throws(BenchFailure) -> Setup {
+        let exeDir = dirname(of: selfExecutable())
+        let bin = absolute(clawpen ?? exeDir + "/clawpen")
+        guard access(bin, X_OK) == 0 else {
+            throw BenchFailure("\(bin) is not an executable (build it, or give --clawpen PATH)")
+        }
+        let worker = dirname(of: bin) + "/clawpen-worker"
+        guard access(worker, X_OK) == 0 else {
+            throw BenchFailure("\(worker) is missing: `clawpen serve` looks for clawpen-worker next to clawpen")
+        }
+        var dir: String
+        if let policies { dir = absolute(policies) } else {
+            dir = absolute("policies")
+            var d = exeDir
+            while d != "/" && !d.isEmpty {
+                if isDirectory(d + "/policies/tiers") { dir = d + "/policies"; break }
+                d = dirname(of: d)
+            }
+        }
+        guard isDirectory(dir) else { throw BenchFailure("policies directory \(dir) does not exist (give --policies DIR)") }
+        return Setup(clawpen: bin, policies: dir, keepTemp: keepTemp)
+    }
+
+    static func selfExecutable() -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { return CommandLine.arguments[0] }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func dirname(of path: String) -> String {
+        guard let i = path.lastIndex(of: "/") else { return "." }
+        return i == path.startIndex ? "/" : String(path[..<i])
+    }
+
+    static func absolute(_ p: String) -> String {
+        if p.hasPrefix("/") { return p }
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buf, buf.count) != nil else { return p }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + p
+    }
+
+    static func isDirectory(_ p: String) -> Bool {
+        var st = stat()
+        return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+}
+
+/// Progress and errors go to standard error, so that standard output holds only the figures.
+enum Progress {
+    static func say(_ s: String) {
+        let bytes = Array((s + "\n").utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            off += n
+        }
+    }
+}

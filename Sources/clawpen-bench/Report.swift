@@ -1,0 +1,204 @@
+import ClawpenProtocol
+
+/// Everything measured, printed as a table and as JSON. A scenario that did not run leaves its
+/// figures nil (`null` in JSON).
+struct Report {
+    let machine: MachineInfo
+
+    var floor: Summary?
+    var warm: Summary?
+    var bwrapRan = false
+    var bwrap: Summary?
+    var bwrapPath: String?
+    var bwrapNote: String?
+
+    var throughputJobsPerS: Double?
+    var throughputJobs: Int?
+    var throughputThreads: Int?
+    var throughputTenants: Int?
+    var throughputSeconds: Double?
+    var throughputLatency: Summary?
+    var throughputFloorJobsPerS: Double?  // /bin/true run by as many shell loops as submitters
+    var throughputBenchCPU: Double?   // CPUs used by this process (the submitters) during the run
+    var throughputDaemonCPU: Double?  // CPUs used by the supervisor process (not its workers)
+
+    var cold: Summary?
+    var coldPrestartedWorkers: Int?
+
+    var supervisorBaselineMiB: Double?
+    var idleWorkerKiB: Double?
+    var idleWorkerRssKiB: Double?
+    var idleWorkersMeasured: Int?
+    var densityTenants: Int?
+    var densityWorkersUp: Int?
+    var supervisorMiB: Double?
+    var supervisorRssMiB: Double?
+    var workerKiBAtDensity: Double?
+    var workersTotalPrivateMiB: Double?
+
+    init(machine: MachineInfo) { self.machine = machine }
+
+    // Targets (the numbers).
+    static let warmRatioTarget = 2.0
+    static let throughputTarget = 1500.0
+    static let idleWorkerTargetKiB = 1024.0
+    static let supervisorTargetMiB = 100.0
+
+    var warmRatio: Double? {
+        guard let w = warm, let f = floor, f.p50 > 0 else { return nil }
+        return w.p50 / f.p50
+    }
+
+    var hasFigures: Bool { warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil }
+
+    // MARK: Table
+
+    func table() -> String {
+        var rows: [[String]] = [["figure", "value", "target", "met"]]
+        func row(_ name: String, _ value: String, _ target: String = "", _ met: Bool? = nil) {
+            rows.append([name, value, target, met.map { $0 ? "yes" : "NO" } ?? ""])
+        }
+        if let f = floor, let w = warm {
+            row("floor: fork/exec /bin/true p50", ms(f.p50) + "  (\(f.count) runs)")
+            row("floor: fork/exec /bin/true p99", ms(f.p99))
+            row("warm job p50", ms(w.p50) + "  (\(w.count) jobs)")
+            row("warm job p99", ms(w.p99))
+            if let r = warmRatio {
+                row("warm p50 / floor p50", fmt(r, 2) + "x", "<= \(fmt(Self.warmRatioTarget, 0))x", r <= Self.warmRatioTarget)
+            }
+        }
+        if bwrapRan {
+            if let b = bwrap {
+                row("peer: bwrap /bin/true p50", ms(b.p50) + "  (\(b.count) runs)")
+            } else {
+                row("peer: bwrap /bin/true p50", "n/a: " + (bwrapNote ?? "not measured"))
+            }
+        }
+        if let t = throughputJobsPerS {
+            row("throughput", fmt(t, 0) + " jobs/s  (\(throughputJobs ?? 0) jobs, \(throughputThreads ?? 0) threads, \(throughputTenants ?? 0) tenants)",
+                ">= \(fmt(Self.throughputTarget, 0)) jobs/s", t >= Self.throughputTarget)
+            if let l = throughputLatency {
+                row("  job latency under load p50 / p99", ms(l.p50) + " / " + ms(l.p99))
+            }
+            if let f = throughputFloorJobsPerS {
+                row("  floor: /bin/true from \(throughputThreads ?? 0) shell loops", fmt(f, 0) + " /s")
+            }
+            if let b = throughputBenchCPU, let dm = throughputDaemonCPU {
+                row("  CPUs used: bench / supervisor", fmt(b, 2) + " / " + fmt(dm, 2) + "  (of \(machine.nproc))")
+            }
+        }
+        if let c = cold {
+            row("cold start p50", ms(c.p50) + "  (\(c.count) tenants)")
+            row("cold start p99", ms(c.p99))
+        }
+        if let k = idleWorkerKiB {
+            row("idle worker private (median)", fmt(k, 0) + " KiB  (\(idleWorkersMeasured ?? 0) workers)",
+                "<= \(fmt(Self.idleWorkerTargetKiB, 0)) KiB", k <= Self.idleWorkerTargetKiB)
+        }
+        if let s = supervisorMiB, let n = densityTenants {
+            let target = n == 1000 ? "<= \(fmt(Self.supervisorTargetMiB, 0)) MiB" : "(target is for 1,000)"
+            row("supervisor private, \(n) tenants", fmt(s, 1) + " MiB  (\(densityWorkersUp ?? 0) workers up)",
+                target, n == 1000 ? s <= Self.supervisorTargetMiB : nil)
+            if let b = supervisorBaselineMiB { row("  supervisor private, 0 tenants", fmt(b, 1) + " MiB") }
+            if let w = workerKiBAtDensity { row("  worker private at \(n) tenants (median)", fmt(w, 0) + " KiB") }
+        }
+        let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        var out = "clawpen-bench on \(machine.nproc) CPU(s), Linux \(machine.kernel) \(machine.arch)"
+        if let m = machine.cpuModel { out += ", \(m)" }
+        out += "\n"
+        for (i, r) in rows.enumerated() {
+            let line = (0..<4).map { c in r[c] + String(repeating: " ", count: widths[c] - r[c].count) }.joined(separator: "  ")
+            out += line.trimmedTrailing() + "\n"
+            if i == 0 { out += widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n" }
+        }
+        return out
+    }
+
+    // MARK: JSON
+
+    func json() -> JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("floor_p50_ms", r3(floor?.p50))
+        o.set("floor_p99_ms", r3(floor?.p99))
+        o.set("warm_p50_ms", r3(warm?.p50))
+        o.set("warm_p99_ms", r3(warm?.p99))
+        o.set("warm_ratio", r3(warmRatio))
+        o.set("warm_jobs", warm?.count)
+        o.set("floor_runs", floor?.count)
+        o.set("bwrap_p50_ms", r3(bwrap?.p50))
+        o.set("bwrap_p99_ms", r3(bwrap?.p99))
+        o.set("bwrap_runs", bwrap?.count)
+        o.set("bwrap_note", bwrapNote)
+        o.set("throughput_jobs_per_s", r3(throughputJobsPerS))
+        o.set("throughput_jobs", throughputJobs)
+        o.set("throughput_threads", throughputThreads)
+        o.set("throughput_tenants", throughputTenants)
+        o.set("throughput_seconds", r3(throughputSeconds))
+        o.set("throughput_latency_p50_ms", r3(throughputLatency?.p50))
+        o.set("throughput_latency_p99_ms", r3(throughputLatency?.p99))
+        o.set("throughput_floor_per_s", r3(throughputFloorJobsPerS))
+        o.set("throughput_bench_cpus", r3(throughputBenchCPU))
+        o.set("throughput_supervisor_cpus", r3(throughputDaemonCPU))
+        o.set("cold_p50_ms", r3(cold?.p50))
+        o.set("cold_p99_ms", r3(cold?.p99))
+        o.set("cold_tenants", cold?.count)
+        o.set("idle_worker_private_kib", idleWorkerKiB.map { Int($0) })
+        o.set("idle_worker_rss_kib", idleWorkerRssKiB.map { Int($0) })
+        o.set("idle_workers_measured", idleWorkersMeasured)
+        o.set("supervisor_private_mib_1000", densityTenants == 1000 ? r3(supervisorMiB) : nil)
+        o.set("supervisor_private_mib", r3(supervisorMiB))
+        o.set("supervisor_rss_mib", r3(supervisorRssMiB))
+        o.set("supervisor_private_mib_0", r3(supervisorBaselineMiB))
+        o.set("density_tenants", densityTenants)
+        o.set("density_workers_up", densityWorkersUp)
+        o.set("worker_private_kib_median_at_density", workerKiBAtDensity.map { Int($0) })
+        o.set("workers_private_mib_total_at_density", r3(workersTotalPrivateMiB))
+        var targets = JSONObjectBuilder()
+        targets.set("warm_ratio_max", Self.warmRatioTarget)
+        targets.set("throughput_jobs_per_s_min", Self.throughputTarget)
+        targets.set("idle_worker_private_kib_max", Self.idleWorkerTargetKiB)
+        targets.set("supervisor_private_mib_1000_max", Self.supervisorTargetMiB)
+        o.set("targets", targets.value)
+        var met = JSONObjectBuilder()
+        met.set("warm_ratio", warmRatio.map { JSONValue.bool($0 <= Self.warmRatioTarget) } ?? .null)
+        met.set("throughput", throughputJobsPerS.map { JSONValue.bool($0 >= Self.throughputTarget) } ?? .null)
+        met.set("idle_worker", idleWorkerKiB.map { JSONValue.bool($0 <= Self.idleWorkerTargetKiB) } ?? .null)
+        met.set("supervisor_1000", densityTenants == 1000 ? supervisorMiB.map { JSONValue.bool($0 <= Self.supervisorTargetMiB) } ?? .null : .null)
+        o.set("met", met.value)
+        var m = JSONObjectBuilder()
+        m.set("nproc", machine.nproc)
+        m.set("kernel", machine.kernel)
+        m.set("arch", machine.arch)
+        m.set("cpu_model", machine.cpuModel)
+        m.set("mem_total_mib", machine.memTotalMiB)
+        o.set("machine", m.value)
+        return o.value
+    }
+
+    private func r3(_ d: Double?) -> Double? { d.map { ($0 * 1000).rounded() / 1000 } }
+    private func ms(_ d: Double) -> String { fmt(d, 3) + " ms" }
+}
+
+/// Fixed-point formatting without Foundation's locale machinery.
+func fmt(_ value: Double, _ decimals: Int) -> String {
+    guard value.isFinite else { return "\(value)" }
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let scaled = (abs(value) * scale).rounded()
+    let whole = Int(scaled / scale)
+    let frac = Int(scaled - Double(whole) * scale)
+    var s = (value < 0 && scaled > 0 ? "-" : "") + String(whole)
+    if decimals > 0 {
+        let f = String(frac)
+        s += "." + String(repeating: "0", count: decimals - f.count) + f
+    }
+    return s
+}
+
+extension String {
+    func trimmedTrailing() -> String {
+        var s = self[...]
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}
