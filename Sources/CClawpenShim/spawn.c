@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -36,20 +37,30 @@ const char *cp_spawn_step_name(int step) {
     }
 }
 
-struct cp_child_error {
+/// Where the child reports the step that failed. With CLONE_VM it is written straight into the
+/// parent's memory (the parent is suspended until the child execs or exits); without it, it is
+/// sent over an O_CLOEXEC pipe (EOF: the exec succeeded).
+struct cp_child_report {
     int32_t step;
     int32_t err;
+    int pipe_fd;                 // -1 with CLONE_VM
+    volatile int32_t *shared;    // 2 ints in the parent's memory, with CLONE_VM
 };
 
 // Only raw syscalls and async-signal-safe libc below: no malloc, no locks, no stdio.
-static void child_fail(int errfd, int step) {
-    struct cp_child_error e = {step, errno};
-    ssize_t unused = write(errfd, &e, sizeof e);
-    (void)unused;
+static void child_fail(const struct cp_child_report *report, int step) {
+    int32_t e[2] = {step, errno};
+    if (report->shared != NULL) {
+        report->shared[0] = e[0];
+        report->shared[1] = e[1];
+    } else {
+        ssize_t unused = write(report->pipe_fd, e, sizeof e);
+        (void)unused;
+    }
     _exit(127);
 }
 
-static void child_main(const struct cp_spawn_request *req, int errfd, pid_t parent) {
+static void child_main(const struct cp_spawn_request *req, const struct cp_child_report *report, pid_t parent) {
     // Signal state: handlers the parent installed make no sense here; the mask was blocked by
     // the parent around the clone and must not be inherited by the job.
     struct sigaction dfl;
@@ -61,39 +72,53 @@ static void child_main(const struct cp_spawn_request *req, int errfd, pid_t pare
     }
     sigset_t empty;
     sigemptyset(&empty);
-    if (sigprocmask(SIG_SETMASK, &empty, NULL) != 0) child_fail(errfd, CP_STEP_SIGNALS);
+    if (sigprocmask(SIG_SETMASK, &empty, NULL) != 0) child_fail(report, CP_STEP_SIGNALS);
 
     if (req->parent_death_signal != 0) {
         if (prctl(PR_SET_PDEATHSIG, req->parent_death_signal, 0, 0, 0) != 0)
-            child_fail(errfd, CP_STEP_PDEATHSIG);
+            child_fail(report, CP_STEP_PDEATHSIG);
         // The parent may have died between clone and prctl.
         if (getppid() != parent && req->clone_flags == 0) _exit(127);
     }
-    if (req->new_session && setsid() < 0) child_fail(errfd, CP_STEP_SETSID);
+    if (req->new_session && setsid() < 0) child_fail(report, CP_STEP_SETSID);
 
     // Move every source above the target range first, so that dup2 cannot clobber a source
     // that happens to sit at a target number.
     int moved[CP_MAX_FDS];
     for (int i = 0; i < req->fd_count; i++) {
         moved[i] = fcntl(req->fd_sources[i], F_DUPFD_CLOEXEC, CP_MAX_FDS + 3);
-        if (moved[i] < 0) child_fail(errfd, CP_STEP_DUP_FDS);
+        if (moved[i] < 0) child_fail(report, CP_STEP_DUP_FDS);
     }
     for (int i = 0; i < req->fd_count; i++) {
-        if (dup2(moved[i], i) < 0) child_fail(errfd, CP_STEP_DUP_FDS); // dup2 clears CLOEXEC
+        if (dup2(moved[i], i) < 0) child_fail(report, CP_STEP_DUP_FDS); // dup2 clears CLOEXEC
     }
     // Everything else closes at exec (CLOEXEC rather than close: the error pipe must survive).
     if (syscall(SYS_close_range, (unsigned)req->fd_count, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
-        child_fail(errfd, CP_STEP_CLOSE_FDS);
+        child_fail(report, CP_STEP_CLOSE_FDS);
 
-    if (req->cwd != NULL && chdir(req->cwd) != 0) child_fail(errfd, CP_STEP_CHDIR);
+    if (req->cwd != NULL && chdir(req->cwd) != 0) child_fail(report, CP_STEP_CHDIR);
     for (int i = 0; i < req->rlimit_count; i++) {
         struct rlimit rl = {(rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard};
-        if (setrlimit(req->rlimits[i].resource, &rl) != 0) child_fail(errfd, CP_STEP_RLIMIT);
+        if (setrlimit(req->rlimits[i].resource, &rl) != 0) child_fail(report, CP_STEP_RLIMIT);
     }
     umask(req->umask_value);
     execve(req->path, req->argv, req->envp);
-    child_fail(errfd, CP_STEP_EXEC);
+    child_fail(report, CP_STEP_EXEC);
 }
+
+struct cp_vfork_arg {
+    const struct cp_spawn_request *req;
+    struct cp_child_report report;
+    pid_t parent;
+};
+
+static int vfork_child(void *p) {
+    struct cp_vfork_arg *a = p;
+    child_main(a->req, &a->report, a->parent);
+    return 127; // not reached
+}
+
+#define CP_CHILD_STACK_SIZE (64 * 1024)
 
 pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed_errno) {
     *failed_step = CP_STEP_NONE;
@@ -104,33 +129,68 @@ pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed
         *failed_errno = EINVAL;
         return -1;
     }
+    // Block every signal so that no handler of the parent runs in the child before it has reset
+    // them; restored in the parent right after the clone.
+    sigset_t all, old;
+    sigfillset(&all);
+    pid_t parent = getpid();
+
+    if (req->cgroup_fd < 0) {
+        // The common path, as glibc's posix_spawn: CLONE_VM | CLONE_VFORK on a small stack of its
+        // own. Nothing of the parent's address space is copied (a fork of even a small Swift
+        // process copies its page tables and then takes copy-on-write faults: that was a third
+        // of the worker's CPU per job). The parent is suspended until the child execs or exits,
+        // so the child may write its failure report into the parent's memory.
+        void *stack = mmap(NULL, CP_CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) {
+            *failed_step = CP_STEP_CLONE;
+            *failed_errno = errno;
+            return -1;
+        }
+        volatile int32_t shared[2] = {0, 0};
+        struct cp_vfork_arg arg = {req, {0, 0, -1, shared}, parent};
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (int)req->clone_flags;
+        pid_t pid = clone(vfork_child, (char *)stack + CP_CHILD_STACK_SIZE, flags, &arg);
+        int clone_errno = errno;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        munmap(stack, CP_CHILD_STACK_SIZE);
+        if (pid < 0) {
+            *failed_step = CP_STEP_CLONE;
+            *failed_errno = clone_errno;
+            return -1;
+        }
+        if (shared[0] != 0) {
+            int status;
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+            *failed_step = shared[0];
+            *failed_errno = shared[1];
+            return -1;
+        }
+        return pid;
+    }
+
+    // Into a cgroup: CLONE_INTO_CGROUP exists only for clone3. Raw clone3 without CLONE_VM (fork
+    // semantics: no atfork handlers run), the child gets a copy of this stack, and reports over
+    // a pipe.
     int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) != 0) {
         *failed_step = CP_STEP_CLONE;
         *failed_errno = errno;
         return -1;
     }
-    // Block every signal so that no handler of the parent runs in the child before it has reset
-    // them; restored in the parent right after the clone.
-    sigset_t all, old;
-    sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-
-    pid_t parent = getpid();
     struct clone_args args;
     memset(&args, 0, sizeof args);
-    args.flags = req->clone_flags;
+    args.flags = req->clone_flags | CLONE_INTO_CGROUP;
     args.exit_signal = SIGCHLD;
-    if (req->cgroup_fd >= 0) {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = (uint64_t)req->cgroup_fd;
-    }
-    // Raw clone3, not fork(): no atfork handlers run (they may lock), and namespace and cgroup
-    // flags come for free. Without CLONE_VM the child gets a copy of this stack.
+    args.cgroup = (uint64_t)req->cgroup_fd;
     long rc = syscall(SYS_clone3, &args, sizeof args);
     if (rc == 0) {
         close(errpipe[0]);
-        child_main(req, errpipe[1], parent);
+        struct cp_child_report report = {0, 0, errpipe[1], NULL};
+        child_main(req, &report, parent);
         _exit(127); // not reached
     }
     int clone_errno = errno;
@@ -143,18 +203,18 @@ pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed
         return -1;
     }
     pid_t pid = (pid_t)rc;
-    struct cp_child_error e;
+    int32_t e[2];
     ssize_t n;
     do {
-        n = read(errpipe[0], &e, sizeof e);
+        n = read(errpipe[0], e, sizeof e);
     } while (n < 0 && errno == EINTR);
     close(errpipe[0]);
     if (n == (ssize_t)sizeof e) {
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        *failed_step = e.step;
-        *failed_errno = e.err;
+        *failed_step = e[0];
+        *failed_errno = e[1];
         return -1;
     }
-    return pid; // EOF: the exec succeeded and closed the pipe
+    return pid;
 }

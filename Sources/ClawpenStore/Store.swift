@@ -82,7 +82,7 @@ public final class Store: @unchecked Sendable {
 
     private func setSynchronous(full: Bool) throws(StoreError) {
         guard full != synchronousFull else { return }
-        try db.exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
+        try db.run(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
         synchronousFull = full
     }
 
@@ -167,24 +167,35 @@ public final class Store: @unchecked Sendable {
         return bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    public enum InsertOutcome: Sendable { case inserted, duplicateIdempotencyKey(JobRecord) }
-
-    /// Commits a newly accepted job. Returns the existing job instead when the tenant already has
-    /// one with the same idempotency key.
-    public func insertJob(_ job: JobRecord) throws(StoreError) -> InsertOutcome {
-        if let key = job.idempotencyKey, let existing = try self.job(tenant: job.tenant, idempotencyKey: key) {
-            return .duplicateIdempotencyKey(existing)
-        }
+    /// Commits newly accepted jobs in one transaction (fsynced when `fsyncAccepts`): the
+    /// supervisor batches every accept of one event-loop tick (group commit). Idempotency keys are
+    /// checked by the caller first (`job(tenant:idempotencyKey:)`); a duplicate here is a
+    /// constraint error and nothing of the batch is kept.
+    public func insertJobs(_ jobs: [JobRecord]) throws(StoreError) {
+        guard !jobs.isEmpty else { return }
         try setSynchronous(full: fsyncAccepts)
-        try db.run("""
-            INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at)
-            VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
-            """, [.text(job.id), .text(job.tenant), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
-                  .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
-                  job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
-                  .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt)])
-        try setSynchronous(full: false)
-        return .inserted
+        try transaction { () throws(StoreError) in
+            for job in jobs {
+                try db.run("""
+                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at)
+                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
+                    """, [.text(job.id), .text(job.tenant), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
+                          .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
+                          job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
+                          .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt)])
+            }
+        }
+    }
+
+    private func transaction(_ body: () throws(StoreError) -> Void) throws(StoreError) {
+        try db.run("BEGIN IMMEDIATE")
+        do {
+            try body()
+            try db.run("COMMIT")
+        } catch {
+            _ = try? db.run("ROLLBACK")
+            throw error
+        }
     }
 
     public func job(id: String) throws(StoreError) -> JobRecord? {
@@ -196,28 +207,45 @@ public final class Store: @unchecked Sendable {
                     [.text(tenant), .text(idempotencyKey)], Self.decodeJob).first
     }
 
-    public func markRunning(id: String, startedAt: Double) throws(StoreError) {
-        try setSynchronous(full: false)
-        try db.run("UPDATE jobs SET state='running', started_at=? WHERE id=?", [.double(startedAt), .text(id)])
-    }
-
     /// A running job goes back to the queue (its worker died): attempt + 1.
     public func requeue(id: String) throws(StoreError) {
         try setSynchronous(full: false)
-        try db.run("UPDATE jobs SET state='queued', started_at=NULL, attempt=attempt+1 WHERE id=?", [.text(id)])
+        try db.run("UPDATE jobs SET attempt=attempt+1 WHERE id=?", [.text(id)])
     }
 
-    public func finish(id: String, state: JobState, result: JobResult, finishedAt: Double) throws(StoreError) {
+    /// A job's final state and result, as `finishJobs` records it.
+    public struct Finished: Sendable {
+        public var id: String
+        public var state: JobState
+        public var result: JobResult
+        public var startedAt: Double?
+        public var finishedAt: Double
+        public init(id: String, state: JobState, result: JobResult, startedAt: Double?, finishedAt: Double) {
+            self.id = id; self.state = state; self.result = result; self.startedAt = startedAt; self.finishedAt = finishedAt
+        }
+    }
+
+    /// Records results in one transaction (not fsynced: after a power loss a finished job may be
+    /// found unfinished and run again, which at-least-once allows). A job is `queued` in the store
+    /// until it finishes; `running` lives in the supervisor's memory, and a restart re-queues both
+    /// alike.
+    public func finishJobs(_ items: [Finished]) throws(StoreError) {
+        guard !items.isEmpty else { return }
         try setSynchronous(full: false)
-        try db.run("""
-            UPDATE jobs SET state=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?, stdout_truncated=?,
-                stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?
-            WHERE id=?
-            """, [.text(state.rawValue), .double(finishedAt), .optional(result.exitCode.map { Int64($0) }),
-                  .optional(result.signal.map { Int64($0) }), .blob(result.stdout), .blob(result.stderr),
-                  .int(result.stdoutTruncated ? 1 : 0), .int(result.stderrTruncated ? 1 : 0),
-                  .optional(result.runMs), .optional(result.cpuMs), .optional(result.maxRSSKiB),
-                  .optional(result.error?.code.rawValue), .optional(result.error?.message), .text(id)])
+        try transaction { () throws(StoreError) in
+            for f in items {
+                let r = f.result
+                try db.run("""
+                    UPDATE jobs SET state=?, started_at=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?,
+                        stdout_truncated=?, stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?
+                    WHERE id=?
+                    """, [.text(f.state.rawValue), .optional(f.startedAt), .double(f.finishedAt), .optional(r.exitCode.map { Int64($0) }),
+                          .optional(r.signal.map { Int64($0) }), .blob(r.stdout), .blob(r.stderr),
+                          .int(r.stdoutTruncated ? 1 : 0), .int(r.stderrTruncated ? 1 : 0),
+                          .optional(r.runMs), .optional(r.cpuMs), .optional(r.maxRSSKiB),
+                          .optional(r.error?.code.rawValue), .optional(r.error?.message), .text(f.id)])
+            }
+        }
     }
 
     /// At start-up: every job a previous run left `queued` or `running` is queued again with

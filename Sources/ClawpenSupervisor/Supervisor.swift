@@ -31,6 +31,20 @@ public final class Supervisor: @unchecked Sendable {
     private var graceTimer: Scheduled<Void>?
     private var stoppingWorkers = false
 
+    // Group commit: store writes of one event-loop tick are flushed together (`flushWrites`),
+    // at most two transactions: results (not fsynced), then accepts (fsynced). Replies and
+    // dispatch wait for the commit that makes them true.
+    private struct PendingAccept {
+        let job: JobRecord
+        let runtime: TenantRuntime
+        let responder: Responder
+        let wait: Bool
+    }
+    private var pendingAccepts: [PendingAccept] = []
+    private var pendingFinishes: [Store.Finished] = []
+    private var pendingNotifications: [(callbacks: [(Result<JobView, ProtocolError>) -> Void], view: JobView)] = []
+    private var flushScheduled = false
+
     init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, logger: Logger,
          workerPath: String, cgroup: CgroupInfo) {
         self.loop = loop; self.config = config; self.store = store; self.policies = policies
@@ -153,23 +167,70 @@ public final class Supervisor: @unchecked Sendable {
             id: JobID.make(), tenant: rt.name.value, state: .queued, argv: s.argv, env: s.env, cwd: s.cwd ?? "/home",
             stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
             attempt: 1, createdAt: Clock.now())
-        // Accepted means committed: the reply (and the dispatch) only follow a successful insert.
-        switch try store.insertJob(job) {
-        case .duplicateIdempotencyKey(let existing):
-            let current = try activeOrStoredJob(existing.id)
-            if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
-            else { r.job(current, existing: true) }
-            return
-        case .inserted: break
+        if let key = s.idempotencyKey {
+            if pendingAccepts.contains(where: { $0.job.tenant == job.tenant && $0.job.idempotencyKey == key }) { flushWrites() }
+            if let existing = try store.job(tenant: job.tenant, idempotencyKey: key) {
+                let current = try activeOrStoredJob(existing.id)
+                if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
+                else { r.job(current, existing: true) }
+                return
+            }
         }
-        rt.queue.append(job)
-        if s.wait { addWaiter(job.id) { r.job($0) } }
-        dispatch(rt)
-        if !s.wait { r.job(try activeOrStoredJob(job.id)) }
+        // Accepted means committed: the reply and the dispatch follow the flush's commit.
+        pendingAccepts.append(PendingAccept(job: job, runtime: rt, responder: r, wait: s.wait))
+        scheduleFlush()
+    }
+
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.execute { [self] in flushWrites() }
+    }
+
+    /// Commits what this tick wrote, then tells whoever waited for it.
+    private func flushWrites() {
+        flushScheduled = false
+        if !pendingFinishes.isEmpty {
+            let batch = pendingFinishes
+            pendingFinishes.removeAll(keepingCapacity: true)
+            do { try store.finishJobs(batch) } catch {
+                logger.error("store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+            }
+            let notes = pendingNotifications
+            pendingNotifications.removeAll(keepingCapacity: true)
+            for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
+        }
+        guard !pendingAccepts.isEmpty else { return }
+        let batch = pendingAccepts
+        pendingAccepts.removeAll(keepingCapacity: true)
+        do { try store.insertJobs(batch.map(\.job)) } catch {
+            logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+            for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
+            return
+        }
+        var touched: [ObjectIdentifier: TenantRuntime] = [:]
+        for p in batch {
+            p.runtime.queue.append(p.job)
+            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } }
+            touched[ObjectIdentifier(p.runtime)] = p.runtime
+        }
+        for rt in touched.values { dispatch(rt) }
+        for p in batch where !p.wait { p.responder.job(memoryView(p.job, p.runtime)) }
+    }
+
+    /// The view of an accepted, unfinished job from memory (no store read).
+    private func memoryView(_ job: JobRecord, _ rt: TenantRuntime) -> JobView {
+        if let running = rt.worker?.inFlight[job.id] {
+            var v = running.view
+            v.state = .running
+            return v
+        }
+        return job.view
     }
 
     /// A job's current view: from memory while it is queued or running, else from the store.
     private func activeOrStoredJob(_ id: String) throws -> JobView {
+        if !pendingAccepts.isEmpty || !pendingFinishes.isEmpty { flushWrites() }
         guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
             throw ProtocolError(.unknownTenant, "no job with id '\(id.prefix(80))'")
         }
@@ -217,12 +278,8 @@ public final class Supervisor: @unchecked Sendable {
         w.idleTimer?.cancel(); w.idleTimer = nil
         var sent = false
         while w.inFlight.count < rt.limits.maxConcurrentRuns, var job = rt.queue.popFirst() {
-            let now = Clock.now()
             job.state = .running
-            job.startedAt = now
-            do { try store.markRunning(id: job.id, startedAt: now) } catch {
-                logger.error("store failure marking a job running", metadata: ["job_id": "\(job.id)", "error": "\(error)"])
-            }
+            job.startedAt = Clock.now()
             w.inFlight[job.id] = job
             let run = RunRequest(jobID: job.id, argv: job.argv, env: job.env.map { "\($0.name)=\($0.value)" },
                                  cwd: job.cwd, stdin: job.stdin,
@@ -348,21 +405,18 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
-    /// Records a final state, tells the waiters, counts it.
+    /// Records a final state (in this tick's flush), counts it, and tells the waiters once it is
+    /// written.
     private func finish(_ job: JobRecord, _ rt: TenantRuntime, state: JobState, result: JobResult) {
         let now = Clock.now()
-        do { try store.finish(id: job.id, state: state, result: result, finishedAt: now) } catch {
-            logger.error("store failure recording a job result", metadata: ["job_id": "\(job.id)", "error": "\(error)"])
-        }
         rt.finishedCounts[state, default: 0] += 1
         var done = job
         done.state = state
         done.finishedAt = now
         done.result = result
-        if let callbacks = waiters.removeValue(forKey: job.id) {
-            let view = done.view
-            for cb in callbacks { cb(.success(view)) }
-        }
+        pendingFinishes.append(Store.Finished(id: job.id, state: state, result: result, startedAt: job.startedAt, finishedAt: now))
+        if let callbacks = waiters.removeValue(forKey: job.id) { pendingNotifications.append((callbacks, done.view)) }
+        scheduleFlush()
     }
 
     func workerMisbehaved(_ w: WorkerHandle, _ what: String) {
@@ -566,6 +620,7 @@ public final class Supervisor: @unchecked Sendable {
         }
         if tenants.values.allSatisfy({ $0.worker == nil }) {
             graceTimer?.cancel()
+            flushWrites()
             // Whoever still waits hears why: the job itself is safe in the store.
             let pending = waiters
             waiters.removeAll()

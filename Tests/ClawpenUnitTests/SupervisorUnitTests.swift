@@ -76,13 +76,12 @@ final class StoreTests: XCTestCase {
         do {
             let s = try Store(path: dir + "/db")
             _ = try s.createTenant(name: "a", tier: "free", uidRange: 10...20, now: 0)
-            guard case .inserted = try s.insertJob(job("1", key: "k")) else { return XCTFail() }
-            guard case .duplicateIdempotencyKey(let existing) = try s.insertJob(job("2", key: "k")) else { return XCTFail() }
-            XCTAssertEqual(existing.id, "1")
-            _ = try s.insertJob(job("3"))
-            _ = try s.insertJob(job("4"))
-            try s.markRunning(id: "3", startedAt: 2)
-            try s.finish(id: "4", state: .failed, result: JobResult(exitCode: 3, stdout: [9], stderr: [], stdoutTruncated: true), finishedAt: 3)
+            try s.insertJobs([job("1", key: "k")])
+            XCTAssertEqual(try s.job(tenant: "a", idempotencyKey: "k")?.id, "1")
+            XCTAssertThrowsError(try s.insertJobs([job("2", key: "k"), job("5")]), "a duplicate key fails the whole batch")
+            XCTAssertNil(try s.job(id: "5"))
+            try s.insertJobs([job("3"), job("4")])
+            try s.finishJobs([.init(id: "4", state: .failed, result: JobResult(exitCode: 3, stdout: [9], stderr: [], stdoutTruncated: true), startedAt: 2, finishedAt: 3)])
         }
         let s = try Store(path: dir + "/db")
         let recovered = try s.recoverUnfinishedJobs()
@@ -96,6 +95,7 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(done.result?.exitCode, 3)
         XCTAssertEqual(done.result?.stdout, [9])
         XCTAssertEqual(done.result?.stdoutTruncated, true)
+        XCTAssertEqual(done.startedAt, 2)
         XCTAssertEqual(try s.jobCounts()["a"]?[.failed], 1)
     }
 }

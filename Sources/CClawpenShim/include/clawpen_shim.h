@@ -59,7 +59,7 @@ struct cp_spawn_request {
 
     int new_session;           ///< setsid(): own session and process group (job kill by -pgid)
     int parent_death_signal;   ///< 0: none; else PR_SET_PDEATHSIG
-    uint64_t clone_flags;      ///< namespace flags for clone3 (0 = plain fork semantics)
+    uint64_t clone_flags;      ///< namespace flags (CLONE_NEW*); 0 for none
     int cgroup_fd;             ///< -1: none; else CLONE_INTO_CGROUP target directory fd
     mode_t umask_value;
 
@@ -67,9 +67,11 @@ struct cp_spawn_request {
     int rlimit_count;
 };
 
-/// Spawns the child. Returns its pid (> 0), or -1 with *failed_step and *failed_errno set to the
-/// step that failed (in the parent for CP_STEP_CLONE, in the child otherwise; the child has then
-/// already exited and been reaped).
+/// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's
+/// address space), or raw clone3 with CLONE_INTO_CGROUP when cgroup_fd >= 0. Returns its pid
+/// (> 0) once it has exec'd, or -1 with *failed_step and *failed_errno set to the step that failed
+/// (in the parent for CP_STEP_CLONE, in the child otherwise; the child has then already exited and
+/// been reaped).
 pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed_errno);
 
 /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
