@@ -203,19 +203,37 @@ public final class Supervisor: @unchecked Sendable {
         guard !pendingAccepts.isEmpty else { return }
         let batch = pendingAccepts
         pendingAccepts.removeAll(keepingCapacity: true)
-        do { try store.insertJobs(batch.map(\.job)) } catch {
-            logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
-            for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
-            return
-        }
+        // The jobs go to their workers before the commit, so the fsync overlaps their start on
+        // the other core. Nobody hears of a job before it is committed; if the commit fails the
+        // jobs are killed and their callers told they were not accepted. (A crash in between is
+        // a crash before the acknowledgement: the caller retries, at-least-once.)
         var touched: [ObjectIdentifier: TenantRuntime] = [:]
         for p in batch {
             p.runtime.queue.append(p.job)
-            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } }
             touched[ObjectIdentifier(p.runtime)] = p.runtime
         }
         for rt in touched.values { dispatch(rt) }
-        for p in batch where !p.wait { p.responder.job(memoryView(p.job, p.runtime)) }
+        do { try store.insertJobs(batch.map(\.job)) } catch {
+            logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+            for p in batch { withdraw(p.job, p.runtime) }
+            for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
+            return
+        }
+        for p in batch {
+            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } }
+            else { p.responder.job(memoryView(p.job, p.runtime)) }
+        }
+    }
+
+    /// Jobs whose acceptance could not be committed: taken out of the queue, or killed.
+    private var withdrawn: Set<String> = []
+
+    private func withdraw(_ job: JobRecord, _ rt: TenantRuntime) {
+        if rt.queue.remove(id: job.id) != nil { return }
+        if let w = rt.worker, w.inFlight[job.id] != nil {
+            withdrawn.insert(job.id)
+            send(.cancel(jobID: job.id), to: w)
+        }
     }
 
     /// The view of an accepted, unfinished job from memory (no store read).
@@ -408,6 +426,7 @@ public final class Supervisor: @unchecked Sendable {
     /// Records a final state (in this tick's flush), counts it, and tells the waiters once it is
     /// written.
     private func finish(_ job: JobRecord, _ rt: TenantRuntime, state: JobState, result: JobResult) {
+        if withdrawn.remove(job.id) != nil { return } // never accepted: nothing to record or tell
         let now = Clock.now()
         rt.finishedCounts[state, default: 0] += 1
         var done = job

@@ -56,6 +56,9 @@ struct Bench: ParsableCommand {
     @Option(help: ArgumentHelp("Policies directory passed to `clawpen serve --policies` (default: the repository's policies/, found above the executable, else ./policies).", valueName: "dir"))
     var policies: String?
 
+    @Option(name: .customLong("serve-arg"), parsing: .unconditionalSingleValue, help: ArgumentHelp("Extra argument for `clawpen serve` (repeatable), e.g. --serve-arg=--fsync-accepts --serve-arg=false.", valueName: "arg"))
+    var serveArgs: [String] = []
+
     @Option(name: .customLong("warm-jobs"), help: "Timed sequential jobs in the warm scenario; the floor runs as many fork/execs.")
     var warmJobs = 2000
 
@@ -97,11 +100,12 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        let setup: Setup
+        var setup: Setup
         do { setup = try Setup.resolve(clawpen: clawpen, policies: policies, keepTemp: keepTemp) } catch {
             Progress.say("clawpen-bench: \(error)")
             throw ExitCode(1)
         }
+        setup.serveArgs = serveArgs
         var report = Report(machine: MachineInfo.current())
         let scenarios = Scenarios(options: self, setup: setup)
         do {
@@ -127,6 +131,7 @@ struct Setup: Sendable {
     let clawpen: String
     let policies: String
     let keepTemp: Bool
+    var serveArgs: [String] = []
 
     static func resolve(clawpen: String?, policies: String?, keepTemp: Bool) throws(BenchFailure) -> Setup {
         let exeDir = dirname(of: selfExecutable())
