@@ -1,5 +1,3 @@
-import FoundationEssentials
-
 /// A JSON document as plain data. Objects keep their key order so that replies read in the order
 /// the contract lists their fields, and `null` is written out (the contract has `"signal": null`,
 /// which synthesized Codable would omit).
@@ -49,10 +47,11 @@ public enum JSONValue: Equatable, Sendable {
     }
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
 
-    // MARK: Parsing (FoundationEssentials' decoder: depth limits and UTF-8 validation included)
+    // MARK: Parsing
 
+    /// Parses one JSON document (strict; see JSONParser).
     public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        try JSONParser.parse(bytes)
     }
 
     // MARK: Serializing
@@ -116,32 +115,6 @@ public enum JSONValue: Equatable, Sendable {
             }
         }
         out.append(UInt8(ascii: "\""))
-    }
-}
-
-extension JSONValue: Decodable {
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null; return }
-        if let b = try? c.decode(Bool.self) { self = .bool(b); return }
-        if let i = try? c.decode(Int64.self) { self = .int(i); return }
-        if let d = try? c.decode(Double.self) { self = .double(d); return }
-        if let s = try? c.decode(String.self) { self = .string(s); return }
-        if let a = try? c.decode([JSONValue].self) { self = .array(a); return }
-        if let o = try? decoder.container(keyedBy: AnyKey.self) {
-            var pairs: [(String, JSONValue)] = []
-            for key in o.allKeys { pairs.append((key.stringValue, try o.decode(JSONValue.self, forKey: key))) }
-            self = .object(pairs)
-            return
-        }
-        throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a JSON value")
-    }
-
-    struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { return nil }
     }
 }
 

@@ -155,3 +155,52 @@ final class RequestCodecTests: XCTestCase {
         for code in ErrorCode.allCases { XCTAssertTrue([64, 69, 70, 75, 77, 124, 137].contains(code.exitCode)) }
     }
 }
+
+final class JSONParserTests: XCTestCase {
+    func testParsesWhatTheSpecAllows() throws {
+        let doc = #" { "a" : [1, -2, 3.5, -0.25e2, 1E3, true, false, null, "x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00", {}, []] } "#
+        let v = try JSONValue.parse(Array(doc.utf8))
+        XCTAssertEqual(v["a"], .array([.int(1), .int(-2), .double(3.5), .double(-25), .double(1000), .bool(true), .bool(false),
+                                       .null, .string("x\"\\/\u{8}\u{c}\n\r\té😀"), .object([]), .array([])]))
+        XCTAssertEqual(try JSONValue.parse(Array("\"é\"".utf8)), .string("é"))
+        XCTAssertEqual(try JSONValue.parse(Array("9223372036854775807".utf8)), .int(Int64.max))
+        XCTAssertEqual(try JSONValue.parse(Array("92233720368547758070".utf8)), .double(9.223372036854775807e19))
+    }
+
+    func testRejectsWhatTheSpecDoesNot() {
+        let bad = ["", " ", "{", "}", "[1,]", "{\"a\":1,}", "{a:1}", "'x'", "01", "1.", ".5", "-", "1e", "+1", "NaN",
+                   "tru", "nulll", "\"abc", "\"\u{1}\"", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "\"\\udc00\"", "[1] [2]",
+                   "{\"a\":1,\"a\":2}", "1e999", String(repeating: "[", count: 300) + String(repeating: "]", count: 300)]
+        for b in bad { XCTAssertThrowsError(try JSONValue.parse(Array(b.utf8)), b.debugDescription) }
+        XCTAssertThrowsError(try JSONValue.parse([0x22, 0xFF, 0x22]), "invalid UTF-8")
+        XCTAssertThrowsError(try JSONValue.parse([0x22, 0xC3, 0x22]), "truncated UTF-8")
+    }
+
+    func testSerializeParseRoundTripOfRandomValues() throws {
+        var rng = SystemRandomNumberGenerator()
+        func random(_ depth: Int) -> JSONValue {
+            switch Int.random(in: 0..<(depth > 3 ? 5 : 7), using: &rng) {
+            case 0: return .null
+            case 1: return .bool(Bool.random(using: &rng))
+            case 2: return .int(Int64.random(in: -1_000_000...1_000_000, using: &rng))
+            case 3: return .double(Double(Int.random(in: -1000...1000, using: &rng)) / 8)
+            case 4: return .string(String((0..<Int.random(in: 0...8, using: &rng)).map { _ in Character(Unicode.Scalar(UInt8.random(in: 1...127, using: &rng))) }) + "é")
+            case 5: return .array((0..<Int.random(in: 0...4, using: &rng)).map { _ in random(depth + 1) })
+            default: return .object((0..<Int.random(in: 0...4, using: &rng)).map { i in ("k\(i)", random(depth + 1)) })
+            }
+        }
+        for _ in 0..<2000 {
+            let v = random(0)
+            XCTAssertEqual(try JSONValue.parse(v.serialized()), v)
+        }
+    }
+
+    func testRandomBytesNeverCrashTheParser() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("{}[]\",:0123456789.eE+-tfrueasln\\u \n".utf8) + [0xFF, 0xC3, 0x00]
+        for _ in 0..<20_000 {
+            let bytes = (0..<Int.random(in: 0...40, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }
+            _ = try? JSONValue.parse(bytes)
+        }
+    }
+}
