@@ -548,7 +548,7 @@ public final class Supervisor: @unchecked Sendable {
         if let tenant { selected = [try runtime(tenant)] } else { selected = tenants.keys.sorted().map { tenants[$0]! } }
         var sup = JSONObjectBuilder()
         sup.set("pid", Int(getpid()))
-        sup.set("uptime_s", (Clock.monotonic() - startedAt) * 1000 .rounded() / 1000)
+        sup.set("uptime_s", ((Clock.monotonic() - startedAt) * 1000).rounded() / 1000)
         sup.set("version", .string(ClawpenVersion.string))
         var cg = JSONObjectBuilder()
         cg.set("mode", .string(cgroup.mode.rawValue))
