@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // clawpen: a process-per-tenant supervisor. Layout (see docs/architecture.md):
-//   C shims (CClawpenShim, CSQLite) <- ClawpenWire <- ClawpenProtocol <- ClawpenClient
+//   C shims (CClawpenShim, CSQLite) <- ClawpenSpawn; ClawpenWire <- ClawpenProtocol <- ClawpenClient
 //   ClawpenStore, ClawpenPolicy, ClawpenSupervisor (NIO) <- clawpen
 //   ClawpenWorkerCore (no Foundation, no NIO: it is multiplied by the tenant count) <- clawpen-worker
 import PackageDescription
@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "CClawpenShim", cSettings: [.define("_GNU_SOURCE")]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
+        // The safe Swift face of cp_spawn: prepared commands and spawn options.
+        .target(name: "ClawpenSpawn", dependencies: ["CClawpenShim"], swiftSettings: strict),
         // Framing, tenant names and the supervisor<->worker binary codec. No Foundation.
         .target(name: "ClawpenWire", swiftSettings: strict),
         // Client<->supervisor JSON messages (FoundationEssentials only).
@@ -37,13 +39,13 @@ let package = Package(
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
-                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "CClawpenShim",
+                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "CClawpenShim"], swiftSettings: strict),
+        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "CClawpenShim"], swiftSettings: strict),
 
         .executableTarget(
             name: "clawpen",
@@ -58,7 +60,7 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .executableTarget(
             name: "clawpen-bench",
-            dependencies: ["ClawpenClient", "ClawpenProtocol", "CClawpenShim",
+            dependencies: ["ClawpenClient", "ClawpenProtocol", "ClawpenSpawn", "CClawpenShim",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 

@@ -1,4 +1,5 @@
 import CClawpenShim
+import ClawpenSpawn
 import ClawpenWire
 import Glibc
 
@@ -24,37 +25,23 @@ enum WorkerSpawner {
             let e = errno; close(pair[0]); close(pair[1]); throw Failure(step: "open /dev/null", errno: e)
         }
         defer { close(devNull) }
-        let argv = CStringArray([workerPath, "--tenant", tenant.value, "--root", workspace, "--fd", "3"])
         // The worker gets a fixed, minimal environment: nothing of the daemon's leaks to tenants.
-        let envp = CStringArray(["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"])
-        var req = cp_spawn_request()
-        var step: Int32 = 0, spawnErrno: Int32 = 0
-        let pid = workerPath.withCString { cPath -> pid_t in
-            req.path = cPath
-            req.argv = UnsafePointer(argv.pointer)
-            req.envp = UnsafePointer(envp.pointer)
-            req.cwd = nil
-            req.fd_count = 4
-            withUnsafeMutableBytes(of: &req.fd_sources) { raw in
-                let fds = raw.bindMemory(to: Int32.self)
-                fds[0] = devNull
-                fds[1] = 2        // worker diagnostics go where the daemon's go (journald)
-                fds[2] = 2
-                fds[3] = pair[1]
-            }
-            req.new_session = 1
-            req.parent_death_signal = SIGKILL
-            req.clone_flags = 0
-            req.cgroup_fd = -1
-            req.umask_value = 0o077
-            req.rlimit_count = 0
-            return cp_spawn(&req, &step, &spawnErrno)
-        }
+        let command = SpawnCommand(
+            path: workerPath, arguments: [workerPath, "--tenant", tenant.value, "--root", workspace, "--fd", "3"],
+            environment: ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"])
+        // Worker diagnostics go where the daemon's go (journald); its socket becomes fd 3.
+        var options = SpawnOptions(fds: [devNull, 2, 2, pair[1]])
+        options.newSession = true
+        options.parentDeathSignal = SIGKILL
+        options.umask = 0o077
+        let spawned: Result<pid_t, SpawnFailure>
+        do { spawned = .success(try command.spawn(options)) } catch { spawned = .failure(error) }
         close(pair[1])
-        guard pid > 0 else {
+        switch spawned {
+        case .success(let pid): return Spawned(pid: pid, socketFD: pair[0])
+        case .failure(let failure):
             close(pair[0])
-            throw Failure(step: String(cString: cp_spawn_step_name(step)), errno: spawnErrno)
+            throw Failure(step: failure.step, errno: failure.errno)
         }
-        return Spawned(pid: pid, socketFD: pair[0])
     }
 }

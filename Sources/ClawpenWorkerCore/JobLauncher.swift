@@ -1,4 +1,5 @@
 import CClawpenShim
+import ClawpenSpawn
 import ClawpenWire
 import Glibc
 
@@ -81,46 +82,26 @@ struct JobLauncher {
             }
             _ = cp_set_nonblocking(input[1], 1)
         }
-        let argv = CStringArray(request.argv)
-        let envp = CStringArray(env)
-        let cwd = hostPath(request.cwd)
-
-        var req = cp_spawn_request()
-        var step: Int32 = 0, spawnErrno: Int32 = 0
-        let pid: pid_t = path.withCString { cPath in
-            cwd.withCString { cCwd in
-                req.path = cPath
-                req.argv = UnsafePointer(argv.pointer)
-                req.envp = UnsafePointer(envp.pointer)
-                req.cwd = cCwd
-                req.fd_count = 3
-                withUnsafeMutableBytes(of: &req.fd_sources) { raw in
-                    let fds = raw.bindMemory(to: Int32.self)
-                    fds[0] = hasInput ? input[0] : devNullFD
-                    fds[1] = out[1]
-                    fds[2] = err[1]
-                }
-                // Own session and process group: a timeout or cancel kills the whole group.
-                req.new_session = 1
-                req.parent_death_signal = SIGKILL
-                req.clone_flags = 0
-                req.cgroup_fd = -1
-                req.umask_value = 0o022
-                // Second line of defence, whatever the sandbox adds: no core dumps.
-                req.rlimit_count = 1
-                withUnsafeMutableBytes(of: &req.rlimits) { raw in
-                    let limits = raw.bindMemory(to: cp_rlimit.self)
-                    limits[0] = cp_rlimit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0)
-                }
-                return cp_spawn(&req, &step, &spawnErrno)
-            }
+        var options = SpawnOptions(fds: [hasInput ? input[0] : devNullFD, out[1], err[1]])
+        options.cwd = hostPath(request.cwd)
+        // Own session and process group: a timeout or cancel kills the whole group.
+        options.newSession = true
+        options.parentDeathSignal = SIGKILL
+        // Second line of defence, whatever the sandbox adds: no core dumps.
+        options.rlimits = [(Int32(RLIMIT_CORE.rawValue), 0, 0)]
+        let spawned: Result<pid_t, SpawnFailure>
+        do { spawned = .success(try SpawnCommand(path: path, arguments: request.argv, environment: env).spawn(options)) } catch {
+            spawned = .failure(error)
         }
         close(out[1]); close(err[1])
         if hasInput { close(input[0]) }
-        guard pid > 0 else {
+        let pid: pid_t
+        switch spawned {
+        case .success(let p): pid = p
+        case .failure(let failure):
             close(out[0]); close(err[0])
             if hasInput { close(input[1]) }
-            throw .spawn(step: String(cString: cp_spawn_step_name(step)), errno: spawnErrno)
+            throw .spawn(step: failure.step, errno: failure.errno)
         }
         return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil)
     }

@@ -1,61 +1,28 @@
 import CClawpenShim
 import ClawpenClient
+import ClawpenSpawn
 import ClawpenProtocol
 import Foundation
 import Glibc
 
-/// A command prepared for `cp_spawn` once (C strings allocated up front), spawned many times.
-/// The floor measurement uses this, so it pays for exactly one clone + exec + wait per run.
+/// A command prepared once (C strings allocated up front), spawned many times. The floor
+/// measurement uses this, so it pays for exactly one clone + exec + wait per run, through the same
+/// spawn code as the worker's jobs.
 final class PreparedCommand {
-    let path: String
-    private let cPath: UnsafeMutablePointer<CChar>
-    private let argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
-    private let envp: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
-    private let argc: Int
-    private let envc: Int
+    private let command: SpawnCommand
+    var path: String { command.path }
 
     init(path: String, arguments: [String], environment: [String]) {
-        self.path = path
-        cPath = strdup(path)!
-        argc = arguments.count
-        envc = environment.count
-        argv = .allocate(capacity: argc + 1)
-        for (i, a) in arguments.enumerated() { argv[i] = strdup(a) }
-        argv[argc] = nil
-        envp = .allocate(capacity: envc + 1)
-        for (i, e) in environment.enumerated() { envp[i] = strdup(e) }
-        envp[envc] = nil
-    }
-
-    deinit {
-        free(cPath)
-        for i in 0..<argc { free(argv[i]) }
-        for i in 0..<envc { free(envp[i]) }
-        argv.deallocate()
-        envp.deallocate()
+        command = SpawnCommand(path: path, arguments: arguments, environment: environment)
     }
 
     /// Starts the command with the given descriptors as 0, 1 and 2; returns its pid.
     func spawn(stdin: Int32, stdout: Int32, stderr: Int32, parentDeathSignal: Int32 = 0) throws(BenchFailure) -> pid_t {
-        var req = cp_spawn_request()
-        req.path = UnsafePointer(cPath)
-        req.argv = UnsafePointer(argv)
-        req.envp = UnsafePointer(envp)
-        req.cwd = nil
-        req.fd_sources = (stdin, stdout, stderr, -1, -1, -1, -1, -1)
-        req.fd_count = 3
-        req.new_session = 0
-        req.parent_death_signal = parentDeathSignal
-        req.clone_flags = 0
-        req.cgroup_fd = -1
-        req.umask_value = 0o022
-        req.rlimit_count = 0
-        var step: Int32 = 0, err: Int32 = 0
-        let pid = cp_spawn(&req, &step, &err)
-        guard pid > 0 else {
-            throw BenchFailure("cannot start \(path): \(String(cString: cp_spawn_step_name(step))): \(String(cString: strerror(err)))")
+        var options = SpawnOptions(fds: [stdin, stdout, stderr])
+        options.parentDeathSignal = parentDeathSignal
+        do { return try command.spawn(options) } catch {
+            throw BenchFailure("cannot start \(path): \(error)")
         }
-        return pid
     }
 
     /// Waits for the child; returns a description of how it ended, or nil when it exited 0.

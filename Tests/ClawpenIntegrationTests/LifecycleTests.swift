@@ -55,16 +55,9 @@ final class LifecycleTests: XCTestCase {
         close(fd)
         try d.start()
         // A second daemon on the same socket refuses to start and leaves the first alone.
-        let second = Process()
-        second.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        second.arguments = d.serveArguments
-        let err = Pipe()
-        second.standardError = err
-        try second.run()
-        second.waitUntilExit()
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertNotEqual(second.terminationStatus, 0)
-        XCTAssertTrue(message.contains("already serving"), message)
+        let second = try runCLI(d.serveArguments, socket: nil)
+        XCTAssertEqual(second.status, 69)
+        XCTAssertTrue(second.stderr.contains("already serving"), second.stderr)
         XCTAssertNoThrow(try d.connect().call(.ping))
     }
 
@@ -72,15 +65,9 @@ final class LifecycleTests: XCTestCase {
         let d = try make()
         try FileManager.default.createDirectory(atPath: d.dir, withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: d.socket, contents: Data("precious".utf8))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p.arguments = d.serveArguments
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        p.waitUntilExit()
-        XCTAssertNotEqual(p.terminationStatus, 0)
-        XCTAssertTrue(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("not a socket"))
+        let r = try runCLI(d.serveArguments, socket: nil)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("not a socket"), r.stderr)
         XCTAssertEqual(try String(contentsOfFile: d.socket, encoding: .utf8), "precious")
     }
 
@@ -95,28 +82,15 @@ final class LifecycleTests: XCTestCase {
         text = text.replacingOccurrences(of: "pids_max = 256", with: "pids_max = \"lots\"")
         try text.write(toFile: pol + "/tiers/pro.toml", atomically: true, encoding: .utf8)
         let d2 = try make(dir: d.dir, policies: pol)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p.arguments = d2.serveArguments
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        p.waitUntilExit()
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertNotEqual(p.terminationStatus, 0)
-        XCTAssertTrue(message.contains("pro.toml") && message.contains("pids_max"), message)
+        let bad = try runCLI(d2.serveArguments, socket: nil)
+        XCTAssertEqual(bad.status, 78, "EX_CONFIG")
+        XCTAssertTrue(bad.stderr.contains("pro.toml") && bad.stderr.contains("pids_max"), bad.stderr)
         // A missing tier file is named too.
         try FileManager.default.removeItem(atPath: pol + "/tiers/pro.toml")
         try FileManager.default.copyItem(atPath: Daemon.repoRoot + "/policies/tiers/pro.toml", toPath: pol + "/tiers/pro.toml")
         try FileManager.default.removeItem(atPath: pol + "/tiers/enterprise.toml")
-        let p2 = Process()
-        p2.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p2.arguments = d2.serveArguments
-        let err2 = Pipe()
-        p2.standardError = err2
-        try p2.run()
-        p2.waitUntilExit()
-        XCTAssertTrue(String(decoding: err2.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("enterprise.toml"))
+        let missing = try runCLI(d2.serveArguments, socket: nil)
+        XCTAssertTrue(missing.stderr.contains("enterprise.toml"), missing.stderr)
     }
 
     func testGracefulShutdownLetsRunningJobsFinish() throws {

@@ -1,0 +1,82 @@
+import CClawpenShim
+import Glibc
+
+/// Why a spawn failed: the step (in the parent: "clone"; in the child: "chdir", "exec", ...) and
+/// its errno.
+public struct SpawnFailure: Error, Sendable, CustomStringConvertible {
+    public let step: String
+    public let errno: Int32
+    public var description: String { "\(step) failed: \(String(cString: strerror(errno)))" }
+}
+
+/// How the child is set up between clone and exec (all of it done by cp_spawn's C child).
+public struct SpawnOptions: Sendable {
+    /// fds[i] becomes descriptor i of the child; every other descriptor is closed at exec.
+    public var fds: [Int32]
+    public var cwd: String?
+    /// setsid(): own session and process group, so the whole group can be killed at once.
+    public var newSession = false
+    /// PR_SET_PDEATHSIG in the child (0: none).
+    public var parentDeathSignal: Int32 = 0
+    /// CLONE_NEW* flags.
+    public var cloneFlags: UInt64 = 0
+    /// A cgroup v2 directory fd to start the child in (CLONE_INTO_CGROUP); -1 for none.
+    public var cgroupFD: Int32 = -1
+    public var umask: mode_t = 0o022
+    public var rlimits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
+
+    public init(fds: [Int32]) { self.fds = fds }
+}
+
+/// A command whose C strings are built once, before any clone (the child may not allocate), and
+/// that can be spawned any number of times.
+public final class SpawnCommand {
+    public let path: String
+    private let argv: CStringArray
+    private let envp: CStringArray
+
+    public init(path: String, arguments: [String], environment: [String]) {
+        self.path = path
+        argv = CStringArray(arguments)
+        envp = CStringArray(environment)
+    }
+
+    /// Starts the command; returns its pid once it has exec'd.
+    public func spawn(_ options: SpawnOptions) throws(SpawnFailure) -> pid_t {
+        guard options.fds.count <= Int(CP_MAX_FDS), options.rlimits.count <= Int(CP_MAX_RLIMITS) else {
+            throw SpawnFailure(step: "spawn", errno: EINVAL)
+        }
+        var req = cp_spawn_request()
+        req.fd_count = Int32(options.fds.count)
+        withUnsafeMutableBytes(of: &req.fd_sources) { raw in
+            let fds = raw.bindMemory(to: Int32.self)
+            for (i, fd) in options.fds.enumerated() { fds[i] = fd }
+        }
+        req.new_session = options.newSession ? 1 : 0
+        req.parent_death_signal = options.parentDeathSignal
+        req.clone_flags = options.cloneFlags
+        req.cgroup_fd = options.cgroupFD
+        req.umask_value = options.umask
+        req.rlimit_count = Int32(options.rlimits.count)
+        withUnsafeMutableBytes(of: &req.rlimits) { raw in
+            let limits = raw.bindMemory(to: cp_rlimit.self)
+            for (i, r) in options.rlimits.enumerated() { limits[i] = cp_rlimit(resource: r.resource, soft: r.soft, hard: r.hard) }
+        }
+        req.argv = UnsafePointer(argv.pointer)
+        req.envp = UnsafePointer(envp.pointer)
+        var step: Int32 = 0, err: Int32 = 0
+        let pid: pid_t = path.withCString { cPath in
+            req.path = cPath
+            guard let cwd = options.cwd else {
+                req.cwd = nil
+                return cp_spawn(&req, &step, &err)
+            }
+            return cwd.withCString { cCwd in
+                req.cwd = cCwd
+                return cp_spawn(&req, &step, &err)
+            }
+        }
+        guard pid > 0 else { throw SpawnFailure(step: String(cString: cp_spawn_step_name(step)), errno: err) }
+        return pid
+    }
+}
