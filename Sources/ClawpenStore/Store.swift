@@ -118,6 +118,11 @@ public final class Store: @unchecked Sendable {
         return .created(TenantRecord(name: name, tier: tier, uid: candidate, createdAt: now))
     }
 
+    /// Undoes a createTenant whose workspace could not be made.
+    public func deleteTenant(name: String) throws(StoreError) {
+        try db.run("DELETE FROM tenants WHERE name=?", [.text(name)])
+    }
+
     // MARK: Jobs
 
     private static let jobColumns = """

@@ -21,6 +21,9 @@ public final class Supervisor: @unchecked Sendable {
     let logger: Logger
     let workerPath: String
     let cgroup: CgroupInfo
+    /// Workers are sandboxed when the supervisor is root (namespaces, pivot_root and uid changes
+    /// need it); otherwise `status` says plainly that they are not.
+    let sandboxEnabled = geteuid() == 0
     private let startedAt = Clock.monotonic()
 
     private var tenants: [String: TenantRuntime] = [:]
@@ -136,10 +139,14 @@ public final class Supervisor: @unchecked Sendable {
         if tenants[name.value] != nil {
             throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         }
-        do { try Workspace.create(root: config.workspaceRoot, tenant: name) } catch {
-            throw ProtocolError(.internal, error.description)
+        let outcome = try store.createTenant(name: name.value, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now())
+        if case .created(let record) = outcome {
+            do { try Workspace.create(root: config.workspaceRoot, tenant: name, owner: sandboxEnabled ? record.uid : nil) } catch {
+                try? store.deleteTenant(name: name.value)
+                throw ProtocolError(.internal, error.description)
+            }
         }
-        switch try store.createTenant(name: name.value, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now()) {
+        switch outcome {
         case .duplicate: throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         case .uidRangeExhausted:
             throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
@@ -339,7 +346,9 @@ public final class Supervisor: @unchecked Sendable {
     private func startWorker(_ rt: TenantRuntime) {
         let spawned: WorkerSpawner.Spawned
         do {
-            spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name))
+            let plan = SandboxPlanner.plan(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name),
+                                           limits: rt.limits, enabled: sandboxEnabled, cgroup: cgroup)
+            spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name), plan: plan)
         } catch {
             workerStartFailed(rt, error.description)
             return
@@ -561,6 +570,9 @@ public final class Supervisor: @unchecked Sendable {
         case .embedded: sup.set("policies", .string("embedded defaults"))
         }
         sup.set("draining", draining)
+        sup.set("sandbox", .string(sandboxEnabled
+            ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs; no seccomp filter yet"
+            : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
         sup.set("tenant_count", tenants.count)
         sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
         let now = Clock.monotonic()
@@ -600,9 +612,11 @@ public final class Supervisor: @unchecked Sendable {
             usage.set("pids_current", .null)
             usage.set("cpu_usec", .null)
             o.set("usage", usage.value)
+            // What holds right now: without cgroup controllers, RLIMIT_AS per job (memory) and
+            // RLIMIT_NPROC on the tenant's uid (pids) in the sandbox; nothing limits cpu.max.
             var enf = JSONObjectBuilder()
-            enf.set("memory", .string("none"))
-            enf.set("pids", .string("none"))
+            enf.set("memory", .string(sandboxEnabled ? "rlimit" : "none"))
+            enf.set("pids", .string(sandboxEnabled ? "rlimit" : "none"))
             enf.set("cpu", .string("none"))
             enf.set("timeout", .string("worker"))
             enf.set("output", .string("worker"))

@@ -17,7 +17,9 @@ enum WorkerSpawner {
         var description: String { "cannot start the worker: \(step) failed: \(FileIO.errnoString(errno))" }
     }
 
-    static func spawn(workerPath: String, tenant: TenantName, workspace: String) throws(Failure) -> Spawned {
+    /// Clones the worker (into the sandbox's namespaces when the plan is enabled) and sends the
+    /// plan as its first frame, before anything else can reach the socket.
+    static func spawn(workerPath: String, tenant: TenantName, workspace: String, plan: SandboxPlan) throws(Failure) -> Spawned {
         var pair: [Int32] = [-1, -1]
         guard cp_socketpair(&pair) == 0 else { throw Failure(step: "socketpair", errno: errno) }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -34,11 +36,22 @@ enum WorkerSpawner {
         options.newSession = true
         options.parentDeathSignal = SIGKILL
         options.umask = 0o077
+        if plan.enabled { options.cloneFlags = cp_sandbox_clone_flags() }
         let spawned: Result<pid_t, SpawnFailure>
         do { spawned = .success(try command.spawn(options)) } catch { spawned = .failure(error) }
         close(pair[1])
         switch spawned {
-        case .success(let pid): return Spawned(pid: pid, socketFD: pair[0])
+        case .success(let pid):
+            // The socketpair is fresh and empty: the small configure frame fits its buffer.
+            let frame = Framing.frame(SupervisorToWorker.configure(plan).encoded())
+            let written = frame.withUnsafeBytes { write(pair[0], $0.baseAddress, $0.count) }
+            guard written == frame.count else {
+                let e = errno
+                kill(pid, SIGKILL)
+                close(pair[0])
+                throw Failure(step: "send configure", errno: written < 0 ? e : EMSGSIZE)
+            }
+            return Spawned(pid: pid, socketFD: pair[0])
         case .failure(let failure):
             close(pair[0])
             throw Failure(step: failure.step, errno: failure.errno)

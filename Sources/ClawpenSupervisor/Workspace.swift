@@ -15,7 +15,8 @@ enum Workspace {
         }
     }
 
-    static func create(root: String, tenant: TenantName) throws(Failure) {
+    /// `owner`: the tenant's uid (and gid), given when workers are sandboxed.
+    static func create(root: String, tenant: TenantName, owner: Int?) throws(Failure) {
         let rootFD = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard rootFD >= 0 else { throw Failure(path: root, errno: errno) }
         defer { close(rootFD) }
@@ -24,6 +25,12 @@ enum Workspace {
         defer { close(dirFD) }
         let homeFD = cp_mkdir_beneath(dirFD, "home", 0o700)
         guard homeFD >= 0 else { throw Failure(path: "\(root)/\(tenant)/home", errno: errno) }
-        close(homeFD)
+        defer { close(homeFD) }
+        if let owner {
+            // fchown on the fds opened O_NOFOLLOW: never a planted link's target.
+            for (fd, path) in [(dirFD, "\(root)/\(tenant)"), (homeFD, "\(root)/\(tenant)/home")] {
+                guard fchown(fd, uid_t(owner), gid_t(owner)) == 0, fchmod(fd, 0o700) == 0 else { throw Failure(path: path, errno: errno) }
+            }
+        }
     }
 }

@@ -49,6 +49,8 @@ public struct JobReport: Equatable, Sendable {
 }
 
 public enum SupervisorToWorker: Equatable, Sendable {
+    /// The first frame a worker receives: how to build its sandbox before it serves.
+    case configure(SandboxPlan)
     case run(RunRequest)
     case cancel(jobID: String)
     /// Stop serving: kill whatever still runs, reap it, exit 0.
@@ -64,6 +66,8 @@ public enum SupervisorToWorker: Equatable, Sendable {
             w.u8(2); w.string(id)
         case .shutdown:
             w.u8(3)
+        case .configure(let plan):
+            w.u8(4); plan.encode(into: &w)
         }
         return w.bytes
     }
@@ -78,6 +82,7 @@ public enum SupervisorToWorker: Equatable, Sendable {
                 cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32()))
         case 2: msg = .cancel(jobID: try r.string())
         case 3: msg = .shutdown
+        case 4: msg = .configure(try SandboxPlan.decode(&r))
         default: throw .badValue
         }
         guard r.isAtEnd else { throw .badValue }

@@ -10,6 +10,8 @@ struct JobLauncher {
     /// (sandboxed); the workspace path while it shares the host's root.
     let rootPrefix: String
     let devNullFD: Int32
+    /// Limits of each job on top of the worker's (RLIMIT_AS as the memory fallback).
+    let jobLimits: [SandboxPlan.Limit]
 
     struct Started {
         let pid: Int32
@@ -88,7 +90,7 @@ struct JobLauncher {
         options.newSession = true
         options.parentDeathSignal = SIGKILL
         // Second line of defence, whatever the sandbox adds: no core dumps.
-        options.rlimits = [(Int32(RLIMIT_CORE.rawValue), 0, 0)]
+        options.rlimits = [(Int32(RLIMIT_CORE.rawValue), 0, 0)] + jobLimits.map { ($0.resource, $0.soft, $0.hard) }
         let spawned: Result<pid_t, SpawnFailure>
         do { spawned = .success(try SpawnCommand(path: path, arguments: request.argv, environment: env).spawn(options)) } catch {
             spawned = .failure(error)

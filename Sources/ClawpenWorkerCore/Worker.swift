@@ -33,7 +33,7 @@ public final class Worker {
     public init(config: WorkerConfig) {
         self.config = config
         self.socketFD = config.socketFD
-        self.launcher = JobLauncher(rootPrefix: config.root, devNullFD: -1)
+        self.launcher = JobLauncher(rootPrefix: config.root, devNullFD: -1, jobLimits: [])
     }
 
     private func log(_ message: String) {
@@ -66,12 +66,49 @@ public final class Worker {
         guard sigchldFD >= 0 else { throw SetupError(step: "signalfd", errno: errno, detail: "") }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw SetupError(step: "open /dev/null", errno: errno, detail: "") }
-        launcher = JobLauncher(rootPrefix: config.root, devNullFD: devNull)
-        guard chdir(config.root) == 0 else {
-            throw SetupError(step: "chdir workspace", errno: errno, detail: config.root)
+        // The first frame says how to build the sandbox.
+        guard case .configure(let plan) = try readFirstMessage() else {
+            throw SetupError(step: "configure", errno: EPROTO, detail: "the first frame was not a configure message")
         }
-        // /home and /tmp of the job's view, inside the workspace.
-        for dir in ["home", "tmp"] { _ = mkdir(dir, 0o700) }
+        guard plan.tenant == config.tenant.value else {
+            throw SetupError(step: "configure", errno: EINVAL, detail: "plan for tenant \(plan.tenant), worker of \(config.tenant)")
+        }
+        if plan.enabled {
+            do { try SandboxSetup(plan: plan).apply() } catch {
+                throw SetupError(step: error.step, errno: error.errno, detail: error.detail)
+            }
+            launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)
+        } else {
+            // No sandbox (the supervisor is not root): job paths map under the workspace.
+            launcher = JobLauncher(rootPrefix: config.root, devNullFD: devNull, jobLimits: plan.jobLimits)
+            guard chdir(config.root) == 0 else {
+                throw SetupError(step: "chdir workspace", errno: errno, detail: config.root)
+            }
+            for dir in ["home", "tmp"] { _ = mkdir(dir, 0o700) }
+        }
+    }
+
+    /// Blocks until the supervisor's first frame has arrived.
+    private func readFirstMessage() throws(SetupError) -> SupervisorToWorker {
+        while true {
+            do {
+                if let payload = try inbound.next() {
+                    do { return try SupervisorToWorker.decode(payload) } catch {
+                        throw SetupError(step: "configure", errno: EPROTO, detail: "undecodable first frame")
+                    }
+                }
+            } catch let e as SetupError {
+                throw e
+            } catch {
+                throw SetupError(step: "configure", errno: EMSGSIZE, detail: "oversized first frame")
+            }
+            var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, -1)
+            let n = read(socketFD, scratch.baseAddress, scratch.count)
+            if n > 0 { inbound.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n])); continue }
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            throw SetupError(step: "configure", errno: n == 0 ? EPIPE : errno, detail: "the supervisor went away")
+        }
     }
 
     // MARK: - The loop
@@ -155,6 +192,7 @@ public final class Worker {
             kill(-job.pid, SIGKILL)
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
+        case .configure: log("ignoring a second configure message")
         }
     }
 

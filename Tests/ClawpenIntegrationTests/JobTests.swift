@@ -54,7 +54,7 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(job.state, .succeeded, job.stderr)
         let lines = job.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.first, "hello there")
-        XCTAssertTrue(lines[1].hasSuffix("/a/home/sub"), lines[1])
+        XCTAssertEqual(lines[1], "/home/sub", "the job sees its workspace as /")
         XCTAssertEqual(lines.last, "from stdin")
         // Nothing of the daemon's environment leaks into the job.
         let env = try daemon.run("a", ["env"]).stdout
@@ -81,9 +81,10 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(job.state, .timedOut)
         XCTAssertEqual(job.signal, 9)
         XCTAssertEqual(job.error?.code, .timedOut)
-        let pidText = try String(contentsOfFile: daemon.workspaceRoot + "/a/home/bg.pid", encoding: .utf8)
-        let bg = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines))!
-        XCTAssertTrue(daemon.eventually(5) { kill(bg, 0) != 0 }, "background process \(bg) of the timed-out job survived")
+        // The pid is in the worker's pid namespace: ask from there.
+        XCTAssertTrue(try daemon.eventually(5) {
+            try daemon.run("a", ["sh", "-c", "kill -0 $(cat $HOME/bg.pid) 2>/dev/null && echo alive || echo gone"]).stdout == "gone\n"
+        }, "the background process of the timed-out job survived")
         let r = try runCLI(["submit", "--tenant", "a", "--timeout", "0.3", "--", "sleep", "10"], socket: daemon.socket)
         XCTAssertEqual(r.status, 124)
         XCTAssertTrue(r.stderr.contains("timed_out"), r.stderr)
@@ -177,15 +178,20 @@ final class JobTests: XCTestCase {
     }
 
     func testOneWorkerPerTenantReusedAcrossJobs() throws {
-        // $PPID of a job is its worker.
-        let a1 = try daemon.run("a", ["sh", "-c", "echo $PPID"]).stdout
-        let a2 = try daemon.run("a", ["sh", "-c", "echo $PPID"]).stdout
-        let b1 = try daemon.run("b", ["sh", "-c", "echo $PPID"]).stdout
+        // A worker is its own pid namespace: jobs that share one see the same namespace.
+        let ns = ["readlink", "/proc/self/ns/pid"]
+        let a1 = try daemon.run("a", ns).stdout
+        let a2 = try daemon.run("a", ns).stdout
+        let b1 = try daemon.run("b", ns).stdout
+        XCTAssertFalse(a1.isEmpty)
         XCTAssertEqual(a1, a2, "a's jobs share a's worker")
         XCTAssertNotEqual(a1, b1, "b's job ran in a different worker")
-        XCTAssertEqual(try daemon.tenantStatus("a")["worker_pid"]?.intValue.map(String.init), a1.trimmingCharacters(in: .whitespacesAndNewlines))
-        let cmdline = try String(contentsOfFile: "/proc/\(a1.trimmingCharacters(in: .whitespacesAndNewlines))/cmdline", encoding: .utf8)
+        let worker = try XCTUnwrap(try daemon.tenantStatus("a")["worker_pid"]?.intValue)
+        let hostView = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(worker)/ns/pid_for_children")
+        XCTAssertEqual(hostView + "\n", a1, "a's jobs run in the worker the status names")
+        let cmdline = try String(contentsOfFile: "/proc/\(worker)/cmdline", encoding: .utf8)
         XCTAssertTrue(cmdline.contains("clawpen-worker") && cmdline.contains("--tenant\u{0}a\u{0}"), cmdline)
+        XCTAssertEqual(try daemon.run("a", ["sh", "-c", "echo $PPID"]).stdout, "1\n", "the worker is PID 1 of its namespace")
     }
 
     func testFiftyMiBOfOutputIsTruncatedAndDaemonStaysBounded() throws {
@@ -235,7 +241,10 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(a["usage"]?["memory_current"], .null)
         XCTAssertEqual(a["usage"]?["pids_current"], .null)
         XCTAssertEqual(a["usage"]?["cpu_usec"], .null)
-        XCTAssertEqual(a["enforcement"]?["memory"]?.stringValue, "none")
+        // Root runs the sandbox; without cgroup controllers memory and pids fall back to rlimits.
+        XCTAssertEqual(a["enforcement"]?["memory"]?.stringValue, "rlimit")
+        XCTAssertEqual(a["enforcement"]?["pids"]?.stringValue, "rlimit")
+        XCTAssertEqual(a["enforcement"]?["cpu"]?.stringValue, "none")
         // b never ran anything: no worker, idle, null pid and uptime.
         XCTAssertEqual(tenants[1]["state"]?.stringValue, "idle")
         XCTAssertEqual(tenants[1]["worker_pid"], .null)

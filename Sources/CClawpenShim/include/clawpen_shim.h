@@ -115,4 +115,7 @@ int cp_is_socket(const char *path);
 #ifdef __cplusplus
 }
 #endif
+// The sandbox steps of the worker.
+#include "clawpen_sandbox.h"
+
 #endif

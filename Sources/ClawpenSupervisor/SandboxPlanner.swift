@@ -1,0 +1,54 @@
+import CClawpenShim
+import ClawpenPolicy
+import ClawpenWire
+import Glibc
+
+/// Builds a tenant's SandboxPlan from its policy and what this host has. Pure apart from
+/// resolving the host paths' symlinks (merged /usr: /bin -> /usr/bin).
+enum SandboxPlanner {
+    /// Host paths bound read-only at the same place (DESIGN.md defaults).
+    static let readOnlyPaths = ["/usr", "/lib", "/lib64", "/bin", "/sbin"]
+    /// Host paths bound read-only into the synthetic /etc. ld.so.cache spares every dynamic
+    /// executable a search of the library directories.
+    static let etcPaths = ["/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache"]
+
+    /// Per-worker file size limit (RLIMIT_FSIZE): a single runaway file cannot fill the disk
+    /// the workspace lives on.
+    static let maxFileBytes: UInt64 = 4 << 30
+    static let maxOpenFiles: UInt64 = 4096
+
+    static func plan(tenant: TenantName, uid: Int, workspace: String, limits: TierLimits,
+                     enabled: Bool, cgroup: CgroupInfo) -> SandboxPlan {
+        let u = UInt32(uid)
+        func binds(_ paths: [String]) -> [SandboxPlan.Bind] {
+            paths.compactMap { p in resolve(p).map { SandboxPlan.Bind(source: $0, target: p) } }
+        }
+        // Fallbacks while the kernel gives us no memory or pids controller (DESIGN.md): the
+        // tenant's process count by RLIMIT_NPROC on its uid, each job's memory by RLIMIT_AS.
+        let hasPids = cgroup.controllers.contains("pids"), hasMemory = cgroup.controllers.contains("memory")
+        var workerLimits = [
+            SandboxPlan.Limit(resource: Int32(RLIMIT_NOFILE.rawValue), soft: 1024, hard: maxOpenFiles),
+            SandboxPlan.Limit(resource: Int32(RLIMIT_FSIZE.rawValue), soft: maxFileBytes, hard: maxFileBytes),
+            SandboxPlan.Limit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0),
+        ]
+        if !hasPids {
+            workerLimits.append(.init(resource: CP_RLIMIT_NPROC, soft: UInt64(limits.pidsMax), hard: UInt64(limits.pidsMax)))
+        }
+        let jobLimits: [SandboxPlan.Limit] = hasMemory ? [] :
+            [.init(resource: Int32(RLIMIT_AS.rawValue), soft: UInt64(limits.memoryMaxBytes), hard: UInt64(limits.memoryMaxBytes))]
+        let name = tenant.value
+        return SandboxPlan(
+            enabled: enabled, tenant: name, uid: u, gid: u, workspace: workspace,
+            readOnlyBinds: binds(readOnlyPaths), etcBinds: binds(etcPaths),
+            passwd: "root:x:0:0:root:/root:/usr/sbin/nologin\n\(name):x:\(u):\(u):clawpen tenant \(name):/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
+            tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
+    }
+
+    /// The host path with its symlinks resolved, nil when it does not exist here.
+    static func resolve(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+}

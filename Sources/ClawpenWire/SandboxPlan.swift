@@ -1,0 +1,111 @@
+/// What a worker's sandbox is made of: plain data, built by the supervisor from the tenant's
+/// policy, sent to the worker in its first frame (`configure`), applied there step by step in the
+/// order `steps` lists (docs/sandbox.md explains each). It can be printed and tested without root.
+public struct SandboxPlan: Equatable, Sendable {
+    public struct Bind: Equatable, Sendable {
+        /// Host path (symlinks already resolved by the supervisor: /bin -> /usr/bin).
+        public var source: String
+        /// Path inside the sandbox.
+        public var target: String
+        public init(source: String, target: String) { self.source = source; self.target = target }
+    }
+
+    public struct Limit: Equatable, Sendable {
+        public var resource: Int32
+        public var soft: UInt64
+        public var hard: UInt64
+        public init(resource: Int32, soft: UInt64, hard: UInt64) { self.resource = resource; self.soft = soft; self.hard = hard }
+    }
+
+    /// false: no sandbox (the supervisor is not root); the worker maps job paths under the
+    /// workspace instead and `status` says so.
+    public var enabled: Bool
+    public var tenant: String
+    public var uid: UInt32
+    public var gid: UInt32
+    /// The tenant's workspace on the host: `/` inside.
+    public var workspace: String
+    /// Read-only, nosuid, nodev bind mounts of host paths.
+    public var readOnlyBinds: [Bind]
+    /// Read-only binds inside /etc (a fresh tmpfs): /etc/ssl, /etc/alternatives, ld.so.cache.
+    public var etcBinds: [Bind]
+    public var passwd: String
+    public var group: String
+    public var tmpSizeBytes: UInt64
+    /// Limits of the worker and everything it starts (RLIMIT_NOFILE, FSIZE, CORE, NPROC).
+    public var workerLimits: [Limit]
+    /// Limits set on each job only (RLIMIT_AS: the memory fallback without a memory controller).
+    public var jobLimits: [Limit]
+
+    public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
+                etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
+        self.enabled = enabled; self.tenant = tenant; self.uid = uid; self.gid = gid; self.workspace = workspace
+        self.readOnlyBinds = readOnlyBinds; self.etcBinds = etcBinds; self.passwd = passwd; self.group = group
+        self.tmpSizeBytes = tmpSizeBytes; self.workerLimits = workerLimits; self.jobLimits = jobLimits
+    }
+
+    /// The checklist, in the order the worker applies it.
+    public var steps: [String] {
+        guard enabled else { return ["no sandbox: jobs run with the supervisor's identity, paths mapped under \(workspace)"] }
+        var s = [
+            "namespaces: mount, pid, ipc, uts, net, cgroup (at clone)",
+            "make every mount private (nothing propagates to the host)",
+            "bind \(workspace) onto itself (the new root)",
+        ]
+        s += readOnlyBinds.map { "bind \($0.source) -> \($0.target) read-only, nosuid, nodev" }
+        s += [
+            "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus read-only",
+            "mount tmpfs at /dev: null, zero, full, random, urandom, tty, fd links; tmpfs /dev/shm; /dev read-only",
+            "mount tmpfs at /tmp (\(tmpSizeBytes) bytes, mode 1777, nosuid, nodev)",
+            "mount tmpfs at /etc: generated passwd and group" + etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only",
+            "pivot_root to the workspace; detach the old root",
+            "remount / nosuid, nodev",
+            "hostname \(tenant); bring up lo (the only interface)",
+            "chown /, /home to \(uid):\(gid), mode 0700",
+            "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
+            "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",
+        ]
+        return s
+    }
+
+    public static func limitName(_ r: Int32) -> String {
+        switch r { case 0: return "CPU"; case 1: return "FSIZE"; case 4: return "CORE"; case 6: return "NPROC"; case 7: return "NOFILE"; case 9: return "AS"; default: return "rlimit\(r)" }
+    }
+
+    func encode(into w: inout BinaryWriter) {
+        w.bool(enabled); w.string(tenant); w.u32(uid); w.u32(gid); w.string(workspace)
+        for list in [readOnlyBinds, etcBinds] {
+            w.u32(UInt32(list.count))
+            for b in list { w.string(b.source); w.string(b.target) }
+        }
+        w.string(passwd); w.string(group); w.u64(tmpSizeBytes)
+        for list in [workerLimits, jobLimits] {
+            w.u32(UInt32(list.count))
+            for l in list { w.i32(l.resource); w.u64(l.soft); w.u64(l.hard) }
+        }
+    }
+
+    static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
+        let enabled = try r.bool(), tenant = try r.string(), uid = try r.u32(), gid = try r.u32(), ws = try r.string()
+        var lists: [[Bind]] = []
+        for _ in 0..<2 {
+            let n = Int(try r.u32())
+            guard n <= 256 else { throw .tooMany }
+            var binds: [Bind] = []
+            for _ in 0..<n { binds.append(Bind(source: try r.string(), target: try r.string())) }
+            lists.append(binds)
+        }
+        let passwd = try r.string(), group = try r.string(), tmp = try r.u64()
+        var limits: [[Limit]] = []
+        for _ in 0..<2 {
+            let n = Int(try r.u32())
+            guard n <= 16 else { throw .tooMany }
+            var l: [Limit] = []
+            for _ in 0..<n { l.append(Limit(resource: try r.i32(), soft: try r.u64(), hard: try r.u64())) }
+            limits.append(l)
+        }
+        return SandboxPlan(enabled: enabled, tenant: tenant, uid: uid, gid: gid, workspace: ws, readOnlyBinds: lists[0],
+                           etcBinds: lists[1], passwd: passwd, group: group, tmpSizeBytes: tmp,
+                           workerLimits: limits[0], jobLimits: limits[1])
+    }
+}
