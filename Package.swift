@@ -25,6 +25,7 @@ let package = Package(
         // fork-to-exec path, which must be async-signal-safe C.
         .target(name: "CClawpenShim", cSettings: [.define("_GNU_SOURCE")]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
 
         // The safe Swift face of cp_spawn: prepared commands and spawn options.
         .target(name: "ClawpenSpawn", dependencies: ["CClawpenShim"], swiftSettings: strict),
@@ -39,7 +40,7 @@ let package = Package(
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
-                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim",
+                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

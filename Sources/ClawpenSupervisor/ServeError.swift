@@ -11,6 +11,7 @@ public enum ServeError: Error, CustomStringConvertible {
     case socketInUse(path: String)
     case socketPathOccupied(path: String)
     case bind(path: String, message: String)
+    case seccomp(String)
 
     public var description: String {
         switch self {
@@ -22,6 +23,7 @@ public enum ServeError: Error, CustomStringConvertible {
         case .socketInUse(let p): return "another clawpen daemon is already serving on \(p); stop it first (or use another --socket)"
         case .socketPathOccupied(let p): return "\(p) exists and is not a socket; refusing to replace it (remove it by hand if it is stale)"
         case .bind(let p, let m): return "cannot listen on \(p): \(m)"
+        case .seccomp(let m): return "invalid seccomp policy: \(m)"
         }
     }
 }

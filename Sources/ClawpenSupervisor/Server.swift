@@ -15,6 +15,7 @@ public enum Server {
         signal(SIGPIPE, SIG_IGN)
 
         let policies = try loadPolicies(config, logger: logger)
+        let seccomp = try compileSeccompProfiles(config, policies, logger: logger)
         try FileIO.makeDirectories(config.stateDir, mode: 0o700)
         try FileIO.makeDirectories(config.workspaceRoot, mode: 0o755)
         let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
@@ -33,7 +34,7 @@ public enum Server {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let supervisor = Supervisor(loop: loop, config: config, store: store, policies: policies,
-                                    logger: logger, workerPath: workerPath, cgroup: cgroup)
+                                    logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp)
         do {
             try loop.submit { try supervisor.start() }.wait()
         } catch let e as StoreError {
@@ -104,6 +105,31 @@ public enum Server {
             return PolicyLoader.embedded
         }
         do { return try PolicyLoader.load(directory: config.policiesDir) } catch { throw .policy(error) }
+    }
+
+    /// Loads `<policies>/seccomp/*.toml` (the embedded profiles when that directory is absent)
+    /// and compiles every profile a tier or a tenant override names: a missing profile or an
+    /// unknown syscall is a start-up error, not a worker that cannot start later.
+    static func compileSeccompProfiles(_ config: ServeConfig, _ policies: PolicySet, logger: Logger) throws(ServeError) -> [String: [UInt8]] {
+        var profiles = SeccompProfiles.embedded
+        if case .directory(let dir) = policies.source {
+            var st = stat()
+            if stat(dir + "/seccomp", &st) == 0 {
+                do { profiles = try SeccompProfiles.load(directory: dir) } catch { throw .policy(error) }
+            } else {
+                logger.notice("no seccomp/ in the policies directory, using the embedded profiles", metadata: ["policies": "\(dir)"])
+            }
+        }
+        var named = Set(Tier.allCases.map { policies.limits(for: $0).seccompProfile })
+        for o in policies.tenantOverrides.values { if let p = o.seccompProfile { named.insert(p) } }
+        var programs: [String: [UInt8]] = [:]
+        for name in named.sorted() {
+            guard let profile = profiles[name] else {
+                throw .seccomp("the policy names seccomp profile '\(name)', but there is no seccomp/\(name).toml (profiles: \(profiles.keys.sorted().joined(separator: ", ")))")
+            }
+            do { programs[name] = try SeccompCompiler.compile(profile) } catch { throw .seccomp(error.description) }
+        }
+        return programs
     }
 
     static func resolveWorkerPath(_ config: ServeConfig) throws(ServeError) -> String {

@@ -48,10 +48,14 @@ public final class Supervisor: @unchecked Sendable {
     private var pendingNotifications: [(callbacks: [(Result<JobView, ProtocolError>) -> Void], view: JobView)] = []
     private var flushScheduled = false
 
+    /// Compiled seccomp programs by profile name (every profile the policies name).
+    let seccompPrograms: [String: [UInt8]]
+
     init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, logger: Logger,
-         workerPath: String, cgroup: CgroupInfo) {
+         workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]]) {
         self.loop = loop; self.config = config; self.store = store; self.policies = policies
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
+        self.seccompPrograms = seccompPrograms
     }
 
     // MARK: - Start-up
@@ -346,8 +350,12 @@ public final class Supervisor: @unchecked Sendable {
     private func startWorker(_ rt: TenantRuntime) {
         let spawned: WorkerSpawner.Spawned
         do {
-            let plan = SandboxPlanner.plan(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name),
+            var plan = SandboxPlanner.plan(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name),
                                            limits: rt.limits, enabled: sandboxEnabled, cgroup: cgroup)
+            if sandboxEnabled {
+                plan.seccompProfile = rt.limits.seccompProfile
+                plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
+            }
             spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name), plan: plan)
         } catch {
             workerStartFailed(rt, error.description)
@@ -571,7 +579,7 @@ public final class Supervisor: @unchecked Sendable {
         }
         sup.set("draining", draining)
         sup.set("sandbox", .string(sandboxEnabled
-            ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs; no seccomp filter yet"
+            ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs, seccomp"
             : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
         sup.set("tenant_count", tenants.count)
         sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
@@ -618,6 +626,7 @@ public final class Supervisor: @unchecked Sendable {
             enf.set("memory", .string(sandboxEnabled ? "rlimit" : "none"))
             enf.set("pids", .string(sandboxEnabled ? "rlimit" : "none"))
             enf.set("cpu", .string("none"))
+            enf.set("seccomp", .string(sandboxEnabled && seccompPrograms[rt.limits.seccompProfile] != nil ? rt.limits.seccompProfile : "none"))
             enf.set("timeout", .string("worker"))
             enf.set("output", .string("worker"))
             o.set("enforcement", enf.value)

@@ -36,6 +36,10 @@ public struct SandboxPlan: Equatable, Sendable {
     public var workerLimits: [Limit]
     /// Limits set on each job only (RLIMIT_AS: the memory fallback without a memory controller).
     public var jobLimits: [Limit]
+    /// The seccomp profile's name and its BPF program (compiled by the supervisor with
+    /// libseccomp); installed last. Empty: no filter.
+    public var seccompProfile: String = ""
+    public var seccompProgram: [UInt8] = []
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
                 etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
@@ -64,6 +68,7 @@ public struct SandboxPlan: Equatable, Sendable {
             "chown /, /home to \(uid):\(gid), mode 0700",
             "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
             "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",
+            seccompProgram.isEmpty ? "no seccomp filter" : "seccomp: profile \(seccompProfile) (\(seccompProgram.count / 8) BPF instructions), for the worker and every job",
         ]
         return s
     }
@@ -83,6 +88,7 @@ public struct SandboxPlan: Equatable, Sendable {
             w.u32(UInt32(list.count))
             for l in list { w.i32(l.resource); w.u64(l.soft); w.u64(l.hard) }
         }
+        w.string(seccompProfile); w.bytes(seccompProgram)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -104,8 +110,11 @@ public struct SandboxPlan: Equatable, Sendable {
             for _ in 0..<n { l.append(Limit(resource: try r.i32(), soft: try r.u64(), hard: try r.u64())) }
             limits.append(l)
         }
-        return SandboxPlan(enabled: enabled, tenant: tenant, uid: uid, gid: gid, workspace: ws, readOnlyBinds: lists[0],
-                           etcBinds: lists[1], passwd: passwd, group: group, tmpSizeBytes: tmp,
-                           workerLimits: limits[0], jobLimits: limits[1])
+        var plan = SandboxPlan(enabled: enabled, tenant: tenant, uid: uid, gid: gid, workspace: ws, readOnlyBinds: lists[0],
+                               etcBinds: lists[1], passwd: passwd, group: group, tmpSizeBytes: tmp,
+                               workerLimits: limits[0], jobLimits: limits[1])
+        plan.seccompProfile = try r.string()
+        plan.seccompProgram = try r.bytes()
+        return plan
     }
 }

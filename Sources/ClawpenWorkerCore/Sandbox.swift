@@ -145,5 +145,9 @@ struct SandboxSetup {
             throw Failure(step: String(cString: cp_identity_step_name(failed)), errno: errno, detail: "uid \(plan.uid)")
         }
         try step("chdir /home") { chdir("/home") }
+        // Last: from here on the filter holds for the worker and every job it starts.
+        if !plan.seccompProgram.isEmpty {
+            try step("seccomp", plan.seccompProfile) { plan.seccompProgram.withUnsafeBytes { cp_install_seccomp($0.baseAddress, $0.count) } }
+        }
     }
 }

@@ -82,7 +82,7 @@ extension ServeError {
     var exitCode: Int32 {
         switch self {
         case .socketInUse: return 69
-        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied: return 78 // EX_CONFIG
+        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp: return 78 // EX_CONFIG
         default: return 70
         }
     }

@@ -53,6 +53,16 @@ int cp_mknod_char(int dirfd, const char *name, mode_t mode, unsigned major, unsi
 /// Writes a whole file below `dirfd` (O_CREAT | O_EXCL | O_NOFOLLOW).
 int cp_write_file(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
+/// Installs a compiled seccomp program (an array of struct sock_filter, `len` bytes) for this
+/// process and every child it will have. Needs no_new_privs (or CAP_SYS_ADMIN).
+int cp_install_seccomp(const void *program, size_t len);
+
+/// memfd_create(name, MFD_CLOEXEC).
+int cp_memfd(const char *name);
+
+/// CLONE_NEW* flags together, for seccomp rules on clone's flags argument.
+uint64_t cp_namespace_clone_flags(void);
+
 /// Steps of cp_drop_identity, reported through *failed_step.
 enum cp_identity_step {
     CP_ID_SECUREBITS = 1,

@@ -1,0 +1,26 @@
+// Why: libseccomp (Debian's libseccomp-dev) compiles the tenants' seccomp profiles into BPF in the
+// supervisor. Its action and argument macros are function-like and seccomp_rule_add is variadic:
+// neither imports into Swift, so these inline wrappers stand in for them.
+#include <errno.h>
+#include <seccomp.h>
+#include <unistd.h>
+
+static inline uint32_t cs_act_allow(void) { return SCMP_ACT_ALLOW; }
+static inline uint32_t cs_act_errno(int e) { return SCMP_ACT_ERRNO(e); }
+static inline uint32_t cs_act_kill_process(void) { return SCMP_ACT_KILL_PROCESS; }
+
+static inline int cs_rule(scmp_filter_ctx ctx, uint32_t action, int syscall) {
+    return seccomp_rule_add_array(ctx, action, syscall, 0, NULL);
+}
+
+/// action when (arg & mask) == value.
+static inline int cs_rule_masked_eq(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned arg,
+                                    uint64_t mask, uint64_t value) {
+    struct scmp_arg_cmp cmp = {arg, SCMP_CMP_MASKED_EQ, mask, value};
+    return seccomp_rule_add_array(ctx, action, syscall, 1, &cmp);
+}
+
+static inline uint32_t cs_arch_x86_64(void) { return SCMP_ARCH_X86_64; }
+static inline uint32_t cs_arch_aarch64(void) { return SCMP_ARCH_AARCH64; }
+static inline int cs_resolve(uint32_t arch, const char *name) { return seccomp_syscall_resolve_name_arch(arch, name); }
+static inline int cs_nr_error(void) { return __NR_SCMP_ERROR; }

@@ -1,0 +1,59 @@
+import CClawpenShim
+import CSeccomp
+import ClawpenPolicy
+import Glibc
+
+/// Compiles a SeccompProfile into a BPF program with libseccomp, in the supervisor: the worker
+/// only installs the bytes (FINDINGS.md: seccomp_load allocates, and the worker stays lean).
+enum SeccompCompiler {
+    struct Failure: Error, CustomStringConvertible {
+        let profile: String
+        let message: String
+        var description: String { "seccomp profile '\(profile)': \(message)" }
+    }
+
+    /// A name must be a syscall on at least one architecture clawpen supports (x86_64, aarch64);
+    /// one that this architecture lacks (open on aarch64) is skipped.
+    static func unknownNames(_ profile: SeccompProfile) -> [String] {
+        (profile.allow + profile.kill).filter { name in
+            cs_resolve(cs_arch_x86_64(), name) == cs_nr_error() && cs_resolve(cs_arch_aarch64(), name) == cs_nr_error()
+        }
+    }
+
+    static func compile(_ profile: SeccompProfile) throws(Failure) -> [UInt8] {
+        if let bad = unknownNames(profile).first {
+            throw Failure(profile: profile.name, message: "'\(bad)' is not a syscall on x86_64 or aarch64")
+        }
+        guard let ctx = seccomp_init(cs_act_errno(EPERM)) else { throw Failure(profile: profile.name, message: "seccomp_init failed") }
+        defer { seccomp_release(ctx) }
+        func add(_ name: String, _ action: UInt32) throws(Failure) {
+            let nr = seccomp_syscall_resolve_name(name)
+            guard nr != cs_nr_error() else { return } // not on this architecture
+            if profile.restrictNamespaces && name == "clone" {
+                // Allowed only without CLONE_NEW* flags (arg 0 is the flags on x86_64 and aarch64).
+                let rc = cs_rule_masked_eq(ctx, action, nr, 0, cp_namespace_clone_flags(), 0)
+                guard rc == 0 else { throw Failure(profile: profile.name, message: "rule for clone: \(String(cString: strerror(-rc)))") }
+                return
+            }
+            let rc = cs_rule(ctx, action, nr)
+            guard rc == 0 else { throw Failure(profile: profile.name, message: "rule for \(name): \(String(cString: strerror(-rc)))") }
+        }
+        for name in profile.allow { try add(name, cs_act_allow()) }
+        for name in profile.kill { try add(name, cs_act_kill_process()) }
+        if profile.restrictNamespaces {
+            // clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc use clone.
+            let nr = seccomp_syscall_resolve_name("clone3")
+            if nr != cs_nr_error() { _ = cs_rule(ctx, cs_act_errno(ENOSYS), nr) }
+        }
+        let fd = cp_memfd("seccomp-bpf")
+        guard fd >= 0 else { throw Failure(profile: profile.name, message: "memfd: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let rc = seccomp_export_bpf(ctx, fd)
+        guard rc == 0 else { throw Failure(profile: profile.name, message: "export: \(String(cString: strerror(-rc)))") }
+        let size = Int(lseek(fd, 0, SEEK_END))
+        var program = [UInt8](repeating: 0, count: size)
+        let n = program.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, 0) }
+        guard n == size, size > 0 else { throw Failure(profile: profile.name, message: "export: short read") }
+        return program
+    }
+}
