@@ -25,8 +25,12 @@
 #include <sched.h>
 
 uint64_t cp_sandbox_clone_flags(void) {
-    return CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP;
+    // No CLONE_NEWCGROUP here: the supervisor moves the worker into its tenant's cgroup first,
+    // then the worker unshares its cgroup namespace (cp_unshare_cgroup), rooted at that leaf.
+    return CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
 }
+
+int cp_unshare_cgroup(void) { return unshare(CLONE_NEWCGROUP); }
 
 const unsigned long CP_MS_RDONLY = MS_RDONLY, CP_MS_NOSUID = MS_NOSUID, CP_MS_NODEV = MS_NODEV,
                     CP_MS_NOEXEC = MS_NOEXEC, CP_MS_BIND = MS_BIND, CP_MS_REC = MS_REC;

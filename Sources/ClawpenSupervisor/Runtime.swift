@@ -44,6 +44,12 @@ final class TenantRuntime: @unchecked Sendable {
     var lastError: String?
     var respawnPending = false
     var cancelRequested: Set<String> = []
+    /// Limits the tenant's cgroup enforces for its current worker ("memory", "pids", "cpu").
+    var cgroupEnforced: Set<String> = []
+    /// memory.events oom_kill count already attributed to jobs.
+    var oomKillsSeen: Int64 = 0
+    /// The old worker's cgroup is being killed and removed; no new worker until it is gone.
+    var cgroupCleanupPending = false
     /// Finished jobs per final state (from the store at start-up, then counted).
     var finishedCounts: [JobState: Int] = [:]
 

@@ -17,15 +17,16 @@ enum SandboxPlanner {
     static let maxFileBytes: UInt64 = 4 << 30
     static let maxOpenFiles: UInt64 = 4096
 
+    /// `controllers`: the cgroup controllers enabled for the tenant nodes.
     static func plan(tenant: TenantName, uid: Int, workspace: String, limits: TierLimits,
-                     enabled: Bool, cgroup: CgroupInfo) -> SandboxPlan {
+                     enabled: Bool, controllers: Set<String>) -> SandboxPlan {
         let u = UInt32(uid)
         func binds(_ paths: [String]) -> [SandboxPlan.Bind] {
             paths.compactMap { p in resolve(p).map { SandboxPlan.Bind(source: $0, target: p) } }
         }
         // Fallbacks while the kernel gives us no memory or pids controller (DESIGN.md): the
         // tenant's process count by RLIMIT_NPROC on its uid, each job's memory by RLIMIT_AS.
-        let hasPids = cgroup.controllers.contains("pids"), hasMemory = cgroup.controllers.contains("memory")
+        let hasPids = controllers.contains("pids"), hasMemory = controllers.contains("memory")
         var workerLimits = [
             SandboxPlan.Limit(resource: Int32(RLIMIT_NOFILE.rawValue), soft: 1024, hard: maxOpenFiles),
             SandboxPlan.Limit(resource: Int32(RLIMIT_FSIZE.rawValue), soft: maxFileBytes, hard: maxFileBytes),

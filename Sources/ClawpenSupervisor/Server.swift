@@ -28,17 +28,21 @@ public enum Server {
             throw .store(error)
         }
         let cgroup = CgroupInfo.probe()
+        let (cgroups, noCgroups) = CgroupTree.setUp(cgroup)
+        if let noCgroups { logger.warning("no tenant cgroups: \(noCgroups); limits fall back to rlimits") }
 
         // One event loop for everything: clients, workers, the store. The supervisor's state is
         // confined to it, and two cores gain nothing from a second loop hopping state across.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let supervisor = Supervisor(loop: loop, config: config, store: store, policies: policies,
-                                    logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp)
+                                    logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
+                                    cgroups: cgroups)
         do {
             try loop.submit { try supervisor.start() }.wait()
         } catch let e as StoreError {
             try? group.syncShutdownGracefully()
+            cgroups?.removeAll()
             throw .store(e)
         } catch {
             try? group.syncShutdownGracefully()
@@ -92,6 +96,7 @@ public enum Server {
         try? finished.futureResult.wait()
         for s in sources { s.cancel() }
         unlink(config.socketPath)
+        cgroups?.removeAll()
         try? loop.submit { store.checkpoint() }.wait()
         try? group.syncShutdownGracefully()
         logger.notice("clawpen stopped")

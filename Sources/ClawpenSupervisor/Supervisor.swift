@@ -50,12 +50,14 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Compiled seccomp programs by profile name (every profile the policies name).
     let seccompPrograms: [String: [UInt8]]
+    /// The tenant cgroups, when there is a cgroup2 hierarchy to use.
+    let cgroups: CgroupTree?
 
     init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, logger: Logger,
-         workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]]) {
+         workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]], cgroups: CgroupTree?) {
         self.loop = loop; self.config = config; self.store = store; self.policies = policies
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
-        self.seccompPrograms = seccompPrograms
+        self.seccompPrograms = seccompPrograms; self.cgroups = cgroups
     }
 
     // MARK: - Start-up
@@ -348,19 +350,40 @@ public final class Supervisor: @unchecked Sendable {
     // MARK: - Workers
 
     private func startWorker(_ rt: TenantRuntime) {
+        guard !rt.cgroupCleanupPending else { return } // the old worker's cgroup goes first
+        var plan = SandboxPlanner.plan(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name),
+                                       limits: rt.limits, enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [])
+        if sandboxEnabled {
+            plan.seccompProfile = rt.limits.seccompProfile
+            plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
+        }
         let spawned: WorkerSpawner.Spawned
         do {
-            var plan = SandboxPlanner.plan(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name),
-                                           limits: rt.limits, enabled: sandboxEnabled, cgroup: cgroup)
-            if sandboxEnabled {
-                plan.seccompProfile = rt.limits.seccompProfile
-                plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
-            }
             spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name), plan: plan)
         } catch {
             workerStartFailed(rt, error.description)
             return
         }
+        // Into the tenant's cgroup before it does anything: every job it starts follows it there.
+        do {
+            rt.cgroupEnforced = try cgroups?.place(worker: spawned.pid, tenant: rt.name, limits: rt.limits) ?? []
+            try WorkerSpawner.sendConfigure(plan, to: spawned)
+        } catch {
+            // A worker that died at once (its exec failed, it crashed) fails here: say how it ended.
+            var status: Int32 = 0
+            var usage = rusage()
+            let gone = cp_wait4(spawned.pid, &status, WNOHANG, &usage) == spawned.pid
+            if !gone {
+                kill(spawned.pid, SIGKILL)
+                _ = cp_wait4(spawned.pid, &status, 0, &usage)
+            }
+            close(spawned.socketFD)
+            let reason = gone && cp_wifexited(status) != 0 ? "worker exited with status \(cp_wexitstatus(status)) before its setup"
+                : gone && cp_wifsignaled(status) != 0 ? "worker was killed by signal \(cp_wtermsig(status)) before its setup" : "\(error)"
+            workerStartFailed(rt, reason)
+            return
+        }
+        rt.oomKillsSeen = cgroups?.oomKills(rt.name) ?? 0
         let w = WorkerHandle(tenant: rt.name.value, pid: spawned.pid, startedAt: Clock.monotonic())
         rt.worker = w
         logger.info("worker started", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(spawned.pid)"])
@@ -407,7 +430,13 @@ public final class Supervisor: @unchecked Sendable {
                 return workerMisbehaved(w, "reported a result for job \(report.jobID.prefix(64)) it was not given")
             }
             rt.cancelRequested.remove(job.id)
-            let (state, result) = Self.outcome(report, job)
+            var (state, result) = Self.outcome(report, job)
+            // A SIGKILL while the tenant's memory.events counted a new OOM kill: the kernel did it.
+            if state == .killed, result.signal == SIGKILL, let kills = cgroups?.oomKills(rt.name), kills > rt.oomKillsSeen {
+                rt.oomKillsSeen = kills
+                state = .oomKilled
+                result.error = ProtocolError(.oomKilled, "the job was killed for memory: the tenant's memory_max is \(rt.limits.memoryMaxBytes) bytes")
+            }
             finish(job, rt, state: state, result: result)
             if draining { checkDrained() } else { dispatch(rt) }
         }
@@ -491,6 +520,7 @@ public final class Supervisor: @unchecked Sendable {
     private func workerExited(_ w: WorkerHandle, how: String) {
         guard let rt = tenants[w.tenant], rt.worker === w else { return }
         rt.worker = nil
+        removeCgroup(rt)
         let lost = w.inFlight.values.sorted { $0.createdAt < $1.createdAt }
         w.inFlight.removeAll()
         if w.exitExpected && w.misbehaviour == nil {
@@ -540,6 +570,21 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
+    /// Kills what is left in the tenant's cgroup and removes it; a new worker for the tenant waits
+    /// until it is gone (a late removal must not kill the next worker).
+    private func removeCgroup(_ rt: TenantRuntime, attempt: Int = 0) {
+        guard let cgroups else { return }
+        rt.cgroupCleanupPending = true
+        if cgroups.tryRemove(tenant: rt.name) || attempt >= 300 {
+            if attempt >= 300 { logger.error("tenant cgroup still populated after 3 s; leaving it", metadata: ["tenant": "\(rt.name)"]) }
+            rt.cgroupCleanupPending = false
+            if !draining && !rt.queue.isEmpty && rt.worker == nil && !rt.respawnPending { dispatch(rt) }
+            if draining { checkDrained() }
+            return
+        }
+        loop.scheduleTask(in: .milliseconds(10)) { [self] in removeCgroup(rt, attempt: attempt + 1) }
+    }
+
     private func workerStartFailed(_ rt: TenantRuntime, _ reason: String) {
         rt.lastError = reason
         rt.consecutiveStartFailures += 1
@@ -571,6 +616,8 @@ public final class Supervisor: @unchecked Sendable {
         cg.set("mode", .string(cgroup.mode.rawValue))
         cg.set("path", cgroup.path)
         cg.set("controllers", .array(cgroup.controllers.map(JSONValue.string)))
+        cg.set("tenants_base", cgroups?.base)
+        cg.set("enabled_controllers", .array((cgroups?.controllers.sorted() ?? []).map(JSONValue.string)))
         sup.set("cgroup", cg.value)
         sup.set("socket", .string(config.socketPath))
         switch policies.source {
@@ -614,18 +661,23 @@ public final class Supervisor: @unchecked Sendable {
             lim.set("timeout_max_s", rt.limits.timeoutMaxSeconds)
             lim.set("output_max_bytes", rt.limits.outputMaxBytes)
             o.set("limits", lim.value)
-            // No per-tenant cgroup yet (sandbox issue): nothing can be read, so nothing is claimed.
+            // Read from the tenant's cgroup while it has one; null when there is nothing to read.
             var usage = JSONObjectBuilder()
-            usage.set("memory_current", .null)
-            usage.set("pids_current", .null)
-            usage.set("cpu_usec", .null)
+            let live = rt.worker != nil
+            usage.set("memory_current", live ? cgroups?.memoryCurrent(rt.name) : nil)
+            usage.set("pids_current", live ? cgroups?.pidsCurrent(rt.name) : nil)
+            usage.set("cpu_usec", live ? cgroups?.cpuUsageMicros(rt.name) : nil)
             o.set("usage", usage.value)
             // What holds right now: without cgroup controllers, RLIMIT_AS per job (memory) and
             // RLIMIT_NPROC on the tenant's uid (pids) in the sandbox; nothing limits cpu.max.
             var enf = JSONObjectBuilder()
-            enf.set("memory", .string(sandboxEnabled ? "rlimit" : "none"))
-            enf.set("pids", .string(sandboxEnabled ? "rlimit" : "none"))
-            enf.set("cpu", .string("none"))
+            func how(_ limit: String, fallback: Bool) -> JSONValue {
+                if rt.cgroupEnforced.contains(limit) || (rt.worker == nil && cgroups?.controllers.contains(limit) == true) { return .string("cgroup") }
+                return .string(fallback && sandboxEnabled ? "rlimit" : "none")
+            }
+            enf.set("memory", how("memory", fallback: true))
+            enf.set("pids", how("pids", fallback: true))
+            enf.set("cpu", how("cpu", fallback: false))
             enf.set("seccomp", .string(sandboxEnabled && seccompPrograms[rt.limits.seccompProfile] != nil ? rt.limits.seccompProfile : "none"))
             enf.set("timeout", .string("worker"))
             enf.set("output", .string("worker"))
@@ -660,7 +712,7 @@ public final class Supervisor: @unchecked Sendable {
             if tenants.values.allSatisfy({ $0.runningCount == 0 }) { stopWorkers() }
             return
         }
-        if tenants.values.allSatisfy({ $0.worker == nil }) {
+        if tenants.values.allSatisfy({ $0.worker == nil && !$0.cgroupCleanupPending }) {
             graceTimer?.cancel()
             flushWrites()
             // Whoever still waits hears why: the job itself is safe in the store.

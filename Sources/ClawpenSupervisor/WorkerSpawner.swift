@@ -17,8 +17,9 @@ enum WorkerSpawner {
         var description: String { "cannot start the worker: \(step) failed: \(FileIO.errnoString(errno))" }
     }
 
-    /// Clones the worker (into the sandbox's namespaces when the plan is enabled) and sends the
-    /// plan as its first frame, before anything else can reach the socket.
+    /// Clones the worker (into the sandbox's namespaces when the plan is enabled). It waits for
+    /// its configure frame (`sendConfigure`) before it does anything, so the supervisor can place
+    /// it in its cgroup first.
     static func spawn(workerPath: String, tenant: TenantName, workspace: String, plan: SandboxPlan) throws(Failure) -> Spawned {
         var pair: [Int32] = [-1, -1]
         guard cp_socketpair(&pair) == 0 else { throw Failure(step: "socketpair", errno: errno) }
@@ -42,19 +43,18 @@ enum WorkerSpawner {
         close(pair[1])
         switch spawned {
         case .success(let pid):
-            // The socketpair is fresh and empty: the small configure frame fits its buffer.
-            let frame = Framing.frame(SupervisorToWorker.configure(plan).encoded())
-            let written = frame.withUnsafeBytes { write(pair[0], $0.baseAddress, $0.count) }
-            guard written == frame.count else {
-                let e = errno
-                kill(pid, SIGKILL)
-                close(pair[0])
-                throw Failure(step: "send configure", errno: written < 0 ? e : EMSGSIZE)
-            }
             return Spawned(pid: pid, socketFD: pair[0])
         case .failure(let failure):
             close(pair[0])
             throw Failure(step: failure.step, errno: failure.errno)
         }
+    }
+
+    /// The plan as the worker's first frame. The socketpair is fresh and empty: the small frame
+    /// fits its buffer, so this blocking write does not block.
+    static func sendConfigure(_ plan: SandboxPlan, to spawned: Spawned) throws(Failure) {
+        let frame = Framing.frame(SupervisorToWorker.configure(plan).encoded())
+        let written = frame.withUnsafeBytes { write(spawned.socketFD, $0.baseAddress, $0.count) }
+        guard written == frame.count else { throw Failure(step: "send configure", errno: written < 0 ? errno : EMSGSIZE) }
     }
 }

@@ -52,7 +52,7 @@ public struct SandboxPlan: Equatable, Sendable {
     public var steps: [String] {
         guard enabled else { return ["no sandbox: jobs run with the supervisor's identity, paths mapped under \(workspace)"] }
         var s = [
-            "namespaces: mount, pid, ipc, uts, net, cgroup (at clone)",
+            "namespaces: mount, pid, ipc, uts, net (at clone); cgroup (unshared once in the tenant's cgroup)",
             "make every mount private (nothing propagates to the host)",
             "bind \(workspace) onto itself (the new root)",
         ]

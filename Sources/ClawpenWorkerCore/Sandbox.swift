@@ -48,6 +48,8 @@ struct SandboxSetup {
     }
 
     func apply() throws(Failure) {
+        // The supervisor has placed us in the tenant's cgroup: make it the root of our view.
+        try step("unshare cgroup namespace") { cp_unshare_cgroup() }
         try step("make mounts private") { cp_mounts_private() }
 
         // The workspace becomes a mount of its own (pivot_root needs one).

@@ -237,10 +237,17 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(a["limits"]?["pids_max"]?.intValue, 64)
         XCTAssertEqual(a["limits"]?["cpu_max"]?.stringValue, "50000 100000")
         XCTAssertEqual(a["limits"]?["max_concurrent_runs"]?.intValue, 2)
-        // Nothing is read from a cgroup yet: null, never a made-up 0; and no enforcement claimed.
-        XCTAssertEqual(a["usage"]?["memory_current"], .null)
-        XCTAssertEqual(a["usage"]?["pids_current"], .null)
-        XCTAssertEqual(a["usage"]?["cpu_usec"], .null)
+        // Read from the tenant's cgroup: cpu.stat exists without controllers, memory.current and
+        // pids.current do not here, so they are null, never a made-up 0.
+        let cgroupMode = sup["cgroup"]?["mode"]?.stringValue
+        if cgroupMode != "none" { XCTAssertGreaterThan(a["usage"]?["cpu_usec"]?.intValue ?? 0, 0, "\(a)") }
+        if !(sup["cgroup"]?["enabled_controllers"]?.arrayValue ?? []).contains(.string("memory")) {
+            XCTAssertEqual(a["usage"]?["memory_current"], .null)
+        }
+        if !(sup["cgroup"]?["enabled_controllers"]?.arrayValue ?? []).contains(.string("pids")) {
+            XCTAssertEqual(a["usage"]?["pids_current"], .null)
+        }
+        XCTAssertEqual(tenants[1]["usage"]?["cpu_usec"], .null, "b has no worker: nothing to read")
         // Root runs the sandbox; without cgroup controllers memory and pids fall back to rlimits.
         XCTAssertEqual(a["enforcement"]?["memory"]?.stringValue, "rlimit")
         XCTAssertEqual(a["enforcement"]?["pids"]?.stringValue, "rlimit")

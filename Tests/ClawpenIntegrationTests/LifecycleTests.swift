@@ -230,4 +230,36 @@ final class LifecycleTests: XCTestCase {
         _ = try d2.run("a", ["true"])
         XCTAssertTrue(d2.eventually(5) { (try? d2.tenantStatus("a")["state"]?.stringValue) == "idle" }, "idle timeout from the config file")
     }
+
+    func testTenantCgroupsHoldTheWorkerAndLeaveNothingBehind() throws {
+        let d = try make(["--idle-timeout", "0.5"]).start()
+        let cg = try d.status()["supervisor"]?["cgroup"] ?? .null
+        guard let base = cg["tenants_base"]?.stringValue else { throw XCTSkip("no cgroup2 hierarchy here: \(cg)") }
+        try d.createTenant("a")
+        XCTAssertEqual(try d.run("a", ["sh", "-c", "grep '^0::' /proc/self/cgroup"]).stdout, "0::/\n", "the job's cgroup namespace is rooted at its worker's leaf")
+        let worker = try XCTUnwrap(try d.tenantStatus("a")["worker_pid"]?.intValue)
+        let procs = try String(contentsOfFile: base + "/tenant-a/worker/cgroup.procs", encoding: .utf8)
+        XCTAssertTrue(procs.split(separator: "\n").contains(Substring(String(worker))), "worker \(worker) in tenant-a/worker: \(procs)")
+        XCTAssertTrue(try String(contentsOfFile: "/proc/\(d.pid)/cgroup", encoding: .utf8).contains("/supervisor\n"), "the daemon sits in its leaf")
+        // The worker goes idle: its cgroup goes with it.
+        XCTAssertTrue(d.eventually(5) { !FileManager.default.fileExists(atPath: base + "/tenant-a") }, "tenant-a cgroup removed after the worker exited")
+        _ = try d.run("a", ["true"])
+        XCTAssertTrue(FileManager.default.fileExists(atPath: base + "/tenant-a/worker"))
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: base + "/tenant-a"), "no tenant cgroup after the daemon stopped")
+        if base.hasSuffix("/clawpen-\(d.pid)") { XCTAssertFalse(FileManager.default.fileExists(atPath: base)) }
+    }
+
+    func testCgroupsOfADaemonThatWasKilledAreCleanedAtTheNextStart() throws {
+        let d = try make().start()
+        guard let base = try d.status()["supervisor"]?["cgroup"]?["tenants_base"]?.stringValue, base.contains("/clawpen-") else {
+            throw XCTSkip("the daemon was delegated its cgroup: nothing of its own to clean")
+        }
+        try d.createTenant("a")
+        _ = try d.run("a", ["true"])
+        d.stop(signal: SIGKILL)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: base), "a killed daemon leaves its tree")
+        let d2 = try make(dir: d.dir).start()
+        XCTAssertTrue(d2.eventually(5) { !FileManager.default.fileExists(atPath: base) }, "the next daemon removed \(base)")
+    }
 }

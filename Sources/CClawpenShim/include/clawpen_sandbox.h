@@ -11,8 +11,11 @@
 extern "C" {
 #endif
 
-/// The namespaces a worker is cloned into: mount, pid, ipc, uts, net, cgroup.
+/// The namespaces a worker is cloned into: mount, pid, ipc, uts, net.
 uint64_t cp_sandbox_clone_flags(void);
+
+/// A new cgroup namespace rooted at the caller's current cgroup (its tenant's worker leaf).
+int cp_unshare_cgroup(void);
 
 /// mount(2) flag values (Swift cannot see <sys/mount.h>'s enum under these names).
 extern const unsigned long CP_MS_RDONLY, CP_MS_NOSUID, CP_MS_NODEV, CP_MS_NOEXEC, CP_MS_BIND, CP_MS_REC;

@@ -1,0 +1,180 @@
+import ClawpenPolicy
+import ClawpenWire
+import Glibc
+
+/// The supervisor's cgroup v2 subtree: one node per tenant, the worker (and so every job) in a
+/// leaf below it, limits on the tenant node so they hold for the tenant's processes together.
+///
+/// Layout: `<base>/supervisor` (the daemon itself: cgroup v2 lets only leaves hold processes),
+/// `<base>/tenant-<name>/worker`. `<base>` is the daemon's own cgroup when it was delegated one
+/// (systemd `Delegate=yes`); when it runs in the hierarchy's root (development machines), it is
+/// `<root>/clawpen-<pid>`, so that several daemons never share tenant nodes. Only cgroup2 is
+/// touched; v1 hierarchies are never written. Teardown is `cgroup.kill`, then rmdir.
+final class CgroupTree: @unchecked Sendable {
+    let root: String          // the daemon's cgroup at start
+    let base: String
+    let controllers: Set<String>
+    private let ownsBase: Bool
+
+    static let prefix = "clawpen-"
+
+    private init(root: String, base: String, controllers: Set<String>, ownsBase: Bool) {
+        self.root = root; self.base = base; self.controllers = controllers; self.ownsBase = ownsBase
+    }
+
+    /// Sets the tree up, or returns nil (with the reason logged by the caller) when there is no
+    /// cgroup2 to use.
+    static func setUp(_ info: CgroupInfo) -> (CgroupTree?, String?) {
+        guard info.mode != .none, let own = info.path else { return (nil, "no cgroup2 mount") }
+        let isHierarchyRoot = CgroupInfo.cgroup2MountPoint() == own
+        removeStale(in: own)
+        let base = isHierarchyRoot ? "\(own)/\(prefix)\(getpid())" : own
+        if isHierarchyRoot, mkdir(base, 0o755) != 0, errno != EEXIST {
+            return (nil, "cannot create \(base): \(FileIO.errnoString(errno))")
+        }
+        let leaf = base + "/supervisor"
+        guard mkdir(leaf, 0o755) == 0 || errno == EEXIST else { return (nil, "cannot create \(leaf): \(FileIO.errnoString(errno))") }
+        guard write(leaf + "/cgroup.procs", "\(getpid())") else {
+            return (nil, "cannot move the supervisor into \(leaf): \(FileIO.errnoString(errno))")
+        }
+        // Hand the controllers the base has to the tenant nodes.
+        let available = Set((FileIO.readSmallFile(base + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+        let wanted = available.intersection(["cpu", "memory", "pids"])
+        if !wanted.isEmpty { _ = write(base + "/cgroup.subtree_control", wanted.sorted().map { "+" + $0 }.joined(separator: " ")) }
+        let enabled = Set((FileIO.readSmallFile(base + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+        return (CgroupTree(root: own, base: base, controllers: enabled, ownsBase: isHierarchyRoot), nil)
+    }
+
+    /// Trees of daemons that are gone (killed without a chance to clean up).
+    private static func removeStale(in own: String) {
+        guard let dir = opendir(own) else { return }
+        var stale: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            stale.append(own + "/" + name)
+        }
+        closedir(dir)
+        for path in stale { removeTree(path) }
+    }
+
+    /// cgroup.kill, then rmdir depth-first (a populated cgroup cannot be removed: retried briefly).
+    static func removeTree(_ path: String) {
+        _ = write(path + "/cgroup.kill", "1")
+        if let dir = opendir(path) {
+            var children: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if entry.pointee.d_type == UInt8(DT_DIR), name != ".", name != ".." { children.append(path + "/" + name) }
+            }
+            closedir(dir)
+            for child in children { removeTree(child) }
+        }
+        for _ in 0..<200 {
+            if rmdir(path) == 0 || errno == ENOENT { return }
+            usleep(5_000)
+        }
+    }
+
+    func tenantPath(_ tenant: TenantName) -> String { "\(base)/tenant-\(tenant.value)" }
+
+    /// Creates the tenant's node with its limits (where the controller exists) and moves `pid`
+    /// into its `worker` leaf. Returns which limits the kernel now enforces.
+    func place(worker pid: Int32, tenant: TenantName, limits: TierLimits) throws(CgroupError) -> Set<String> {
+        let node = tenantPath(tenant)
+        guard mkdir(node, 0o755) == 0 || errno == EEXIST else { throw .create(node, errno) }
+        var enforced: Set<String> = []
+        if controllers.contains("memory") {
+            if Self.write(node + "/memory.max", "\(limits.memoryMaxBytes)") { enforced.insert("memory") }
+            _ = Self.write(node + "/memory.swap.max", "0")
+        }
+        if controllers.contains("pids"), Self.write(node + "/pids.max", "\(limits.pidsMax)") { enforced.insert("pids") }
+        if controllers.contains("cpu") {
+            if Self.write(node + "/cpu.max", limits.cpuMaxCgroupString) { enforced.insert("cpu") }
+            _ = Self.write(node + "/cpu.weight", "\(min(10_000, max(1, limits.cpuWeight * 100)))")
+        }
+        let leaf = node + "/worker"
+        guard mkdir(leaf, 0o755) == 0 || errno == EEXIST else { throw .create(leaf, errno) }
+        guard Self.write(leaf + "/cgroup.procs", "\(pid)") else { throw .move(leaf, errno) }
+        return enforced
+    }
+
+    /// One attempt to kill whatever is left of the tenant and remove its node, without waiting
+    /// (the supervisor retries on its loop). true when the node is gone.
+    func tryRemove(tenant: TenantName) -> Bool {
+        let node = tenantPath(tenant)
+        _ = Self.write(node + "/cgroup.kill", "1")
+        if rmdir(node + "/worker") != 0 && errno != ENOENT { return false }
+        return rmdir(node) == 0 || errno == ENOENT
+    }
+
+    /// At shutdown: every tenant node, then (if the daemon made it) the base.
+    func removeAll() {
+        if let dir = opendir(base) {
+            var tenants: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name.hasPrefix("tenant-") { tenants.append(base + "/" + name) }
+            }
+            closedir(dir)
+            for t in tenants { Self.removeTree(t) }
+        }
+        guard ownsBase else { return }
+        _ = Self.write(root + "/cgroup.procs", "\(getpid())") // leave the leaf so it can go
+        _ = rmdir(base + "/supervisor")
+        _ = rmdir(base)
+    }
+
+    // MARK: Readings (nil when the file is not there: never a made-up 0)
+
+    func cpuUsageMicros(_ tenant: TenantName) -> Int64? {
+        guard let stat = FileIO.readSmallFile(tenantPath(tenant) + "/cpu.stat") else { return nil }
+        for line in stat.split(separator: "\n") where line.hasPrefix("usage_usec ") {
+            return Int64(line.dropFirst("usage_usec ".count))
+        }
+        return nil
+    }
+
+    func memoryCurrent(_ tenant: TenantName) -> Int64? { readNumber(tenantPath(tenant) + "/memory.current") }
+    func pidsCurrent(_ tenant: TenantName) -> Int64? { readNumber(tenantPath(tenant) + "/pids.current") }
+
+    /// memory.events' oom_kill count of the tenant node.
+    func oomKills(_ tenant: TenantName) -> Int64? {
+        guard let events = FileIO.readSmallFile(tenantPath(tenant) + "/memory.events") else { return nil }
+        for line in events.split(separator: "\n") where line.hasPrefix("oom_kill ") { return Int64(line.dropFirst("oom_kill ".count)) }
+        return nil
+    }
+
+    private func readNumber(_ path: String) -> Int64? {
+        FileIO.readSmallFile(path).flatMap { Int64($0.trimmingCharacters(in: " \n")) }
+    }
+
+    @discardableResult
+    static func write(_ path: String, _ value: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let bytes = Array(value.utf8)
+        return bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == bytes.count
+    }
+}
+
+enum CgroupError: Error, CustomStringConvertible {
+    case create(String, Int32)
+    case move(String, Int32)
+    var description: String {
+        switch self {
+        case .create(let p, let e): return "cannot create cgroup \(p): \(FileIO.errnoString(e))"
+        case .move(let p, let e): return "cannot move the worker into \(p): \(FileIO.errnoString(e))"
+        }
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
