@@ -87,6 +87,8 @@ long cp_raise_nofile_limit(void) {
     return (long)rl.rlim_cur;
 }
 
+int cp_set_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
+
 int cp_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
 
 int cp_mkdir_beneath(int dirfd, const char *name, mode_t mode) {

@@ -37,13 +37,34 @@ enum SandboxPlanner {
         }
         let jobLimits: [SandboxPlan.Limit] = hasMemory ? [] :
             [.init(resource: Int32(RLIMIT_AS.rawValue), soft: UInt64(limits.memoryMaxBytes), hard: UInt64(limits.memoryMaxBytes))]
+        // Merged /usr: a host path that is a symlink into another bound tree becomes the same
+        // symlink in the sandbox (no mount needed); anything else is bound.
+        var rootBinds: [SandboxPlan.Bind] = [], links: [SandboxPlan.Bind] = []
+        for path in readOnlyPaths {
+            guard let resolved = resolve(path) else { continue }
+            if let content = linkContent(path), readOnlyPaths.contains(where: { $0 != path && (resolved == $0 || resolved.hasPrefix($0 + "/")) }) {
+                links.append(.init(source: content, target: path))
+            } else {
+                rootBinds.append(.init(source: resolved, target: path))
+            }
+        }
         let name = tenant.value
-        return SandboxPlan(
+        var plan = SandboxPlan(
             enabled: enabled, tenant: name, uid: u, gid: u, workspace: workspace,
-            readOnlyBinds: binds(readOnlyPaths), etcBinds: binds(etcPaths),
+            readOnlyBinds: rootBinds, etcBinds: binds(etcPaths),
             passwd: "root:x:0:0:root:/root:/usr/sbin/nologin\n\(name):x:\(u):\(u):clawpen tenant \(name):/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
             group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
+        plan.symlinks = links
+        return plan
+    }
+
+    /// The content of a symlink at `path` (nil when it is not one).
+    static func linkContent(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// The host path with its symlinks resolved, nil when it does not exist here.

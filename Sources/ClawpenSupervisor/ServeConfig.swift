@@ -23,6 +23,9 @@ public struct ServeConfig: Sendable {
     public var partialFrameTimeoutSeconds = 30.0
     /// A job that was running when its worker died is re-queued until it has had this many attempts.
     public var maxAttempts = 3
+    /// Spare workers kept cloned and waiting, so that a new tenant's first job skips the clone,
+    /// the namespaces and the exec (0: none).
+    public var prespawnWorkers = 2
 
     public init() {}
 }

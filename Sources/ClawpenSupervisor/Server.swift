@@ -95,6 +95,7 @@ public enum Server {
         }
         try? finished.futureResult.wait()
         for s in sources { s.cancel() }
+        supervisor.stopSpawnThread()
         unlink(config.socketPath)
         cgroups?.removeAll()
         try? loop.submit { store.checkpoint() }.wait()

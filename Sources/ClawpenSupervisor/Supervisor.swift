@@ -81,6 +81,7 @@ public final class Supervisor: @unchecked Sendable {
             logger.notice("re-queued \(recovered.count) job(s) left queued or running by the previous run")
         }
         for runtime in tenants.values where !runtime.queue.isEmpty { dispatch(runtime) }
+        refillSpares()
     }
 
     private func limits(for record: TenantRecord) -> TierLimits {
@@ -358,11 +359,15 @@ public final class Supervisor: @unchecked Sendable {
             plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
         }
         let spawned: WorkerSpawner.Spawned
-        do {
-            spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name), plan: plan)
-        } catch {
-            workerStartFailed(rt, error.description)
-            return
+        if let spare = takeSpare() {
+            spawned = spare
+        } else {
+            do {
+                spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name), sandboxed: sandboxEnabled)
+            } catch {
+                workerStartFailed(rt, error.description)
+                return
+            }
         }
         // Into the tenant's cgroup before it does anything: every job it starts follows it there.
         do {
@@ -570,6 +575,68 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
+    // MARK: Spare workers
+
+    /// Workers cloned ahead of need (namespaces made, runtime started), waiting for a tenant's
+    /// configure frame: a new tenant's first job skips the clone and exec (--prespawn).
+    private var spares: [WorkerSpawner.Spawned] = []
+
+    private var refilling = false
+    /// One long-lived thread clones spares, off the event loop (a clone and exec take ~1-2 ms,
+    /// which a new tenant's first job must not wait for). Long-lived because PR_SET_PDEATHSIG
+    /// fires when the spawning thread exits.
+    private let spawnThread: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        return pool
+    }()
+
+    func refillSpares() {
+        guard !draining, !refilling, spares.count < config.prespawnWorkers else { return }
+        refilling = true
+        let path = workerPath, sandboxed = sandboxEnabled
+        spawnThread.runIfActive(eventLoop: loop) { () throws -> WorkerSpawner.Spawned in
+            try WorkerSpawner.spawn(workerPath: path, tenant: nil, workspace: nil, sandboxed: sandboxed)
+        }.whenComplete { [self] result in
+            refilling = false
+            switch result {
+            case .success(let spare):
+                spares.append(spare)
+                if draining { killSpares() } else { refillSpares() }
+            case .failure(let error):
+                logger.error("cannot start a spare worker", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Stops the spawning thread (at exit, after the spares are gone).
+    func stopSpawnThread() { try? spawnThread.syncShutdownGracefully() }
+
+    /// A live spare, if there is one; the pool refills after this tick.
+    private func takeSpare() -> WorkerSpawner.Spawned? {
+        while let spare = spares.popLast() {
+            var status: Int32 = 0
+            var usage = rusage()
+            if cp_wait4(spare.pid, &status, WNOHANG, &usage) == 0 {
+                refillSpares()
+                return spare
+            }
+            close(spare.socketFD) // it died while waiting
+        }
+        return nil
+    }
+
+    private func killSpares() {
+        for spare in spares {
+            kill(spare.pid, SIGKILL)
+            var status: Int32 = 0
+            var usage = rusage()
+            _ = cp_wait4(spare.pid, &status, 0, &usage)
+            close(spare.socketFD)
+        }
+        spares.removeAll()
+    }
+
     /// Kills what is left in the tenant's cgroup and removes it; a new worker for the tenant waits
     /// until it is gone (a late removal must not kill the next worker).
     private func removeCgroup(_ rt: TenantRuntime, attempt: Int = 0) {
@@ -630,6 +697,7 @@ public final class Supervisor: @unchecked Sendable {
             : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
         sup.set("tenant_count", tenants.count)
         sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
+        sup.set("spare_workers", spares.count)
         let now = Clock.monotonic()
         let list: [JSONValue] = selected.map { rt in
             var o = JSONObjectBuilder()
@@ -732,6 +800,7 @@ public final class Supervisor: @unchecked Sendable {
     private func stopWorkers() {
         guard !stoppingWorkers else { return }
         stoppingWorkers = true
+        killSpares()
         for rt in tenants.values {
             guard let w = rt.worker else { continue }
             w.exitExpected = true

@@ -6,7 +6,7 @@ import Glibc
 /// Starts one clawpen-worker for a tenant, connected by a socketpair (its end becomes fd 3).
 /// The clone and everything up to exec happen in C (cp_spawn): the supervisor is multithreaded.
 enum WorkerSpawner {
-    struct Spawned {
+    struct Spawned: Sendable {
         let pid: Int32
         let socketFD: Int32
     }
@@ -20,7 +20,8 @@ enum WorkerSpawner {
     /// Clones the worker (into the sandbox's namespaces when the plan is enabled). It waits for
     /// its configure frame (`sendConfigure`) before it does anything, so the supervisor can place
     /// it in its cgroup first.
-    static func spawn(workerPath: String, tenant: TenantName, workspace: String, plan: SandboxPlan) throws(Failure) -> Spawned {
+    /// `tenant` nil: a spare, cloned ahead of need (`sandboxed`: into the sandbox's namespaces).
+    static func spawn(workerPath: String, tenant: TenantName?, workspace: String?, sandboxed: Bool) throws(Failure) -> Spawned {
         var pair: [Int32] = [-1, -1]
         guard cp_socketpair(&pair) == 0 else { throw Failure(step: "socketpair", errno: errno) }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -29,15 +30,17 @@ enum WorkerSpawner {
         }
         defer { close(devNull) }
         // The worker gets a fixed, minimal environment: nothing of the daemon's leaks to tenants.
+        var arguments = [workerPath, "--fd", "3"]
+        if let tenant, let workspace { arguments += ["--tenant", tenant.value, "--root", workspace] }
         let command = SpawnCommand(
-            path: workerPath, arguments: [workerPath, "--tenant", tenant.value, "--root", workspace, "--fd", "3"],
+            path: workerPath, arguments: arguments,
             environment: ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"])
         // Worker diagnostics go where the daemon's go (journald); its socket becomes fd 3.
         var options = SpawnOptions(fds: [devNull, 2, 2, pair[1]])
         options.newSession = true
         options.parentDeathSignal = SIGKILL
         options.umask = 0o077
-        if plan.enabled { options.cloneFlags = cp_sandbox_clone_flags() }
+        if sandboxed { options.cloneFlags = cp_sandbox_clone_flags() }
         let spawned: Result<pid_t, SpawnFailure>
         do { spawned = .success(try command.spawn(options)) } catch { spawned = .failure(error) }
         close(pair[1])

@@ -29,6 +29,9 @@ public struct SandboxPlan: Equatable, Sendable {
     public var readOnlyBinds: [Bind]
     /// Read-only binds inside /etc (a fresh tmpfs): /etc/ssl, /etc/alternatives, ld.so.cache.
     public var etcBinds: [Bind]
+    /// Symlinks in the new root where the host has them into a bound tree (merged /usr:
+    /// /bin -> usr/bin): `target` is the link's path, `source` its content.
+    public var symlinks: [Bind] = []
     public var passwd: String
     public var group: String
     public var tmpSizeBytes: UInt64
@@ -57,8 +60,9 @@ public struct SandboxPlan: Equatable, Sendable {
             "bind \(workspace) onto itself (the new root)",
         ]
         s += readOnlyBinds.map { "bind \($0.source) -> \($0.target) read-only, nosuid, nodev" }
+        s += symlinks.map { "symlink \($0.target) -> \($0.source) (as on the host)" }
         s += [
-            "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus read-only",
+            "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys and /proc/sysrq-trigger read-only",
             "mount tmpfs at /dev: null, zero, full, random, urandom, tty, fd links; tmpfs /dev/shm; /dev read-only",
             "mount tmpfs at /tmp (\(tmpSizeBytes) bytes, mode 1777, nosuid, nodev)",
             "mount tmpfs at /etc: generated passwd and group" + etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only",
@@ -89,6 +93,8 @@ public struct SandboxPlan: Equatable, Sendable {
             for l in list { w.i32(l.resource); w.u64(l.soft); w.u64(l.hard) }
         }
         w.string(seccompProfile); w.bytes(seccompProgram)
+        w.u32(UInt32(symlinks.count))
+        for l in symlinks { w.string(l.source); w.string(l.target) }
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -115,6 +121,9 @@ public struct SandboxPlan: Equatable, Sendable {
                                workerLimits: limits[0], jobLimits: limits[1])
         plan.seccompProfile = try r.string()
         plan.seccompProgram = try r.bytes()
+        let links = Int(try r.u32())
+        guard links <= 64 else { throw .tooMany }
+        for _ in 0..<links { plan.symlinks.append(Bind(source: try r.string(), target: try r.string())) }
         return plan
     }
 }

@@ -47,6 +47,28 @@ struct SandboxSetup {
         try step("remount \(target) read-only", target) { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV) }
     }
 
+    /// `name` (one component below `dir`) becomes a symlink to `content`. What stands there is
+    /// replaced only if it is a symlink or an empty directory (an old mount point); a tenant's
+    /// file or non-empty directory stops the setup instead of being removed.
+    private func placeSymlink(_ path: String, pointingAt content: String, below dir: Int32) throws(Failure) {
+        let name = String(path.drop { $0 == "/" })
+        var st = stat()
+        if fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            switch st.st_mode & S_IFMT {
+            case S_IFLNK:
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = readlinkat(dir, name, &buf, buf.count - 1)
+                if n > 0, String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == content { return }
+                try step("replace symlink \(path)") { unlinkat(dir, name, 0) }
+            case S_IFDIR:
+                try step("remove old mount point \(path) (it must be empty)", path) { unlinkat(dir, name, AT_REMOVEDIR) }
+            default:
+                throw Failure(step: "place symlink \(path)", errno: EEXIST, detail: "a file of the tenant's is in the way")
+            }
+        }
+        try step("symlink \(path)", content) { symlinkat(content, dir, name) }
+    }
+
     func apply() throws(Failure) {
         // The supervisor has placed us in the tenant's cgroup: make it the root of our view.
         try step("unshare cgroup namespace") { cp_unshare_cgroup() }
@@ -62,13 +84,15 @@ struct SandboxSetup {
         defer { close(root) }
 
         for bind in plan.readOnlyBinds { try bindReadOnly(bind.source, at: bind.target, below: root) }
+        for link in plan.symlinks { try placeSymlink(link.target, pointingAt: link.source, below: root) }
 
         // /proc of this pid namespace only; the knobs that reach the host kernel read-only.
         let proc = try open(root, "/proc", directory: true)
         try step("mount /proc") { cp_mount_at("proc", -1, proc, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "hidepid=invisible") }
         close(proc)
         let procDir = try open(root, "/proc", directory: true)
-        for entry in ["sys", "sysrq-trigger", "irq", "bus"] {
+        // (/proc/irq and /proc/bus need no cover: nothing there is writable without root.)
+        for entry in ["sys", "sysrq-trigger"] {
             var st = stat()
             guard fstatat(procDir, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
             let isDir = (st.st_mode & S_IFMT) == S_IFDIR

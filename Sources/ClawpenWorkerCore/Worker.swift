@@ -4,13 +4,14 @@ import Glibc
 
 /// How the supervisor configured this worker (from its command line).
 public struct WorkerConfig: Sendable {
-    public var tenant: TenantName
-    /// The tenant's workspace on the host.
-    public var root: String
+    /// nil for a spare worker: it learns its tenant from the configure frame.
+    public var tenant: TenantName?
+    /// The tenant's workspace on the host (nil: from the configure frame).
+    public var root: String?
     /// The socketpair end shared with the supervisor.
     public var socketFD: Int32
 
-    public init(tenant: TenantName, root: String, socketFD: Int32) {
+    public init(tenant: TenantName?, root: String?, socketFD: Int32) {
         self.tenant = tenant; self.root = root; self.socketFD = socketFD
     }
 }
@@ -18,7 +19,7 @@ public struct WorkerConfig: Sendable {
 /// The worker: one per tenant, single-threaded, a poll loop over the supervisor socket, a
 /// SIGCHLD signalfd and the pipes of its running jobs. It holds no state that outlives a job.
 public final class Worker {
-    private let config: WorkerConfig
+    private var config: WorkerConfig
     private let socketFD: Int32
     private var inbound = FrameSplitter(maxFrameBytes: 64 * 1024 * 1024)
     private var jobs: [String: RunningJob] = [:]
@@ -33,11 +34,11 @@ public final class Worker {
     public init(config: WorkerConfig) {
         self.config = config
         self.socketFD = config.socketFD
-        self.launcher = JobLauncher(rootPrefix: config.root, devNullFD: -1, jobLimits: [])
+        self.launcher = JobLauncher(rootPrefix: config.root ?? "/", devNullFD: -1, jobLimits: [])
     }
 
     private func log(_ message: String) {
-        var line = "clawpen-worker[\(config.tenant)]: \(message)\n"
+        var line = "clawpen-worker[\(config.tenant?.value ?? "spare")]: \(message)\n"
         line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     }
 
@@ -70,9 +71,15 @@ public final class Worker {
         guard case .configure(let plan) = try readFirstMessage() else {
             throw SetupError(step: "configure", errno: EPROTO, detail: "the first frame was not a configure message")
         }
-        guard plan.tenant == config.tenant.value else {
-            throw SetupError(step: "configure", errno: EINVAL, detail: "plan for tenant \(plan.tenant), worker of \(config.tenant)")
+        if let mine = config.tenant, plan.tenant != mine.value {
+            throw SetupError(step: "configure", errno: EINVAL, detail: "plan for tenant \(plan.tenant), worker of \(mine)")
         }
+        do { config.tenant = try TenantName(validating: plan.tenant) } catch {
+            throw SetupError(step: "configure", errno: EINVAL, detail: error.description)
+        }
+        config.root = plan.workspace
+        // ps and top show whose worker this is (a spare was started without a tenant).
+        _ = cp_set_name(String("cp-\(plan.tenant)".prefix(15)))
         if plan.enabled {
             do { try SandboxSetup(plan: plan).apply() } catch {
                 throw SetupError(step: error.step, errno: error.errno, detail: error.detail)
@@ -80,9 +87,9 @@ public final class Worker {
             launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)
         } else {
             // No sandbox (the supervisor is not root): job paths map under the workspace.
-            launcher = JobLauncher(rootPrefix: config.root, devNullFD: devNull, jobLimits: plan.jobLimits)
-            guard chdir(config.root) == 0 else {
-                throw SetupError(step: "chdir workspace", errno: errno, detail: config.root)
+            launcher = JobLauncher(rootPrefix: plan.workspace, devNullFD: devNull, jobLimits: plan.jobLimits)
+            guard chdir(plan.workspace) == 0 else {
+                throw SetupError(step: "chdir workspace", errno: errno, detail: plan.workspace)
             }
             for dir in ["home", "tmp"] { _ = mkdir(dir, 0o700) }
         }
@@ -205,7 +212,7 @@ public final class Worker {
         }
         let started: JobLauncher.Started
         do {
-            started = try launcher.launch(request, tenant: config.tenant.value)
+            started = try launcher.launch(request, tenant: config.tenant?.value ?? "")
         } catch {
             let (outcome, message): (JobOutcome, String)
             switch error {

@@ -107,6 +107,7 @@ struct Bench: ParsableCommand {
         }
         setup.serveArgs = serveArgs
         var report = Report(machine: MachineInfo.current())
+        report.sandboxed = geteuid() == 0
         let scenarios = Scenarios(options: self, setup: setup)
         do {
             if scenario == .all || scenario == .warm { try scenarios.warm(into: &report) }

@@ -36,7 +36,19 @@ struct Report {
     var workerKiBAtDensity: Double?
     var workersTotalPrivateMiB: Double?
 
+    /// Whether the daemon sandboxed its workers (it does when it runs as root).
+    var sandboxed: Bool?
+
     init(machine: MachineInfo) { self.machine = machine }
+
+    static let coldTargetMs = 5.0
+    static let bwrapRatioTarget = 2.0
+
+    /// How many times longer a bwrap /bin/true takes than a sandboxed warm clawpen job.
+    var bwrapOverWarm: Double? {
+        guard let b = bwrap, let w = warm, w.p50 > 0 else { return nil }
+        return b.p50 / w.p50
+    }
 
     // Targets (the issue's numbers).
     static let warmRatioTarget = 2.0
@@ -70,6 +82,10 @@ struct Report {
         if bwrapRan {
             if let b = bwrap {
                 row("peer: bwrap /bin/true p50", ms(b.p50) + "  (\(b.count) runs)")
+                if let r = bwrapOverWarm {
+                    row("bwrap p50 / warm job p50", fmt(r, 2) + "x" + (sandboxed == true ? "" : "  (workers NOT sandboxed)"),
+                        ">= \(fmt(Self.bwrapRatioTarget, 0))x", sandboxed == true ? r >= Self.bwrapRatioTarget : nil)
+                }
             } else {
                 row("peer: bwrap /bin/true p50", "n/a: " + (bwrapNote ?? "not measured"))
             }
@@ -88,7 +104,8 @@ struct Report {
             }
         }
         if let c = cold {
-            row("cold start p50", ms(c.p50) + "  (\(c.count) tenants)")
+            row("cold start p50", ms(c.p50) + "  (\(c.count) tenants\(sandboxed == true ? ", sandboxed" : ", NOT sandboxed"))",
+                "<= \(fmt(Self.coldTargetMs, 0)) ms", c.p50 <= Self.coldTargetMs)
             row("cold start p99", ms(c.p99))
         }
         if let k = idleWorkerKiB {
@@ -129,6 +146,8 @@ struct Report {
         o.set("bwrap_p99_ms", r3(bwrap?.p99))
         o.set("bwrap_runs", bwrap?.count)
         o.set("bwrap_note", bwrapNote)
+        o.set("bwrap_over_warm", r3(bwrapOverWarm))
+        o.set("sandboxed", sandboxed.map(JSONValue.bool) ?? .null)
         o.set("throughput_jobs_per_s", r3(throughputJobsPerS))
         o.set("throughput_jobs", throughputJobs)
         o.set("throughput_threads", throughputThreads)

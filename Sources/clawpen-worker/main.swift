@@ -1,6 +1,7 @@
 // clawpen-worker: one per tenant, started only by the supervisor (`clawpen serve`).
-//   clawpen-worker --tenant NAME --root WORKSPACE --fd N
+//   clawpen-worker --fd N [--tenant NAME --root WORKSPACE]
 // It serves jobs over the socketpair at fd N until the supervisor tells it to stop or goes away.
+// Without --tenant it is a spare: the tenant and its workspace come with its configure frame.
 import ClawpenWire
 import ClawpenWorkerCore
 import Glibc
@@ -21,12 +22,14 @@ while let arg = args.next() {
     case "--root": root = args.next()
     case "--fd": fd = args.next().flatMap { Int32($0) }
     case "--help", "-h":
-        print("clawpen-worker --tenant NAME --root WORKSPACE --fd N\n(started by `clawpen serve`; not for direct use)")
+        print("clawpen-worker --fd N [--tenant NAME --root WORKSPACE]\n(started by `clawpen serve`; not for direct use)")
         exit(0)
     default: fail("unknown argument '\(arg)' (this program is started by `clawpen serve`)")
     }
 }
-guard let tenant, let root, let fd else { fail("--tenant, --root and --fd are required (this program is started by `clawpen serve`)") }
-let name: TenantName
-do { name = try TenantName(validating: tenant) } catch { fail(error.description) }
+guard let fd else { fail("--fd is required (this program is started by `clawpen serve`)") }
+var name: TenantName?
+if let tenant {
+    do { name = try TenantName(validating: tenant) } catch { fail(error.description) }
+}
 Worker(config: WorkerConfig(tenant: name, root: root, socketFD: fd)).run()

@@ -12,7 +12,7 @@ struct Serve: ParsableCommand {
         CLAWPEN_WORKSPACE_ROOT, CLAWPEN_POLICIES, CLAWPEN_WORKER), else --config FILE (TOML, a \
         [serve] table with the flag names in snake_case: socket, state_dir, workspace_root, \
         policies, worker_path, idle_timeout_s, max_frame_bytes, shutdown_grace_s, uid_min, \
-        uid_max, fsync_accepts), else the defaults. When --policies is not given and \
+        uid_max, fsync_accepts, prespawn_workers), else the defaults. When --policies is not given and \
         /etc/clawpen/policies does not exist, the embedded default policies are used (and \
         `status` says so). SIGTERM or SIGINT: stop accepting, let running jobs finish within \
         the grace period, stop the workers, remove the socket.
@@ -27,6 +27,7 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an idle worker is stopped (default 300).") var idleTimeout: Double?
     @Option(name: .customLong("max-frame-bytes"), help: "Largest request frame accepted (default 16777216).") var maxFrameBytes: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds running jobs get to finish on SIGTERM (default 10).") var shutdownGrace: Double?
+    @Option(name: .customLong("prespawn"), help: "Spare workers kept ready for new tenants' first jobs (default 2; 0: none).") var prespawn: Int?
     @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).") var partialFrameTimeout: Double?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String = "info"
@@ -49,8 +50,9 @@ struct Serve: ParsableCommand {
         if let v = shutdownGrace { cfg.shutdownGraceSeconds = v }
         if let v = fsyncAccepts { cfg.fsyncAccepts = v }
         if let v = partialFrameTimeout { cfg.partialFrameTimeoutSeconds = v }
-        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
-            throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --max-frame-bytes 1024...1073741824")
+        if let v = prespawn { cfg.prespawnWorkers = v }
+        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, (0...64).contains(cfg.prespawnWorkers), cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
+            throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --prespawn 0...64, --max-frame-bytes 1024...1073741824")
         }
         cfg.socketPath = absolute(cfg.socketPath)
         cfg.stateDir = absolute(cfg.stateDir)
@@ -128,8 +130,9 @@ enum ConfigFile {
             case "uid_min": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMin = Int(i)
             case "uid_max": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMax = Int(i)
             case "fsync_accepts": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.fsyncAccepts = b
+            case "prespawn_workers": guard let i = e.value.integerValue, (0...64).contains(i) else { throw bad("an integer from 0 to 64") }; cfg.prespawnWorkers = Int(i)
             default:
-                throw Failure(description: "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts)")
+                throw Failure(description: "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts, prespawn_workers)")
             }
         }
         guard uidMin <= uidMax else { throw Failure(description: "\(path): uid_min (\(uidMin)) is above uid_max (\(uidMax))") }

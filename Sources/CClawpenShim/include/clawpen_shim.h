@@ -99,6 +99,9 @@ int cp_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
 long cp_raise_nofile_limit(void);
 
+/// Sets the calling thread's name (comm, 15 bytes at most), as ps and top show it.
+int cp_set_name(const char *name);
+
 /// Sets the calling process's parent-death signal.
 int cp_set_pdeathsig(int sig);
 
