@@ -10,6 +10,8 @@ import Glibc
 /// (systemd `Delegate=yes`); when it runs in the hierarchy's root (development machines), it is
 /// `<root>/clawpen-<pid>`, so that several daemons never share tenant nodes. Only cgroup2 is
 /// touched; v1 hierarchies are never written. Teardown is `cgroup.kill`, then rmdir.
+/// Used from the event loop, and by the spare-spawning thread for leafForSpare (serialized by
+/// the supervisor: one refill at a time).
 final class CgroupTree: @unchecked Sendable {
     let root: String          // the daemon's cgroup at start
     let base: String
@@ -78,11 +80,46 @@ final class CgroupTree: @unchecked Sendable {
 
     func tenantPath(_ tenant: TenantName) -> String { "\(base)/tenant-\(tenant.value)" }
 
-    /// Creates the tenant's node with its limits (where the controller exists) and moves `pid`
-    /// into its `worker` leaf. Returns which limits the kernel now enforces.
-    func place(worker pid: Int32, tenant: TenantName, limits: TierLimits) throws(CgroupError) -> Set<String> {
-        let node = tenantPath(tenant)
+    /// Moving a process (a write to cgroup.procs) waits for an RCU grace period: 10-20 ms on an
+    /// idle machine. So a fresh worker is cloned straight into its leaf (CLONE_INTO_CGROUP takes
+    /// the lock as a reader); only a spare, cloned before its tenant was known, is migrated.
+
+    /// Creates `<base>/<node>/worker` and returns an fd of the leaf to clone into.
+    private func makeLeaf(_ node: String) throws(CgroupError) -> Int32 {
         guard mkdir(node, 0o755) == 0 || errno == EEXIST else { throw .create(node, errno) }
+        let leaf = node + "/worker"
+        guard mkdir(leaf, 0o755) == 0 || errno == EEXIST else { throw .create(leaf, errno) }
+        let fd = open(leaf, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .create(leaf, errno) }
+        return fd
+    }
+
+    /// The leaf a fresh worker of `tenant` is cloned into (close the fd after the clone).
+    func leafForTenant(_ tenant: TenantName) throws(CgroupError) -> Int32 { try makeLeaf(tenantPath(tenant)) }
+
+    private var spareCounter = 0
+
+    /// A node for a spare worker: (its path, the leaf fd to clone into).
+    func leafForSpare() throws(CgroupError) -> (node: String, fd: Int32) {
+        spareCounter += 1
+        let node = "\(base)/spare-\(spareCounter)"
+        return (node, try makeLeaf(node))
+    }
+
+    /// A spare joins the tenant: moved into `tenant-<name>/worker` (cgroup v2 forbids renaming a
+    /// node, so this is a migration and waits for an RCU grace period), its own node removed.
+    func adopt(spare pid: Int32, spareNode: String, tenant: TenantName) throws(CgroupError) {
+        let fd = try makeLeaf(tenantPath(tenant))
+        close(fd)
+        let leaf = tenantPath(tenant) + "/worker"
+        guard Self.write(leaf + "/cgroup.procs", "\(pid)") else { throw .move(leaf, errno) }
+        _ = rmdir(spareNode + "/worker")
+        _ = rmdir(spareNode)
+    }
+
+    /// Writes the tenant's limits where the controllers exist; returns which are now enforced.
+    func applyLimits(_ tenant: TenantName, _ limits: TierLimits) -> Set<String> {
+        let node = tenantPath(tenant)
         var enforced: Set<String> = []
         if controllers.contains("memory") {
             if Self.write(node + "/memory.max", "\(limits.memoryMaxBytes)") { enforced.insert("memory") }
@@ -93,11 +130,11 @@ final class CgroupTree: @unchecked Sendable {
             if Self.write(node + "/cpu.max", limits.cpuMaxCgroupString) { enforced.insert("cpu") }
             _ = Self.write(node + "/cpu.weight", "\(min(10_000, max(1, limits.cpuWeight * 100)))")
         }
-        let leaf = node + "/worker"
-        guard mkdir(leaf, 0o755) == 0 || errno == EEXIST else { throw .create(leaf, errno) }
-        guard Self.write(leaf + "/cgroup.procs", "\(pid)") else { throw .move(leaf, errno) }
         return enforced
     }
+
+    /// Removes a spare's node (the spare is dead).
+    func removeSpare(_ node: String) { Self.removeTree(node) }
 
     /// One attempt to kill whatever is left of the tenant and remove its node, without waiting
     /// (the supervisor retries on its loop). true when the node is gone.
@@ -114,7 +151,7 @@ final class CgroupTree: @unchecked Sendable {
             var tenants: [String] = []
             while let entry = readdir(dir) {
                 let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if name.hasPrefix("tenant-") { tenants.append(base + "/" + name) }
+                if name.hasPrefix("tenant-") || name.hasPrefix("spare-") { tenants.append(base + "/" + name) }
             }
             closedir(dir)
             for t in tenants { Self.removeTree(t) }

@@ -24,8 +24,11 @@ public struct ServeConfig: Sendable {
     /// A job that was running when its worker died is re-queued until it has had this many attempts.
     public var maxAttempts = 3
     /// Spare workers kept cloned and waiting, so that a new tenant's first job skips the clone,
-    /// the namespaces and the exec (0: none).
-    public var prespawnWorkers = 2
+    /// the namespaces and the exec (0: none). nil: automatic: 2 without tenant cgroups; 0 with
+    /// them, because a spare must then be migrated into its tenant's cgroup, which waits for an
+    /// RCU grace period (10-20 ms on an idle host) and costs more than a fresh clone straight
+    /// into the cgroup saves, except in bursts of new tenants (BENCHMARKS.md).
+    public var prespawnWorkers: Int?
 
     public init() {}
 }

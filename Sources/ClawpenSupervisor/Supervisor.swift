@@ -359,19 +359,22 @@ public final class Supervisor: @unchecked Sendable {
             plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
         }
         let spawned: WorkerSpawner.Spawned
-        if let spare = takeSpare() {
-            spawned = spare
-        } else {
-            do {
-                spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name), sandboxed: sandboxEnabled)
-            } catch {
-                workerStartFailed(rt, error.description)
-                return
-            }
-        }
-        // Into the tenant's cgroup before it does anything: every job it starts follows it there.
         do {
-            rt.cgroupEnforced = try cgroups?.place(worker: spawned.pid, tenant: rt.name, limits: rt.limits) ?? []
+            if let spare = takeSpare() {
+                spawned = spare
+                if let node = spare.cgroupNode { try cgroups?.adopt(spare: spare.pid, spareNode: node, tenant: rt.name) }
+            } else {
+                let leaf = try cgroups?.leafForTenant(rt.name) ?? -1
+                defer { if leaf >= 0 { close(leaf) } }
+                spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name),
+                                                  sandboxed: sandboxEnabled, cgroupFD: leaf)
+            }
+        } catch {
+            workerStartFailed(rt, "\(error)")
+            return
+        }
+        do {
+            rt.cgroupEnforced = cgroups?.applyLimits(rt.name, rt.limits) ?? []
             try WorkerSpawner.sendConfigure(plan, to: spawned)
         } catch {
             // A worker that died at once (its exec failed, it crashed) fails here: say how it ended.
@@ -383,6 +386,7 @@ public final class Supervisor: @unchecked Sendable {
                 _ = cp_wait4(spawned.pid, &status, 0, &usage)
             }
             close(spawned.socketFD)
+            cgroups.map { _ = $0.tryRemove(tenant: rt.name) }
             let reason = gone && cp_wifexited(status) != 0 ? "worker exited with status \(cp_wexitstatus(status)) before its setup"
                 : gone && cp_wifsignaled(status) != 0 ? "worker was killed by signal \(cp_wtermsig(status)) before its setup" : "\(error)"
             workerStartFailed(rt, reason)
@@ -421,6 +425,8 @@ public final class Supervisor: @unchecked Sendable {
         case .ready:
             guard !w.isReady else { return workerMisbehaved(w, "said ready twice") }
             w.isReady = true
+            logger.debug("worker ready", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)",
+                                                   "setup_ms": "\(((Clock.monotonic() - w.startedAt) * 10_000).rounded() / 10)"])
             // lastError stays: status keeps showing that this tenant's worker died, after it is back.
             rt.consecutiveStartFailures = 0
             dispatch(rt)
@@ -582,6 +588,7 @@ public final class Supervisor: @unchecked Sendable {
     private var spares: [WorkerSpawner.Spawned] = []
 
     private var refilling = false
+    var prespawnTarget: Int { config.prespawnWorkers ?? (cgroups == nil ? 2 : 0) }
     /// One long-lived thread clones spares, off the event loop (a clone and exec take ~1-2 ms,
     /// which a new tenant's first job must not wait for). Long-lived because PR_SET_PDEATHSIG
     /// fires when the spawning thread exits.
@@ -592,11 +599,16 @@ public final class Supervisor: @unchecked Sendable {
     }()
 
     func refillSpares() {
-        guard !draining, !refilling, spares.count < config.prespawnWorkers else { return }
+        guard !draining, !refilling, spares.count < prespawnTarget else { return }
         refilling = true
-        let path = workerPath, sandboxed = sandboxEnabled
+        let path = workerPath, sandboxed = sandboxEnabled, cgroups = cgroups
         spawnThread.runIfActive(eventLoop: loop) { () throws -> WorkerSpawner.Spawned in
-            try WorkerSpawner.spawn(workerPath: path, tenant: nil, workspace: nil, sandboxed: sandboxed)
+            // Cloned straight into a cgroup node of its own (no migration later).
+            let leaf = try cgroups?.leafForSpare()
+            defer { if let leaf { close(leaf.fd) } }
+            var spare = try WorkerSpawner.spawn(workerPath: path, tenant: nil, workspace: nil, sandboxed: sandboxed, cgroupFD: leaf?.fd ?? -1)
+            spare.cgroupNode = leaf?.node
+            return spare
         }.whenComplete { [self] result in
             refilling = false
             switch result {
@@ -622,6 +634,7 @@ public final class Supervisor: @unchecked Sendable {
                 return spare
             }
             close(spare.socketFD) // it died while waiting
+            if let node = spare.cgroupNode { cgroups?.removeSpare(node) }
         }
         return nil
     }
@@ -633,6 +646,7 @@ public final class Supervisor: @unchecked Sendable {
             var usage = rusage()
             _ = cp_wait4(spare.pid, &status, 0, &usage)
             close(spare.socketFD)
+            if let node = spare.cgroupNode { cgroups?.removeSpare(node) }
         }
         spares.removeAll()
     }

@@ -9,6 +9,8 @@ enum WorkerSpawner {
     struct Spawned: Sendable {
         let pid: Int32
         let socketFD: Int32
+        /// A spare's own cgroup node (renamed to the tenant's when it is taken).
+        var cgroupNode: String? = nil
     }
 
     struct Failure: Error, CustomStringConvertible {
@@ -21,7 +23,8 @@ enum WorkerSpawner {
     /// its configure frame (`sendConfigure`) before it does anything, so the supervisor can place
     /// it in its cgroup first.
     /// `tenant` nil: a spare, cloned ahead of need (`sandboxed`: into the sandbox's namespaces).
-    static func spawn(workerPath: String, tenant: TenantName?, workspace: String?, sandboxed: Bool) throws(Failure) -> Spawned {
+    /// `cgroupFD`: the cgroup leaf to clone it into (CLONE_INTO_CGROUP), or -1.
+    static func spawn(workerPath: String, tenant: TenantName?, workspace: String?, sandboxed: Bool, cgroupFD: Int32 = -1) throws(Failure) -> Spawned {
         var pair: [Int32] = [-1, -1]
         guard cp_socketpair(&pair) == 0 else { throw Failure(step: "socketpair", errno: errno) }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -30,7 +33,7 @@ enum WorkerSpawner {
         }
         defer { close(devNull) }
         // The worker gets a fixed, minimal environment: nothing of the daemon's leaks to tenants.
-        var arguments = [workerPath, "--fd", "3"]
+        var arguments = [workerPath, "--fd", "3"] + (sandboxed ? ["--netns"] : [])
         if let tenant, let workspace { arguments += ["--tenant", tenant.value, "--root", workspace] }
         let command = SpawnCommand(
             path: workerPath, arguments: arguments,
@@ -41,6 +44,7 @@ enum WorkerSpawner {
         options.parentDeathSignal = SIGKILL
         options.umask = 0o077
         if sandboxed { options.cloneFlags = cp_sandbox_clone_flags() }
+        options.cgroupFD = cgroupFD
         let spawned: Result<pid_t, SpawnFailure>
         do { spawned = .success(try command.spawn(options)) } catch { spawned = .failure(error) }
         close(pair[1])

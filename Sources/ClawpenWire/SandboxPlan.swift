@@ -55,7 +55,7 @@ public struct SandboxPlan: Equatable, Sendable {
     public var steps: [String] {
         guard enabled else { return ["no sandbox: jobs run with the supervisor's identity, paths mapped under \(workspace)"] }
         var s = [
-            "namespaces: mount, pid, ipc, uts, net (at clone); cgroup (unshared once in the tenant's cgroup)",
+            "namespaces: mount, pid, ipc, uts, net (at clone); lo brought up at once, before the plan arrives; cgroup (unshared once in the tenant's cgroup)",
             "make every mount private (nothing propagates to the host)",
             "bind \(workspace) onto itself (the new root)",
         ]
@@ -68,7 +68,7 @@ public struct SandboxPlan: Equatable, Sendable {
             "mount tmpfs at /etc: generated passwd and group" + etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only",
             "pivot_root to the workspace; detach the old root",
             "remount / nosuid, nodev",
-            "hostname \(tenant); bring up lo (the only interface)",
+            "hostname \(tenant)",
             "chown /, /home to \(uid):\(gid), mode 0700",
             "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
             "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",

@@ -151,7 +151,8 @@ struct SandboxSetup {
         try step("remount / nosuid, nodev") { cp_remount_bind(newRoot, CP_MS_NOSUID | CP_MS_NODEV) }
 
         try step("sethostname") { cp_sethostname(plan.tenant) }
-        try step("bring up lo") { cp_loopback_up() }
+        // lo was brought up before the plan arrived (Worker.prepareNetwork): it needs the kernel's
+        // rtnl lock, which network-namespace teardown holds for long stretches.
 
         // The workspace belongs to the tenant's uid (fchown on fds opened O_NOFOLLOW).
         try step("chown /") { fchown(newRoot, plan.uid, plan.gid) }

@@ -11,8 +11,11 @@ public struct WorkerConfig: Sendable {
     /// The socketpair end shared with the supervisor.
     public var socketFD: Int32
 
-    public init(tenant: TenantName?, root: String?, socketFD: Int32) {
-        self.tenant = tenant; self.root = root; self.socketFD = socketFD
+    /// Started in its own network namespace (--netns): bring `lo` up at once.
+    public var ownNetworkNamespace: Bool
+
+    public init(tenant: TenantName?, root: String?, socketFD: Int32, ownNetworkNamespace: Bool) {
+        self.tenant = tenant; self.root = root; self.socketFD = socketFD; self.ownNetworkNamespace = ownNetworkNamespace
     }
 }
 
@@ -67,6 +70,10 @@ public final class Worker {
         guard sigchldFD >= 0 else { throw SetupError(step: "signalfd", errno: errno, detail: "") }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw SetupError(step: "open /dev/null", errno: errno, detail: "") }
+        // Tenant-independent work first, while the supervisor places us and (for a spare) long
+        // before a tenant needs us: our own network namespace gets its loopback up.
+        let loopback = config.ownNetworkNamespace ? cp_loopback_up() : 0
+        let loopbackErrno = errno
         // The first frame says how to build the sandbox.
         guard case .configure(let plan) = try readFirstMessage() else {
             throw SetupError(step: "configure", errno: EPROTO, detail: "the first frame was not a configure message")
@@ -81,6 +88,10 @@ public final class Worker {
         // ps and top show whose worker this is (a spare was started without a tenant).
         _ = cp_set_name(String("cp-\(plan.tenant)".prefix(15)))
         if plan.enabled {
+            guard config.ownNetworkNamespace else {
+                throw SetupError(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
+            }
+            guard loopback == 0 else { throw SetupError(step: "bring up lo", errno: loopbackErrno, detail: "") }
             do { try SandboxSetup(plan: plan).apply() } catch {
                 throw SetupError(step: error.step, errno: error.errno, detail: error.detail)
             }

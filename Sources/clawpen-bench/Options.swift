@@ -77,6 +77,9 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("throughput-tenants"), help: "Tenants the throughput submitters are spread over (thread i uses tenant i mod N).")
     var throughputTenants = 8
 
+    @Option(name: .customLong("cold-gap-ms"), help: "Pause between new tenants' first jobs in the cold scenario (tenants arriving one at a time; 0: a burst).")
+    var coldGapMs = 25.0
+
     @Option(name: .customLong("cold-tenants"), help: "New tenants whose first job is timed in the cold scenario.")
     var coldTenants = 100
 

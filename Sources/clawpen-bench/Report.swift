@@ -24,6 +24,7 @@ struct Report {
 
     var cold: Summary?
     var coldPrestartedWorkers: Int?
+    var coldGapMs: Double?
 
     var supervisorBaselineMiB: Double?
     var idleWorkerKiB: Double?
@@ -104,7 +105,7 @@ struct Report {
             }
         }
         if let c = cold {
-            row("cold start p50", ms(c.p50) + "  (\(c.count) tenants\(sandboxed == true ? ", sandboxed" : ", NOT sandboxed"))",
+            row("cold start p50", ms(c.p50) + "  (\(c.count) tenants, \(fmt(coldGapMs ?? 0, 0)) ms apart\(sandboxed == true ? ", sandboxed" : ", NOT sandboxed"))",
                 "<= \(fmt(Self.coldTargetMs, 0)) ms", c.p50 <= Self.coldTargetMs)
             row("cold start p99", ms(c.p99))
         }
@@ -148,6 +149,7 @@ struct Report {
         o.set("bwrap_note", bwrapNote)
         o.set("bwrap_over_warm", r3(bwrapOverWarm))
         o.set("sandboxed", sandboxed.map(JSONValue.bool) ?? .null)
+        o.set("cold_gap_ms", coldGapMs)
         o.set("throughput_jobs_per_s", r3(throughputJobsPerS))
         o.set("throughput_jobs", throughputJobs)
         o.set("throughput_threads", throughputThreads)

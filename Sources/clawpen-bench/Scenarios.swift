@@ -157,9 +157,11 @@ struct Scenarios {
             report.coldPrestartedWorkers = up
             var samples: [Double] = []
             for name in names {
+                if options.coldGapMs > 0 { usleep(useconds_t(options.coldGapMs * 1000)) }
                 samples.append(try runJob(conn, tenant: name, what: "first job for \(name)"))
             }
             report.cold = Summary(samples)
+            report.coldGapMs = options.coldGapMs
         }
     }
 

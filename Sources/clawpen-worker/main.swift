@@ -1,5 +1,5 @@
 // clawpen-worker: one per tenant, started only by the supervisor (`clawpen serve`).
-//   clawpen-worker --fd N [--tenant NAME --root WORKSPACE]
+//   clawpen-worker --fd N [--netns] [--tenant NAME --root WORKSPACE]
 // It serves jobs over the socketpair at fd N until the supervisor tells it to stop or goes away.
 // Without --tenant it is a spare: the tenant and its workspace come with its configure frame.
 import ClawpenWire
@@ -15,14 +15,16 @@ func fail(_ message: String) -> Never {
 var tenant: String?
 var root: String?
 var fd: Int32?
+var netns = false
 var args = CommandLine.arguments.dropFirst().makeIterator()
 while let arg = args.next() {
     switch arg {
     case "--tenant": tenant = args.next()
     case "--root": root = args.next()
     case "--fd": fd = args.next().flatMap { Int32($0) }
+    case "--netns": netns = true
     case "--help", "-h":
-        print("clawpen-worker --fd N [--tenant NAME --root WORKSPACE]\n(started by `clawpen serve`; not for direct use)")
+        print("clawpen-worker --fd N [--netns] [--tenant NAME --root WORKSPACE]\n(started by `clawpen serve`; not for direct use)")
         exit(0)
     default: fail("unknown argument '\(arg)' (this program is started by `clawpen serve`)")
     }
@@ -32,4 +34,4 @@ var name: TenantName?
 if let tenant {
     do { name = try TenantName(validating: tenant) } catch { fail(error.description) }
 }
-Worker(config: WorkerConfig(tenant: name, root: root, socketFD: fd)).run()
+Worker(config: WorkerConfig(tenant: name, root: root, socketFD: fd, ownNetworkNamespace: netns)).run()

@@ -27,7 +27,7 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an idle worker is stopped (default 300).") var idleTimeout: Double?
     @Option(name: .customLong("max-frame-bytes"), help: "Largest request frame accepted (default 16777216).") var maxFrameBytes: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds running jobs get to finish on SIGTERM (default 10).") var shutdownGrace: Double?
-    @Option(name: .customLong("prespawn"), help: "Spare workers kept ready for new tenants' first jobs (default 2; 0: none).") var prespawn: Int?
+    @Option(name: .customLong("prespawn"), help: "Spare workers kept ready for new tenants' first jobs (default: 0 with tenant cgroups, 2 without).") var prespawn: Int?
     @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).") var partialFrameTimeout: Double?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String = "info"
@@ -51,7 +51,7 @@ struct Serve: ParsableCommand {
         if let v = fsyncAccepts { cfg.fsyncAccepts = v }
         if let v = partialFrameTimeout { cfg.partialFrameTimeoutSeconds = v }
         if let v = prespawn { cfg.prespawnWorkers = v }
-        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, (0...64).contains(cfg.prespawnWorkers), cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
+        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, (0...64).contains(cfg.prespawnWorkers ?? 0), cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
             throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --prespawn 0...64, --max-frame-bytes 1024...1073741824")
         }
         cfg.socketPath = absolute(cfg.socketPath)

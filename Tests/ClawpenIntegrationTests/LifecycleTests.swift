@@ -262,4 +262,21 @@ final class LifecycleTests: XCTestCase {
         let d2 = try make(dir: d.dir).start()
         XCTAssertTrue(d2.eventually(5) { !FileManager.default.fileExists(atPath: base) }, "the next daemon removed \(base)")
     }
+
+    func testSpareWorkersServeNewTenantsAndAreRefilled() throws {
+        let d = try make(["--prespawn", "2"]).start()
+        XCTAssertTrue(d.eventually { (try? d.status()["supervisor"]?["spare_workers"]?.intValue) == 2 }, "two spares waiting")
+        for name in ["a", "b", "c"] {
+            try d.createTenant(name)
+            let job = try d.run(name, ["sh", "-c", "id -u; hostname"])
+            XCTAssertEqual(job.state, .succeeded, job.stderr)
+            XCTAssertEqual(job.stdout.split(separator: "\n").last.map(String.init), name, "the spare took on \(name)'s sandbox")
+            let worker = try XCTUnwrap(try d.tenantStatus(name)["worker_pid"]?.intValue)
+            XCTAssertEqual(try String(contentsOfFile: "/proc/\(worker)/comm", encoding: .utf8), "cp-\(name)\n")
+        }
+        XCTAssertTrue(d.eventually { (try? d.status()["supervisor"]?["spare_workers"]?.intValue) == 2 }, "the pool refills")
+        XCTAssertNotEqual(try d.run("a", ["id", "-u"]).stdout, try d.run("b", ["id", "-u"]).stdout, "each tenant its own uid")
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertTrue(d.eventually(3) { (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) == nil })
+    }
 }
