@@ -120,6 +120,56 @@ static int vfork_child(void *p) {
 
 #define CP_CHILD_STACK_SIZE (64 * 1024)
 
+// clone3 that starts the child on its own stack in `fn(arg)`, as glibc's internal __clone3 does
+// (glibc 2.36 exports no clone3 wrapper). The child cannot return from a syscall() call: with
+// CLONE_VM it would unwind frames on the parent's stack. So the syscall and the jump to `fn`
+// are a few lines of assembly. Returns the child's pid, or -errno.
+#if defined(__x86_64__)
+#define CP_HAVE_CLONE3_FN 1
+__asm__(
+    ".text\n"
+    ".globl cp_clone3_fn\n"
+    ".type cp_clone3_fn,@function\n"
+    "cp_clone3_fn:\n"
+    "    mov %rcx, %r8\n"        /* arg: r8 survives the syscall */
+    "    mov $435, %eax\n"       /* __NR_clone3; rdi = args, rsi = size */
+    "    syscall\n"
+    "    test %rax, %rax\n"
+    "    jz 1f\n"
+    "    ret\n"                  /* parent: pid, or -errno */
+    "1:\n"
+    "    xor %ebp, %ebp\n"       /* child: outermost frame, on its own stack */
+    "    and $-16, %rsp\n"
+    "    mov %r8, %rdi\n"
+    "    call *%rdx\n"           /* fn(arg): rdx survives the syscall */
+    "    mov %rax, %rdi\n"
+    "    mov $60, %eax\n"        /* __NR_exit */
+    "    syscall\n"
+    "    hlt\n"
+    ".size cp_clone3_fn, .-cp_clone3_fn\n");
+#elif defined(__aarch64__)
+#define CP_HAVE_CLONE3_FN 1
+__asm__(
+    ".text\n"
+    ".globl cp_clone3_fn\n"
+    ".type cp_clone3_fn,%function\n"
+    "cp_clone3_fn:\n"
+    "    mov x8, #435\n"         /* __NR_clone3; x0 = args, x1 = size */
+    "    svc #0\n"
+    "    cbz x0, 1f\n"
+    "    ret\n"
+    "1:\n"
+    "    mov x29, #0\n"
+    "    mov x0, x3\n"           /* arg */
+    "    blr x2\n"               /* fn */
+    "    mov x8, #93\n"          /* __NR_exit */
+    "    svc #0\n"
+    ".size cp_clone3_fn, .-cp_clone3_fn\n");
+#endif
+#ifdef CP_HAVE_CLONE3_FN
+long cp_clone3_fn(struct clone_args *args, size_t size, int (*fn)(void *), void *arg);
+#endif
+
 pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed_errno) {
     *failed_step = CP_STEP_NONE;
     *failed_errno = 0;
@@ -135,12 +185,18 @@ pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed
     sigfillset(&all);
     pid_t parent = getpid();
 
-    if (req->cgroup_fd < 0) {
+#ifdef CP_HAVE_CLONE3_FN
+    const int share_memory = 1;
+#else
+    const int share_memory = req->cgroup_fd < 0; // CLONE_INTO_CGROUP needs the fork path below
+#endif
+    if (share_memory) {
         // The common path, as glibc's posix_spawn: CLONE_VM | CLONE_VFORK on a small stack of its
         // own. Nothing of the parent's address space is copied (a fork of even a small Swift
         // process copies its page tables and then takes copy-on-write faults: that was a third
         // of the worker's CPU per job). The parent is suspended until the child execs or exits,
-        // so the child may write its failure report into the parent's memory.
+        // so the child may write its failure report into the parent's memory. Into a cgroup
+        // (CLONE_INTO_CGROUP exists only for clone3) through cp_clone3_fn.
         void *stack = mmap(NULL, CP_CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         if (stack == MAP_FAILED) {
@@ -151,9 +207,26 @@ pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed
         volatile int32_t shared[2] = {0, 0};
         struct cp_vfork_arg arg = {req, {0, 0, -1, shared}, parent};
         pthread_sigmask(SIG_SETMASK, &all, &old);
-        int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (int)req->clone_flags;
-        pid_t pid = clone(vfork_child, (char *)stack + CP_CHILD_STACK_SIZE, flags, &arg);
-        int clone_errno = errno;
+        pid_t pid;
+        int clone_errno = 0;
+#ifdef CP_HAVE_CLONE3_FN
+        if (req->cgroup_fd >= 0) {
+            struct clone_args args;
+            memset(&args, 0, sizeof args);
+            args.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | req->clone_flags;
+            args.exit_signal = SIGCHLD;
+            args.stack = (uint64_t)(uintptr_t)stack;
+            args.stack_size = CP_CHILD_STACK_SIZE;
+            args.cgroup = (uint64_t)req->cgroup_fd;
+            long rc = cp_clone3_fn(&args, sizeof args, vfork_child, &arg);
+            if (rc < 0) { pid = -1; clone_errno = (int)-rc; } else { pid = (pid_t)rc; }
+        } else
+#endif
+        {
+            int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (int)req->clone_flags;
+            pid = clone(vfork_child, (char *)stack + CP_CHILD_STACK_SIZE, flags, &arg);
+            clone_errno = errno;
+        }
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         munmap(stack, CP_CHILD_STACK_SIZE);
         if (pid < 0) {
@@ -171,9 +244,9 @@ pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed
         return pid;
     }
 
-    // Into a cgroup: CLONE_INTO_CGROUP exists only for clone3. Raw clone3 without CLONE_VM (fork
-    // semantics: no atfork handlers run), the child gets a copy of this stack, and reports over
-    // a pipe.
+    // Into a cgroup on an architecture without cp_clone3_fn: raw clone3 without CLONE_VM (fork
+    // semantics, no atfork handlers run; the child gets a copy of this stack and reports over a
+    // pipe). It copies the caller's page tables.
     int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) != 0) {
         *failed_step = CP_STEP_CLONE;
