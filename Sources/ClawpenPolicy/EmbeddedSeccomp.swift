@@ -1,5 +1,6 @@
 /// The shipped seccomp profiles, compiled in: used when the policies directory does not exist
-/// (embedded defaults), and kept identical to policies/seccomp/*.toml by a unit test.
+/// (embedded defaults), and kept identical to policies/seccomp/*.toml by a unit test
+/// (SeccompProfileTests). Regenerate this file when a profile changes.
 enum EmbeddedSeccomp {
     static let files: [(name: String, text: String)] = [
         ("default", """
@@ -61,6 +62,7 @@ allow = [
     "truncate", "umask", "uname", "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork",
     "vmsplice", "wait4", "waitid", "write", "writev",
 ]
+
 """),
         ("strict", """
 # seccomp profile "strict": for tenants that run computation only. No sockets (beyond the
@@ -105,6 +107,7 @@ allow = [
     "truncate", "umask", "uname", "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork",
     "vmsplice", "wait4", "waitid", "write", "writev",
 ]
+
 """),
     ]
 }
