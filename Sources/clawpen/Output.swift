@@ -67,6 +67,11 @@ enum Format {
         return "\((v * 100).rounded() / 100) ms"
     }
 
+    /// CPU time for a table cell: "14.4ms", "2.31s".
+    static func cpu(usec: Int64) -> String {
+        usec < 1_000_000 ? "\((Double(usec) / 100).rounded() / 10)ms" : "\((Double(usec) / 10_000).rounded() / 100)s"
+    }
+
     /// Left-aligned columns.
     static func table(_ rows: [[String]]) -> String {
         guard let first = rows.first else { return "" }

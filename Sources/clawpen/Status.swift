@@ -31,13 +31,14 @@ struct Status: ParsableCommand {
         if let p = cg["path"]?.stringValue { out += " (\(p))" }
         out += "  policies: \(sup["policies"]?.stringValue ?? "-")"
         if sup["draining"]?.boolValue == true { out += "  DRAINING" }
+        if let sandbox = sup["sandbox"]?.stringValue { out += "\nsandbox: \(sandbox)" }
         out += "\n\n"
         var rows = [["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "MEMORY", "CPU", "ENFORCED"]]
         for t in s["tenants"]?.arrayValue ?? [] {
             let jobs = t["jobs"] ?? .null, usage = t["usage"] ?? .null, limits = t["limits"] ?? .null
             let enf = t["enforcement"] ?? .null
             let mem = Format.bytes(usage["memory_current"]?.intValue) + "/" + Format.bytes(limits["memory_max"]?.intValue)
-            let cpu = usage["cpu_usec"]?.intValue.map { "\(Double($0) / 1e6)s" } ?? "-"
+            let cpu = usage["cpu_usec"]?.intValue.map { Format.cpu(usec: $0) } ?? "-"
             let enforced = ["memory", "pids", "cpu"].map { "\($0)=\(enf[$0]?.stringValue ?? "-")" }.joined(separator: ",")
             func n(_ v: JSONValue?) -> String { v?.intValue.map(String.init) ?? "-" }
             rows.append([
