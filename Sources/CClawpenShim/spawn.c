@@ -33,6 +33,7 @@ const char *cp_spawn_step_name(int step) {
     case CP_STEP_CHDIR: return "chdir";
     case CP_STEP_RLIMIT: return "setrlimit";
     case CP_STEP_EXEC: return "exec";
+    case CP_STEP_SECCOMP: return "seccomp";
     default: return "spawn";
     }
 }
@@ -102,6 +103,8 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
         if (setrlimit(req->rlimits[i].resource, &rl) != 0) child_fail(report, CP_STEP_RLIMIT);
     }
     umask(req->umask_value);
+    if (req->seccomp_len > 0 && cp_install_seccomp(req->seccomp_program, req->seccomp_len) != 0)
+        child_fail(report, CP_STEP_SECCOMP);
     execve(req->path, req->argv, req->envp);
     child_fail(report, CP_STEP_EXEC);
 }

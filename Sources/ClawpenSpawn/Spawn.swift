@@ -24,6 +24,8 @@ public struct SpawnOptions: Sendable {
     public var cgroupFD: Int32 = -1
     public var umask: mode_t = 0o022
     public var rlimits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
+    /// A seccomp program the child installs on top of its inherited filter, just before exec.
+    public var seccompProgram: [UInt8] = []
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -65,7 +67,10 @@ public final class SpawnCommand {
         req.argv = UnsafePointer(argv.pointer)
         req.envp = UnsafePointer(envp.pointer)
         var step: Int32 = 0, err: Int32 = 0
-        let pid: pid_t = path.withCString { cPath in
+        let pid: pid_t = options.seccompProgram.withUnsafeBytes { program in
+          req.seccomp_program = program.baseAddress
+          req.seccomp_len = program.count
+          return path.withCString { cPath in
             req.path = cPath
             guard let cwd = options.cwd else {
                 req.cwd = nil
@@ -75,6 +80,7 @@ public final class SpawnCommand {
                 req.cwd = cCwd
                 return cp_spawn(&req, &step, &err)
             }
+          }
         }
         guard pid > 0 else { throw SpawnFailure(step: String(cString: cp_spawn_step_name(step)), errno: err) }
         return pid

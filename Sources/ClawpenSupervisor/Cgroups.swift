@@ -84,7 +84,7 @@ final class CgroupTree: @unchecked Sendable {
     /// idle machine. So a fresh worker is cloned straight into its leaf (CLONE_INTO_CGROUP takes
     /// the lock as a reader); only a spare, cloned before its tenant was known, is migrated.
 
-    /// Creates `<base>/<node>/worker` and returns an fd of the leaf to clone into.
+    /// Creates `<base>/<node>/worker` (a spare's) and returns an fd of the leaf to clone into.
     private func makeLeaf(_ node: String) throws(CgroupError) -> Int32 {
         guard mkdir(node, 0o755) == 0 || errno == EEXIST else { throw .create(node, errno) }
         let leaf = node + "/worker"
@@ -94,8 +94,29 @@ final class CgroupTree: @unchecked Sendable {
         return fd
     }
 
-    /// The leaf a fresh worker of `tenant` is cloned into (close the fd after the clone).
-    func leafForTenant(_ tenant: TenantName) throws(CgroupError) -> Int32 { try makeLeaf(tenantPath(tenant)) }
+    /// The tenant's node, which holds its worker and a `job-<id>` child per job. Delegated to the
+    /// tenant's uid (`owner`) the way systemd delegates: the directory, `cgroup.procs`,
+    /// `cgroup.threads` and `cgroup.subtree_control` change owner, so the (unprivileged) worker
+    /// can make job cgroups and clone into them; the limit files (`memory.max`, `pids.max`,
+    /// `cpu.max`) stay root's, so nothing below can raise them.
+    private func makeTenantNode(_ tenant: TenantName, owner: Int?) throws(CgroupError) -> String {
+        let node = tenantPath(tenant)
+        guard mkdir(node, 0o755) == 0 || errno == EEXIST else { throw .create(node, errno) }
+        if let owner {
+            for path in [node, node + "/cgroup.procs", node + "/cgroup.threads", node + "/cgroup.subtree_control"] {
+                guard chown(path, uid_t(owner), gid_t(owner)) == 0 else { throw .create(path, errno) }
+            }
+        }
+        return node
+    }
+
+    /// The cgroup a fresh worker of `tenant` is cloned into (close the fd after the clone).
+    func leafForTenant(_ tenant: TenantName, owner: Int?) throws(CgroupError) -> Int32 {
+        let node = try makeTenantNode(tenant, owner: owner)
+        let fd = open(node, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .create(node, errno) }
+        return fd
+    }
 
     private var spareCounter = 0
 
@@ -106,13 +127,11 @@ final class CgroupTree: @unchecked Sendable {
         return (node, try makeLeaf(node))
     }
 
-    /// A spare joins the tenant: moved into `tenant-<name>/worker` (cgroup v2 forbids renaming a
-    /// node, so this is a migration and waits for an RCU grace period), its own node removed.
-    func adopt(spare pid: Int32, spareNode: String, tenant: TenantName) throws(CgroupError) {
-        let fd = try makeLeaf(tenantPath(tenant))
-        close(fd)
-        let leaf = tenantPath(tenant) + "/worker"
-        guard Self.write(leaf + "/cgroup.procs", "\(pid)") else { throw .move(leaf, errno) }
+    /// A spare joins the tenant: moved into its node (cgroup v2 forbids renaming a node, so this
+    /// is a migration and waits for an RCU grace period), its own node removed.
+    func adopt(spare pid: Int32, spareNode: String, tenant: TenantName, owner: Int?) throws(CgroupError) {
+        let node = try makeTenantNode(tenant, owner: owner)
+        guard Self.write(node + "/cgroup.procs", "\(pid)") else { throw .move(node, errno) }
         _ = rmdir(spareNode + "/worker")
         _ = rmdir(spareNode)
     }
@@ -141,7 +160,15 @@ final class CgroupTree: @unchecked Sendable {
     func tryRemove(tenant: TenantName) -> Bool {
         let node = tenantPath(tenant)
         _ = Self.write(node + "/cgroup.kill", "1")
-        if rmdir(node + "/worker") != 0 && errno != ENOENT { return false }
+        if let dir = opendir(node) {
+            var children: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if entry.pointee.d_type == UInt8(DT_DIR), name != ".", name != ".." { children.append(name) }
+            }
+            closedir(dir)
+            for child in children where rmdir(node + "/" + child) != 0 && errno != ENOENT { return false }
+        }
         return rmdir(node) == 0 || errno == ENOENT
     }
 

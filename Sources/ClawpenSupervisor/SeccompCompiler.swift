@@ -20,7 +20,10 @@ enum SeccompCompiler {
         }
     }
 
-    static func compile(_ profile: SeccompProfile) throws(Failure) -> [UInt8] {
+    /// The worker's program. With restrict_namespaces it allows clone3 (the worker clones jobs
+    /// into their cgroups with it); each job installs `jobGuard()` on top, which refuses clone3
+    /// again. Filters stack and the strictest answer wins, so a job is held to the profile.
+    static func compile(_ profile: SeccompProfile, allowClone3: Bool = false) throws(Failure) -> [UInt8] {
         if let bad = unknownNames(profile).first {
             throw Failure(profile: profile.name, message: "'\(bad)' is not a syscall on x86_64 or aarch64")
         }
@@ -43,17 +46,32 @@ enum SeccompCompiler {
         if profile.restrictNamespaces {
             // clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc use clone.
             let nr = seccomp_syscall_resolve_name("clone3")
-            if nr != cs_nr_error() { _ = cs_rule(ctx, cs_act_errno(ENOSYS), nr) }
+            if nr != cs_nr_error() { _ = cs_rule(ctx, allowClone3 ? cs_act_allow() : cs_act_errno(ENOSYS), nr) }
         }
+        return try export(ctx, profile.name)
+    }
+
+    /// The filter every job adds on top of its worker's: clone3 fails with ENOSYS (libc falls
+    /// back to clone, whose flags the worker's filter checks).
+    static func jobGuard() throws(Failure) -> [UInt8] {
+        guard let ctx = seccomp_init(cs_act_allow()) else { throw Failure(profile: "job guard", message: "seccomp_init failed") }
+        defer { seccomp_release(ctx) }
+        let nr = seccomp_syscall_resolve_name("clone3")
+        if nr != cs_nr_error() { _ = cs_rule(ctx, cs_act_errno(ENOSYS), nr) }
+        return try export(ctx, "job guard")
+    }
+
+    private static func export(_ ctx: scmp_filter_ctx, _ name: String) throws(Failure) -> [UInt8] {
+        let profileName = name
         let fd = cp_memfd("seccomp-bpf")
-        guard fd >= 0 else { throw Failure(profile: profile.name, message: "memfd: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw Failure(profile: profileName, message: "memfd: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let rc = seccomp_export_bpf(ctx, fd)
-        guard rc == 0 else { throw Failure(profile: profile.name, message: "export: \(String(cString: strerror(-rc)))") }
+        guard rc == 0 else { throw Failure(profile: profileName, message: "export: \(String(cString: strerror(-rc)))") }
         let size = Int(lseek(fd, 0, SEEK_END))
         var program = [UInt8](repeating: 0, count: size)
         let n = program.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, 0) }
-        guard n == size, size > 0 else { throw Failure(profile: profile.name, message: "export: short read") }
+        guard n == size, size > 0 else { throw Failure(profile: profileName, message: "export: short read") }
         return program
     }
 }

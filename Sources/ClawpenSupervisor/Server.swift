@@ -35,7 +35,9 @@ public enum Server {
         // confined to it, and two cores gain nothing from a second loop hopping state across.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
-        let supervisor = Supervisor(loop: loop, config: config, store: store, policies: policies,
+        let jobGuard: [UInt8]
+        do { jobGuard = try SeccompCompiler.jobGuard() } catch { throw .seccomp(error.description) }
+        let supervisor = Supervisor(loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
                                     logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
                                     cgroups: cgroups)
         do {
@@ -133,7 +135,7 @@ public enum Server {
             guard let profile = profiles[name] else {
                 throw .seccomp("the policy names seccomp profile '\(name)', but there is no seccomp/\(name).toml (profiles: \(profiles.keys.sorted().joined(separator: ", ")))")
             }
-            do { programs[name] = try SeccompCompiler.compile(profile) } catch { throw .seccomp(error.description) }
+            do { programs[name] = try SeccompCompiler.compile(profile, allowClone3: true) } catch { throw .seccomp(error.description) }
         }
         return programs
     }

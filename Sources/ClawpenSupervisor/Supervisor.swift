@@ -53,11 +53,15 @@ public final class Supervisor: @unchecked Sendable {
     /// The tenant cgroups, when there is a cgroup2 hierarchy to use.
     let cgroups: CgroupTree?
 
-    init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, logger: Logger,
+    /// Installed by every job on top of its worker's filter (refuses clone3, which the worker's allows).
+    let jobSeccompGuard: [UInt8]
+
+    init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
          workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]], cgroups: CgroupTree?) {
         self.loop = loop; self.config = config; self.store = store; self.policies = policies
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
         self.seccompPrograms = seccompPrograms; self.cgroups = cgroups
+        self.jobSeccompGuard = jobSeccompGuard
     }
 
     // MARK: - Start-up
@@ -357,14 +361,16 @@ public final class Supervisor: @unchecked Sendable {
         if sandboxEnabled {
             plan.seccompProfile = rt.limits.seccompProfile
             plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
+            plan.jobSeccompProgram = jobSeccompGuard
+            if let cgroups { plan.cgroupNode = cgroups.tenantPath(rt.name) }
         }
         let spawned: WorkerSpawner.Spawned
         do {
             if let spare = takeSpare() {
                 spawned = spare
-                if let node = spare.cgroupNode { try cgroups?.adopt(spare: spare.pid, spareNode: node, tenant: rt.name) }
+                if let node = spare.cgroupNode { try cgroups?.adopt(spare: spare.pid, spareNode: node, tenant: rt.name, owner: plan.enabled ? Int(plan.uid) : nil) }
             } else {
-                let leaf = try cgroups?.leafForTenant(rt.name) ?? -1
+                let leaf = try cgroups?.leafForTenant(rt.name, owner: plan.enabled ? Int(plan.uid) : nil) ?? -1
                 defer { if leaf >= 0 { close(leaf) } }
                 spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name),
                                                   sandboxed: sandboxEnabled, cgroupFD: leaf)

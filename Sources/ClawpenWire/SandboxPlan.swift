@@ -43,6 +43,12 @@ public struct SandboxPlan: Equatable, Sendable {
     /// libseccomp); installed last. Empty: no filter.
     public var seccompProfile: String = ""
     public var seccompProgram: [UInt8] = []
+    /// Installed by each job on top of the worker's program (refuses clone3, which the worker
+    /// needs and its own program therefore allows).
+    public var jobSeccompProgram: [UInt8] = []
+    /// The tenant's cgroup node on the host (the worker's cgroup, delegated to the tenant's
+    /// uid): the worker makes `job-<id>` below it for each job. Empty: no cgroups.
+    public var cgroupNode: String = ""
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
                 etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
@@ -72,7 +78,8 @@ public struct SandboxPlan: Equatable, Sendable {
             "chown /, /home to \(uid):\(gid), mode 0700",
             "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
             "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",
-            seccompProgram.isEmpty ? "no seccomp filter" : "seccomp: profile \(seccompProfile) (\(seccompProgram.count / 8) BPF instructions), for the worker and every job",
+            seccompProgram.isEmpty ? "no seccomp filter" : "seccomp: profile \(seccompProfile) (\(seccompProgram.count / 8) BPF instructions), for the worker and every job; each job adds a guard that refuses clone3",
+            cgroupNode.isEmpty ? "no job cgroups" : "each job in its own cgroup \(cgroupNode)/job-<id> (CLONE_INTO_CGROUP), killed with cgroup.kill when it ends",
         ]
         return s
     }
@@ -95,6 +102,7 @@ public struct SandboxPlan: Equatable, Sendable {
         w.string(seccompProfile); w.bytes(seccompProgram)
         w.u32(UInt32(symlinks.count))
         for l in symlinks { w.string(l.source); w.string(l.target) }
+        w.bytes(jobSeccompProgram); w.string(cgroupNode)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -124,6 +132,8 @@ public struct SandboxPlan: Equatable, Sendable {
         let links = Int(try r.u32())
         guard links <= 64 else { throw .tooMany }
         for _ in 0..<links { plan.symlinks.append(Bind(source: try r.string(), target: try r.string())) }
+        plan.jobSeccompProgram = try r.bytes()
+        plan.cgroupNode = try r.string()
         return plan
     }
 }

@@ -12,12 +12,42 @@ struct JobLauncher {
     let devNullFD: Int32
     /// Limits of each job on top of the worker's (RLIMIT_AS as the memory fallback).
     let jobLimits: [SandboxPlan.Limit]
+    /// The tenant's cgroup node (an fd opened before the sandbox hid the host): each job is
+    /// cloned into a `job-<id>` child of it. -1: no job cgroups.
+    var jobCgroupParent: Int32 = -1
+    /// Each job installs this seccomp program on top of the worker's (see SandboxPlan).
+    var jobSeccompProgram: [UInt8] = []
 
     struct Started {
         let pid: Int32
         let stdoutFD: Int32
         let stderrFD: Int32
         let stdinFD: Int32?   // write end, non-blocking; nil when there is no input
+        let cgroupName: String?
+    }
+
+    /// `job-<id>` below the tenant's node; nil when there are no job cgroups or it cannot be
+    /// made (the job then runs in the worker's cgroup; its process group is still killed).
+    func makeJobCgroup(_ jobID: String) -> (name: String, fd: Int32)? {
+        guard jobCgroupParent >= 0, !jobID.isEmpty,
+              jobID.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D }) else { return nil }
+        let name = "job-" + jobID
+        guard mkdirat(jobCgroupParent, name, 0o755) == 0 || errno == EEXIST else { return nil }
+        let fd = openat(jobCgroupParent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        return fd >= 0 ? (name, fd) : nil
+    }
+
+    /// Kills every process of a job's cgroup, however it left the job's process group.
+    func killJobCgroup(_ name: String) {
+        let fd = openat(jobCgroupParent, name + "/cgroup.kill", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = write(fd, "1", 1)
+        close(fd)
+    }
+
+    /// true when the job's cgroup is gone (it cannot be removed while a process is still in it).
+    func removeJobCgroup(_ name: String) -> Bool {
+        unlinkat(jobCgroupParent, name, AT_REMOVEDIR) == 0 || errno == ENOENT
     }
 
     enum Failure: Error {
@@ -91,6 +121,10 @@ struct JobLauncher {
         options.parentDeathSignal = SIGKILL
         // Second line of defence, whatever the sandbox adds: no core dumps.
         options.rlimits = [(Int32(RLIMIT_CORE.rawValue), 0, 0)] + jobLimits.map { ($0.resource, $0.soft, $0.hard) }
+        options.seccompProgram = jobSeccompProgram
+        let cgroup = makeJobCgroup(request.jobID)
+        options.cgroupFD = cgroup?.fd ?? -1
+        defer { if let cgroup { close(cgroup.fd) } }
         let spawned: Result<pid_t, SpawnFailure>
         do { spawned = .success(try SpawnCommand(path: path, arguments: request.argv, environment: env).spawn(options)) } catch {
             spawned = .failure(error)
@@ -103,8 +137,9 @@ struct JobLauncher {
         case .failure(let failure):
             close(out[0]); close(err[0])
             if hasInput { close(input[1]) }
+            if let cgroup { _ = removeJobCgroup(cgroup.name) }
             throw .spawn(step: failure.step, errno: failure.errno)
         }
-        return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil)
+        return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil, cgroupName: cgroup?.name)
     }
 }

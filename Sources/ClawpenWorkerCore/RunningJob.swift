@@ -10,6 +10,8 @@ struct RunningJob {
     let startedAt: UInt64
     let deadline: UInt64
     let outputCap: Int
+    /// Its own cgroup (`job-<id>`), when the tenant has one.
+    let cgroupName: String?
 
     var stdoutFD: Int32
     var stderrFD: Int32

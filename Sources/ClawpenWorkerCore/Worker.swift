@@ -29,6 +29,7 @@ public final class Worker {
     private var jobByPID: [Int32: String] = [:]
     private var launcher: JobLauncher
     private var sigchldFD: Int32 = -1
+    private var cgroupsToRemove: [String] = []
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
 
     /// How long pipes may outlive the job's process before the report goes out anyway.
@@ -88,6 +89,12 @@ public final class Worker {
         // ps and top show whose worker this is (a spare was started without a tenant).
         _ = cp_set_name(String("cp-\(plan.tenant)".prefix(15)))
         if plan.enabled {
+            // The tenant's cgroup node, opened while the host is still in view.
+            var cgroupNode: Int32 = -1
+            if !plan.cgroupNode.isEmpty {
+                cgroupNode = open(plan.cgroupNode, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard cgroupNode >= 0 else { throw SetupError(step: "open tenant cgroup", errno: errno, detail: plan.cgroupNode) }
+            }
             guard config.ownNetworkNamespace else {
                 throw SetupError(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
             }
@@ -96,6 +103,8 @@ public final class Worker {
                 throw SetupError(step: error.step, errno: error.errno, detail: error.detail)
             }
             launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)
+            launcher.jobCgroupParent = cgroupNode
+            launcher.jobSeccompProgram = plan.jobSeccompProgram
         } else {
             // No sandbox (the supervisor is not root): job paths map under the workspace.
             launcher = JobLauncher(rootPrefix: plan.workspace, devNullFD: devNull, jobLimits: plan.jobLimits)
@@ -160,6 +169,7 @@ public final class Worker {
     }
 
     private func nextTimeoutMillis() -> Int32 {
+        if !cgroupsToRemove.isEmpty { return 10 }
         var next: UInt64 = .max
         for job in jobs.values {
             if job.hasExited { next = min(next, job.drainDeadline) }
@@ -208,6 +218,7 @@ public final class Worker {
             guard var job = jobs[id], !job.hasExited, job.killReason == nil else { return }
             job.killReason = .cancel
             kill(-job.pid, SIGKILL)
+            if let cg = job.cgroupName { launcher.killJobCgroup(cg) }
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
         case .configure: log("ignoring a second configure message")
@@ -242,7 +253,7 @@ public final class Worker {
         let job = RunningJob(
             id: request.jobID, pid: started.pid, startedAt: now,
             deadline: now + UInt64(request.timeoutMs) * 1_000_000,
-            outputCap: Int(request.outputCapBytes),
+            outputCap: Int(request.outputCapBytes), cgroupName: started.cgroupName,
             stdoutFD: started.stdoutFD, stderrFD: started.stderrFD, stdinFD: started.stdinFD ?? -1,
             pendingInput: started.stdinFD == nil ? [] : request.stdin)
         jobs[request.jobID] = job
@@ -307,9 +318,11 @@ public final class Worker {
             job.cpuMicros = UInt64(usage.ru_utime.tv_sec) * 1_000_000 + UInt64(usage.ru_utime.tv_usec)
                 + UInt64(usage.ru_stime.tv_sec) * 1_000_000 + UInt64(usage.ru_stime.tv_usec)
             job.maxRSSKiB = UInt64(max(0, usage.ru_maxrss))
-            // The job is over when its first process is: take whatever it left running in its
-            // process group with it.
+            // The job is over when its first process is: take whatever it left running with it,
+            // in its process group and (where it has one) in its cgroup, whatever it did to leave
+            // the group.
             kill(-pid, SIGKILL)
+            if let cg = job.cgroupName { launcher.killJobCgroup(cg) }
             if job.stdinFD >= 0 { close(job.stdinFD); job.stdinFD = -1 }
             jobs[id] = job
         }
@@ -320,6 +333,7 @@ public final class Worker {
         for (id, var job) in jobs where !job.hasExited && job.killReason == nil && now >= job.deadline {
             job.killReason = .timeout
             kill(-job.pid, SIGKILL)
+            if let cg = job.cgroupName { launcher.killJobCgroup(cg) }
             jobs[id] = job
         }
     }
@@ -332,7 +346,10 @@ public final class Worker {
             if job.stderrFD >= 0 { drainRemaining(fd: job.stderrFD, into: &job.stderr, cap: job.outputCap); close(job.stderrFD); job.stderrFD = -1 }
             jobs[id] = nil
             report(makeReport(job))
+            if let cg = job.cgroupName, !launcher.removeJobCgroup(cg) { cgroupsToRemove.append(cg) }
         }
+        // Job cgroups whose last processes were still dying: retried until they are gone.
+        if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.removeJobCgroup($0) } }
     }
 
     private func drainRemaining(fd: Int32, into buffer: inout OutputBuffer, cap: Int) {

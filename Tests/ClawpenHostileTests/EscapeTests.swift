@@ -146,6 +146,18 @@ final class EscapeTests: XCTestCase {
 
     // MARK: Processes and identity
 
+    func testOutliveTheJobBySetsidAndDoubleFork() throws {
+        // A job leaves its process group (setsid) and daemonizes; the next job looks for it.
+        let escape = try attack("setsid sh -c 'sleep 60 & echo $! > /home/escapee.pid; sleep 60' >/dev/null 2>&1 & sleep 0.2; echo spawned")
+        XCTAssertEqual(escape.stdout, "spawned\n")
+        let hasCgroups = (try? daemon.status()["supervisor"]?["cgroup"]?["tenants_base"]?.stringValue) != nil
+        let look = try attack("kill -0 $(cat /home/escapee.pid) 2>/dev/null && echo ALIVE || echo gone")
+        if hasCgroups {
+            XCTAssertEqual(look.stdout, "gone\n", "the job's cgroup was killed when the job ended")
+        }
+        assertUnharmed()
+    }
+
     func testSignalTheSupervisorOrAnotherWorker() throws {
         let bWorker = try XCTUnwrap(try daemon.tenantStatus("b")["worker_pid"]?.intValue)
         let aWorker = try XCTUnwrap(try daemon.tenantStatus("a")["worker_pid"]?.intValue)

@@ -236,15 +236,23 @@ final class LifecycleTests: XCTestCase {
         let cg = try d.status()["supervisor"]?["cgroup"] ?? .null
         guard let base = cg["tenants_base"]?.stringValue else { throw XCTSkip("no cgroup2 hierarchy here: \(cg)") }
         try d.createTenant("a")
-        XCTAssertEqual(try d.run("a", ["sh", "-c", "grep '^0::' /proc/self/cgroup"]).stdout, "0::/\n", "the job's cgroup namespace is rooted at its worker's leaf")
+        let job = try d.run("a", ["sh", "-c", "grep '^0::' /proc/self/cgroup"])
+        XCTAssertEqual(job.stdout, "0::/job-\(job.id)\n", "each job in its own cgroup, the namespace rooted at the tenant's node")
         let worker = try XCTUnwrap(try d.tenantStatus("a")["worker_pid"]?.intValue)
-        let procs = try String(contentsOfFile: base + "/tenant-a/worker/cgroup.procs", encoding: .utf8)
-        XCTAssertTrue(procs.split(separator: "\n").contains(Substring(String(worker))), "worker \(worker) in tenant-a/worker: \(procs)")
+        let procs = try String(contentsOfFile: base + "/tenant-a/cgroup.procs", encoding: .utf8)
+        XCTAssertTrue(procs.split(separator: "\n").contains(Substring(String(worker))), "worker \(worker) in tenant-a: \(procs)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: base + "/tenant-a/job-\(job.id)"), "the job's cgroup went with the job")
+        // Delegated to the tenant's uid, except the limits and cgroup.kill.
+        var st = stat()
+        XCTAssertEqual(stat(base + "/tenant-a/cgroup.procs", &st), 0)
+        XCTAssertEqual(Int(st.st_uid), 200_000)
+        XCTAssertEqual(stat(base + "/tenant-a/cgroup.kill", &st), 0)
+        XCTAssertEqual(st.st_uid, 0)
         XCTAssertTrue(try String(contentsOfFile: "/proc/\(d.pid)/cgroup", encoding: .utf8).contains("/supervisor\n"), "the daemon sits in its leaf")
         // The worker goes idle: its cgroup goes with it.
         XCTAssertTrue(d.eventually(5) { !FileManager.default.fileExists(atPath: base + "/tenant-a") }, "tenant-a cgroup removed after the worker exited")
         _ = try d.run("a", ["true"])
-        XCTAssertTrue(FileManager.default.fileExists(atPath: base + "/tenant-a/worker"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: base + "/tenant-a"))
         XCTAssertEqual(d.stop(), 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: base + "/tenant-a"), "no tenant cgroup after the daemon stopped")
         if base.hasSuffix("/clawpen-\(d.pid)") { XCTAssertFalse(FileManager.default.fileExists(atPath: base)) }

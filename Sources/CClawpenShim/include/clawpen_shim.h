@@ -31,6 +31,7 @@ enum cp_spawn_step {
     CP_STEP_CHDIR = 7,
     CP_STEP_RLIMIT = 8,
     CP_STEP_EXEC = 9,
+    CP_STEP_SECCOMP = 10,
 };
 
 /// Human-readable name of a step ("exec", "chdir", ...), for error messages.
@@ -65,6 +66,11 @@ struct cp_spawn_request {
 
     struct cp_rlimit rlimits[CP_MAX_RLIMITS];
     int rlimit_count;
+
+    /// A seccomp program (struct sock_filter array) the child installs just before exec, on top
+    /// of whatever filter it inherits; NULL/0 for none. Needs no_new_privs.
+    const void *seccomp_program;
+    size_t seccomp_len;
 };
 
 /// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's
