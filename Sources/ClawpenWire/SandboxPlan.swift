@@ -47,7 +47,7 @@ public struct SandboxPlan: Equatable, Sendable {
     /// needs and its own program therefore allows).
     public var jobSeccompProgram: [UInt8] = []
     /// The tenant's cgroup node on the host (the worker's cgroup, delegated to the tenant's
-    /// uid): the worker makes `job-<id>` below it for each job. Empty: no cgroups.
+    /// uid): the worker runs each job in a `job-<n>` child of it. Empty: no cgroups.
     public var cgroupNode: String = ""
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
@@ -79,7 +79,7 @@ public struct SandboxPlan: Equatable, Sendable {
             "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
             "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",
             seccompProgram.isEmpty ? "no seccomp filter" : "seccomp: profile \(seccompProfile) (\(seccompProgram.count / 8) BPF instructions), for the worker and every job; each job adds a guard that refuses clone3",
-            cgroupNode.isEmpty ? "no job cgroups" : "each job in its own cgroup \(cgroupNode)/job-<id> (CLONE_INTO_CGROUP), killed with cgroup.kill when it ends",
+            cgroupNode.isEmpty ? "no job cgroups" : "each running job in a cgroup of its own, \(cgroupNode)/job-<n> (CLONE_INTO_CGROUP), killed with cgroup.kill when it ends and reused once empty",
         ]
         return s
     }

@@ -26,28 +26,64 @@ struct JobLauncher {
         let cgroupName: String?
     }
 
-    /// `job-<id>` below the tenant's node; nil when there are no job cgroups or it cannot be
-    /// made (the job then runs in the worker's cgroup; its process group is still killed).
+    /// Job cgroups are slots, `job-<n>`, one per running job, reused: creating and destroying a
+    /// cgroup per job cost ~0.2 ms (a fifth of a warm job). A slot comes back once the job has
+    /// ended and `cgroup.kill` has emptied it.
+    private final class Slots {
+        var free: [String] = []
+        var next = 0
+    }
+    private let slots = Slots()
+
+    /// A free job cgroup below the tenant's node; nil when there are no job cgroups or none can
+    /// be made (the job then runs in the worker's cgroup; its process group is still killed).
     func makeJobCgroup(_ jobID: String) -> (name: String, fd: Int32)? {
-        guard jobCgroupParent >= 0, !jobID.isEmpty,
-              jobID.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D }) else { return nil }
-        let name = "job-" + jobID
+        guard jobCgroupParent >= 0 else { return nil }
+        while let name = slots.free.popLast() {
+            let fd = openat(jobCgroupParent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if fd >= 0 { return (name, fd) }
+        }
+        slots.next += 1
+        let name = "job-\(slots.next)"
         guard mkdirat(jobCgroupParent, name, 0o755) == 0 || errno == EEXIST else { return nil }
         let fd = openat(jobCgroupParent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         return fd >= 0 ? (name, fd) : nil
     }
 
-    /// Kills every process of a job's cgroup, however it left the job's process group.
+    /// Kills every process of a job's cgroup, however it left the job's process group: SIGKILL
+    /// to each pid in its `cgroup.procs` (this worker shares their pid namespace). Not
+    /// `cgroup.kill`: on this kernel a cgroup that was once killed that way kills every process
+    /// later cloned into it (CLONE_INTO_CGROUP), which would end slot reuse.
     func killJobCgroup(_ name: String) {
-        let fd = openat(jobCgroupParent, name + "/cgroup.kill", O_WRONLY | O_CLOEXEC)
+        let fd = openat(jobCgroupParent, name + "/cgroup.procs", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
-        _ = write(fd, "1", 1)
+        var text: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { break }
+            text.append(contentsOf: buf[0..<n])
+        }
         close(fd)
+        for line in text.split(separator: 0x0A) {
+            if let pid = Int32(String(decoding: line, as: UTF8.self)), pid > 1 { kill(pid, SIGKILL) }
+        }
     }
 
-    /// true when the job's cgroup is gone (it cannot be removed while a process is still in it).
-    func removeJobCgroup(_ name: String) -> Bool {
-        unlinkat(jobCgroupParent, name, AT_REMOVEDIR) == 0 || errno == ENOENT
+    /// Returns a job's slot to the pool once nothing is left in it (`cgroup.events`:
+    /// populated 0); false while processes are still dying.
+    func releaseJobCgroup(_ name: String) -> Bool {
+        let fd = openat(jobCgroupParent, name + "/cgroup.events", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return true } // gone: nothing to release
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard n > 0, String(decoding: buf[0..<n], as: UTF8.self).contains("populated 0") else {
+            killJobCgroup(name) // something survived (a fork racing the kill): again
+            return false
+        }
+        slots.free.append(name)
+        return true
     }
 
     enum Failure: Error {
@@ -137,7 +173,7 @@ struct JobLauncher {
         case .failure(let failure):
             close(out[0]); close(err[0])
             if hasInput { close(input[1]) }
-            if let cgroup { _ = removeJobCgroup(cgroup.name) }
+            if let cgroup { _ = releaseJobCgroup(cgroup.name) }
             throw .spawn(step: failure.step, errno: failure.errno)
         }
         return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil, cgroupName: cgroup?.name)

@@ -346,10 +346,10 @@ public final class Worker {
             if job.stderrFD >= 0 { drainRemaining(fd: job.stderrFD, into: &job.stderr, cap: job.outputCap); close(job.stderrFD); job.stderrFD = -1 }
             jobs[id] = nil
             report(makeReport(job))
-            if let cg = job.cgroupName, !launcher.removeJobCgroup(cg) { cgroupsToRemove.append(cg) }
+            if let cg = job.cgroupName, !launcher.releaseJobCgroup(cg) { cgroupsToRemove.append(cg) }
         }
-        // Job cgroups whose last processes were still dying: retried until they are gone.
-        if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.removeJobCgroup($0) } }
+        // Job cgroups whose last processes were still dying: retried until they are empty.
+        if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.releaseJobCgroup($0) } }
     }
 
     private func drainRemaining(fd: Int32, into buffer: inout OutputBuffer, cap: Int) {
