@@ -28,13 +28,6 @@ int cp_set_nonblocking(int fd, int on) {
     return fcntl(fd, F_SETFL, fl);
 }
 
-int cp_set_cloexec(int fd, int on) {
-    int fl = fcntl(fd, F_GETFD);
-    if (fl < 0) return -1;
-    fl = on ? (fl | FD_CLOEXEC) : (fl & ~FD_CLOEXEC);
-    return fcntl(fd, F_SETFD, fl);
-}
-
 int cp_sigchld_fd(void) {
     sigset_t set;
     sigemptyset(&set);
@@ -66,16 +59,6 @@ int cp_wifexited(int status) { return WIFEXITED(status); }
 int cp_wexitstatus(int status) { return WEXITSTATUS(status); }
 int cp_wifsignaled(int status) { return WIFSIGNALED(status); }
 int cp_wtermsig(int status) { return WTERMSIG(status); }
-
-int cp_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
-    *pid = cred.pid;
-    *uid = cred.uid;
-    *gid = cred.gid;
-    return 0;
-}
 
 long cp_raise_nofile_limit(void) {
     struct rlimit rl;

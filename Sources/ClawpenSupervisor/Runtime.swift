@@ -97,8 +97,6 @@ struct JobQueue {
         return items.remove(at: i)
     }
 
-    func contains(id: String) -> Bool { items[head...].contains { $0.id == id } }
-
     mutating func removeAll() -> [JobRecord] {
         let out = Array(items[head...])
         items.removeAll(); head = 0

@@ -85,7 +85,6 @@ int cp_socketpair(int fds[2]);
 /// pipe2 with O_CLOEXEC (and O_NONBLOCK on the read end when nonblocking_read).
 int cp_pipe(int fds[2], int nonblocking_read);
 int cp_set_nonblocking(int fd, int on);
-int cp_set_cloexec(int fd, int on);
 
 /// Blocks SIGCHLD (and SIGPIPE is ignored) and returns a non-blocking signalfd for SIGCHLD.
 int cp_sigchld_fd(void);
@@ -98,9 +97,6 @@ int cp_wifexited(int status);
 int cp_wexitstatus(int status);
 int cp_wifsignaled(int status);
 int cp_wtermsig(int status);
-
-/// SO_PEERCRED of a connected Unix socket.
-int cp_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
 long cp_raise_nofile_limit(void);
