@@ -47,31 +47,30 @@ final class CgroupTree: @unchecked Sendable {
         return (CgroupTree(root: own, base: base, controllers: enabled, ownsBase: isHierarchyRoot), nil)
     }
 
-    /// Trees of daemons that are gone (killed without a chance to clean up).
-    private static func removeStale(in own: String) {
-        guard let dir = opendir(own) else { return }
-        var stale: [String] = []
+    /// Names of the subdirectories (child cgroups) of `path`.
+    static func children(of path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
-            stale.append(own + "/" + name)
+            if entry.pointee.d_type == UInt8(DT_DIR), name != ".", name != ".." { names.append(name) }
         }
-        closedir(dir)
-        for path in stale { removeTree(path) }
+        return names
+    }
+
+    /// Trees of daemons that are gone (killed without a chance to clean up).
+    private static func removeStale(in own: String) {
+        for name in children(of: own) {
+            guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            removeTree(own + "/" + name)
+        }
     }
 
     /// cgroup.kill, then rmdir depth-first (a populated cgroup cannot be removed: retried briefly).
     static func removeTree(_ path: String) {
         _ = write(path + "/cgroup.kill", "1")
-        if let dir = opendir(path) {
-            var children: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if entry.pointee.d_type == UInt8(DT_DIR), name != ".", name != ".." { children.append(path + "/" + name) }
-            }
-            closedir(dir)
-            for child in children { removeTree(child) }
-        }
+        for child in children(of: path) { removeTree(path + "/" + child) }
         for _ in 0..<200 {
             if rmdir(path) == 0 || errno == ENOENT { return }
             usleep(5_000)
@@ -160,28 +159,14 @@ final class CgroupTree: @unchecked Sendable {
     func tryRemove(tenant: TenantName) -> Bool {
         let node = tenantPath(tenant)
         _ = Self.write(node + "/cgroup.kill", "1")
-        if let dir = opendir(node) {
-            var children: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if entry.pointee.d_type == UInt8(DT_DIR), name != ".", name != ".." { children.append(name) }
-            }
-            closedir(dir)
-            for child in children where rmdir(node + "/" + child) != 0 && errno != ENOENT { return false }
-        }
+        for child in Self.children(of: node) where rmdir(node + "/" + child) != 0 && errno != ENOENT { return false }
         return rmdir(node) == 0 || errno == ENOENT
     }
 
     /// At shutdown: every tenant node, then (if the daemon made it) the base.
     func removeAll() {
-        if let dir = opendir(base) {
-            var tenants: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if name.hasPrefix("tenant-") || name.hasPrefix("spare-") { tenants.append(base + "/" + name) }
-            }
-            closedir(dir)
-            for t in tenants { Self.removeTree(t) }
+        for name in Self.children(of: base) where name.hasPrefix("tenant-") || name.hasPrefix("spare-") {
+            Self.removeTree(base + "/" + name)
         }
         guard ownsBase else { return }
         _ = Self.write(root + "/cgroup.procs", "\(getpid())") // leave the leaf so it can go

@@ -38,7 +38,7 @@ final class FrameReader: ChannelInboundHandler {
             let payload = buf.readSlice(length: length)!
             buffer = buf.readableBytes > 0 ? buf : nil
             if length == 0 {
-                context.writeAndFlush(NIOAny(frame(Reply.error(ProtocolError(.invalidRequest, "empty frame: a frame must hold a JSON object"), id: .null), context)), promise: nil)
+                context.writeAndFlush(NIOAny(context.channel.allocator.frame(Reply.error(ProtocolError(.invalidRequest, "empty frame: a frame must hold a JSON object"), id: .null))), promise: nil)
                 continue
             }
             context.fireChannelRead(wrapInboundOut(payload))
@@ -65,19 +65,12 @@ final class FrameReader: ChannelInboundHandler {
         }
     }
 
-    private func frame(_ payload: [UInt8], _ context: ChannelHandlerContext) -> ByteBuffer {
-        var out = context.channel.allocator.buffer(capacity: payload.count + 4)
-        out.writeInteger(UInt32(payload.count))
-        out.writeBytes(payload)
-        return out
-    }
-
     private func refuse(context: ChannelHandlerContext, _ error: ProtocolError) {
         closed = true
         buffer = nil
         partialTimer?.cancel(); partialTimer = nil
         let channel = context.channel
-        context.writeAndFlush(NIOAny(frame(Reply.error(error, id: .null), context))).whenComplete { _ in
+        context.writeAndFlush(NIOAny(context.channel.allocator.frame(Reply.error(error, id: .null)))).whenComplete { _ in
             channel.close(promise: nil)
         }
     }

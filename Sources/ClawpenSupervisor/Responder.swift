@@ -1,6 +1,16 @@
 import ClawpenProtocol
 import NIOCore
 
+extension ByteBufferAllocator {
+    /// One frame: the 4-byte big-endian length, then the payload (docs/protocol.md).
+    func frame(_ payload: [UInt8]) -> ByteBuffer {
+        var out = buffer(capacity: payload.count + 4)
+        out.writeInteger(UInt32(payload.count))
+        out.writeBytes(payload)
+        return out
+    }
+}
+
 /// Where the reply to one request goes: the client's channel and the id it chose. A client that
 /// has gone away simply does not receive it; the job it asked for is unaffected.
 struct Responder: Sendable {
@@ -28,10 +38,7 @@ struct Responder: Sendable {
 
     private func send(_ payload: [UInt8]) {
         guard channel.isActive else { return }
-        var buffer = channel.allocator.buffer(capacity: payload.count + 4)
-        buffer.writeInteger(UInt32(payload.count))
-        buffer.writeBytes(payload)
-        channel.writeAndFlush(buffer, promise: nil)
+        channel.writeAndFlush(channel.allocator.frame(payload), promise: nil)
     }
 }
 

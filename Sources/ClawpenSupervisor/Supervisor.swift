@@ -328,11 +328,7 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func write(_ message: SupervisorToWorker, to channel: Channel) {
-        let payload = message.encoded()
-        var buffer = channel.allocator.buffer(capacity: payload.count + 4)
-        buffer.writeInteger(UInt32(payload.count))
-        buffer.writeBytes(payload)
-        channel.write(buffer, promise: nil)
+        channel.write(channel.allocator.frame(message.encoded()), promise: nil)
     }
 
     private func send(_ message: SupervisorToWorker, to w: WorkerHandle) {
@@ -393,8 +389,7 @@ public final class Supervisor: @unchecked Sendable {
             }
             close(spawned.socketFD)
             cgroups.map { _ = $0.tryRemove(tenant: rt.name) }
-            let reason = gone && cp_wifexited(status) != 0 ? "worker exited with status \(cp_wexitstatus(status)) before its setup"
-                : gone && cp_wifsignaled(status) != 0 ? "worker was killed by signal \(cp_wtermsig(status)) before its setup" : "\(error)"
+            let reason = gone ? "worker \(Self.describe(waitStatus: status)) before its setup" : "\(error)"
             workerStartFailed(rt, reason)
             return
         }
@@ -527,11 +522,12 @@ public final class Supervisor: @unchecked Sendable {
             loop.scheduleTask(in: .milliseconds(10)) { [self] in reap(w, attempt: attempt + 1) }
             return
         }
-        let how: String
-        if r < 0 { how = "could not be reaped (\(FileIO.errnoString(errno)))" }
-        else if cp_wifsignaled(status) != 0 { how = "was killed by signal \(cp_wtermsig(status))" }
-        else { how = "exited with status \(cp_wexitstatus(status))" }
-        workerExited(w, how: how)
+        workerExited(w, how: r < 0 ? "could not be reaped (\(FileIO.errnoString(errno)))" : Self.describe(waitStatus: status))
+    }
+
+    /// How a process ended, in the words status and the logs use.
+    static func describe(waitStatus status: Int32) -> String {
+        cp_wifsignaled(status) != 0 ? "was killed by signal \(cp_wtermsig(status))" : "exited with status \(cp_wexitstatus(status))"
     }
 
     private func workerExited(_ w: WorkerHandle, how: String) {
