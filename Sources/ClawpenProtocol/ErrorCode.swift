@@ -32,9 +32,11 @@ public enum ErrorCode: String, Sendable, CaseIterable {
 public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
     public var code: ErrorCode
     public var message: String
-    public var details: [String: String]
+    /// Extra fields of the error object (a quota's `quota`, `limit`, `current`, `retry_after_ms`;
+    /// the `rule` that refused).
+    public var details: [String: JSONValue]
 
-    public init(_ code: ErrorCode, _ message: String, details: [String: String] = [:]) {
+    public init(_ code: ErrorCode, _ message: String, details: [String: JSONValue] = [:]) {
         self.code = code; self.message = message; self.details = details
     }
 
@@ -44,18 +46,16 @@ public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible
         var o = JSONObjectBuilder()
         o.set("code", .string(code.rawValue))
         o.set("message", .string(message))
-        for (k, v) in details.sorted(by: { $0.key < $1.key }) { o.set(k, .string(v)) }
+        for (k, v) in details.sorted(by: { $0.key < $1.key }) { o.set(k, v) }
         return o.value
     }
 
     public init?(json: JSONValue) {
         guard let c = json["code"]?.stringValue else { return nil }
         let code = ErrorCode(rawValue: c) ?? .internal
-        var details: [String: String] = [:]
+        var details: [String: JSONValue] = [:]
         if case .object(let pairs) = json {
-            for (k, v) in pairs where k != "code" && k != "message" {
-                details[k] = v.stringValue ?? v.text
-            }
+            for (k, v) in pairs where k != "code" && k != "message" { details[k] = v }
         }
         self.init(code, json["message"]?.stringValue ?? c, details: details)
     }

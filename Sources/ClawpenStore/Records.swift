@@ -67,3 +67,22 @@ public struct JobResult: Sendable, Equatable {
         self.cpuMs = cpuMs; self.maxRSSKiB = maxRSSKiB; self.error = error
     }
 }
+
+/// One line of the audit log: a refusal or an admin action, who asked, which rule decided.
+public struct AuditEvent: Sendable, Equatable {
+    public var seq: Int64
+    /// Wall-clock seconds since the epoch.
+    public var at: Double
+    public var tenant: String?
+    public var callerUID: Int?
+    /// What was refused or done: "submit.refused", "tenant.create", "tenant.set_quota", "policy.reload", ...
+    public var action: String
+    /// The rule that decided (a quota's name, a policy rule with file and line, an access rule).
+    public var rule: String?
+    public var detail: String?
+
+    public init(seq: Int64 = 0, at: Double, tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?) {
+        self.seq = seq; self.at = at; self.tenant = tenant; self.callerUID = callerUID
+        self.action = action; self.rule = rule; self.detail = detail
+    }
+}

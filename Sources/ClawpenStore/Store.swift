@@ -283,9 +283,37 @@ public final class Store: @unchecked Sendable {
     // MARK: Audit
 
     public func audit(tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?, at: Double) throws(StoreError) {
-        try db.run("INSERT INTO audit(at, tenant, caller_uid, action, rule, detail) VALUES(?,?,?,?,?,?)",
-                   [.double(at), .optional(tenant), .optional(callerUID.map { Int64($0) }), .text(action),
-                    .optional(rule), .optional(detail)])
+        try insertAudit([AuditEvent(at: at, tenant: tenant, callerUID: callerUID, action: action, rule: rule, detail: detail)])
+    }
+
+    /// Records audit events in one transaction (not fsynced: the supervisor batches the events
+    /// of one event-loop tick, as it does results).
+    public func insertAudit(_ events: [AuditEvent]) throws(StoreError) {
+        guard !events.isEmpty else { return }
+        try setSynchronous(full: false)
+        try transaction { () throws(StoreError) in
+            for e in events {
+                try db.run("INSERT INTO audit(at, tenant, caller_uid, action, rule, detail) VALUES(?,?,?,?,?,?)",
+                           [.double(e.at), .optional(e.tenant), .optional(e.callerUID.map { Int64($0) }), .text(e.action),
+                            .optional(e.rule), .optional(e.detail)])
+            }
+        }
+    }
+
+    /// Audit events, oldest first: of one tenant (or all), from `since` (wall-clock seconds) on,
+    /// at most the newest `limit`.
+    public func auditEvents(tenant: String?, since: Double?, limit: Int) throws(StoreError) -> [AuditEvent] {
+        var sql = "SELECT seq, at, tenant, caller_uid, action, rule, detail FROM audit WHERE 1=1"
+        var bind: [SQLValue] = []
+        if let tenant { sql += " AND tenant=?"; bind.append(.text(tenant)) }
+        if let since { sql += " AND at>=?"; bind.append(.double(since)) }
+        sql += " ORDER BY seq DESC LIMIT ?"
+        bind.append(.int(Int64(max(0, limit))))
+        let rows = try db.rows(sql, bind) { r in
+            AuditEvent(seq: r.int(0), at: r.double(1), tenant: r.optionalText(2), callerUID: r.optionalInt(3).map { Int($0) },
+                       action: r.text(4), rule: r.optionalText(5), detail: r.optionalText(6))
+        }
+        return rows.reversed()
     }
 
     /// Merges the WAL back into the database (at shutdown).

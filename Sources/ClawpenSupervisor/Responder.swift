@@ -1,5 +1,13 @@
 import ClawpenProtocol
+import Glibc
 import NIOCore
+
+/// `struct ucred` of SO_PEERCRED (pid, uid, gid; three 32-bit fields, as the kernel lays it out).
+struct PeerCredentials: Sendable, Equatable {
+    var pid: Int32
+    var uid: UInt32
+    var gid: UInt32
+}
 
 extension ByteBufferAllocator {
     /// One frame: the 4-byte big-endian length, then the payload (docs/protocol.md).
@@ -16,6 +24,10 @@ extension ByteBufferAllocator {
 struct Responder: Sendable {
     let channel: Channel
     let id: JSONValue
+    /// Who is on the other end (SO_PEERCRED, read when the connection was accepted).
+    var caller: PeerCredentials? = nil
+
+    var callerUID: Int? { caller.map { Int($0.uid) } }
 
     func reply(_ type: String, _ fields: [(String, JSONValue)]) {
         send(Reply.make(type, id: id, fields))
@@ -47,13 +59,28 @@ final class ClientHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private let supervisor: Supervisor
+    /// The peer's pid, uid and gid as the kernel saw them at connect time; nil until read.
+    private var caller: PeerCredentials?
 
     init(supervisor: Supervisor) { self.supervisor = supervisor }
+
+    func channelActive(context: ChannelHandlerContext) {
+        // The kernel's word on who connected, not the client's: read once per connection. On
+        // this loop the read completes at once, before any frame of the connection is handled.
+        if let provider = context.channel as? SocketOptionProvider {
+            let read: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+            read.whenComplete { [self] result in
+                if case .success(let cred) = result { caller = cred }
+            }
+        }
+        context.fireChannelActive()
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let payload = unwrapInboundIn(data)
         let (id, result) = RequestCodec.decode(Array(payload.readableBytesView))
-        let responder = Responder(channel: context.channel, id: id)
+        let responder = Responder(channel: context.channel, id: id, caller: caller)
         switch result {
         case .failure(let error): responder.fail(error)
         case .success(let request): supervisor.handle(request, responder)

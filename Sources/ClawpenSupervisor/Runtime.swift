@@ -31,7 +31,7 @@ final class WorkerHandle: @unchecked Sendable {
 }
 
 /// Everything the supervisor keeps in memory for one tenant. Confined to the event loop.
-final class TenantRuntime: @unchecked Sendable {
+final class TenantRuntime: RoutedTenant, @unchecked Sendable {
     let record: TenantRecord
     let name: TenantName
     var limits: TierLimits
@@ -53,11 +53,29 @@ final class TenantRuntime: @unchecked Sendable {
     /// Finished jobs per final state (from the store at start-up, then counted).
     var finishedCounts: [JobState: Int] = [:]
 
-    init(record: TenantRecord, name: TenantName, limits: TierLimits) {
+    // Router and quotas.
+    var routing = RoutingState()
+    /// jobs_per_minute.
+    var rate: TokenBucket
+    /// cpu_seconds_per_hour: the tenant's CPU time over the last hour.
+    var cpu = CPUBudget()
+    /// The tenant cgroup's cpu.stat usage_usec at the last sample (nil: not measured by cgroup,
+    /// job rusage is summed instead).
+    var cgroupCPUSeen: Int64?
+    var lastCPUSample = 0.0
+    /// Jobs of this tenant accepted in the current tick, not yet in `queue` (max_queued counts them).
+    var pendingAccepts = 0
+    /// Moving average of the tenant's job run time, for retry_after_ms estimates.
+    var averageRunMs = 10.0
+
+    init(record: TenantRecord, name: TenantName, limits: TierLimits, now: Double) {
         self.record = record; self.name = name; self.limits = limits
+        self.rate = TokenBucket(perMinute: limits.jobsPerMinute, now: now)
     }
 
     var runningCount: Int { worker?.inFlight.count ?? 0 }
+    var queuedCount: Int { queue.count }
+    var routingWeight: Int { limits.cpuWeight }
 
     var state: WorkerState {
         if let w = worker {

@@ -29,6 +29,12 @@ public struct ServeConfig: Sendable {
     /// RCU grace period (10-20 ms on an idle host) and costs more than a fresh clone straight
     /// into the cgroup saves, except in bursts of new tenants (BENCHMARKS.md).
     public var prespawnWorkers: Int?
+    /// How the router picks the next tenant (fair, or fifo for comparison).
+    public var dispatchMode: DispatchMode = .fair
+    /// Jobs running at once across all tenants; nil: 4 per online core.
+    public var maxRunning: Int?
+    /// Slots only tenants with nothing running may take; nil: a quarter of maxRunning, at least 1.
+    public var reservedSlots: Int?
 
     public init() {}
 }

@@ -17,7 +17,7 @@ public final class Supervisor: @unchecked Sendable {
     let loop: EventLoop
     let config: ServeConfig
     let store: Store
-    let policies: PolicySet
+    private(set) var policies: PolicySet
     let logger: Logger
     let workerPath: String
     let cgroup: CgroupInfo
@@ -56,12 +56,20 @@ public final class Supervisor: @unchecked Sendable {
     /// Installed by every job on top of its worker's filter (refuses clone3, which the worker's allows).
     let jobSeccompGuard: [UInt8]
 
+    /// Chooses which tenant starts a job next under the global limit (Router.swift).
+    let router: Router<TenantRuntime>
+    /// Audit events of this tick, written with the tick's flush.
+    private var pendingAudits: [AuditEvent] = []
+
     init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
          workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]], cgroups: CgroupTree?) {
         self.loop = loop; self.config = config; self.store = store; self.policies = policies
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
         self.seccompPrograms = seccompPrograms; self.cgroups = cgroups
         self.jobSeccompGuard = jobSeccompGuard
+        let maxRunning = config.maxRunning ?? Router<TenantRuntime>.defaultMaxRunning(cores: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        self.router = Router(mode: config.dispatchMode, maxRunning: maxRunning,
+                             reserve: config.reservedSlots ?? Router<TenantRuntime>.defaultReserve(maxRunning: maxRunning))
     }
 
     // MARK: - Start-up
@@ -75,12 +83,16 @@ public final class Supervisor: @unchecked Sendable {
                 logger.error("ignoring stored tenant with an invalid name", metadata: ["tenant": "\(record.name)"])
                 continue
             }
-            let runtime = TenantRuntime(record: record, name: name, limits: limits(for: record))
+            let runtime = TenantRuntime(record: record, name: name, limits: limits(for: record), now: Clock.monotonic())
             for (state, n) in counts[record.name] ?? [:] where state.isFinal { runtime.finishedCounts[state] = n }
             tenants[record.name] = runtime
         }
         let recovered = try store.recoverUnfinishedJobs()
-        for job in recovered { tenants[job.tenant]?.queue.append(job) }
+        for job in recovered {
+            guard let rt = tenants[job.tenant] else { continue }
+            rt.queue.append(job)
+            router.accepted(rt)
+        }
         if !recovered.isEmpty {
             logger.notice("re-queued \(recovered.count) job(s) left queued or running by the previous run")
         }
@@ -162,7 +174,7 @@ public final class Supervisor: @unchecked Sendable {
         case .uidRangeExhausted:
             throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
         case .created(let record):
-            let rt = TenantRuntime(record: record, name: name, limits: limits(for: record))
+            let rt = TenantRuntime(record: record, name: name, limits: limits(for: record), now: Clock.monotonic())
             tenants[name.value] = rt
             try? store.audit(tenant: name.value, callerUID: nil, action: "tenant.create", rule: nil, detail: "tier=\(tier.rawValue) uid=\(record.uid)", at: Clock.now())
             logger.info("tenant created", metadata: ["tenant": "\(name)", "tier": "\(tier.rawValue)", "uid": "\(record.uid)"])
@@ -177,25 +189,84 @@ public final class Supervisor: @unchecked Sendable {
         guard !draining else { throw ProtocolError(.unavailable, "the daemon is shutting down; submit again when it is back") }
         let limits = rt.limits
         let timeout = s.timeoutSeconds ?? limits.timeoutDefaultSeconds
-        if timeout > limits.timeoutMaxSeconds {
-            throw ProtocolError(.quotaExceeded, "timeout of \(timeout) s is above the tenant's maximum of \(limits.timeoutMaxSeconds) s (rule: timeout_max_s of tier \(rt.record.tier))",
-                                details: ["quota": "timeout_max_s", "limit": "\(limits.timeoutMaxSeconds)", "current": "\(timeout)"])
-        }
-        let job = JobRecord(
-            id: JobID.make(), tenant: rt.name.value, state: .queued, argv: s.argv, env: s.env, cwd: s.cwd ?? "/home",
-            stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
-            attempt: 1, createdAt: Clock.now())
         if let key = s.idempotencyKey {
-            if pendingAccepts.contains(where: { $0.job.tenant == job.tenant && $0.job.idempotencyKey == key }) { flushWrites() }
-            if let existing = try store.job(tenant: job.tenant, idempotencyKey: key) {
+            // A resubmission returns the first job: no quota applies to it again.
+            if pendingAccepts.contains(where: { $0.job.tenant == rt.name.value && $0.job.idempotencyKey == key }) { flushWrites() }
+            if let existing = try store.job(tenant: rt.name.value, idempotencyKey: key) {
                 let current = try activeOrStoredJob(existing.id)
                 if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
                 else { r.job(current, existing: true) }
                 return
             }
         }
+        if let refusal = admissionRefusal(rt, timeout: timeout) {
+            audit(tenant: rt.name.value, caller: r, action: "submit.refused", rule: refusal.quota,
+                  detail: "limit \(refusal.limit), current \(refusal.current)")
+            var details: [String: JSONValue] = ["quota": .string(refusal.quota), "limit": .string(refusal.limit),
+                                                "current": .string(refusal.current)]
+            details["retry_after_ms"] = refusal.retryAfterMs.map { .int(Int64($0)) } ?? .null
+            throw ProtocolError(.quotaExceeded, refusal.message, details: details)
+        }
+        let job = JobRecord(
+            id: JobID.make(), tenant: rt.name.value, state: .queued, argv: s.argv, env: s.env, cwd: s.cwd ?? "/home",
+            stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
+            attempt: 1, createdAt: Clock.now())
         // Accepted means committed: the reply and the dispatch follow the flush's commit.
+        rt.pendingAccepts += 1
         pendingAccepts.append(PendingAccept(job: job, runtime: rt, responder: r, wait: s.wait))
+        scheduleFlush()
+    }
+
+    /// The first quota a new job of `rt` would break, in the order a caller can act on: the
+    /// request itself (timeout), then the queue, the rate and the CPU budget. Only a job that
+    /// passes all of them takes a token.
+    private func admissionRefusal(_ rt: TenantRuntime, timeout: Double) -> QuotaRefusal? {
+        let limits = rt.limits
+        let tier = rt.record.tier
+        if timeout > limits.timeoutMaxSeconds {
+            return QuotaRefusal(
+                quota: "timeout_max_s", limit: formatSeconds(limits.timeoutMaxSeconds), current: formatSeconds(timeout), retryAfterMs: nil,
+                message: "a timeout of \(formatSeconds(timeout)) s is above tenant '\(rt.name)'s maximum of \(formatSeconds(limits.timeoutMaxSeconds)) s (quota timeout_max_s, tier \(tier)); waiting does not help: ask for a shorter timeout")
+        }
+        let queued = rt.queue.count + rt.pendingAccepts
+        if queued >= limits.maxQueued {
+            let perSlot = max(1.0, rt.averageRunMs) / Double(max(1, limits.maxConcurrentRuns))
+            let wait = max(100, Int((Double(queued - limits.maxQueued + 1) * perSlot).rounded(.up)))
+            return QuotaRefusal(
+                quota: "max_queued", limit: "\(limits.maxQueued)", current: "\(queued)", retryAfterMs: wait,
+                message: "tenant '\(rt.name)' already has \(queued) jobs waiting, its limit is \(limits.maxQueued) (quota max_queued, tier \(tier)); retry after \(wait) ms")
+        }
+        let now = Clock.monotonic()
+        sampleCPU(rt, now: now)
+        let budget = Int64(limits.cpuSecondsPerHour * 1_000_000)
+        if let wait = rt.cpu.retryAfterMs(budgetMicros: budget, now: now) {
+            let used = rt.cpu.usedMicros(now: now)
+            return QuotaRefusal(
+                quota: "cpu_seconds_per_hour", limit: formatSeconds(limits.cpuSecondsPerHour), current: formatSeconds(Double(used) / 1e6),
+                retryAfterMs: wait,
+                message: "tenant '\(rt.name)' used \(formatSeconds(Double(used) / 1e6)) CPU seconds in the last hour, its budget is \(formatSeconds(limits.cpuSecondsPerHour)) (quota cpu_seconds_per_hour, tier \(tier)); retry after \(wait) ms")
+        }
+        if let wait = rt.rate.take(now: now) {
+            return QuotaRefusal(
+                quota: "jobs_per_minute", limit: "\(limits.jobsPerMinute)", current: "\(limits.jobsPerMinute)", retryAfterMs: wait,
+                message: "tenant '\(rt.name)' submitted its \(limits.jobsPerMinute) jobs for this minute (quota jobs_per_minute, tier \(tier)); retry after \(wait) ms")
+        }
+        return nil
+    }
+
+    /// Brings the tenant's CPU budget up to date from its cgroup's cpu.stat (at most every 100 ms
+    /// unless forced). Without a readable cgroup, jobs' rusage is added as they finish instead.
+    private func sampleCPU(_ rt: TenantRuntime, now: Double, force: Bool = false) {
+        guard let seen = rt.cgroupCPUSeen, force || now - rt.lastCPUSample >= 0.1 else { return }
+        rt.lastCPUSample = now
+        guard let usage = cgroups?.cpuUsageMicros(rt.name) else { return }
+        if usage > seen { rt.cpu.record(micros: usage - seen, now: now) }
+        rt.cgroupCPUSeen = usage
+    }
+
+    /// Queues an audit event for this tick's flush.
+    func audit(tenant: String?, caller: Responder?, action: String, rule: String?, detail: String?) {
+        pendingAudits.append(AuditEvent(at: Clock.now(), tenant: tenant, callerUID: caller?.callerUID, action: action, rule: rule, detail: detail))
         scheduleFlush()
     }
 
@@ -208,6 +279,13 @@ public final class Supervisor: @unchecked Sendable {
     /// Commits what this tick wrote, then tells whoever waited for it.
     private func flushWrites() {
         flushScheduled = false
+        if !pendingAudits.isEmpty {
+            let events = pendingAudits
+            pendingAudits.removeAll(keepingCapacity: true)
+            do { try store.insertAudit(events) } catch {
+                logger.error("store failure writing the audit log", metadata: ["events": "\(events.count)", "error": "\(error)"])
+            }
+        }
         if !pendingFinishes.isEmpty {
             let batch = pendingFinishes
             pendingFinishes.removeAll(keepingCapacity: true)
@@ -227,7 +305,9 @@ public final class Supervisor: @unchecked Sendable {
         // a crash before the acknowledgement: the caller retries, at-least-once.)
         var touched: [ObjectIdentifier: TenantRuntime] = [:]
         for p in batch {
+            p.runtime.pendingAccepts -= 1
             p.runtime.queue.append(p.job)
+            router.accepted(p.runtime)
             touched[ObjectIdentifier(p.runtime)] = p.runtime
         }
         for rt in touched.values { dispatch(rt) }
@@ -247,7 +327,7 @@ public final class Supervisor: @unchecked Sendable {
     private var withdrawn: Set<String> = []
 
     private func withdraw(_ job: JobRecord, _ rt: TenantRuntime) {
-        if rt.queue.remove(id: job.id) != nil { return }
+        if rt.queue.remove(id: job.id) != nil { router.removedQueued(rt); return }
         if let w = rt.worker, w.inFlight[job.id] != nil {
             withdrawn.insert(job.id)
             send(.cancel(jobID: job.id), to: w)
@@ -287,6 +367,7 @@ public final class Supervisor: @unchecked Sendable {
         if view.state.isFinal { r.job(view); return }
         guard let rt = tenants[view.tenant] else { r.job(view); return }
         if let job = rt.queue.remove(id: id) {
+            router.removedQueued(rt)
             finish(job, rt, state: .canceled, result: JobResult(error: nil))
             r.job(try activeOrStoredJob(id))
             return
@@ -302,18 +383,29 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: - Dispatch
 
-    /// Starts queued jobs of one tenant while its worker has room (max_concurrent_runs).
+    /// Something changed for `rt` (a job arrived or ended, its worker came or went): start its
+    /// worker if it has work and none, let the router know, and start what may start.
     func dispatch(_ rt: TenantRuntime) {
         guard !draining else { return }
-        guard !rt.queue.isEmpty else { armIdleTimerIfIdle(rt); return }
-        guard let w = rt.worker else {
-            if !rt.respawnPending { startWorker(rt) }
-            return
+        if rt.queue.isEmpty {
+            armIdleTimerIfIdle(rt)
+        } else {
+            if rt.worker == nil && !rt.respawnPending { startWorker(rt) }
+            router.wake(rt)
         }
-        guard w.isReady, !w.exitExpected, let channel = w.channel else { return }
-        w.idleTimer?.cancel(); w.idleTimer = nil
-        var sent = false
-        while w.inFlight.count < rt.limits.maxConcurrentRuns, var job = rt.queue.popFirst() {
+        pump()
+    }
+
+    /// Starts jobs, across all tenants, while the router finds free slots and tenants with room.
+    private func pump() {
+        guard !draining else { return }
+        var written: [WorkerHandle] = []
+        router.pump(canStart: { rt in
+            guard !rt.queue.isEmpty, let w = rt.worker, w.isReady, !w.exitExpected, w.channel != nil else { return false }
+            return w.inFlight.count < rt.limits.maxConcurrentRuns
+        }, start: { rt in
+            guard let w = rt.worker, let channel = w.channel, var job = rt.queue.popFirst() else { return }
+            w.idleTimer?.cancel(); w.idleTimer = nil
             job.state = .running
             job.startedAt = Clock.now()
             w.inFlight[job.id] = job
@@ -322,9 +414,9 @@ public final class Supervisor: @unchecked Sendable {
                                  timeoutMs: UInt32(min(job.timeoutSeconds * 1000, Double(UInt32.max - 1))),
                                  outputCapBytes: UInt32(job.outputCap))
             write(.run(run), to: channel)
-            sent = true
-        }
-        if sent { channel.flush() }
+            if !written.contains(where: { $0 === w }) { written.append(w) }
+        })
+        for w in written { w.channel?.flush() }
     }
 
     private func write(_ message: SupervisorToWorker, to channel: Channel) {
@@ -394,6 +486,8 @@ public final class Supervisor: @unchecked Sendable {
             return
         }
         rt.oomKillsSeen = cgroups?.oomKills(rt.name) ?? 0
+        rt.cgroupCPUSeen = cgroups?.cpuUsageMicros(rt.name)
+        rt.lastCPUSample = Clock.monotonic()
         let w = WorkerHandle(tenant: rt.name.value, pid: spawned.pid, startedAt: Clock.monotonic())
         rt.worker = w
         logger.info("worker started", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(spawned.pid)"])
@@ -442,7 +536,11 @@ public final class Supervisor: @unchecked Sendable {
                 return workerMisbehaved(w, "reported a result for job \(report.jobID.prefix(64)) it was not given")
             }
             rt.cancelRequested.remove(job.id)
+            router.ended()
             var (state, result) = Self.outcome(report, job)
+            if let ms = result.runMs { rt.averageRunMs = 0.9 * rt.averageRunMs + 0.1 * ms }
+            // Without a cgroup to read, the CPU budget counts what the job's processes used.
+            if rt.cgroupCPUSeen == nil, let ms = result.cpuMs { rt.cpu.record(micros: Int64(ms * 1000), now: Clock.monotonic()) }
             // A SIGKILL while the tenant's memory.events counted a new OOM kill: the kernel did it.
             if state == .killed, result.signal == SIGKILL, let kills = cgroups?.oomKills(rt.name), kills > rt.oomKillsSeen {
                 rt.oomKillsSeen = kills
@@ -532,10 +630,13 @@ public final class Supervisor: @unchecked Sendable {
 
     private func workerExited(_ w: WorkerHandle, how: String) {
         guard let rt = tenants[w.tenant], rt.worker === w else { return }
+        sampleCPU(rt, now: Clock.monotonic(), force: true) // the last of this cgroup's CPU time
+        rt.cgroupCPUSeen = nil
         rt.worker = nil
         removeCgroup(rt)
         let lost = w.inFlight.values.sorted { $0.createdAt < $1.createdAt }
         w.inFlight.removeAll()
+        router.ended(lost.count)
         if w.exitExpected && w.misbehaviour == nil {
             logger.info("worker stopped", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)"])
             // Shutdown: jobs it still ran stay `running` in the store and run again next start.
@@ -557,6 +658,7 @@ public final class Supervisor: @unchecked Sendable {
                     again.state = .queued; again.startedAt = nil; again.attempt += 1
                     try? store.requeue(id: job.id)
                     rt.queue.pushFront(again)
+                    router.accepted(rt)
                 } else {
                     finish(job, rt, state: .failed, result: JobResult(error: ProtocolError(.workerCrashed, "\(reason) while running this job (attempt \(job.attempt) of \(config.maxAttempts))")))
                 }
@@ -564,7 +666,9 @@ public final class Supervisor: @unchecked Sendable {
             if draining { checkDrained(); return }
             if rt.consecutiveStartFailures >= 3 {
                 // The worker cannot start at all: fail what waits instead of retrying forever.
-                for job in rt.queue.removeAll() {
+                let failed = rt.queue.removeAll()
+                router.removedQueued(rt, count: failed.count)
+                for job in failed {
                     finish(job, rt, state: .failed, result: JobResult(error: ProtocolError(.workerCrashed, "the tenant's worker cannot start: \(reason)")))
                 }
                 rt.consecutiveStartFailures = 0
@@ -673,7 +777,9 @@ public final class Supervisor: @unchecked Sendable {
         rt.consecutiveStartFailures += 1
         logger.error("worker could not start", metadata: ["tenant": "\(rt.name)", "reason": "\(reason)"])
         if rt.consecutiveStartFailures >= 3 {
-            for job in rt.queue.removeAll() {
+            let failed = rt.queue.removeAll()
+            router.removedQueued(rt, count: failed.count)
+            for job in failed {
                 finish(job, rt, state: .failed, result: JobResult(error: ProtocolError(.workerCrashed, "the tenant's worker cannot start: \(reason)")))
             }
             rt.consecutiveStartFailures = 0
@@ -714,6 +820,13 @@ public final class Supervisor: @unchecked Sendable {
         sup.set("tenant_count", tenants.count)
         sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
         sup.set("spare_workers", spares.count)
+        var router = JSONObjectBuilder()
+        router.set("dispatch", .string(self.router.mode.rawValue))
+        router.set("max_running", self.router.maxRunning)
+        router.set("reserved_slots", self.router.reserve)
+        router.set("running", self.router.running)
+        router.set("queued", tenants.values.reduce(0) { $0 + $1.queue.count })
+        sup.set("router", router.value)
         let now = Clock.monotonic()
         let list: [JSONValue] = selected.map { rt in
             var o = JSONObjectBuilder()
@@ -744,7 +857,20 @@ public final class Supervisor: @unchecked Sendable {
             lim.set("max_concurrent_runs", rt.limits.maxConcurrentRuns)
             lim.set("timeout_max_s", rt.limits.timeoutMaxSeconds)
             lim.set("output_max_bytes", rt.limits.outputMaxBytes)
+            lim.set("max_queued", rt.limits.maxQueued)
+            lim.set("jobs_per_minute", rt.limits.jobsPerMinute)
+            lim.set("cpu_seconds_per_hour", rt.limits.cpuSecondsPerHour)
+            lim.set("weight", rt.limits.cpuWeight)
             o.set("limits", lim.value)
+            // Where the tenant stands against its router quotas.
+            sampleCPU(rt, now: now)
+            var q = JSONObjectBuilder()
+            q.set("queued", rt.queue.count + rt.pendingAccepts)
+            q.set("running", rt.runningCount)
+            q.set("jobs_per_minute_available", rt.rate.available(now: now))
+            q.set("cpu_seconds_last_hour", (Double(rt.cpu.usedMicros(now: now)) / 1000).rounded() / 1000)
+            q.set("cpu_measured_by", .string(rt.cgroupCPUSeen != nil ? "cgroup" : "rusage"))
+            o.set("quotas", q.value)
             // Read from the tenant's cgroup while it has one; null when there is nothing to read.
             var usage = JSONObjectBuilder()
             let live = rt.worker != nil

@@ -36,11 +36,18 @@ enum Output {
 }
 
 /// Runs a client call and turns a ClientError into the contract's message and exit status.
-func withClient<T>(_ options: ConnectionOptions, _ body: (ClawpenConnection) throws(ClientError) -> T) throws -> T {
+/// With `json`, a refusal is also printed on stdout as `{"error": {...}}` (code, message, and a
+/// quota's quota/limit/current/retry_after_ms or a rule), for scripts.
+func withClient<T>(_ options: ConnectionOptions, json: Bool = false, _ body: (ClawpenConnection) throws(ClientError) -> T) throws -> T {
     do {
         let conn = try ClawpenConnection(socketPath: SocketPath.resolve(options.socket))
         return try body(conn)
     } catch {
+        if json {
+            let object: JSONValue
+            if case .server(let e) = error { object = e.json } else { object = ProtocolError(error.code, error.message).json }
+            Output.json(.object([("error", object)]))
+        }
         throw Output.fail(error)
     }
 }

@@ -12,7 +12,7 @@ struct Serve: ParsableCommand {
         CLAWPEN_WORKSPACE_ROOT, CLAWPEN_POLICIES, CLAWPEN_WORKER), else --config FILE (TOML, a \
         [serve] table with the flag names in snake_case: socket, state_dir, workspace_root, \
         policies, worker_path, idle_timeout_s, max_frame_bytes, shutdown_grace_s, uid_min, \
-        uid_max, fsync_accepts, prespawn_workers), else the defaults. When --policies is not given and \
+        uid_max, fsync_accepts, prespawn_workers, dispatch, max_running, reserved_slots), else the defaults. When --policies is not given and \
         /etc/clawpen/policies does not exist, the embedded default policies are used (and \
         `status` says so). SIGTERM or SIGINT: stop accepting, let running jobs finish within \
         the grace period, stop the workers, remove the socket.
@@ -30,6 +30,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("prespawn"), help: "Spare workers kept ready for new tenants' first jobs (default: 0 with tenant cgroups, 2 without).") var prespawn: Int?
     @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).") var partialFrameTimeout: Double?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
+    @Option(name: .customLong("dispatch"), help: "How the router picks the next tenant: fair (weighted, the default) or fifo (first accepted, first started; for comparison).") var dispatch: String?
+    @Option(name: .customLong("max-running"), help: "Jobs running at once across all tenants (default: 4 per online core).") var maxRunning: Int?
+    @Option(name: .customLong("reserved-slots"), help: "Of --max-running, slots kept for tenants with nothing running, so a backlog cannot fill them (default: a quarter, at least 1).") var reservedSlots: Int?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String = "info"
 
     func run() throws {
@@ -51,6 +54,14 @@ struct Serve: ParsableCommand {
         if let v = fsyncAccepts { cfg.fsyncAccepts = v }
         if let v = partialFrameTimeout { cfg.partialFrameTimeoutSeconds = v }
         if let v = prespawn { cfg.prespawnWorkers = v }
+        if let v = dispatch {
+            guard let mode = DispatchMode(rawValue: v) else { throw Output.fail(.invalidRequest, "--dispatch must be fair or fifo, not '\(v)'") }
+            cfg.dispatchMode = mode
+        }
+        if let v = maxRunning { cfg.maxRunning = v }
+        if let v = reservedSlots { cfg.reservedSlots = v }
+        if let m = cfg.maxRunning, !(1...100_000).contains(m) { throw Output.fail(.invalidRequest, "--max-running must be 1...100000, not \(m)") }
+        if let r = cfg.reservedSlots, r < 0 || r >= (cfg.maxRunning ?? Int.max) { throw Output.fail(.invalidRequest, "--reserved-slots must be >= 0 and below --max-running") }
         guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, (0...64).contains(cfg.prespawnWorkers ?? 0), cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
             throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --prespawn 0...64, --max-frame-bytes 1024...1073741824")
         }
@@ -131,8 +142,11 @@ enum ConfigFile {
             case "uid_max": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMax = Int(i)
             case "fsync_accepts": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.fsyncAccepts = b
             case "prespawn_workers": guard let i = e.value.integerValue, (0...64).contains(i) else { throw bad("an integer from 0 to 64") }; cfg.prespawnWorkers = Int(i)
+            case "dispatch": guard let v = e.value.stringValue, let m = DispatchMode(rawValue: v) else { throw bad("\"fair\" or \"fifo\"") }; cfg.dispatchMode = m
+            case "max_running": guard let i = e.value.integerValue, (1...100_000).contains(i) else { throw bad("an integer from 1 to 100000") }; cfg.maxRunning = Int(i)
+            case "reserved_slots": guard let i = e.value.integerValue, i >= 0 else { throw bad("an integer >= 0") }; cfg.reservedSlots = Int(i)
             default:
-                throw Failure(description: "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts, prespawn_workers)")
+                throw Failure(description: "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts, prespawn_workers, dispatch, max_running, reserved_slots)")
             }
         }
         guard uidMin <= uidMax else { throw Failure(description: "\(path): uid_min (\(uidMin)) is above uid_max (\(uidMax))") }

@@ -56,7 +56,7 @@ struct Submit: ParsableCommand {
         }
         let request = SubmitRequest(tenant: tenant, argv: cmd, env: vars, cwd: cwd, stdin: stdin,
                                     timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach)
-        let (job, _) = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
+        let (job, _) = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
         if detach {
             if json { Output.json(job.json) } else { Output.line(job.id) }
             return
