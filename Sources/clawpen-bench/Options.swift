@@ -3,7 +3,7 @@ import Glibc
 
 /// Which part of the benchmark to run.
 enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
-    case all, warm, throughput, cold, density
+    case all, warm, throughput, cold, density, fairness
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -39,12 +39,19 @@ struct Bench: ParsableCommand {
         sync) of idle workers (median), and of the supervisor with many tenants that each ran one \
         job, workers still up.
 
+        fairness (not part of `all`): the noisy neighbour. Tenant 'flood' keeps a backlog of \
+        --fairness-flood-factor times the router's max_running of `sleep` jobs queued while \
+        --fairness-quiet-tenants tenants each run /bin/true one job at a time; the quiet \
+        tenants' p50/p99 without and with the flood, the flood's share of the running slots, \
+        once with the fair dispatcher and once with `serve --dispatch fifo`. Target: quiet \
+        p99 under flood within 2x the quiet p99 without it (fair).
+
         Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
         private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
         change the exit status; a failed job or a misbehaving daemon does.
         """)
 
-    @Option(help: "Run one scenario: all, warm, throughput, cold or density.")
+    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density or fairness.")
     var scenario: Scenario = .all
 
     @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
@@ -89,6 +96,21 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("density-tenants"), help: "Tenants (each runs one job; workers stay up) when the supervisor's memory is measured.")
     var densityTenants = 1000
 
+    @Option(name: .customLong("fairness-quiet-tenants"), help: "Quiet tenants in the fairness scenario.")
+    var fairnessQuietTenants = 8
+
+    @Option(name: .customLong("fairness-quiet-jobs"), help: "Jobs each quiet tenant runs, per phase (without and with the flood).")
+    var fairnessQuietJobs = 25
+
+    @Option(name: .customLong("fairness-quiet-gap-ms"), help: "Pause before each quiet job (quiet tenants are not busy ones).")
+    var fairnessQuietGapMs = 50.0
+
+    @Option(name: .customLong("fairness-flood-factor"), help: "The flood's backlog, in multiples of the router's max_running.")
+    var fairnessFloodFactor = 20
+
+    @Option(name: .customLong("fairness-flood-job-ms"), help: "Length of each flood job (`sleep`), in ms.")
+    var fairnessFloodJobMs = 100.0
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
@@ -117,6 +139,7 @@ struct Bench: ParsableCommand {
             if scenario == .all || scenario == .throughput { try scenarios.throughput(into: &report) }
             if scenario == .all || scenario == .cold { try scenarios.cold(into: &report) }
             if scenario == .all || scenario == .density { try scenarios.density(into: &report) }
+            if scenario == .fairness { try scenarios.fairness(into: &report) }
         } catch {
             Progress.say("\nclawpen-bench: FAILED: \(error)")
             if report.hasFigures {

@@ -62,7 +62,9 @@ struct Report {
         return w.p50 / f.p50
     }
 
-    var hasFigures: Bool { warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil }
+    var fairness: [FairnessFigures] = []
+
+    var hasFigures: Bool { warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil || !fairness.isEmpty }
 
     // MARK: Table
 
@@ -120,6 +122,18 @@ struct Report {
             if let b = supervisorBaselineMiB { row("  supervisor private, 0 tenants", fmt(b, 1) + " MiB") }
             if let w = workerKiBAtDensity { row("  worker private at \(n) tenants (median)", fmt(w, 0) + " KiB") }
         }
+        for f in fairness {
+            let tag = f.mode == "fair" ? "fair" : "FIFO"
+            if let b = f.quietBaseline { row("\(tag): quiet p50 / p99, no flood", ms(b.p50) + " / " + ms(b.p99) + "  (\(b.count) jobs)") }
+            if let q = f.quietFlood { row("\(tag): quiet p50 / p99, under flood", ms(q.p50) + " / " + ms(q.p99) + "  (\(q.count) jobs)") }
+            if let r = f.p99Ratio {
+                row("\(tag): quiet p99 under flood / without", fmt(r, 2) + "x", f.mode == "fair" ? "<= \(fmt(Scenarios.fairnessRatioTarget, 0))x" : "",
+                    f.mode == "fair" ? r <= Scenarios.fairnessRatioTarget : nil)
+            }
+            if let s = f.floodShare {
+                row("\(tag): flood's share of running slots", fmt(s * 100, 1) + " %  (backlog \(f.floodBacklog), max_running \(f.maxRunning))")
+            }
+        }
         let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
         var out = "clawpen-bench on \(machine.nproc) CPU(s), Linux \(machine.kernel) \(machine.arch)"
         if let m = machine.cpuModel { out += ", \(m)" }
@@ -174,17 +188,30 @@ struct Report {
         o.set("density_workers_up", densityWorkersUp)
         o.set("worker_private_kib_median_at_density", workerKiBAtDensity.map { Int($0) })
         o.set("workers_private_mib_total_at_density", r3(workersTotalPrivateMiB))
+        for f in fairness {
+            let prefix = f.mode == "fair" ? "" : "fifo_"
+            o.set(prefix + "quiet_p50_ms", r3(f.quietBaseline?.p50))
+            o.set(prefix + "quiet_p99_ms", r3(f.quietBaseline?.p99))
+            o.set(prefix + "quiet_flood_p50_ms", r3(f.quietFlood?.p50))
+            o.set(prefix + "quiet_flood_p99_ms", r3(f.quietFlood?.p99))
+            o.set(prefix + "quiet_p99_ratio", r3(f.p99Ratio))
+            o.set(prefix + "flood_share", r3(f.floodShare))
+            o.set(prefix + "flood_backlog", f.floodBacklog)
+            o.set(prefix + "max_running", f.maxRunning)
+        }
         var targets = JSONObjectBuilder()
         targets.set("warm_ratio_max", Self.warmRatioTarget)
         targets.set("throughput_jobs_per_s_min", Self.throughputTarget)
         targets.set("idle_worker_private_kib_max", Self.idleWorkerTargetKiB)
         targets.set("supervisor_private_mib_1000_max", Self.supervisorTargetMiB)
+        targets.set("quiet_p99_ratio_max", Scenarios.fairnessRatioTarget)
         o.set("targets", targets.value)
         var met = JSONObjectBuilder()
         met.set("warm_ratio", warmRatio.map { JSONValue.bool($0 <= Self.warmRatioTarget) } ?? .null)
         met.set("throughput", throughputJobsPerS.map { JSONValue.bool($0 >= Self.throughputTarget) } ?? .null)
         met.set("idle_worker", idleWorkerKiB.map { JSONValue.bool($0 <= Self.idleWorkerTargetKiB) } ?? .null)
         met.set("supervisor_1000", densityTenants == 1000 ? supervisorMiB.map { JSONValue.bool($0 <= Self.supervisorTargetMiB) } ?? .null : .null)
+        met.set("fairness", fairness.first { $0.mode == "fair" }?.p99Ratio.map { JSONValue.bool($0 <= Scenarios.fairnessRatioTarget) } ?? .null)
         o.set("met", met.value)
         var m = JSONObjectBuilder()
         m.set("nproc", machine.nproc)

@@ -298,7 +298,7 @@ final class SharedRun: @unchecked Sendable {
     private var latencies: [Double] = []
     private var failed = false
 
-    func submitter(index: Int, socket: String, tenant: String, count: Int) {
+    func submitter(index: Int, socket: String, tenant: String, count: Int, gapMs: Double = 0) {
         var samples: [Double] = []
         samples.reserveCapacity(count)
         var conn: ClawpenConnection?
@@ -308,6 +308,7 @@ final class SharedRun: @unchecked Sendable {
         if let conn {
             for k in 0..<count {
                 if isFailed { break }
+                if gapMs > 0 { Clock.sleep(seconds: gapMs / 1000) }
                 let start = Clock.nanoseconds()
                 do {
                     let reply = try conn.submit(SubmitRequest(tenant: tenant, argv: Scenarios.job, wait: true))
