@@ -12,6 +12,14 @@ public enum Request: Sendable, Equatable {
     case tenantList
     case tenantShow(name: String)
     case status(tenant: String?)
+    /// The audit log (operators): of one tenant or all, from `since` (seconds since the epoch), newest `limit`.
+    case audit(tenant: String?, since: Double?, limit: Int)
+    /// What the policy decides for a command, without running it.
+    case policyExplain(tenant: String, argv: [String], env: [SubmitRequest.EnvVar], cwd: String?)
+    /// Re-read the policies directory (operators); a bad one keeps the old policy.
+    case policyReload
+    /// Change one tenant's limits (operators): an override kept in the state directory.
+    case tenantSetQuota(name: String, changes: [QuotaChange])
 
     public var typeName: String {
         switch self {
@@ -24,8 +32,20 @@ public enum Request: Sendable, Equatable {
         case .tenantList: return "tenant.list"
         case .tenantShow: return "tenant.show"
         case .status: return "status"
+        case .audit: return "audit"
+        case .policyExplain: return "policy.explain"
+        case .policyReload: return "policy.reload"
+        case .tenantSetQuota: return "tenant.set_quota"
         }
     }
+}
+
+/// One limit `tenant set-quota` changes: a policy key (`max_concurrent_runs`, `memory_max`, ...)
+/// and its value as the policy file would hold it (integer, number or size string).
+public struct QuotaChange: Sendable, Equatable {
+    public var key: String
+    public var value: JSONValue
+    public init(key: String, value: JSONValue) { self.key = key; self.value = value }
 }
 
 public struct SubmitRequest: Sendable, Equatable {
@@ -91,8 +111,37 @@ public enum RequestCodec {
         case "tenant.list": return .tenantList
         case "tenant.show": return .tenantShow(name: try f.string("name"))
         case "status": return .status(tenant: try f.optionalString("tenant"))
+        case "audit":
+            var since: Double?
+            if let v = f.object["since"], !v.isNull {
+                guard let d = v.doubleValue, d.isFinite else { throw ProtocolError(.invalidRequest, "audit: \"since\" must be seconds since the epoch") }
+                since = d
+            }
+            var limit = 100
+            if let v = f.object["limit"], !v.isNull {
+                guard let i = v.intValue, (1...100_000).contains(i) else { throw ProtocolError(.invalidRequest, "audit: \"limit\" must be an integer from 1 to 100000") }
+                limit = Int(i)
+            }
+            return .audit(tenant: try f.optionalString("tenant"), since: since, limit: limit)
+        case "policy.explain":
+            let s = try submit(f)
+            return .policyExplain(tenant: s.tenant, argv: s.argv, env: s.env, cwd: s.cwd)
+        case "policy.reload": return .policyReload
+        case "tenant.set_quota":
+            let name = try f.string("name")
+            guard case .object(let pairs)? = f.object["set"], !pairs.isEmpty else {
+                throw ProtocolError(.invalidRequest, "tenant.set_quota: \"set\" must be a non-empty object of policy keys and values")
+            }
+            var changes: [QuotaChange] = []
+            for (k, v) in pairs {
+                switch v {
+                case .int, .double, .string: changes.append(QuotaChange(key: k, value: v))
+                default: throw ProtocolError(.invalidRequest, "tenant.set_quota: the value of \"\(k)\" must be a number or a string")
+                }
+            }
+            return .tenantSetQuota(name: name, changes: changes)
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, status)")
+            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, status, audit, policy.explain, policy.reload)")
         }
     }
 
@@ -205,6 +254,19 @@ public enum RequestCodec {
         case .tenantCreate(let name, let tier): o.set("name", .string(name)); o.set("tier", .string(tier))
         case .tenantShow(let name): o.set("name", .string(name))
         case .status(let tenant): if let tenant { o.set("tenant", .string(tenant)) }
+        case .audit(let tenant, let since, let limit):
+            if let tenant { o.set("tenant", .string(tenant)) }
+            if let since { o.set("since", .double(since)) }
+            o.set("limit", limit)
+        case .policyExplain(let tenant, let argv, let env, let cwd):
+            o.set("tenant", .string(tenant))
+            o.set("argv", .array(argv.map(JSONValue.string)))
+            if !env.isEmpty { o.set("env", .object(env.map { ($0.name, .string($0.value)) })) }
+            if let cwd { o.set("cwd", .string(cwd)) }
+        case .policyReload: break
+        case .tenantSetQuota(let name, let changes):
+            o.set("name", .string(name))
+            o.set("set", .object(changes.map { ($0.key, $0.value) }))
         }
         return o.value.serialized()
     }

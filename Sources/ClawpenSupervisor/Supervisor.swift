@@ -122,6 +122,14 @@ public final class Supervisor: @unchecked Sendable {
             case .tenantList: r.reply("tenants", [("tenants", .array(tenants.keys.sorted().map { view(tenants[$0]!).json }))])
             case .tenantShow(let name): r.reply("tenant", [("tenant", view(try runtime(name)).json)])
             case .status(let tenant): r.reply("status", [("status", try status(tenant: tenant))])
+            case .audit(let tenant, let since, let limit):
+                if let tenant { _ = try validName(tenant) }
+                if !pendingAudits.isEmpty { flushWrites() }
+                let events = try store.auditEvents(tenant: tenant, since: since, limit: limit)
+                r.reply("audit", [("events", .array(events.map(Self.auditJSON)))])
+            case .policyExplain(let tenant, let argv, let env, let cwd): try explain(tenant, argv, env, cwd, r)
+            case .policyReload: try reloadPolicies(r)
+            case .tenantSetQuota(let name, let changes): try setQuota(name, changes, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)
@@ -131,6 +139,18 @@ public final class Supervisor: @unchecked Sendable {
         } catch {
             r.fail(ProtocolError(.internal, "\(error)"))
         }
+    }
+
+    static func auditJSON(_ e: AuditEvent) -> JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("seq", e.seq)
+        o.set("at", e.at)
+        o.set("tenant", e.tenant)
+        o.set("caller_uid", e.callerUID)
+        o.set("action", .string(e.action))
+        o.set("rule", e.rule)
+        o.set("detail", e.detail)
+        return o.value
     }
 
     private func validName(_ raw: String) throws -> TenantName {
@@ -790,6 +810,20 @@ public final class Supervisor: @unchecked Sendable {
             rt.respawnPending = false
             dispatch(rt)
         }
+    }
+
+    // MARK: - Policies (explain, reload, set-quota)
+
+    private func explain(_ tenant: String, _ argv: [String], _ env: [SubmitRequest.EnvVar], _ cwd: String?, _ r: Responder) throws {
+        throw ProtocolError(.internal, "policy.explain: not wired yet")
+    }
+
+    private func reloadPolicies(_ r: Responder) throws {
+        throw ProtocolError(.internal, "policy.reload: not wired yet")
+    }
+
+    private func setQuota(_ name: String, _ changes: [QuotaChange], _ r: Responder) throws {
+        throw ProtocolError(.internal, "tenant.set_quota: not wired yet")
     }
 
     // MARK: - Status
