@@ -20,6 +20,7 @@ public enum QuotaOverrides {
         # checks as tenants/<tenant>.toml. Change it with `clawpen tenant set-quota`, which rewrites
         # this file (values are kept, comments are not).
 
+
         """
 
     /// `<directory>/<tenant>.toml`.

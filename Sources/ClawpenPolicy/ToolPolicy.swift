@@ -309,7 +309,8 @@ enum PatternCheck {
     /// Why `pattern` is not an acceptable `commands_allow` / `commands_deny` entry, or nil.
     static func commandProblem(_ pattern: String) -> String? {
         guard pattern.hasPrefix("/") else {
-            return "\(quoted(pattern)) is not an absolute path or glob (write it from '/', e.g. \"/usr/bin/\(pattern.isEmpty ? "ls" : pattern)\"; a bare name would match nothing, since commands are resolved to absolute paths first)"
+            let example = pattern.isEmpty ? "/usr/bin/ls" : pattern.contains("/") ? "/" + pattern : "/usr/bin/" + pattern
+            return "\(quoted(pattern)) is not an absolute path or glob (write it from '/', e.g. \(quoted(example)); commands are resolved to absolute paths before they are matched)"
         }
         guard pattern.utf8.count <= 4096 else { return "\(quoted(pattern)) is longer than 4096 bytes" }
         if pattern.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
