@@ -18,9 +18,10 @@ enum FileSystem {
     /// Policy files are small; anything bigger is a mistake (or an attack on the parser).
     static let maxFileSize = 1024 * 1024
 
-    static func read(_ path: String) -> ReadResult {
+    /// `followSymlinks: false`: a symlink as the last component fails (ELOOP) instead of being read.
+    static func read(_ path: String, followSymlinks: Bool = true) -> ReadResult {
         // O_NONBLOCK: a FIFO planted in the policies directory must not hang the daemon.
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (followSymlinks ? 0 : O_NOFOLLOW))
         if fd < 0 {
             let e = errno
             return e == ENOENT ? .missing : .failed(errorString(e))

@@ -7,20 +7,32 @@ enum LimitKey: String, CaseIterable, Sendable {
     case pidsMax = "pids_max"
     case cpuMax = "cpu_max"
     case cpuWeight = "cpu_weight"
+    case cpuSecondsPerHour = "cpu_seconds_per_hour"
     case timeoutDefault = "timeout_default_s"
     case timeoutMax = "timeout_max_s"
     case outputMaxBytes = "output_max_bytes"
     case network = "network"
     case seccompProfile = "seccomp_profile"
     case tmpSize = "tmp_size"
+    case commandsAllow = "commands_allow"
+    case commandsDeny = "commands_deny"
+    case envAllow = "env_allow"
 
     static let networkModes = ["none", "loopback"]
     /// The longest timeout a policy may allow: one day.
     static let maxTimeoutSeconds: Double = 86_400
 
-    /// Checks `value` and stores it in the matching property of `target`.
-    func decode(_ value: TOMLValue, file: String, line: Int, into target: inout TenantOverride) throws(PolicyError) {
-        let c = Context(key: rawValue, file: file, line: line, value: value)
+    /// The keys whose value is a list that an override replaces as a whole.
+    var isList: Bool { self == .commandsAllow || self == .commandsDeny || self == .envAllow }
+
+    /// Checks `value` and stores it in the matching property of `target`. `file` is the path
+    /// error messages name; `origin` the name list entries keep ("tiers/free.toml"), and
+    /// `elementLines` the line of each array element.
+    func decode(
+        _ value: TOMLValue, file: String, line: Int, origin: String? = nil, elementLines: [Int] = [],
+        into target: inout TenantOverride
+    ) throws(PolicyError) {
+        let c = Context(key: rawValue, file: file, line: line, value: value, origin: origin ?? file, elementLines: elementLines)
         switch self {
         case .maxConcurrentRuns:
             target.maxConcurrentRuns = try c.integer(
@@ -63,6 +75,14 @@ enum LimitKey: String, CaseIterable, Sendable {
             target.seccompProfile = s
         case .tmpSize:
             target.tmpSizeBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64.max)
+        case .cpuSecondsPerHour:
+            target.cpuSecondsPerHour = try c.number(
+                above: 0, minimum: nil, maximum: 4096 * 3600, unit: "s",
+                note: "CPU seconds the tenant's processes together may use in any sliding hour; 3600 is one core all the time")
+        case .commandsAllow, .commandsDeny:
+            target.setList(self, try c.patterns(kind: "absolute paths or globs", check: PatternCheck.commandProblem))
+        case .envAllow:
+            target.envAllow = try c.patterns(kind: "environment variable names or globs", check: PatternCheck.envProblem)
         }
     }
 }
@@ -73,6 +93,8 @@ private struct Context {
     let file: String
     let line: Int
     let value: TOMLValue
+    let origin: String
+    let elementLines: [Int]
 
     func invalid(_ reason: String) -> PolicyError {
         .invalidValue(file: file, line: line, key: key, reason: reason)
@@ -139,6 +161,27 @@ private struct Context {
             throw invalid("\(shown) is too large: the maximum is \(ByteSize.format(maximum))")
         }
         return bytes
+    }
+
+    /// An array of strings, each checked by `check`; each keeps its own line.
+    func patterns(kind: String, check: (String) -> String?) throws(PolicyError) -> [PatternRule] {
+        guard case .array(let items) = value else {
+            throw wrongType("an array of strings (\(kind)), e.g. [\"/usr/bin/*\"]")
+        }
+        var out: [PatternRule] = []
+        for (i, item) in items.enumerated() {
+            let itemLine = i < elementLines.count ? elementLines[i] : line
+            guard case .string(let s) = item else {
+                throw PolicyError.wrongType(
+                    file: file, line: itemLine, key: key, expected: "an array of strings (\(kind))",
+                    found: "\(item.shortDescription) as element \(i + 1)")
+            }
+            if let problem = check(s) {
+                throw PolicyError.invalidValue(file: file, line: itemLine, key: key, reason: problem)
+            }
+            out.append(PatternRule(s, file: origin, line: itemLine))
+        }
+        return out
     }
 
     func string() throws(PolicyError) -> String {

@@ -32,11 +32,22 @@ public struct TierLimits: Sendable, Equatable {
     public var seccompProfile: String
     /// `tmp_size`: size limit of the sandbox's tmpfs `/tmp`.
     public var tmpSizeBytes: Int64
+    /// `cpu_seconds_per_hour`: CPU seconds the tenant's processes together may use in any
+    /// sliding hour (the router's CPU budget; 3600 is one core all hour).
+    public var cpuSecondsPerHour: Double
+    /// `commands_allow`: absolute paths or globs of the commands a job may start (see `decideTool`).
+    public var commandsAllow: [PatternRule]
+    /// `commands_deny`: paths or globs refused even where `commands_allow` matches (deny wins).
+    public var commandsDeny: [PatternRule]
+    /// `env_allow`: names or globs of the environment variables a request may set.
+    public var envAllow: [PatternRule]
 
     public init(
         maxConcurrentRuns: Int, jobsPerMinute: Int, maxQueued: Int, memoryMaxBytes: Int64, pidsMax: Int,
         cpuMaxCores: Double, cpuWeight: Int, timeoutDefaultSeconds: Double, timeoutMaxSeconds: Double,
-        outputMaxBytes: Int, network: String, seccompProfile: String, tmpSizeBytes: Int64
+        outputMaxBytes: Int, network: String, seccompProfile: String, tmpSizeBytes: Int64,
+        cpuSecondsPerHour: Double = 3600, commandsAllow: [PatternRule] = [], commandsDeny: [PatternRule] = [],
+        envAllow: [PatternRule] = []
     ) {
         self.maxConcurrentRuns = maxConcurrentRuns
         self.jobsPerMinute = jobsPerMinute
@@ -51,6 +62,17 @@ public struct TierLimits: Sendable, Equatable {
         self.network = network
         self.seccompProfile = seccompProfile
         self.tmpSizeBytes = tmpSizeBytes
+        self.cpuSecondsPerHour = cpuSecondsPerHour
+        self.commandsAllow = commandsAllow
+        self.commandsDeny = commandsDeny
+        self.envAllow = envAllow
+    }
+
+    /// `decideTool` with these limits.
+    public func decideTool(
+        argv: [String], env: [(name: String, value: String)], cwd: String, isExecutable: (String) -> Bool
+    ) -> ToolDecision {
+        ClawpenPolicy.decideTool(argv: argv, env: env, cwd: cwd, limits: self, isExecutable: isExecutable)
     }
 
     /// The cgroup v2 `cpu.max` line: "<quota> <period>" in microseconds, period 100000
@@ -62,29 +84,75 @@ public struct TierLimits: Sendable, Equatable {
     /// The policy-file key names, in the order the tier files list them.
     public static let keys: [String] = LimitKey.allCases.map(\.rawValue)
 
-    /// The compiled-in defaults of `tier` (identical to the shipped `policies/tiers/*.toml`).
+    /// The compiled-in defaults of `tier` (identical to the shipped `policies/tiers/*.toml`,
+    /// down to the line of every list entry: `PolicyTests.testShippedPoliciesEqualEmbedded`).
     public static func defaults(for tier: Tier) -> TierLimits {
+        let file = "tiers/\(tier.rawValue).toml"
         switch tier {
         case .free:
-            TierLimits(
+            return TierLimits(
                 maxConcurrentRuns: 2, jobsPerMinute: 600, maxQueued: 1000, memoryMaxBytes: 256 * ByteSize.mebibyte,
                 pidsMax: 64, cpuMaxCores: 0.5, cpuWeight: 1, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
                 outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
-                tmpSizeBytes: 64 * ByteSize.mebibyte)
+                tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 900,
+                commandsAllow: rules(file, firstLine: 79, [["/usr/bin/*"], ["/bin/*"], ["/home/**"]]),
+                commandsDeny: rules(file, firstLine: 88, DefaultLists.deny),
+                envAllow: rules(
+                    file, firstLine: 113,
+                    [
+                        ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
+                        ["PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE"], ["AGENT_*"],
+                    ]))
         case .pro:
-            TierLimits(
+            return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
                 pidsMax: 256, cpuMaxCores: 1, cpuWeight: 4, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
                 outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
-                tmpSizeBytes: 64 * ByteSize.mebibyte)
+                tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 3600,
+                commandsAllow: rules(
+                    file, firstLine: 79, [["/usr/bin/*"], ["/bin/*"], ["/usr/local/bin/*"], ["/home/**"], ["/tmp/**"]]),
+                commandsDeny: rules(file, firstLine: 90, DefaultLists.deny),
+                envAllow: rules(
+                    file, firstLine: 114,
+                    [
+                        ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
+                        ["PYTHON*", "NODE_*", "NPM_CONFIG_*", "PIP_*", "GIT_*"], ["CI", "DEBUG"], ["AGENT_*"],
+                    ]))
         case .enterprise:
-            TierLimits(
+            return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
                 pidsMax: 1024, cpuMaxCores: 2, cpuWeight: 16, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
                 outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
-                tmpSizeBytes: 64 * ByteSize.mebibyte)
+                tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 7200,
+                commandsAllow: rules(
+                    file, firstLine: 79,
+                    [
+                        ["/usr/bin/*"], ["/bin/*"], ["/usr/local/bin/*"], ["/usr/lib/**"], ["/usr/libexec/**"],
+                        ["/home/**"], ["/tmp/**"],
+                    ]),
+                commandsDeny: rules(
+                    file, firstLine: 92,
+                    DefaultLists.deny + [
+                        [],  // comment line
+                        ["/usr/lib/openssh/ssh-keysign", "/usr/lib/dbus-1.0/dbus-daemon-launch-helper"],
+                        ["/usr/lib/polkit-1/*", "/usr/libexec/polkit-*", "/usr/lib/eject/dmcrypt-get-device"],
+                    ]),
+                envAllow: rules(file, firstLine: 119, [["*"]]))
         }
     }
+
+    /// List entries written `rows[i]` on line `firstLine + i` of `file`.
+    private static func rules(_ file: String, firstLine: Int, _ rows: [[String]]) -> [PatternRule] {
+        rows.enumerated().flatMap { i, row in row.map { PatternRule($0, file: file, line: firstLine + i) } }
+    }
+}
+
+/// The commands every shipped tier denies, one line per name (the /usr/bin and /bin forms).
+private enum DefaultLists {
+    static let deny: [[String]] = [
+        "su", "sudo", "sudoedit", "pkexec", "passwd", "chsh", "chfn", "newgrp", "gpasswd", "mount", "umount",
+        "fusermount", "fusermount3", "nsenter", "unshare", "chroot", "newuidmap", "newgidmap",
+    ].map { ["/usr/bin/\($0)", "/bin/\($0)"] }
 }
 
 /// `tenants/<name>.toml`: any subset of the tier keys, plus optionally `tier = "pro"`.
@@ -105,12 +173,19 @@ public struct TenantOverride: Sendable, Equatable {
     public var network: String?
     public var seccompProfile: String?
     public var tmpSizeBytes: Int64?
+    public var cpuSecondsPerHour: Double?
+    /// A list replaces the tier's list as a whole (an override cannot add one entry).
+    public var commandsAllow: [PatternRule]?
+    public var commandsDeny: [PatternRule]?
+    public var envAllow: [PatternRule]?
 
     public init(
         tier: Tier? = nil, maxConcurrentRuns: Int? = nil, jobsPerMinute: Int? = nil, maxQueued: Int? = nil,
         memoryMaxBytes: Int64? = nil, pidsMax: Int? = nil, cpuMaxCores: Double? = nil, cpuWeight: Int? = nil,
         timeoutDefaultSeconds: Double? = nil, timeoutMaxSeconds: Double? = nil, outputMaxBytes: Int? = nil,
-        network: String? = nil, seccompProfile: String? = nil, tmpSizeBytes: Int64? = nil
+        network: String? = nil, seccompProfile: String? = nil, tmpSizeBytes: Int64? = nil,
+        cpuSecondsPerHour: Double? = nil, commandsAllow: [PatternRule]? = nil, commandsDeny: [PatternRule]? = nil,
+        envAllow: [PatternRule]? = nil
     ) {
         self.tier = tier
         self.maxConcurrentRuns = maxConcurrentRuns
@@ -126,6 +201,42 @@ public struct TenantOverride: Sendable, Equatable {
         self.network = network
         self.seccompProfile = seccompProfile
         self.tmpSizeBytes = tmpSizeBytes
+        self.cpuSecondsPerHour = cpuSecondsPerHour
+        self.commandsAllow = commandsAllow
+        self.commandsDeny = commandsDeny
+        self.envAllow = envAllow
+    }
+
+    mutating func setList(_ key: LimitKey, _ rules: [PatternRule]) {
+        switch key {
+        case .commandsAllow: commandsAllow = rules
+        case .commandsDeny: commandsDeny = rules
+        default: envAllow = rules
+        }
+    }
+
+    /// This override with every value `other` sets replaced (the quota file over tenants/<name>.toml).
+    public func merged(with other: TenantOverride) -> TenantOverride {
+        var o = self
+        if let v = other.tier { o.tier = v }
+        if let v = other.maxConcurrentRuns { o.maxConcurrentRuns = v }
+        if let v = other.jobsPerMinute { o.jobsPerMinute = v }
+        if let v = other.maxQueued { o.maxQueued = v }
+        if let v = other.memoryMaxBytes { o.memoryMaxBytes = v }
+        if let v = other.pidsMax { o.pidsMax = v }
+        if let v = other.cpuMaxCores { o.cpuMaxCores = v }
+        if let v = other.cpuWeight { o.cpuWeight = v }
+        if let v = other.timeoutDefaultSeconds { o.timeoutDefaultSeconds = v }
+        if let v = other.timeoutMaxSeconds { o.timeoutMaxSeconds = v }
+        if let v = other.outputMaxBytes { o.outputMaxBytes = v }
+        if let v = other.network { o.network = v }
+        if let v = other.seccompProfile { o.seccompProfile = v }
+        if let v = other.tmpSizeBytes { o.tmpSizeBytes = v }
+        if let v = other.cpuSecondsPerHour { o.cpuSecondsPerHour = v }
+        if let v = other.commandsAllow { o.commandsAllow = v }
+        if let v = other.commandsDeny { o.commandsDeny = v }
+        if let v = other.envAllow { o.envAllow = v }
+        return o
     }
 
     /// `base` with every value this override sets replaced.
@@ -144,21 +255,27 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = network { l.network = v }
         if let v = seccompProfile { l.seccompProfile = v }
         if let v = tmpSizeBytes { l.tmpSizeBytes = v }
+        if let v = cpuSecondsPerHour { l.cpuSecondsPerHour = v }
+        if let v = commandsAllow { l.commandsAllow = v }
+        if let v = commandsDeny { l.commandsDeny = v }
+        if let v = envAllow { l.envAllow = v }
         return l
     }
 
-    /// All thirteen limits, when every one is set (a complete tier file).
+    /// All the limits, when every one is set (a complete tier file).
     var complete: TierLimits? {
         guard let maxConcurrentRuns, let jobsPerMinute, let maxQueued, let memoryMaxBytes, let pidsMax,
             let cpuMaxCores, let cpuWeight, let timeoutDefaultSeconds, let timeoutMaxSeconds, let outputMaxBytes,
-            let network, let seccompProfile, let tmpSizeBytes
+            let network, let seccompProfile, let tmpSizeBytes, let cpuSecondsPerHour, let commandsAllow,
+            let commandsDeny, let envAllow
         else { return nil }
         return TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
             memoryMaxBytes: memoryMaxBytes, pidsMax: pidsMax, cpuMaxCores: cpuMaxCores, cpuWeight: cpuWeight,
             timeoutDefaultSeconds: timeoutDefaultSeconds, timeoutMaxSeconds: timeoutMaxSeconds,
             outputMaxBytes: outputMaxBytes, network: network, seccompProfile: seccompProfile,
-            tmpSizeBytes: tmpSizeBytes)
+            tmpSizeBytes: tmpSizeBytes, cpuSecondsPerHour: cpuSecondsPerHour, commandsAllow: commandsAllow,
+            commandsDeny: commandsDeny, envAllow: envAllow)
     }
 }
 
@@ -177,16 +294,47 @@ public struct PolicySet: Sendable, Equatable {
     public let enterprise: TierLimits
     /// By tenant name (the file name without `.toml`).
     public let tenantOverrides: [String: TenantOverride]
+    /// `<state-dir>/quota/<tenant>.toml`, written by `clawpen tenant set-quota`: applied on top
+    /// of `tenantOverrides`.
+    public let quotaOverrides: [String: TenantOverride]
+    /// The quota directory the set was loaded with (nil: none).
+    public let quotaDirectory: String?
+    /// Who may submit for which tenant, and who is an operator (`access.toml`).
+    public let access: AccessPolicy
+    /// `seccomp/*.toml` by profile name (the embedded profiles when the directory has no seccomp/).
+    public let seccompProfiles: [String: SeccompProfile]
+    /// For `provenance`: per file ("tiers/free.toml", "tenants/acme.toml", "quota/acme.toml"),
+    /// the line of every key it sets.
+    let keyLines: [String: [String: Int]]
 
     public init(
         source: Source, free: TierLimits, pro: TierLimits, enterprise: TierLimits,
-        tenantOverrides: [String: TenantOverride] = [:]
+        tenantOverrides: [String: TenantOverride] = [:], quotaOverrides: [String: TenantOverride] = [:],
+        quotaDirectory: String? = nil, access: AccessPolicy = .rootOnly,
+        seccompProfiles: [String: SeccompProfile] = SeccompProfiles.embedded
+    ) {
+        self.init(
+            source: source, free: free, pro: pro, enterprise: enterprise, tenantOverrides: tenantOverrides,
+            quotaOverrides: quotaOverrides, quotaDirectory: quotaDirectory, access: access,
+            seccompProfiles: seccompProfiles, keyLines: [:])
+    }
+
+    init(
+        source: Source, free: TierLimits, pro: TierLimits, enterprise: TierLimits,
+        tenantOverrides: [String: TenantOverride], quotaOverrides: [String: TenantOverride],
+        quotaDirectory: String?, access: AccessPolicy, seccompProfiles: [String: SeccompProfile],
+        keyLines: [String: [String: Int]]
     ) {
         self.source = source
         self.free = free
         self.pro = pro
         self.enterprise = enterprise
         self.tenantOverrides = tenantOverrides
+        self.quotaOverrides = quotaOverrides
+        self.quotaDirectory = quotaDirectory
+        self.access = access
+        self.seccompProfiles = seccompProfiles
+        self.keyLines = keyLines
     }
 
     /// Every tier's limits (always all three).
@@ -202,16 +350,52 @@ public struct PolicySet: Sendable, Equatable {
         }
     }
 
-    /// The tier whose limits apply to `tenant`: the override's `tier` if its file sets one,
-    /// else `assigned` (the tier the tenant was created with).
-    public func effectiveTier(tenant: String, assigned: Tier) -> Tier {
-        tenantOverrides[tenant]?.tier ?? assigned
+    /// The override of `tenant`: tenants/<tenant>.toml with quota/<tenant>.toml on top (nil: neither).
+    public func override(tenant: String) -> TenantOverride? {
+        switch (tenantOverrides[tenant], quotaOverrides[tenant]) {
+        case (nil, nil): nil
+        case (let t?, nil): t
+        case (nil, let q?): q
+        case (let t?, let q?): t.merged(with: q)
+        }
     }
 
-    /// The limits of `tenant`: those of its effective tier (see `effectiveTier`) with the
-    /// tenant's override, if any, applied.
+    /// The tier whose limits apply to `tenant`: the `tier` its quota file or its override sets
+    /// (in that order), else `assigned` (the tier the tenant was created with).
+    public func effectiveTier(tenant: String, assigned: Tier) -> Tier {
+        override(tenant: tenant)?.tier ?? assigned
+    }
+
+    /// The limits of `tenant`: those of its effective tier (see `effectiveTier`), then
+    /// tenants/<tenant>.toml, then quota/<tenant>.toml.
     public func limits(tenant: String, tier: Tier) -> TierLimits {
-        guard let override = tenantOverrides[tenant] else { return limits(for: tier) }
+        guard let override = override(tenant: tenant) else { return limits(for: tier) }
         return override.applied(to: limits(for: override.tier ?? tier))
+    }
+
+    /// Where each value of `tenant`'s limits comes from, by key (every key of `TierLimits.keys`,
+    /// plus "tier"): "quota/acme.toml:2 (set-quota)", "tenants/acme.toml:3", "tiers/free.toml:23",
+    /// or "embedded default" (tier values when the policies directory does not exist).
+    public func provenance(tenant: String, tier: Tier) -> [String: String] {
+        let quotaFile = "quota/\(tenant).toml", tenantFile = "tenants/\(tenant).toml"
+        let effective = effectiveTier(tenant: tenant, assigned: tier)
+        let tierFile = "tiers/\(effective.rawValue).toml"
+        var out: [String: String] = [:]
+        for key in TierLimits.keys + ["tier"] {
+            if quotaOverrides[tenant] != nil, let line = keyLines[quotaFile]?[key] {
+                out[key] = "\(quotaFile):\(line) (set-quota)"
+            } else if tenantOverrides[tenant] != nil, let line = keyLines[tenantFile]?[key] {
+                out[key] = "\(tenantFile):\(line)"
+            } else if key == "tier" {
+                out[key] = "assigned when the tenant was created"
+            } else if case .embedded = source {
+                out[key] = "embedded default"
+            } else if let line = keyLines[tierFile]?[key] {
+                out[key] = "\(tierFile):\(line)"
+            } else {
+                out[key] = tierFile
+            }
+        }
+        return out
     }
 }

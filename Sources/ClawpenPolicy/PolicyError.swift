@@ -17,6 +17,8 @@ public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidValue(file: String, line: Int, key: String, reason: String)
     /// A tier file does not set `key`.
     case missingKey(file: String, key: String)
+    /// A file could not be written (`clawpen tenant set-quota`).
+    case unwritable(file: String, reason: String)
 
     public init(_ error: TOMLError) {
         self = .syntax(file: error.file, line: error.line, message: error.message)
@@ -26,6 +28,7 @@ public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
     public var file: String {
         switch self {
         case .missingDirectory(let f), .missingFile(let f): f
+        case .unwritable(let f, _): f
         case .unreadable(let f, _), .invalidFileName(let f, _), .syntax(let f, _, _), .unknownKey(let f, _, _),
             .wrongType(let f, _, _, _, _), .invalidValue(let f, _, _, _), .missingKey(let f, _):
             f
@@ -42,6 +45,38 @@ public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The key the problem is about, where there is one.
+    public var key: String? {
+        switch self {
+        case .unknownKey(_, _, let k), .wrongType(_, _, let k, _, _), .invalidValue(_, _, let k, _), .missingKey(_, let k): k
+        default: nil
+        }
+    }
+
+    /// What is wrong, without the file, line and key.
+    public var reason: String {
+        switch self {
+        case .missingDirectory, .missingFile: return String(description.dropFirst(file.count + 2))
+        case .unreadable(_, let reason): return "cannot read: \(reason)"
+        case .unwritable(_, let reason): return "cannot write: \(reason)"
+        case .invalidFileName(_, let reason): return reason
+        case .syntax(_, _, let message): return message
+        case .unknownKey(_, _, let key): return "unknown key (\(Self.hint(forUnknownKey: key)))"
+        case .wrongType(_, _, _, let expected, let found): return "expected \(expected), found \(found)"
+        case .invalidValue(_, _, _, let reason): return reason
+        case .missingKey: return "missing key (a tier file must set every limit: \(TierLimits.keys.joined(separator: ", ")))"
+        }
+    }
+
+    /// One line for `clawpen policy check`: `FILE:LINE: KEY: message` (without LINE or KEY where
+    /// the problem has none).
+    public var report: String {
+        var out = file
+        if let line { out += ":\(line)" }
+        if let key { out += ": \(key)" }
+        return out + ": " + reason
+    }
+
     public var description: String {
         switch self {
         case .missingDirectory(let dir):
@@ -50,6 +85,8 @@ public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
             return "\(file): file is missing (every tier needs its own file: tiers/free.toml, tiers/pro.toml, tiers/enterprise.toml)"
         case .unreadable(let file, let reason):
             return "\(file): cannot read: \(reason)"
+        case .unwritable(let file, let reason):
+            return "\(file): cannot write: \(reason)"
         case .invalidFileName(let file, let reason):
             return "\(file): \(reason)"
         case .syntax(let file, let line, let message):

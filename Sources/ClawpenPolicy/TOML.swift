@@ -98,6 +98,9 @@ public struct TOMLTable: Sendable, Equatable {
         public internal(set) var value: TOMLValue
         /// The 1-based line of the key (for a table: of the header that created it).
         public let line: Int
+        /// For an array value: the 1-based line of each element (of the outer array only), so
+        /// that a list written one entry per line can name the line of the entry that matched.
+        public internal(set) var elementLines: [Int] = []
     }
 
     public internal(set) var entries: [Entry]

@@ -52,6 +52,9 @@ struct TOMLParser {
     private var currentPath: [String] = []
     /// Tables created by a header (as opposed to implied by a longer header), with the header's line.
     private var explicitTables: [[String]: Int] = [:]
+    /// Nesting depth of the array being parsed, and the line of each element of the outermost one.
+    private var arrayDepth = 0
+    private var outerElementLines: [Int] = []
 
     init(text: String, file: String) {
         var bytes = Array(text.utf8)
@@ -270,13 +273,16 @@ struct TOMLParser {
         if peek() == nil || peek() == Byte.newline || peek() == Byte.carriageReturn || peek() == Byte.hash {
             throw error("missing value for key '\(key)'")
         }
+        outerElementLines = []
         let value = try parseValue()
         try Self.insert(
-            key: key, value: value, line: keyLine, path: currentPath[...], in: &root, file: file)
+            key: key, value: value, line: keyLine, elementLines: outerElementLines, path: currentPath[...],
+            in: &root, file: file)
     }
 
     private static func insert(
-        key: String, value: TOMLValue, line: Int, path: ArraySlice<String>, in table: inout TOMLTable, file: String
+        key: String, value: TOMLValue, line: Int, elementLines: [Int], path: ArraySlice<String>,
+        in table: inout TOMLTable, file: String
     ) throws(TOMLError) {
         guard let next = path.first else {
             if let existing = table.entry(key) {
@@ -284,7 +290,7 @@ struct TOMLParser {
                     file: file, line: line,
                     message: "duplicate key '\(key)' (first defined on line \(existing.line))")
             }
-            table.entries.append(.init(key: key, value: value, line: line))
+            table.entries.append(.init(key: key, value: value, line: line, elementLines: elementLines))
             return
         }
         // The header created every table on the path, so these lookups succeed.
@@ -293,7 +299,9 @@ struct TOMLParser {
         }
         table.entries[i].value = .bool(false)
         defer { table.entries[i].value = .table(sub) }
-        try insert(key: key, value: value, line: line, path: path.dropFirst(), in: &sub, file: file)
+        try insert(
+            key: key, value: value, line: line, elementLines: elementLines, path: path.dropFirst(), in: &sub,
+            file: file)
     }
 
     // MARK: - Values
@@ -323,6 +331,8 @@ struct TOMLParser {
     private mutating func parseArray() throws(TOMLError) -> TOMLValue {
         let openLine = line
         pos += 1  // [
+        arrayDepth += 1
+        defer { arrayDepth -= 1 }
         var elements: [TOMLValue] = []
         while true {
             try skipBlanksCommentsAndNewlines()
@@ -332,6 +342,7 @@ struct TOMLParser {
                 return .array(elements)
             }
             if b == Byte.comma { throw error("expected a value in array, found ','") }
+            if arrayDepth == 1 { outerElementLines.append(line) }
             elements.append(try parseValue())
             try skipBlanksCommentsAndNewlines()
             guard let c = peek() else { throw error("unterminated array (opened on line \(openLine)): expected ']'") }

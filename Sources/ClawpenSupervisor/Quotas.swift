@@ -100,8 +100,3 @@ func formatSeconds(_ d: Double) -> String {
     if d.isFinite, d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
     return String((d * 1000).rounded() / 1000)
 }
-
-// TEMP until the policy branch lands cpu_seconds_per_hour in TierLimits.
-extension TierLimits {
-    var cpuSecondsPerHour: Double { cpuMaxCores * 1800 }
-}

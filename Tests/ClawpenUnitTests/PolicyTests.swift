@@ -124,7 +124,7 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.pidsMax), [64, 256, 1024])
         XCTAssertEqual([free, pro, ent].map(\.cpuMaxCores), [0.5, 1, 2])
         XCTAssertEqual([free, pro, ent].map(\.cpuWeight), [1, 4, 16])
-        XCTAssertEqual(TierLimits.keys.count, 13)
+        XCTAssertEqual(TierLimits.keys.count, 17)
     }
 
     func testCpuMaxCgroupString() {
