@@ -95,6 +95,17 @@ public enum Server {
             source.resume()
             sources.append(source)
         }
+        // SIGHUP: reload the policies; a bad set keeps the old one (the log says why).
+        signal(SIGHUP, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
+        hup.setEventHandler {
+            loop.execute {
+                logger.notice("SIGHUP: reloading policies")
+                try? supervisor.reloadPolicies(caller: nil)
+            }
+        }
+        hup.resume()
+        sources.append(hup)
         try? finished.futureResult.wait()
         for s in sources { s.cancel() }
         supervisor.stopSpawnThread()
@@ -106,38 +117,15 @@ public enum Server {
     }
 
     static func loadPolicies(_ config: ServeConfig, logger: Logger) throws(ServeError) -> PolicySet {
-        var st = stat()
-        if stat(config.policiesDir, &st) != 0 {
-            if config.policiesDirExplicit { throw .policiesDirectoryMissing(config.policiesDir) }
+        let set = try PolicyRuntime.load(config)
+        if case .embedded = set.source {
             logger.notice("no policies directory, using the embedded defaults", metadata: ["looked_in": "\(config.policiesDir)"])
-            return PolicyLoader.embedded
         }
-        do { return try PolicyLoader.load(directory: config.policiesDir) } catch { throw .policy(error) }
+        return set
     }
 
-    /// Loads `<policies>/seccomp/*.toml` (the embedded profiles when that directory is absent)
-    /// and compiles every profile a tier or a tenant override names: a missing profile or an
-    /// unknown syscall is a start-up error, not a worker that cannot start later.
     static func compileSeccompProfiles(_ config: ServeConfig, _ policies: PolicySet, logger: Logger) throws(ServeError) -> [String: [UInt8]] {
-        var profiles = SeccompProfiles.embedded
-        if case .directory(let dir) = policies.source {
-            var st = stat()
-            if stat(dir + "/seccomp", &st) == 0 {
-                do { profiles = try SeccompProfiles.load(directory: dir) } catch { throw .policy(error) }
-            } else {
-                logger.notice("no seccomp/ in the policies directory, using the embedded profiles", metadata: ["policies": "\(dir)"])
-            }
-        }
-        var named = Set(Tier.allCases.map { policies.limits(for: $0).seccompProfile })
-        for o in policies.tenantOverrides.values { if let p = o.seccompProfile { named.insert(p) } }
-        var programs: [String: [UInt8]] = [:]
-        for name in named.sorted() {
-            guard let profile = profiles[name] else {
-                throw .seccomp("the policy names seccomp profile '\(name)', but there is no seccomp/\(name).toml (profiles: \(profiles.keys.sorted().joined(separator: ", ")))")
-            }
-            do { programs[name] = try SeccompCompiler.compile(profile, allowClone3: true) } catch { throw .seccomp(error.description) }
-        }
-        return programs
+        try PolicyRuntime.compileSeccomp(policies)
     }
 
     static func resolveWorkerPath(_ config: ServeConfig) throws(ServeError) -> String {

@@ -49,7 +49,11 @@ public final class Supervisor: @unchecked Sendable {
     private var flushScheduled = false
 
     /// Compiled seccomp programs by profile name (every profile the policies name).
-    let seccompPrograms: [String: [UInt8]]
+    private(set) var seccompPrograms: [String: [UInt8]]
+    /// Callers' user and group names, for access rules.
+    private let callers = CallerDirectory()
+    /// Set by the server: told before and after a policy reload (systemd's RELOADING=1/READY=1).
+    var onReload: ((_ starting: Bool) -> Void)?
     /// The tenant cgroups, when there is a cgroup2 hierarchy to use.
     let cgroups: CgroupTree?
 
@@ -113,23 +117,41 @@ public final class Supervisor: @unchecked Sendable {
             case .ping:
                 r.reply("pong", [("version", .string(ClawpenVersion.string)), ("pid", .int(Int64(getpid())))])
             case .submit(let s): try submit(s, r)
-            case .jobGet(let id): r.job(try activeOrStoredJob(id))
+            case .jobGet(let id):
+                let view = try activeOrStoredJob(id)
+                try authorize(r, .submit(tenant: view.tenant), request: "job.get")
+                r.job(view)
             case .jobWait(let id):
                 let view = try activeOrStoredJob(id)
+                try authorize(r, .submit(tenant: view.tenant), request: "job.wait")
                 if view.state.isFinal { r.job(view) } else { addWaiter(id) { r.job($0) } }
             case .jobCancel(let id): try cancel(id, r)
-            case .tenantCreate(let name, let tier): r.reply("tenant", [("tenant", try createTenant(name, tier).json)])
-            case .tenantList: r.reply("tenants", [("tenants", .array(tenants.keys.sorted().map { view(tenants[$0]!).json }))])
-            case .tenantShow(let name): r.reply("tenant", [("tenant", view(try runtime(name)).json)])
-            case .status(let tenant): r.reply("status", [("status", try status(tenant: tenant))])
+            case .tenantCreate(let name, let tier):
+                try authorize(r, .operator(command: "tenant create"), request: "tenant.create", tenant: name)
+                r.reply("tenant", [("tenant", try createTenant(name, tier, r).json)])
+            case .tenantList:
+                try authorize(r, .operator(command: "tenant list"), request: "tenant.list")
+                r.reply("tenants", [("tenants", .array(tenants.keys.sorted().map { view(tenants[$0]!).json }))])
+            case .tenantShow(let name):
+                try authorize(r, .operator(command: "tenant show"), request: "tenant.show", tenant: name)
+                r.reply("tenant", [("tenant", view(try runtime(name)).json)])
+            case .status(let tenant):
+                try authorize(r, .operator(command: "status"), request: "status", tenant: tenant)
+                r.reply("status", [("status", try status(tenant: tenant))])
             case .audit(let tenant, let since, let limit):
+                try authorize(r, .operator(command: "audit"), request: "audit", tenant: tenant)
                 if let tenant { _ = try validName(tenant) }
                 if !pendingAudits.isEmpty { flushWrites() }
                 let events = try store.auditEvents(tenant: tenant, since: since, limit: limit)
                 r.reply("audit", [("events", .array(events.map(Self.auditJSON)))])
             case .policyExplain(let tenant, let argv, let env, let cwd): try explain(tenant, argv, env, cwd, r)
-            case .policyReload: try reloadPolicies(r)
-            case .tenantSetQuota(let name, let changes): try setQuota(name, changes, r)
+            case .policyReload:
+                try authorize(r, .operator(command: "policy reload"), request: "policy.reload")
+                try reloadPolicies(caller: r)
+                r.reply("policy", [("policy", policySummary())])
+            case .tenantSetQuota(let name, let changes):
+                try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
+                try setQuota(name, changes, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)
@@ -138,6 +160,24 @@ public final class Supervisor: @unchecked Sendable {
             r.fail(ProtocolError(.internal, "\(e)"))
         } catch {
             r.fail(ProtocolError(.internal, "\(error)"))
+        }
+    }
+
+    /// The caller's right to `action` (SO_PEERCRED against access.toml; root is an operator).
+    /// A refusal is audited and thrown as permission_denied naming the rule.
+    private func authorize(_ r: Responder, _ action: AccessAction, request: String, tenant: String? = nil) throws {
+        guard let cred = r.caller else {
+            audit(tenant: tenant, caller: r, action: "permission.denied", rule: "no peer credentials", detail: request)
+            throw ProtocolError(.permissionDenied, "\(request): the caller's credentials (SO_PEERCRED) could not be read, so nothing but ping is allowed",
+                                details: ["rule": .string("no peer credentials")])
+        }
+        let decision = policies.access.decide(callers.caller(cred), action)
+        guard decision.allowed else {
+            var target = tenant
+            if case .submit(let t) = action { target = t }
+            audit(tenant: target.flatMap { (try? TenantName(validating: $0))?.value }, caller: r, action: "permission.denied",
+                  rule: decision.rule, detail: request)
+            throw ProtocolError(.permissionDenied, "\(request): \(decision.message)", details: ["rule": .string(decision.rule)])
         }
     }
 
@@ -174,7 +214,7 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: Tenants
 
-    private func createTenant(_ rawName: String, _ rawTier: String) throws -> TenantView {
+    private func createTenant(_ rawName: String, _ rawTier: String, _ r: Responder) throws -> TenantView {
         let name = try validName(rawName)
         guard let tier = Tier(rawValue: rawTier) else {
             throw ProtocolError(.invalidRequest, "unknown tier '\(rawTier)' (tiers: free, pro, enterprise)")
@@ -196,7 +236,7 @@ public final class Supervisor: @unchecked Sendable {
         case .created(let record):
             let rt = TenantRuntime(record: record, name: name, limits: limits(for: record), now: Clock.monotonic())
             tenants[name.value] = rt
-            try? store.audit(tenant: name.value, callerUID: nil, action: "tenant.create", rule: nil, detail: "tier=\(tier.rawValue) uid=\(record.uid)", at: Clock.now())
+            audit(tenant: name.value, caller: r, action: "tenant.create", rule: "operator", detail: "tier=\(tier.rawValue) uid=\(record.uid)")
             logger.info("tenant created", metadata: ["tenant": "\(name)", "tier": "\(tier.rawValue)", "uid": "\(record.uid)"])
             return view(rt)
         }
@@ -205,6 +245,8 @@ public final class Supervisor: @unchecked Sendable {
     // MARK: Jobs
 
     private func submit(_ s: SubmitRequest, _ r: Responder) throws {
+        let name = try validName(s.tenant)
+        try authorize(r, .submit(tenant: name.value), request: "submit")
         let rt = try runtime(s.tenant)
         guard !draining else { throw ProtocolError(.unavailable, "the daemon is shutting down; submit again when it is back") }
         let limits = rt.limits
@@ -218,6 +260,15 @@ public final class Supervisor: @unchecked Sendable {
                 else { r.job(current, existing: true) }
                 return
             }
+        }
+        // The agent is not the user: the tenant's tool policy decides what its jobs may start.
+        let decision = decideTool(argv: s.argv, env: s.env.map { ($0.name, $0.value) }, cwd: s.cwd ?? CommandPath.defaultCwd,
+                                  limits: limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
+        if !decision.allowed {
+            let rule = decision.refusingRule ?? "commands_allow"
+            audit(tenant: rt.name.value, caller: r, action: "submit.denied", rule: rule, detail: s.argv.first.map { String($0.prefix(200)) })
+            throw ProtocolError(.policyDenied, decision.message ?? "denied by \(rule)",
+                                details: ["rule": .string(rule), "command": decision.resolvedPath.map(JSONValue.string) ?? .null])
         }
         if let refusal = admissionRefusal(rt, timeout: timeout) {
             audit(tenant: rt.name.value, caller: r, action: "submit.refused", rule: refusal.quota,
@@ -384,6 +435,7 @@ public final class Supervisor: @unchecked Sendable {
 
     private func cancel(_ id: String, _ r: Responder) throws {
         let view = try activeOrStoredJob(id)
+        try authorize(r, .submit(tenant: view.tenant), request: "job.cancel")
         if view.state.isFinal { r.job(view); return }
         guard let rt = tenants[view.tenant] else { r.job(view); return }
         if let job = rt.queue.remove(id: id) {
@@ -815,15 +867,95 @@ public final class Supervisor: @unchecked Sendable {
     // MARK: - Policies (explain, reload, set-quota)
 
     private func explain(_ tenant: String, _ argv: [String], _ env: [SubmitRequest.EnvVar], _ cwd: String?, _ r: Responder) throws {
-        throw ProtocolError(.internal, "policy.explain: not wired yet")
+        let name = try validName(tenant)
+        try authorize(r, .submit(tenant: name.value), request: "policy.explain")
+        let rt = try runtime(tenant)
+        let decision = decideTool(argv: argv, env: env.map { ($0.name, $0.value) }, cwd: cwd ?? CommandPath.defaultCwd,
+                                  limits: rt.limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
+        var o = JSONObjectBuilder()
+        o.set("tenant", .string(rt.name.value))
+        o.set("tier", .string(policies.effectiveTier(tenant: rt.name.value, assigned: Tier(rawValue: rt.record.tier) ?? .free).rawValue))
+        o.set("argv", .array(argv.map(JSONValue.string)))
+        o.set("decision", decision.json)
+        let prov = policies.provenance(tenant: rt.name.value, tier: Tier(rawValue: rt.record.tier) ?? .free)
+        o.set("sources", .object(["commands_allow", "commands_deny", "env_allow", "tier"].compactMap { k in prov[k].map { (k, .string($0)) } }))
+        o.set("policies", policySourceDescription)
+        r.reply("explain", [("explain", o.value)])
     }
 
-    private func reloadPolicies(_ r: Responder) throws {
-        throw ProtocolError(.internal, "policy.reload: not wired yet")
+    private var policySourceDescription: JSONValue {
+        switch policies.source {
+        case .directory(let d): .string(d)
+        case .embedded: .string("embedded defaults")
+        }
     }
 
-    private func setQuota(_ name: String, _ changes: [QuotaChange], _ r: Responder) throws {
-        throw ProtocolError(.internal, "tenant.set_quota: not wired yet")
+    private func policySummary() -> JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("source", policySourceDescription)
+        o.set("tenant_overrides", policies.tenantOverrides.count)
+        o.set("quota_overrides", policies.quotaOverrides.count)
+        o.set("seccomp_profiles", .array(policies.seccompProfiles.keys.sorted().map(JSONValue.string)))
+        o.set("access_rules", policies.access.ruleCount)
+        return o.value
+    }
+
+    /// Loads the policies again (SIGHUP, `clawpen policy reload`, after set-quota). A set that
+    /// does not load or compile leaves the running one in place, and says why. New limits apply
+    /// to the router at once and to tenant cgroups that exist; a worker's sandbox (seccomp,
+    /// network, /tmp) changes when the worker next starts.
+    func reloadPolicies(caller: Responder?) throws {
+        onReload?(true)
+        defer { onReload?(false) }
+        let next: PolicySet
+        let programs: [String: [UInt8]]
+        do {
+            next = try PolicyRuntime.load(config)
+            programs = try PolicyRuntime.compileSeccomp(next)
+        } catch {
+            audit(tenant: nil, caller: caller, action: "policy.reload.failed", rule: nil, detail: "\(error)")
+            logger.error("policy reload failed; keeping the old policy", metadata: ["error": "\(error)"])
+            throw ProtocolError(.invalidRequest, "policy reload failed, the old policy stays in force: \(error)")
+        }
+        policies = next
+        seccompPrograms = programs
+        callers.forget()
+        let now = Clock.monotonic()
+        for rt in tenants.values {
+            rt.limits = limits(for: rt.record)
+            rt.rate.setRate(rt.limits.jobsPerMinute, now: now)
+            if rt.worker != nil, let cgroups { rt.cgroupEnforced = cgroups.applyLimits(rt.name, rt.limits) }
+        }
+        audit(tenant: nil, caller: caller, action: "policy.reload", rule: "operator", detail: "\(policySummary().text)")
+        logger.notice("policies reloaded", metadata: ["policies": "\(policySourceDescription.stringValue ?? "")"])
+        for rt in tenants.values where !rt.queue.isEmpty { router.wake(rt) }
+        pump()
+    }
+
+    private func setQuota(_ rawName: String, _ changes: [QuotaChange], _ r: Responder) throws {
+        let rt = try runtime(rawName)
+        var values: [String: TOMLValue] = [:]
+        for c in changes {
+            switch c.value {
+            case .int(let i): values[c.key] = .integer(i)
+            case .double(let d): values[c.key] = .float(d)
+            case .string(let s): values[c.key] = QuotaOverrides.value(forKey: c.key, argument: s)
+            default: throw ProtocolError(.invalidRequest, "tenant.set_quota: the value of \(c.key) must be a number or a string")
+            }
+        }
+        do {
+            try QuotaOverrides.write(tenant: rt.name.value, changes: values, directory: PolicyRuntime.quotaDirectory(config), policies: policies)
+        } catch {
+            throw ProtocolError(.invalidRequest, "set-quota refused: \(error)")
+        }
+        let detail = changes.map { "\($0.key)=\($0.value.text)" }.joined(separator: " ")
+        audit(tenant: rt.name.value, caller: r, action: "tenant.set_quota", rule: "operator", detail: detail)
+        try reloadPolicies(caller: r)
+        var lim = JSONObjectBuilder()
+        let prov = policies.provenance(tenant: rt.name.value, tier: Tier(rawValue: rt.record.tier) ?? .free)
+        for key in changes.map(\.key) { lim.set(key, prov[key]) }
+        r.reply("tenant", [("tenant", view(rt).json), ("file", .string(QuotaOverrides.path(tenant: rt.name.value, directory: PolicyRuntime.quotaDirectory(config)))),
+                           ("sources", lim.value)])
     }
 
     // MARK: - Status

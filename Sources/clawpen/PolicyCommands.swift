@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClawpenClient
 import ClawpenPolicy
 import ClawpenProtocol
 import Glibc
@@ -8,7 +9,7 @@ import Glibc
 struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy", abstract: "Check and explain the policy files.",
-        subcommands: [PolicyCheck.self])
+        subcommands: [PolicyCheck.self, PolicyExplain.self, PolicyReload.self])
 }
 
 struct PolicyCheck: ParsableCommand {
@@ -92,4 +93,97 @@ struct PolicyCheck: ParsableCommand {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
+}
+
+/// `clawpen policy explain --tenant NAME -- CMD ARGS`: the decision the daemon would take for a
+/// submit of CMD, with every rule that took part; nothing runs.
+struct PolicyExplain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "explain",
+        abstract: "Show what the tenant's tool policy decides for a command, and why (nothing runs).",
+        discussion: """
+        Asks the daemon, which knows the tenant's tier and overrides. Prints the decision, how \
+        argv[0] was resolved (PATH /usr/local/bin:/usr/bin:/bin inside the sandbox), and every \
+        rule that took part (commands_deny, commands_allow, the fixed environment deny list, \
+        env_allow) with its file and line. Exit status: 0 when the command would be allowed, 77 \
+        when it would be denied.
+
+        Example: clawpen policy explain --tenant acme --env MODE=fast -- python3 -c 'print(1)'
+        """)
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "The tenant whose policy decides.") var tenant: String
+    @Option(name: .customLong("env"), help: ArgumentHelp("An environment variable the job would get (repeatable).", valueName: "K=V"))
+    var env: [String] = []
+    @Option(help: "The job's working directory as it would see it (default /home).") var cwd: String?
+    @Flag(help: "Print the decision as JSON.") var json = false
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
+    var command: [String] = []
+
+    func validate() throws {
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        if cmd.isEmpty { throw ValidationError("no command given: clawpen policy explain --tenant NAME -- CMD [ARG...]") }
+        for e in env where !e.contains("=") || e.hasPrefix("=") { throw ValidationError("--env takes K=V, got '\(e)'") }
+    }
+
+    func run() throws {
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        let vars = env.map { e -> SubmitRequest.EnvVar in
+            let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return .init(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
+        }
+        let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
+            try c.call(.policyExplain(tenant: tenant, argv: cmd, env: vars, cwd: cwd))
+        }
+        let e = reply["explain"] ?? .null
+        let d = e["decision"] ?? .null
+        let allowed = d["allowed"]?.boolValue == true
+        if json {
+            Output.json(e)
+        } else {
+            var out = "tenant \(e["tenant"]?.stringValue ?? tenant) (tier \(e["tier"]?.stringValue ?? "?")), policies \(e["policies"]?.stringValue ?? "?")\n"
+            out += "command: \(cmd.joined(separator: " "))\n"
+            out += "decision: \(allowed ? "ALLOWED" : "DENIED")"
+            if let p = d["resolved_path"]?.stringValue { out += " (runs \(p))" }
+            out += "\n"
+            if !allowed, let m = d["message"]?.stringValue { out += "reason: \(m)\n" }
+            out += "rules:\n"
+            for step in d["steps"]?.arrayValue ?? [] {
+                out += "  \((step["outcome"]?.stringValue ?? "").padding(12)) \(step["rule"]?.stringValue ?? "")\n"
+            }
+            if case .object(let sources)? = e["sources"] {
+                out += "sources:\n"
+                for (k, v) in sources { out += "  \(k.padding(15)) \(v.stringValue ?? "")\n" }
+            }
+            Output.writeStdout(out)
+        }
+        if !allowed { throw ExitCode(ErrorCode.policyDenied.exitCode) }
+    }
+}
+
+/// `clawpen policy reload`: the daemon re-reads its policies (as on SIGHUP).
+struct PolicyReload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reload",
+        abstract: "Make the daemon re-read its policies (operators only; same as SIGHUP).",
+        discussion: """
+        A policy set that does not load keeps the old one in force, and the error names the \
+        file, line and key. New limits apply at once to the router and to tenant cgroups; a \
+        worker's sandbox settings (seccomp profile, network, /tmp size) change when it next \
+        starts. Check a directory first with `clawpen policy check`.
+        """)
+
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Print the loaded policy summary as JSON.") var json = false
+
+    func run() throws {
+        let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.call(.policyReload) }
+        let p = reply["policy"] ?? .null
+        if json { Output.json(p); return }
+        Output.line("reloaded policies from \(p["source"]?.stringValue ?? "?"): \(p["tenant_overrides"]?.intValue ?? 0) tenant override(s), \(p["quota_overrides"]?.intValue ?? 0) set-quota override(s), \(p["access_rules"]?.intValue ?? 0) access rule(s)")
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }

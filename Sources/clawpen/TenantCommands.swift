@@ -5,7 +5,7 @@ import ClawpenProtocol
 struct TenantCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant", abstract: "Create and inspect tenants.",
-        subcommands: [Create.self, List.self, Show.self])
+        subcommands: [Create.self, List.self, Show.self, SetQuota.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -48,6 +48,66 @@ struct TenantCommand: ParsableCommand {
             let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantShow(name: name)) }
             if json { Output.json(t.json); return }
             Output.writeStdout("tenant:     \(t.name)\ntier:       \(t.tier)\nuid:        \(t.uid)\nworkspace:  \(t.workspace)\n")
+        }
+    }
+
+    struct SetQuota: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-quota",
+            abstract: "Change one tenant's limits (operators only); kept across restarts.",
+            discussion: """
+            Writes <state-dir>/quota/NAME.toml on the daemon's side (the same keys and checks as \
+            policies/tenants/NAME.toml, applied on top of it), then reloads the policies. Values \
+            are checked as policy files are: an impossible value is refused with the key and the \
+            reason, and nothing changes. Sizes accept bytes or 256M, 1G; --cpu-max takes cores \
+            (0.5); lists are comma-separated.
+
+            Example: clawpen tenant set-quota acme --max-runs 4 --memory-max 512M --cpu-max 1
+            """)
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "The tenant's name.") var name: String
+        @Option(name: .customLong("max-runs"), help: "max_concurrent_runs: jobs running at once.") var maxRuns: String?
+        @Option(name: .customLong("jobs-per-minute"), help: "jobs_per_minute: submits per minute (token bucket).") var jobsPerMinute: String?
+        @Option(name: .customLong("max-queued"), help: "max_queued: jobs waiting.") var maxQueued: String?
+        @Option(name: .customLong("memory-max"), help: "memory_max: memory of the tenant's processes together (256M, 1G).") var memoryMax: String?
+        @Option(name: .customLong("pids-max"), help: "pids_max: processes and threads together.") var pidsMax: String?
+        @Option(name: .customLong("cpu-max"), help: "cpu_max: CPU bandwidth in cores (0.5).") var cpuMax: String?
+        @Option(name: .customLong("cpu-weight"), help: "cpu_weight: share among tenants, and dispatch weight (1-10000).") var cpuWeight: String?
+        @Option(name: .customLong("cpu-seconds-per-hour"), help: "cpu_seconds_per_hour: CPU budget over any hour.") var cpuSecondsPerHour: String?
+        @Option(name: .customLong("timeout-default"), help: "timeout_default_s: a job's timeout when it names none.") var timeoutDefault: String?
+        @Option(name: .customLong("timeout-max"), help: "timeout_max_s: the longest timeout a job may ask for.") var timeoutMax: String?
+        @Option(name: .customLong("output-max"), help: "output_max_bytes: kept per stream (1M).") var outputMax: String?
+        @Option(name: .customLong("network"), help: "network: none or loopback.") var network: String?
+        @Option(name: .customLong("seccomp-profile"), help: "seccomp_profile: a profile of seccomp/.") var seccompProfile: String?
+        @Option(name: .customLong("tmp-size"), help: "tmp_size: size of the sandbox's /tmp.") var tmpSize: String?
+        @Option(name: .customLong("commands-allow"), help: "commands_allow: paths or globs, comma-separated (replaces the list).") var commandsAllow: String?
+        @Option(name: .customLong("commands-deny"), help: "commands_deny: paths or globs, comma-separated (replaces the list).") var commandsDeny: String?
+        @Option(name: .customLong("env-allow"), help: "env_allow: names or globs, comma-separated (replaces the list).") var envAllow: String?
+        @Flag(help: "Print the result as JSON.") var json = false
+
+        var changes: [QuotaChange] {
+            let pairs: [(String, String?)] = [
+                ("max_concurrent_runs", maxRuns), ("jobs_per_minute", jobsPerMinute), ("max_queued", maxQueued),
+                ("memory_max", memoryMax), ("pids_max", pidsMax), ("cpu_max", cpuMax), ("cpu_weight", cpuWeight),
+                ("cpu_seconds_per_hour", cpuSecondsPerHour), ("timeout_default_s", timeoutDefault), ("timeout_max_s", timeoutMax),
+                ("output_max_bytes", outputMax), ("network", network), ("seccomp_profile", seccompProfile), ("tmp_size", tmpSize),
+                ("commands_allow", commandsAllow), ("commands_deny", commandsDeny), ("env_allow", envAllow),
+            ]
+            return pairs.compactMap { k, v in v.map { QuotaChange(key: k, value: .string($0)) } }
+        }
+
+        func validate() throws {
+            if changes.isEmpty { throw ValidationError("nothing to set: give at least one limit, e.g. --max-runs 4 (see --help)") }
+        }
+
+        func run() throws {
+            let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
+                try c.call(.tenantSetQuota(name: name, changes: changes))
+            }
+            if json { Output.json(reply); return }
+            var out = "set for tenant \(name) (\(reply["file"]?.stringValue ?? "")):\n"
+            for c in changes { out += "  \(c.key) = \(c.value.stringValue ?? "")\n" }
+            Output.writeStdout(out)
         }
     }
 }
