@@ -42,14 +42,15 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(job.state, .failed)
         XCTAssertEqual(job.exitCode, 127)
         XCTAssertTrue(job.stderr.contains("no-such-command-xyz: command not found"), job.stderr)
-        let r = try runCLI(["submit", "--tenant", "a", "--", "/nonexistent/bin"], socket: daemon.socket)
+        // An absolute path the tool policy allows (/usr/bin/*) but that does not exist.
+        let r = try runCLI(["submit", "--tenant", "a", "--", "/usr/bin/no-such-binary-xyz"], socket: daemon.socket)
         XCTAssertEqual(r.status, 127)
         XCTAssertTrue(r.stderr.contains("No such file or directory"), r.stderr)
     }
 
     func testEnvCwdAndStdin() throws {
         XCTAssertEqual(try daemon.run("a", ["mkdir", "-p", "sub"]).state, .succeeded)
-        let job = try daemon.run("a", ["sh", "-c", "echo \"$GREETING\"; pwd; cat"], env: ["GREETING": "hello there"],
+        let job = try daemon.run("a", ["sh", "-c", "echo \"$AGENT_GREETING\"; pwd; cat"], env: ["AGENT_GREETING": "hello there"],
                                  stdin: Array("from stdin".utf8), cwd: "/home/sub")
         XCTAssertEqual(job.state, .succeeded, job.stderr)
         let lines = job.stdout.split(separator: "\n").map(String.init)
@@ -68,7 +69,7 @@ final class JobTests: XCTestCase {
     }
 
     func testCLIStdinEnvAndCwdFlags() throws {
-        let r = try runCLI(["submit", "--tenant", "a", "-i", "--env", "X=1", "--", "sh", "-c", "cat; echo $X"], socket: daemon.socket, stdin: "abc\n")
+        let r = try runCLI(["submit", "--tenant", "a", "-i", "--env", "AGENT_X=1", "--", "sh", "-c", "cat; echo $AGENT_X"], socket: daemon.socket, stdin: "abc\n")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "abc\n1\n")
     }

@@ -274,7 +274,7 @@ class ClientTest(DaemonTestCase):
 
     def test_env(self) -> None:
         t = self.new_tenant()
-        job = self.client.submit(t, ["sh", "-c", "echo $FOO"], env={"FOO": "bar baz"})
+        job = self.client.submit(t, ["sh", "-c", "echo $AGENT_FOO"], env={"AGENT_FOO": "bar baz"})
         self.assertJob(job, "succeeded")
         self.assertEqual(job["stdout"], "bar baz\n")
 
