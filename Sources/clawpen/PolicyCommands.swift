@@ -108,7 +108,7 @@ struct PolicyExplain: ParsableCommand {
         env_allow) with its file and line. Exit status: 0 when the command would be allowed, 77 \
         when it would be denied.
 
-        Example: clawpen policy explain --tenant acme --env MODE=fast -- python3 -c 'print(1)'
+        Example: clawpen policy explain --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
         """)
 
     @OptionGroup var connection: ConnectionOptions

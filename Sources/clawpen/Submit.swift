@@ -12,7 +12,7 @@ struct Submit: ParsableCommand {
         The job is accepted (committed to the supervisor's store) before it runs; if this command \
         is interrupted, the job still runs: see `clawpen job get ID`.
 
-        Example: clawpen submit --tenant acme --env MODE=fast -- python3 -c 'print(1)'
+        Example: clawpen submit --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
         """)
 
     @OptionGroup var connection: ConnectionOptions
