@@ -27,6 +27,24 @@ public struct PatternRule: Sendable, Equatable, Hashable {
 /// lists should read as what they match.
 public enum Glob {
     public static func matches(_ pattern: String, _ subject: String) -> Bool {
+        // Fast paths for the shapes policy lists are made of (every submit checks dozens):
+        // a literal, "dir/*" and "dir/**".
+        var u = pattern.utf8
+        if !u.contains(UInt8(ascii: "*")) { return pattern == subject }
+        if u.last == UInt8(ascii: "*") {
+            u = pattern.utf8
+            let doubled = u.count >= 2 && u[u.index(u.endIndex, offsetBy: -2)] == UInt8(ascii: "*")
+            let prefix = u.dropLast(doubled ? 2 : 1)
+            if !prefix.contains(UInt8(ascii: "*")) {
+                let sv = subject.utf8
+                guard sv.starts(with: prefix) else { return false }
+                return doubled || !sv.dropFirst(prefix.count).contains(UInt8(ascii: "/"))
+            }
+        }
+        return general(pattern, subject)
+    }
+
+    static func general(_ pattern: String, _ subject: String) -> Bool {
         let p = Array(pattern.utf8), s = Array(subject.utf8)
         var memo = [Bool?](repeating: nil, count: (p.count + 1) * (s.count + 1))
         func match(_ i: Int, _ j: Int) -> Bool {
@@ -284,6 +302,36 @@ public func decideTool(
     return ToolDecision(
         allowed: refusal == nil, resolvedPath: resolved, notFound: notFound, steps: steps,
         refusingRule: refusal?.rule, message: refusal?.message)
+}
+
+/// What a submit needs from the tool policy, without building an explanation (every submit
+/// asks; `decideTool` explains, and is asked only when this says no). Agrees with `decideTool`:
+/// `.allowed` when it allows; `.notFoundOnly` when its only refusal is a bare command name found
+/// nowhere in PATH; `.refused` otherwise.
+public enum ToolVerdict: Sendable, Equatable { case allowed, notFoundOnly, refused }
+
+public func toolVerdict(
+    argv: [String], env: [(name: String, value: String)], cwd: String, limits: TierLimits,
+    isExecutable: (String) -> Bool
+) -> ToolVerdict {
+    guard let command = argv.first, !command.isEmpty else { return .refused }
+    var resolved: String?
+    if command.contains("/") {
+        resolved = CommandPath.normalize(command, cwd: cwd)
+    } else {
+        for dir in CommandPath.sandboxPath.split(separator: ":") where isExecutable("\(dir)/\(command)") {
+            resolved = "\(dir)/\(command)"
+            break
+        }
+    }
+    for (name, _) in env {
+        guard isValidEnvName(name), FixedEnvDeny.pattern(matching: name) == nil,
+            limits.envAllow.contains(where: { Glob.matches($0.pattern, name) })
+        else { return .refused }
+    }
+    guard let path = resolved else { return .notFoundOnly }
+    if limits.commandsDeny.contains(where: { Glob.matches($0.pattern, path) }) { return .refused }
+    return limits.commandsAllow.contains(where: { Glob.matches($0.pattern, path) }) ? .allowed : .refused
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`

@@ -262,12 +262,12 @@ public final class Supervisor: @unchecked Sendable {
             }
         }
         // The agent is not the user: the tenant's tool policy decides what its jobs may start.
-        let decision = decideTool(argv: s.argv, env: s.env.map { ($0.name, $0.value) }, cwd: s.cwd ?? CommandPath.defaultCwd,
-                                  limits: limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
         // A bare name found nowhere in PATH is not a policy matter: the job fails with 127 and
-        // "command not found", as in a shell (unless another rule refuses the request too).
-        let onlyNotFound = decision.notFound && decision.steps.filter { $0.outcome == .refused }.count == 1
-        if !decision.allowed && !onlyNotFound {
+        // "command not found", as in a shell. The explanation is built only for a refusal.
+        let env = s.env.map { (name: $0.name, value: $0.value) }
+        let cwd = s.cwd ?? CommandPath.defaultCwd
+        if toolVerdict(argv: s.argv, env: env, cwd: cwd, limits: limits, isExecutable: PolicyRuntime.isExecutableInSandbox) == .refused {
+            let decision = decideTool(argv: s.argv, env: env, cwd: cwd, limits: limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
             let rule = decision.refusingRule ?? "commands_allow"
             audit(tenant: rt.name.value, caller: r, action: "submit.denied", rule: rule, detail: s.argv.first.map { String($0.prefix(200)) })
             throw ProtocolError(.policyDenied, decision.message ?? "denied by \(rule)",

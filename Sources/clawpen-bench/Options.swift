@@ -20,7 +20,8 @@ struct Bench: ParsableCommand {
         abstract: "Measure clawpen against its targets with a real supervisor.",
         discussion: """
         Each scenario starts its own `clawpen serve` (temporary socket, state and workspace \
-        directories under /tmp, --idle-timeout 3600), runs /bin/true jobs through the client \
+        directories under /tmp, --idle-timeout 3600), runs /bin/true jobs (tenants of tier \
+        enterprise, whose rate quota does not stop a benchmark) through the client \
         library, stops the daemon with SIGTERM and removes the directories. Every job must end \
         `succeeded`; anything else stops the run with exit status 1 and the daemon's log tail.
 
