@@ -43,6 +43,7 @@ let package = Package(
                 "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
@@ -55,10 +56,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-        // Statically linked Swift runtime: saves 1.4-2.8 MiB RSS per worker (FINDINGS.md).
+        // A static executable (Swift runtime, libc, libstdc++ linked in; no dynamic loader): a
+        // worker starts in about a third of the CPU time of a -static-stdlib one (no symbol
+        // lookups, no relocations), which is most of a sandboxed cold start's exec cost, and the
+        // static runtime saves 1.4-2.8 MiB RSS per worker (FINDINGS.md). The worker uses no NSS
+        // (its passwd and group come in the sandbox plan). Non-PIE: docs/sandbox.md weighs it.
         .executableTarget(
             name: "clawpen-worker", dependencies: ["ClawpenWorkerCore"], swiftSettings: strict,
-            linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+            linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .executableTarget(
             name: "clawpen-bench",
             dependencies: ["ClawpenClient", "ClawpenProtocol", "ClawpenSpawn", "CClawpenShim",
@@ -72,7 +77,7 @@ let package = Package(
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),
         // `clawpen` is a dependency so that `swift test` builds it. clawpen-worker cannot be one: its
-        // -static-stdlib link flag would leak into the test product. scripts/test builds it first.
+        // -static-executable link flag would leak into the test product. scripts/test builds it first.
         .testTarget(
             name: "ClawpenIntegrationTests",
             dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],

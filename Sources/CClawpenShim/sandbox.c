@@ -2,6 +2,8 @@
 #include "clawpen_sandbox.h"
 
 #include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/securebits.h>
@@ -28,6 +30,27 @@ uint64_t cp_sandbox_clone_flags(void) {
     // No CLONE_NEWCGROUP here: the supervisor moves the worker into its tenant's cgroup first,
     // then the worker unshares its cgroup namespace (cp_unshare_cgroup), rooted at that leaf.
     return CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
+}
+
+uint64_t cp_sandbox_clone_flags_without_net(void) { return cp_sandbox_clone_flags() & ~(uint64_t)CLONE_NEWNET; }
+
+int cp_netns_create(void) {
+    int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home < 0) return -1;
+    int fresh = -1, e = 0;
+    if (unshare(CLONE_NEWNET) != 0) {
+        e = errno;
+        close(home);
+        errno = e;
+        return -1;
+    }
+    if (cp_loopback_up() == 0) fresh = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    e = errno;
+    // Back to the supervisor's namespace: this thread must not stay in a tenant's.
+    if (setns(home, CLONE_NEWNET) != 0) abort();
+    close(home);
+    errno = e;
+    return fresh;
 }
 
 int cp_unshare_cgroup(void) { return unshare(CLONE_NEWCGROUP); }

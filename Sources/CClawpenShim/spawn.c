@@ -34,6 +34,7 @@ const char *cp_spawn_step_name(int step) {
     case CP_STEP_RLIMIT: return "setrlimit";
     case CP_STEP_EXEC: return "exec";
     case CP_STEP_SECCOMP: return "seccomp";
+    case CP_STEP_SETNS: return "join network namespace";
     default: return "spawn";
     }
 }
@@ -62,6 +63,7 @@ static void child_fail(const struct cp_child_report *report, int step) {
 }
 
 static void child_main(const struct cp_spawn_request *req, const struct cp_child_report *report, pid_t parent) {
+    if (req->netns_fd >= 0 && setns(req->netns_fd, CLONE_NEWNET) != 0) child_fail(report, CP_STEP_SETNS);
     // Signal state: handlers the parent installed make no sense here; the mask was blocked by
     // the parent around the clone and must not be inherited by the job.
     struct sigaction dfl;

@@ -26,6 +26,8 @@ public struct SpawnOptions: Sendable {
     public var rlimits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
     /// A seccomp program the child installs on top of its inherited filter, just before exec.
     public var seccompProgram: [UInt8] = []
+    /// >= 0: a network namespace the child joins before anything else (instead of CLONE_NEWNET).
+    public var netnsFD: Int32 = -1
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -58,6 +60,7 @@ public final class SpawnCommand {
         req.parent_death_signal = options.parentDeathSignal
         req.clone_flags = options.cloneFlags
         req.cgroup_fd = options.cgroupFD
+        req.netns_fd = options.netnsFD
         req.umask_value = options.umask
         req.rlimit_count = Int32(options.rlimits.count)
         withUnsafeMutableBytes(of: &req.rlimits) { raw in

@@ -102,6 +102,7 @@ public final class Supervisor: @unchecked Sendable {
         }
         for runtime in tenants.values where !runtime.queue.isEmpty { dispatch(runtime) }
         refillSpares()
+        refillNetns()
     }
 
     private func limits(for record: TenantRecord) -> TierLimits {
@@ -535,8 +536,10 @@ public final class Supervisor: @unchecked Sendable {
             } else {
                 let leaf = try cgroups?.leafForTenant(rt.name, owner: plan.enabled ? Int(plan.uid) : nil) ?? -1
                 defer { if leaf >= 0 { close(leaf) } }
+                let netns = sandboxEnabled ? netnsPool.take() : -1
+                defer { if netns >= 0 { close(netns); refillNetns() } }
                 spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name),
-                                                  sandboxed: sandboxEnabled, cgroupFD: leaf)
+                                                  sandboxed: sandboxEnabled, cgroupFD: leaf, netnsFD: netns)
             }
         } catch {
             workerStartFailed(rt, "\(error)")
@@ -802,8 +805,27 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
+    /// Network namespaces made ahead of need by the spawn thread (NetnsPool).
+    let netnsPool = NetnsPool(target: 2)
+    private var netnsRefilling = false
+
+    func refillNetns() {
+        guard sandboxEnabled, !draining, !netnsRefilling, netnsPool.count < netnsPool.target else { return }
+        netnsRefilling = true
+        let pool = netnsPool
+        spawnThread.runIfActive(eventLoop: loop) { pool.refill() }.whenComplete { [self] result in
+            netnsRefilling = false
+            if case .success(let e?) = result {
+                logger.warning("cannot make network namespaces ahead of need; workers make their own", metadata: ["errno": "\(e)"])
+            }
+        }
+    }
+
     /// Stops the spawning thread (at exit, after the spares are gone).
-    func stopSpawnThread() { try? spawnThread.syncShutdownGracefully() }
+    func stopSpawnThread() {
+        try? spawnThread.syncShutdownGracefully()
+        netnsPool.drain()
+    }
 
     /// A live spare, if there is one; the pool refills after this tick.
     private func takeSpare() -> WorkerSpawner.Spawned? {

@@ -288,6 +288,39 @@ final class EscapeTests: XCTestCase {
         XCTAssertLessThan(accept(listener, nil, nil), 0, "the host listener got a connection")
     }
 
+    func testConnectToAnotherTenantsLoopbackListener() throws {
+        // b listens on its own loopback (a background job that stays up); a tries every way in.
+        let listen = try daemon.detach("b", ["python3", "-c", """
+            import socket, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 47011)); s.listen(8)
+            u = socket.socket(socket.AF_UNIX); u.bind("\\0clawpen-b-abstract"); u.listen(8)
+            time.sleep(6)
+            """], timeout: 20)
+        usleep(800_000)
+        let job = try python("""
+            import socket, os
+            s = socket.socket(); s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", 47011)); print("CONNECTED-TCP")
+            except OSError as e:
+                print("tcp refused", e)
+            u = socket.socket(socket.AF_UNIX); u.settimeout(1)
+            try:
+                u.connect("\\0clawpen-b-abstract"); print("CONNECTED-ABSTRACT")
+            except OSError as e:
+                print("abstract refused", e)
+            print(os.readlink("/proc/self/ns/net"))
+            """)
+        XCTAssertFalse(job.stdout.contains("CONNECTED"), "a reached b's loopback: \(job.stdout)")
+        let bNet = try daemon.run("b", ["readlink", "/proc/self/ns/net"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let aNet = job.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        XCTAssertNotEqual(aNet, bNet, "a and b share a network namespace")
+        XCTAssertFalse(bNet.isEmpty)
+        _ = try? daemon.connect().call(.jobCancel(jobID: listen.id))
+        assertUnharmed()
+    }
+
     // MARK: Resource bombs: a's bomb, b's latency
 
     /// Median time of b's `true` jobs while `during` runs.

@@ -86,6 +86,14 @@ const char *cp_identity_step_name(int step);
 /// no_new_privs, then verifies that root cannot be regained.
 int cp_drop_identity(uid_t uid, gid_t gid, int *failed_step);
 
+/// A fresh network namespace with `lo` up, made by the calling thread (which unshares into it
+/// and returns to its own), as an O_CLOEXEC fd; -1 with errno on failure. Creating a network
+/// namespace is the slowest part of a sandboxed clone; the supervisor makes them ahead of need.
+int cp_netns_create(void);
+
+/// The sandbox's clone flags without CLONE_NEWNET (the child joins a pooled namespace instead).
+uint64_t cp_sandbox_clone_flags_without_net(void);
+
 #ifdef __cplusplus
 }
 #endif

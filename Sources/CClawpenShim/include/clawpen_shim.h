@@ -32,6 +32,7 @@ enum cp_spawn_step {
     CP_STEP_RLIMIT = 8,
     CP_STEP_EXEC = 9,
     CP_STEP_SECCOMP = 10,
+    CP_STEP_SETNS = 11,
 };
 
 /// Human-readable name of a step ("exec", "chdir", ...), for error messages.
@@ -71,6 +72,10 @@ struct cp_spawn_request {
     /// of whatever filter it inherits; NULL/0 for none. Needs no_new_privs.
     const void *seccomp_program;
     size_t seccomp_len;
+
+    /// >= 0: a network namespace (fd of /proc/.../ns/net) the child joins first, instead of
+    /// CLONE_NEWNET making one during the clone (cp_netns_create makes them ahead of need).
+    int netns_fd;
 };
 
 /// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's
