@@ -31,6 +31,12 @@ enum Workspace {
             for (fd, path) in [(dirFD, "\(root)/\(tenant)"), (homeFD, "\(root)/\(tenant)/home")] {
                 guard fchown(fd, uid_t(owner), gid_t(owner)) == 0, fchmod(fd, 0o700) == 0 else { throw Failure(path: path, errno: errno) }
             }
+            // The sandbox's mount points and merged-/usr links, ahead of the first worker
+            // (single names below the fresh workspace's fd: nothing is followed). Best effort:
+            // the worker makes whatever is missing.
+            let skeleton = SandboxPlanner.skeleton()
+            for name in skeleton.directories { _ = mkdirat(dirFD, name, 0o755) }
+            for link in skeleton.symlinks { _ = symlinkat(link.content, dirFD, link.name) }
         }
     }
 }
