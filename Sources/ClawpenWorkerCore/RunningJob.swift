@@ -11,7 +11,7 @@ struct RunningJob {
     let deadline: UInt64
     let outputCap: Int
     /// Its own cgroup (`job-<id>`), when the tenant has one.
-    let cgroupName: String?
+    let cgroup: JobCgroup?
 
     var stdoutFD: Int32
     var stderrFD: Int32

@@ -29,7 +29,7 @@ public final class Worker {
     private var jobByPID: [Int32: String] = [:]
     private var launcher: JobLauncher
     private var sigchldFD: Int32 = -1
-    private var cgroupsToRemove: [String] = []
+    private var cgroupsToRemove: [JobCgroup] = []
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
 
     /// How long pipes may outlive the job's process before the report goes out anyway.
@@ -218,7 +218,7 @@ public final class Worker {
             guard var job = jobs[id], !job.hasExited, job.killReason == nil else { return }
             job.killReason = .cancel
             kill(-job.pid, SIGKILL)
-            if let cg = job.cgroupName { launcher.killJobCgroup(cg) }
+            if let cg = job.cgroup { launcher.killJobCgroup(cg) }
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
         case .configure: log("ignoring a second configure message")
@@ -253,7 +253,7 @@ public final class Worker {
         let job = RunningJob(
             id: request.jobID, pid: started.pid, startedAt: now,
             deadline: now + UInt64(request.timeoutMs) * 1_000_000,
-            outputCap: Int(request.outputCapBytes), cgroupName: started.cgroupName,
+            outputCap: Int(request.outputCapBytes), cgroup: started.cgroup,
             stdoutFD: started.stdoutFD, stderrFD: started.stderrFD, stdinFD: started.stdinFD ?? -1,
             pendingInput: started.stdinFD == nil ? [] : request.stdin)
         jobs[request.jobID] = job
@@ -322,7 +322,7 @@ public final class Worker {
             // in its process group and (where it has one) in its cgroup, whatever it did to leave
             // the group.
             kill(-pid, SIGKILL)
-            if let cg = job.cgroupName { launcher.killJobCgroup(cg) }
+            if let cg = job.cgroup { launcher.killJobCgroup(cg) }
             if job.stdinFD >= 0 { close(job.stdinFD); job.stdinFD = -1 }
             jobs[id] = job
         }
@@ -333,7 +333,7 @@ public final class Worker {
         for (id, var job) in jobs where !job.hasExited && job.killReason == nil && now >= job.deadline {
             job.killReason = .timeout
             kill(-job.pid, SIGKILL)
-            if let cg = job.cgroupName { launcher.killJobCgroup(cg) }
+            if let cg = job.cgroup { launcher.killJobCgroup(cg) }
             jobs[id] = job
         }
     }
@@ -346,7 +346,7 @@ public final class Worker {
             if job.stderrFD >= 0 { drainRemaining(fd: job.stderrFD, into: &job.stderr, cap: job.outputCap); close(job.stderrFD); job.stderrFD = -1 }
             jobs[id] = nil
             report(makeReport(job))
-            if let cg = job.cgroupName, !launcher.releaseJobCgroup(cg) { cgroupsToRemove.append(cg) }
+            if let cg = job.cgroup, !launcher.releaseJobCgroup(cg) { cgroupsToRemove.append(cg) }
         }
         // Job cgroups whose last processes were still dying: retried until they are empty.
         if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.releaseJobCgroup($0) } }
