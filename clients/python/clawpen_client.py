@@ -66,6 +66,12 @@ class ClawpenError(Exception):
     def __repr__(self) -> str:
         return f"ClawpenError(code={self.code!r}, message={self.message!r})"
 
+    @property
+    def retry_after(self) -> Optional[float]:
+        """For ``quota_exceeded``: seconds until a retry can succeed (None: waiting does not help)."""
+        ms = self.details.get("retry_after_ms")
+        return ms / 1000.0 if isinstance(ms, (int, float)) else None
+
 
 def encode_frame(obj: Mapping[str, Any]) -> bytes:
     """Return ``obj`` serialized as one frame (4-byte big-endian length + UTF-8 JSON)."""
@@ -315,6 +321,29 @@ class Client:
     def status(self, tenant: Optional[str] = None) -> Dict[str, Any]:
         """Return the STATUS object (``supervisor`` and ``tenants``), optionally for one tenant."""
         return self.request("status", tenant=tenant)["status"]
+
+    def explain(self, tenant: str, argv: Sequence[str], env: Optional[Mapping[str, str]] = None,
+                cwd: Optional[str] = None) -> Dict[str, Any]:
+        """What the tenant's tool policy decides for ``argv`` (and ``env``), with every rule
+        that took part; nothing runs. ``result["decision"]["allowed"]`` is the verdict."""
+        return self.request("policy.explain", tenant=tenant, argv=list(argv),
+                            env=dict(env) if env else None, cwd=cwd)["explain"]
+
+    def set_quota(self, tenant: str, **limits: Any) -> Dict[str, Any]:
+        """Change a tenant's limits (operators): policy keys as keyword arguments, for example
+        ``set_quota("acme", max_concurrent_runs=4, memory_max="512M")``. Kept across restarts."""
+        if not limits:
+            raise ValueError("set_quota needs at least one limit")
+        return self.request("tenant.set_quota", name=tenant, set=limits)
+
+    def reload_policies(self) -> Dict[str, Any]:
+        """Make the daemon re-read its policies (operators); a bad set raises and keeps the old one."""
+        return self.request("policy.reload")["policy"]
+
+    def audit(self, tenant: Optional[str] = None, since: Optional[float] = None,
+              limit: int = 100) -> List[Dict[str, Any]]:
+        """Audit events (operators), oldest first: refusals and admin actions with the rule."""
+        return self.request("audit", tenant=tenant, since=since, limit=limit)["events"]
 
 
 def _raise_if_error(reply: Mapping[str, Any]) -> None:

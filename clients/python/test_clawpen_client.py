@@ -331,6 +331,42 @@ class ClientTest(DaemonTestCase):
         self.assertEqual(second["job"]["id"], first["job"]["id"])
         self.assertEqual(second["job"]["idempotency_key"], key)
 
+    # -- the router: quotas, tool policy, set-quota, audit ----------------------------------
+
+    def test_quota_refusal_carries_retry_after(self) -> None:
+        t = self.new_tenant()
+        with self.assertRaises(ClawpenError) as cm:
+            self.client.submit(t, ["true"], timeout_s=100000)
+        self.assertEqual(cm.exception.code, "quota_exceeded")
+        self.assertEqual(cm.exception.details.get("quota"), "timeout_max_s")
+        self.assertIsNone(cm.exception.retry_after, "waiting does not help a timeout over the maximum")
+        self.client.set_quota(t, jobs_per_minute=1)
+        self.assertJob(self.client.submit(t, ["true"]), "succeeded")
+        with self.assertRaises(ClawpenError) as cm:
+            self.client.submit(t, ["true"])
+        self.assertEqual(cm.exception.details.get("quota"), "jobs_per_minute")
+        self.assertGreater(cm.exception.retry_after or 0, 0)
+
+    def test_policy_denied_and_explain(self) -> None:
+        t = self.new_tenant()
+        with self.assertRaises(ClawpenError) as cm:
+            self.client.submit(t, ["su", "-c", "id"])
+        self.assertEqual(cm.exception.code, "policy_denied")
+        self.assertIn("commands_deny", cm.exception.details.get("rule", ""))
+        e = self.client.explain(t, ["python3", "-c", "1"])
+        self.assertTrue(e["decision"]["allowed"])
+        self.assertEqual(e["decision"]["resolved_path"], "/usr/bin/python3")
+        denied = self.client.explain(t, ["true"], env={"LD_PRELOAD": "x"})
+        self.assertFalse(denied["decision"]["allowed"])
+
+    def test_audit_lists_refusals(self) -> None:
+        t = self.new_tenant()
+        with self.assertRaises(ClawpenError):
+            self.client.submit(t, ["su"])
+        events = self.client.audit(tenant=t)
+        self.assertIn("submit.denied", [e["action"] for e in events])
+        self.assertEqual(self.client.reload_policies()["source"], os.path.join(REPO, "policies"))
+
     def test_status(self) -> None:
         t = self.new_tenant()
         st = self.client.status()
