@@ -26,6 +26,8 @@ public struct SpawnOptions: Sendable {
     public var rlimits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
     /// A seccomp program the child installs on top of its inherited filter, just before exec.
     public var seccompProgram: [UInt8] = []
+    /// > 0: the child's /proc/self/oom_score_adj before exec (see cp_spawn_request).
+    public var oomScoreAdj: Int32 = 0
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -56,6 +58,7 @@ public final class SpawnCommand {
         }
         req.new_session = options.newSession ? 1 : 0
         req.parent_death_signal = options.parentDeathSignal
+        req.oom_score_adj = options.oomScoreAdj
         req.clone_flags = options.cloneFlags
         req.cgroup_fd = options.cgroupFD
         req.umask_value = options.umask

@@ -71,6 +71,11 @@ struct cp_spawn_request {
     /// of whatever filter it inherits; NULL/0 for none. Needs no_new_privs.
     const void *seccomp_program;
     size_t seccomp_len;
+
+    /// > 0: written to /proc/self/oom_score_adj before exec (raising it needs no privilege). A
+    /// job sets 1000 so that, when its tenant's cgroup runs out of memory, the kernel kills the
+    /// job rather than the tenant's worker. 0: left as inherited.
+    int oom_score_adj;
 };
 
 /// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's
