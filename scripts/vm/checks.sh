@@ -5,6 +5,7 @@
 # "FAIL - ..."), then "N passed, M failed".
 #   scripts/vm/checks.sh BIN_DIR
 set -uo pipefail
+main() {
 bin=${1:?usage: checks.sh BIN_DIR}
 passed=0 failed=0
 ok() { passed=$((passed + 1)); echo "ok - $*"; }
@@ -55,7 +56,8 @@ echo "  StatusText: $st"
 check "systemctl show -p StatusText shows the status line" bash -c "[[ '$st' == *tenants\ 3*workers*running*queued* ]]"
 journalctl --sync 2>/dev/null
 jl=$(journalctl TENANT=a --no-pager -o verbose 2>/dev/null)
-check "journald has the job's TENANT= field (journalctl TENANT=a)" bash -c "grep -q 'JOB_ID=' <<<\"\$0\" && grep -q 'MESSAGE=job finished' <<<\"\$0\"" "$jl"
+check "journald has the job's TENANT= field (journalctl TENANT=a, with JOB_ID= and WORKER_PID=)" \
+  bash -c "grep -q 'JOB_ID=' <<<\"\$0\" && grep -q 'WORKER_PID=' <<<\"\$0\" && grep -q 'MESSAGE=job finished' <<<\"\$0\"" "$jl"
 
 # --- cgroup limits in force ------------------------------------------------------------------
 # tenant a, tier free: memory_max 256 MiB, pids_max 64, cpu_max 0.5 core
@@ -134,7 +136,8 @@ mkdir -p $unit_cg/tenant-ghost 2>/dev/null             # as a run killed mid-fli
 systemctl restart clawpen.service
 clawpen submit --tenant a -- true >/dev/null 2>&1
 check "a restart removes tenant cgroups of the old run" test ! -e $unit_cg/tenant-ghost
-check "a stop after SIGHUP reload: reload is accepted (RELOADING=1 ... READY=1)" bash -c 'systemctl reload clawpen.service && systemctl -q is-active clawpen.service'
+check "systemctl reload (SIGHUP: RELOADING=1, policies re-read, READY=1) keeps the service serving" \
+  bash -c 'systemctl reload clawpen.service && sleep 1 && journalctl -u clawpen --no-pager -o cat | grep -q "policies reloaded" && [[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
 systemctl stop clawpen.service clawpen.socket
 
 # --- the escape battery, with real controllers --------------------------------------------
@@ -154,3 +157,7 @@ fi
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
+}
+
+# Parsed whole before it runs: editing this file during a run cannot change what the run does.
+main "$@"
