@@ -769,7 +769,9 @@ public final class Supervisor: @unchecked Sendable {
                 // with no worker, when the controller is there to hold it at the next start).
                 if let inForce { if inForce.enforced.contains(limit) { return .string("cgroup") } }
                 else if rt.worker == nil && cgroups?.controllers.contains(limit) == true { return .string("cgroup") }
-                return .string(fallback && sandboxEnabled ? "rlimit" : "none")
+                // The rlimit fallback is planned only where the controller is missing.
+                let controller = cgroups?.controllers.contains(limit) == true
+                return .string(fallback && sandboxEnabled && !controller ? "rlimit" : "none")
             }
             enf.set("memory", how("memory", fallback: true))
             enf.set("pids", how("pids", fallback: true))

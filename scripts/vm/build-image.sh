@@ -16,7 +16,7 @@ if [[ -r $cache/vmlinux && -r $cache/initramfs.cpio.gz && "$(cat "$cache/stamp" 
   exit 0
 fi
 if [[ ! -x $cache/busybox/bin/busybox ]]; then
-  (cd "$cache" && rm -f busybox-static_*.deb && apt-get download busybox-static >/dev/null)
+  (cd "$cache" && rm -f busybox-static_*.deb && apt-get -o APT::Sandbox::User=root download busybox-static >/dev/null)
   rm -rf "$cache/busybox" && dpkg-deb -x "$cache"/busybox-static_*.deb "$cache/busybox"
 fi
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p overlay)

@@ -79,10 +79,20 @@ echo "  fork bomb: highest pids.current seen $maxp, pids.max $(cat $unit_cg/tena
 check "a fork bomb stays under pids_max (64)" bash -c "(( $maxp <= 64 && ${ev:-0} > 0 ))"
 check "tenant a still runs jobs after the fork bomb" bash -c '[[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
 
-latency() { # median wall time of 3 `true` jobs of tenant b
-  local xs=() s
-  for _ in 1 2 3; do s=$(now); clawpen submit --tenant b -- true >/dev/null 2>&1; xs+=("$(secs "$s" "$(now)")"); done
-  printf '%s\n' "${xs[@]}" | sort -n | sed -n 2p
+latency() { # median round trip of tenant b's `true` jobs, from one connection as a service holds it
+  python3 - <<'PY'
+import statistics, sys, time
+sys.path.insert(0, "clients/python")
+from clawpen_client import Client
+with Client() as c:
+    c.submit("b", ["true"])
+    rtts = []
+    for _ in range(7):
+        t = time.monotonic()
+        c.submit("b", ["true"])
+        rtts.append(time.monotonic() - t)
+print("%.3f" % statistics.median(rtts))
+PY
 }
 clawpen submit --tenant b -- true >/dev/null 2>&1 # b's worker is up
 before=$(latency)
@@ -95,9 +105,9 @@ u1=$(awk '$1 == "usage_usec" { print $2 }' $unit_cg/tenant-a/cpu.stat); t1=$(now
 cores=$(awk -v a="$u0" -v b="$u1" -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.2f", (b - a) / 1e6 / s }')
 stat_json=$(clawpen status --tenant a --json)
 clawpen job cancel "$id" >/dev/null 2>&1
-echo "  cpu spinner: $cores core (cpu.max $(cat $unit_cg/tenant-a/cpu.max 2>/dev/null)); tenant b latency before $before s, during $during s"
-check "a CPU spinner on a 0.5-core tier gets <= 0.6 core (cpu.stat)" awk -v c="$cores" 'BEGIN { exit !(c > 0.2 && c <= 0.6) }'
-check "tenant b's jobs keep their latency while a spins (<= 2x + 0.3 s)" awk -v a="$before" -v b="$during" 'BEGIN { exit !(b <= 2 * a + 0.3) }'
+echo "  cpu spinner: $cores core (cpu.max $(cat $unit_cg/tenant-a/cpu.max 2>/dev/null), throttled $(awk '$1 == "nr_throttled" { print $2 }' $unit_cg/tenant-a/cpu.stat) periods); tenant b's submit round trip before $before s, during $during s"
+check "a CPU spinner on a 0.5-core tier gets <= 0.6 core (cpu.stat)" awk -v c="$cores" 'BEGIN { exit !(c > 0.05 && c <= 0.6) }'
+check "tenant b's jobs keep their latency while a spins (submit round trip <= 2x + 50 ms)" awk -v a="$before" -v b="$during" 'BEGIN { exit !(b > 0 && b <= 2 * a + 0.05) }'
 enf=$(echo "$stat_json" | json '" ".join(d["tenants"][0]["enforcement"][k] for k in ("memory","pids","cpu"))' 2>/dev/null)
 lim=$(echo "$stat_json" | json '"%s %s %s" % tuple(d["tenants"][0]["limits"][k] for k in ("memory_max","pids_max","cpu_max"))' 2>/dev/null)
 mode=$(echo "$stat_json" | json 'd["supervisor"]["cgroup"]["mode"]' 2>/dev/null)
@@ -143,6 +153,10 @@ systemctl stop clawpen.service clawpen.socket
 # --- the escape battery, with real controllers --------------------------------------------
 # Run from the root cgroup: the test daemons then make clawpen-<pid> nodes with controllers.
 echo $$ > /sys/fs/cgroup/cgroup.procs
+# The test daemons' workspaces (under /tmp) on a file system of their own, as /workspace would
+# be: on the VM's overlay root they would share a device with the bound /usr, and an attack's
+# `find / -xdev` would walk the host's whole /usr over 9p.
+mount -t tmpfs -o mode=1777,size=512m tmpfs /tmp
 t=$(now)
 "$bin/clawpenPackageTests.xctest" ClawpenHostileTests.EscapeTests > /tmp/escape.log 2>&1
 grep -E "error:|failed \(" /tmp/escape.log | head -n 20 | sed 's/^/  | /'
