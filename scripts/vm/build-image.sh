@@ -16,7 +16,8 @@ if [[ -r $cache/vmlinux && -r $cache/initramfs.cpio.gz && "$(cat "$cache/stamp" 
   exit 0
 fi
 if [[ ! -x $cache/busybox/bin/busybox ]]; then
-  (cd "$cache" && rm -f busybox-static_*.deb && apt-get -o APT::Sandbox::User=root download busybox-static >/dev/null)
+  get() { (cd "$cache" && rm -f busybox-static_*.deb && apt-get -o APT::Sandbox::User=root download busybox-static >/dev/null); }
+  get || { apt-get update -qq && get; } || { echo "build-image: cannot download busybox-static" >&2; exit 1; }
   rm -rf "$cache/busybox" && dpkg-deb -x "$cache"/busybox-static_*.deb "$cache/busybox"
 fi
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p overlay)

@@ -5,13 +5,15 @@
 # exits with its exit code: 125 when the VM ended without a result, 124 on CLAWPEN_VM_TIMEOUT.
 # Writes the boot and command durations to $CLAWPEN_VM_TIMES when that is set.
 # Settings: CLAWPEN_VM_MEM (MiB, default 2048), CLAWPEN_VM_TIMEOUT (s, default 900),
-# CLAWPEN_VM_VERBOSE=1 (console to stderr), CLAWPEN_VM_KEEP=1 (keep the run directory).
+# CLAWPEN_VM_VERBOSE=1 (console to stderr), CLAWPEN_VM_KEEP=1 (keep the run directory),
+# CLAWPEN_VM_QEMU (the qemu binary, default qemu-system-x86_64).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 project=$(cd "$here/../.." && pwd -P)
 cache=${CLAWPEN_VM_CACHE:-$project/.build/vm}
 (($# == 1)) || { echo "usage: $0 'command'" >&2; exit 2; }
-command -v qemu-system-x86_64 >/dev/null || { echo "vm: qemu-system-x86_64 is not installed (scripts/install-deps installs it): the VM cannot start" >&2; exit 125; }
+qemu_bin=${CLAWPEN_VM_QEMU:-qemu-system-x86_64}
+command -v "$qemu_bin" >/dev/null || { echo "vm: $qemu_bin is not installed (scripts/install-deps installs qemu-system-x86): the VM cannot start" >&2; exit 125; }
 "$here/build-image.sh" >&2 || { echo "vm: cannot build the VM image" >&2; exit 125; }
 
 # Units that only slow the boot of a throw-away VM without udev, network or persistent state.
@@ -44,7 +46,7 @@ printf '%s\n' "$1" > "$ctl/cmd.sh"
 : > "$ctl/stdout"; : > "$ctl/stderr"
 virtfs_path() { printf '%s' "${1//,/,,}"; } # qemu option values double their commas
 
-qemu=(qemu-system-x86_64 -accel tcg,thread=multi -smp 1 -m "${CLAWPEN_VM_MEM:-2048}"
+qemu=("$qemu_bin" -accel tcg,thread=multi -smp 1 -m "${CLAWPEN_VM_MEM:-2048}"
   -display none -monitor none -serial "file:$run/console.log" -no-reboot -nic none -nodefaults
   -kernel "$cache/vmlinux" -initrd "$cache/initramfs.cpio.gz"
   -append "console=ttyS0 panic=-1 loglevel=4 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all systemd.unit=clawpen-vm.target systemd.show_status=auto systemd.journald.forward_to_console=0"
