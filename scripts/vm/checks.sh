@@ -51,6 +51,14 @@ journalctl -u clawpen --no-pager -o cat | grep -q 'socket_activated=true' ; chec
 check "supervisor sits in its supervisor/ leaf of the delegated cgroup" \
   bash -c "grep -qx '0::/system.slice/clawpen.service/supervisor' /proc/\$(systemctl show -p MainPID --value clawpen)/cgroup"
 
+main_pid=$(systemctl show -p MainPID --value clawpen)
+hard=$(awk '$1 == "NoNewPrivs:" || $1 == "Seccomp:" || $1 == "CapBnd:" { printf "%s %s ", $1, $2 }' /proc/$main_pid/status)
+echo "  supervisor: $hard; $(systemd-analyze security clawpen.service 2>/dev/null | tail -n 1)"
+hardened() {
+  [[ $hard == *"NoNewPrivs: 1"*"Seccomp: 2"* && $hard != *"CapBnd: 000001ffffffffff"* ]] &&
+    awk '$5 == "/" { print $6 }' /proc/$main_pid/mountinfo | grep -q '^ro' # ProtectSystem=strict
+}
+check "the service runs hardened (no_new_privs, a seccomp filter, a reduced bounding set, read-only /)" hardened
 st=$(systemctl show clawpen -p StatusText --value)
 echo "  StatusText: $st"
 check "systemctl show -p StatusText shows the status line" bash -c "[[ '$st' == *tenants\ 3*workers*running*queued* ]]"
