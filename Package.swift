@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // clawpen: a process-per-tenant supervisor. Layout (see docs/architecture.md):
 //   C shims (CClawpenShim, CSQLite) <- ClawpenSpawn; ClawpenWire <- ClawpenProtocol <- ClawpenClient
-//   ClawpenStore, ClawpenPolicy, ClawpenSupervisor (NIO) <- clawpen
+//   ClawpenStore, ClawpenPolicy, ClawpenSystemd (CSystemd), ClawpenSupervisor (NIO) <- clawpen
 //   ClawpenWorkerCore (no Foundation, no NIO: it is multiplied by the tenant count) <- clawpen-worker
 import PackageDescription
 
@@ -26,6 +26,11 @@ let package = Package(
         .target(name: "CClawpenShim", cSettings: [.define("_GNU_SOURCE")]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // The supervisor's side of systemd: socket activation, sd_notify, the journal log handler.
+        // Never a dependency of the worker.
+        .target(name: "ClawpenSystemd", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
 
         // The safe Swift face of cp_spawn: prepared commands and spawn options.
         .target(name: "ClawpenSpawn", dependencies: ["CClawpenShim"], swiftSettings: strict),
@@ -40,7 +45,7 @@ let package = Package(
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
-                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp",
+                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp", "ClawpenSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -52,7 +57,7 @@ let package = Package(
         .executableTarget(
             name: "clawpen",
             dependencies: [
-                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy",
+                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -72,7 +77,7 @@ let package = Package(
 
         .testTarget(
             name: "ClawpenUnitTests",
-            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "CClawpenShim"],
+            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "CClawpenShim", "ClawpenSystemd"],
             swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),

@@ -105,6 +105,21 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
         if (setrlimit(req->rlimits[i].resource, &rl) != 0) child_fail(report, CP_STEP_RLIMIT);
     }
     umask(req->umask_value);
+    if (req->oom_score_adj > 0) {
+        // Best effort: a job that stays at its worker's score only makes the OOM choice worse.
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            char text[12];
+            int n = 0, v = req->oom_score_adj > 1000 ? 1000 : req->oom_score_adj;
+            char rev[12];
+            int r = 0;
+            while (v > 0 && r < 11) { rev[r++] = (char)('0' + v % 10); v /= 10; }
+            while (r > 0) text[n++] = rev[--r];
+            ssize_t unused = write(fd, text, (size_t)n);
+            (void)unused;
+            close(fd);
+        }
+    }
     if (req->seccomp_len > 0 && cp_install_seccomp(req->seccomp_program, req->seccomp_len) != 0)
         child_fail(report, CP_STEP_SECCOMP);
     execve(req->path, req->argv, req->envp);

@@ -28,6 +28,8 @@ public struct SpawnOptions: Sendable {
     public var seccompProgram: [UInt8] = []
     /// >= 0: a network namespace the child joins before anything else (instead of CLONE_NEWNET).
     public var netnsFD: Int32 = -1
+    /// > 0: the child's /proc/self/oom_score_adj before exec (see cp_spawn_request).
+    public var oomScoreAdj: Int32 = 0
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -58,6 +60,7 @@ public final class SpawnCommand {
         }
         req.new_session = options.newSession ? 1 : 0
         req.parent_death_signal = options.parentDeathSignal
+        req.oom_score_adj = options.oomScoreAdj
         req.clone_flags = options.cloneFlags
         req.cgroup_fd = options.cgroupFD
         req.netns_fd = options.netnsFD

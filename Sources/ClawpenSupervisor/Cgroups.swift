@@ -6,9 +6,10 @@ import Glibc
 /// leaf below it, limits on the tenant node so they hold for the tenant's processes together.
 ///
 /// Layout: `<base>/supervisor` (the daemon itself: cgroup v2 lets only leaves hold processes),
-/// `<base>/tenant-<name>/worker`. `<base>` is the daemon's own cgroup when it was delegated one
-/// (systemd `Delegate=yes`); when it runs in the hierarchy's root (development machines), it is
-/// `<root>/clawpen-<pid>`, so that several daemons never share tenant nodes. Only cgroup2 is
+/// `<base>/tenant-<name>` (the worker) and `<base>/tenant-<name>/job-<n>` (its jobs). `<base>` is
+/// the daemon's own cgroup when it was delegated one (systemd `Delegate=yes`); when it runs in
+/// the hierarchy's root (development machines), it is `<root>/clawpen-<pid>`, so that several
+/// daemons never share tenant nodes (see setUp). Only cgroup2 is
 /// touched; v1 hierarchies are never written. Teardown is `cgroup.kill`, then rmdir.
 /// Used from the event loop, and by the spare-spawning thread for leafForSpare (serialized by
 /// the supervisor: one refill at a time).
@@ -26,12 +27,29 @@ final class CgroupTree: @unchecked Sendable {
 
     /// Sets the tree up, or returns nil (with the reason logged by the caller) when there is no
     /// cgroup2 to use.
+    ///
+    /// Where the base goes:
+    /// - the daemon runs in the hierarchy's root (development machines, tests): a node of its
+    ///   own, `<root>/clawpen-<pid>`;
+    /// - the daemon is alone in its cgroup (systemd `Delegate=yes`: the unit's cgroup is ours):
+    ///   that cgroup itself, after removing the tenant nodes a previous run left (a crash, a
+    ///   watchdog kill);
+    /// - it shares its cgroup with other processes (started from a shell in some service's
+    ///   cgroup): `<own>/clawpen-<pid>`, where no controller can be enabled (cgroup v2 lets
+    ///   a cgroup with processes hand none down), so the rlimit fallbacks apply.
     static func setUp(_ info: CgroupInfo) -> (CgroupTree?, String?) {
         guard info.mode != .none, let own = info.path else { return (nil, "no cgroup2 mount") }
         let isHierarchyRoot = CgroupInfo.cgroup2MountPoint() == own
+        let alone = !isHierarchyRoot && processes(in: own) == [getpid()]
         removeStale(in: own)
-        let base = isHierarchyRoot ? "\(own)/\(prefix)\(getpid())" : own
-        if isHierarchyRoot, mkdir(base, 0o755) != 0, errno != EEXIST {
+        if alone {
+            for name in children(of: own) where name.hasPrefix("tenant-") || name.hasPrefix("spare-") {
+                removeTree(own + "/" + name)
+            }
+        }
+        let ownsBase = !alone
+        let base = ownsBase ? "\(own)/\(prefix)\(getpid())" : own
+        if ownsBase, mkdir(base, 0o755) != 0, errno != EEXIST {
             return (nil, "cannot create \(base): \(FileIO.errnoString(errno))")
         }
         let leaf = base + "/supervisor"
@@ -39,12 +57,29 @@ final class CgroupTree: @unchecked Sendable {
         guard write(leaf + "/cgroup.procs", "\(getpid())") else {
             return (nil, "cannot move the supervisor into \(leaf): \(FileIO.errnoString(errno))")
         }
-        // Hand the controllers the base has to the tenant nodes.
-        let available = Set((FileIO.readSmallFile(base + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
-        let wanted = available.intersection(["cpu", "memory", "pids"])
-        if !wanted.isEmpty { _ = write(base + "/cgroup.subtree_control", wanted.sorted().map { "+" + $0 }.joined(separator: " ")) }
-        let enabled = Set((FileIO.readSmallFile(base + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
-        return (CgroupTree(root: own, base: base, controllers: enabled, ownsBase: isHierarchyRoot), nil)
+        // The root may hand controllers down although it holds processes (the one exception to
+        // the no-internal-process rule): make sure it does, for the base below it.
+        if isHierarchyRoot { enable(["cpu", "memory", "pids"], in: own) }
+        // Hand the controllers the base has to the tenant nodes. The base holds no process (the
+        // daemon sits in its `supervisor` leaf), so this is allowed.
+        let enabled = enable(["cpu", "memory", "pids"], in: base)
+        return (CgroupTree(root: own, base: base, controllers: enabled, ownsBase: ownsBase), nil)
+    }
+
+    /// Enables those of `wanted` that `path` has in its subtree; returns what is enabled there.
+    @discardableResult
+    private static func enable(_ wanted: Set<String>, in path: String) -> Set<String> {
+        func words(_ file: String) -> Set<String> {
+            Set((FileIO.readSmallFile(path + "/" + file) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+        }
+        let missing = words("cgroup.controllers").intersection(wanted).subtracting(words("cgroup.subtree_control"))
+        if !missing.isEmpty { _ = write(path + "/cgroup.subtree_control", missing.sorted().map { "+" + $0 }.joined(separator: " ")) }
+        return words("cgroup.subtree_control").intersection(wanted)
+    }
+
+    /// The pids in a cgroup (its cgroup.procs).
+    static func processes(in path: String) -> [Int32] {
+        (FileIO.readSmallFile(path + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { Int32($0) }
     }
 
     /// Names of the subdirectories (child cgroups) of `path`.
@@ -192,6 +227,26 @@ final class CgroupTree: @unchecked Sendable {
         guard let events = FileIO.readSmallFile(tenantPath(tenant) + "/memory.events") else { return nil }
         for line in events.split(separator: "\n") where line.hasPrefix("oom_kill ") { return Int64(line.dropFirst("oom_kill ".count)) }
         return nil
+    }
+
+    /// What the tenant's cgroup files hold now, and which limits equal the policy's (`enforced`).
+    struct InForce {
+        var memoryMax: Int64?
+        var pidsMax: Int64?
+        var cpuMax: String?
+        var enforced: Set<String>
+    }
+
+    func limitsInForce(_ tenant: TenantName, _ limits: TierLimits) -> InForce {
+        let node = tenantPath(tenant)
+        let memory = readNumber(node + "/memory.max")
+        let pids = readNumber(node + "/pids.max")
+        let cpu = FileIO.readSmallFile(node + "/cpu.max")?.trimmingCharacters(in: " \n")
+        var enforced: Set<String> = []
+        if controllers.contains("memory"), memory == Int64(limits.memoryMaxBytes) { enforced.insert("memory") }
+        if controllers.contains("pids"), pids == Int64(limits.pidsMax) { enforced.insert("pids") }
+        if controllers.contains("cpu"), let cpu, cpu == limits.cpuMaxCgroupString { enforced.insert("cpu") }
+        return InForce(memoryMax: memory, pidsMax: pids, cpuMax: cpu, enforced: enforced)
     }
 
     private func readNumber(_ path: String) -> Int64? {

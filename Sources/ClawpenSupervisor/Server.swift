@@ -1,27 +1,38 @@
 import CClawpenShim
 import ClawpenPolicy
 import ClawpenStore
+import ClawpenSystemd
 import Dispatch
 import Glibc
 import Logging
 import NIOCore
 import NIOPosix
 
-/// `clawpen serve`: prepares directories, policies and the store, binds the socket, serves until
-/// SIGTERM/SIGINT, then shuts down in order (stop accepting, drain, stop workers, remove socket).
+/// `clawpen serve`: prepares directories, policies and the store, takes the socket systemd passed
+/// (clawpen.socket) or binds its own, serves until SIGTERM/SIGINT, then shuts down in order (stop
+/// accepting, drain, stop workers, remove the socket it bound). Under systemd (Type=notify) it
+/// says READY=1 once the store is open and the socket serves, keeps STATUS= current, beats the
+/// watchdog from its event loop, and says STOPPING=1 and RELOADING=1 (SIGHUP: policies re-read).
 public enum Server {
-    public static func run(_ config: ServeConfig, logger: Logger) throws(ServeError) {
+    public static func run(_ configIn: ServeConfig, logger: Logger) throws(ServeError) {
         _ = cp_raise_nofile_limit()
         signal(SIGPIPE, SIG_IGN)
+        let notifier = Notifier()
+        var settings = configIn
+        // Socket activation first, before anything could start a child that inherits the fd.
+        let activated: (fd: Int32, path: String)?
+        do { activated = try ListenFDs.takeUnixListener() } catch { throw .bind(path: settings.socketPath, message: error.description) }
+        if let activated { settings.socketPath = activated.path }
+        let config = settings
 
         let policies = try loadPolicies(config, logger: logger)
         let seccomp = try compileSeccompProfiles(config, policies, logger: logger)
         try FileIO.makeDirectories(config.stateDir, mode: 0o700)
         try FileIO.makeDirectories(config.workspaceRoot, mode: 0o755)
         let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
-        if !socketDir.isEmpty { try FileIO.makeDirectories(socketDir, mode: 0o755) }
+        if activated == nil, !socketDir.isEmpty { try FileIO.makeDirectories(socketDir, mode: 0o755) }
         let workerPath = try resolveWorkerPath(config)
-        try checkSocketPath(config.socketPath)
+        if activated == nil { try checkSocketPath(config.socketPath) }
 
         let store: Store
         do { store = try Store(path: config.stateDir + "/clawpen.db", fsyncAccepts: config.fsyncAccepts) } catch {
@@ -54,29 +65,58 @@ public enum Server {
         let server: Channel
         let oldMask = umask(0o117) // the socket is created 0660
         do {
-            server = try ServerBootstrap(group: group)
+            let maxFrame = config.maxFrameBytes, partialTimeout = config.partialFrameTimeoutSeconds
+            let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 4096)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers(
-                            FrameReader(maxFrameBytes: config.maxFrameBytes, partialTimeoutSeconds: config.partialFrameTimeoutSeconds),
+                            FrameReader(maxFrameBytes: maxFrame, partialTimeoutSeconds: partialTimeout),
                             ClientHandler(supervisor: supervisor))
                     }
                 }
-                .bind(unixDomainSocketPath: config.socketPath, cleanupExistingSocketFile: false)
-                .wait()
+            if let activated {
+                // systemd bound it (mode, group and path from clawpen.socket) and listens already.
+                server = try bootstrap.withBoundSocket(activated.fd).wait()
+            } else {
+                server = try bootstrap.bind(unixDomainSocketPath: config.socketPath, cleanupExistingSocketFile: false).wait()
+            }
         } catch {
             umask(oldMask)
             try? group.syncShutdownGracefully()
             throw .bind(path: config.socketPath, message: "\(error)")
         }
         umask(oldMask)
-        chmod(config.socketPath, 0o660)
+        if activated == nil { chmod(config.socketPath, 0o660) }
         logger.notice("clawpen serving", metadata: [
-            "socket": "\(config.socketPath)", "pid": "\(getpid())", "state_dir": "\(config.stateDir)",
-            "workspace_root": "\(config.workspaceRoot)", "cgroup": "\(cgroup.mode.rawValue)",
+            "socket": "\(config.socketPath)", "socket_activated": "\(activated != nil)", "pid": "\(getpid())",
+            "state_dir": "\(config.stateDir)", "workspace_root": "\(config.workspaceRoot)",
+            "cgroup": "\(cgroup.mode.rawValue)", "cgroup_base": "\(cgroups?.base ?? "none")",
+            "cgroup_controllers": "\(cgroups?.controllers.sorted().joined(separator: ",") ?? "")",
             "policies": "\(policies.source == .embedded ? "embedded defaults" : config.policiesDir)",
         ])
+        // The store is open, the socket serves: ready. Then STATUS= (and the watchdog's beat,
+        // when WatchdogSec= asks for one) from the event loop itself, so that a stuck loop
+        // stops the beat.
+        let beat: RepeatedTask?
+        if notifier.enabled {
+            notifier.ready(status: (try? loop.submit { supervisor.statusLine() }.wait()) ?? "serving")
+            let everyMicros = min(notifier.watchdogIntervalMicros ?? 5_000_000, 5_000_000)
+            let withWatchdog = notifier.watchdogIntervalMicros != nil
+            beat = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .microseconds(everyMicros)) { _ in
+                let line = supervisor.watchdogTick()
+                if withWatchdog { notifier.watchdog(status: line) } else { notifier.status(line) }
+            }
+        } else {
+            beat = nil
+        }
+        // RELOADING=1 ... READY=1 around every policy reload (SIGHUP or `clawpen policy reload`);
+        // the hook runs on the loop, inside the reload.
+        if notifier.enabled {
+            supervisor.onReload = { starting in
+                if starting { notifier.reloading() } else { notifier.reloaded(status: supervisor.statusLine()) }
+            }
+        }
 
         // Signals: SIGTERM/SIGINT start the shutdown on the loop.
         let finished = loop.makePromise(of: Void.self)
@@ -88,6 +128,7 @@ public enum Server {
             source.setEventHandler {
                 loop.execute {
                     logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
+                    notifier.stopping()
                     server.close(promise: nil) // stop accepting first
                     supervisor.beginShutdown { finished.succeed(()) }
                 }
@@ -95,7 +136,8 @@ public enum Server {
             source.resume()
             sources.append(source)
         }
-        // SIGHUP: reload the policies; a bad set keeps the old one (the log says why).
+        // SIGHUP (systemctl reload): the same reload as `clawpen policy reload`; a broken set is
+        // refused with the error logged, and the running policies stay.
         signal(SIGHUP, SIG_IGN)
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
         hup.setEventHandler {
@@ -107,9 +149,11 @@ public enum Server {
         hup.resume()
         sources.append(hup)
         try? finished.futureResult.wait()
+        beat?.cancel()
         for s in sources { s.cancel() }
         supervisor.stopSpawnThread()
-        unlink(config.socketPath)
+        // An activated socket belongs to systemd (clawpen.socket keeps listening): never unlinked.
+        if activated == nil { unlink(config.socketPath) }
         cgroups?.removeAll()
         try? loop.submit { store.checkpoint() }.wait()
         try? group.syncShutdownGracefully()

@@ -17,6 +17,7 @@ public final class Supervisor: @unchecked Sendable {
     let loop: EventLoop
     let config: ServeConfig
     let store: Store
+    /// Replaced by a policy reload (SIGHUP, `clawpen policy reload`, set-quota).
     private(set) var policies: PolicySet
     let logger: Logger
     let workerPath: String
@@ -26,10 +27,10 @@ public final class Supervisor: @unchecked Sendable {
     let sandboxEnabled = geteuid() == 0
     private let startedAt = Clock.monotonic()
 
-    private var tenants: [String: TenantRuntime] = [:]
+    var tenants: [String: TenantRuntime] = [:]
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel).
     private var waiters: [String: [(Result<JobView, ProtocolError>) -> Void]] = [:]
-    private var draining = false
+    private(set) var draining = false
     private var shutdownCompletion: (() -> Void)?
     private var graceTimer: Scheduled<Void>?
     private var stoppingWorkers = false
@@ -672,6 +673,11 @@ public final class Supervisor: @unchecked Sendable {
         if withdrawn.remove(job.id) != nil { return } // never accepted: nothing to record or tell
         let now = Clock.now()
         rt.finishedCounts[state, default: 0] += 1
+        // One line per job, with TENANT= and JOB_ID= in the journal (`journalctl TENANT=acme`).
+        // debug: a line per job is for the journal (the unit runs at --log-level debug), not for
+        // a terminal.
+        logger.debug("job finished", metadata: ["tenant": "\(rt.name)", "job_id": "\(job.id)", "state": "\(state.rawValue)",
+                                                "worker_pid": "\(rt.worker.map { "\($0.pid)" } ?? "-")"])
         var done = job
         done.state = state
         done.finishedAt = now
@@ -1050,10 +1056,13 @@ public final class Supervisor: @unchecked Sendable {
             jobs.set("canceled", c[.canceled] ?? 0)
             jobs.set("rejected", c[.rejected] ?? 0)
             o.set("jobs", jobs.value)
+            // While the worker lives, the limits are read back from its cgroup (what the kernel
+            // holds), else they are the policy's.
+            let inForce = rt.worker != nil ? cgroups?.limitsInForce(rt.name, rt.limits) : nil
             var lim = JSONObjectBuilder()
-            lim.set("memory_max", Int64(rt.limits.memoryMaxBytes))
-            lim.set("pids_max", rt.limits.pidsMax)
-            lim.set("cpu_max", .string(rt.limits.cpuMaxCgroupString))
+            lim.set("memory_max", inForce?.memoryMax ?? Int64(rt.limits.memoryMaxBytes))
+            lim.set("pids_max", inForce?.pidsMax.map(Int.init) ?? rt.limits.pidsMax)
+            lim.set("cpu_max", .string(inForce?.cpuMax ?? rt.limits.cpuMaxCgroupString))
             lim.set("max_concurrent_runs", rt.limits.maxConcurrentRuns)
             lim.set("timeout_max_s", rt.limits.timeoutMaxSeconds)
             lim.set("output_max_bytes", rt.limits.outputMaxBytes)
@@ -1082,8 +1091,13 @@ public final class Supervisor: @unchecked Sendable {
             // RLIMIT_NPROC on the tenant's uid (pids) in the sandbox; nothing limits cpu.max.
             var enf = JSONObjectBuilder()
             func how(_ limit: String, fallback: Bool) -> JSONValue {
-                if rt.cgroupEnforced.contains(limit) || (rt.worker == nil && cgroups?.controllers.contains(limit) == true) { return .string("cgroup") }
-                return .string(fallback && sandboxEnabled ? "rlimit" : "none")
+                // cgroup only when the tenant's cgroup file holds the policy's value right now (or,
+                // with no worker, when the controller is there to hold it at the next start).
+                if let inForce { if inForce.enforced.contains(limit) { return .string("cgroup") } }
+                else if rt.worker == nil && cgroups?.controllers.contains(limit) == true { return .string("cgroup") }
+                // The rlimit fallback is planned only where the controller is missing.
+                let controller = cgroups?.controllers.contains(limit) == true
+                return .string(fallback && sandboxEnabled && !controller ? "rlimit" : "none")
             }
             enf.set("memory", how("memory", fallback: true))
             enf.set("pids", how("pids", fallback: true))

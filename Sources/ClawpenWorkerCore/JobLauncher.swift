@@ -158,6 +158,8 @@ struct JobLauncher {
         // Second line of defence, whatever the sandbox adds: no core dumps.
         options.rlimits = [(Int32(RLIMIT_CORE.rawValue), 0, 0)] + jobLimits.map { ($0.resource, $0.soft, $0.hard) }
         options.seccompProgram = jobSeccompProgram
+        // The OOM killer of the tenant's cgroup picks the job, not the worker that serves it.
+        options.oomScoreAdj = 1000
         let cgroup = makeJobCgroup(request.jobID)
         options.cgroupFD = cgroup?.dirFD ?? -1
         let spawned: Result<pid_t, SpawnFailure>

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ClawpenPolicy
 import ClawpenSupervisor
+import ClawpenSystemd
 import Glibc
 import Logging
 
@@ -71,12 +72,10 @@ struct Serve: ParsableCommand {
         cfg.policiesDir = absolute(cfg.policiesDir)
 
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        // journald with TENANT=, JOB_ID=, WORKER_PID= fields when stderr is the journal; plain lines otherwise.
+        let journal = LogSink.bootstrap(level: level)
         let logger = Logger(label: "clawpen")
+        if journal { logger.debug("logging to the journal with structured fields") }
         do { try Server.run(cfg, logger: logger) } catch {
             Output.writeStderr("clawpen: serve: \(error)\n")
             throw ExitCode(error.exitCode)

@@ -76,6 +76,10 @@ struct cp_spawn_request {
     /// >= 0: a network namespace (fd of /proc/.../ns/net) the child joins first, instead of
     /// CLONE_NEWNET making one during the clone (cp_netns_create makes them ahead of need).
     int netns_fd;
+    /// > 0: written to /proc/self/oom_score_adj before exec (raising it needs no privilege). A
+    /// job sets 1000 so that, when its tenant's cgroup runs out of memory, the kernel kills the
+    /// job rather than the tenant's worker. 0: left as inherited.
+    int oom_score_adj;
 };
 
 /// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Runs inside the test VM (systemd PID 1, pure cgroup v2), as root, in the project directory:
+# installs clawpen from the build with scripts/install, starts clawpen.socket and checks, through
+# the activated socket as a service would, what issue 5 asks. One line per check ("ok - ..." or
+# "FAIL - ..."), then "N passed, M failed".
+#   scripts/vm/checks.sh BIN_DIR
+set -uo pipefail
+main() {
+bin=${1:?usage: checks.sh BIN_DIR}
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok - $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL - $*"; }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+unit_cg=/sys/fs/cgroup/system.slice/clawpen.service
+export CLAWPEN_SOCKET=/run/clawpen/clawpen.sock
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+diag() { echo "  --- $*"; }
+
+# --- install, as an operator would -------------------------------------------------------
+out=$(scripts/install --build-dir "$bin" 2>&1); rc=$?
+echo "$out" | sed 's/^/  | /'
+check "scripts/install installs binaries, units, snippets and policies" test $rc -eq 0 -a -x /usr/local/bin/clawpen -a -x /usr/local/bin/clawpen-worker -a -e /usr/local/lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml
+systemd-sysusers /usr/local/lib/sysusers.d/clawpen.conf
+systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/clawpen.conf
+check "sysusers.d made the clawpen group, tmpfiles.d made /workspace and /var/lib/clawpen (0700)" \
+  bash -c 'getent group clawpen >/dev/null && test -d /workspace && test "$(stat -c %a /var/lib/clawpen)" = 700'
+systemctl daemon-reload
+v=$(systemd-analyze verify /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service 2>&1); rc=$?
+[[ -n $v ]] && echo "$v" | sed 's/^/  | /'
+check "systemd-analyze verify passes on the installed units" test $rc -eq 0
+
+systemctl start clawpen.socket
+check "clawpen.socket listens on /run/clawpen/clawpen.sock (0660 root:clawpen), service not started" \
+  bash -c '[[ $(stat -c "%a %U %G" /run/clawpen/clawpen.sock) == "660 root clawpen" ]] && ! systemctl -q is-active clawpen.service'
+
+# --- socket activation and the first job ------------------------------------------------------
+t=$(now)
+out=$(clawpen submit --tenant a -- echo hello 2>&1); rc=$?
+[[ $out == *unknown_tenant* ]] && { clawpen tenant create a >/dev/null && clawpen tenant create b >/dev/null && clawpen tenant create c >/dev/null; }
+# The tenants exist now; stop the service so that the next submit must start it again.
+systemctl stop clawpen.service
+systemctl -q is-active clawpen.service && fail "service still active after stop"
+t=$(now)
+out=$(clawpen submit --tenant a -- echo hello 2>&1); rc=$?
+echo "  first submit through the activated socket: $(secs "$t" "$(now)") s"
+check "the first submit starts the service (socket activation) and the job succeeds" \
+  bash -c "[[ $rc -eq 0 && '$out' == hello ]] && systemctl -q is-active clawpen.service"
+journalctl -u clawpen --no-pager -o cat | grep -q 'socket_activated=true' ; check "the service took its socket from systemd (sd_listen_fds)" test $? -eq 0
+check "supervisor sits in its supervisor/ leaf of the delegated cgroup" \
+  bash -c "grep -qx '0::/system.slice/clawpen.service/supervisor' /proc/\$(systemctl show -p MainPID --value clawpen)/cgroup"
+
+main_pid=$(systemctl show -p MainPID --value clawpen)
+hard=$(awk '$1 == "NoNewPrivs:" || $1 == "Seccomp:" || $1 == "CapBnd:" { printf "%s %s ", $1, $2 }' /proc/$main_pid/status)
+echo "  supervisor: $hard; $(systemd-analyze security clawpen.service 2>/dev/null | tail -n 1)"
+hardened() {
+  [[ $hard == *"NoNewPrivs: 1"*"Seccomp: 2"* && $hard != *"CapBnd: 000001ffffffffff"* ]] &&
+    awk '$5 == "/" { print $6 }' /proc/$main_pid/mountinfo | grep -q '^ro' # ProtectSystem=strict
+}
+check "the service runs hardened (no_new_privs, a seccomp filter, a reduced bounding set, read-only /)" hardened
+st=$(systemctl show clawpen -p StatusText --value)
+echo "  StatusText: $st"
+check "systemctl show -p StatusText shows the status line" bash -c "[[ '$st' == *tenants\ 3*workers*running*queued* ]]"
+journalctl --sync 2>/dev/null
+jl=$(journalctl TENANT=a --no-pager -o verbose 2>/dev/null)
+check "journald has the job's TENANT= field (journalctl TENANT=a, with JOB_ID= and WORKER_PID=)" \
+  bash -c "grep -q 'JOB_ID=' <<<\"\$0\" && grep -q 'WORKER_PID=' <<<\"\$0\" && grep -q 'MESSAGE=job finished' <<<\"\$0\"" "$jl"
+
+# --- cgroup limits in force ------------------------------------------------------------------
+# tenant a, tier free: memory_max 256 MiB, pids_max 64, cpu_max 0.5 core
+out=$(clawpen submit --tenant a --json -- python3 -c 'x = b"x" * (768 << 20); print("ALLOCATED")' 2>/dev/null); rc=$?
+state=$(echo "$out" | json 'd["state"]' 2>/dev/null)
+echo "  memory hog: exit $rc, state $state, memory.events: $(tr '\n' ' ' < $unit_cg/tenant-a/memory.events 2>/dev/null)"
+check "a job allocating 3x memory_max ends oom_killed (exit 137)" test "$rc" = 137 -a "$state" = oom_killed
+out=$(clawpen submit --tenant a -- echo still-alive 2>&1)
+check "tenant a's worker survived the OOM kill of its job" test "$out" = still-alive
+
+id=$(clawpen submit --tenant a --detach --timeout 6 -- sh -c 'f() { f | f & }; f; sleep 4')
+maxp=0
+for _ in $(seq 1 20); do
+  p=$(cat $unit_cg/tenant-a/pids.current 2>/dev/null || echo 0); ((p > maxp)) && maxp=$p; sleep 0.2
+done
+clawpen job wait "$id" >/dev/null 2>&1
+ev=$(awk '$1 == "max" { print $2 }' $unit_cg/tenant-a/pids.events 2>/dev/null)
+echo "  fork bomb: highest pids.current seen $maxp, pids.max $(cat $unit_cg/tenant-a/pids.max 2>/dev/null), forks refused (pids.events max) $ev"
+check "a fork bomb stays under pids_max (64)" bash -c "(( $maxp <= 64 && ${ev:-0} > 0 ))"
+check "tenant a still runs jobs after the fork bomb" bash -c '[[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
+
+latency() { # median round trip of tenant b's `true` jobs, from one connection as a service holds it
+  python3 - <<'PY'
+import statistics, sys, time
+sys.path.insert(0, "clients/python")
+from clawpen_client import Client
+with Client() as c:
+    c.submit("b", ["true"])
+    rtts = []
+    for _ in range(7):
+        t = time.monotonic()
+        c.submit("b", ["true"])
+        rtts.append(time.monotonic() - t)
+print("%.3f" % statistics.median(rtts))
+PY
+}
+clawpen submit --tenant b -- true >/dev/null 2>&1 # b's worker is up
+before=$(latency)
+id=$(clawpen submit --tenant a --detach --timeout 12 -- sh -c 'while :; do :; done')
+sleep 1
+u0=$(awk '$1 == "usage_usec" { print $2 }' $unit_cg/tenant-a/cpu.stat); t0=$(now)
+during=$(latency)
+sleep 3
+u1=$(awk '$1 == "usage_usec" { print $2 }' $unit_cg/tenant-a/cpu.stat); t1=$(now)
+cores=$(awk -v a="$u0" -v b="$u1" -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.2f", (b - a) / 1e6 / s }')
+stat_json=$(clawpen status --tenant a --json)
+clawpen job cancel "$id" >/dev/null 2>&1
+echo "  cpu spinner: $cores core (cpu.max $(cat $unit_cg/tenant-a/cpu.max 2>/dev/null), throttled $(awk '$1 == "nr_throttled" { print $2 }' $unit_cg/tenant-a/cpu.stat) periods); tenant b's submit round trip before $before s, during $during s"
+check "a CPU spinner on a 0.5-core tier gets <= 0.6 core (cpu.stat)" awk -v c="$cores" 'BEGIN { exit !(c > 0.05 && c <= 0.6) }'
+check "tenant b's jobs keep their latency while a spins (submit round trip <= 2x + 50 ms)" awk -v a="$before" -v b="$during" 'BEGIN { exit !(b > 0 && b <= 2 * a + 0.05) }'
+enf=$(echo "$stat_json" | json '" ".join(d["tenants"][0]["enforcement"][k] for k in ("memory","pids","cpu"))' 2>/dev/null)
+lim=$(echo "$stat_json" | json '"%s %s %s" % tuple(d["tenants"][0]["limits"][k] for k in ("memory_max","pids_max","cpu_max"))' 2>/dev/null)
+mode=$(echo "$stat_json" | json 'd["supervisor"]["cgroup"]["mode"]' 2>/dev/null)
+echo "  status: cgroup mode $mode, enforcement (memory pids cpu) $enf, limits read back $lim"
+check "status reports enforcement: cgroup for memory, pids and cpu" test "$enf" = "cgroup cgroup cgroup" -a "$mode" = v2
+
+# --- watchdog ----------------------------------------------------------------------------
+old=$(systemctl show -p MainPID --value clawpen)
+id=$(clawpen submit --tenant b --detach -- sh -c 'sleep 3; echo finished-after-restart')
+sleep 0.5
+kill -STOP "$old"
+t=$(now); new=$old
+while [[ $new == "$old" || $new == 0 ]] && (( $(awk -v a="$t" -v b="$(now)" 'BEGIN { print (b - a < 90) }') )); do
+  sleep 1; new=$(systemctl show -p MainPID --value clawpen)
+done
+echo "  watchdog: supervisor $old stopped, replaced by $new after $(secs "$t" "$(now)") s (NRestarts $(systemctl show -p NRestarts --value clawpen))"
+journalctl -u clawpen --no-pager -o cat | grep -i 'watchdog' | tail -n 2 | sed 's/^/  | /'
+check "SIGSTOP to the supervisor: the watchdog restarts it" bash -c "[[ $new != $old && $new != 0 ]] && journalctl -u clawpen --no-pager | grep -qi 'watchdog timeout'"
+out=$(clawpen job wait "$id" 2>&1); rc=$?
+check "a job accepted before the stop completes after the restart" bash -c "[[ $rc -eq 0 && '$out' == finished-after-restart ]]"
+
+# --- stop ----------------------------------------------------------------------------------
+clawpen submit --tenant a --detach -- sleep 60 >/dev/null
+clawpen submit --tenant c --detach -- sleep 60 >/dev/null
+sleep 1
+echo "  before stop: $(pgrep -c -f clawpen-worker) worker(s), cgroups: $(cd $unit_cg 2>/dev/null && ls -d tenant-* | tr '\n' ' ')"
+systemctl stop clawpen.service
+left=$(pgrep -f 'clawpen-worker|sleep 60' | wc -l)
+cgs=$(find /sys/fs/cgroup -name 'tenant-*' -type d | wc -l)
+echo "  after stop: $left tenant process(es), $cgs tenant cgroup(s)"
+check "systemctl stop clawpen leaves no worker or job process and no tenant-* cgroup" test "$left" = 0 -a "$cgs" = 0
+
+# --- restart cleans the cgroups of an old run -----------------------------------------
+clawpen submit --tenant a -- true >/dev/null 2>&1      # activation again
+mkdir -p $unit_cg/tenant-ghost 2>/dev/null             # as a run killed mid-flight could leave it
+systemctl restart clawpen.service
+clawpen submit --tenant a -- true >/dev/null 2>&1
+check "a restart removes tenant cgroups of the old run" test ! -e $unit_cg/tenant-ghost
+check "systemctl reload (SIGHUP: RELOADING=1, policies re-read, READY=1) keeps the service serving" \
+  bash -c 'systemctl reload clawpen.service && sleep 1 && journalctl -u clawpen --no-pager -o cat | grep -q "policies reloaded" && [[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
+systemctl stop clawpen.service clawpen.socket
+
+# --- the escape battery, with real controllers --------------------------------------------
+# Run from the root cgroup: the test daemons then make clawpen-<pid> nodes with controllers.
+echo $$ > /sys/fs/cgroup/cgroup.procs
+# The test daemons' workspaces (under /tmp) on a file system of their own, as /workspace would
+# be: on the VM's overlay root they would share a device with the bound /usr, and an attack's
+# `find / -xdev` would walk the host's whole /usr over 9p.
+mount -t tmpfs -o mode=1777,size=512m tmpfs /tmp
+t=$(now)
+"$bin/clawpenPackageTests.xctest" ClawpenHostileTests.EscapeTests > /tmp/escape.log 2>&1
+grep -E "error:|failed \(" /tmp/escape.log | head -n 20 | sed 's/^/  | /'
+read -r n f < <(grep -E "Executed [0-9]+ tests?" /tmp/escape.log | tail -n 1 | sed -E 's/.*Executed ([0-9]+) tests?, with ([0-9]+) failures?.*/\1 \2/')
+echo "  escape battery: ${n:-0} tests, ${f:-?} failures, $(secs "$t" "$(now)") s"
+if [[ -n ${n:-} && ${n:-0} -gt 0 ]]; then
+  passed=$((passed + n - f)); failed=$((failed + f))
+  echo "$( ((f == 0)) && echo ok || echo FAIL ) - escape battery inside the VM ($((n - f)) of $n)"
+else
+  fail "escape battery inside the VM did not run"; tail -n 20 /tmp/escape.log
+fi
+
+echo "$passed passed, $failed failed"
+((failed == 0))
+}
+
+# Parsed whole before it runs: editing this file during a run cannot change what the run does.
+main "$@"
