@@ -152,6 +152,20 @@ final class CgroupTree: @unchecked Sendable {
         return fd
     }
 
+    /// The tenant's first job slot, `job-1`, made by the supervisor while the new worker builds
+    /// its sandbox, delegated to the tenant's uid like the node. The worker reuses it for its
+    /// first job instead of creating it while that job waits. Best effort: the worker makes it
+    /// when it is missing, and passes it over if it is not yet its own (JobLauncher).
+    func prepareFirstJobSlot(_ tenant: TenantName, owner: Int?) {
+        let slot = tenantPath(tenant) + "/job-1"
+        guard mkdir(slot, 0o755) == 0 else { return }
+        if let owner {
+            for path in [slot, slot + "/cgroup.procs", slot + "/cgroup.threads", slot + "/cgroup.subtree_control"] {
+                _ = chown(path, uid_t(owner), gid_t(owner))
+            }
+        }
+    }
+
     private var spareCounter = 0
 
     /// A node for a spare worker: (its path, the leaf fd to clone into).

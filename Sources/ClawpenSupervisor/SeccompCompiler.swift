@@ -29,6 +29,8 @@ enum SeccompCompiler {
         }
         guard let ctx = seccomp_init(cs_act_errno(EPERM)) else { throw Failure(profile: profile.name, message: "seccomp_init failed") }
         defer { seccomp_release(ctx) }
+        let opt = cs_optimize_binary_tree(ctx)
+        guard opt == 0 else { throw Failure(profile: profile.name, message: "binary-tree layout: \(String(cString: strerror(-opt)))") }
         func add(_ name: String, _ action: UInt32) throws(Failure) {
             let nr = seccomp_syscall_resolve_name(name)
             guard nr != cs_nr_error() else { return } // not on this architecture

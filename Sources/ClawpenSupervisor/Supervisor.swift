@@ -477,8 +477,11 @@ public final class Supervisor: @unchecked Sendable {
     private func pump() {
         guard !draining else { return }
         var written: [WorkerHandle] = []
+        // A worker that is still setting up may be given jobs: they wait in its socket behind
+        // the configure frame, which saves a new tenant's first job a round trip. If its setup
+        // fails, they go back to the queue as they were (workerExited).
         router.pump(canStart: { rt in
-            guard !rt.queue.isEmpty, let w = rt.worker, w.isReady, !w.exitExpected, w.channel != nil else { return false }
+            guard !rt.queue.isEmpty, let w = rt.worker, !w.exitExpected, w.channel != nil else { return false }
             return w.inFlight.count < rt.limits.maxConcurrentRuns
         }, start: { rt in
             guard let w = rt.worker, let channel = w.channel, var job = rt.queue.popFirst() else { return }
@@ -552,6 +555,8 @@ public final class Supervisor: @unchecked Sendable {
         do {
             rt.cgroupEnforced = cgroups?.applyLimits(rt.name, rt.limits) ?? []
             try WorkerSpawner.sendConfigure(plan, to: spawned)
+            // While the worker builds its sandbox (over a millisecond), its first job slot.
+            if plan.enabled { cgroups?.prepareFirstJobSlot(rt.name, owner: Int(plan.uid)) }
         } catch {
             // A worker that died at once (its exec failed, it crashed) fails here: say how it ended.
             var status: Int32 = 0
@@ -746,6 +751,12 @@ public final class Supervisor: @unchecked Sendable {
             for job in lost.reversed() {
                 if rt.cancelRequested.remove(job.id) != nil {
                     finish(job, rt, state: .canceled, result: JobResult(signal: SIGKILL))
+                } else if !w.isReady {
+                    // Sent to a worker that never finished its setup: the job never started.
+                    var again = job
+                    again.state = .queued; again.startedAt = nil
+                    rt.queue.pushFront(again)
+                    router.accepted(rt)
                 } else if job.attempt < config.maxAttempts && !draining {
                     var again = job
                     again.state = .queued; again.startedAt = nil; again.attempt += 1

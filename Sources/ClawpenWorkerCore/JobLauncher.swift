@@ -43,9 +43,19 @@ struct JobLauncher {
         if let slot = slots.free.popLast() { return slot }
         slots.next += 1
         let name = "job-\(slots.next)"
-        guard mkdirat(jobCgroupParent, name, 0o755) == 0 || errno == EEXIST else { return nil }
+        let made = mkdirat(jobCgroupParent, name, 0o755) == 0
+        guard made || errno == EEXIST else { return nil }
         let dir = openat(jobCgroupParent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard dir >= 0 else { return nil }
+        if !made {
+            // A slot the supervisor made ahead (job-1) is usable once it has been handed to us;
+            // one caught half-made is passed over (cloning into it would fail with EACCES).
+            var st = stat()
+            guard fstatat(dir, "cgroup.procs", &st, 0) == 0, st.st_uid == getuid() || getuid() == 0 else {
+                close(dir)
+                return slots.next < 64 ? makeJobCgroup(jobID) : nil
+            }
+        }
         let events = openat(dir, "cgroup.events", O_RDONLY | O_CLOEXEC)
         let procs = openat(dir, "cgroup.procs", O_RDONLY | O_CLOEXEC)
         guard events >= 0, procs >= 0 else {

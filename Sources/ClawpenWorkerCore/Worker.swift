@@ -141,6 +141,9 @@ public final class Worker {
     // MARK: - The loop
 
     private func serve() -> Never {
+        // The supervisor sends a new worker's first jobs right behind its configure frame, so
+        // they may already sit in the buffer: handle them before waiting for more.
+        handleBufferedFrames()
         var fds: [pollfd] = []
         while true {
             fds.removeAll(keepingCapacity: true)
@@ -197,6 +200,11 @@ public final class Worker {
             log("read from supervisor failed: \(errnoString(errno))")
             shutdown(code: 70)
         }
+        handleBufferedFrames()
+    }
+
+    /// Handles every complete frame already read from the supervisor.
+    private func handleBufferedFrames() {
         while true {
             let payload: [UInt8]?
             do { payload = try inbound.next() } catch {
