@@ -11,8 +11,7 @@ final class UntrustedWorkerTests: XCTestCase {
 
     /// A daemon whose workers are `script` (fd 3 is the supervisor socket).
     func daemon(worker script: String) throws -> Daemon {
-        var template = Array("/tmp/clawpen-test-XXXXXX".utf8CString)
-        let dir = String(cString: mkdtemp(&template)!)
+        let dir = try Daemon.tempDir()
         let path = dir + "/fake-worker"
         try ("#!/bin/sh\n" + script + "\n").write(toFile: path, atomically: true, encoding: .utf8)
         chmod(path, 0o755)

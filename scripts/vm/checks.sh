@@ -161,20 +161,22 @@ systemctl stop clawpen.service clawpen.socket
 # --- the escape battery, with real controllers --------------------------------------------
 # Run from the root cgroup: the test daemons then make clawpen-<pid> nodes with controllers.
 echo $$ > /sys/fs/cgroup/cgroup.procs
-# The test daemons' workspaces (under /tmp) on a file system of their own, as /workspace would
+# The test daemons' directories (TMPDIR) on a file system of their own, as /workspace would
 # be: on the VM's overlay root they would share a device with the bound /usr, and an attack's
-# `find / -xdev` would walk the host's whole /usr over 9p.
-mount -t tmpfs -o mode=1777,size=512m tmpfs /tmp
+# `find / -xdev` would walk the host's whole /usr over 9p. Not over /tmp: the project (and its
+# build) may live there.
+esc=/run/clawpen-escape
+mkdir -p $esc && mount -t tmpfs -o mode=1777,size=512m tmpfs $esc
 t=$(now)
-"$bin/clawpenPackageTests.xctest" ClawpenHostileTests.EscapeTests > /tmp/escape.log 2>&1
-grep -E "error:|failed \(" /tmp/escape.log | head -n 20 | sed 's/^/  | /'
-read -r n f < <(grep -E "Executed [0-9]+ tests?" /tmp/escape.log | tail -n 1 | sed -E 's/.*Executed ([0-9]+) tests?, with ([0-9]+) failures?.*/\1 \2/')
+TMPDIR=$esc "$bin/clawpenPackageTests.xctest" ClawpenHostileTests.EscapeTests > $esc/escape.log 2>&1
+grep -E "error:|failed \(" $esc/escape.log | head -n 20 | sed 's/^/  | /'
+read -r n f < <(grep -E "Executed [0-9]+ tests?" $esc/escape.log | tail -n 1 | sed -E 's/.*Executed ([0-9]+) tests?, with ([0-9]+) failures?.*/\1 \2/')
 echo "  escape battery: ${n:-0} tests, ${f:-?} failures, $(secs "$t" "$(now)") s"
 if [[ -n ${n:-} && ${n:-0} -gt 0 ]]; then
   passed=$((passed + n - f)); failed=$((failed + f))
   echo "$( ((f == 0)) && echo ok || echo FAIL ) - escape battery inside the VM ($((n - f)) of $n)"
 else
-  fail "escape battery inside the VM did not run"; tail -n 20 /tmp/escape.log
+  fail "escape battery inside the VM did not run"; tail -n 20 $esc/escape.log
 fi
 
 echo "$passed passed, $failed failed"
