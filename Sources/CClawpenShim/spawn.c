@@ -71,6 +71,7 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < _NSIG; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP) continue;
+        if (req->reset_signal_mask != 0 && (sig > 64 || !(req->reset_signal_mask & (1ULL << (sig - 1))))) continue;
         (void)sigaction(sig, &dfl, NULL); // EINVAL for the glibc-reserved ones: fine
     }
     sigset_t empty;

@@ -30,6 +30,9 @@ public struct SpawnOptions: Sendable {
     public var netnsFD: Int32 = -1
     /// > 0: the child's /proc/self/oom_score_adj before exec (see cp_spawn_request).
     public var oomScoreAdj: Int32 = 0
+    /// nil: the child resets every signal's disposition. Else only these (see
+    /// cp_spawn_request.reset_signal_mask): for callers with no handlers installed.
+    public var resetOnlySignals: [Int32]? = nil
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -61,6 +64,9 @@ public final class SpawnCommand {
         req.new_session = options.newSession ? 1 : 0
         req.parent_death_signal = options.parentDeathSignal
         req.oom_score_adj = options.oomScoreAdj
+        req.reset_signal_mask = (options.resetOnlySignals ?? []).reduce(UInt64(0)) { mask, sig in
+            (1...64).contains(sig) ? mask | (UInt64(1) << UInt64(sig - 1)) : mask
+        }
         req.clone_flags = options.cloneFlags
         req.cgroup_fd = options.cgroupFD
         req.netns_fd = options.netnsFD

@@ -170,6 +170,9 @@ struct JobLauncher {
         options.seccompProgram = jobSeccompProgram
         // The OOM killer of the tenant's cgroup picks the job, not the worker that serves it.
         options.oomScoreAdj = 1000
+        // The worker installs no signal handlers (SIGCHLD comes through a signalfd) and ignores
+        // only SIGPIPE: that is all the job must not inherit.
+        options.resetOnlySignals = [SIGPIPE]
         let cgroup = makeJobCgroup(request.jobID)
         options.cgroupFD = cgroup?.dirFD ?? -1
         let spawned: Result<pid_t, SpawnFailure>

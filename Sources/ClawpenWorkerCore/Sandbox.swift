@@ -69,6 +69,24 @@ struct SandboxSetup {
         try step("symlink \(path)", content) { symlinkat(content, dir, name) }
     }
 
+    /// The bytes of a regular host file of at most 256 KiB (nil: anything else, or unreadable).
+    static func smallRegularFile(_ path: String) -> [UInt8]? {
+        let fd = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= 256 * 1024 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            off += n
+        }
+        return bytes
+    }
+
     func apply() throws(Failure) {
         // The supervisor has placed us in the tenant's cgroup: make it the root of our view.
         try step("unshare cgroup namespace") { cp_unshare_cgroup() }
@@ -139,7 +157,14 @@ struct SandboxSetup {
         }
         for bind in plan.etcBinds {
             guard bind.target.hasPrefix("/etc/") else { continue }
-            try bindReadOnly(bind.source, at: String(bind.target.dropFirst(5)), below: etc)
+            let name = String(bind.target.dropFirst(5))
+            // A small file (ld.so.cache) is copied rather than bound: a write to this tmpfs,
+            // read-only below like the rest of /etc, costs less than a bind and its remount.
+            if !name.contains("/"), let bytes = Self.smallRegularFile(bind.source) {
+                try step("write /etc/\(name)") { bytes.withUnsafeBytes { cp_write_file(etc, name, $0.baseAddress, $0.count, 0o644) } }
+                continue
+            }
+            try bindReadOnly(bind.source, at: name, below: etc)
         }
         try step("remount /etc read-only") { cp_remount_bind(etc, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
         close(etc)

@@ -147,7 +147,8 @@ final class LifecycleTests: XCTestCase {
     private func killWorkerWhileBusy(_ d: Daemon, _ tenant: String, after previous: Int64?) throws -> Int64 {
         var pid: Int64 = -1
         XCTAssertTrue(d.eventually(10) {
-            guard let t = try? d.tenantStatus(tenant), t["jobs"]?["running"]?.intValue == 1,
+            // busy: set up and running the job (a starting worker may already hold it, unstarted)
+            guard let t = try? d.tenantStatus(tenant), t["jobs"]?["running"]?.intValue == 1, t["state"]?.stringValue == "busy",
                   let p = t["worker_pid"]?.intValue, p != previous else { return false }
             pid = p
             return true
@@ -196,6 +197,8 @@ final class LifecycleTests: XCTestCase {
         XCTAssertEqual(job.state, .failed)
         XCTAssertEqual(job.error?.code, .workerCrashed)
         XCTAssertTrue(job.error?.message.contains("cannot start") ?? false, job.error?.message ?? "")
+        // It was handed to workers behind their configure frame, but never started: no attempt counted.
+        XCTAssertEqual(job.attempt, 1)
         XCTAssertTrue(d.eventually(5) { (try? d.tenantStatus("a")["state"]?.stringValue) == "idle" }, "no retry loop: the tenant settles idle")
         XCTAssertNoThrow(try d.connect().call(.ping))
     }
