@@ -137,8 +137,13 @@ final class CgroupTree: @unchecked Sendable {
         let node = tenantPath(tenant)
         guard mkdir(node, 0o755) == 0 || errno == EEXIST else { throw .create(node, errno) }
         if let owner {
-            for path in [node, node + "/cgroup.procs", node + "/cgroup.threads", node + "/cgroup.subtree_control"] {
-                guard chown(path, uid_t(owner), gid_t(owner)) == 0 else { throw .create(path, errno) }
+            // Through the node's fd: one path walk, not four.
+            let dir = open(node, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard dir >= 0 else { throw .create(node, errno) }
+            defer { close(dir) }
+            guard fchown(dir, uid_t(owner), gid_t(owner)) == 0 else { throw .create(node, errno) }
+            for file in ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+                guard fchownat(dir, file, uid_t(owner), gid_t(owner), AT_SYMLINK_NOFOLLOW) == 0 else { throw .create(node + "/" + file, errno) }
             }
         }
         return node
@@ -160,8 +165,12 @@ final class CgroupTree: @unchecked Sendable {
         let slot = tenantPath(tenant) + "/job-1"
         guard mkdir(slot, 0o755) == 0 else { return }
         if let owner {
-            for path in [slot, slot + "/cgroup.procs", slot + "/cgroup.threads", slot + "/cgroup.subtree_control"] {
-                _ = chown(path, uid_t(owner), gid_t(owner))
+            let dir = open(slot, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard dir >= 0 else { return }
+            defer { close(dir) }
+            _ = fchown(dir, uid_t(owner), gid_t(owner))
+            for file in ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+                _ = fchownat(dir, file, uid_t(owner), gid_t(owner), AT_SYMLINK_NOFOLLOW)
             }
         }
     }

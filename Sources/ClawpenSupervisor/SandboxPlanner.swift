@@ -17,13 +17,27 @@ enum SandboxPlanner {
     static let maxFileBytes: UInt64 = 4 << 30
     static let maxOpenFiles: UInt64 = 4096
 
+    /// What the host's layout gives every plan (the binds and the merged-/usr links), resolved
+    /// once: the host's /usr does not move while the daemon runs, and a new tenant's first job
+    /// should not wait for a dozen realpath and readlink calls.
+    private static let hostLayout: (rootBinds: [SandboxPlan.Bind], links: [SandboxPlan.Bind], etcBinds: [SandboxPlan.Bind]) = {
+        var rootBinds: [SandboxPlan.Bind] = [], links: [SandboxPlan.Bind] = []
+        for path in readOnlyPaths {
+            guard let resolved = resolve(path) else { continue }
+            if let content = linkContent(path), readOnlyPaths.contains(where: { $0 != path && (resolved == $0 || resolved.hasPrefix($0 + "/")) }) {
+                links.append(.init(source: content, target: path))
+            } else {
+                rootBinds.append(.init(source: resolved, target: path))
+            }
+        }
+        let etc = etcPaths.compactMap { p in resolve(p).map { SandboxPlan.Bind(source: $0, target: p) } }
+        return (rootBinds, links, etc)
+    }()
+
     /// `controllers`: the cgroup controllers enabled for the tenant nodes.
     static func plan(tenant: TenantName, uid: Int, workspace: String, limits: TierLimits,
                      enabled: Bool, controllers: Set<String>) -> SandboxPlan {
         let u = UInt32(uid)
-        func binds(_ paths: [String]) -> [SandboxPlan.Bind] {
-            paths.compactMap { p in resolve(p).map { SandboxPlan.Bind(source: $0, target: p) } }
-        }
         // Fallbacks while the kernel gives us no memory or pids controller (DESIGN.md): the
         // tenant's process count by RLIMIT_NPROC on its uid, each job's memory by RLIMIT_AS.
         let hasPids = controllers.contains("pids"), hasMemory = controllers.contains("memory")
@@ -39,19 +53,11 @@ enum SandboxPlanner {
             [.init(resource: Int32(RLIMIT_AS.rawValue), soft: UInt64(limits.memoryMaxBytes), hard: UInt64(limits.memoryMaxBytes))]
         // Merged /usr: a host path that is a symlink into another bound tree becomes the same
         // symlink in the sandbox (no mount needed); anything else is bound.
-        var rootBinds: [SandboxPlan.Bind] = [], links: [SandboxPlan.Bind] = []
-        for path in readOnlyPaths {
-            guard let resolved = resolve(path) else { continue }
-            if let content = linkContent(path), readOnlyPaths.contains(where: { $0 != path && (resolved == $0 || resolved.hasPrefix($0 + "/")) }) {
-                links.append(.init(source: content, target: path))
-            } else {
-                rootBinds.append(.init(source: resolved, target: path))
-            }
-        }
+        let (rootBinds, links, etcBinds) = hostLayout
         let name = tenant.value
         var plan = SandboxPlan(
             enabled: enabled, tenant: name, uid: u, gid: u, workspace: workspace,
-            readOnlyBinds: rootBinds, etcBinds: binds(etcPaths),
+            readOnlyBinds: rootBinds, etcBinds: etcBinds,
             passwd: "root:x:0:0:root:/root:/usr/sbin/nologin\n\(name):x:\(u):\(u):clawpen tenant \(name):/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
             group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
