@@ -136,21 +136,13 @@ public struct AccessPolicy: Sendable, Equatable {
                     }
                 }
             }
-            if let g = operators.first(where: { $0.matches(caller) }) {
-                return AccessDecision(
-                    allowed: true, rule: "operators.\(g.kind.rawValue) \(g.shown) (\(g.file):\(g.line))",
-                    message: "\(caller.described) is an operator and may submit for every tenant")
-            }
+            if let allowed = operatorDecision(caller, "is an operator and may submit for every tenant") { return allowed }
             let rule = "no rule in \(file) grants \(caller.described) tenant '\(tenant)'"
             return AccessDecision(
                 allowed: false, rule: rule,
                 message: "\(rule): add the user or one of its groups to [tenants.\(PolicyLoader.isValidTenantName(tenant) ? tenant : "<name>")] in access.toml")
         case .operator(let command):
-            if let g = operators.first(where: { $0.matches(caller) }) {
-                return AccessDecision(
-                    allowed: true, rule: "operators.\(g.kind.rawValue) \(g.shown) (\(g.file):\(g.line))",
-                    message: "\(caller.described) is an operator")
-            }
+            if let allowed = operatorDecision(caller, "is an operator") { return allowed }
             let rule = "no rule in \(file) makes \(caller.described) an operator"
             return AccessDecision(
                 allowed: false, rule: rule,
@@ -161,6 +153,14 @@ public struct AccessPolicy: Sendable, Equatable {
     // MARK: - Parsing
 
     /// Parses `access.toml`. `file` names the file in errors; `origin` in rules ("access.toml").
+    /// Allowed by the first [operators] grant that matches `caller`, nil when none does.
+    private func operatorDecision(_ caller: Caller, _ what: String) -> AccessDecision? {
+        guard let g = operators.first(where: { $0.matches(caller) }) else { return nil }
+        return AccessDecision(
+            allowed: true, rule: "operators.\(g.kind.rawValue) \(g.shown) (\(g.file):\(g.line))",
+            message: "\(caller.described) \(what)")
+    }
+
     public static func parse(_ root: TOMLTable, file: String, origin: String = "access.toml") throws(PolicyError) -> AccessPolicy {
         var policy = AccessPolicy(file: origin)
         for top in root.entries {

@@ -156,7 +156,8 @@ final class Router<Tenant: RoutedTenant> {
     }
 }
 
-/// A FIFO with O(1) append and pop (amortized), for router queues.
+/// A FIFO with O(1) append, pop and push to the front (amortized): the router's queues and the
+/// tenants' job queues.
 struct RingBuffer<Element> {
     private var items: [Element] = []
     private var head = 0
@@ -177,5 +178,18 @@ struct RingBuffer<Element> {
         if head == items.count { items.removeAll(keepingCapacity: true); head = 0 }
         else if head > 1024 && head * 2 > items.count { items.removeFirst(head); head = 0 }
         return e
+    }
+
+    /// The first element matching `predicate`, taken out: O(n).
+    mutating func remove(where predicate: (Element) -> Bool) -> Element? {
+        guard let i = items[head...].firstIndex(where: predicate) else { return nil }
+        return items.remove(at: i)
+    }
+
+    /// Every element, in order; the buffer is empty afterwards.
+    mutating func removeAll() -> [Element] {
+        let out = Array(items[head...])
+        items.removeAll(); head = 0
+        return out
     }
 }

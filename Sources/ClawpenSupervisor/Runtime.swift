@@ -89,37 +89,10 @@ final class TenantRuntime: RoutedTenant, @unchecked Sendable {
     }
 }
 
-/// FIFO of queued jobs with O(1) pop and removal by id (cancel) in O(n).
-struct JobQueue {
-    private var items: [JobRecord] = []
-    private var head = 0
+/// A tenant's queued jobs, in acceptance order (a requeued job goes back to the front).
+typealias JobQueue = RingBuffer<JobRecord>
 
-    var count: Int { items.count - head }
-    var isEmpty: Bool { count == 0 }
-
-    mutating func append(_ job: JobRecord) { items.append(job) }
-
-    mutating func pushFront(_ job: JobRecord) {
-        if head > 0 { head -= 1; items[head] = job } else { items.insert(job, at: 0) }
-    }
-
-    mutating func popFirst() -> JobRecord? {
-        guard head < items.count else { return nil }
-        let job = items[head]
-        head += 1
-        if head > 1024 && head * 2 > items.count { items.removeFirst(head); head = 0 }
-        if head == items.count { items.removeAll(keepingCapacity: true); head = 0 }
-        return job
-    }
-
-    mutating func remove(id: String) -> JobRecord? {
-        guard let i = items[head...].firstIndex(where: { $0.id == id }) else { return nil }
-        return items.remove(at: i)
-    }
-
-    mutating func removeAll() -> [JobRecord] {
-        let out = Array(items[head...])
-        items.removeAll(); head = 0
-        return out
-    }
+extension RingBuffer where Element == JobRecord {
+    /// Takes the job out (cancel, withdraw): O(n).
+    mutating func remove(id: String) -> JobRecord? { remove { $0.id == id } }
 }
