@@ -69,6 +69,8 @@ final class TenantRuntime: RoutedTenant, @unchecked Sendable {
     var pendingAccepts = 0
     /// Moving average of the tenant's job run time, for retry_after_ms estimates.
     var averageRunMs = 10.0
+    /// Submits refused since start, by quota name ("jobs_per_minute", ...) or "command"/"env".
+    var refusals: [String: Int] = [:]
 
     init(record: TenantRecord, name: TenantName, limits: TierLimits, now: Double) {
         self.record = record; self.name = name; self.limits = limits

@@ -271,11 +271,14 @@ public final class Supervisor: @unchecked Sendable {
         if toolVerdict(argv: s.argv, env: env, cwd: cwd, limits: limits, isExecutable: PolicyRuntime.isExecutableInSandbox) == .refused {
             let decision = decideTool(argv: s.argv, env: env, cwd: cwd, limits: limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
             let rule = decision.refusingRule ?? "commands_allow"
+            let key = decision.steps.first { $0.outcome == .refused }?.key ?? ""
+            rt.refusals[key.hasPrefix("env") ? "env" : "command", default: 0] += 1
             audit(tenant: rt.name.value, caller: r, action: "submit.denied", rule: rule, detail: s.argv.first.map { String($0.prefix(200)) })
             throw ProtocolError(.policyDenied, decision.message ?? "denied by \(rule)",
                                 details: ["rule": .string(rule), "command": decision.resolvedPath.map(JSONValue.string) ?? .null])
         }
         if let refusal = admissionRefusal(rt, timeout: timeout) {
+            rt.refusals[refusal.quota, default: 0] += 1
             audit(tenant: rt.name.value, caller: r, action: "submit.refused", rule: refusal.quota,
                   detail: "limit \(refusal.limit), current \(refusal.current)")
             var details: [String: JSONValue] = ["quota": .string(refusal.quota), "limit": .string(refusal.limit),
@@ -1091,6 +1094,8 @@ public final class Supervisor: @unchecked Sendable {
             q.set("cpu_seconds_last_hour", (Double(rt.cpu.usedMicros(now: now)) / 1000).rounded() / 1000)
             q.set("cpu_measured_by", .string(rt.cgroupCPUSeen != nil ? "cgroup" : "rusage"))
             o.set("quotas", q.value)
+            // Submits refused since the daemon started, by quota or rule kind: who is in trouble.
+            o.set("refused", .object(rt.refusals.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))
             // Read from the tenant's cgroup while it has one; null when there is nothing to read.
             var usage = JSONObjectBuilder()
             let live = rt.worker != nil

@@ -32,8 +32,12 @@ struct Status: ParsableCommand {
         out += "  policies: \(sup["policies"]?.stringValue ?? "-")"
         if sup["draining"]?.boolValue == true { out += "  DRAINING" }
         if let sandbox = sup["sandbox"]?.stringValue { out += "\nsandbox: \(sandbox)" }
+        if let r = sup["router"], case .object = r {
+            out += "\nrouter: \(r["dispatch"]?.stringValue ?? "?") dispatch, running \(r["running"]?.intValue ?? 0)/\(r["max_running"]?.intValue ?? 0)"
+            out += " (\(r["reserved_slots"]?.intValue ?? 0) kept for tenants with nothing running), queued \(r["queued"]?.intValue ?? 0)"
+        }
         out += "\n\n"
-        var rows = [["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "MEMORY", "CPU", "ENFORCED"]]
+        var rows = [["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REFUSED", "MEMORY", "CPU", "ENFORCED"]]
         for t in s["tenants"]?.arrayValue ?? [] {
             let jobs = t["jobs"] ?? .null, usage = t["usage"] ?? .null, limits = t["limits"] ?? .null
             let enf = t["enforcement"] ?? .null
@@ -41,10 +45,15 @@ struct Status: ParsableCommand {
             let cpu = usage["cpu_usec"]?.intValue.map { Format.cpu(usec: $0) } ?? "-"
             let enforced = ["memory", "pids", "cpu"].map { "\($0)=\(enf[$0]?.stringValue ?? "-")" }.joined(separator: ",")
             func n(_ v: JSONValue?) -> String { v?.intValue.map(String.init) ?? "-" }
+            var refused = "0"
+            if case .object(let byRule)? = t["refused"] {
+                let total = byRule.reduce(Int64(0)) { $0 + ($1.1.intValue ?? 0) }
+                if let top = byRule.max(by: { ($0.1.intValue ?? 0) < ($1.1.intValue ?? 0) }), total > 0 { refused = "\(total) (\(top.0))" }
+            }
             rows.append([
                 t["tenant"]?.stringValue ?? "?", t["tier"]?.stringValue ?? "-", t["state"]?.stringValue ?? "-",
                 n(t["worker_pid"]), Format.duration(t["uptime_s"]?.doubleValue), n(t["restarts"]),
-                n(jobs["queued"]), n(jobs["running"]), n(jobs["succeeded"]), n(jobs["failed"]), mem, cpu, enforced,
+                n(jobs["queued"]), n(jobs["running"]), n(jobs["succeeded"]), n(jobs["failed"]), refused, mem, cpu, enforced,
             ])
         }
         out += Format.table(rows)

@@ -60,6 +60,7 @@ final class RouterQuotaTests: XCTestCase {
         let retry = error?["retry_after_ms"]?.intValue ?? -1
         XCTAssertTrue((1...20_000).contains(retry), "one token every 20 s at 3/min: \(retry)")
         XCTAssertEqual(try daemon.run("other", ["true"]).state, .succeeded, "another tenant's rate is its own")
+        XCTAssertEqual(try daemon.tenantStatus("r")["refused"]?["jobs_per_minute"]?.intValue, 1, "status counts the refusal")
         // An idempotent resubmission of an accepted job is not a new job: no token needed.
         let cli = try runCLI(["submit", "--tenant", "r", "--idempotency-key", "k1", "--", "true"], socket: daemon.socket)
         XCTAssertEqual(cli.status, 75, "a new key is a new job")
