@@ -26,7 +26,7 @@ public enum Server {
         let config = settings
 
         let policies = try loadPolicies(config, logger: logger)
-        let seccomp = try compileSeccompProfiles(config, policies, logger: logger)
+        let seccomp = try PolicyRuntime.compileSeccomp(policies)
         try FileIO.makeDirectories(config.stateDir, mode: 0o700)
         try FileIO.makeDirectories(config.workspaceRoot, mode: 0o755)
         let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
@@ -166,10 +166,6 @@ public enum Server {
             logger.notice("no policies directory, using the embedded defaults", metadata: ["looked_in": "\(config.policiesDir)"])
         }
         return set
-    }
-
-    static func compileSeccompProfiles(_ config: ServeConfig, _ policies: PolicySet, logger: Logger) throws(ServeError) -> [String: [UInt8]] {
-        try PolicyRuntime.compileSeccomp(policies)
     }
 
     static func resolveWorkerPath(_ config: ServeConfig) throws(ServeError) -> String {

@@ -287,7 +287,7 @@ public final class Supervisor: @unchecked Sendable {
             throw ProtocolError(.quotaExceeded, refusal.message, details: details)
         }
         let job = JobRecord(
-            id: JobID.make(), tenant: rt.name.value, state: .queued, argv: s.argv, env: s.env, cwd: s.cwd ?? "/home",
+            id: JobID.make(), tenant: rt.name.value, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
             stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
             attempt: 1, createdAt: Clock.now())
         // Accepted means committed: the reply and the dispatch follow the flush's commit.
