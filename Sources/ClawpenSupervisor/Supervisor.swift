@@ -562,9 +562,15 @@ public final class Supervisor: @unchecked Sendable {
             if plan.enabled { cgroups?.prepareFirstJobSlot(rt.name, owner: Int(plan.uid)) }
         } catch {
             // A worker that died at once (its exec failed, it crashed) fails here: say how it ended.
+            // Its socket closes before it becomes a zombie, so a broken pipe can win the race
+            // with its exit: give a dying worker up to 100 ms to be reaped before killing it.
             var status: Int32 = 0
             var usage = rusage()
-            let gone = cp_wait4(spawned.pid, &status, WNOHANG, &usage) == spawned.pid
+            var gone = false
+            for _ in 0..<50 {
+                if cp_wait4(spawned.pid, &status, WNOHANG, &usage) == spawned.pid { gone = true; break }
+                usleep(2_000)
+            }
             if !gone {
                 kill(spawned.pid, SIGKILL)
                 _ = cp_wait4(spawned.pid, &status, 0, &usage)
