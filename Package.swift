@@ -46,6 +46,7 @@ let package = Package(
             name: "ClawpenSupervisor",
             dependencies: [
                 "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp", "ClawpenSystemd",
+                "ClawpenWorkerCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

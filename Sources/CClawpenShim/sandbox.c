@@ -53,6 +53,42 @@ int cp_netns_create(void) {
     return fresh;
 }
 
+// The thread's working directory, kept across a visit to another mount namespace (setns
+// moves it to that namespace's root, and back to this one's root, not to where it was).
+static __thread int mount_ns_home_cwd = -1;
+
+int cp_mount_ns_enter(pid_t pid) {
+    // Once per thread: root and cwd of its own (a no-op when they are already unshared).
+    if (unshare(CLONE_FS) != 0) return -1;
+    int home = open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (home < 0) return -1;
+    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char path[48];
+    snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    if (target < 0 || setns(target, CLONE_NEWNS) != 0) {
+        int e = errno;
+        if (target >= 0) close(target);
+        if (cwd >= 0) close(cwd);
+        close(home);
+        errno = e;
+        return -1;
+    }
+    close(target);
+    mount_ns_home_cwd = cwd;
+    return home;
+}
+
+void cp_mount_ns_leave(int home) {
+    if (setns(home, CLONE_NEWNS) != 0) abort();
+    close(home);
+    if (mount_ns_home_cwd >= 0) {
+        if (fchdir(mount_ns_home_cwd) != 0) abort();
+        close(mount_ns_home_cwd);
+        mount_ns_home_cwd = -1;
+    }
+}
+
 int cp_unshare_cgroup(void) { return unshare(CLONE_NEWCGROUP); }
 
 const unsigned long CP_MS_RDONLY = MS_RDONLY, CP_MS_NOSUID = MS_NOSUID, CP_MS_NODEV = MS_NODEV,

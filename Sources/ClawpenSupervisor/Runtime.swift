@@ -25,7 +25,7 @@ final class WorkerHandle: @unchecked Sendable {
     var idleTimer: Scheduled<Void>?
     var exited = false
     /// Seconds spent making its cgroup and cloning it (up to its exec), for the ready log line.
-    var startPhases: (cgroup: Double, spawn: Double) = (0, 0)
+    var startPhases: (cgroup: Double, spawn: Double, mounts: Double) = (0, 0, 0)
 
     init(tenant: String, pid: Int32, startedAt: Double) {
         self.tenant = tenant; self.pid = pid; self.startedAt = startedAt

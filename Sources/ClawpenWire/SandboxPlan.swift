@@ -49,6 +49,10 @@ public struct SandboxPlan: Equatable, Sendable {
     /// The tenant's cgroup node on the host (the worker's cgroup, delegated to the tenant's
     /// uid): the worker runs each job in a `job-<n>` child of it. Empty: no cgroups.
     public var cgroupNode: String = ""
+    /// The supervisor has already built the tenant-independent part of the mount tree in the
+    /// worker's mount namespace (SandboxSetup.prepareMounts), while the worker was starting: the
+    /// worker goes on from there.
+    public var mountsPrepared = false
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
                 etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
@@ -62,16 +66,19 @@ public struct SandboxPlan: Equatable, Sendable {
         guard enabled else { return ["no sandbox: jobs run with the supervisor's identity, paths mapped under \(workspace)"] }
         var s = [
             "namespaces: mount, pid, ipc, uts, net (at clone); lo brought up at once, before the plan arrives; cgroup (unshared once in the tenant's cgroup)",
+            "while the worker is exec'd, the supervisor builds the tenant-independent mounts from inside its mount namespace (the worker does it itself when it was started ahead of need):",
             "make every mount private (nothing propagates to the host)",
             "bind \(workspace) onto itself (the new root)",
         ]
         s += readOnlyBinds.map { "bind \($0.source) -> \($0.target) read-only, nosuid, nodev" }
         s += symlinks.map { "symlink \($0.target) -> \($0.source) (as on the host)" }
         s += [
-            "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys and /proc/sysrq-trigger read-only",
             "mount tmpfs at /dev: null, zero, full, random, urandom, tty, fd links; tmpfs /dev/shm; /dev read-only",
             "mount tmpfs at /tmp (\(tmpSizeBytes) bytes, mode 1777, nosuid, nodev)",
-            "mount tmpfs at /etc: generated passwd and group" + etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only",
+            "mount tmpfs at /etc" + etcBinds.map { ", \($0.target)" }.joined(),
+            "then the worker:",
+            "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys and /proc/sysrq-trigger read-only",
+            "generated /etc/passwd, /etc/group, /etc/hostname, /etc/hosts; /etc read-only",
             "pivot_root to the workspace; detach the old root",
             "remount / nosuid, nodev",
             "hostname \(tenant)",
@@ -102,7 +109,7 @@ public struct SandboxPlan: Equatable, Sendable {
         w.string(seccompProfile); w.bytes(seccompProgram)
         w.u32(UInt32(symlinks.count))
         for l in symlinks { w.string(l.source); w.string(l.target) }
-        w.bytes(jobSeccompProgram); w.string(cgroupNode)
+        w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -134,6 +141,7 @@ public struct SandboxPlan: Equatable, Sendable {
         for _ in 0..<links { plan.symlinks.append(Bind(source: try r.string(), target: try r.string())) }
         plan.jobSeccompProgram = try r.bytes()
         plan.cgroupNode = try r.string()
+        plan.mountsPrepared = try r.bool()
         return plan
     }
 }

@@ -6,13 +6,24 @@ import Glibc
 /// still single-threaded, so every step is a plain syscall. The order is the plan's checklist
 /// (docs/sandbox.md says what each step defends against). A failing step stops the setup with
 /// its name and errno; the worker then reports `setupFailed` and does not serve.
-struct SandboxSetup {
-    let plan: SandboxPlan
+///
+/// The first part (`prepareMounts`) depends only on the plan and the mount namespace, not on
+/// the worker's pid namespace or identity: the supervisor runs it from inside the new worker's
+/// mount namespace while the worker is still being exec'd, which takes it off a cold start's
+/// critical path. The worker runs it itself when the plan says it has not been done.
+public struct SandboxSetup {
+    public let plan: SandboxPlan
 
-    struct Failure: Error {
-        let step: String
-        let errno: Int32
-        let detail: String
+    public init(plan: SandboxPlan) { self.plan = plan }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let step: String
+        public let errno: Int32
+        public let detail: String
+        public init(step: String, errno: Int32, detail: String) { self.step = step; self.errno = errno; self.detail = detail }
+        public var description: String {
+            "\(step) failed: \(String(cString: strerror(errno)))" + (detail.isEmpty ? "" : " (\(detail))")
+        }
     }
 
     /// Runs `body`; a negative result (C convention) becomes a Failure naming the step.
@@ -87,9 +98,11 @@ struct SandboxSetup {
         return bytes
     }
 
-    func apply() throws(Failure) {
-        // The supervisor has placed us in the tenant's cgroup: make it the root of our view.
-        try step("unshare cgroup namespace") { cp_unshare_cgroup() }
+    /// The tenant-independent mount tree, below the workspace: private propagation, the
+    /// workspace bound onto itself (pivot_root needs a mount), the read-only host binds and the
+    /// merged-/usr links, a minimal /dev, /tmp, and /etc with its read-only binds (left writable
+    /// for the worker's generated files; the worker makes it read-only).
+    public func prepareMounts() throws(Failure) {
         try step("make mounts private") { cp_mounts_private() }
 
         // The workspace becomes a mount of its own (pivot_root needs one).
@@ -97,31 +110,11 @@ struct SandboxSetup {
         guard workspace >= 0 else { throw Failure(step: "open workspace", errno: errno, detail: plan.workspace) }
         try step("bind workspace", plan.workspace) { cp_mount_at(nil, workspace, workspace, nil, CP_MS_BIND, nil) }
         close(workspace)
-        let root = Glibc.open(plan.workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard root >= 0 else { throw Failure(step: "open new root", errno: errno, detail: plan.workspace) }
+        let root = try openRoot()
         defer { close(root) }
 
         for bind in plan.readOnlyBinds { try bindReadOnly(bind.source, at: bind.target, below: root) }
         for link in plan.symlinks { try placeSymlink(link.target, pointingAt: link.source, below: root) }
-
-        // /proc of this pid namespace only; the knobs that reach the host kernel read-only.
-        let proc = try open(root, "/proc", directory: true)
-        try step("mount /proc") { cp_mount_at("proc", -1, proc, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "hidepid=invisible") }
-        close(proc)
-        let procDir = try open(root, "/proc", directory: true)
-        // (/proc/irq and /proc/bus need no cover: nothing there is writable without root.)
-        for entry in ["sys", "sysrq-trigger"] {
-            var st = stat()
-            guard fstatat(procDir, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
-            let isDir = (st.st_mode & S_IFMT) == S_IFDIR
-            let fd = try open(procDir, entry, directory: isDir)
-            try step("protect /proc/\(entry)") { cp_mount_at(nil, fd, fd, nil, CP_MS_BIND, nil) }
-            close(fd)
-            let mounted = try open(procDir, entry, directory: isDir)
-            try step("protect /proc/\(entry)") { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
-            close(mounted)
-        }
-        close(procDir)
 
         // A minimal /dev: no disks, no kmsg, no mem.
         let devTarget = try open(root, "/dev", directory: true)
@@ -144,27 +137,66 @@ struct SandboxSetup {
         try step("mount /tmp") { cp_mount_at("tmpfs", -1, tmp, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV, "mode=1777,size=\(plan.tmpSizeBytes)") }
         close(tmp)
 
-        // /etc is synthetic: generated passwd and group, a few read-only binds, nothing else.
+        // /etc is synthetic: a few read-only binds now, the generated files from the worker.
         let etcTarget = try open(root, "/etc", directory: true)
         try step("mount /etc") { cp_mount_at("tmpfs", -1, etcTarget, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=1m") }
         close(etcTarget)
+        let etc = try open(root, "/etc", directory: true)
+        defer { close(etc) }
+        for bind in plan.etcBinds {
+            guard bind.target.hasPrefix("/etc/") else { continue }
+            let name = String(bind.target.dropFirst(5))
+            // A small file (ld.so.cache) is copied rather than bound: a write to this tmpfs,
+            // read-only later like the rest of /etc, costs less than a bind and its remount.
+            if !name.contains("/"), let bytes = Self.smallRegularFile(bind.source) {
+                try step("write /etc/\(name)") { bytes.withUnsafeBytes { cp_write_file(etc, name, $0.baseAddress, $0.count, 0o644) } }
+                continue
+            }
+            try bindReadOnly(bind.source, at: name, below: etc)
+        }
+    }
+
+    /// The workspace's own mount (bound by prepareMounts), opened without following a symlink.
+    private func openRoot() throws(Failure) -> Int32 {
+        let root = Glibc.open(plan.workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard root >= 0 else { throw Failure(step: "open new root", errno: errno, detail: plan.workspace) }
+        return root
+    }
+
+    func apply() throws(Failure) {
+        // The supervisor has placed us in the tenant's cgroup: make it the root of our view.
+        try step("unshare cgroup namespace") { cp_unshare_cgroup() }
+        if !plan.mountsPrepared { try prepareMounts() }
+        let root = try openRoot()
+        defer { close(root) }
+
+        // /proc of this pid namespace only (so it is ours to mount); the knobs that reach the
+        // host kernel read-only.
+        let proc = try open(root, "/proc", directory: true)
+        try step("mount /proc") { cp_mount_at("proc", -1, proc, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "hidepid=invisible") }
+        close(proc)
+        let procDir = try open(root, "/proc", directory: true)
+        // (/proc/irq and /proc/bus need no cover: nothing there is writable without root.)
+        for entry in ["sys", "sysrq-trigger"] {
+            var st = stat()
+            guard fstatat(procDir, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
+            let isDir = (st.st_mode & S_IFMT) == S_IFDIR
+            let fd = try open(procDir, entry, directory: isDir)
+            try step("protect /proc/\(entry)") { cp_mount_at(nil, fd, fd, nil, CP_MS_BIND, nil) }
+            close(fd)
+            let mounted = try open(procDir, entry, directory: isDir)
+            try step("protect /proc/\(entry)") { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
+            close(mounted)
+        }
+        close(procDir)
+
+        // /etc's generated files name this tenant; then /etc is read-only like the rest.
         let etc = try open(root, "/etc", directory: true)
         let files = [("passwd", plan.passwd), ("group", plan.group), ("hostname", plan.tenant + "\n"),
                      ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n")]
         for (name, content) in files {
             let bytes = Array(content.utf8)
             try step("write /etc/\(name)") { bytes.withUnsafeBytes { cp_write_file(etc, name, $0.baseAddress, $0.count, 0o644) } }
-        }
-        for bind in plan.etcBinds {
-            guard bind.target.hasPrefix("/etc/") else { continue }
-            let name = String(bind.target.dropFirst(5))
-            // A small file (ld.so.cache) is copied rather than bound: a write to this tmpfs,
-            // read-only below like the rest of /etc, costs less than a bind and its remount.
-            if !name.contains("/"), let bytes = Self.smallRegularFile(bind.source) {
-                try step("write /etc/\(name)") { bytes.withUnsafeBytes { cp_write_file(etc, name, $0.baseAddress, $0.count, 0o644) } }
-                continue
-            }
-            try bindReadOnly(bind.source, at: name, below: etc)
         }
         try step("remount /etc read-only") { cp_remount_bind(etc, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
         close(etc)

@@ -70,6 +70,7 @@ struct Serve: ParsableCommand {
         cfg.stateDir = absolute(cfg.stateDir)
         cfg.workspaceRoot = absolute(cfg.workspaceRoot)
         cfg.policiesDir = absolute(cfg.policiesDir)
+        cfg.workerPath = cfg.workerPath.map(absolute)
 
         let level = Logger.Level(rawValue: logLevel) ?? .info
         // journald with TENANT=, JOB_ID=, WORKER_PID= fields when stderr is the journal; plain lines otherwise.

@@ -91,6 +91,16 @@ int cp_drop_identity(uid_t uid, gid_t gid, int *failed_step);
 /// namespace is the slowest part of a sandboxed clone; the supervisor makes them ahead of need.
 int cp_netns_create(void);
 
+/// Moves the calling thread into the mount namespace of process `pid` (first giving the thread
+/// filesystem attributes of its own, which setns requires in a multithreaded process). Returns
+/// an O_CLOEXEC fd of the thread's own mount namespace for cp_mount_ns_leave, or -1 with errno
+/// (the thread is then where it was).
+int cp_mount_ns_enter(pid_t pid);
+
+/// Back to the mount namespace `home` (from cp_mount_ns_enter), and closes it. Aborts if that
+/// fails: a supervisor thread must never stay in a tenant's namespace.
+void cp_mount_ns_leave(int home);
+
 /// The sandbox's clone flags without CLONE_NEWNET (the child joins a pooled namespace instead).
 uint64_t cp_sandbox_clone_flags_without_net(void);
 

@@ -1,0 +1,64 @@
+import ClawpenProtocol
+import ClawpenTestSupport
+import Foundation
+import XCTest
+
+/// The supervisor builds a new worker's tenant-independent mounts from inside the worker's mount
+/// namespace (SandboxSetup.prepareMounts), as root, in a workspace the tenant has written to
+/// before. It must not follow what the tenant planted there, and none of its threads may stay
+/// in a tenant's namespace afterwards.
+final class MountPreparationTests: XCTestCase {
+    var daemon: Daemon!
+    override func setUpWithError() throws {
+        try XCTSkipUnless(geteuid() == 0, "the sandbox (and the supervisor's part of it) needs root")
+        daemon = try Daemon().start()
+    }
+    override func tearDown() { daemon?.cleanup() }
+
+    func testSymlinkPlantedAtAMountPointIsNotFollowed() throws {
+        let host = daemon.dir + "/host-dir"
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        try daemon.createTenant("a")
+        try daemon.createTenant("b")
+        // What a tenant could have left in its workspace: its /dev mount point swapped for a link
+        // to a host directory (a tmpfs mounted through it would cover that directory).
+        let dev = daemon.workspaceRoot + "/a/dev"
+        XCTAssertEqual(rmdir(dev), 0)
+        try FileManager.default.createSymbolicLink(atPath: dev, withDestinationPath: host)
+
+        let job = try daemon.run("a", ["true"])
+        XCTAssertEqual(job.state, .failed)
+        XCTAssertEqual(job.error?.code, .workerCrashed)
+        XCTAssertTrue(job.error?.message.contains("open mount target") ?? false, "\(String(describing: job.error))")
+        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        XCTAssertFalse(mounts.contains(host), "nothing was mounted on the link's target")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: host), [], "nothing was created through the link")
+        XCTAssertTrue(try daemon.tenantStatus("a")["last_error"]?.stringValue?.contains("/dev") ?? false)
+
+        // The daemon and the other tenant carry on; a cleaned workspace works again.
+        XCTAssertEqual(try daemon.run("b", ["true"]).state, .succeeded)
+        XCTAssertEqual(unlink(dev), 0)
+        XCTAssertEqual(try daemon.run("a", ["true"]).state, .succeeded)
+    }
+
+    func testNoSupervisorThreadStaysInATenantsMountNamespace() throws {
+        let pid = daemon.pid
+        let ownNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/mnt")
+        let ownCwd = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd")
+        for name in ["a", "b", "c"] {
+            try daemon.createTenant(name)
+            XCTAssertEqual(try daemon.run(name, ["true"]).state, .succeeded)
+        }
+        let workerNamespace = try FileManager.default.destinationOfSymbolicLink(
+            atPath: "/proc/\(try XCTUnwrap(daemon.tenantStatus("a")["worker_pid"]?.intValue))/ns/mnt")
+        XCTAssertNotEqual(workerNamespace, ownNamespace, "the worker has a mount namespace of its own")
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+        XCTAssertGreaterThan(tasks.count, 1)
+        for tid in tasks {
+            let ns = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/task/\(tid)/ns/mnt")
+            XCTAssertEqual(ns, ownNamespace, "thread \(tid) is back in the supervisor's mount namespace")
+            let cwd = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/task/\(tid)/cwd")
+            XCTAssertEqual(cwd, ownCwd, "thread \(tid) is back in the supervisor's working directory")
+        }
+    }
+}
