@@ -160,7 +160,9 @@ int cp_loopback_up(void) {
     memset(&ifr, 0, sizeof ifr);
     strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
     int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
-    if (rc == 0) {
+    // Already up (a namespace from the supervisor's pool): no SIOCSIFFLAGS, which would wait for
+    // the kernel's rtnl lock, held meanwhile by the pool making the next namespace.
+    if (rc == 0 && !(ifr.ifr_flags & IFF_UP)) {
         ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
         rc = ioctl(s, SIOCSIFFLAGS, &ifr);
     }

@@ -550,7 +550,7 @@ public final class Supervisor: @unchecked Sendable {
                 defer { if leaf >= 0 { close(leaf) } }
                 tCgroup = Clock.monotonic()
                 let netns = sandboxEnabled ? netnsPool.take() : -1
-                defer { if netns >= 0 { close(netns); refillNetns() } }
+                defer { if netns >= 0 { close(netns) } }
                 spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: rt.name, workspace: workspacePath(rt.name),
                                                   sandboxed: sandboxEnabled, cgroupFD: leaf, netnsFD: netns)
             }
@@ -560,12 +560,11 @@ public final class Supervisor: @unchecked Sendable {
         }
         let tSpawned = Clock.monotonic()
         var tPrepared = tSpawned
-        if plan.enabled && !fromSpare {
+        if plan.enabled && !fromSpare && workerMountsFallback == nil {
             // While the new worker is being exec'd (the better part of a millisecond), the
             // supervisor builds its tenant-independent mounts; the worker goes on from there.
             do {
-                try prepareMounts(plan, inNamespaceOf: spawned.pid)
-                plan.mountsPrepared = true
+                plan.mountsPrepared = try prepareMounts(plan, inNamespaceOf: spawned.pid)
                 tPrepared = Clock.monotonic()
             } catch {
                 kill(spawned.pid, SIGKILL)
@@ -583,6 +582,10 @@ public final class Supervisor: @unchecked Sendable {
             try WorkerSpawner.sendConfigure(plan, to: spawned)
             // While the worker builds its sandbox (over a millisecond), its first job slot.
             if plan.enabled { cgroups?.prepareFirstJobSlot(rt.name, owner: Int(plan.uid)) }
+            // The pool's next network namespace, now rather than at the clone: making one takes
+            // a core for most of a millisecond, which the mounts above and the worker's exec
+            // needed more.
+            refillNetns()
         } catch {
             // A worker that died at once (its exec failed, it crashed) fails here: say how it ended.
             // Its socket closes before it becomes a zombie, so a broken pipe can win the race
@@ -634,13 +637,27 @@ public final class Supervisor: @unchecked Sendable {
             }
     }
 
+    /// Why workers build all their mounts themselves, when the supervisor cannot join their
+    /// mount namespaces (setns needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN); nil: it can.
+    private(set) var workerMountsFallback: String?
+
     /// Builds the tenant-independent part of a new worker's mount tree (SandboxSetup.prepareMounts)
-    /// from inside its mount namespace, on this thread, which then returns to its own.
-    private func prepareMounts(_ plan: SandboxPlan, inNamespaceOf pid: Int32) throws(SandboxSetup.Failure) {
+    /// from inside its mount namespace, on this thread, which then returns to its own. false:
+    /// the namespace could not be joined, and the worker builds everything itself (slower, as
+    /// safe); a step that fails once inside is the worker's setup failing, and throws.
+    private func prepareMounts(_ plan: SandboxPlan, inNamespaceOf pid: Int32) throws(SandboxSetup.Failure) -> Bool {
         let home = cp_mount_ns_enter(pid)
-        guard home >= 0 else { throw SandboxSetup.Failure(step: "enter the worker's mount namespace", errno: errno, detail: "") }
+        guard home >= 0 else {
+            let e = errno
+            if e == EPERM {
+                workerMountsFallback = "the supervisor may not join a worker's mount namespace (\(FileIO.errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
+                logger.warning("cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)", metadata: ["errno": "\(FileIO.errnoString(e))"])
+            }
+            return false
+        }
         defer { cp_mount_ns_leave(home) }
         try SandboxSetup(plan: plan).prepareMounts()
+        return true
     }
 
     func workerSent(_ message: WorkerToSupervisor, _ w: WorkerHandle) {
@@ -1080,6 +1097,10 @@ public final class Supervisor: @unchecked Sendable {
         sup.set("tenant_count", tenants.count)
         sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
         sup.set("spare_workers", spares.count)
+        if sandboxEnabled {
+            sup.set("worker_mounts", .string(workerMountsFallback.map { "fallback: " + $0 }
+                ?? "the supervisor builds each new worker's tenant-independent mounts while the worker starts"))
+        }
         var router = JSONObjectBuilder()
         router.set("dispatch", .string(self.router.mode.rawValue))
         router.set("max_running", self.router.maxRunning)

@@ -32,6 +32,9 @@ struct Status: ParsableCommand {
         out += "  policies: \(sup["policies"]?.stringValue ?? "-")"
         if sup["draining"]?.boolValue == true { out += "  DRAINING" }
         if let sandbox = sup["sandbox"]?.stringValue { out += "\nsandbox: \(sandbox)" }
+        if let mounts = sup["worker_mounts"]?.stringValue, mounts.hasPrefix("fallback: ") {
+            out += "\nworker mounts: FALLBACK: " + mounts.dropFirst("fallback: ".count)
+        }
         if let r = sup["router"], case .object = r {
             out += "\nrouter: \(r["dispatch"]?.stringValue ?? "?") dispatch, running \(r["running"]?.intValue ?? 0)/\(r["max_running"]?.intValue ?? 0)"
             out += " (\(r["reserved_slots"]?.intValue ?? 0) kept for tenants with nothing running), queued \(r["queued"]?.intValue ?? 0)"

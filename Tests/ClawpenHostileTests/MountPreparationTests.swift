@@ -52,6 +52,8 @@ final class MountPreparationTests: XCTestCase {
         let workerNamespace = try FileManager.default.destinationOfSymbolicLink(
             atPath: "/proc/\(try XCTUnwrap(daemon.tenantStatus("a")["worker_pid"]?.intValue))/ns/mnt")
         XCTAssertNotEqual(workerNamespace, ownNamespace, "the worker has a mount namespace of its own")
+        let mounts = try XCTUnwrap(daemon.status()["supervisor"]?["worker_mounts"]?.stringValue)
+        XCTAssertFalse(mounts.hasPrefix("fallback"), "as root, the supervisor builds the mounts: \(mounts)")
         let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
         XCTAssertGreaterThan(tasks.count, 1)
         for tid in tasks {
@@ -60,5 +62,23 @@ final class MountPreparationTests: XCTestCase {
             let cwd = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/task/\(tid)/cwd")
             XCTAssertEqual(cwd, ownCwd, "thread \(tid) is back in the supervisor's working directory")
         }
+    }
+
+    /// Without CAP_SYS_CHROOT (which setns into a mount namespace needs), the supervisor cannot
+    /// join a worker's namespace: each worker then builds all its mounts, and status says so.
+    func testWithoutCapSysChrootWorkersBuildTheirOwnMountsAndStatusSaysSo() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs setpriv (util-linux)")
+        daemon.cleanup()
+        daemon = try Daemon()
+        daemon.launcher = ["/usr/bin/setpriv", "--bounding-set", "-sys_chroot"]
+        try daemon.start()
+        try daemon.createTenant("a")
+        let job = try daemon.run("a", ["sh", "-c", "grep NoNewPrivs /proc/self/status; cat /etc/hostname; ls /dev/null"])
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertEqual(job.stdout, "NoNewPrivs:\t1\na\n/dev/null\n")
+        let mounts = try XCTUnwrap(daemon.status()["supervisor"]?["worker_mounts"]?.stringValue)
+        XCTAssertTrue(mounts.hasPrefix("fallback: ") && mounts.contains("CAP_SYS_CHROOT"), mounts)
+        let table = try runCLI(["status"], socket: daemon.socket)
+        XCTAssertTrue(table.stdout.contains("worker mounts: FALLBACK"), table.stdout)
     }
 }
