@@ -98,10 +98,9 @@ public struct SandboxSetup {
         return bytes
     }
 
-    /// The tenant-independent mount tree, below the workspace: private propagation, the
-    /// workspace bound onto itself (pivot_root needs a mount), the read-only host binds and the
-    /// merged-/usr links, a minimal /dev, /tmp, and /etc with its read-only binds (left writable
-    /// for the worker's generated files; the worker makes it read-only).
+    /// The mount tree below the workspace, all but /proc: private propagation, the workspace
+    /// bound onto itself (pivot_root needs a mount), the read-only host binds and the
+    /// merged-/usr links, a minimal /dev, /tmp, and a read-only /etc (generated files, binds).
     public func prepareMounts() throws(Failure) {
         try step("make mounts private") { cp_mounts_private() }
 
@@ -137,12 +136,18 @@ public struct SandboxSetup {
         try step("mount /tmp") { cp_mount_at("tmpfs", -1, tmp, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV, "mode=1777,size=\(plan.tmpSizeBytes)") }
         close(tmp)
 
-        // /etc is synthetic: a few read-only binds now, the generated files from the worker.
+        // /etc is synthetic: generated passwd and group, a few read-only binds, nothing else.
         let etcTarget = try open(root, "/etc", directory: true)
         try step("mount /etc") { cp_mount_at("tmpfs", -1, etcTarget, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=1m") }
         close(etcTarget)
         let etc = try open(root, "/etc", directory: true)
         defer { close(etc) }
+        let files = [("passwd", plan.passwd), ("group", plan.group), ("hostname", plan.tenant + "\n"),
+                     ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n")]
+        for (name, content) in files {
+            let bytes = Array(content.utf8)
+            try step("write /etc/\(name)") { bytes.withUnsafeBytes { cp_write_file(etc, name, $0.baseAddress, $0.count, 0o644) } }
+        }
         for bind in plan.etcBinds {
             guard bind.target.hasPrefix("/etc/") else { continue }
             let name = String(bind.target.dropFirst(5))
@@ -154,6 +159,7 @@ public struct SandboxSetup {
             }
             try bindReadOnly(bind.source, at: name, below: etc)
         }
+        try step("remount /etc read-only") { cp_remount_bind(etc, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
     }
 
     /// The workspace's own mount (bound by prepareMounts), opened without following a symlink.
@@ -189,17 +195,6 @@ public struct SandboxSetup {
             close(mounted)
         }
         close(procDir)
-
-        // /etc's generated files name this tenant; then /etc is read-only like the rest.
-        let etc = try open(root, "/etc", directory: true)
-        let files = [("passwd", plan.passwd), ("group", plan.group), ("hostname", plan.tenant + "\n"),
-                     ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n")]
-        for (name, content) in files {
-            let bytes = Array(content.utf8)
-            try step("write /etc/\(name)") { bytes.withUnsafeBytes { cp_write_file(etc, name, $0.baseAddress, $0.count, 0o644) } }
-        }
-        try step("remount /etc read-only") { cp_remount_bind(etc, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
-        close(etc)
 
         try step("pivot_root", plan.workspace) { cp_pivot_root(root) }
         let newRoot = Glibc.open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
