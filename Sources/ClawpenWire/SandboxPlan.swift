@@ -49,7 +49,7 @@ public struct SandboxPlan: Equatable, Sendable {
     /// The tenant's cgroup node on the host (the worker's cgroup, delegated to the tenant's
     /// uid): the worker runs each job in a `job-<n>` child of it. Empty: no cgroups.
     public var cgroupNode: String = ""
-    /// The supervisor has already built the tenant-independent part of the mount tree in the
+    /// The supervisor has already built the mount tree (all but /proc) in the
     /// worker's mount namespace (SandboxSetup.prepareMounts), while the worker was starting: the
     /// worker goes on from there.
     public var mountsPrepared = false
@@ -66,7 +66,7 @@ public struct SandboxPlan: Equatable, Sendable {
         guard enabled else { return ["no sandbox: jobs run with the supervisor's identity, paths mapped under \(workspace)"] }
         var s = [
             "namespaces: mount, pid, ipc, uts, net (at clone); lo brought up at once, before the plan arrives; cgroup (unshared once in the tenant's cgroup)",
-            "while the worker is exec'd, the supervisor builds the tenant-independent mounts from inside its mount namespace (the worker does it itself when it was started ahead of need):",
+            "while the worker is exec'd, the supervisor builds its mounts, all but /proc, from inside its mount namespace (the worker does it itself when it was started ahead of need):",
             "make every mount private (nothing propagates to the host)",
             "bind \(workspace) onto itself (the new root)",
         ]
@@ -75,10 +75,9 @@ public struct SandboxPlan: Equatable, Sendable {
         s += [
             "mount tmpfs at /dev: null, zero, full, random, urandom, tty, fd links; tmpfs /dev/shm; /dev read-only",
             "mount tmpfs at /tmp (\(tmpSizeBytes) bytes, mode 1777, nosuid, nodev)",
-            "mount tmpfs at /etc" + etcBinds.map { ", \($0.target)" }.joined(),
+            "mount tmpfs at /etc: generated passwd, group, hostname, hosts" + etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only",
             "then the worker:",
             "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys and /proc/sysrq-trigger read-only",
-            "generated /etc/passwd, /etc/group, /etc/hostname, /etc/hosts; /etc read-only",
             "pivot_root to the workspace; detach the old root",
             "remount / nosuid, nodev",
             "hostname \(tenant)",
