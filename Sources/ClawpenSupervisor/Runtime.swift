@@ -24,7 +24,8 @@ final class WorkerHandle: @unchecked Sendable {
     var inFlight: [String: JobRecord] = [:]
     var idleTimer: Scheduled<Void>?
     var exited = false
-    /// Seconds spent making its cgroup and cloning it (up to its exec), for the ready log line.
+    /// Seconds spent making its cgroup, cloning it (up to its exec) and building its mounts, for
+    /// the ready log line.
     var startPhases: (cgroup: Double, spawn: Double, mounts: Double) = (0, 0, 0)
 
     init(tenant: String, pid: Int32, startedAt: Double) {

@@ -567,13 +567,7 @@ public final class Supervisor: @unchecked Sendable {
                 plan.mountsPrepared = try prepareMounts(plan, inNamespaceOf: spawned.pid)
                 tPrepared = Clock.monotonic()
             } catch {
-                kill(spawned.pid, SIGKILL)
-                var status: Int32 = 0
-                var usage = rusage()
-                _ = cp_wait4(spawned.pid, &status, 0, &usage)
-                close(spawned.socketFD)
-                cgroups.map { _ = $0.tryRemove(tenant: rt.name) }
-                workerStartFailed(rt, "cannot start the worker: \(error)")
+                discardStartingWorker(spawned, rt, waitForExitMs: 0) { _ in "cannot start the worker: \(error)" }
                 return
             }
         }
@@ -590,21 +584,9 @@ public final class Supervisor: @unchecked Sendable {
             // A worker that died at once (its exec failed, it crashed) fails here: say how it ended.
             // Its socket closes before it becomes a zombie, so a broken pipe can win the race
             // with its exit: give a dying worker up to 100 ms to be reaped before killing it.
-            var status: Int32 = 0
-            var usage = rusage()
-            var gone = false
-            for _ in 0..<50 {
-                if cp_wait4(spawned.pid, &status, WNOHANG, &usage) == spawned.pid { gone = true; break }
-                usleep(2_000)
+            discardStartingWorker(spawned, rt, waitForExitMs: 100) { exit in
+                exit.map { "worker \($0) before its setup" } ?? "\(error)"
             }
-            if !gone {
-                kill(spawned.pid, SIGKILL)
-                _ = cp_wait4(spawned.pid, &status, 0, &usage)
-            }
-            close(spawned.socketFD)
-            cgroups.map { _ = $0.tryRemove(tenant: rt.name) }
-            let reason = gone ? "worker \(Self.describe(waitStatus: status)) before its setup" : "\(error)"
-            workerStartFailed(rt, reason)
             return
         }
         rt.oomKillsSeen = cgroups?.oomKills(rt.name) ?? 0
@@ -635,6 +617,28 @@ public final class Supervisor: @unchecked Sendable {
                     workerChannelClosed(w)
                 }
             }
+    }
+
+    /// A worker that will not serve, before it has a handle: reaped (after up to `waitForExitMs`
+    /// for it to end by itself, else killed), its socket closed, its cgroup removed, and the
+    /// start reported failed with `reason`, which learns how the worker ended if it ended by
+    /// itself.
+    private func discardStartingWorker(_ spawned: WorkerSpawner.Spawned, _ rt: TenantRuntime, waitForExitMs: Int,
+                                       reason: (_ exitedBySelf: String?) -> String) {
+        var status: Int32 = 0
+        var usage = rusage()
+        var gone = false
+        for attempt in 0...(waitForExitMs / 2) {
+            if cp_wait4(spawned.pid, &status, WNOHANG, &usage) == spawned.pid { gone = true; break }
+            if attempt < waitForExitMs / 2 { usleep(2_000) }
+        }
+        if !gone {
+            kill(spawned.pid, SIGKILL)
+            _ = cp_wait4(spawned.pid, &status, 0, &usage)
+        }
+        close(spawned.socketFD)
+        cgroups.map { _ = $0.tryRemove(tenant: rt.name) }
+        workerStartFailed(rt, reason(gone ? Self.describe(waitStatus: status) : nil))
     }
 
     /// Why workers build all their mounts themselves, when the supervisor cannot join their

@@ -22,7 +22,7 @@ public struct SandboxSetup {
         public let detail: String
         public init(step: String, errno: Int32, detail: String) { self.step = step; self.errno = errno; self.detail = detail }
         public var description: String {
-            "\(step) failed: \(String(cString: strerror(errno)))" + (detail.isEmpty ? "" : " (\(detail))")
+            "\(step) failed: \(errnoString(errno))" + (detail.isEmpty ? "" : " (\(detail))")
         }
     }
 
