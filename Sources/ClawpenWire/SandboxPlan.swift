@@ -54,6 +54,8 @@ public struct SandboxPlan: Equatable, Sendable {
     /// worker's mount namespace (Mounts.prepareFromSupervisor), while the worker was starting: the
     /// worker goes on from there.
     public var mountsPrepared = false
+    /// `network = "loopback"`: the worker brings `lo` up. false (`"none"`): no interface is up.
+    public var loopback = false
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
                 etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
@@ -80,7 +82,7 @@ public struct SandboxPlan: Equatable, Sendable {
         w.string(seccompProfile); w.bytes(seccompProgram)
         w.u32(UInt32(symlinks.count))
         for l in symlinks { w.string(l.source); w.string(l.target) }
-        w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared)
+        w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared); w.bool(loopback)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -113,6 +115,7 @@ public struct SandboxPlan: Equatable, Sendable {
         plan.jobSeccompProgram = try r.bytes()
         plan.cgroupNode = try r.string()
         plan.mountsPrepared = try r.bool()
+        plan.loopback = try r.bool()
         return plan
     }
 }

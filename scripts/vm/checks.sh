@@ -24,8 +24,8 @@ echo "$out" | sed 's/^/  | /'
 check "scripts/install installs binaries, units, snippets and policies" test $rc -eq 0 -a -x /usr/local/bin/clawpen -a -x /usr/local/bin/clawpen-worker -a -e /usr/local/lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml
 systemd-sysusers /usr/local/lib/sysusers.d/clawpen.conf
 systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/clawpen.conf
-check "sysusers.d made the clawpen group, tmpfiles.d made /workspace and /var/lib/clawpen (0700)" \
-  bash -c 'getent group clawpen >/dev/null && test -d /workspace && test "$(stat -c %a /var/lib/clawpen)" = 700'
+check "sysusers.d made the clawpen group, tmpfiles.d made /workspace and /var/lib/clawpen (0700, root's)" \
+  bash -c 'getent group clawpen >/dev/null && test "$(stat -c %a:%u /workspace)" = 700:0 && test "$(stat -c %a /var/lib/clawpen)" = 700'
 systemctl daemon-reload
 v=$(systemd-analyze verify /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service 2>&1); rc=$?
 [[ -n $v ]] && echo "$v" | sed 's/^/  | /'
