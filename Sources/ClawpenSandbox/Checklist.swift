@@ -171,8 +171,8 @@ public enum Checklist {
              describe: { p in "own session and process group, RLIMIT_CORE 0" + p.jobLimits.map { ", RLIMIT_\(SandboxPlan.limitName($0.resource)) \($0.hard)" }.joined() + ", oom_score_adj 1000" },
              run: nil),
         Step("job seccomp guard", .job,
-             defends: "clone3, which the worker needs for CLONE_INTO_CGROUP and a filter cannot inspect",
-             describe: { p in p.jobSeccompProgram.isEmpty ? "no job guard" : "a second, stacked seccomp filter that refuses clone3 (ENOSYS)" },
+             defends: "clone3, which the worker needs for CLONE_INTO_CGROUP and a filter cannot inspect; inotify watches for reads and opens (IN_ACCESS, IN_OPEN, IN_CLOSE_NOWRITE), which on the shared host inodes of /usr and /etc would show a tenant what other tenants and the host run",
+             describe: { p in p.jobSeccompProgram.isEmpty ? "no job guard" : "a second, stacked seccomp filter: clone3 fails with ENOSYS; inotify_add_watch with IN_ACCESS, IN_OPEN or IN_CLOSE_NOWRITE fails with EPERM (change events still work)" },
              run: nil),
     ]
 
