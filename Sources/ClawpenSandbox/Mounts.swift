@@ -3,11 +3,12 @@ import ClawpenSystem
 import ClawpenWire
 import Glibc
 
-/// The mount facility. Supervisor side (`prepareFromSupervisor`): the mount tree, all but
-/// /proc, built from inside the new worker's mount namespace while the worker is exec'd (it
-/// depends only on the plan and the mount namespace, not on the worker's pid namespace or
-/// identity). Worker side: the same steps when the supervisor could not do them, then /proc,
-/// pivot_root and the new root's flags. The steps themselves and their order are the Checklist.
+/// The mount facility. Supervisor side (`prepareFromSupervisor`): the whole mount tree, built
+/// from inside the new worker's mount namespace while the worker is exec'd (it depends only on
+/// the plan and the mount namespace, not on the worker's identity; /proc is mounted for the
+/// worker's pid namespace with `pidns=`). Worker side: the same steps when the supervisor could
+/// not do them, /proc when the kernel lacks `pidns=`, then pivot_root. The steps themselves
+/// and their order are the Checklist.
 public enum Mounts {
     public enum Preparation: Equatable, Sendable {
         case prepared

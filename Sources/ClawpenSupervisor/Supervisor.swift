@@ -557,7 +557,7 @@ public final class Supervisor: @unchecked Sendable {
         var tPrepared = tSpawned
         if plan.enabled && !fromSpare && workerMountsFallback == nil {
             // While the new worker is being exec'd (the better part of a millisecond), the
-            // supervisor builds its mount tree (all but /proc); the worker goes on from there.
+            // supervisor builds its mount tree; the worker goes on from there.
             do {
                 plan.mountsPrepared = try prepareMounts(plan, inNamespaceOf: spawned.pid)
                 tPrepared = Clock.monotonic()
@@ -640,7 +640,7 @@ public final class Supervisor: @unchecked Sendable {
     /// mount namespaces (setns needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN); nil: it can.
     private(set) var workerMountsFallback: String?
 
-    /// Builds a new worker's mount tree, all but /proc (Mounts.prepareFromSupervisor), from
+    /// Builds a new worker's mount tree (Mounts.prepareFromSupervisor) from
     /// inside its mount namespace, on this thread, which then returns to its own. false: the
     /// namespace could not be joined, and the worker builds everything itself (slower, as safe);
     /// a step that fails once inside is the worker's setup failing, and throws.
@@ -1095,7 +1095,7 @@ public final class Supervisor: @unchecked Sendable {
         sup.set("spare_workers", spares.count)
         if sandboxEnabled {
             sup.set("worker_mounts", .string(workerMountsFallback.map { "fallback: " + $0 }
-                ?? "the supervisor builds each new worker's mounts (all but /proc) while the worker starts"))
+                ?? "the supervisor builds each new worker's mounts while the worker starts"))
         }
         var router = JSONObjectBuilder()
         router.set("dispatch", .string(self.router.mode.rawValue))

@@ -3,7 +3,7 @@ import ClawpenTestSupport
 import Foundation
 import XCTest
 
-/// The supervisor builds a new worker's mounts (all but /proc) from inside the worker's mount
+/// The supervisor builds a new worker's mounts from inside the worker's mount
 /// namespace (Mounts.prepareFromSupervisor), as root, in a workspace the tenant has written to
 /// before. It must not follow what the tenant planted there, and none of its threads may stay
 /// in a tenant's namespace afterwards.
