@@ -132,7 +132,7 @@ public enum Checklist {
              run: Mounts.makeEtc),
         Step("/proc", .mountNamespace,
              defends: "seeing host or other tenants' processes (own pid namespace, hidepid=invisible); what container runtimes mask: kernel memory and symbols, keys, host-wide interrupt and timer counters, the kernel's config; kernel knobs and triggers (read-only)",
-             describe: { _ in "proc at /proc of the worker's pid namespace (hidepid=invisible, nosuid, nodev, noexec; by the supervisor with pidns=, else by the worker); /dev/null over " + Mounts.procMaskedFiles.map { "/proc/" + $0 }.joined(separator: " ") + "; an empty read-only directory over " + Mounts.procMaskedDirectories.map { "/proc/" + $0 }.joined(separator: " ") + "; read-only " + Mounts.procReadOnly.map { "/proc/" + $0 }.joined(separator: " ") + " (each where this kernel has it)" },
+             describe: { _ in "proc at /proc of the worker's pid namespace (hidepid=invisible, nosuid, nodev, noexec; by the supervisor with pidns=, else by the worker); /dev/null over " + Mounts.procMaskedFiles.map { "/proc/" + $0 }.joined(separator: " ") + "; an empty read-only directory over " + Mounts.procMaskedDirectories.map { "/proc/" + $0 }.joined(separator: " ") + "; read-only " + Mounts.procReadOnly.map { "/proc/" + $0 }.joined(separator: " ") + " (each where this kernel has it and a tenant could read it)" },
              run: Mounts.mountProc, finishedInWorker: true),
         Step("root read-only", .mountNamespace,
              defends: "rewriting the skeleton: / (with /etc) read-only, nosuid, nodev, noexec; only /home, /tmp and /dev/shm are writable",

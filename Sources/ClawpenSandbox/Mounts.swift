@@ -199,8 +199,11 @@ public enum Mounts {
     public static let procMaskedFiles = ["kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
                                          "timer_list", "timer_stats", "sched_debug", "latency_stats"]
     public static let procMaskedDirectories = ["acpi", "asound", "scsi"]
-    /// Bound read-only over themselves (Docker's read-only paths): kernel knobs and triggers.
-    public static let procReadOnly = ["bus", "fs", "irq", "sys", "sysrq-trigger"]
+    /// Bound read-only over themselves: the kernel's knobs and triggers. (Docker also covers
+    /// /proc/bus, /proc/fs and /proc/irq, for containers that run as root; nothing there is
+    /// writable without root, a tenant never is, and each cover costs two mount calls on the
+    /// cold start's path.)
+    public static let procReadOnly = ["sys", "sysrq-trigger"]
 
     /// /proc of the worker's pid namespace (hidepid=invisible), with the masks above. The
     /// supervisor mounts it from outside that pid namespace with `pidns=` (Linux 6.18); where the
@@ -225,6 +228,9 @@ public enum Mounts {
         guard null >= 0 else { throw StepFailure(step: "open /dev/null", errno: errno) }
         defer { close(null) }
         for name in procMaskedFiles {
+            // A file only root may read (timer_list here) needs no cover: a tenant never is root.
+            var st = stat()
+            guard fstatat(proc, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & 0o004 != 0 else { continue }
             let fd = cp_open_path(proc, name)
             guard fd >= 0 else { continue }
             defer { close(fd) }
