@@ -84,6 +84,10 @@ final class SetupContext {
 }
 
 public enum Checklist {
+    /// The umask the steps run with (the modes they give are the ones they name); the worker
+    /// itself runs with 077.
+    static let umask: mode_t = 0o022
+
     /// The sandbox setup, in execution order.
     public static let steps: [Step] = [
         Step("namespaces", .clone,
@@ -194,6 +198,8 @@ public struct SandboxSetup {
     public init(plan: SandboxPlan) { self.plan = plan }
 
     public func apply() throws(StepFailure) {
+        let umaskBefore = umask(Checklist.umask)
+        defer { umask(umaskBefore) }
         let ctx = SetupContext(plan: plan)
         for step in Checklist.steps {
             guard let run = step.run else { continue }

@@ -25,6 +25,10 @@ public enum Mounts {
         let home = cp_mount_ns_enter(workerPID)
         guard home >= 0 else { return .cannotJoin(errno: errno) }
         defer { cp_mount_ns_leave(home) }
+        // The thread has a filesystem context of its own now (cp_mount_ns_enter unshared it), so
+        // its umask can be set for the steps without touching the supervisor's other threads.
+        let umaskBefore = umask(Checklist.umask)
+        defer { umask(umaskBefore) }
         let ctx = SetupContext(plan: plan, workerPID: workerPID)
         for step in Checklist.steps where step.side == .mountNamespace { try step.run?(ctx) }
         return .prepared
@@ -115,10 +119,7 @@ public enum Mounts {
             cp_mount_at("tmpfs", -1, ws, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=4m,nr_inodes=1024")
         }
         let root = try ctx.root()
-        // (fchmodat: the worker runs with umask 077, which mkdirat would apply.)
-        for name in skeleton {
-            try StepFailure.check("mkdir /\(name)") { mkdirat(root, name, 0o755) == 0 ? fchmodat(root, name, 0o755, 0) : -1 }
-        }
+        for name in skeleton { try StepFailure.check("mkdir /\(name)") { mkdirat(root, name, 0o755) } }
         let target = try open(root, "/home", directory: true)
         defer { close(target) }
         try StepFailure.check("bind /home", ctx.plan.workspace + "/home") { cp_mount_at(nil, ctx.homeFD, target, nil, CP_MS_BIND, nil) }
