@@ -67,10 +67,10 @@ public enum PolicyLoader {
                 guard let root = readDocument(file, missingIsError: true, errors: &errors) else { continue }
                 let decoded = decode(root, file: file, origin: origin, isTenantFile: false, errors: &errors)
                 keyLines[origin] = decoded.keyLines
-                for key in LimitKey.allCases where decoded.lines[key] == nil {
+                for key in LimitKey.allCases where decoded.lines[key] == nil && !key.isOptionalInTierFile {
                     errors.append(.missingKey(file: file, key: key.rawValue))
                 }
-                guard let limits = decoded.values.complete else { continue }
+                guard let limits = decoded.values.withCrashLoopDefaults(of: tier).complete else { continue }
                 if let problem = timeoutProblem(limits) {
                     errors.append(
                         .invalidValue(

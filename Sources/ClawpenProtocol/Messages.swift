@@ -20,6 +20,10 @@ public enum Request: Sendable, Equatable {
     case policyReload
     /// Change one tenant's limits (operators): an override kept in the state directory.
     case tenantSetQuota(name: String, changes: [QuotaChange])
+    /// Freeze a tenant (operators): submits refused, queued jobs wait, running jobs stopped.
+    case tenantSuspend(name: String)
+    /// Undo a suspension and lift a crash-loop quarantine (operators).
+    case tenantResume(name: String)
 
     public var typeName: String {
         switch self {
@@ -36,6 +40,8 @@ public enum Request: Sendable, Equatable {
         case .policyExplain: return "policy.explain"
         case .policyReload: return "policy.reload"
         case .tenantSetQuota: return "tenant.set_quota"
+        case .tenantSuspend: return "tenant.suspend"
+        case .tenantResume: return "tenant.resume"
         }
     }
 }
@@ -140,8 +146,10 @@ public enum RequestCodec {
                 }
             }
             return .tenantSetQuota(name: name, changes: changes)
+        case "tenant.suspend": return .tenantSuspend(name: try f.string("name"))
+        case "tenant.resume": return .tenantResume(name: try f.string("name"))
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, status, audit, policy.explain, policy.reload)")
+            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
         }
     }
 
@@ -252,7 +260,7 @@ public enum RequestCodec {
             o.set("wait", s.wait)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name)); o.set("tier", .string(tier))
-        case .tenantShow(let name): o.set("name", .string(name))
+        case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name): o.set("name", .string(name))
         case .status(let tenant): if let tenant { o.set("tenant", .string(tenant)) }
         case .audit(let tenant, let since, let limit):
             if let tenant { o.set("tenant", .string(tenant)) }

@@ -5,6 +5,10 @@ public struct TenantRecord: Sendable, Equatable {
     public var tier: String
     public var uid: Int
     public var createdAt: Double
+
+    public init(name: String, tier: String, uid: Int, createdAt: Double) {
+        self.name = name; self.tier = tier; self.uid = uid; self.createdAt = createdAt
+    }
 }
 
 /// A job as stored: the request, its state and, once finished, its result.

@@ -72,6 +72,10 @@ public final class Store: @unchecked Sendable {
             action TEXT NOT NULL,
             rule TEXT,
             detail TEXT);
+        CREATE TABLE IF NOT EXISTS suspensions(
+            tenant TEXT PRIMARY KEY REFERENCES tenants(name),
+            suspended_by TEXT NOT NULL,
+            at REAL NOT NULL);
         """)
         let found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
         if let found, Int(found) != Self.schemaVersion {
@@ -278,6 +282,24 @@ public final class Store: @unchecked Sendable {
             if let s = JobState(rawValue: state) { out[tenant, default: [:]][s] = n }
         }
         return out
+    }
+
+    // MARK: Suspensions
+
+    /// Tenants an operator suspended (`clawpen tenant suspend`), and by whom: a suspension
+    /// outlives a restart of the daemon.
+    public func suspensions() throws(StoreError) -> [(tenant: String, by: String)] {
+        try db.rows("SELECT tenant, suspended_by FROM suspensions ORDER BY tenant") { (tenant: $0.text(0), by: $0.text(1)) }
+    }
+
+    public func setSuspension(tenant: String, by: String, at: Double) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("INSERT OR REPLACE INTO suspensions(tenant, suspended_by, at) VALUES(?,?,?)", [.text(tenant), .text(by), .double(at)])
+    }
+
+    public func clearSuspension(tenant: String) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("DELETE FROM suspensions WHERE tenant=?", [.text(tenant)])
     }
 
     // MARK: Audit

@@ -1,3 +1,4 @@
+import ClawpenCore
 import ClawpenPolicy
 import ClawpenWire
 import Glibc
@@ -242,6 +243,12 @@ final class CgroupTree: @unchecked Sendable {
         return nil
     }
 
+    /// Freezes (or thaws) every process of the tenant (cgroup.freeze: a core file of every
+    /// non-root cgroup v2 node, with or without controllers). false: it could not be written.
+    func setFrozen(_ tenant: TenantName, _ frozen: Bool) -> Bool {
+        Self.write(tenantPath(tenant) + "/cgroup.freeze", frozen ? "1" : "0")
+    }
+
     func memoryCurrent(_ tenant: TenantName) -> Int64? { readNumber(tenantPath(tenant) + "/memory.current") }
     func pidsCurrent(_ tenant: TenantName) -> Int64? { readNumber(tenantPath(tenant) + "/pids.current") }
 
@@ -289,6 +296,14 @@ final class CgroupTree: @unchecked Sendable {
 enum CgroupError: Error, CustomStringConvertible {
     case create(String, Int32)
     case move(String, Int32)
+
+    /// As a failed worker start: the stage, errno and path kept apart.
+    var workerFailure: WorkerFailure {
+        switch self {
+        case .create(let p, let e): WorkerFailure(.start, stage: "create cgroup", errno: e, errnoText: FileIO.errnoString(e), detail: p)
+        case .move(let p, let e): WorkerFailure(.start, stage: "move into cgroup", errno: e, errnoText: FileIO.errnoString(e), detail: p)
+        }
+    }
     var description: String {
         switch self {
         case .create(let p, let e): return "cannot create cgroup \(p): \(FileIO.errnoString(e))"

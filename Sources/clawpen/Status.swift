@@ -65,6 +65,19 @@ struct Status: ParsableCommand {
             return "  \(t["tenant"]?.stringValue ?? "?"): \(e)"
         }
         if !troubled.isEmpty { out += "\nlast errors:\n" + troubled.joined(separator: "\n") + "\n" }
+        // Who is held back, why, and what lifts it.
+        let held = (s["tenants"]?.arrayValue ?? []).compactMap { t -> String? in
+            let name = t["tenant"]?.stringValue ?? "?"
+            if let q = t["quarantine"], case .object = q {
+                let retry = q["retry_in_s"]?.doubleValue.map { Format.duration($0) } ?? "?"
+                return "  \(name): QUARANTINED, retries in \(retry): \(q["reason"]?.stringValue ?? "?") (lift: clawpen tenant resume \(name))"
+            }
+            if let p = t["suspension"], case .object = p {
+                return "  \(name): SUSPENDED by \(p["by"]?.stringValue ?? "?"), jobs frozen by \(p["frozen_by"]?.stringValue ?? "nothing (no worker)") (lift: clawpen tenant resume \(name))"
+            }
+            return nil
+        }
+        if !held.isEmpty { out += "\nheld back:\n" + held.joined(separator: "\n") + "\n" }
         return out
     }
 }

@@ -5,7 +5,7 @@ import ClawpenProtocol
 struct TenantCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant", abstract: "Create and inspect tenants.",
-        subcommands: [Create.self, List.self, Show.self, SetQuota.self])
+        subcommands: [Create.self, List.self, Show.self, SetQuota.self, Suspend.self, Resume.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
