@@ -125,7 +125,7 @@ public final class Supervisor: @unchecked Sendable {
             logReady(w)
             perform(core.workerReady(w.ref))
         case .setupFailed(let step, let err, let detail):
-            perform(core.workerSetupFailed(w.ref, WorkerFailure(.setup, stage: step, errno: err, errnoText: FileIO.errnoString(err), detail: detail)))
+            perform(core.workerSetupFailed(w.ref, WorkerFailure(.setup, stage: step, errno: err, errnoText: errnoString(err), detail: detail)))
         case .started(let id, _):
             perform(core.workerStarted(w.ref, jobID: id))
         case .finished(let report):

@@ -69,7 +69,7 @@ extension Supervisor {
             channel.writeAndFlush(channel.allocator.frame(resume.encoded()), promise: nil)
         }
         if freezeMethods.removeValue(forKey: tenant) == .cgroupFreeze, let cgroups, !cgroups.setFrozen(tenant, false) {
-            logger.error("cannot thaw the tenant's cgroup; killing its worker", metadata: ["tenant": "\(tenant)", "errno": "\(FileIO.errnoString(errno))"])
+            logger.error("cannot thaw the tenant's cgroup; killing its worker", metadata: ["tenant": "\(tenant)", "errno": "\(errnoString(errno))"])
             kill(w.pid, SIGKILL)
         }
     }

@@ -2,7 +2,6 @@ import CClawpenShim
 import ClawpenCore
 import ClawpenPolicy
 import ClawpenWire
-import ClawpenWorkerCore
 import Glibc
 import NIOCore
 import NIOPosix
@@ -14,14 +13,10 @@ extension Supervisor {
     /// the start failed (and whatever it left is cleaned up).
     func startWorker(_ name: TenantName) {
         guard let t = core.tenants[name] else { return }
-        var plan = SandboxPlanner.plan(tenant: name, uid: t.record.uid, workspace: workspacePath(name),
-                                       limits: t.limits, enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [])
-        if sandboxEnabled {
-            plan.seccompProfile = t.limits.seccompProfile
-            plan.seccompProgram = seccompPrograms[t.limits.seccompProfile] ?? []
-            plan.jobSeccompProgram = jobSeccompGuard
-            if let cgroups { plan.cgroupNode = cgroups.tenantPath(name) }
-        }
+        var plan = Plan.make(tenant: name, uid: t.record.uid, workspace: workspacePath(name), limits: SandboxLimits(t.limits),
+                             enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [],
+                             extras: PlanExtras(seccompProfile: t.limits.seccompProfile, seccompProgram: seccompPrograms[t.limits.seccompProfile] ?? [],
+                                                jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? ""))
         let spawned: WorkerSpawner.Spawned
         let t0 = Clock.monotonic()
         var tCgroup = t0
@@ -40,8 +35,8 @@ extension Supervisor {
                 spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: name, workspace: workspacePath(name),
                                                   sandboxed: sandboxEnabled, cgroupFD: leaf, netnsFD: netns)
             }
-        } catch let e as WorkerSpawner.Failure {
-            perform(core.workerStartFailed(name, WorkerFailure(.start, stage: e.step, errno: e.errno, errnoText: FileIO.errnoString(e.errno))))
+        } catch let e as StepFailure {
+            perform(core.workerStartFailed(name, WorkerFailure(.start, e)))
             return
         } catch let e as CgroupError {
             perform(core.workerStartFailed(name, e.workerFailure))
@@ -59,9 +54,7 @@ extension Supervisor {
                 plan.mountsPrepared = try prepareMounts(plan, inNamespaceOf: spawned.pid)
                 tPrepared = Clock.monotonic()
             } catch {
-                discardStartingWorker(spawned, name, waitForExitMs: 0) { _ in
-                    WorkerFailure(.start, stage: "mounts: \(error.step)", errno: error.errno, errnoText: FileIO.errnoString(error.errno), detail: error.detail)
-                }
+                discardStartingWorker(spawned, name, waitForExitMs: 0) { _ in WorkerFailure(.start, error) }
                 return
             }
         }
@@ -81,7 +74,7 @@ extension Supervisor {
             // with its exit: give a dying worker up to 100 ms to be reaped before killing it.
             discardStartingWorker(spawned, name, waitForExitMs: 100) { exit in
                 exit.map { WorkerFailure(.exited, stage: "exit", detail: "\($0) before its setup") }
-                    ?? WorkerFailure(.start, stage: error.step, errno: error.errno, errnoText: FileIO.errnoString(error.errno))
+                    ?? WorkerFailure(.start, error)
             }
             return
         }
@@ -138,22 +131,19 @@ extension Supervisor {
         perform(core.workerStartFailed(name, failure(gone ? Self.describe(waitStatus: status) : nil)))
     }
 
-    /// Builds a new worker's mount tree, all but /proc (SandboxSetup.prepareMounts),
-    /// from inside its mount namespace, on this thread, which then returns to its own. false:
-    /// the namespace could not be joined, and the worker builds everything itself (slower, as
-    /// safe); a step that fails once inside is the worker's setup failing, and throws.
-    private func prepareMounts(_ plan: SandboxPlan, inNamespaceOf pid: Int32) throws(SandboxSetup.Failure) -> Bool {
-        let home = cp_mount_ns_enter(pid)
-        guard home >= 0 else {
-            let e = errno
-            if e == EPERM {
-                workerMountsFallback = "the supervisor may not join a worker's mount namespace (\(FileIO.errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
-                logger.warning("cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)", metadata: ["errno": "\(FileIO.errnoString(e))"])
+    /// Builds a new worker's mount tree, all but /proc (Mounts.prepareFromSupervisor), from
+    /// inside its mount namespace, on this thread, which then returns to its own. false: the
+    /// namespace could not be joined, and the worker builds everything itself (slower, as safe);
+    /// a step that fails once inside is the worker's setup failing, and throws.
+    private func prepareMounts(_ plan: SandboxPlan, inNamespaceOf pid: Int32) throws(StepFailure) -> Bool {
+        let preparation = try Mounts.prepareFromSupervisor(plan, workerPID: pid)
+        guard preparation == .prepared else {
+            if case .cannotJoin(let e) = preparation, e == EPERM {
+                workerMountsFallback = "the supervisor may not join a worker's mount namespace (\(errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
+                logger.warning("cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)", metadata: ["errno": "\(errnoString(e))"])
             }
             return false
         }
-        defer { cp_mount_ns_leave(home) }
-        try SandboxSetup(plan: plan).prepareMounts()
         return true
     }
 
@@ -185,7 +175,7 @@ extension Supervisor {
         workers[w.ref.id] = nil
         freezeMethods[w.tenant] = nil
         let how = r < 0
-            ? WorkerFailure(.exited, stage: "wait4", errno: errno, errnoText: FileIO.errnoString(errno), detail: "could not be reaped")
+            ? WorkerFailure(.exited, stage: "wait4", errno: errno, errnoText: errnoString(errno), detail: "could not be reaped")
             : WorkerFailure(.exited, stage: "exit", detail: Self.describe(waitStatus: status))
         perform(core.workerExited(w.ref, how: how))
     }
