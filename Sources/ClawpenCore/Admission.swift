@@ -78,7 +78,7 @@ extension Core {
         }
         t.pendingAccepts += 1
         return .success(JobRecord(
-            id: jobID, tenant: t.name.value, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
+            id: jobID, tenant: t.name, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
             stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
             attempt: 1, createdAt: clock.wall()))
     }

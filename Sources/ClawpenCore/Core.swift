@@ -83,7 +83,7 @@ public final class Core {
     /// Jobs a previous run left queued or running go back to their tenants' queues.
     public func recover(_ jobs: [JobRecord]) -> [Action] {
         for job in jobs {
-            guard let name = try? TenantName(validating: job.tenant), let t = tenants[name] else { continue }
+            guard let t = tenants[job.tenant] else { continue }
             t.enqueue(job, router)
         }
         for t in tenants.values where !t.queue.isEmpty { dispatch(t) }
@@ -111,10 +111,10 @@ public final class Core {
     public func accepted(_ jobs: [JobRecord]) -> [Action] {
         var touched: [TenantName: TenantState] = [:]
         for job in jobs {
-            guard let name = try? TenantName(validating: job.tenant), let t = tenants[name] else { continue }
+            guard let t = tenants[job.tenant] else { continue }
             t.pendingAccepts = max(0, t.pendingAccepts - 1)
             t.enqueue(job, router)
-            touched[name] = t
+            touched[t.name] = t
         }
         for t in touched.values { dispatch(t) }
         return take()
@@ -124,7 +124,7 @@ public final class Core {
     /// is then not recorded).
     public func withdraw(_ jobs: [JobRecord]) -> [Action] {
         for job in jobs {
-            guard let name = try? TenantName(validating: job.tenant), let t = tenants[name] else { continue }
+            guard let t = tenants[job.tenant] else { continue }
             if t.takeQueued(id: job.id, router) != nil { continue }
             if let w = t.lifecycle.worker, t.inFlight[job.id] != nil {
                 withdrawn.insert(job.id)

@@ -1,3 +1,4 @@
+import ClawpenWire
 /// A tenant's service tier. Each has a file `tiers/<rawValue>.toml`.
 public enum Tier: String, Sendable, CaseIterable, Hashable {
     case free, pro, enterprise
@@ -439,4 +440,11 @@ public struct PolicySet: Sendable, Equatable {
         }
         return out
     }
+}
+
+extension PolicySet {
+    /// The limits of a tenant (see `limits(tenant:tier:)`).
+    public func limits(_ tenant: TenantName, tier: Tier) -> TierLimits { limits(tenant: tenant.value, tier: tier) }
+    public func effectiveTier(_ tenant: TenantName, assigned: Tier) -> Tier { effectiveTier(tenant: tenant.value, assigned: assigned) }
+    public func provenance(_ tenant: TenantName, tier: Tier) -> [String: String] { provenance(tenant: tenant.value, tier: tier) }
 }

@@ -93,9 +93,7 @@ extension Supervisor {
 
     /// The view of an accepted, unfinished job from memory (no store read).
     func memoryView(_ job: JobRecord) -> JobView {
-        if let name = try? TenantName(validating: job.tenant), let running = core.runningJob(job.id, tenant: name) {
-            return running.view
-        }
+        if let running = core.runningJob(job.id, tenant: job.tenant) { return running.view }
         return job.view
     }
 }

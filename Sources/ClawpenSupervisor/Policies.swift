@@ -6,18 +6,17 @@ import ClawpenWire
 
 /// `policy explain`, `policy reload` (and SIGHUP), `tenant set-quota`.
 extension Supervisor {
-    func explain(_ tenantName: String, _ argv: [String], _ env: [SubmitRequest.EnvVar], _ cwd: String?, _ r: Responder) throws {
-        let name = try validName(tenantName)
-        try authorize(r, .submit(tenant: name.value), request: "policy.explain")
+    func explain(_ name: TenantName, _ argv: [String], _ env: [SubmitRequest.EnvVar], _ cwd: String?, _ r: Responder) throws {
+        try authorize(r, .submit(tenant: name), request: "policy.explain")
         let t = try tenant(name)
         let decision = decideTool(argv: argv, env: env.map { ($0.name, $0.value) }, cwd: cwd ?? CommandPath.defaultCwd,
                                   limits: t.limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
         var o = JSONObjectBuilder()
         o.set("tenant", .string(name.value))
-        o.set("tier", .string(policies.effectiveTier(tenant: name.value, assigned: t.tier).rawValue))
+        o.set("tier", .string(policies.effectiveTier(name, assigned: t.tier).rawValue))
         o.set("argv", .array(argv.map(JSONValue.string)))
         o.set("decision", decision.json)
-        let prov = policies.provenance(tenant: name.value, tier: t.tier)
+        let prov = policies.provenance(name, tier: t.tier)
         o.set("sources", .object(["commands_allow", "commands_deny", "env_allow", "tier"].compactMap { k in prov[k].map { (k, .string($0)) } }))
         o.set("policies", policySourceDescription)
         r.reply("explain", [("explain", o.value)])
@@ -84,7 +83,7 @@ extension Supervisor {
         audit(tenant: t.name, caller: r, action: "tenant.set_quota", rule: "operator", detail: detail)
         try reloadPolicies(caller: r)
         var lim = JSONObjectBuilder()
-        let prov = policies.provenance(tenant: t.name.value, tier: t.tier)
+        let prov = policies.provenance(t.name, tier: t.tier)
         for key in changes.map(\.key) { lim.set(key, prov[key]) }
         r.reply("tenant", [("tenant", view(t).json), ("file", .string(QuotaOverrides.path(tenant: t.name.value, directory: PolicyRuntime.quotaDirectory(config)))),
                            ("sources", lim.value)])

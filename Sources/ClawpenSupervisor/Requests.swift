@@ -17,38 +17,32 @@ extension Supervisor {
             case .submit(let s): try submit(s, r)
             case .jobGet(let id):
                 let view = try activeOrStoredJob(id)
-                try authorize(r, .submit(tenant: view.tenant), request: "job.get")
+                try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.get")
                 r.job(view)
             case .jobWait(let id):
                 let view = try activeOrStoredJob(id)
-                try authorize(r, .submit(tenant: view.tenant), request: "job.wait")
+                try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.wait")
                 if view.state.isFinal { r.job(view) } else { addWaiter(id) { r.job($0) } }
             case .jobCancel(let id): try cancel(id, r)
-            case .tenantCreate(let raw, let tier):
-                let name = try validName(raw)
+            case .tenantCreate(let name, let tier):
                 try authorize(r, .operator(command: "tenant create"), request: "tenant.create", tenant: name)
                 r.reply("tenant", [("tenant", try createTenant(name, tier, r).json)])
             case .tenantList:
                 try authorize(r, .operator(command: "tenant list"), request: "tenant.list")
                 r.reply("tenants", [("tenants", .array(core.tenants.keys.sorted().compactMap { core.tenants[$0].map { view($0).json } }))])
-            case .tenantShow(let raw):
-                let name = try validName(raw)
+            case .tenantShow(let name):
                 try authorize(r, .operator(command: "tenant show"), request: "tenant.show", tenant: name)
                 r.reply("tenant", [("tenant", view(try tenant(name)).json)])
-            case .tenantSuspend(let raw):
-                let name = try validName(raw)
+            case .tenantSuspend(let name):
                 try authorize(r, .operator(command: "tenant suspend"), request: "tenant.suspend", tenant: name)
                 try suspend(try tenant(name), r)
-            case .tenantResume(let raw):
-                let name = try validName(raw)
+            case .tenantResume(let name):
                 try authorize(r, .operator(command: "tenant resume"), request: "tenant.resume", tenant: name)
                 try resume(try tenant(name), r)
-            case .status(let raw):
-                let name = try raw.map(validName)
+            case .status(let name):
                 try authorize(r, .operator(command: "status"), request: "status", tenant: name)
                 r.reply("status", [("status", try status(tenant: name))])
-            case .audit(let raw, let since, let limit):
-                let name = try raw.map(validName)
+            case .audit(let name, let since, let limit):
                 try authorize(r, .operator(command: "audit"), request: "audit", tenant: name)
                 if !commit.audits.isEmpty { flushWrites() }
                 let events = try store.auditEvents(tenant: name?.value, since: since, limit: limit)
@@ -58,8 +52,7 @@ extension Supervisor {
                 try authorize(r, .operator(command: "policy reload"), request: "policy.reload")
                 try reloadPolicies(caller: r)
                 r.reply("policy", [("policy", policySummary())])
-            case .tenantSetQuota(let raw, let changes):
-                let name = try validName(raw)
+            case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(try tenant(name), changes, r)
             }
@@ -84,7 +77,7 @@ extension Supervisor {
         let decision = policies.access.decide(callers.caller(cred), action)
         guard decision.allowed else {
             var target = tenant
-            if case .submit(let t) = action { target = try? TenantName(validating: t) }
+            if case .submit(let t) = action { target = t }
             audit(tenant: target, caller: r, action: "permission.denied", rule: decision.rule, detail: request)
             throw ProtocolError(.permissionDenied, "\(request): \(decision.message)", details: ["rule": .string(decision.rule)])
         }
@@ -109,8 +102,9 @@ extension Supervisor {
         return o.value
     }
 
-    func validName(_ raw: String) throws(ProtocolError) -> TenantName {
-        do { return try TenantName(validating: raw) } catch { throw ProtocolError(.invalidTenant, error.description) }
+    /// The tenant of a job as its view names it (a job of ours always has a valid one).
+    func jobTenant(_ view: JobView) throws(ProtocolError) -> TenantName {
+        do { return try TenantName(validating: view.tenant) } catch { throw ProtocolError(.internal, "job \(view.id): \(error)") }
     }
 
     func tenant(_ name: TenantName) throws(ProtocolError) -> TenantState {
@@ -121,7 +115,7 @@ extension Supervisor {
     }
 
     func view(_ t: TenantState) -> TenantView {
-        TenantView(name: t.record.name, tier: t.record.tier, uid: t.record.uid,
+        TenantView(name: t.name.value, tier: t.record.tier, uid: t.record.uid,
                    workspace: workspacePath(t.name), createdAt: t.record.createdAt)
     }
 
@@ -134,10 +128,10 @@ extension Supervisor {
         if core.tenants[name] != nil {
             throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         }
-        let outcome = try store.createTenant(name: name.value, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now())
+        let outcome = try store.createTenant(name: name, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now())
         if case .created(let record) = outcome {
             do { try Workspace.create(root: config.workspaceRoot, tenant: name, owner: sandboxEnabled ? record.uid : nil) } catch {
-                try? store.deleteTenant(name: name.value)
+                try? store.deleteTenant(name: name)
                 throw ProtocolError(.internal, error.description)
             }
         }
@@ -156,13 +150,13 @@ extension Supervisor {
     // MARK: Jobs
 
     private func submit(_ s: SubmitRequest, _ r: Responder) throws {
-        let name = try validName(s.tenant)
-        try authorize(r, .submit(tenant: name.value), request: "submit")
+        let name = s.tenant
+        try authorize(r, .submit(tenant: name), request: "submit")
         let t = try tenant(name)
         if let key = s.idempotencyKey {
             // A resubmission returns the first job: no quota applies to it again.
-            if commit.accepts.contains(where: { $0.job.tenant == name.value && $0.job.idempotencyKey == key }) { flushWrites() }
-            if let existing = try store.job(tenant: name.value, idempotencyKey: key) {
+            if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
+            if let existing = try store.job(tenant: name, idempotencyKey: key) {
                 let current = try activeOrStoredJob(existing.id)
                 if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
                 else { r.job(current, existing: true) }
@@ -186,18 +180,15 @@ extension Supervisor {
         guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
             throw ProtocolError(.unknownTenant, "no job with id '\(id.prefix(80))'")
         }
-        if let name = try? TenantName(validating: stored.tenant), let running = core.runningJob(id, tenant: name) {
-            return running.view
-        }
+        if let running = core.runningJob(id, tenant: stored.tenant) { return running.view }
         return stored.view
     }
 
     private func cancel(_ id: String, _ r: Responder) throws {
         let view = try activeOrStoredJob(id)
-        try authorize(r, .submit(tenant: view.tenant), request: "job.cancel")
+        try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.cancel")
         if view.state.isFinal { r.job(view); return }
-        guard let name = try? TenantName(validating: view.tenant) else { r.job(view); return }
-        let (outcome, actions) = core.cancel(id, tenant: name)
+        let (outcome, actions) = core.cancel(id, tenant: try jobTenant(view))
         if outcome == .cancelSent { addWaiter(id) { r.job($0) } }
         perform(actions)
         switch outcome {

@@ -93,20 +93,15 @@ public final class Supervisor: @unchecked Sendable {
         loop.preconditionInEventLoop()
         let counts = try store.jobCounts()
         for record in try store.tenants() {
-            guard let name = try? TenantName(validating: record.name) else {
-                logger.error("ignoring stored tenant with an invalid name", metadata: ["tenant": "\(record.name)"])
-                continue
-            }
             let finished = (counts[record.name] ?? [:]).filter { $0.key.isFinal }
-            core.addTenant(record, name: name, limits: limits(for: record), finished: finished)
+            core.addTenant(record, name: record.name, limits: limits(for: record), finished: finished)
         }
         let recovered = try store.recoverUnfinishedJobs()
         if !recovered.isEmpty {
             logger.notice("re-queued \(recovered.count) job(s) left queued or running by the previous run")
         }
-        for (name, s) in try store.suspensions() {
-            guard let t = try? TenantName(validating: name), core.tenants[t] != nil else { continue }
-            perform(core.suspend(t, by: s))
+        for (name, by) in try store.suspensions() where core.tenants[name] != nil {
+            perform(core.suspend(name, by: by))
         }
         perform(core.recover(recovered))
         refillSpares()
@@ -114,7 +109,7 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     func limits(for record: TenantRecord) -> TierLimits {
-        policies.limits(tenant: record.name, tier: Tier(rawValue: record.tier) ?? .free)
+        policies.limits(record.name, tier: Tier(rawValue: record.tier) ?? .free)
     }
 
     // MARK: - Worker events (from WorkerChannelHandler)

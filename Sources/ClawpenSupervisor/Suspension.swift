@@ -17,7 +17,7 @@ extension Supervisor {
     func suspend(_ t: TenantState, _ r: Responder) throws {
         if t.lifecycle.suspension == nil {
             let by = callerDescription(r)
-            try store.setSuspension(tenant: t.name.value, by: by, at: Clock.now())
+            try store.setSuspension(tenant: t.name, by: by, at: Clock.now())
             perform(core.suspend(t.name, by: by))
             audit(tenant: t.name, caller: r, action: "tenant.suspend", rule: "operator",
                   detail: "running jobs stopped by \(freezeMethods[t.name]?.rawValue ?? "nothing (no worker running)")")
@@ -30,7 +30,7 @@ extension Supervisor {
         var lifted: [String] = []
         if let s = t.lifecycle.suspension { lifted.append("suspension by \(s.by)") }
         if let q = t.lifecycle.quarantine { lifted.append("quarantine (\(q.reason))") }
-        try store.clearSuspension(tenant: t.name.value)
+        try store.clearSuspension(tenant: t.name)
         perform(core.resume(t.name))
         if !lifted.isEmpty {
             audit(tenant: t.name, caller: r, action: "tenant.resume", rule: "operator", detail: "lifted " + lifted.joined(separator: " and "))

@@ -14,8 +14,9 @@ struct Status: ParsableCommand {
     @Flag(help: "Redraw every second until interrupted.") var watch = false
 
     func run() throws {
+        let tenantName = try TenantArgument.parse(tenant)
         repeat {
-            let status = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.status(tenant: tenant) }
+            let status = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.status(tenant: tenantName) }
             if watch { Output.writeStdout("\u{1B}[H\u{1B}[2J") }
             if json { Output.json(status) } else { Output.writeStdout(Self.render(status)) }
             if watch { sleep(1) }

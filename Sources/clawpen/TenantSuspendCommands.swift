@@ -18,7 +18,8 @@ extension TenantCommand {
         @Flag(help: "Print the reply as JSON.") var json = false
 
         func run() throws {
-            let reply = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.call(.tenantSuspend(name: name)) }
+            let tenantName = try TenantArgument.parse(name)
+            let reply = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.call(.tenantSuspend(name: tenantName)) }
             if json { Output.json(reply); return }
             let by = reply["suspension"]?["by"]?.stringValue ?? "?"
             let frozen = reply["suspension"]?["frozen_by"]?.stringValue ?? "nothing was running"
@@ -39,7 +40,8 @@ extension TenantCommand {
         @Flag(help: "Print the reply as JSON.") var json = false
 
         func run() throws {
-            let reply = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.call(.tenantResume(name: name)) }
+            let tenantName = try TenantArgument.parse(name)
+            let reply = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.call(.tenantResume(name: tenantName)) }
             if json { Output.json(reply); return }
             let lifted = reply["lifted"]?.arrayValue?.compactMap(\.stringValue) ?? []
             Output.line(lifted.isEmpty ? "tenant \(name) was neither suspended nor quarantined" : "resumed tenant \(name) (lifted \(lifted.joined(separator: "; ")))")

@@ -58,7 +58,7 @@ final class FakeShell {
     @discardableResult
     func addTenant(_ raw: String, limits: TierLimits = FakeShell.limits()) -> TenantName {
         let name = try! TenantName(validating: raw)
-        core.addTenant(TenantRecord(name: raw, tier: "free", uid: 200_000, createdAt: 0), name: name, limits: limits)
+        core.addTenant(TenantRecord(name: name, tier: "free", uid: 200_000, createdAt: 0), name: name, limits: limits)
         return name
     }
 
@@ -69,14 +69,14 @@ final class FakeShell {
     /// Admits and commits a job (as the shell's group commit would).
     @discardableResult
     func submit(_ t: TenantName, _ argv: [String] = ["/usr/bin/true"], id: String? = nil, timeout: Double? = nil) throws -> JobRecord {
-        let s = SubmitRequest(tenant: t.value, argv: argv, timeoutSeconds: timeout)
+        let s = SubmitRequest(tenant: t, argv: argv, timeoutSeconds: timeout)
         let job = try core.admit(s, tenant: tenant(t), jobID: id ?? "job-\(nextPID)-\(finished.count)-\(sent.count)", isExecutable: { _ in true }).get()
         perform(core.accepted([job]))
         return job
     }
 
     func admit(_ t: TenantName) -> Result<JobRecord, Refusal> {
-        core.admit(SubmitRequest(tenant: t.value, argv: ["/usr/bin/true"]), tenant: tenant(t), jobID: "x", isExecutable: { _ in true })
+        core.admit(SubmitRequest(tenant: t, argv: ["/usr/bin/true"]), tenant: tenant(t), jobID: "x", isExecutable: { _ in true })
     }
 
     /// The jobs sent to `w` with `run`, in order.

@@ -260,7 +260,7 @@ final class WorkerLifecycleTests: XCTestCase {
         let a = s.addTenant("a")
         s.perform(s.core.suspend(a, by: "ops"))
         // A job accepted before the suspension (in the same tick) waits.
-        let job = try JobRecord(id: "j1", tenant: "a", state: .queued, argv: ["/usr/bin/true"], env: [], cwd: "/home", stdin: [],
+        let job = try JobRecord(id: "j1", tenant: .t("a"), state: .queued, argv: ["/usr/bin/true"], env: [], cwd: "/home", stdin: [],
                                 timeoutSeconds: 1, outputCap: 10, idempotencyKey: nil, attempt: 1, createdAt: 0)
         s.perform(s.core.accepted([job]))
         XCTAssertTrue(s.spawnRequests.isEmpty)

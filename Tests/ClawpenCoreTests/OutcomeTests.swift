@@ -5,7 +5,7 @@ import ClawpenWire
 import XCTest
 
 final class OutcomeMappingTests: XCTestCase {
-    let job = JobRecord(id: "j", tenant: "a", state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [],
+    let job = JobRecord(id: "j", tenant: .t("a"), state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [],
                         timeoutSeconds: 2, outputCap: 10, idempotencyKey: nil, attempt: 1, createdAt: 0)
 
     func report(_ o: JobOutcome) -> JobReport {

@@ -40,7 +40,7 @@ final class MountPreparationTests: XCTestCase {
         XCTAssertEqual(try daemon.run("b", ["true"]).state, .succeeded)
         XCTAssertEqual(unlink(dev), 0)
         XCTAssertEqual(try daemon.tenantStatus("a")["state"]?.stringValue, "quarantined")
-        _ = try daemon.connect().call(.tenantResume(name: "a"))
+        _ = try daemon.connect().call(.tenantResume(name: .t("a")))
         XCTAssertEqual(try daemon.run("a", ["true"]).state, .succeeded)
     }
 

@@ -217,7 +217,7 @@ final class LifecycleTests: XCTestCase {
             usleep(100_000)
         } // closed here, mid-job
         // The same key finds the job; it ran to the end.
-        let again = try d.connect().submit(SubmitRequest(tenant: "a", argv: ["true"], idempotencyKey: "gone", wait: true))
+        let again = try d.connect().submit(SubmitRequest(tenant: .t("a"), argv: ["true"], idempotencyKey: "gone", wait: true))
         XCTAssertTrue(again.existing)
         XCTAssertEqual(again.job.state, .succeeded)
         XCTAssertEqual(again.job.stdout, "survived\n")

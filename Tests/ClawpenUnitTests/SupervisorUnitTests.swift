@@ -25,25 +25,25 @@ final class StoreTests: XCTestCase {
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     func job(_ id: String, key: String? = nil) -> JobRecord {
-        JobRecord(id: id, tenant: "a", state: .queued, argv: ["echo", "a b", ""], env: [.init(name: "K", value: "v=1")],
+        JobRecord(id: id, tenant: .t("a"), state: .queued, argv: ["echo", "a b", ""], env: [.init(name: "K", value: "v=1")],
                   cwd: "/home", stdin: [0, 1], timeoutSeconds: 30, outputCap: 1 << 20, idempotencyKey: key, attempt: 1, createdAt: 1)
     }
 
     func testTenantsGetDistinctUidsFromTheRange() throws {
         let s = try Store(path: dir + "/db")
-        guard case .created(let a) = try s.createTenant(name: "a", tier: "free", uidRange: 10...11, now: 0),
-              case .created(let b) = try s.createTenant(name: "b", tier: "pro", uidRange: 10...11, now: 0) else { return XCTFail() }
+        guard case .created(let a) = try s.createTenant(name: .t("a"), tier: "free", uidRange: 10...11, now: 0),
+              case .created(let b) = try s.createTenant(name: .t("b"), tier: "pro", uidRange: 10...11, now: 0) else { return XCTFail() }
         XCTAssertEqual([a.uid, b.uid], [10, 11])
-        XCTAssertEqual(try s.createTenant(name: "a", tier: "free", uidRange: 10...11, now: 0), .duplicate)
-        XCTAssertEqual(try s.createTenant(name: "c", tier: "free", uidRange: 10...11, now: 0), .uidRangeExhausted)
+        XCTAssertEqual(try s.createTenant(name: .t("a"), tier: "free", uidRange: 10...11, now: 0), .duplicate)
+        XCTAssertEqual(try s.createTenant(name: .t("c"), tier: "free", uidRange: 10...11, now: 0), .uidRangeExhausted)
     }
 
     func testJobLifecycleAndRecoveryAcrossReopen() throws {
         do {
             let s = try Store(path: dir + "/db")
-            _ = try s.createTenant(name: "a", tier: "free", uidRange: 10...20, now: 0)
+            _ = try s.createTenant(name: .t("a"), tier: "free", uidRange: 10...20, now: 0)
             try s.insertJobs([job("1", key: "k")])
-            XCTAssertEqual(try s.job(tenant: "a", idempotencyKey: "k")?.id, "1")
+            XCTAssertEqual(try s.job(tenant: .t("a"), idempotencyKey: "k")?.id, "1")
             XCTAssertThrowsError(try s.insertJobs([job("2", key: "k"), job("5")]), "a duplicate key fails the whole batch")
             XCTAssertNil(try s.job(id: "5"))
             try s.insertJobs([job("3"), job("4")])
@@ -62,6 +62,6 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(done.result?.stdout, [9])
         XCTAssertEqual(done.result?.stdoutTruncated, true)
         XCTAssertEqual(done.startedAt, 2)
-        XCTAssertEqual(try s.jobCounts()["a"]?[.failed], 1)
+        XCTAssertEqual(try s.jobCounts()[.t("a")]?[.failed], 1)
     }
 }
