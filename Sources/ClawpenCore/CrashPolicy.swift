@@ -51,8 +51,9 @@ public enum CrashPolicy {
         draining: Bool, reason: String
     ) -> LostJobDecision {
         if cancelRequested { return .canceled }
-        // It never started: back in the queue, where a quarantine fails it with the others.
-        if !workerWasReady && !draining { return .requeueUnstarted }
+        // It never started: back in the queue (where a quarantine fails it with the others; a
+        // shutdown leaves it queued in the store for the next start).
+        if !workerWasReady { return .requeueUnstarted }
         if quarantined {
             return .fail("\(reason) while running this job (attempt \(job.attempt) of \(rule.maxAttempts)); the tenant is quarantined")
         }

@@ -110,6 +110,28 @@ final class WorkerLifecycleTests: XCTestCase {
         XCTAssertEqual(rule.backoffMs(failures: 1000), 5000, "no overflow")
     }
 
+    func testWhatBecomesOfAJobLostWithItsWorker() {
+        let rule = CrashLoopRule(maxFailures: 5, windowSeconds: 60, backoffCapMs: 5000, maxAttempts: 3)
+        func job(_ attempt: Int) -> JobRecord {
+            JobRecord(id: "j", tenant: .t("a"), state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [], timeoutSeconds: 1,
+                      outputCap: 1, idempotencyKey: nil, attempt: attempt, createdAt: 0)
+        }
+        func decide(_ attempt: Int, ready: Bool = true, cancel: Bool = false, quarantined: Bool = false, draining: Bool = false) -> LostJobDecision {
+            CrashPolicy.decide(job(attempt), workerWasReady: ready, cancelRequested: cancel, rule: rule, quarantined: quarantined,
+                               draining: draining, reason: "worker was killed by signal 9")
+        }
+        XCTAssertEqual(decide(1), .retry)
+        XCTAssertEqual(decide(2), .retry)
+        XCTAssertEqual(decide(3), .fail("worker was killed by signal 9 while running this job (attempt 3 of 3)"))
+        XCTAssertEqual(decide(1, cancel: true), .canceled, "a cancel asked for wins")
+        XCTAssertEqual(decide(1, ready: false), .requeueUnstarted, "it never started")
+        XCTAssertEqual(decide(1, ready: false, draining: true), .requeueUnstarted, "it stays queued for the next start")
+        XCTAssertEqual(decide(1, ready: false, quarantined: true), .requeueUnstarted, "the quarantine fails it with the queue")
+        guard case .fail(let why) = decide(1, quarantined: true) else { return XCTFail() }
+        XCTAssertTrue(why.hasSuffix("the tenant is quarantined"), why)
+        guard case .fail = decide(1, draining: true) else { return XCTFail("no retry while the daemon stops") }
+    }
+
     func testRepeatedFailuresBackOffThenQuarantineTheTenant() throws {
         let s = FakeShell()
         let a = s.addTenant("a", limits: FakeShell.limits { $0.crashLoopMax = 4; $0.crashLoopWindowSeconds = 60 })
