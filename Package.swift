@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // clawpen: a process-per-tenant supervisor. Layout (see docs/architecture.md):
 //   C shims (CClawpenShim, CSQLite) <- ClawpenSpawn; ClawpenWire <- ClawpenProtocol <- ClawpenClient
-//   ClawpenStore, ClawpenPolicy, ClawpenSystemd (CSystemd), ClawpenSupervisor (NIO) <- clawpen
+//   ClawpenTOML <- ClawpenPolicy; ClawpenStore, ClawpenSystemd (CSystemd), ClawpenSupervisor (NIO) <- clawpen
 //   ClawpenWorkerCore (no Foundation, no NIO: it is multiplied by the tenant count) <- clawpen-worker
 import PackageDescription
 
@@ -41,7 +41,10 @@ let package = Package(
         // Blocking Unix-socket client used by the CLI and the bench.
         .target(name: "ClawpenClient", dependencies: ["ClawpenProtocol", "CClawpenShim"], swiftSettings: strict),
         .target(name: "ClawpenStore", dependencies: ["ClawpenProtocol", "CSQLite"], swiftSettings: strict),
-        .target(name: "ClawpenPolicy", swiftSettings: strict),
+        // The TOML subset that policies and `serve --config` are written in. No Foundation; linear
+        // in its input (nesting and table depth are capped).
+        .target(name: "ClawpenTOML", swiftSettings: strict),
+        .target(name: "ClawpenPolicy", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
@@ -58,7 +61,7 @@ let package = Package(
         .executableTarget(
             name: "clawpen",
             dependencies: [
-                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenSystemd",
+                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenTOML", "ClawpenSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -80,6 +83,7 @@ let package = Package(
             name: "ClawpenUnitTests",
             dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "CClawpenShim", "ClawpenSystemd"],
             swiftSettings: strict),
+        .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),
         // `clawpen` is a dependency so that `swift test` builds it. clawpen-worker cannot be one: its

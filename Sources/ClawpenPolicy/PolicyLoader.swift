@@ -1,3 +1,5 @@
+import ClawpenTOML
+
 /// Loads and validates a policy directory:
 ///
 ///     tiers/free.toml tiers/pro.toml tiers/enterprise.toml   required, every limit key set

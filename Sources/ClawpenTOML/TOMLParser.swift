@@ -561,7 +561,7 @@ func withArticle(_ word: String) -> String {
 }
 
 /// A key as it would be written in TOML: bare if possible, else quoted.
-func renderKey(_ key: String) -> String {
+public func renderKey(_ key: String) -> String {
     if !key.isEmpty, key.utf8.allSatisfy(isBareKeyByte) { return key }
     return quoted(key)
 }

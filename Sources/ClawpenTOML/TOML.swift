@@ -139,7 +139,7 @@ public struct TOMLDocument: Sendable, Equatable {
 }
 
 /// `"text"` with quotes, backslashes and control characters escaped, for messages.
-func quoted(_ s: String) -> String {
+public func quoted(_ s: String) -> String {
     var out = "\""
     for scalar in s.unicodeScalars {
         switch scalar {
