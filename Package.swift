@@ -81,7 +81,8 @@ let package = Package(
 
         .testTarget(
             name: "ClawpenUnitTests",
-            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "CClawpenShim", "ClawpenSystemd"],
+            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "CClawpenShim", "ClawpenSystemd",
+                           .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
         .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
