@@ -146,6 +146,46 @@ final class CostlyFrameTests: XCTestCase {
         try assertAnswered(frame("\"pad\":1", { _ in "234567890" }, "", separator: ""), code: "invalid_request", "number out of range")
     }
 
+    func testManySmallCostlyFramesBackToBackCostTheirSenderOnly() throws {
+        // 2,000 frames of 4 KiB of arrays nested as deep as allowed, in one send: each is under
+        // the inline size, but the loop parses at most 4 KiB of a connection's frames per read;
+        // the rest go to the pool, one at a time and in order.
+        let nest = String(repeating: "[", count: 30) + "0" + String(repeating: "]", count: 30)
+        var stream: [UInt8] = []
+        let count = 2_000
+        for i in 0..<count {
+            var p = Array("{\"type\":\"ping\",\"id\":\(i),\"pad\":[".utf8)
+            while p.count + nest.utf8.count + 3 < 4096 { p += Array(nest.utf8) + [UInt8(ascii: ",")] }
+            p += Array("0]}".utf8)
+            let n = UInt32(p.count)
+            stream += [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + p
+        }
+        let other = try daemon.connect()
+        let frames = stream
+        nonisolated(unsafe) let hostile = try RawSocket(daemon.socket)
+        nonisolated(unsafe) var ids: [Int64] = []
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            hostile.send(frames)
+            for _ in 0..<count { if let id = hostile.readFrame()?["id"]?.intValue { ids.append(id) } else { break } }
+            done.signal()
+        }
+        var pings: [Double] = []
+        while done.wait(timeout: .now()) == .timedOut {
+            let t0 = Date()
+            XCTAssertNoThrow(try other.call(.ping))
+            pings.append(Date().timeIntervalSince(t0))
+            usleep(1_000)
+        }
+        XCTAssertEqual(ids, (0..<Int64(count)).map { $0 }, "every frame answered, in order")
+        pings.sort()
+        let median = pings.isEmpty ? 0 : pings[pings.count / 2]
+        print("small costly frames: other client's median ping \(median * 1000) ms, slowest \((pings.last ?? 0) * 1000) ms over \(pings.count)")
+        // Parsed on the loop without the per-read budget, these frames stall it for up to 64
+        // frames per read (about 0.1 s in a debug build), and most pings would wait for that.
+        XCTAssertLessThan(median, 0.02, "the other client's median ping")
+    }
+
     func testAPipelinedSmallRequestBehindALargeOneIsAnsweredInOrder() throws {
         // The small frame is parsed on the loop at once; its answer must still come after the
         // large frame's, because a connection's requests are handled in the order they came.

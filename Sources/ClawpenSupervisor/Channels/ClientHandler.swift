@@ -7,21 +7,24 @@ import NIOPosix
 /// order they came.
 ///
 /// A frame that is expensive to parse costs its sender only. Parsing is linear in the frame's
-/// size, but a 16 MiB frame still takes tens of milliseconds, and the supervisor has one event
-/// loop for every client and worker. So a frame above `inlineParseBytes` is parsed on the
-/// `parser` thread pool while the loop goes on serving everyone else; the connection stops
-/// reading until the parse is back, and frames that were already read wait behind it, so its
-/// requests reach the supervisor in order and a pipelining client cannot queue up work off the
-/// loop faster than it is done. Small frames (nearly all of them) are parsed on the loop: the
-/// hop to another thread and back costs more than parsing them.
+/// size, but a 16 MiB frame still takes a few hundred milliseconds, and the supervisor has one
+/// event loop for every client and worker. So the loop parses at most `inlineParseBytes` of a
+/// connection's frames per read (nearly every request is far smaller: for them the hop to
+/// another thread and back would cost more than parsing), and every frame beyond that goes to
+/// the `parser` thread pool while the loop serves everyone else. The connection stops reading
+/// until the parse is back, and frames that were already read wait behind it, so its requests
+/// reach the supervisor in order and a pipelining client cannot queue up work off the loop
+/// faster than it is done.
 final class ClientHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Frames up to this size are parsed on the loop; about 50 µs of parsing in the worst shape
-    /// (a release build; BENCHMARKS.md, "hostile frames").
-    static let inlineParseBytes = 16 * 1024
+    /// Bytes of frames parsed on the loop per connection and read: in the costliest shape
+    /// (arrays nested as deep as allowed, one allocation per byte or two) 4 KiB take about
+    /// 0.25 ms in a release build (BENCHMARKS.md, "hostile frames"). The budget is per read, not
+    /// per frame, so that many small costly frames sent back to back cannot add up on the loop.
+    static let inlineParseBytes = 4 * 1024
 
     private let supervisor: Supervisor
     private let parser: NIOThreadPool
@@ -33,6 +36,8 @@ final class ClientHandler: ChannelDuplexHandler {
     private var readHeld = false
     /// The connection was refused (frame too large, frame left incomplete): nothing more is read.
     private var refused = false
+    /// Bytes parsed on the loop since the last read completed (see `inlineParseBytes`).
+    private var parsedInline = 0
 
     init(supervisor: Supervisor, parser: NIOThreadPool) {
         self.supervisor = supervisor
@@ -66,7 +71,8 @@ final class ClientHandler: ChannelDuplexHandler {
             reply(Reply.error(ProtocolError(.invalidRequest, "empty frame: a frame must hold a JSON object"), id: .null), context: context)
             return
         }
-        if payload.readableBytes <= Self.inlineParseBytes {
+        if parsedInline + payload.readableBytes <= Self.inlineParseBytes {
+            parsedInline += payload.readableBytes
             deliver(RequestCodec.decode(Array(payload.readableBytesView)), context: context)
             return
         }
@@ -108,6 +114,11 @@ final class ClientHandler: ChannelDuplexHandler {
 
     private func reply(_ payload: [UInt8], context: ChannelHandlerContext) {
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.frame(payload)), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        parsedInline = 0
+        context.fireChannelReadComplete()
     }
 
     /// Outbound `read`: held while a parse is off the loop (see the type's comment).
