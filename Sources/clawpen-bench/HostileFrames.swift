@@ -16,6 +16,10 @@ struct HostileFigures: Sendable {
     /// parsed in this process by the daemon's own decoder: what parsing on the loop can cost.
     var inlineWorstShape = ""
     var inlineWorstMicros: Double?
+    /// CPU time of the daemon's event loop thread and of its parser pool per hostile frame
+    /// answered, over the loaded blocks: unlike latencies, not moved by what else the machine runs.
+    var loopCPUPerFrameMs: Double?
+    var poolCPUPerFrameMs: Double?
 
     var p99Ratio: Double? {
         guard let u = pingUnloaded, let l = pingLoaded, u.p99 > 0 else { return nil }
@@ -27,8 +31,9 @@ struct HostileFigures: Sendable {
 /// `--hostile-senders` clients each send frames of the maximum size (16 MiB) back to back, each
 /// a ping padded with one string of escapes (`\u00e9\n\"` and a surrogate pair), which the daemon
 /// must parse to the end: the costliest frame that passes every limit. Meanwhile another client
-/// pings the daemon one ping at a time; its p50/p99 in blocks with the senders paused (unloaded)
-/// and running (loaded) alternate, so that a drift of the machine touches both alike.
+/// pings the daemon, one ping due every millisecond, each timed from when it was due; its
+/// p50/p99 in blocks with the senders paused (unloaded) and running (loaded) alternate, so that a
+/// drift of the machine touches both alike.
 extension Scenarios {
     func hostileFrames(into report: inout Report) throws {
         var figures = HostileFigures()
@@ -49,21 +54,33 @@ extension Scenarios {
                 t.start()
             }
             defer { load.finish() }
-            let block = 100
+            let block = 500
             let perPhase = options.hostilePings
-            Progress.say("[hostile-frames] \(perPhase) pings unloaded and \(perPhase) while \(options.hostileSenders) client(s) send \(figures.frameBytes)-byte frames, alternating in blocks of \(block)")
-            for _ in 0..<50 { _ = try ping(pinger) } // warm-up
+            Progress.say("[hostile-frames] \(perPhase) pings unloaded and \(perPhase) while \(options.hostileSenders) client(s) send \(figures.frameBytes)-byte frames, one every \(fmt(Self.pingIntervalMs, 0)) ms, alternating in blocks of \(block)")
+            for _ in 0..<50 { _ = try ping(pinger, due: Clock.nanoseconds()) } // warm-up
             var unloaded: [Double] = [], loaded: [Double] = []
+            var loopCPU = 0.0, poolCPU = 0.0, framesBefore = 0
             while unloaded.count < perPhase {
                 let k = min(block, perPhase - unloaded.count)
                 load.pause()
-                for _ in 0..<k { unloaded.append(try ping(pinger)) }
+                unloaded += try pacedPings(pinger, count: k)
+                let before = threadCPU(pid: d.pid)
+                framesBefore -= load.answers.count
                 load.resume()
                 // Let the first frames reach the parser before timing.
                 load.waitForAnswers(atLeast: min(options.hostileSenders, 1))
-                for _ in 0..<k { loaded.append(try ping(pinger)) }
+                loaded += try pacedPings(pinger, count: k)
+                load.pause()
+                framesBefore += load.answers.count
+                let after = threadCPU(pid: d.pid)
+                loopCPU += after.loop - before.loop
+                poolCPU += after.pool - before.pool
             }
             load.pause()
+            if framesBefore > 0 {
+                figures.loopCPUPerFrameMs = loopCPU * 1000 / Double(framesBefore)
+                figures.poolCPUPerFrameMs = poolCPU * 1000 / Double(framesBefore)
+            }
             if let error = load.errors.first { throw BenchFailure("a hostile sender: \(error)") }
             guard !load.answers.isEmpty else { throw BenchFailure("no hostile frame was answered") }
             figures.pingUnloaded = Summary(unloaded)
@@ -73,10 +90,42 @@ extension Scenarios {
         report.hostile = figures
     }
 
-    private func ping(_ conn: ClawpenConnection) throws(BenchFailure) -> Double {
-        let t0 = Clock.nanoseconds()
+    /// Pings are due every millisecond, and each is timed from when it was due, not from when
+    /// it could be sent: a loop that stalls for 300 ms delays the ~300 pings due meanwhile, as
+    /// it would delay a service's requests (timing from the send would count the stall once).
+    static let pingIntervalMs = 1.0
+
+    private func pacedPings(_ conn: ClawpenConnection, count: Int) throws(BenchFailure) -> [Double] {
+        var out: [Double] = []
+        out.reserveCapacity(count)
+        let start = Clock.nanoseconds()
+        for i in 0..<count {
+            let due = start + UInt64(Double(i) * Self.pingIntervalMs * 1_000_000)
+            let now = Clock.nanoseconds()
+            if due > now { Clock.sleep(seconds: Double(due - now) / 1e9) }
+            out.append(try ping(conn, due: due))
+        }
+        return out
+    }
+
+    private func ping(_ conn: ClawpenConnection, due: UInt64) throws(BenchFailure) -> Double {
         _ = try call("ping") { () throws(ClientError) in try conn.call(.ping) }
-        return Clock.milliseconds(since: t0)
+        return Clock.milliseconds(since: due)
+    }
+
+    /// CPU seconds of the daemon's event loop thread (NIO names it NIO-ELT-...) and of its
+    /// thread pool (TP-...), from /proc/PID/task/*/stat.
+    private func threadCPU(pid: Int32) -> (loop: Double, pool: Double) {
+        var loop = 0.0, pool = 0.0
+        guard let dir = opendir("/proc/\(pid)/task") else { return (0, 0) }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let tid = Int32(name), let comm = readTextFile("/proc/\(pid)/task/\(tid)/comm"),
+                  let cpu = cpuSeconds(pid: pid, task: tid) else { continue }
+            if comm.hasPrefix("NIO-ELT") { loop += cpu } else if comm.hasPrefix("TP-") { pool += cpu }
+        }
+        return (loop, pool)
     }
 
     /// `{"type":"ping","id":"hostile","pad":"\u00e9\n\"\ud83d\ude00..."}`, exactly `bytes` long.

@@ -50,8 +50,8 @@ struct Bench: ParsableCommand {
 
         hostile-frames (not part of `all`): --hostile-senders clients send request frames of \
         the maximum size (16 MiB: a ping padded with one string of escapes, parsed to the end) \
-        back to back while another client pings; its p50/p99 with the senders paused and \
-        running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
+        back to back while another client pings (one ping due every millisecond, timed from when \
+        it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
         parses on its event loop per connection and read) parsed in this process.
 
         Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
@@ -123,7 +123,7 @@ struct Bench: ParsableCommand {
     var hostileSenders = 2
 
     @Option(name: .customLong("hostile-pings"), help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames scenario.")
-    var hostilePings = 1000
+    var hostilePings = 2000
 
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false

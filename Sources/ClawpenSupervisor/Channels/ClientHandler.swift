@@ -7,7 +7,7 @@ import NIOPosix
 /// order they came.
 ///
 /// A frame that is expensive to parse costs its sender only. Parsing is linear in the frame's
-/// size, but a 16 MiB frame still takes a few hundred milliseconds, and the supervisor has one
+/// size, but a 16 MiB frame of escapes still takes about 65 ms, and the supervisor has one
 /// event loop for every client and worker. So the loop parses at most `inlineParseBytes` of a
 /// connection's frames per read (nearly every request is far smaller: for them the hop to
 /// another thread and back would cost more than parsing), and every frame beyond that goes to
@@ -21,8 +21,8 @@ final class ClientHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     /// Bytes of frames parsed on the loop per connection and read: in the costliest shape
-    /// (arrays nested as deep as allowed, one allocation per byte or two) 4 KiB take about
-    /// 0.25 ms in a release build (BENCHMARKS.md, "hostile frames"). The budget is per read, not
+    /// (arrays nested as deep as allowed, one allocation per byte or two) 4 KiB take 0.15 to
+    /// 0.3 ms in a release build (BENCHMARKS.md, "hostile frames"). The budget is per read, not
     /// per frame, so that many small costly frames sent back to back cannot add up on the loop.
     static let inlineParseBytes = 4 * 1024
 
