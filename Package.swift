@@ -3,7 +3,8 @@
 //   C shims (CClawpenShim, CSQLite) <- ClawpenSpawn; ClawpenWire <- ClawpenProtocol <- ClawpenClient
 //   ClawpenSystem (StepFailure, clocks, files) <- ClawpenSpawn, ClawpenSandbox, ClawpenSupervisor, ClawpenWorkerCore
 //   ClawpenSandbox (one file per facility, the checklist) <- ClawpenSupervisor and ClawpenWorkerCore
-//   ClawpenStore, ClawpenPolicy, ClawpenSystemd (CSystemd), ClawpenSupervisor (NIO) <- clawpen
+//   ClawpenTOML <- ClawpenPolicy <- ClawpenCore (the decisions, no I/O) <- ClawpenSupervisor (NIO) <- clawpen
+//   ClawpenStore, ClawpenSystemd (CSystemd) <- ClawpenSupervisor
 //   ClawpenWorkerCore (no Foundation, no NIO: it is multiplied by the tenant count) <- clawpen-worker
 import PackageDescription
 
@@ -46,7 +47,10 @@ let package = Package(
         // Blocking Unix-socket client used by the CLI and the bench.
         .target(name: "ClawpenClient", dependencies: ["ClawpenProtocol", "CClawpenShim"], swiftSettings: strict),
         .target(name: "ClawpenStore", dependencies: ["ClawpenProtocol", "CSQLite"], swiftSettings: strict),
-        .target(name: "ClawpenPolicy", dependencies: ["ClawpenWire", "ClawpenSystem"], swiftSettings: strict),
+        // The TOML subset that policies and `serve --config` are written in. No Foundation; linear
+        // in its input (nesting and table depth are capped).
+        .target(name: "ClawpenTOML", swiftSettings: strict),
+        .target(name: "ClawpenPolicy", dependencies: ["ClawpenTOML", "ClawpenWire", "ClawpenSystem"], swiftSettings: strict),
         // The supervisor's decisions as value types that take events and return actions: the
         // worker life cycle, the crash-loop rule, admission, the router and quotas. No NIO, no
         // syscalls: every rule is tested with a fake clock (Tests/ClawpenCoreTests).
@@ -73,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "clawpen",
             dependencies: [
-                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenSystemd",
+                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenTOML", "ClawpenSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -96,8 +100,9 @@ let package = Package(
         .testTarget(
             name: "ClawpenUnitTests",
             dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
-                           "CClawpenShim", "ClawpenSystemd"],
+                           "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
+        .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),
         // `clawpen` is a dependency so that `swift test` builds it. clawpen-worker cannot be one: its

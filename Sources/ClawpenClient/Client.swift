@@ -100,16 +100,12 @@ public final class ClawpenConnection {
     public func receive() throws(ClientError) -> JSONValue {
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
-            do {
-                if let payload = try splitter.next() {
-                    do { return try JSONValue.parse(payload) } catch {
-                        throw ClientError.badReply("the daemon sent a frame that is not JSON")
-                    }
+            let payload: [UInt8]?
+            do { payload = try splitter.next() } catch { throw .badReply("the daemon sent an oversized frame (\(error))") }
+            if let payload {
+                do { return try JSONValue.parse(payload) } catch {
+                    throw .badReply("the daemon sent a frame that is not JSON (\(error))")
                 }
-            } catch let e as ClientError {
-                throw e
-            } catch {
-                throw .badReply("the daemon sent an oversized frame")
             }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }

@@ -1,4 +1,6 @@
+import ClawpenTOML
 import ClawpenWire
+
 // Caller permissions: who may talk to the supervisor, from `access.toml`. The daemon identifies
 // a caller by SO_PEERCRED (uid, gid of the connecting process) and fills in the names with
 // getpwuid/getgrouplist; this file only decides. Pure: tested without sockets or users.

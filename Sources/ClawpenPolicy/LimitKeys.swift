@@ -1,3 +1,5 @@
+import ClawpenTOML
+
 /// The keys of a tier file, in file order, with their types and the ranges that make sense.
 enum LimitKey: String, CaseIterable, Sendable {
     case maxConcurrentRuns = "max_concurrent_runs"

@@ -1,3 +1,7 @@
+// The policy API hands out TOML values (set-quota overrides, entries with their lines), so its
+// users see the TOML types without importing the parser module themselves.
+@_exported import ClawpenTOML
+
 /// A problem with the policy files. `description` is the message for the operator: it names the
 /// file, the line and the key, and says what would be accepted.
 public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -1,4 +1,6 @@
+import ClawpenTOML
 import ClawpenWire
+
 /// Loads and validates a policy directory:
 ///
 ///     tiers/free.toml tiers/pro.toml tiers/enterprise.toml   required, every limit key set

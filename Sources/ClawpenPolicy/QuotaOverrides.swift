@@ -1,3 +1,5 @@
+import ClawpenTOML
+
 // `clawpen tenant set-quota`: per-tenant overrides the daemon keeps in its state directory,
 // `<state-dir>/quota/<tenant>.toml`, not in the policies directory (read-only under systemd).
 // Same keys and checks as tenants/<tenant>.toml; applied on top of it. Written atomically (a

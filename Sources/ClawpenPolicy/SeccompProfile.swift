@@ -1,3 +1,5 @@
+import ClawpenTOML
+
 /// A seccomp profile (`policies/seccomp/<name>.toml`): an allowlist of syscall names, a list that
 /// kills the process (the calls that only an attack makes), and whether namespace-creating clones
 /// are refused. Everything not listed fails with EPERM. Pure data: the supervisor compiles it

@@ -1,3 +1,5 @@
+import ClawpenTOML
+
 // Tool permissions: which executables a tenant's jobs may start and which environment variables
 // a request may set. This is the agent's tool policy, not the security boundary: the sandbox is.
 // Allowing a shell or an interpreter allows whatever it runs, and the decision is made on a path

@@ -1,8 +1,15 @@
 /// A strict JSON parser (RFC 8259) over bytes. It replaces FoundationEssentials' JSONDecoder for
 /// frames: decoding into a dynamic value through Decodable costs a chain of failed attempts per
 /// value, and every request and every reply goes through here (the supervisor's hot path, and the
-/// client's). Hostile input is expected: nesting depth is capped, strings must be valid UTF-8,
-/// control characters must be escaped, and anything after the value is an error.
+/// client's). Hostile input is expected: strings must be valid UTF-8, control characters must be
+/// escaped, and anything after the value is an error.
+///
+/// Every input costs a small constant per byte, whatever its shape (docs/protocol.md, "Limits"):
+/// each byte is looked at once, a duplicate key is found through a hash set (not by scanning the
+/// keys before it), escapes are decoded in place, integers are read without a detour through a
+/// String, and the two things that are not bounded by the input's size are bounded by `Limits`:
+/// nesting depth (the recursion) and the number of values (the memory a small value costs: `[0,0,...]`
+/// spends 2 bytes of input on a 16-byte value).
 struct JSONParser {
     struct Failure: Error, CustomStringConvertible {
         let offset: Int
@@ -10,15 +17,30 @@ struct JSONParser {
         var description: String { "invalid JSON at byte \(offset): \(reason)" }
     }
 
-    static let maxDepth = 256
+    /// What a document may hold beyond its size.
+    struct Limits: Sendable {
+        /// Objects and arrays nested inside each other.
+        var maxDepth: Int
+        /// Values of any kind, containers included.
+        var maxValues: Int
+
+        /// Replies and anything read from a trusted peer: deep enough and large enough for any
+        /// reply the daemon writes (an audit page of 100,000 events is about a million values).
+        static let `default` = Limits(maxDepth: 256, maxValues: 1 << 24)
+    }
 
     private let bytes: [UInt8]
+    private let limits: Limits
     private var i = 0
+    private var values = 0
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    private init(_ bytes: [UInt8], limits: Limits) {
+        self.bytes = bytes
+        self.limits = limits
+    }
 
-    static func parse(_ bytes: [UInt8]) throws(Failure) -> JSONValue {
-        var p = JSONParser(bytes)
+    static func parse(_ bytes: [UInt8], limits: Limits = .default) throws(Failure) -> JSONValue {
+        var p = JSONParser(bytes, limits: limits)
         p.skipWhitespace()
         let v = try p.value(depth: 0)
         p.skipWhitespace()
@@ -34,6 +56,10 @@ struct JSONParser {
 
     private mutating func value(depth: Int) throws(Failure) -> JSONValue {
         guard i < bytes.count else { throw fail("unexpected end") }
+        values += 1
+        guard values <= limits.maxValues else {
+            throw fail("more than \(limits.maxValues) values in one document (the limit)")
+        }
         switch bytes[i] {
         case UInt8(ascii: "{"): return try object(depth: depth + 1)
         case UInt8(ascii: "["): return try array(depth: depth + 1)
@@ -54,22 +80,39 @@ struct JSONParser {
         i += n
     }
 
+    /// Objects up to this many keys find duplicates by comparing with the keys before; larger
+    /// ones switch to a hash set, so that n keys cost n lookups, not n²/2 comparisons.
+    private static let linearKeyScan = 8
+
     private mutating func object(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= Self.maxDepth else { throw fail("nested deeper than \(Self.maxDepth)") }
+        guard depth <= limits.maxDepth else { throw fail("nested deeper than \(limits.maxDepth) (the limit)") }
         i += 1
         var pairs: [(String, JSONValue)] = []
+        var seen: Set<String>? = nil
         skipWhitespace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(pairs) }
         while true {
             skipWhitespace()
             guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+            let keyOffset = i
             let key = try string()
             skipWhitespace()
             guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
             i += 1
             skipWhitespace()
             let v = try value(depth: depth)
-            if pairs.contains(where: { $0.0 == key }) { throw fail("duplicate key \"\(key.prefix(40))\"") }
+            let duplicate: Bool
+            if seen != nil {
+                duplicate = !seen!.insert(key).inserted
+            } else if pairs.count < Self.linearKeyScan {
+                duplicate = pairs.contains(where: { $0.0 == key })
+            } else {
+                var set = Set<String>(minimumCapacity: 2 * Self.linearKeyScan)
+                for (k, _) in pairs { set.insert(k) }
+                duplicate = !set.insert(key).inserted
+                seen = set
+            }
+            if duplicate { throw Failure(offset: keyOffset, reason: "duplicate key \"\(key.prefix(40))\"") }
             pairs.append((key, v))
             skipWhitespace()
             guard i < bytes.count else { throw fail("unexpected end") }
@@ -80,7 +123,7 @@ struct JSONParser {
     }
 
     private mutating func array(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= Self.maxDepth else { throw fail("nested deeper than \(Self.maxDepth)") }
+        guard depth <= limits.maxDepth else { throw fail("nested deeper than \(limits.maxDepth) (the limit)") }
         i += 1
         var items: [JSONValue] = []
         skipWhitespace()
@@ -111,7 +154,10 @@ struct JSONParser {
             if b < 0x20 { throw fail("unescaped control character in a string") }
             i += 1
         }
-        var out = Array(bytes[start..<i])
+        // Escapes: decoded into one byte array, UTF-8 validated once at the end.
+        var out: [UInt8] = []
+        out.reserveCapacity(i - start + 16)
+        out.append(contentsOf: bytes[start..<i])
         while i < bytes.count {
             let b = bytes[i]
             if b == UInt8(ascii: "\"") {
@@ -146,7 +192,7 @@ struct JSONParser {
                     throw fail("unpaired surrogate")
                 }
                 guard let u = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
-                out.append(contentsOf: String(Character(u)).utf8)
+                UTF8.encode(u) { out.append($0) }
             default: throw fail("invalid escape")
             }
         }
@@ -171,17 +217,35 @@ struct JSONParser {
         return v
     }
 
+    private static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+
     private mutating func number() throws(Failure) -> JSONValue {
         let start = i
-        if bytes[i] == UInt8(ascii: "-") { i += 1 }
-        guard i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) else { throw fail("invalid number") }
-        if bytes[i] == UInt8(ascii: "0") { i += 1 } else { while i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) { i += 1 } }
+        let negative = bytes[i] == UInt8(ascii: "-")
+        if negative { i += 1 }
+        guard i < bytes.count, Self.isDigit(bytes[i]) else { throw fail("invalid number") }
+        // The integer part is accumulated as it is scanned (negative, so that Int64.min fits);
+        // `exact` turns false when it overflows, and the token then goes to Double below.
+        var magnitude: Int64 = 0
+        var exact = true
+        if bytes[i] == UInt8(ascii: "0") {
+            i += 1
+        } else {
+            while i < bytes.count, Self.isDigit(bytes[i]) {
+                if exact {
+                    let (m, o1) = magnitude.multipliedReportingOverflow(by: 10)
+                    let (s, o2) = m.subtractingReportingOverflow(Int64(bytes[i] - UInt8(ascii: "0")))
+                    if o1 || o2 { exact = false } else { magnitude = s }
+                }
+                i += 1
+            }
+        }
         var isInteger = true
         if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
             isInteger = false
             i += 1
             let digits = i
-            while i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) { i += 1 }
+            while i < bytes.count, Self.isDigit(bytes[i]) { i += 1 }
             guard i > digits else { throw fail("invalid number") }
         }
         if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
@@ -189,11 +253,15 @@ struct JSONParser {
             i += 1
             if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
             let digits = i
-            while i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) { i += 1 }
+            while i < bytes.count, Self.isDigit(bytes[i]) { i += 1 }
             guard i > digits else { throw fail("invalid number") }
         }
+        if isInteger && exact {
+            if negative { return .int(magnitude) }
+            if magnitude != Int64.min { return .int(-magnitude) }
+        }
+        // strtod underneath: linear in the token's length.
         let text = String(decoding: bytes[start..<i], as: UTF8.self)
-        if isInteger, let v = Int64(text) { return .int(v) }
         guard let d = Double(text), d.isFinite else { throw fail("number out of range") }
         return .double(d)
     }

@@ -89,8 +89,8 @@ public enum RequestCodec {
     /// refusal can echo it.
     public static func decode(_ payload: [UInt8]) -> (id: JSONValue, request: Result<Request, ProtocolError>) {
         let value: JSONValue
-        do { value = try JSONValue.parse(payload) } catch {
-            return (.null, .failure(ProtocolError(.invalidRequest, "the frame is not valid JSON (\(payload.count) bytes); each frame must hold one UTF-8 JSON object")))
+        do { value = try JSONParser.parse(payload, limits: requestLimits) } catch {
+            return (.null, .failure(ProtocolError(.invalidRequest, "the frame is not valid JSON (\(payload.count) bytes, \(error)); each frame must hold one UTF-8 JSON object")))
         }
         guard case .object = value else {
             return (.null, .failure(ProtocolError(.invalidRequest, "the frame must hold a JSON object with a \"type\"")))
@@ -104,11 +104,20 @@ public enum RequestCodec {
         }
     }
 
+    /// What a request may hold beyond its size: the largest valid one (a submit with 4,096
+    /// arguments and 1,024 variables) is about 5,000 values three levels deep, so these bounds
+    /// refuse nothing real and keep a 16 MiB frame of tiny values from costing 8x its size in
+    /// memory (docs/protocol.md, "Limits").
+    static let requestLimits = JSONParser.Limits(maxDepth: 32, maxValues: 65_536)
+
+    /// Most keys `tenant.set_quota` takes at once (there are about twenty limit keys).
+    public static let maxQuotaChanges = 64
+
     static func request(from v: JSONValue) throws -> Request {
         guard let type = v["type"]?.stringValue else {
             throw ProtocolError(.invalidRequest, "missing string field \"type\"")
         }
-        let f = Fields(object: v, type: type)
+        let f = Fields(v, type: type)
         switch type {
         case "ping": return .ping
         case "submit": return .submit(try submit(f))
@@ -140,18 +149,21 @@ public enum RequestCodec {
             guard case .object(let pairs)? = f.object["set"], !pairs.isEmpty else {
                 throw ProtocolError(.invalidRequest, "tenant.set_quota: \"set\" must be a non-empty object of policy keys and values")
             }
+            guard pairs.count <= maxQuotaChanges else {
+                throw ProtocolError(.invalidRequest, "tenant.set_quota: \"set\" has \(pairs.count) keys, the limit is \(maxQuotaChanges)")
+            }
             var changes: [QuotaChange] = []
             for (k, v) in pairs {
                 switch v {
                 case .int, .double, .string: changes.append(QuotaChange(key: k, value: v))
-                default: throw ProtocolError(.invalidRequest, "tenant.set_quota: the value of \"\(k)\" must be a number or a string")
+                default: throw ProtocolError(.invalidRequest, "tenant.set_quota: the value of \(shown(k)) must be a number or a string")
                 }
             }
             return .tenantSetQuota(name: name, changes: changes)
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
+            throw ProtocolError(.invalidRequest, "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
         }
     }
 
@@ -181,17 +193,17 @@ public enum RequestCodec {
             }
             for (k, v) in pairs.sorted(by: { $0.0 < $1.0 }) {
                 guard !k.isEmpty, !k.contains("="), !k.utf8.contains(0) else {
-                    throw ProtocolError(.invalidRequest, "submit: environment variable name \"\(k)\" is empty or contains '=' or NUL")
+                    throw ProtocolError(.invalidRequest, "submit: environment variable name \(shown(k)) is empty or contains '=' or NUL")
                 }
                 guard let s = v.stringValue, !s.utf8.contains(0) else {
-                    throw ProtocolError(.invalidRequest, "submit: the value of environment variable \(k) must be a string without NUL bytes")
+                    throw ProtocolError(.invalidRequest, "submit: the value of environment variable \(shown(k)) must be a string without NUL bytes")
                 }
                 env.append(.init(name: k, value: s))
             }
         }
         let cwd = try f.optionalString("cwd")
         if let cwd, !cwd.hasPrefix("/") || cwd.utf8.contains(0) {
-            throw ProtocolError(.invalidRequest, "submit: \"cwd\" must be an absolute path as the job sees it (for example /home/work), got \"\(cwd)\"")
+            throw ProtocolError(.invalidRequest, "submit: \"cwd\" must be an absolute path as the job sees it (for example /home/work), got \(shown(cwd))")
         }
         var stdin: [UInt8] = []
         let text = try f.optionalString("stdin"), b64 = try f.optionalString("stdin_b64")
@@ -225,9 +237,35 @@ public enum RequestCodec {
                              timeoutSeconds: timeout, idempotencyKey: key, wait: wait)
     }
 
+    /// A request's fields by name. A request may carry fields this version does not know
+    /// (forward compatibility), so a large object is indexed once: a dozen lookups in a list
+    /// of 60,000 keys would cost 60,000 comparisons each.
     struct Fields {
-        let object: JSONValue
+        let object: Index
         let type: String
+
+        init(_ value: JSONValue, type: String) {
+            self.object = Index(value)
+            self.type = type
+        }
+
+        struct Index {
+            private let pairs: [(String, JSONValue)]
+            private let byKey: [String: JSONValue]?
+
+            init(_ value: JSONValue) {
+                guard case .object(let pairs) = value else { self.pairs = []; byKey = nil; return }
+                self.pairs = pairs
+                // The parser refused duplicate keys, so every key is unique here.
+                byKey = pairs.count > 16 ? Dictionary(pairs, uniquingKeysWith: { first, _ in first }) : nil
+            }
+
+            subscript(key: String) -> JSONValue? {
+                if let byKey { return byKey[key] }
+                return pairs.first(where: { $0.0 == key })?.1
+            }
+        }
+
         func string(_ key: String) throws -> String {
             guard let s = object[key]?.stringValue else {
                 throw ProtocolError(.invalidRequest, "\(type): missing string field \"\(key)\"")
@@ -290,6 +328,15 @@ public enum RequestCodec {
         }
         return o.value.serialized()
     }
+}
+
+/// A client's string as a refusal quotes it: at most 64 characters of it, so that an answer
+/// stays small whatever the request held.
+func shown(_ s: String) -> String {
+    var out: [UInt8] = []
+    let head = s.prefix(64)
+    JSONValue.writeString(head.endIndex == s.endIndex ? s : head + "…", to: &out)
+    return String(decoding: out, as: UTF8.self)
 }
 
 /// A reply frame: `{"type": ..., "id": ..., ...}`.

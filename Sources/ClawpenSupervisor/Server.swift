@@ -70,17 +70,23 @@ public enum Server {
             throw .bind(path: config.socketPath, message: "\(error)")
         }
 
+        // Large request frames are parsed here, off the loop (ClientHandler): one thread per
+        // core, so that parsing several at once still leaves the loop its own core.
+        let parser = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
+        parser.start()
+
         let server: Channel
         let oldMask = umask(0o117) // the socket is created 0660
         do {
-            let maxFrame = config.maxFrameBytes, partialTimeout = config.partialFrameTimeoutSeconds
+            let maxFrame = config.maxFrameBytes
+            let partialTimeout = TimeAmount.milliseconds(Int64(config.partialFrameTimeoutSeconds * 1000))
             let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 4096)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers(
-                            FrameReader(maxFrameBytes: maxFrame, partialTimeoutSeconds: partialTimeout),
-                            ClientHandler(supervisor: supervisor))
+                            ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrame, partialTimeout: partialTimeout)),
+                            ClientHandler(supervisor: supervisor, parser: parser))
                     }
                 }
             if let activated {
@@ -91,6 +97,7 @@ public enum Server {
             }
         } catch {
             umask(oldMask)
+            try? parser.syncShutdownGracefully()
             try? group.syncShutdownGracefully()
             throw .bind(path: config.socketPath, message: "\(error)")
         }
@@ -164,6 +171,7 @@ public enum Server {
         if activated == nil { unlink(config.socketPath) }
         cgroups?.removeAll()
         try? loop.submit { store.checkpoint() }.wait()
+        try? parser.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
         logger.notice("clawpen stopped")
     }

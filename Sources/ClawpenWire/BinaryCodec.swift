@@ -1,7 +1,8 @@
 /// A compact binary encoding for the supervisor<->worker link: big-endian integers and
 /// length-prefixed byte strings. Frames never leave the host, and the worker must stay small, so
 /// no JSON and no Foundation here. The reader is strict: every read is bounds-checked, because
-/// the supervisor decodes what a (possibly compromised) worker sends.
+/// the supervisor decodes what a (possibly compromised) worker sends. Decoding is linear in the
+/// payload: every byte is read once, and no count makes it reserve more than the payload holds.
 public struct BinaryWriter: Sendable {
     public private(set) var bytes: [UInt8] = []
 
@@ -63,6 +64,9 @@ public struct BinaryReader: Sendable {
     public mutating func strings(max: Int) throws(Failure) -> [String] {
         let n = Int(try u32())
         guard n <= max else { throw .tooMany }
+        // Each string takes at least its 4-byte length: a count the rest of the payload cannot
+        // hold is refused before anything is reserved for it.
+        guard n <= (storage.count - offset) / 4 else { throw .truncated }
         var out: [String] = []
         out.reserveCapacity(n)
         for _ in 0..<n { out.append(try string()) }

@@ -30,16 +30,31 @@ public enum Framing {
         for b in header.prefix(4) { n = (n << 8) | Int(b) }
         return n
     }
+
+    /// The payload length a header announces, checked against the limit: every reader (the
+    /// supervisor's NIO decoder, the client, the worker) calls this on the 4 header bytes
+    /// before it buffers any of the payload, so an announced 4 GiB costs nothing.
+    public static func payloadLength<C: Collection>(header: C, limit: Int) throws(FrameTooLarge) -> Int
+    where C.Element == UInt8 {
+        let n = readLength(header)
+        guard n <= limit else { throw FrameTooLarge(announced: n, limit: limit) }
+        return n
+    }
 }
 
-/// Incremental frame splitter for byte streams read in arbitrary chunks (the worker's poll loop
-/// and the blocking client). It never buffers more than one frame's worth beyond its limit: a
+/// A frame header that announced more than the reader's limit.
+public struct FrameTooLarge: Error, Equatable, Sendable, CustomStringConvertible {
+    public let announced: Int
+    public let limit: Int
+    public init(announced: Int, limit: Int) { self.announced = announced; self.limit = limit }
+    public var description: String { "frame of \(announced) bytes announced; the limit is \(limit) bytes" }
+}
+
+/// Incremental frame splitter for byte streams read in arbitrary chunks: the one the worker's
+/// poll loop and the blocking client share (the supervisor's NIO sockets use FrameDecoder, which
+/// checks headers with the same `Framing.payloadLength`). It never buffers more than one frame's worth beyond its limit: a
 /// header announcing more than `maxFrameBytes` is reported before any payload is read.
 public struct FrameSplitter: Sendable {
-    public enum Failure: Error, Equatable, Sendable {
-        case frameTooLarge(announced: Int, limit: Int)
-    }
-
     public let maxFrameBytes: Int
     private var buffer: [UInt8] = []
     private var start = 0
@@ -57,11 +72,10 @@ public struct FrameSplitter: Sendable {
     }
 
     /// The next complete frame's payload, nil when more bytes are needed.
-    public mutating func next() throws(Failure) -> [UInt8]? {
+    public mutating func next() throws(FrameTooLarge) -> [UInt8]? {
         let available = buffer.count - start
         guard available >= Framing.headerSize else { return nil }
-        let n = Framing.readLength(buffer[start..<(start + 4)])
-        guard n <= maxFrameBytes else { throw .frameTooLarge(announced: n, limit: maxFrameBytes) }
+        let n = try Framing.payloadLength(header: buffer[start..<(start + 4)], limit: maxFrameBytes)
         guard available >= Framing.headerSize + n else { return nil }
         let payload = Array(buffer[(start + 4)..<(start + 4 + n)])
         start += 4 + n

@@ -4,6 +4,7 @@ import Glibc
 /// Which part of the benchmark to run.
 enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case all, warm, throughput, cold, density, fairness
+    case hostileFrames = "hostile-frames"
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -47,12 +48,18 @@ struct Bench: ParsableCommand {
         once with the fair dispatcher and once with `serve --dispatch fifo`. Target: quiet \
         p99 under flood within 2x the quiet p99 without it (fair).
 
+        hostile-frames (not part of `all`): --hostile-senders clients send request frames of \
+        the maximum size (16 MiB: a ping padded with one string of escapes, parsed to the end) \
+        back to back while another client pings (one ping due every millisecond, timed from when \
+        it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
+        parses on its event loop per connection and read) parsed in this process.
+
         Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
         private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
         change the exit status; a failed job or a misbehaving daemon does.
         """)
 
-    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density or fairness.")
+    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness or hostile-frames.")
     var scenario: Scenario = .all
 
     @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
@@ -112,12 +119,18 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("fairness-flood-job-ms"), help: "Length of each flood job (`sleep`), in ms.")
     var fairnessFloodJobMs = 100.0
 
+    @Option(name: .customLong("hostile-senders"), help: "Clients sending 16 MiB frames back to back in the hostile-frames scenario.")
+    var hostileSenders = 2
+
+    @Option(name: .customLong("hostile-pings"), help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames scenario.")
+    var hostilePings = 2000
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
-              throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1 else {
+              throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1 else {
             throw ValidationError("counts must be positive")
         }
         guard densityTenants >= idleTenants else {
@@ -141,6 +154,7 @@ struct Bench: ParsableCommand {
             if scenario == .all || scenario == .cold { try scenarios.cold(into: &report) }
             if scenario == .all || scenario == .density { try scenarios.density(into: &report) }
             if scenario == .fairness { try scenarios.fairness(into: &report) }
+            if scenario == .hostileFrames { try scenarios.hostileFrames(into: &report) }
         } catch {
             Progress.say("\nclawpen-bench: FAILED: \(error)")
             if report.hasFigures {

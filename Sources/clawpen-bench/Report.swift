@@ -63,8 +63,9 @@ struct Report {
     }
 
     var fairness: [FairnessFigures] = []
+    var hostile: HostileFigures?
 
-    var hasFigures: Bool { warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil || !fairness.isEmpty }
+    var hasFigures: Bool { warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil || !fairness.isEmpty || hostile != nil }
 
     // MARK: Table
 
@@ -134,6 +135,22 @@ struct Report {
                 row("\(tag): flood's share of running slots", fmt(s * 100, 1) + " %  (backlog \(f.floodBacklog), max_running \(f.maxRunning))")
             }
         }
+        if let h = hostile {
+            if let u = h.pingUnloaded { row("ping p50 / p99 / max, unloaded", ms(u.p50) + " / " + ms(u.p99) + " / " + ms(u.max) + "  (\(u.count) pings)") }
+            if let l = h.pingLoaded {
+                row("ping p50 / p99 / max, \(h.senders) client(s) sending \(h.frameBytes)-byte frames",
+                    ms(l.p50) + " / " + ms(l.p99) + " / " + ms(l.max) + "  (\(l.count) pings)")
+            }
+            if let r = h.p99Ratio { row("ping p99 loaded / unloaded", fmt(r, 2) + "x") }
+            if let f = h.hostileRoundTrip {
+                row("hostile frame round trip p50 / p99", ms(f.p50) + " / " + ms(f.p99) + "  (\(f.count) frames)")
+                row("  parse and transfer rate (p50)", fmt(Double(h.frameBytes) / 1_048_576 / (f.p50 / 1000), 0) + " MiB/s")
+            }
+            if let l = h.loopCPUPerFrameMs, let p = h.poolCPUPerFrameMs {
+                row("CPU per hostile frame: event loop / parser pool", fmt(l, 1) + " ms / " + fmt(p, 1) + " ms")
+            }
+            if let w = h.inlineWorstMicros { row("4 KiB frame on the loop, slowest shape", fmt(w, 1) + " µs  (\(h.inlineWorstShape))") }
+        }
         let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
         var out = "clawpen-bench on \(machine.nproc) CPU(s), Linux \(machine.kernel) \(machine.arch)"
         if let m = machine.cpuModel { out += ", \(m)" }
@@ -198,6 +215,24 @@ struct Report {
             o.set(prefix + "flood_share", r3(f.floodShare))
             o.set(prefix + "flood_backlog", f.floodBacklog)
             o.set(prefix + "max_running", f.maxRunning)
+        }
+        if let h = hostile {
+            o.set("hostile_senders", h.senders)
+            o.set("hostile_frame_bytes", h.frameBytes)
+            o.set("hostile_ping_unloaded_p50_ms", r3(h.pingUnloaded?.p50))
+            o.set("hostile_ping_unloaded_p99_ms", r3(h.pingUnloaded?.p99))
+            o.set("hostile_ping_loaded_p50_ms", r3(h.pingLoaded?.p50))
+            o.set("hostile_ping_loaded_p99_ms", r3(h.pingLoaded?.p99))
+            o.set("hostile_ping_unloaded_max_ms", r3(h.pingUnloaded?.max))
+            o.set("hostile_ping_loaded_max_ms", r3(h.pingLoaded?.max))
+            o.set("hostile_ping_p99_ratio", r3(h.p99Ratio))
+            o.set("hostile_frame_round_trip_p50_ms", r3(h.hostileRoundTrip?.p50))
+            o.set("hostile_frame_round_trip_p99_ms", r3(h.hostileRoundTrip?.p99))
+            o.set("hostile_frames", h.hostileRoundTrip?.count)
+            o.set("hostile_loop_cpu_ms_per_frame", r3(h.loopCPUPerFrameMs))
+            o.set("hostile_pool_cpu_ms_per_frame", r3(h.poolCPUPerFrameMs))
+            o.set("inline_4k_worst_us", r3(h.inlineWorstMicros))
+            o.set("inline_4k_worst_shape", h.inlineWorstShape)
         }
         var targets = JSONObjectBuilder()
         targets.set("warm_ratio_max", Self.warmRatioTarget)

@@ -72,8 +72,9 @@ struct ProcessMemory: Sendable {
 }
 
 /// CPU time (user + system) a process has used so far, in seconds, from /proc/PID/stat.
-func cpuSeconds(pid: Int32) -> Double? {
-    guard let text = readTextFile("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
+func cpuSeconds(pid: Int32, task: Int32? = nil) -> Double? {
+    let path = task.map { "/proc/\(pid)/task/\($0)/stat" } ?? "/proc/\(pid)/stat"
+    guard let text = readTextFile(path), let close = text.lastIndex(of: ")") else { return nil }
     // After "pid (comm) ": state is field 3, utime field 14, stime field 15.
     let fields = text[text.index(after: close)...].split(separator: " ")
     guard fields.count > 13, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }

@@ -117,18 +117,22 @@ struct PolicyExplain: ParsableCommand {
     var env: [String] = []
     @Option(help: "The job's working directory as it would see it (default /home).") var cwd: String?
     @Flag(help: "Print the decision as JSON.") var json = false
-    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
+    // Only what follows `--` is the command: anything before it that is not one of the options
+    // above is a usage error (with a suggestion), never the start of a command. A misspelt
+    // `--timout 5` must not become a job that runs `--timout`.
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
     var command: [String] = []
 
     func validate() throws {
-        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
-        if cmd.isEmpty { throw ValidationError("no command given: clawpen policy explain --tenant NAME -- CMD [ARG...]") }
         for e in env where !e.contains("=") || e.hasPrefix("=") { throw ValidationError("--env takes K=V, got '\(e)'") }
     }
 
     func run() throws {
         let tenantName = try TenantArgument.parse(tenant)
-        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        // Checked here, not in validate(): ArgumentParser validates before it refuses words left
+        // over before `--`, and "unexpected argument 'echo'" says more than "no command".
+        guard !command.isEmpty else { Self.exit(withError: ValidationError("no command given: clawpen policy explain --tenant NAME -- CMD [ARG...]")) }
+        let cmd = command
         let vars = env.map { e -> SubmitRequest.EnvVar in
             let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return .init(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")

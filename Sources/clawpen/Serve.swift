@@ -2,6 +2,7 @@ import ArgumentParser
 import ClawpenPolicy
 import ClawpenSupervisor
 import ClawpenSystemd
+import ClawpenTOML
 import Glibc
 import Logging
 

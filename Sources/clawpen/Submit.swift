@@ -27,20 +27,24 @@ struct Submit: ParsableCommand {
     var idempotencyKey: String?
     @Flag(help: "Do not wait: print the job id once it is accepted.") var detach = false
     @Flag(help: "Print the job as JSON (with --detach: as accepted).") var json = false
-    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
+    // Only what follows `--` is the command: anything before it that is not one of the options
+    // above is a usage error (with a suggestion), never the start of a command. A misspelt
+    // `--timout 5` must not become a job that runs `--timout`.
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
     var command: [String] = []
 
     func validate() throws {
         if stdinFile != nil && interactiveStdin { throw ValidationError("give --stdin-file or -i, not both") }
-        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
-        if cmd.isEmpty { throw ValidationError("no command given: clawpen submit --tenant NAME -- CMD [ARG...]") }
         for e in env where !e.contains("=") || e.hasPrefix("=") {
             throw ValidationError("--env takes K=V, got '\(e)'")
         }
     }
 
     func run() throws {
-        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        // Checked here, not in validate(): ArgumentParser validates before it refuses words left
+        // over before `--`, and "unexpected argument 'echo'" says more than "no command".
+        guard !command.isEmpty else { Self.exit(withError: ValidationError("no command given: clawpen submit --tenant NAME -- CMD [ARG...]")) }
+        let cmd = command
         var stdin: [UInt8] = []
         if let stdinFile {
             guard let bytes = readAll(path: stdinFile) else {

@@ -26,7 +26,7 @@ final class FramingTests: XCTestCase {
         var s = FrameSplitter(maxFrameBytes: 100)
         s.append([0, 0, 0, 101])
         XCTAssertThrowsError(try s.next()) { e in
-            XCTAssertEqual(e as? FrameSplitter.Failure, .frameTooLarge(announced: 101, limit: 100))
+            XCTAssertEqual(e as? FrameTooLarge, FrameTooLarge(announced: 101, limit: 100))
         }
     }
 

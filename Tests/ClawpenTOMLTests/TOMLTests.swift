@@ -1,6 +1,6 @@
 import XCTest
 
-@testable import ClawpenPolicy
+@testable import ClawpenTOML
 
 final class TOMLTests: XCTestCase {
     private func parse(_ text: String, file: String = "test.toml") throws -> TOMLTable {

@@ -6,6 +6,12 @@
 // Rejected with an error naming the line: inline tables, dates and times, multi-line strings,
 // arrays of tables, dotted keys in `key = value`, hexadecimal/octal/binary integers.
 // No Foundation: this module is loaded by the supervisor and stays small.
+//
+// Parsing costs a small constant per byte whatever the input: tables are found by index, not
+// by walking the header's path again for every key, duplicate keys through a hash map, and the
+// two shapes whose cost is not bounded by the size (the recursion of nested arrays, a header
+// with thousands of dotted parts) are capped at `TOMLDocument.maxDepth`, with an error naming
+// the line.
 
 /// A parse error: the file, the 1-based line and what is wrong there.
 public struct TOMLError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -95,42 +101,58 @@ public enum TOMLValue: Sendable, Equatable {
 public struct TOMLTable: Sendable, Equatable {
     public struct Entry: Sendable, Equatable {
         public let key: String
-        public internal(set) var value: TOMLValue
+        public let value: TOMLValue
         /// The 1-based line of the key (for a table: of the header that created it).
         public let line: Int
         /// For an array value: the 1-based line of each element (of the outer array only), so
         /// that a list written one entry per line can name the line of the entry that matched.
-        public internal(set) var elementLines: [Int] = []
+        public let elementLines: [Int]
+
+        public init(key: String, value: TOMLValue, line: Int, elementLines: [Int] = []) {
+            self.key = key
+            self.value = value
+            self.line = line
+            self.elementLines = elementLines
+        }
     }
 
-    public internal(set) var entries: [Entry]
+    public let entries: [Entry]
     /// The line of the header that defined (or first implied) this table; 0 for the root table.
     public let line: Int
+    /// Where each key is in `entries`, so that a lookup costs the same in a table of 100,000
+    /// keys as in one of ten (readers look keys up one by one).
+    private let positions: [String: Int]
 
     public init(line: Int = 0, entries: [Entry] = []) {
         self.line = line
         self.entries = entries
+        var positions: [String: Int] = [:]
+        positions.reserveCapacity(entries.count)
+        for (i, e) in entries.enumerated() where positions[e.key] == nil { positions[e.key] = i }
+        self.positions = positions
     }
 
     public var keys: [String] { entries.map(\.key) }
     public var isEmpty: Bool { entries.isEmpty }
 
     public func entry(_ key: String) -> Entry? {
-        entries.first { $0.key == key }
+        positions[key].map { entries[$0] }
     }
 
     public subscript(key: String) -> TOMLValue? {
         entry(key)?.value
     }
 
-    func index(of key: String) -> Int? {
-        entries.firstIndex { $0.key == key }
-    }
+    public static func == (a: TOMLTable, b: TOMLTable) -> Bool { a.line == b.line && a.entries == b.entries }
 }
 
 /// A parsed TOML document.
 public struct TOMLDocument: Sendable, Equatable {
     public let root: TOMLTable
+
+    /// Deepest nesting of arrays, and most parts of a table header (`[a.b.c]` has three). Policy
+    /// files use two.
+    public static let maxDepth = 32
 
     public static func parse(_ text: String, file: String) throws(TOMLError) -> TOMLDocument {
         var parser = TOMLParser(text: text, file: file)
@@ -139,7 +161,7 @@ public struct TOMLDocument: Sendable, Equatable {
 }
 
 /// `"text"` with quotes, backslashes and control characters escaped, for messages.
-func quoted(_ s: String) -> String {
+public func quoted(_ s: String) -> String {
     var out = "\""
     for scalar in s.unicodeScalars {
         switch scalar {

@@ -47,14 +47,39 @@ struct TOMLParser {
     private let file: String
     private var pos = 0
     private var line = 1
-    private var root = TOMLTable(line: 0)
+    /// The tables while the document is read, flat: `tables[0]` is the root, and an entry that
+    /// holds a table holds its index here. A `key = value` line appends to `tables[current]`
+    /// without walking the header's path again; the nested `TOMLTable`s are built at the end.
+    private var tables: [PendingTable] = [PendingTable(line: 0)]
     /// The table that `key = value` lines currently go into.
-    private var currentPath: [String] = []
+    private var current = 0
     /// Tables created by a header (as opposed to implied by a longer header), with the header's line.
-    private var explicitTables: [[String]: Int] = [:]
+    private var explicitTables: [Int: Int] = [:]
     /// Nesting depth of the array being parsed, and the line of each element of the outermost one.
     private var arrayDepth = 0
     private var outerElementLines: [Int] = []
+
+    private struct PendingTable {
+        enum Value { case value(TOMLValue), table(Int) }
+        struct Entry {
+            let key: String
+            let value: Value
+            let line: Int
+            let elementLines: [Int]
+        }
+        let line: Int
+        var entries: [Entry] = []
+        var positions: [String: Int] = [:]
+
+        init(line: Int) { self.line = line }
+
+        func entry(_ key: String) -> Entry? { positions[key].map { entries[$0] } }
+
+        mutating func append(_ entry: Entry) {
+            positions[entry.key] = entries.count
+            entries.append(entry)
+        }
+    }
 
     init(text: String, file: String) {
         var bytes = Array(text.utf8)
@@ -80,7 +105,18 @@ struct TOMLParser {
                 try expectEndOfLine(after: "value")
             }
         }
-        return root
+        return build(0)
+    }
+
+    /// The nested tables, built once, each entry visited once.
+    private func build(_ index: Int) -> TOMLTable {
+        let t = tables[index]
+        return TOMLTable(line: t.line, entries: t.entries.map { e in
+            switch e.value {
+            case .value(let v): TOMLTable.Entry(key: e.key, value: v, line: e.line, elementLines: e.elementLines)
+            case .table(let sub): TOMLTable.Entry(key: e.key, value: .table(build(sub)), line: e.line)
+            }
+        })
     }
 
     // MARK: - Low-level scanning
@@ -213,6 +249,9 @@ struct TOMLParser {
         while true {
             skipBlanks()
             if path.isEmpty && peek() == Byte.closeBracket { throw error("empty table name '[]'") }
+            guard path.count < TOMLDocument.maxDepth else {
+                throw error("table header nested deeper than \(TOMLDocument.maxDepth) parts")
+            }
             path.append(try parseKey())
             skipBlanks()
             guard let b = peek() else { throw error("unterminated table header: expected ']'") }
@@ -227,33 +266,31 @@ struct TOMLParser {
             throw error("expected '.' or ']' in table header, found \(describeHere())")
         }
         let name = path.map(renderKey).joined(separator: ".")
-        if let first = explicitTables[path] {
+        // Walk the path from the root, creating missing tables; fail where a key on the way is
+        // not a table.
+        var table = 0
+        for key in path {
+            if let existing = tables[table].entry(key) {
+                guard case .table(let sub) = existing.value else {
+                    let type: String
+                    if case .value(let v) = existing.value { type = v.typeName } else { type = "table" }
+                    throw error(
+                        "cannot define table [\(name)]: key '\(key)' was already set to \(withArticle(type)) on line \(existing.line)",
+                        line: headerLine)
+                }
+                table = sub
+            } else {
+                tables.append(PendingTable(line: headerLine))
+                let sub = tables.count - 1
+                tables[table].append(.init(key: key, value: .table(sub), line: headerLine, elementLines: []))
+                table = sub
+            }
+        }
+        if let first = explicitTables[table] {
             throw error("table [\(name)] is defined twice (first on line \(first))", line: headerLine)
         }
-        explicitTables[path] = headerLine
-        try Self.createTable(path: path[...], in: &root, line: headerLine, fullName: name, file: file)
-        currentPath = path
-    }
-
-    /// Walks `path` from `table`, creating missing tables; fails where a key on the way is not a table.
-    private static func createTable(
-        path: ArraySlice<String>, in table: inout TOMLTable, line: Int, fullName: String, file: String
-    ) throws(TOMLError) {
-        guard let key = path.first else { return }
-        if let i = table.index(of: key) {
-            guard case .table(var sub) = table.entries[i].value else {
-                throw TOMLError(
-                    file: file, line: line,
-                    message: "cannot define table [\(fullName)]: key '\(key)' was already set to \(withArticle(table.entries[i].value.typeName)) on line \(table.entries[i].line)")
-            }
-            table.entries[i].value = .bool(false)  // release the reference so `sub` is mutated in place
-            defer { table.entries[i].value = .table(sub) }
-            try createTable(path: path.dropFirst(), in: &sub, line: line, fullName: fullName, file: file)
-        } else {
-            var sub = TOMLTable(line: line)
-            try createTable(path: path.dropFirst(), in: &sub, line: line, fullName: fullName, file: file)
-            table.entries.append(.init(key: key, value: .table(sub), line: line))
-        }
+        explicitTables[table] = headerLine
+        current = table
     }
 
     // MARK: - Key/value pairs
@@ -275,33 +312,10 @@ struct TOMLParser {
         }
         outerElementLines = []
         let value = try parseValue()
-        try Self.insert(
-            key: key, value: value, line: keyLine, elementLines: outerElementLines, path: currentPath[...],
-            in: &root, file: file)
-    }
-
-    private static func insert(
-        key: String, value: TOMLValue, line: Int, elementLines: [Int], path: ArraySlice<String>,
-        in table: inout TOMLTable, file: String
-    ) throws(TOMLError) {
-        guard let next = path.first else {
-            if let existing = table.entry(key) {
-                throw TOMLError(
-                    file: file, line: line,
-                    message: "duplicate key '\(key)' (first defined on line \(existing.line))")
-            }
-            table.entries.append(.init(key: key, value: value, line: line, elementLines: elementLines))
-            return
+        if let existing = tables[current].entry(key) {
+            throw error("duplicate key '\(key)' (first defined on line \(existing.line))", line: keyLine)
         }
-        // The header created every table on the path, so these lookups succeed.
-        guard let i = table.index(of: next), case .table(var sub) = table.entries[i].value else {
-            throw TOMLError(file: file, line: line, message: "internal error: table '\(next)' vanished")
-        }
-        table.entries[i].value = .bool(false)
-        defer { table.entries[i].value = .table(sub) }
-        try insert(
-            key: key, value: value, line: line, elementLines: elementLines, path: path.dropFirst(), in: &sub,
-            file: file)
+        tables[current].append(.init(key: key, value: .value(value), line: keyLine, elementLines: outerElementLines))
     }
 
     // MARK: - Values
@@ -330,6 +344,9 @@ struct TOMLParser {
 
     private mutating func parseArray() throws(TOMLError) -> TOMLValue {
         let openLine = line
+        guard arrayDepth < TOMLDocument.maxDepth else {
+            throw error("arrays nested deeper than \(TOMLDocument.maxDepth)")
+        }
         pos += 1  // [
         arrayDepth += 1
         defer { arrayDepth -= 1 }
@@ -561,7 +578,7 @@ func withArticle(_ word: String) -> String {
 }
 
 /// A key as it would be written in TOML: bare if possible, else quoted.
-func renderKey(_ key: String) -> String {
+public func renderKey(_ key: String) -> String {
     if !key.isEmpty, key.utf8.allSatisfy(isBareKeyByte) { return key }
     return quoted(key)
 }

@@ -1,0 +1,150 @@
+import ClawpenProtocol
+import Glibc
+import NIOCore
+import NIOPosix
+
+/// One client connection: frames in (split by FrameDecoder), requests to the supervisor, in the
+/// order they came.
+///
+/// A frame that is expensive to parse costs its sender only. Parsing is linear in the frame's
+/// size, but a 16 MiB frame of escapes still takes about 65 ms, and the supervisor has one
+/// event loop for every client and worker. So the loop parses at most `inlineParseBytes` of a
+/// connection's frames per read (nearly every request is far smaller: for them the hop to
+/// another thread and back would cost more than parsing), and every frame beyond that goes to
+/// the `parser` thread pool while the loop serves everyone else. The connection stops reading
+/// until the parse is back, and frames that were already read wait behind it, so its requests
+/// reach the supervisor in order and a pipelining client cannot queue up work off the loop
+/// faster than it is done.
+final class ClientHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// Bytes of frames parsed on the loop per connection and read: in the costliest shape
+    /// (arrays nested as deep as allowed, one allocation per byte or two) 4 KiB take 0.15 to
+    /// 0.3 ms in a release build (BENCHMARKS.md, "hostile frames"). The budget is per read, not
+    /// per frame, so that many small costly frames sent back to back cannot add up on the loop.
+    static let inlineParseBytes = 4 * 1024
+
+    private let supervisor: Supervisor
+    private let parser: NIOThreadPool
+    /// The peer's pid, uid and gid as the kernel saw them at connect time; nil until read.
+    private var caller: PeerCredentials?
+    /// A frame is being parsed off the loop: later frames wait in `waiting`, reads are held.
+    private var parsing = false
+    private var waiting = CircularBuffer<ByteBuffer>()
+    private var readHeld = false
+    /// The connection was refused (frame too large, frame left incomplete): nothing more is read.
+    private var refused = false
+    /// Bytes parsed on the loop since the last read completed (see `inlineParseBytes`).
+    private var parsedInline = 0
+
+    init(supervisor: Supervisor, parser: NIOThreadPool) {
+        self.supervisor = supervisor
+        self.parser = parser
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        // The kernel's word on who connected, not the client's: read once per connection. On
+        // this loop the read completes at once, before any frame of the connection is handled.
+        if let provider = context.channel as? SocketOptionProvider {
+            let read: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+            let me = NIOLoopBound(self, eventLoop: context.eventLoop)
+            read.whenComplete { result in
+                if case .success(let cred) = result { me.value.caller = cred }
+            }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
+        let payload = unwrapInboundIn(data)
+        if parsing { waiting.append(payload); return }
+        process(payload, context: context)
+    }
+
+    /// Parses one frame (here or on the pool) and hands the request to the supervisor.
+    private func process(_ payload: ByteBuffer, context: ChannelHandlerContext) {
+        if payload.readableBytes == 0 {
+            reply(Reply.error(ProtocolError(.invalidRequest, "empty frame: a frame must hold a JSON object"), id: .null), context: context)
+            return
+        }
+        if parsedInline + payload.readableBytes <= Self.inlineParseBytes {
+            parsedInline += payload.readableBytes
+            deliver(RequestCodec.decode(Array(payload.readableBytesView)), context: context)
+            return
+        }
+        parsing = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        parser.runIfActive(eventLoop: context.eventLoop) {
+            RequestCodec.decode(Array(payload.readableBytesView))
+        }.whenComplete { result in
+            let (me, context) = bound.value
+            me.parsing = false
+            switch result {
+            case .success(let decoded): me.deliver(decoded, context: context)
+            case .failure:
+                // The pool is gone: the daemon is shutting down.
+                me.reply(Reply.error(ProtocolError(.unavailable, "the supervisor is shutting down"), id: .null), context: context)
+            }
+            me.drain(context: context)
+        }
+    }
+
+    /// The frames that arrived during a parse, in order, until the next one goes to the pool.
+    private func drain(context: ChannelHandlerContext) {
+        while !parsing, !refused, let next = waiting.popFirst() {
+            process(next, context: context)
+        }
+        if !parsing && readHeld {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    private func deliver(_ decoded: (id: JSONValue, request: Result<Request, ProtocolError>), context: ChannelHandlerContext) {
+        let responder = Responder(channel: context.channel, id: decoded.id, caller: caller)
+        switch decoded.request {
+        case .failure(let error): responder.fail(error)
+        case .success(let request): supervisor.handle(request, responder)
+        }
+    }
+
+    private func reply(_ payload: [UInt8], context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.frame(payload)), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        parsedInline = 0
+        context.fireChannelReadComplete()
+    }
+
+    /// Outbound `read`: held while a parse is off the loop (see the type's comment).
+    func read(context: ChannelHandlerContext) {
+        if parsing { readHeld = true } else { context.read() }
+    }
+
+    /// What FrameDecoder refused is answered, then the connection is closed; it reads nothing
+    /// more (the decoder is in its error state and drops what still comes).
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !refused else { return }
+        refused = true
+        waiting.removeAll()
+        let answer: ProtocolError?
+        switch error as? FrameDecoder.Failure {
+        case .tooLarge(let e)?:
+            answer = ProtocolError(.frameTooLarge, "\(e) (clawpen serve --max-frame-bytes); closing the connection")
+        case .incomplete?:
+            answer = ProtocolError(.invalidRequest, "\(error); closing the connection")
+        case nil:
+            answer = nil
+        }
+        guard let answer else { context.close(promise: nil); return }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.frame(Reply.error(answer, id: .null)))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+import ClawpenWire
+import NIOCore
+
+/// The one frame decoder of the supervisor's sockets, client connections and worker
+/// socketpairs alike: a 4-byte big-endian length, then that many bytes of payload
+/// (docs/protocol.md). It emits each payload as a slice of NIO's buffer, without copying.
+///
+/// It defends the daemon against hostile peers, and reports what it refused as a typed
+/// `Failure` (through `errorCaught`) to the handler behind it, which decides the answer:
+/// - the header is checked against the limit (`Framing.payloadLength`, as the client and the
+///   worker check theirs) *before* any payload is buffered, so announcing 4 GiB costs nothing;
+///   NIOExtras' length-field decoder would buffer up to Int32.max first, and could not tell the
+///   client handler what to answer;
+/// - with a `partialTimeout` (client connections), a frame left incomplete that long closes the
+///   connection, so a client that announces 16 MiB and goes silent holds its buffer for a
+///   bounded time only. The clock restarts with every complete frame: a client that streams
+///   frames back to back is never cut off.
+final class FrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ByteBuffer
+
+    enum Failure: Error, CustomStringConvertible {
+        case tooLarge(FrameTooLarge)
+        /// A frame stayed incomplete for the whole timeout; `received` bytes of it had come.
+        case incomplete(received: Int, timeout: TimeAmount)
+
+        var description: String {
+            switch self {
+            case .tooLarge(let e): return e.description
+            case .incomplete(let received, let timeout):
+                return "frame left incomplete for \(Double(timeout.nanoseconds) / 1e9) s (\(received) bytes received)"
+            }
+        }
+    }
+
+    let maxFrameBytes: Int
+    let partialTimeout: TimeAmount?
+    private var partialTimer: Scheduled<Void>?
+    /// Bytes of the incomplete frame so far, for the timeout's message.
+    private var buffered = 0
+
+    init(maxFrameBytes: Int, partialTimeout: TimeAmount? = nil) {
+        self.maxFrameBytes = maxFrameBytes
+        self.partialTimeout = partialTimeout
+    }
+
+    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        buffered = buffer.readableBytes
+        guard let header = buffer.viewBytes(at: buffer.readerIndex, length: Framing.headerSize) else {
+            armPartialTimer(context: context)
+            return .needMoreData
+        }
+        let length: Int
+        do { length = try Framing.payloadLength(header: header, limit: maxFrameBytes) } catch {
+            cancelPartialTimer()
+            throw Failure.tooLarge(error)
+        }
+        guard buffer.readableBytes >= Framing.headerSize + length else {
+            armPartialTimer(context: context)
+            return .needMoreData
+        }
+        buffer.moveReaderIndex(forwardBy: Framing.headerSize)
+        // readSlice cannot fail: the bytes were counted above.
+        guard let payload = buffer.readSlice(length: length) else { return .needMoreData }
+        cancelPartialTimer()
+        context.fireChannelRead(Self.wrapInboundOut(payload))
+        return .continue
+    }
+
+    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        // Whole frames that came before the end are still delivered; a partial one is dropped.
+        let state = try decode(context: context, buffer: &buffer)
+        if state == .needMoreData { cancelPartialTimer() }
+        return state
+    }
+
+    func decoderRemoved(context: ChannelHandlerContext) {
+        cancelPartialTimer()
+    }
+
+    private func armPartialTimer(context: ChannelHandlerContext) {
+        guard let timeout = partialTimeout, buffered > 0, partialTimer == nil else { return }
+        let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+        partialTimer = context.eventLoop.scheduleTask(in: timeout) {
+            // The handler behind this one answers and closes the connection.
+            let (context, decoder) = bound.value
+            decoder.partialTimer = nil
+            context.fireErrorCaught(Failure.incomplete(received: decoder.buffered, timeout: timeout))
+        }
+    }
+
+    private func cancelPartialTimer() {
+        partialTimer?.cancel()
+        partialTimer = nil
+    }
+}
+
+extension ByteBufferAllocator {
+    /// The one frame writer of the supervisor's sockets: the 4-byte big-endian length, then the
+    /// payload (what `Framing.frame` writes for the client and the worker).
+    func frame(_ payload: [UInt8]) -> ByteBuffer {
+        var out = buffer(capacity: payload.count + Framing.headerSize)
+        out.writeInteger(UInt32(truncatingIfNeeded: payload.count))
+        out.writeBytes(payload)
+        return out
+    }
+}

@@ -1,0 +1,96 @@
+@testable import ClawpenSupervisor
+import ClawpenWire
+import NIOCore
+import NIOEmbedded
+import XCTest
+
+/// The supervisor's frame decoder in a channel of its own (no sockets): what it emits, what it
+/// refuses and when.
+final class FrameDecoderTests: XCTestCase {
+    /// Collects what the decoder passes on: payloads and errors.
+    final class Sink: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        var payloads: [[UInt8]] = []
+        var errors: [any Error] = []
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            payloads.append(Array(unwrapInboundIn(data).readableBytesView))
+        }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { errors.append(error) }
+    }
+
+    private func channel(limit: Int, partialTimeout: TimeAmount? = nil) throws -> (EmbeddedChannel, Sink) {
+        let sink = Sink()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandlers(
+            ByteToMessageHandler(FrameDecoder(maxFrameBytes: limit, partialTimeout: partialTimeout)), sink)
+        return (channel, sink)
+    }
+
+    private func buffer(_ bytes: [UInt8]) -> ByteBuffer { ByteBufferAllocator().buffer(bytes: bytes) }
+
+    func testFramesSplitAcrossReadsOfEverySize() throws {
+        let payloads: [[UInt8]] = [Array("a".utf8), [], Array(repeating: 7, count: 70_000), Array("{\"x\":1}".utf8)]
+        var stream: [UInt8] = []
+        for p in payloads { Framing.append(payload: p, to: &stream) }
+        for chunk in [3, 4, 5, 7, 1000, stream.count] {
+            let (channel, sink) = try channel(limit: 1 << 20)
+            var i = 0
+            while i < stream.count {
+                try channel.writeInbound(buffer(Array(stream[i..<min(i + chunk, stream.count)])))
+                i += chunk
+            }
+            XCTAssertEqual(sink.payloads, payloads, "chunk size \(chunk)")
+            XCTAssertTrue(sink.errors.isEmpty)
+            _ = try channel.finish()
+        }
+    }
+
+    func testAnOversizedHeaderIsRefusedBeforeAnyPayload() throws {
+        let (channel, sink) = try channel(limit: 100)
+        // The header alone: no payload byte has come, and the refusal is already there.
+        try channel.writeInbound(buffer([0, 0, 0, 101]))
+        guard case .tooLarge(let e)? = sink.errors.first as? FrameDecoder.Failure else { return XCTFail("\(sink.errors)") }
+        XCTAssertEqual(e, FrameTooLarge(announced: 101, limit: 100))
+        XCTAssertEqual(sink.errors.count, 1)
+        XCTAssertTrue(sink.payloads.isEmpty)
+        _ = try? channel.finish()
+    }
+
+    func testAFrameLeftIncompleteIsReportedAfterTheTimeout() throws {
+        let (channel, sink) = try channel(limit: 1 << 20, partialTimeout: .seconds(30))
+        try channel.writeInbound(buffer([0, 0, 0, 10, 1, 2, 3]))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(29))
+        XCTAssertTrue(sink.errors.isEmpty, "not yet")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        guard case .incomplete(let received, _)? = sink.errors.first as? FrameDecoder.Failure else {
+            return XCTFail("\(sink.errors)")
+        }
+        XCTAssertEqual(received, 7)
+        _ = try? channel.finish()
+    }
+
+    func testTheTimeoutRestartsWithEveryCompleteFrame() throws {
+        // A client streaming frames back to back always has a partial one buffered; it is making
+        // progress, so it is never cut off.
+        let (channel, sink) = try channel(limit: 1 << 20, partialTimeout: .seconds(30))
+        try channel.writeInbound(buffer([0, 0, 0, 2, 0xAA]))
+        for _ in 0..<9 {
+            channel.embeddedEventLoop.advanceTime(by: .seconds(20))
+            try channel.writeInbound(buffer([0xBB, 0, 0, 0, 2, 0xAA]))  // the rest of one frame, half of the next
+        }
+        channel.embeddedEventLoop.advanceTime(by: .seconds(20))
+        try channel.writeInbound(buffer([0xBB]))
+        XCTAssertEqual(sink.payloads.count, 10)
+        XCTAssertTrue(sink.errors.isEmpty, "\(sink.errors)")
+        _ = try? channel.finish()
+    }
+
+    func testNoTimeoutWithoutAPartialFrame() throws {
+        let (channel, sink) = try channel(limit: 1 << 20, partialTimeout: .seconds(1))
+        try channel.writeInbound(buffer([0, 0, 0, 1, 9]))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(60))
+        XCTAssertEqual(sink.payloads, [[9]])
+        XCTAssertTrue(sink.errors.isEmpty)
+        _ = try channel.finish()
+    }
+}
