@@ -35,6 +35,7 @@ const char *cp_spawn_step_name(int step) {
     case CP_STEP_EXEC: return "exec";
     case CP_STEP_SECCOMP: return "seccomp";
     case CP_STEP_SETNS: return "join network namespace";
+    case CP_STEP_LANDLOCK: return "landlock";
     default: return "spawn";
     }
 }
@@ -121,6 +122,8 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
             close(fd);
         }
     }
+    if (req->landlock_ruleset_fd > 0 && cp_landlock_restrict(req->landlock_ruleset_fd) != 0)
+        child_fail(report, CP_STEP_LANDLOCK);
     if (req->seccomp_len > 0 && cp_install_seccomp(req->seccomp_program, req->seccomp_len) != 0)
         child_fail(report, CP_STEP_SECCOMP);
     execve(req->path, req->argv, req->envp);

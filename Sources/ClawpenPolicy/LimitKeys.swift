@@ -17,6 +17,8 @@ enum LimitKey: String, CaseIterable, Sendable {
     case commandsAllow = "commands_allow"
     case commandsDeny = "commands_deny"
     case envAllow = "env_allow"
+    case diskMax = "disk_max"
+    case inodesMax = "inodes_max"
 
     static let networkModes = ["none", "loopback"]
     /// The longest timeout a policy may allow: one day.
@@ -83,6 +85,10 @@ enum LimitKey: String, CaseIterable, Sendable {
             target.setList(self, try c.patterns(kind: "absolute paths or globs", check: PatternCheck.commandProblem))
         case .envAllow:
             target.envAllow = try c.patterns(kind: "environment variable names or globs", check: PatternCheck.envProblem)
+        case .diskMax:
+            target.diskMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64(1) << 60)
+        case .inodesMax:
+            target.inodesMax = try c.integer(16...(1 << 40), note: "files and directories in the tenant's workspace")
         }
     }
 }

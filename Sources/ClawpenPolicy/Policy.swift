@@ -41,14 +41,21 @@ public struct TierLimits: Sendable, Equatable {
     public var commandsDeny: [PatternRule]
     /// `env_allow`: names or globs of the environment variables a request may set.
     public var envAllow: [PatternRule]
+    /// `disk_max`: bytes the tenant's workspace may hold (a project quota where the workspace
+    /// filesystem has them; DiskQuota in the supervisor).
+    public var diskMaxBytes: Int64
+    /// `inodes_max`: files and directories the tenant's workspace may hold (the same quota).
+    public var inodesMax: Int
 
     public init(
         maxConcurrentRuns: Int, jobsPerMinute: Int, maxQueued: Int, memoryMaxBytes: Int64, pidsMax: Int,
         cpuMaxCores: Double, cpuWeight: Int, timeoutDefaultSeconds: Double, timeoutMaxSeconds: Double,
         outputMaxBytes: Int, network: String, seccompProfile: String, tmpSizeBytes: Int64,
         cpuSecondsPerHour: Double = 3600, commandsAllow: [PatternRule] = [], commandsDeny: [PatternRule] = [],
-        envAllow: [PatternRule] = []
+        envAllow: [PatternRule] = [], diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000
     ) {
+        self.diskMaxBytes = diskMaxBytes
+        self.inodesMax = inodesMax
         self.maxConcurrentRuns = maxConcurrentRuns
         self.jobsPerMinute = jobsPerMinute
         self.maxQueued = maxQueued
@@ -102,7 +109,8 @@ public struct TierLimits: Sendable, Equatable {
                     [
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE"], ["AGENT_*"],
-                    ]))
+                    ]),
+                diskMaxBytes: ByteSize.gibibyte, inodesMax: 100_000)
         case .pro:
             return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
@@ -117,7 +125,8 @@ public struct TierLimits: Sendable, Equatable {
                     [
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHON*", "NODE_*", "NPM_CONFIG_*", "PIP_*", "GIT_*"], ["CI", "DEBUG"], ["AGENT_*"],
-                    ]))
+                    ]),
+                diskMaxBytes: 10 * ByteSize.gibibyte, inodesMax: 1_000_000)
         case .enterprise:
             return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
@@ -137,7 +146,8 @@ public struct TierLimits: Sendable, Equatable {
                         ["/usr/lib/openssh/ssh-keysign", "/usr/lib/dbus-1.0/dbus-daemon-launch-helper"],
                         ["/usr/lib/polkit-1/*", "/usr/libexec/polkit-*", "/usr/lib/eject/dmcrypt-get-device"],
                     ]),
-                envAllow: rules(file, firstLine: 119, [["*"]]))
+                envAllow: rules(file, firstLine: 119, [["*"]]),
+                diskMaxBytes: 100 * ByteSize.gibibyte, inodesMax: 10_000_000)
         }
     }
 
@@ -178,6 +188,8 @@ public struct TenantOverride: Sendable, Equatable {
     public var commandsAllow: [PatternRule]?
     public var commandsDeny: [PatternRule]?
     public var envAllow: [PatternRule]?
+    public var diskMaxBytes: Int64?
+    public var inodesMax: Int?
 
     public init(
         tier: Tier? = nil, maxConcurrentRuns: Int? = nil, jobsPerMinute: Int? = nil, maxQueued: Int? = nil,
@@ -236,6 +248,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.commandsAllow { o.commandsAllow = v }
         if let v = other.commandsDeny { o.commandsDeny = v }
         if let v = other.envAllow { o.envAllow = v }
+        if let v = other.diskMaxBytes { o.diskMaxBytes = v }
+        if let v = other.inodesMax { o.inodesMax = v }
         return o
     }
 
@@ -259,6 +273,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = commandsAllow { l.commandsAllow = v }
         if let v = commandsDeny { l.commandsDeny = v }
         if let v = envAllow { l.envAllow = v }
+        if let v = diskMaxBytes { l.diskMaxBytes = v }
+        if let v = inodesMax { l.inodesMax = v }
         return l
     }
 
@@ -267,7 +283,7 @@ public struct TenantOverride: Sendable, Equatable {
         guard let maxConcurrentRuns, let jobsPerMinute, let maxQueued, let memoryMaxBytes, let pidsMax,
             let cpuMaxCores, let cpuWeight, let timeoutDefaultSeconds, let timeoutMaxSeconds, let outputMaxBytes,
             let network, let seccompProfile, let tmpSizeBytes, let cpuSecondsPerHour, let commandsAllow,
-            let commandsDeny, let envAllow
+            let commandsDeny, let envAllow, let diskMaxBytes, let inodesMax
         else { return nil }
         return TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
@@ -275,7 +291,7 @@ public struct TenantOverride: Sendable, Equatable {
             timeoutDefaultSeconds: timeoutDefaultSeconds, timeoutMaxSeconds: timeoutMaxSeconds,
             outputMaxBytes: outputMaxBytes, network: network, seccompProfile: seccompProfile,
             tmpSizeBytes: tmpSizeBytes, cpuSecondsPerHour: cpuSecondsPerHour, commandsAllow: commandsAllow,
-            commandsDeny: commandsDeny, envAllow: envAllow)
+            commandsDeny: commandsDeny, envAllow: envAllow, diskMaxBytes: diskMaxBytes, inodesMax: inodesMax)
     }
 }
 

@@ -20,6 +20,8 @@ public enum Request: Sendable, Equatable {
     case policyReload
     /// Change one tenant's limits (operators): an override kept in the state directory.
     case tenantSetQuota(name: String, changes: [QuotaChange])
+    /// What the tenant's running worker actually has, beside what its policy asks (operators).
+    case tenantInspect(name: String)
 
     public var typeName: String {
         switch self {
@@ -36,6 +38,7 @@ public enum Request: Sendable, Equatable {
         case .policyExplain: return "policy.explain"
         case .policyReload: return "policy.reload"
         case .tenantSetQuota: return "tenant.set_quota"
+        case .tenantInspect: return "tenant.inspect"
         }
     }
 }
@@ -110,6 +113,7 @@ public enum RequestCodec {
         case "tenant.create": return .tenantCreate(name: try f.string("name"), tier: try f.optionalString("tier") ?? "free")
         case "tenant.list": return .tenantList
         case "tenant.show": return .tenantShow(name: try f.string("name"))
+        case "tenant.inspect": return .tenantInspect(name: try f.string("name"))
         case "status": return .status(tenant: try f.optionalString("tenant"))
         case "audit":
             var since: Double?
@@ -141,7 +145,7 @@ public enum RequestCodec {
             }
             return .tenantSetQuota(name: name, changes: changes)
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, status, audit, policy.explain, policy.reload)")
+            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, status, audit, policy.explain, policy.reload)")
         }
     }
 
@@ -252,7 +256,7 @@ public enum RequestCodec {
             o.set("wait", s.wait)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name)); o.set("tier", .string(tier))
-        case .tenantShow(let name): o.set("name", .string(name))
+        case .tenantShow(let name), .tenantInspect(let name): o.set("name", .string(name))
         case .status(let tenant): if let tenant { o.set("tenant", .string(tenant)) }
         case .audit(let tenant, let since, let limit):
             if let tenant { o.set("tenant", .string(tenant)) }

@@ -62,6 +62,12 @@ enum SandboxPlanner {
             group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
         plan.symlinks = links
+        if enabled {
+            // A Landlock domain per job (JobIsolation in the worker) where the kernel has one, and
+            // the IPC namespace's SysV shm bounded by the tenant's memory (IPCLimits).
+            plan.jobLandlockABI = UInt32(HostEnforcement.landlockABI)
+            plan.shmMaxBytes = UInt64(limits.memoryMaxBytes)
+        }
         return plan
     }
 

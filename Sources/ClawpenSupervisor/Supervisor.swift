@@ -58,6 +58,8 @@ public final class Supervisor: @unchecked Sendable {
     var onReload: ((_ starting: Bool) -> Void)?
     /// The tenant cgroups, when there is a cgroup2 hierarchy to use.
     let cgroups: CgroupTree?
+    /// disk_max and inodes_max as project quotas on the workspace filesystem, where it has them.
+    lazy var diskQuotas = DiskQuotas(workspaceRoot: config.workspaceRoot)
 
     /// Installed by every job on top of its worker's filter (refuses clone3, which the worker's allows).
     let jobSeccompGuard: [UInt8]
@@ -152,6 +154,9 @@ public final class Supervisor: @unchecked Sendable {
                 try authorize(r, .operator(command: "policy reload"), request: "policy.reload")
                 try reloadPolicies(caller: r)
                 r.reply("policy", [("policy", policySummary())])
+            case .tenantInspect(let name):
+                try authorize(r, .operator(command: "tenant inspect"), request: "tenant.inspect", tenant: name)
+                r.reply("inspect", [("inspect", try inspect(tenant: try runtime(name)))])
             case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(name, changes, r)
@@ -225,7 +230,8 @@ public final class Supervisor: @unchecked Sendable {
         if tenants[name.value] != nil {
             throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         }
-        let outcome = try store.createTenant(name: name.value, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now())
+        let outcome = try store.createTenant(name: name.value, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now(),
+                                             isUsable: sandboxEnabled ? UIDRange.unusedOnHost() : { _ in true })
         if case .created(let record) = outcome {
             do { try Workspace.create(root: config.workspaceRoot, tenant: name, owner: sandboxEnabled ? record.uid : nil) } catch {
                 try? store.deleteTenant(name: name.value)
@@ -235,7 +241,7 @@ public final class Supervisor: @unchecked Sendable {
         switch outcome {
         case .duplicate: throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         case .uidRangeExhausted:
-            throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
+            throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (every other uid is a tenant's or used on the host; widen the uid range)")
         case .created(let record):
             let rt = TenantRuntime(record: record, name: name, limits: limits(for: record), now: Clock.monotonic())
             tenants[name.value] = rt
@@ -535,6 +541,10 @@ public final class Supervisor: @unchecked Sendable {
             plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
             plan.jobSeccompProgram = jobSeccompGuard
             if let cgroups { plan.cgroupNode = cgroups.tenantPath(rt.name) }
+        }
+        do { try diskQuotas.apply(tenant: rt.name, projectID: rt.record.uid, limits: rt.limits) } catch {
+            workerStartFailed(rt, "\(error)")
+            return
         }
         let spawned: WorkerSpawner.Spawned
         let t0 = Clock.monotonic()
@@ -1040,6 +1050,7 @@ public final class Supervisor: @unchecked Sendable {
             rt.limits = limits(for: rt.record)
             rt.rate.setRate(rt.limits.jobsPerMinute, now: now)
             if rt.worker != nil, let cgroups { rt.cgroupEnforced = cgroups.applyLimits(rt.name, rt.limits) }
+            if rt.worker != nil { do { try diskQuotas.apply(tenant: rt.name, projectID: rt.record.uid, limits: rt.limits) } catch { logger.error("\(error)", metadata: ["tenant": "\(rt.name)"]) } }
         }
         audit(tenant: nil, caller: caller, action: "policy.reload", rule: "operator", detail: "\(policySummary().text)")
         logger.notice("policies reloaded", metadata: ["policies": "\(policySourceDescription.stringValue ?? "")"])
@@ -1098,6 +1109,9 @@ public final class Supervisor: @unchecked Sendable {
         sup.set("sandbox", .string(sandboxEnabled
             ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs, seccomp"
             : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
+        sup.set("landlock_abi", HostEnforcement.landlockABI)
+        sup.set("warnings", .array(HostEnforcement.warnings(controllers: cgroups?.controllers ?? [], sandboxed: sandboxEnabled,
+                                                            disk: diskQuotas.support).map(JSONValue.string)))
         sup.set("tenant_count", tenants.count)
         sup.set("workers", tenants.values.filter { $0.worker != nil }.count)
         sup.set("spare_workers", spares.count)
@@ -1142,6 +1156,8 @@ public final class Supervisor: @unchecked Sendable {
             lim.set("memory_max", inForce?.memoryMax ?? Int64(rt.limits.memoryMaxBytes))
             lim.set("pids_max", inForce?.pidsMax.map(Int.init) ?? rt.limits.pidsMax)
             lim.set("cpu_max", .string(inForce?.cpuMax ?? rt.limits.cpuMaxCgroupString))
+            lim.set("disk_max", rt.limits.diskMaxBytes)
+            lim.set("inodes_max", rt.limits.inodesMax)
             lim.set("max_concurrent_runs", rt.limits.maxConcurrentRuns)
             lim.set("timeout_max_s", rt.limits.timeoutMaxSeconds)
             lim.set("output_max_bytes", rt.limits.outputMaxBytes)
@@ -1167,6 +1183,9 @@ public final class Supervisor: @unchecked Sendable {
             usage.set("memory_current", live ? cgroups?.memoryCurrent(rt.name) : nil)
             usage.set("pids_current", live ? cgroups?.pidsCurrent(rt.name) : nil)
             usage.set("cpu_usec", live ? cgroups?.cpuUsageMicros(rt.name) : nil)
+            let disk = diskQuotas.read(tenant: rt.name, projectID: rt.record.uid)
+            usage.set("disk_bytes", disk.map { Int64($0.bytesUsed) })
+            usage.set("disk_inodes", disk.map { Int64($0.inodesUsed) })
             o.set("usage", usage.value)
             // What holds right now: without cgroup controllers, RLIMIT_AS per job (memory) and
             // RLIMIT_NPROC on the tenant's uid (pids) in the sandbox; nothing limits cpu.max.
@@ -1178,12 +1197,15 @@ public final class Supervisor: @unchecked Sendable {
                 else if rt.worker == nil && cgroups?.controllers.contains(limit) == true { return .string("cgroup") }
                 // The rlimit fallback is planned only where the controller is missing.
                 let controller = cgroups?.controllers.contains(limit) == true
-                return .string(fallback && sandboxEnabled && !controller ? "rlimit" : "none")
+                // Memory's fallback is RLIMIT_AS per job process: not a limit of the tenant.
+                return .string(fallback && sandboxEnabled && !controller ? (limit == "memory" ? "per-process-rlimit" : "rlimit") : "none")
             }
             enf.set("memory", how("memory", fallback: true))
             enf.set("pids", how("pids", fallback: true))
             enf.set("cpu", how("cpu", fallback: false))
             enf.set("seccomp", .string(sandboxEnabled && seccompPrograms[rt.limits.seccompProfile] != nil ? rt.limits.seccompProfile : "none"))
+            enf.set("job_isolation", .string(HostEnforcement.jobIsolation(sandboxed: sandboxEnabled)))
+            enf.set("disk", .string(sandboxEnabled ? diskQuotas.enforcement : "none"))
             enf.set("timeout", .string("worker"))
             enf.set("output", .string("worker"))
             o.set("enforcement", enf.value)

@@ -53,6 +53,13 @@ public struct SandboxPlan: Equatable, Sendable {
     /// worker's mount namespace (SandboxSetup.prepareMounts), while the worker was starting: the
     /// worker goes on from there.
     public var mountsPrepared = false
+    /// The Landlock ABI each job's domain is made for (0: no domain per job; >= 6 adds the signal
+    /// and abstract-socket scopes): jobs of one tenant cannot ptrace, read or signal each other
+    /// (ClawpenWorkerCore/JobIsolation.swift).
+    public var jobLandlockABI: UInt32 = 0
+    /// kernel.shmmax of the worker's own IPC namespace (0: left as the kernel made it); shmall and
+    /// shmmni follow from it (ClawpenWorkerCore/IPCLimits.swift).
+    public var shmMaxBytes: UInt64 = 0
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
                 etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
@@ -85,6 +92,8 @@ public struct SandboxPlan: Equatable, Sendable {
             "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
             "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",
             seccompProgram.isEmpty ? "no seccomp filter" : "seccomp: profile \(seccompProfile) (\(seccompProgram.count / 8) BPF instructions), for the worker and every job; each job adds a guard that refuses clone3",
+            shmMaxBytes == 0 ? "SysV shared memory: kernel defaults" : "SysV shared memory of the IPC namespace: shmmax \(shmMaxBytes) bytes, shmall and shmmni from it",
+            jobLandlockABI == 0 ? "no Landlock domain per job (jobs of the tenant can reach each other)" : "each job in a Landlock domain of its own (ABI \(jobLandlockABI)): no ptrace, /proc/<pid>/mem or environ, pidfd_getfd of a sibling job" + (jobLandlockABI >= 6 ? ", no signals or abstract-socket connections to it" : ""),
             cgroupNode.isEmpty ? "no job cgroups" : "each running job in a cgroup of its own, \(cgroupNode)/job-<n> (CLONE_INTO_CGROUP), killed with cgroup.kill when it ends and reused once empty",
         ]
         return s
@@ -109,6 +118,7 @@ public struct SandboxPlan: Equatable, Sendable {
         w.u32(UInt32(symlinks.count))
         for l in symlinks { w.string(l.source); w.string(l.target) }
         w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared)
+        w.u32(jobLandlockABI); w.u64(shmMaxBytes)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -141,6 +151,8 @@ public struct SandboxPlan: Equatable, Sendable {
         plan.jobSeccompProgram = try r.bytes()
         plan.cgroupNode = try r.string()
         plan.mountsPrepared = try r.bool()
+        plan.jobLandlockABI = try r.u32()
+        plan.shmMaxBytes = try r.u64()
         return plan
     }
 }

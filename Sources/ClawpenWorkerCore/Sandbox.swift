@@ -182,6 +182,7 @@ public struct SandboxSetup {
         try step("mount /proc") { cp_mount_at("proc", -1, proc, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "hidepid=invisible") }
         close(proc)
         let procDir = try open(root, "/proc", directory: true)
+        try IPCLimits.apply(plan, proc: procDir) // through this fresh /proc, before /proc/sys is covered
         // (/proc/irq and /proc/bus need no cover: nothing there is writable without root.)
         for entry in ["sys", "sysrq-trigger"] {
             var st = stat()

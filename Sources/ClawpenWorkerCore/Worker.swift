@@ -99,10 +99,15 @@ public final class Worker {
                 throw SetupError(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
             }
             guard loopback == 0 else { throw SetupError(step: "bring up lo", errno: loopbackErrno, detail: "") }
-            do { try SandboxSetup(plan: plan).apply() } catch {
+            let landlockRuleset: Int32
+            do {
+                try SandboxSetup(plan: plan).apply()
+                landlockRuleset = try JobIsolation.ruleset(abi: plan.jobLandlockABI)
+            } catch {
                 throw SetupError(step: error.step, errno: error.errno, detail: error.detail)
             }
             launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)
+            launcher.landlockRulesetFD = landlockRuleset
             launcher.jobCgroupParent = cgroupNode
             launcher.jobSeccompProgram = plan.jobSeccompProgram
         } else {
