@@ -1,6 +1,8 @@
 // swift-tools-version:6.1
 // clawpen: a process-per-tenant supervisor. Layout (see docs/architecture.md):
 //   C shims (CClawpenShim, CSQLite) <- ClawpenSpawn; ClawpenWire <- ClawpenProtocol <- ClawpenClient
+//   ClawpenSystem (StepFailure, clocks, files) <- ClawpenSpawn, ClawpenSandbox, ClawpenSupervisor, ClawpenWorkerCore
+//   ClawpenSandbox (one file per facility, the checklist) <- ClawpenSupervisor and ClawpenWorkerCore
 //   ClawpenStore, ClawpenPolicy, ClawpenSystemd (CSystemd), ClawpenSupervisor (NIO) <- clawpen
 //   ClawpenWorkerCore (no Foundation, no NIO: it is multiplied by the tenant count) <- clawpen-worker
 import PackageDescription
@@ -32,8 +34,11 @@ let package = Package(
         .target(name: "ClawpenSystemd", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
 
+        // The one copy of each low-level helper: StepFailure (step, errno, detail) and errnoString,
+        // the clocks, small file reads and writes. No Foundation, no other target.
+        .target(name: "ClawpenSystem", swiftSettings: strict),
         // The safe Swift face of cp_spawn: prepared commands and spawn options.
-        .target(name: "ClawpenSpawn", dependencies: ["CClawpenShim"], swiftSettings: strict),
+        .target(name: "ClawpenSpawn", dependencies: ["CClawpenShim", "ClawpenSystem"], swiftSettings: strict),
         // Framing, tenant names and the supervisor<->worker binary codec. No Foundation.
         .target(name: "ClawpenWire", swiftSettings: strict),
         // Client<->supervisor JSON messages (FoundationEssentials only).
@@ -46,14 +51,19 @@ let package = Package(
             name: "ClawpenSupervisor",
             dependencies: [
                 "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp", "ClawpenSystemd",
-                "ClawpenWorkerCore",
+                "ClawpenSandbox", "ClawpenSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "CClawpenShim"], swiftSettings: strict),
+        // The sandbox, one file per facility (mounts, identity, seccomp, network, cgroups,
+        // workspace) with its supervisor-side and worker-side verbs, and the checklist that orders
+        // them. Linked by the supervisor and the worker: no Foundation, NIO, libseccomp or policy.
+        .target(name: "ClawpenSandbox", dependencies: ["ClawpenWire", "ClawpenSystem", "CClawpenShim"], swiftSettings: strict),
+        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "ClawpenSandbox", "ClawpenSystem", "CClawpenShim"],
+                swiftSettings: strict),
 
         .executableTarget(
             name: "clawpen",
@@ -78,7 +88,8 @@ let package = Package(
 
         .testTarget(
             name: "ClawpenUnitTests",
-            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "CClawpenShim", "ClawpenSystemd"],
+            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
+                           "CClawpenShim", "ClawpenSystemd"],
             swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),

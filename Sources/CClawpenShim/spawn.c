@@ -1,5 +1,8 @@
 // cp_spawn: clone3 + async-signal-safe child setup + execve. See clawpen_shim.h for why.
-#include "clawpen_shim.h"
+#include "cp_spawn.h"
+#include "cp_proc.h"
+#include "cp_seccomp.h"
+#include "cp_landlock.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,13 +1,6 @@
 import CClawpenShim
+import ClawpenSystem
 import Glibc
-
-/// Why a spawn failed: the step (in the parent: "clone"; in the child: "chdir", "exec", ...) and
-/// its errno.
-public struct SpawnFailure: Error, Sendable, CustomStringConvertible {
-    public let step: String
-    public let errno: Int32
-    public var description: String { "\(step) failed: \(String(cString: strerror(errno)))" }
-}
 
 /// How the child is set up between clone and exec (all of it done by cp_spawn's C child).
 public struct SpawnOptions: Sendable {
@@ -53,10 +46,11 @@ public final class SpawnCommand {
         envp = CStringArray(environment)
     }
 
-    /// Starts the command; returns its pid once it has exec'd.
-    public func spawn(_ options: SpawnOptions) throws(SpawnFailure) -> pid_t {
+    /// Starts the command; returns its pid once it has exec'd. A failure names the step (in the
+    /// parent: "clone"; in the child: "chdir", "exec", ...) and its errno.
+    public func spawn(_ options: SpawnOptions) throws(StepFailure) -> pid_t {
         guard options.fds.count <= Int(CP_MAX_FDS), options.rlimits.count <= Int(CP_MAX_RLIMITS) else {
-            throw SpawnFailure(step: "spawn", errno: EINVAL)
+            throw StepFailure(step: "spawn", errno: EINVAL)
         }
         var req = cp_spawn_request()
         req.fd_count = Int32(options.fds.count)
@@ -98,7 +92,7 @@ public final class SpawnCommand {
             }
           }
         }
-        guard pid > 0 else { throw SpawnFailure(step: String(cString: cp_spawn_step_name(step)), errno: err) }
+        guard pid > 0 else { throw StepFailure(step: String(cString: cp_spawn_step_name(step)), errno: err) }
         return pid
     }
 }

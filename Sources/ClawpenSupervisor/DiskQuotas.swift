@@ -31,14 +31,14 @@ final class DiskQuotas {
         self.workspaceRoot = workspaceRoot
         let fd = open(workspaceRoot, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 {
-            support = .none("the workspace root \(workspaceRoot) cannot be opened (\(FileIO.errnoString(errno)))")
+            support = .none("the workspace root \(workspaceRoot) cannot be opened (\(errnoString(errno)))")
             return
         }
         defer { close(fd) }
         switch cp_project_quota_enforced(fd) {
         case 1: support = .projectQuota
         case 0: support = .none("the filesystem of \(workspaceRoot) has no project quotas enforced (ext4 needs `mkfs.ext4 -O quota,project` or `tune2fs -O project,quota` and the mount option prjquota; xfs needs prjquota)")
-        default: support = .none("asking the filesystem of \(workspaceRoot) for project quotas failed (\(FileIO.errnoString(errno)))")
+        default: support = .none("asking the filesystem of \(workspaceRoot) for project quotas failed (\(errnoString(errno)))")
         }
     }
 
@@ -49,7 +49,7 @@ final class DiskQuotas {
         let step: String
         let errno: Int32
         let path: String
-        var description: String { "disk quota: \(step) \(path): \(FileIO.errnoString(errno))" }
+        var description: String { "disk quota: \(step) \(path): \(errnoString(errno))" }
     }
 
     /// Tags the tenant's workspace with its project and sets the limits (when they changed).

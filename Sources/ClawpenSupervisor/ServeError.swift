@@ -1,5 +1,6 @@
 import ClawpenPolicy
 import ClawpenStore
+import Glibc
 
 /// Why `clawpen serve` could not start, each with what to do about it.
 public enum ServeError: Error, CustomStringConvertible {
@@ -19,7 +20,7 @@ public enum ServeError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .directory(let p, let e): return "cannot create directory \(p): \(FileIO.errnoString(e))"
+        case .directory(let p, let e): return "cannot create directory \(p): \(errnoString(e))"
         case .policy(let e): return "invalid policy: \(e)"
         case .policiesDirectoryMissing(let p): return "policies directory \(p) does not exist (install the shipped policies/ there, or leave --policies out to use the embedded defaults)"
         case .store(let e): return "\(e)"
@@ -31,5 +32,12 @@ public enum ServeError: Error, CustomStringConvertible {
         case .cgroupLimitsMissing(let m): return m
         case .uidRange(let m): return m
         }
+    }
+}
+
+extension ServeError {
+    /// mkdir -p for the daemon's own directories; the failure names the directory.
+    static func makeDirectories(_ path: String, mode: mode_t) throws(ServeError) {
+        do { try Files.makeDirectories(path, mode: mode) } catch { throw .directory(path: error.detail, errno: error.errno) }
     }
 }

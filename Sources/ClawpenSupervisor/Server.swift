@@ -27,10 +27,10 @@ public enum Server {
 
         let policies = try loadPolicies(config, logger: logger)
         let seccomp = try PolicyRuntime.compileSeccomp(policies)
-        try FileIO.makeDirectories(config.stateDir, mode: 0o700)
-        try FileIO.makeDirectories(config.workspaceRoot, mode: 0o755)
+        try ServeError.makeDirectories(config.stateDir, mode: 0o700)
+        try ServeError.makeDirectories(config.workspaceRoot, mode: 0o755)
         let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
-        if activated == nil, !socketDir.isEmpty { try FileIO.makeDirectories(socketDir, mode: 0o755) }
+        if activated == nil, !socketDir.isEmpty { try ServeError.makeDirectories(socketDir, mode: 0o755) }
         let workerPath = try resolveWorkerPath(config)
         if activated == nil { try checkSocketPath(config.socketPath) }
 

@@ -3,7 +3,6 @@ import ClawpenPolicy
 import ClawpenProtocol
 import ClawpenStore
 import ClawpenWire
-import ClawpenWorkerCore
 import Glibc
 import Logging
 import NIOCore
@@ -534,14 +533,11 @@ public final class Supervisor: @unchecked Sendable {
 
     private func startWorker(_ rt: TenantRuntime) {
         guard !rt.cgroupCleanupPending else { return } // the old worker's cgroup goes first
-        var plan = SandboxPlanner.plan(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name),
-                                       limits: rt.limits, enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [])
-        if sandboxEnabled {
-            plan.seccompProfile = rt.limits.seccompProfile
-            plan.seccompProgram = seccompPrograms[rt.limits.seccompProfile] ?? []
-            plan.jobSeccompProgram = jobSeccompGuard
-            if let cgroups { plan.cgroupNode = cgroups.tenantPath(rt.name) }
-        }
+        var plan = Plan.make(tenant: rt.name, uid: rt.record.uid, workspace: workspacePath(rt.name), limits: SandboxLimits(rt.limits),
+                             enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [],
+                             extras: PlanExtras(seccompProfile: rt.limits.seccompProfile, seccompProgram: seccompPrograms[rt.limits.seccompProfile] ?? [],
+                                                jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(rt.name) ?? "",
+                                                jobLandlockABI: UInt32(HostEnforcement.landlockABI)))
         do { try diskQuotas.apply(tenant: rt.name, projectID: rt.record.uid, limits: rt.limits) } catch {
             workerStartFailed(rt, "\(error)")
             return
@@ -655,22 +651,19 @@ public final class Supervisor: @unchecked Sendable {
     /// mount namespaces (setns needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN); nil: it can.
     private(set) var workerMountsFallback: String?
 
-    /// Builds a new worker's mount tree, all but /proc (SandboxSetup.prepareMounts),
-    /// from inside its mount namespace, on this thread, which then returns to its own. false:
-    /// the namespace could not be joined, and the worker builds everything itself (slower, as
-    /// safe); a step that fails once inside is the worker's setup failing, and throws.
-    private func prepareMounts(_ plan: SandboxPlan, inNamespaceOf pid: Int32) throws(SandboxSetup.Failure) -> Bool {
-        let home = cp_mount_ns_enter(pid)
-        guard home >= 0 else {
-            let e = errno
-            if e == EPERM {
-                workerMountsFallback = "the supervisor may not join a worker's mount namespace (\(FileIO.errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
-                logger.warning("cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)", metadata: ["errno": "\(FileIO.errnoString(e))"])
+    /// Builds a new worker's mount tree, all but /proc (Mounts.prepareFromSupervisor), from
+    /// inside its mount namespace, on this thread, which then returns to its own. false: the
+    /// namespace could not be joined, and the worker builds everything itself (slower, as safe);
+    /// a step that fails once inside is the worker's setup failing, and throws.
+    private func prepareMounts(_ plan: SandboxPlan, inNamespaceOf pid: Int32) throws(StepFailure) -> Bool {
+        let preparation = try Mounts.prepareFromSupervisor(plan, workerPID: pid)
+        guard preparation == .prepared else {
+            if case .cannotJoin(let e) = preparation, e == EPERM {
+                workerMountsFallback = "the supervisor may not join a worker's mount namespace (\(errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
+                logger.warning("cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)", metadata: ["errno": "\(errnoString(e))"])
             }
             return false
         }
-        defer { cp_mount_ns_leave(home) }
-        try SandboxSetup(plan: plan).prepareMounts()
         return true
     }
 
@@ -694,7 +687,7 @@ public final class Supervisor: @unchecked Sendable {
             dispatch(rt)
             armIdleTimerIfIdle(rt)
         case .setupFailed(let step, let err, let detail):
-            w.setupFailure = "worker setup failed at step '\(step)': \(FileIO.errnoString(err))\(detail.isEmpty ? "" : " (\(detail))")"
+            w.setupFailure = "worker setup failed at step '\(step)': \(errnoString(err))\(detail.isEmpty ? "" : " (\(detail))")"
             logger.error("worker setup failed", metadata: ["tenant": "\(rt.name)", "worker_pid": "\(w.pid)", "step": "\(step)", "errno": "\(err)"])
         case .started(let id, _):
             guard w.inFlight[id] != nil else { return workerMisbehaved(w, "reported a start of job \(id.prefix(64)) it was not given") }
@@ -792,7 +785,7 @@ public final class Supervisor: @unchecked Sendable {
             loop.scheduleTask(in: .milliseconds(10)) { [self] in reap(w, attempt: attempt + 1) }
             return
         }
-        workerExited(w, how: r < 0 ? "could not be reaped (\(FileIO.errnoString(errno)))" : Self.describe(waitStatus: status))
+        workerExited(w, how: r < 0 ? "could not be reaped (\(errnoString(errno)))" : Self.describe(waitStatus: status))
     }
 
     /// How a process ended, in the words status and the logs use.

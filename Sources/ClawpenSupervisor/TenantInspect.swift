@@ -55,7 +55,7 @@ extension Supervisor {
         var facts: [InspectFact] = []
         let limits = rt.limits
         let uid = "\(rt.record.uid)"
-        let status = FileIO.readSmallFile("/proc/\(pid)/status") ?? ""
+        let status = Files.readSmallFile("/proc/\(pid)/status") ?? ""
         func field(_ name: String) -> String? {
             status.split(separator: "\n").first { $0.hasPrefix(name + ":") }
                 .map { String($0.dropFirst(name.count + 1)).split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ") }
@@ -108,13 +108,13 @@ extension Supervisor {
         facts.append(InspectFact(fact: "root", actual: rootKnown ? (sameRoot ? workspace : "another directory (device \(rootStat.st_dev), inode \(rootStat.st_ino))") : nil,
                                  expected: workspace, ok: sameRoot))
         // The cgroup, and the limits read back from the tenant node's files.
-        let cgroupLine = FileIO.readSmallFile("/proc/\(pid)/cgroup")?.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
+        let cgroupLine = Files.readSmallFile("/proc/\(pid)/cgroup")?.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
         let mount = CgroupInfo.cgroup2MountPoint() ?? ""
         let actualCgroup = cgroupLine.map { mount + $0 }
         if let cgroups {
             let node = cgroups.tenantPath(rt.name)
             facts.append(InspectFact(fact: "cgroup", actual: actualCgroup, expected: node, ok: actualCgroup == node))
-            func read(_ file: String) -> String? { FileIO.readSmallFile(node + "/" + file).map { $0.trimmingSpaces.split(separator: "\n").first.map(String.init) ?? "" } }
+            func read(_ file: String) -> String? { Files.readSmallFile(node + "/" + file).map { $0.trimmingSpaces.split(separator: "\n").first.map(String.init) ?? "" } }
             let noController = "the file does not exist: no controller, the fallback holds (see status warnings)"
             let mem = read("memory.max")
             facts.append(InspectFact(fact: "memory.max", actual: mem, expected: "\(limits.memoryMaxBytes)", ok: mem == "\(limits.memoryMaxBytes)",
@@ -181,7 +181,7 @@ extension Supervisor {
     /// The interfaces of process `pid`'s network namespace (/proc/<pid>/net/dev) and whether each is
     /// up (SIOCGIFFLAGS through a socket made in that namespace).
     static func interfaces(_ pid: Int32) -> [(name: String, up: Bool)] {
-        let names = (FileIO.readSmallFile("/proc/\(pid)/net/dev") ?? "").split(separator: "\n").dropFirst(2).compactMap { line -> String? in
+        let names = (Files.readSmallFile("/proc/\(pid)/net/dev") ?? "").split(separator: "\n").dropFirst(2).compactMap { line -> String? in
             guard let colon = line.firstIndex(of: ":") else { return nil }
             return line[..<colon].trimmingSpaces
         }

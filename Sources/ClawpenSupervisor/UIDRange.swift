@@ -48,15 +48,15 @@ enum UIDRange {
     static func register(_ range: ClosedRange<Int>, subuid: String, subgid: String, stateDir: String) throws(ServeError) -> String {
         let claimPath = stateDir + "/uid-range"
         let mine = "\(range.lowerBound):\(range.count)"
-        let claimed = FileIO.readSmallFile(claimPath)?.trimmingSpaces == mine
+        let claimed = Files.readSmallFile(claimPath)?.trimmingSpaces == mine
         var added: [String] = []
         for path in [subuid, subgid] {
             let fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o644)
-            guard fd >= 0 else { throw .uidRange("cannot open \(path) to register the tenants' uid range \(range.lowerBound)-\(range.upperBound): \(FileIO.errnoString(errno))") }
+            guard fd >= 0 else { throw .uidRange("cannot open \(path) to register the tenants' uid range \(range.lowerBound)-\(range.upperBound): \(errnoString(errno))") }
             defer { close(fd) }
             // Two daemons starting together: one reads and appends at a time.
-            guard flock(fd, LOCK_EX) == 0 else { throw .uidRange("cannot lock \(path): \(FileIO.errnoString(errno))") }
-            let entries = parse(FileIO.readSmallFile(path) ?? "")
+            guard flock(fd, LOCK_EX) == 0 else { throw .uidRange("cannot lock \(path): \(errnoString(errno))") }
+            let entries = parse(Files.readSmallFile(path) ?? "")
             var ours = false
             for e in entries where e.overlaps(range) {
                 if e.name == owner && e.first == range.lowerBound && e.count == range.count && claimed {
@@ -84,19 +84,19 @@ enum UIDRange {
                 }
                 let bytes = prefix + line
                 guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count, fsync(fd) == 0 else {
-                    throw .uidRange("cannot append the tenants' uid range to \(path): \(FileIO.errnoString(errno))")
+                    throw .uidRange("cannot append the tenants' uid range to \(path): \(errnoString(errno))")
                 }
                 added.append(path)
             }
         }
         if !claimed {
             let fd = open(claimPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-            guard fd >= 0 else { throw .uidRange("cannot write \(claimPath): \(FileIO.errnoString(errno))") }
+            guard fd >= 0 else { throw .uidRange("cannot write \(claimPath): \(errnoString(errno))") }
             let bytes = Array((mine + "\n").utf8)
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             let ok = n == bytes.count && fsync(fd) == 0
             close(fd)
-            guard ok else { throw .uidRange("cannot write \(claimPath): \(FileIO.errnoString(errno))") }
+            guard ok else { throw .uidRange("cannot write \(claimPath): \(errnoString(errno))") }
         }
         return added.isEmpty
             ? "uid range \(range.lowerBound)-\(range.upperBound) registered in \(subuid) and \(subgid) (by this daemon)"
@@ -127,7 +127,7 @@ enum UIDRange {
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard let first = name.utf8.first, first >= 0x30, first <= 0x39,
-                  let status = FileIO.readSmallFile("/proc/\(name)/status", limit: 16_384) else { continue }
+                  let status = Files.readSmallFile("/proc/\(name)/status", limit: 16_384) else { continue }
             for line in status.split(separator: "\n") where line.hasPrefix("Uid:") || line.hasPrefix("Gid:") {
                 for field in line.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" }) {
                     if let v = Int(field) { ids.insert(v) }

@@ -13,11 +13,8 @@ enum WorkerSpawner {
         var cgroupNode: String? = nil
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        let step: String
-        let errno: Int32
-        var description: String { "cannot start the worker: \(step) failed: \(FileIO.errnoString(errno))" }
-    }
+    /// A failure to start names the step as "start the worker: <step>".
+    static func failure(_ step: String, _ e: Int32) -> StepFailure { StepFailure(step: "start the worker: " + step, errno: e) }
 
     /// Clones the worker (into the sandbox's namespaces when the plan is enabled). It waits for
     /// its configure frame (`sendConfigure`) before it does anything, so the supervisor can place
@@ -26,12 +23,12 @@ enum WorkerSpawner {
     /// `cgroupFD`: the cgroup leaf to clone it into (CLONE_INTO_CGROUP), or -1.
     /// `netnsFD`: a fresh network namespace (NetnsPool) the worker joins instead of making one.
     static func spawn(workerPath: String, tenant: TenantName?, workspace: String?, sandboxed: Bool, cgroupFD: Int32 = -1,
-                      netnsFD: Int32 = -1) throws(Failure) -> Spawned {
+                      netnsFD: Int32 = -1) throws(StepFailure) -> Spawned {
         var pair: [Int32] = [-1, -1]
-        guard cp_socketpair(&pair) == 0 else { throw Failure(step: "socketpair", errno: errno) }
+        guard cp_socketpair(&pair) == 0 else { throw failure("socketpair", errno) }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else {
-            let e = errno; close(pair[0]); close(pair[1]); throw Failure(step: "open /dev/null", errno: e)
+            let e = errno; close(pair[0]); close(pair[1]); throw failure("open /dev/null", e)
         }
         defer { close(devNull) }
         // The worker gets a fixed, minimal environment: nothing of the daemon's leaks to tenants.
@@ -52,23 +49,23 @@ enum WorkerSpawner {
             options.netnsFD = netnsFD
         }
         options.cgroupFD = cgroupFD
-        let spawned: Result<pid_t, SpawnFailure>
+        let spawned: Result<pid_t, StepFailure>
         do { spawned = .success(try command.spawn(options)) } catch { spawned = .failure(error) }
         close(pair[1])
         switch spawned {
         case .success(let pid):
             return Spawned(pid: pid, socketFD: pair[0])
-        case .failure(let failure):
+        case .failure(let spawnFailure):
             close(pair[0])
-            throw Failure(step: failure.step, errno: failure.errno)
+            throw failure(spawnFailure.step, spawnFailure.errno)
         }
     }
 
     /// The plan as the worker's first frame. The socketpair is fresh and empty: the small frame
     /// fits its buffer, so this blocking write does not block.
-    static func sendConfigure(_ plan: SandboxPlan, to spawned: Spawned) throws(Failure) {
+    static func sendConfigure(_ plan: SandboxPlan, to spawned: Spawned) throws(StepFailure) {
         let frame = Framing.frame(SupervisorToWorker.configure(plan).encoded())
         let written = frame.withUnsafeBytes { write(spawned.socketFD, $0.baseAddress, $0.count) }
-        guard written == frame.count else { throw Failure(step: "send configure", errno: written < 0 ? errno : EMSGSIZE) }
+        guard written == frame.count else { throw failure("send configure", written < 0 ? errno : EMSGSIZE) }
     }
 }

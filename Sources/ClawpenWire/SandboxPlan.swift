@@ -1,6 +1,7 @@
 /// What a worker's sandbox is made of: plain data, built by the supervisor from the tenant's
-/// policy, sent to the worker in its first frame (`configure`), applied there step by step in the
-/// order `steps` lists (docs/sandbox.md explains each). It can be printed and tested without root.
+/// policy (ClawpenSandbox's `Plan.make`), sent to the worker in its first frame (`configure`),
+/// applied there step by step in the order of ClawpenSandbox's `Checklist`, which also prints it.
+/// It can be printed and tested without root.
 public struct SandboxPlan: Equatable, Sendable {
     public struct Bind: Equatable, Sendable {
         /// Host path (symlinks already resolved by the supervisor: /bin -> /usr/bin).
@@ -50,7 +51,7 @@ public struct SandboxPlan: Equatable, Sendable {
     /// uid): the worker runs each job in a `job-<n>` child of it. Empty: no cgroups.
     public var cgroupNode: String = ""
     /// The supervisor has already built the mount tree (all but /proc) in the
-    /// worker's mount namespace (SandboxSetup.prepareMounts), while the worker was starting: the
+    /// worker's mount namespace (Mounts.prepareFromSupervisor), while the worker was starting: the
     /// worker goes on from there.
     public var mountsPrepared = false
     /// The Landlock ABI each job's domain is made for (0: no domain per job; >= 6 adds the signal
@@ -66,37 +67,6 @@ public struct SandboxPlan: Equatable, Sendable {
         self.enabled = enabled; self.tenant = tenant; self.uid = uid; self.gid = gid; self.workspace = workspace
         self.readOnlyBinds = readOnlyBinds; self.etcBinds = etcBinds; self.passwd = passwd; self.group = group
         self.tmpSizeBytes = tmpSizeBytes; self.workerLimits = workerLimits; self.jobLimits = jobLimits
-    }
-
-    /// The checklist, in the order the worker applies it.
-    public var steps: [String] {
-        guard enabled else { return ["no sandbox: jobs run with the supervisor's identity, paths mapped under \(workspace)"] }
-        var s = [
-            "namespaces: mount, pid, ipc, uts, net (at clone); lo brought up at once, before the plan arrives; cgroup (unshared once in the tenant's cgroup)",
-            "while the worker is exec'd, the supervisor builds its mounts, all but /proc, from inside its mount namespace (the worker does it itself when it was started ahead of need):",
-            "make every mount private (nothing propagates to the host)",
-            "bind \(workspace) onto itself (the new root)",
-        ]
-        s += readOnlyBinds.map { "bind \($0.source) -> \($0.target) read-only, nosuid, nodev" }
-        s += symlinks.map { "symlink \($0.target) -> \($0.source) (as on the host)" }
-        s += [
-            "mount tmpfs at /dev: null, zero, full, random, urandom, tty, fd links; tmpfs /dev/shm; /dev read-only",
-            "mount tmpfs at /tmp (\(tmpSizeBytes) bytes, mode 1777, nosuid, nodev)",
-            "mount tmpfs at /etc: generated passwd, group, hostname, hosts" + etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only",
-            "then the worker:",
-            "mount proc at /proc (this pid namespace only, hidepid=invisible); /proc/sys and /proc/sysrq-trigger read-only",
-            "pivot_root to the workspace; detach the old root",
-            "remount / nosuid, nodev",
-            "hostname \(tenant)",
-            "chown /, /home to \(uid):\(gid), mode 0700",
-            "rlimits: " + workerLimits.map { "\(Self.limitName($0.resource))=\($0.hard)" }.joined(separator: " "),
-            "identity: lock securebits, drop bounding set, setgroups(0), setresgid(\(gid)), setresuid(\(uid)), clear capabilities, no_new_privs",
-            seccompProgram.isEmpty ? "no seccomp filter" : "seccomp: profile \(seccompProfile) (\(seccompProgram.count / 8) BPF instructions), for the worker and every job; each job adds a guard that refuses clone3",
-            shmMaxBytes == 0 ? "SysV shared memory: kernel defaults" : "SysV shared memory of the IPC namespace: shmmax \(shmMaxBytes) bytes, shmall and shmmni from it",
-            jobLandlockABI == 0 ? "no Landlock domain per job (jobs of the tenant can reach each other)" : "each job in a Landlock domain of its own (ABI \(jobLandlockABI)): no ptrace, /proc/<pid>/mem or environ, pidfd_getfd of a sibling job" + (jobLandlockABI >= 6 ? ", no signals or abstract-socket connections to it" : ""),
-            cgroupNode.isEmpty ? "no job cgroups" : "each running job in a cgroup of its own, \(cgroupNode)/job-<n> (CLONE_INTO_CGROUP), killed with cgroup.kill when it ends and reused once empty",
-        ]
-        return s
     }
 
     public static func limitName(_ r: Int32) -> String {

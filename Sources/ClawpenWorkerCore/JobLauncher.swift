@@ -1,5 +1,7 @@
 import CClawpenShim
+import ClawpenSandbox
 import ClawpenSpawn
+import ClawpenSystem
 import ClawpenWire
 import Glibc
 
@@ -12,9 +14,8 @@ struct JobLauncher {
     let devNullFD: Int32
     /// Limits of each job on top of the worker's (RLIMIT_AS as the memory fallback).
     let jobLimits: [SandboxPlan.Limit]
-    /// The tenant's cgroup node (an fd opened before the sandbox hid the host): each job is
-    /// cloned into a `job-<id>` child of it. -1: no job cgroups.
-    var jobCgroupParent: Int32 = -1
+    /// The slots below the tenant's cgroup node that jobs are cloned into (none: parent -1).
+    var jobCgroups = JobCgroups(parentFD: -1)
     /// Each job installs this seccomp program on top of the worker's (see SandboxPlan).
     var jobSeccompProgram: [UInt8] = []
     /// > 0: each job enters a Landlock domain of its own made from this ruleset (JobIsolation).
@@ -26,76 +27,6 @@ struct JobLauncher {
         let stderrFD: Int32
         let stdinFD: Int32?   // write end, non-blocking; nil when there is no input
         let cgroup: JobCgroup?
-    }
-
-    /// Job cgroups are slots, `job-<n>`, one per running job, reused: creating and destroying a
-    /// cgroup per job cost ~0.2 ms (a fifth of a warm job). A slot keeps its directory and its
-    /// `cgroup.events` and `cgroup.procs` open, so that a job costs two reads of them, not
-    /// opens. It comes back once its job has ended and nothing is left in it.
-    private final class Slots {
-        var free: [JobCgroup] = []
-        var next = 0
-    }
-    private let slots = Slots()
-
-    /// A free job cgroup below the tenant's node; nil when there are no job cgroups or none can
-    /// be made (the job then runs in the worker's cgroup; its process group is still killed).
-    func makeJobCgroup(_ jobID: String) -> JobCgroup? {
-        guard jobCgroupParent >= 0 else { return nil }
-        if let slot = slots.free.popLast() { return slot }
-        slots.next += 1
-        let name = "job-\(slots.next)"
-        let made = mkdirat(jobCgroupParent, name, 0o755) == 0
-        guard made || errno == EEXIST else { return nil }
-        let dir = openat(jobCgroupParent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard dir >= 0 else { return nil }
-        if !made {
-            // A slot the supervisor made ahead (job-1) is usable once it has been handed to us;
-            // one caught half-made is passed over (cloning into it would fail with EACCES).
-            var st = stat()
-            guard fstatat(dir, "cgroup.procs", &st, 0) == 0, st.st_uid == getuid() || getuid() == 0 else {
-                close(dir)
-                return slots.next < 64 ? makeJobCgroup(jobID) : nil
-            }
-        }
-        let events = openat(dir, "cgroup.events", O_RDONLY | O_CLOEXEC)
-        let procs = openat(dir, "cgroup.procs", O_RDONLY | O_CLOEXEC)
-        guard events >= 0, procs >= 0 else {
-            close(dir); if events >= 0 { close(events) }; if procs >= 0 { close(procs) }
-            return nil
-        }
-        return JobCgroup(name: name, dirFD: dir, eventsFD: events, procsFD: procs)
-    }
-
-    /// Kills every process of a job's cgroup, however it left the job's process group: SIGKILL
-    /// to each pid in its `cgroup.procs` (this worker shares their pid namespace). Not
-    /// `cgroup.kill`: on this kernel a cgroup that was once killed that way kills every process
-    /// later cloned into it (CLONE_INTO_CGROUP), which would end slot reuse.
-    func killJobCgroup(_ cgroup: JobCgroup) {
-        guard cgroup.populated else { return }
-        var text: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        var offset: off_t = 0
-        while true {
-            let n = buf.withUnsafeMutableBytes { pread(cgroup.procsFD, $0.baseAddress, $0.count, offset) }
-            guard n > 0 else { break }
-            text.append(contentsOf: buf[0..<n])
-            offset += off_t(n)
-        }
-        for line in text.split(separator: 0x0A) {
-            if let pid = Int32(String(decoding: line, as: UTF8.self)), pid > 1 { kill(pid, SIGKILL) }
-        }
-    }
-
-    /// Returns a job's slot to the pool once nothing is left in it (`cgroup.events`:
-    /// populated 0); false while processes are still dying.
-    func releaseJobCgroup(_ cgroup: JobCgroup) -> Bool {
-        guard !cgroup.populated else {
-            killJobCgroup(cgroup) // something survived (a fork racing the kill): again
-            return false
-        }
-        slots.free.append(cgroup)
-        return true
     }
 
     enum Failure: Error {
@@ -176,9 +107,9 @@ struct JobLauncher {
         // The worker installs no signal handlers (SIGCHLD comes through a signalfd) and ignores
         // only SIGPIPE: that is all the job must not inherit.
         options.resetOnlySignals = [SIGPIPE]
-        let cgroup = makeJobCgroup(request.jobID)
+        let cgroup = jobCgroups.make()
         options.cgroupFD = cgroup?.dirFD ?? -1
-        let spawned: Result<pid_t, SpawnFailure>
+        let spawned: Result<pid_t, StepFailure>
         do { spawned = .success(try SpawnCommand(path: path, arguments: request.argv, environment: env).spawn(options)) } catch {
             spawned = .failure(error)
         }
@@ -190,30 +121,9 @@ struct JobLauncher {
         case .failure(let failure):
             close(out[0]); close(err[0])
             if hasInput { close(input[1]) }
-            if let cgroup { _ = releaseJobCgroup(cgroup) }
+            if let cgroup { _ = jobCgroups.release(cgroup) }
             throw .spawn(step: failure.step, errno: failure.errno)
         }
         return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil, cgroup: cgroup)
-    }
-}
-
-/// One job cgroup slot, `job-<n>` below the tenant's node, with its files kept open.
-final class JobCgroup {
-    let name: String
-    let dirFD: Int32
-    let eventsFD: Int32
-    let procsFD: Int32
-
-    init(name: String, dirFD: Int32, eventsFD: Int32, procsFD: Int32) {
-        self.name = name; self.dirFD = dirFD; self.eventsFD = eventsFD; self.procsFD = procsFD
-    }
-
-    /// Whether any process is in it (`cgroup.events`, re-read from offset 0). An unreadable
-    /// file counts as populated, so that the slot is not reused blind.
-    var populated: Bool {
-        var buf = [UInt8](repeating: 0, count: 128)
-        let n = buf.withUnsafeMutableBytes { pread(eventsFD, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return true }
-        return !String(decoding: buf[0..<n], as: UTF8.self).contains("populated 0")
     }
 }

@@ -1,3 +1,4 @@
+import ClawpenSandbox
 import ClawpenWire
 import Glibc
 

@@ -1,4 +1,6 @@
 import CClawpenShim
+import ClawpenSandbox
+import ClawpenSystem
 import ClawpenWire
 import Glibc
 
@@ -59,31 +61,29 @@ public final class Worker {
         serve()
     }
 
-    struct SetupError: Error { let step: String; let errno: Int32; let detail: String }
-
-    private func setUp() throws(SetupError) {
+    private func setUp() throws(StepFailure) {
         _ = cp_set_pdeathsig(SIGKILL)
-        if getppid() == 1 { throw SetupError(step: "parent check", errno: ESRCH, detail: "supervisor is gone") }
+        if getppid() == 1 { throw StepFailure(step: "parent check", errno: ESRCH, detail: "supervisor is gone") }
         guard cp_set_nonblocking(socketFD, 1) == 0 else {
-            throw SetupError(step: "socket", errno: errno, detail: "fd \(socketFD)")
+            throw StepFailure(step: "socket", errno: errno, detail: "fd \(socketFD)")
         }
         sigchldFD = cp_sigchld_fd()
-        guard sigchldFD >= 0 else { throw SetupError(step: "signalfd", errno: errno, detail: "") }
+        guard sigchldFD >= 0 else { throw StepFailure(step: "signalfd", errno: errno, detail: "") }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        guard devNull >= 0 else { throw SetupError(step: "open /dev/null", errno: errno, detail: "") }
+        guard devNull >= 0 else { throw StepFailure(step: "open /dev/null", errno: errno, detail: "") }
         // Tenant-independent work first, while the supervisor places us and (for a spare) long
         // before a tenant needs us: our own network namespace gets its loopback up.
         let loopback = config.ownNetworkNamespace ? cp_loopback_up() : 0
         let loopbackErrno = errno
         // The first frame says how to build the sandbox.
         guard case .configure(let plan) = try readFirstMessage() else {
-            throw SetupError(step: "configure", errno: EPROTO, detail: "the first frame was not a configure message")
+            throw StepFailure(step: "configure", errno: EPROTO, detail: "the first frame was not a configure message")
         }
         if let mine = config.tenant, plan.tenant != mine.value {
-            throw SetupError(step: "configure", errno: EINVAL, detail: "plan for tenant \(plan.tenant), worker of \(mine)")
+            throw StepFailure(step: "configure", errno: EINVAL, detail: "plan for tenant \(plan.tenant), worker of \(mine)")
         }
         do { config.tenant = try TenantName(validating: plan.tenant) } catch {
-            throw SetupError(step: "configure", errno: EINVAL, detail: error.description)
+            throw StepFailure(step: "configure", errno: EINVAL, detail: error.description)
         }
         config.root = plan.workspace
         // ps and top show whose worker this is (a spare was started without a tenant).
@@ -93,53 +93,48 @@ public final class Worker {
             var cgroupNode: Int32 = -1
             if !plan.cgroupNode.isEmpty {
                 cgroupNode = open(plan.cgroupNode, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard cgroupNode >= 0 else { throw SetupError(step: "open tenant cgroup", errno: errno, detail: plan.cgroupNode) }
+                guard cgroupNode >= 0 else { throw StepFailure(step: "open tenant cgroup", errno: errno, detail: plan.cgroupNode) }
             }
             guard config.ownNetworkNamespace else {
-                throw SetupError(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
+                throw StepFailure(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
             }
-            guard loopback == 0 else { throw SetupError(step: "bring up lo", errno: loopbackErrno, detail: "") }
-            let landlockRuleset: Int32
-            do {
-                try SandboxSetup(plan: plan).apply()
-                landlockRuleset = try JobIsolation.ruleset(abi: plan.jobLandlockABI)
-            } catch {
-                throw SetupError(step: error.step, errno: error.errno, detail: error.detail)
-            }
+            guard loopback == 0 else { throw StepFailure(step: "bring up lo", errno: loopbackErrno, detail: "") }
+            try SandboxSetup(plan: plan).apply()
+            let landlockRuleset = try JobIsolation.ruleset(abi: plan.jobLandlockABI)
             launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)
+            launcher.jobCgroups = JobCgroups(parentFD: cgroupNode)
             launcher.landlockRulesetFD = landlockRuleset
-            launcher.jobCgroupParent = cgroupNode
             launcher.jobSeccompProgram = plan.jobSeccompProgram
         } else {
             // No sandbox (the supervisor is not root): job paths map under the workspace.
             launcher = JobLauncher(rootPrefix: plan.workspace, devNullFD: devNull, jobLimits: plan.jobLimits)
             guard chdir(plan.workspace) == 0 else {
-                throw SetupError(step: "chdir workspace", errno: errno, detail: plan.workspace)
+                throw StepFailure(step: "chdir workspace", errno: errno, detail: plan.workspace)
             }
             for dir in ["home", "tmp"] { _ = mkdir(dir, 0o700) }
         }
     }
 
     /// Blocks until the supervisor's first frame has arrived.
-    private func readFirstMessage() throws(SetupError) -> SupervisorToWorker {
+    private func readFirstMessage() throws(StepFailure) -> SupervisorToWorker {
         while true {
             do {
                 if let payload = try inbound.next() {
                     do { return try SupervisorToWorker.decode(payload) } catch {
-                        throw SetupError(step: "configure", errno: EPROTO, detail: "undecodable first frame")
+                        throw StepFailure(step: "configure", errno: EPROTO, detail: "undecodable first frame")
                     }
                 }
-            } catch let e as SetupError {
+            } catch let e as StepFailure {
                 throw e
             } catch {
-                throw SetupError(step: "configure", errno: EMSGSIZE, detail: "oversized first frame")
+                throw StepFailure(step: "configure", errno: EMSGSIZE, detail: "oversized first frame")
             }
             var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, -1)
             let n = read(socketFD, scratch.baseAddress, scratch.count)
             if n > 0 { inbound.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n])); continue }
             if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
-            throw SetupError(step: "configure", errno: n == 0 ? EPIPE : errno, detail: "the supervisor went away")
+            throw StepFailure(step: "configure", errno: n == 0 ? EPIPE : errno, detail: "the supervisor went away")
         }
     }
 
@@ -184,7 +179,7 @@ public final class Worker {
             else if job.killReason == nil { next = min(next, job.deadline) }
         }
         if next == .max { return -1 }
-        let now = monotonicNanos()
+        let now = Clock.monotonicNanos()
         if next <= now { return 0 }
         return Int32(clamping: (next - now + 999_999) / 1_000_000)
     }
@@ -231,7 +226,7 @@ public final class Worker {
             guard var job = jobs[id], !job.hasExited, job.killReason == nil else { return }
             job.killReason = .cancel
             kill(-job.pid, SIGKILL)
-            if let cg = job.cgroup { launcher.killJobCgroup(cg) }
+            if let cg = job.cgroup { launcher.jobCgroups.kill(cg) }
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
         case .configure: log("ignoring a second configure message")
@@ -262,7 +257,7 @@ public final class Worker {
                              stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
             return
         }
-        let now = monotonicNanos()
+        let now = Clock.monotonicNanos()
         let job = RunningJob(
             id: request.jobID, pid: started.pid, startedAt: now,
             deadline: now + UInt64(request.timeoutMs) * 1_000_000,
@@ -324,7 +319,7 @@ public final class Worker {
             let pid = cp_wait4(-1, &status, WNOHANG, &usage)
             if pid <= 0 { return }
             guard let id = jobByPID.removeValue(forKey: pid), var job = jobs[id] else { continue }
-            let now = monotonicNanos()
+            let now = Clock.monotonicNanos()
             job.waitStatus = status
             job.exitedAt = now
             job.drainDeadline = now + Self.drainGraceNanos
@@ -335,34 +330,34 @@ public final class Worker {
             // in its process group and (where it has one) in its cgroup, whatever it did to leave
             // the group.
             kill(-pid, SIGKILL)
-            if let cg = job.cgroup { launcher.killJobCgroup(cg) }
+            if let cg = job.cgroup { launcher.jobCgroups.kill(cg) }
             if job.stdinFD >= 0 { close(job.stdinFD); job.stdinFD = -1 }
             jobs[id] = job
         }
     }
 
     private func enforceDeadlines() {
-        let now = monotonicNanos()
+        let now = Clock.monotonicNanos()
         for (id, var job) in jobs where !job.hasExited && job.killReason == nil && now >= job.deadline {
             job.killReason = .timeout
             kill(-job.pid, SIGKILL)
-            if let cg = job.cgroup { launcher.killJobCgroup(cg) }
+            if let cg = job.cgroup { launcher.jobCgroups.kill(cg) }
             jobs[id] = job
         }
     }
 
     private func finishReadyJobs() {
-        let now = monotonicNanos()
+        let now = Clock.monotonicNanos()
         for (id, job) in jobs where job.hasExited && (job.pipesClosed || now >= job.drainDeadline) {
             var job = job
             if job.stdoutFD >= 0 { drainRemaining(fd: job.stdoutFD, into: &job.stdout, cap: job.outputCap); close(job.stdoutFD); job.stdoutFD = -1 }
             if job.stderrFD >= 0 { drainRemaining(fd: job.stderrFD, into: &job.stderr, cap: job.outputCap); close(job.stderrFD); job.stderrFD = -1 }
             jobs[id] = nil
             report(makeReport(job))
-            if let cg = job.cgroup, !launcher.releaseJobCgroup(cg) { cgroupsToRemove.append(cg) }
+            if let cg = job.cgroup, !launcher.jobCgroups.release(cg) { cgroupsToRemove.append(cg) }
         }
         // Job cgroups whose last processes were still dying: retried until they are empty.
-        if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.releaseJobCgroup($0) } }
+        if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.jobCgroups.release($0) } }
     }
 
     private func drainRemaining(fd: Int32, into buffer: inout OutputBuffer, cap: Int) {

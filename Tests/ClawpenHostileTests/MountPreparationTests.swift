@@ -4,7 +4,7 @@ import Foundation
 import XCTest
 
 /// The supervisor builds a new worker's mounts (all but /proc) from inside the worker's mount
-/// namespace (SandboxSetup.prepareMounts), as root, in a workspace the tenant has written to
+/// namespace (Mounts.prepareFromSupervisor), as root, in a workspace the tenant has written to
 /// before. It must not follow what the tenant planted there, and none of its threads may stay
 /// in a tenant's namespace afterwards.
 final class MountPreparationTests: XCTestCase {

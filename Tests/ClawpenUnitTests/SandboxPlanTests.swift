@@ -1,5 +1,6 @@
 import CClawpenShim
 @testable import ClawpenPolicy
+@testable import ClawpenSandbox
 @testable import ClawpenSupervisor
 import ClawpenWire
 import Foundation
@@ -7,8 +8,8 @@ import XCTest
 
 final class SandboxPlanTests: XCTestCase {
     func plan(controllers: Set<String> = []) throws -> SandboxPlan {
-        SandboxPlanner.plan(tenant: try TenantName(validating: "acme"), uid: 200_007, workspace: "/workspace/acme",
-                            limits: TierLimits.defaults(for: .free), enabled: true, controllers: controllers)
+        Plan.make(tenant: try TenantName(validating: "acme"), uid: 200_007, workspace: "/workspace/acme",
+                  limits: SandboxLimits(TierLimits.defaults(for: .free)), enabled: true, controllers: controllers)
     }
 
     func testPlanRoundTripsThroughTheConfigureMessage() throws {
@@ -28,7 +29,7 @@ final class SandboxPlanTests: XCTestCase {
         // /usr is bound; merged-usr links become links (on a host that has them).
         XCTAssertTrue(p.readOnlyBinds.contains { $0.target == "/usr" })
         for link in p.symlinks {
-            XCTAssertEqual(SandboxPlanner.linkContent(link.target), link.source, "the same link as the host's")
+            XCTAssertEqual(Plan.linkContent(link.target), link.source, "the same link as the host's")
             XCTAssertFalse(p.readOnlyBinds.contains { $0.target == link.target })
         }
         XCTAssertTrue(p.etcBinds.allSatisfy { $0.target.hasPrefix("/etc/") })
@@ -39,8 +40,27 @@ final class SandboxPlanTests: XCTestCase {
         let withControllers = try plan(controllers: ["memory", "pids", "cpu"])
         XCTAssertFalse(withControllers.workerLimits.contains { $0.resource == CP_RLIMIT_NPROC })
         XCTAssertTrue(withControllers.jobLimits.isEmpty)
-        XCTAssertTrue(p.steps.contains("no seccomp filter") && p.steps.contains("no job cgroups"))
-        XCTAssertGreaterThan(p.steps.count, 10)
+        let lines = Checklist.lines(for: p)
+        XCTAssertTrue(lines.contains("[worker] seccomp: no seccomp filter") && lines.contains("[job] job cgroup: no job cgroups"), "\(lines)")
+        XCTAssertEqual(lines.count, Checklist.steps.count)
+    }
+
+    /// The checklist is the order of operations: the supervisor's mount-namespace steps form one
+    /// run that starts with private propagation, /proc comes after them, pivot_root after every
+    /// mount, identity after everything that needs privilege, seccomp last of the worker's steps.
+    func testChecklistOrderIsTheOrderOfOperations() throws {
+        let names = Checklist.steps.map(\.name)
+        func index(_ n: String) throws -> Int { try XCTUnwrap(names.firstIndex(of: n), n) }
+        let mountSteps = Checklist.steps.indices.filter { Checklist.steps[$0].side == .mountNamespace }
+        XCTAssertEqual(mountSteps, Array(mountSteps.first!...mountSteps.last!), "one contiguous run")
+        XCTAssertEqual(Checklist.steps[mountSteps.first!].name, "private mounts")
+        XCTAssertLessThan(mountSteps.last!, try index("/proc"))
+        XCTAssertLessThan(try index("/proc"), try index("pivot_root"))
+        XCTAssertLessThan(try index("pivot_root"), try index("identity"))
+        let workerSteps = Checklist.steps.filter { $0.side == .worker }
+        XCTAssertEqual(workerSteps.last?.name, "seccomp")
+        XCTAssertTrue(Checklist.steps.allSatisfy { !$0.name.isEmpty })
+        XCTAssertTrue(Checklist.steps.filter { $0.side == .worker || $0.side == .mountNamespace }.allSatisfy { $0.run != nil })
     }
 
     func testUntrustedPlanBytesAreRejected() throws {

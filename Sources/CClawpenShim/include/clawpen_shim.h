@@ -1,152 +1,30 @@
-// clawpen_shim.h — the C that Swift cannot (or must not) do itself.
+// clawpen_shim.h — the C that Swift cannot (or must not) do itself, one file per kernel facility
+// (as nsjail: mnt.cc, net.cc, user.cc). Each header says why its part is C.
 //
-// Why this target exists:
-//  1. Spawning. Between fork and exec only async-signal-safe calls are allowed: the supervisor is
-//     multithreaded (NIO), so another thread may hold the malloc lock at the moment of the fork.
-//     Swift code there (retain/release, allocation) could deadlock. cp_spawn() does the clone and
-//     every child step in C with raw syscalls, and reports the failing step and errno over an
-//     O_CLOEXEC pipe. All memory it uses (argv, envp, paths) is allocated by the caller beforehand.
-//  2. Swift's Glibc module is not built with _GNU_SOURCE: clone3, close_range, signalfd,
-//     SO_PEERCRED's struct ucred, pidfd and the W* status macros are invisible or not importable.
+//   cp_spawn.h     the fork-to-exec path: async-signal-safe C only, the supervisor is multithreaded
+//   cp_proc.h      pipes, signalfd, wait status, prctl: _GNU_SOURCE, macros and variadics
+//   cp_fs.h        mkdirat + O_NOFOLLOW in one call, Unix-socket connect (sockaddr_un)
+//   cp_mount.h     mount by fd, pivot_root, setns into a worker's mount namespace
+//   cp_net.h       the clone flags, network namespaces, lo up (ifreq ioctls)
+//   cp_identity.h  securebits, bounding set, capset, no_new_privs, hostname
+//   cp_seccomp.h   installing a compiled BPF program
+//   cp_cgroup.h    the cgroup namespace
+//   cp_landlock.h  a Landlock domain per job, entered between clone and exec (no glibc wrappers)
+//   cp_quota.h     project quotas: quotactl_fd, FS_IOC_FSSETXATTR, QCMD (not visible to Swift)
+//   cp_inspect.h   interface flags inside a worker's network namespace (ifreq, setns and back)
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
 
-#include <stdint.h>
-#include <sys/types.h>
-#include <sys/resource.h>
-
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-/// Steps of cp_spawn's child, reported with errno when one fails.
-enum cp_spawn_step {
-    CP_STEP_NONE = 0,
-    CP_STEP_CLONE = 1,
-    CP_STEP_SIGNALS = 2,
-    CP_STEP_PDEATHSIG = 3,
-    CP_STEP_SETSID = 4,
-    CP_STEP_DUP_FDS = 5,
-    CP_STEP_CLOSE_FDS = 6,
-    CP_STEP_CHDIR = 7,
-    CP_STEP_RLIMIT = 8,
-    CP_STEP_EXEC = 9,
-    CP_STEP_SECCOMP = 10,
-    CP_STEP_SETNS = 11,
-    CP_STEP_LANDLOCK = 12,
-};
-
-/// Human-readable name of a step ("exec", "chdir", ...), for error messages.
-const char *cp_spawn_step_name(int step);
-
-#define CP_MAX_RLIMITS 8
-#define CP_MAX_FDS 8
-
-struct cp_rlimit {
-    int resource;
-    uint64_t soft;
-    uint64_t hard;
-};
-
-/// Everything the child needs, prepared by the parent before the clone.
-struct cp_spawn_request {
-    const char *path;          ///< absolute path of the executable
-    char *const *argv;         ///< NULL-terminated
-    char *const *envp;         ///< NULL-terminated
-    const char *cwd;           ///< NULL: inherit
-
-    /// fd_sources[i] becomes fd i in the child (i < fd_count); -1 opens /dev/null... no: -1 is not
-    /// allowed, the caller opens /dev/null itself. All other descriptors are closed at exec.
-    int fd_sources[CP_MAX_FDS];
-    int fd_count;
-
-    int new_session;           ///< setsid(): own session and process group (job kill by -pgid)
-    int parent_death_signal;   ///< 0: none; else PR_SET_PDEATHSIG
-    uint64_t clone_flags;      ///< namespace flags (CLONE_NEW*); 0 for none
-    int cgroup_fd;             ///< -1: none; else CLONE_INTO_CGROUP target directory fd
-    mode_t umask_value;
-
-    struct cp_rlimit rlimits[CP_MAX_RLIMITS];
-    int rlimit_count;
-
-    /// A seccomp program (struct sock_filter array) the child installs just before exec, on top
-    /// of whatever filter it inherits; NULL/0 for none. Needs no_new_privs.
-    const void *seccomp_program;
-    size_t seccomp_len;
-
-    /// >= 0: a network namespace (fd of /proc/.../ns/net) the child joins first, instead of
-    /// CLONE_NEWNET making one during the clone (cp_netns_create makes them ahead of need).
-    int netns_fd;
-    /// > 0: written to /proc/self/oom_score_adj before exec (raising it needs no privilege). A
-    /// job sets 1000 so that, when its tenant's cgroup runs out of memory, the kernel kills the
-    /// job rather than the tenant's worker. 0: left as inherited.
-    int oom_score_adj;
-
-    /// 0: every signal's disposition is reset to the default in the child (posix_spawn's
-    /// way). Else only the signals in this mask (bit n-1 for signal n): for a caller that has
-    /// installed no handlers, only what it ignores needs resetting (ignored signals survive
-    /// exec; handlers do not), which saves the job ~60 system calls.
-    uint64_t reset_signal_mask;
-
-    /// > 0: a Landlock ruleset (cp_landlock_job_ruleset) the child enters a domain of its own
-    /// from, just before exec (cp_landlock_restrict). 0: none (a zeroed request has none).
-    int landlock_ruleset_fd;
-};
-
-/// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's
-/// address space), or raw clone3 with CLONE_INTO_CGROUP when cgroup_fd >= 0. Returns its pid
-/// (> 0) once it has exec'd, or -1 with *failed_step and *failed_errno set to the step that failed
-/// (in the parent for CP_STEP_CLONE, in the child otherwise; the child has then already exited and
-/// been reaped).
-pid_t cp_spawn(const struct cp_spawn_request *req, int *failed_step, int *failed_errno);
-
-/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
-int cp_socketpair(int fds[2]);
-/// pipe2 with O_CLOEXEC (and O_NONBLOCK on the read end when nonblocking_read).
-int cp_pipe(int fds[2], int nonblocking_read);
-int cp_set_nonblocking(int fd, int on);
-
-/// Blocks SIGCHLD (and SIGPIPE is ignored) and returns a non-blocking signalfd for SIGCHLD.
-int cp_sigchld_fd(void);
-/// Drains a signalfd; returns the number of signals read.
-int cp_drain_signalfd(int fd);
-
-/// wait4 with the rusage split out. Returns pid, 0 (WNOHANG, none ready), or -1.
-pid_t cp_wait4(pid_t pid, int *status, int options, struct rusage *usage);
-int cp_wifexited(int status);
-int cp_wexitstatus(int status);
-int cp_wifsignaled(int status);
-int cp_wtermsig(int status);
-
-/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
-long cp_raise_nofile_limit(void);
-
-/// Sets the calling thread's name (comm, 15 bytes at most), as ps and top show it.
-int cp_set_name(const char *name);
-
-/// Sets the calling process's parent-death signal.
-int cp_set_pdeathsig(int sig);
-
-/// mkdirat + openat(O_DIRECTORY|O_NOFOLLOW) in one: never follows a symlink planted at name.
-/// Returns an fd of the directory (created when missing) or -1 with errno.
-int cp_mkdir_beneath(int dirfd, const char *name, mode_t mode);
-
-/// Connects a blocking Unix stream socket to path. Returns fd or -1 with errno.
-int cp_unix_connect(const char *path);
-
-/// 1 if path is a socket (lstat, no symlink following), 0 if not, -1 with errno on failure.
-int cp_is_socket(const char *path);
-
-#ifdef __cplusplus
-}
-#endif
-// The sandbox steps of the worker.
-#include "clawpen_sandbox.h"
-// A Landlock domain per job: jobs of one tenant cannot ptrace, read or signal each other.
+#include "cp_spawn.h"
+#include "cp_proc.h"
+#include "cp_fs.h"
+#include "cp_mount.h"
+#include "cp_net.h"
+#include "cp_identity.h"
+#include "cp_seccomp.h"
+#include "cp_cgroup.h"
 #include "cp_landlock.h"
-// Project quotas: a tenant's workspace cannot fill the filesystem its neighbours write to.
 #include "cp_quota.h"
-// What a running worker actually has, read from outside (tenant inspect).
 #include "cp_inspect.h"
 
 #endif

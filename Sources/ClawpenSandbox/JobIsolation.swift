@@ -1,4 +1,5 @@
 import CClawpenShim
+import ClawpenSystem
 import ClawpenWire
 import Glibc
 
@@ -16,14 +17,14 @@ import Glibc
 /// a readable binary, so it cannot hold for a job's programs); a pid namespace per job (hides
 /// siblings, but costs a clone of a namespace per job and makes every job a PID 1 that must
 /// reap). Landlock costs two system calls per job and needs no privilege (no_new_privs is set).
-enum JobIsolation {
+public enum JobIsolation {
     /// The ruleset every job's domain is made from (an fd kept by the worker), or 0 for none.
-    static func ruleset(abi: UInt32) throws(SandboxSetup.Failure) -> Int32 {
+    public static func ruleset(abi: UInt32) throws(StepFailure) -> Int32 {
         guard abi > 0 else { return 0 }
         let scopes: UInt64 = abi >= 6 ? (CP_LANDLOCK_SCOPE_SIGNAL | CP_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET) : 0
         let fd = cp_landlock_job_ruleset(scopes)
-        guard fd >= 0 else { throw SandboxSetup.Failure(step: "landlock ruleset for jobs", errno: errno, detail: "ABI \(abi)") }
-        guard fd > 0 else { close(fd); throw SandboxSetup.Failure(step: "landlock ruleset for jobs", errno: EBADF, detail: "fd 0") }
+        guard fd >= 0 else { throw StepFailure(step: "landlock ruleset for jobs", errno: errno, detail: "ABI \(abi)") }
+        guard fd > 0 else { close(fd); throw StepFailure(step: "landlock ruleset for jobs", errno: EBADF, detail: "fd 0") }
         return fd
     }
 }

@@ -1,11 +1,38 @@
 import CClawpenShim
-import ClawpenPolicy
 import ClawpenWire
 import Glibc
 
-/// Builds a tenant's SandboxPlan from its policy and what this host has. Pure apart from
-/// resolving the host paths' symlinks (merged /usr: /bin -> /usr/bin).
-enum SandboxPlanner {
+/// What of a tenant's policy the sandbox needs (the supervisor fills it from the tier and the
+/// tenant's overrides; the sandbox reads no policy files).
+public struct SandboxLimits: Sendable, Equatable {
+    public var pidsMax: Int
+    public var memoryMaxBytes: Int64
+    public var tmpSizeBytes: Int64
+    /// "none" or "loopback".
+    public var network: String
+    public init(pidsMax: Int, memoryMaxBytes: Int64, tmpSizeBytes: Int64, network: String) {
+        self.pidsMax = pidsMax; self.memoryMaxBytes = memoryMaxBytes; self.tmpSizeBytes = tmpSizeBytes; self.network = network
+    }
+}
+
+/// The seccomp programs and cgroup node a plan carries (compiled and made by the supervisor).
+public struct PlanExtras: Sendable {
+    public var seccompProfile: String
+    public var seccompProgram: [UInt8]
+    public var jobSeccompProgram: [UInt8]
+    public var cgroupNode: String
+    /// The kernel's Landlock ABI (0: none): each job gets a domain of its own (SandboxPlan.jobLandlockABI).
+    public var jobLandlockABI: UInt32
+    public init(seccompProfile: String = "", seccompProgram: [UInt8] = [], jobSeccompProgram: [UInt8] = [], cgroupNode: String = "",
+                jobLandlockABI: UInt32 = 0) {
+        self.seccompProfile = seccompProfile; self.seccompProgram = seccompProgram
+        self.jobSeccompProgram = jobSeccompProgram; self.cgroupNode = cgroupNode; self.jobLandlockABI = jobLandlockABI
+    }
+}
+
+/// Builds a tenant's SandboxPlan from its limits and what this host has: the only place a plan
+/// is filled. Pure apart from resolving the host paths' symlinks (merged /usr: /bin -> /usr/bin).
+public enum Plan {
     /// Host paths bound read-only at the same place (DESIGN.md defaults).
     static let readOnlyPaths = ["/usr", "/lib", "/lib64", "/bin", "/sbin"]
     /// Host paths bound read-only into the synthetic /etc. ld.so.cache spares every dynamic
@@ -35,8 +62,9 @@ enum SandboxPlanner {
     }()
 
     /// `controllers`: the cgroup controllers enabled for the tenant nodes.
-    static func plan(tenant: TenantName, uid: Int, workspace: String, limits: TierLimits,
-                     enabled: Bool, controllers: Set<String>) -> SandboxPlan {
+    /// `extras` are only used when `enabled` (no sandbox: no filter, no job cgroups).
+    public static func make(tenant: TenantName, uid: Int, workspace: String, limits: SandboxLimits,
+                            enabled: Bool, controllers: Set<String>, extras: PlanExtras = PlanExtras()) -> SandboxPlan {
         let u = UInt32(uid)
         // Fallbacks while the kernel gives us no memory or pids controller (DESIGN.md): the
         // tenant's process count by RLIMIT_NPROC on its uid, each job's memory by RLIMIT_AS.
@@ -63,10 +91,14 @@ enum SandboxPlanner {
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
         plan.symlinks = links
         if enabled {
+            plan.seccompProfile = extras.seccompProfile
+            plan.seccompProgram = extras.seccompProgram
+            plan.jobSeccompProgram = extras.jobSeccompProgram
+            plan.cgroupNode = extras.cgroupNode
             // A Landlock domain per job (JobIsolation in the worker) where the kernel has one, and
             // the IPC namespace's SysV shm bounded by the tenant's memory (IPCLimits).
-            plan.jobLandlockABI = UInt32(HostEnforcement.landlockABI)
-            plan.shmMaxBytes = UInt64(limits.memoryMaxBytes)
+            plan.jobLandlockABI = extras.jobLandlockABI
+            plan.shmMaxBytes = UInt64(max(0, limits.memoryMaxBytes))
         }
         return plan
     }
@@ -91,7 +123,7 @@ enum SandboxPlanner {
     }
 
     /// The content of a symlink at `path` (nil when it is not one).
-    static func linkContent(_ path: String) -> String? {
+    public static func linkContent(_ path: String) -> String? {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink(path, &buf, buf.count - 1)
         guard n > 0 else { return nil }
@@ -99,7 +131,7 @@ enum SandboxPlanner {
     }
 
     /// The host path with its symlinks resolved, nil when it does not exist here.
-    static func resolve(_ path: String) -> String? {
+    public static func resolve(_ path: String) -> String? {
         guard let p = realpath(path, nil) else { return nil }
         defer { free(p) }
         return String(cString: p)

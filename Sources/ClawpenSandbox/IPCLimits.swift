@@ -1,3 +1,4 @@
+import ClawpenSystem
 import ClawpenWire
 import Glibc
 
@@ -27,18 +28,27 @@ enum IPCLimits {
     }
 
     /// `proc`: an fd of the worker's fresh /proc.
-    static func apply(_ plan: SandboxPlan, proc: Int32) throws(SandboxSetup.Failure) {
+    static func apply(_ plan: SandboxPlan, proc: Int32) throws(StepFailure) {
         guard plan.shmMaxBytes > 0 else { return }
         let v = values(forMemoryBytes: plan.shmMaxBytes, pageSize: UInt64(sysconf(Int32(_SC_PAGESIZE))))
         for (name, value) in [("shmmax", v.shmmax), ("shmall", v.shmall), ("shmmni", v.shmmni)] {
             let path = "/proc/sys/kernel/" + name
             let fd = openat(proc, "sys/kernel/" + name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { throw SandboxSetup.Failure(step: "set kernel.\(name)", errno: errno, detail: path) }
+            guard fd >= 0 else { throw StepFailure(step: "set kernel.\(name)", errno: errno, detail: path) }
             let text = Array("\(value)\n".utf8)
             let n = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             let e = errno
             close(fd)
-            guard n == text.count else { throw SandboxSetup.Failure(step: "set kernel.\(name)", errno: n < 0 ? e : EIO, detail: "\(value)") }
+            guard n == text.count else { throw StepFailure(step: "set kernel.\(name)", errno: n < 0 ? e : EIO, detail: "\(value)") }
         }
+    }
+}
+
+extension IPCLimits {
+    /// The step as `clawpen` prints it.
+    static func describe(_ plan: SandboxPlan) -> String {
+        guard plan.shmMaxBytes > 0 else { return "SysV shm limits of the IPC namespace left at the kernel's defaults" }
+        let v = values(forMemoryBytes: plan.shmMaxBytes, pageSize: UInt64(sysconf(Int32(_SC_PAGESIZE))))
+        return "kernel.shmmax \(v.shmmax), shmall \(v.shmall) pages, shmmni \(v.shmmni) in the IPC namespace (from memory_max)"
     }
 }

@@ -1,0 +1,46 @@
+// cp_proc.h — process plumbing Swift's Glibc module cannot see or call: it is not built with
+// _GNU_SOURCE (signalfd, pipe2, PR_SET_*), and the W* status macros and fcntl are macros or
+// variadic.
+#ifndef CP_PROC_H
+#define CP_PROC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/resource.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+int cp_socketpair(int fds[2]);
+/// pipe2 with O_CLOEXEC (and O_NONBLOCK on the read end when nonblocking_read).
+int cp_pipe(int fds[2], int nonblocking_read);
+int cp_set_nonblocking(int fd, int on);
+
+/// Blocks SIGCHLD (and SIGPIPE is ignored) and returns a non-blocking signalfd for SIGCHLD.
+int cp_sigchld_fd(void);
+/// Drains a signalfd; returns the number of signals read.
+int cp_drain_signalfd(int fd);
+
+/// wait4 with the rusage split out. Returns pid, 0 (WNOHANG, none ready), or -1.
+pid_t cp_wait4(pid_t pid, int *status, int options, struct rusage *usage);
+int cp_wifexited(int status);
+int cp_wexitstatus(int status);
+int cp_wifsignaled(int status);
+int cp_wtermsig(int status);
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
+long cp_raise_nofile_limit(void);
+
+/// Sets the calling thread's name (comm, 15 bytes at most), as ps and top show it.
+int cp_set_name(const char *name);
+
+/// Sets the calling process's parent-death signal.
+int cp_set_pdeathsig(int sig);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,44 @@
+import CClawpenShim
+import ClawpenSystem
+import ClawpenWire
+import Glibc
+
+/// The identity facility, worker side: hostname, who owns the tenant's files, rlimits, and
+/// becoming the tenant's uid for good (cp_drop_identity).
+enum Identity {
+    static func hostname(_ ctx: SetupContext) throws(StepFailure) {
+        try StepFailure.check("sethostname") { cp_sethostname(ctx.plan.tenant) }
+    }
+
+    /// The workspace belongs to the tenant's uid (fchown on fds opened O_NOFOLLOW: a planted
+    /// link cannot redirect it).
+    static func ownership(_ ctx: SetupContext) throws(StepFailure) {
+        let plan = ctx.plan
+        let newRoot = try ctx.newRoot()
+        try StepFailure.check("chown /") { fchown(newRoot, plan.uid, plan.gid) }
+        try StepFailure.check("chmod /") { fchmod(newRoot, 0o700) }
+        let home = try Mounts.open(newRoot, "/home", directory: true, mode: 0o700)
+        defer { close(home) }
+        try StepFailure.check("chown /home") { fchown(home, plan.uid, plan.gid) }
+        try StepFailure.check("chmod /home") { fchmod(home, 0o700) }
+    }
+
+    static func rlimits(_ ctx: SetupContext) throws(StepFailure) {
+        for l in ctx.plan.workerLimits {
+            var rl = rlimit(rlim_cur: rlim_t(l.soft), rlim_max: rlim_t(l.hard))
+            try StepFailure.check("setrlimit \(SandboxPlan.limitName(l.resource))") { setrlimit(__rlimit_resource_t(UInt32(l.resource)), &rl) }
+        }
+    }
+
+    /// The privilege boundary: root with every capability before, the tenant's uid with none after.
+    static func drop(_ ctx: SetupContext) throws(StepFailure) {
+        var failed: Int32 = 0
+        if cp_drop_identity(ctx.plan.uid, ctx.plan.gid, &failed) != 0 {
+            throw StepFailure(step: String(cString: cp_identity_step_name(failed)), errno: errno, detail: "uid \(ctx.plan.uid)")
+        }
+    }
+
+    static func enterHome(_ ctx: SetupContext) throws(StepFailure) {
+        try StepFailure.check("chdir /home") { chdir("/home") }
+    }
+}

@@ -1,0 +1,201 @@
+import CClawpenShim
+import ClawpenSystem
+import ClawpenWire
+import Glibc
+
+/// The mount facility. Supervisor side (`prepareFromSupervisor`): the mount tree, all but
+/// /proc, built from inside the new worker's mount namespace while the worker is exec'd (it
+/// depends only on the plan and the mount namespace, not on the worker's pid namespace or
+/// identity). Worker side: the same steps when the supervisor could not do them, then /proc,
+/// pivot_root and the new root's flags. The steps themselves and their order are the Checklist.
+public enum Mounts {
+    public enum Preparation: Equatable, Sendable {
+        case prepared
+        /// The supervisor may not join the worker's mount namespace (setns: EPERM without
+        /// CAP_SYS_CHROOT); the worker builds everything itself.
+        case cannotJoin(errno: Int32)
+    }
+
+    /// Runs the checklist's mount-namespace steps from inside the mount namespace of
+    /// `workerPID`, on the calling thread, which then returns to its own namespace and working
+    /// directory (cp_mount_ns_leave aborts rather than leave it in a tenant's). A step that fails
+    /// once inside is the worker's setup failing, and throws.
+    public static func prepareFromSupervisor(_ plan: SandboxPlan, workerPID: Int32) throws(StepFailure) -> Preparation {
+        let home = cp_mount_ns_enter(workerPID)
+        guard home >= 0 else { return .cannotJoin(errno: errno) }
+        defer { cp_mount_ns_leave(home) }
+        let ctx = SetupContext(plan: plan)
+        for step in Checklist.steps where step.side == .mountNamespace { try step.run?(ctx) }
+        return .prepared
+    }
+
+    // MARK: Helpers
+
+    /// Opens a mount target below `dir` without following symlinks (see cp_open_beneath).
+    static func open(_ dir: Int32, _ path: String, directory: Bool, mode: mode_t = 0o755) throws(StepFailure) -> Int32 {
+        let rel = String(path.drop { $0 == "/" })
+        return try StepFailure.check("open mount target", path) { cp_open_beneath(dir, rel, directory ? 1 : 0, mode) }
+    }
+
+    private static func isDirectory(_ path: String) -> Bool? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Binds `source` at `target` below `dir`, then makes that mount read-only, nosuid, nodev.
+    /// A source missing on this host is skipped (/lib64 on arm64).
+    static func bindReadOnly(_ source: String, at target: String, below dir: Int32) throws(StepFailure) {
+        guard let isDir = isDirectory(source) else { return }
+        let fd = try open(dir, target, directory: isDir)
+        defer { close(fd) }
+        try StepFailure.check("bind \(source)", target) { cp_mount_at(source, -1, fd, nil, CP_MS_BIND, nil) }
+        let mounted = try open(dir, target, directory: isDir) // the new mount, not the directory under it
+        defer { close(mounted) }
+        try StepFailure.check("remount \(target) read-only", target) { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV) }
+    }
+
+    /// `name` (one component below `dir`) becomes a symlink to `content`. What stands there is
+    /// replaced only if it is a symlink or an empty directory (an old mount point); a tenant's
+    /// file or non-empty directory stops the setup instead of being removed.
+    static func placeSymlink(_ path: String, pointingAt content: String, below dir: Int32) throws(StepFailure) {
+        let name = String(path.drop { $0 == "/" })
+        var st = stat()
+        if fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            switch st.st_mode & S_IFMT {
+            case S_IFLNK:
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = readlinkat(dir, name, &buf, buf.count - 1)
+                if n > 0, String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == content { return }
+                try StepFailure.check("replace symlink \(path)") { unlinkat(dir, name, 0) }
+            case S_IFDIR:
+                try StepFailure.check("remove old mount point \(path) (it must be empty)", path) { unlinkat(dir, name, AT_REMOVEDIR) }
+            default:
+                throw StepFailure(step: "place symlink \(path)", errno: EEXIST, detail: "a file of the tenant's is in the way")
+            }
+        }
+        try StepFailure.check("symlink \(path)", content) { symlinkat(content, dir, name) }
+    }
+
+    static func writeFile(_ dir: Int32, _ name: String, _ bytes: [UInt8], path: String) throws(StepFailure) {
+        try StepFailure.check("write \(path)") { bytes.withUnsafeBytes { cp_write_file(dir, name, $0.baseAddress, $0.count, 0o644) } }
+    }
+
+    // MARK: Steps (in the Checklist's order)
+
+    static func makePrivate(_ ctx: SetupContext) throws(StepFailure) {
+        try StepFailure.check("make mounts private") { cp_mounts_private() }
+    }
+
+    /// The workspace becomes a mount of its own (pivot_root needs one).
+    static func bindNewRoot(_ ctx: SetupContext) throws(StepFailure) {
+        let workspace = Glibc.open(ctx.plan.workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard workspace >= 0 else { throw StepFailure(step: "open workspace", errno: errno, detail: ctx.plan.workspace) }
+        defer { close(workspace) }
+        try StepFailure.check("bind workspace", ctx.plan.workspace) { cp_mount_at(nil, workspace, workspace, nil, CP_MS_BIND, nil) }
+    }
+
+    static func bindHostPaths(_ ctx: SetupContext) throws(StepFailure) {
+        let root = try ctx.root()
+        for bind in ctx.plan.readOnlyBinds { try bindReadOnly(bind.source, at: bind.target, below: root) }
+    }
+
+    static func placeLinks(_ ctx: SetupContext) throws(StepFailure) {
+        let root = try ctx.root()
+        for link in ctx.plan.symlinks { try placeSymlink(link.target, pointingAt: link.source, below: root) }
+    }
+
+    /// The only device nodes a tenant sees: (name, major, minor).
+    static let devices: [(String, UInt32, UInt32)] = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    static let deviceLinks = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+
+    /// A minimal /dev: no disks, no kmsg, no mem.
+    static func mountDev(_ ctx: SetupContext) throws(StepFailure) {
+        let root = try ctx.root()
+        let devTarget = try open(root, "/dev", directory: true)
+        try StepFailure.check("mount /dev") { cp_mount_at("tmpfs", -1, devTarget, "tmpfs", CP_MS_NOSUID | CP_MS_NOEXEC, "mode=0755,size=64k") }
+        close(devTarget)
+        let dev = try open(root, "/dev", directory: true)
+        defer { close(dev) }
+        for (name, major, minor) in devices {
+            try StepFailure.check("mknod /dev/\(name)") { cp_mknod_char(dev, name, 0o666, major, minor) }
+        }
+        for (name, target) in deviceLinks {
+            try StepFailure.check("symlink /dev/\(name)") { symlinkat(target, dev, name) }
+        }
+        let shm = try open(dev, "shm", directory: true, mode: 0o1777)
+        try StepFailure.check("mount /dev/shm") { cp_mount_at("tmpfs", -1, shm, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=1777,size=\(ctx.plan.tmpSizeBytes)") }
+        close(shm)
+        try StepFailure.check("remount /dev read-only") { cp_remount_bind(dev, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NOEXEC) }
+    }
+
+    static func mountTmp(_ ctx: SetupContext) throws(StepFailure) {
+        let tmp = try open(try ctx.root(), "/tmp", directory: true)
+        defer { close(tmp) }
+        try StepFailure.check("mount /tmp") { cp_mount_at("tmpfs", -1, tmp, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV, "mode=1777,size=\(ctx.plan.tmpSizeBytes)") }
+    }
+
+    /// The generated files of /etc: (name, content).
+    static func etcFiles(_ plan: SandboxPlan) -> [(String, String)] {
+        [("passwd", plan.passwd), ("group", plan.group), ("hostname", plan.tenant + "\n"),
+         ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n")]
+    }
+
+    /// /etc is synthetic: generated passwd and group, a few read-only binds, nothing else.
+    static func mountEtc(_ ctx: SetupContext) throws(StepFailure) {
+        let plan = ctx.plan
+        let root = try ctx.root()
+        let etcTarget = try open(root, "/etc", directory: true)
+        try StepFailure.check("mount /etc") { cp_mount_at("tmpfs", -1, etcTarget, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=1m") }
+        close(etcTarget)
+        let etc = try open(root, "/etc", directory: true)
+        defer { close(etc) }
+        for (name, content) in etcFiles(plan) { try writeFile(etc, name, Array(content.utf8), path: "/etc/\(name)") }
+        for bind in plan.etcBinds {
+            guard bind.target.hasPrefix("/etc/") else { continue }
+            let name = String(bind.target.dropFirst(5))
+            // A small file (ld.so.cache) is copied rather than bound: a write to this tmpfs,
+            // read-only later like the rest of /etc, costs less than a bind and its remount.
+            if !name.contains("/"), let bytes = Files.readRegularFile(bind.source, limit: 256 * 1024) {
+                try writeFile(etc, name, bytes, path: "/etc/\(name)")
+                continue
+            }
+            try bindReadOnly(bind.source, at: name, below: etc)
+        }
+        try StepFailure.check("remount /etc read-only") { cp_remount_bind(etc, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
+    }
+
+    /// /proc of this pid namespace only (so it is the worker's to mount); the knobs that reach
+    /// the host kernel read-only.
+    static func mountProc(_ ctx: SetupContext) throws(StepFailure) {
+        let root = try ctx.root()
+        let proc = try open(root, "/proc", directory: true)
+        try StepFailure.check("mount /proc") { cp_mount_at("proc", -1, proc, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "hidepid=invisible") }
+        close(proc)
+        let procDir = try open(root, "/proc", directory: true)
+        defer { close(procDir) }
+        try IPCLimits.apply(ctx.plan, proc: procDir) // through this fresh /proc, before /proc/sys is covered
+        // (/proc/irq and /proc/bus need no cover: nothing there is writable without root.)
+        for entry in ["sys", "sysrq-trigger"] {
+            var st = stat()
+            guard fstatat(procDir, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
+            let isDir = (st.st_mode & S_IFMT) == S_IFDIR
+            let fd = try open(procDir, entry, directory: isDir)
+            try StepFailure.check("protect /proc/\(entry)") { cp_mount_at(nil, fd, fd, nil, CP_MS_BIND, nil) }
+            close(fd)
+            let mounted = try open(procDir, entry, directory: isDir)
+            try StepFailure.check("protect /proc/\(entry)") { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
+            close(mounted)
+        }
+    }
+
+    static func pivotRoot(_ ctx: SetupContext) throws(StepFailure) {
+        let root = try ctx.root()
+        try StepFailure.check("pivot_root", ctx.plan.workspace) { cp_pivot_root(root) }
+    }
+
+    static func remountRoot(_ ctx: SetupContext) throws(StepFailure) {
+        let newRoot = try ctx.newRoot()
+        try StepFailure.check("remount / nosuid, nodev") { cp_remount_bind(newRoot, CP_MS_NOSUID | CP_MS_NODEV) }
+    }
+}
