@@ -139,7 +139,11 @@ enum UIDRange {
 }
 
 extension Substring {
-    var trimmingSpaces: String { String(drop { $0 == " " || $0 == "\t" || $0 == "\r" }.reversed().drop { $0 == " " || $0 == "\t" || $0 == "\r" }.reversed()) }
+    /// Without leading and trailing blanks and line ends.
+    var trimmingSpaces: String {
+        let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }
+        return String(drop(while: blank).reversed().drop(while: blank).reversed())
+    }
 }
 extension String {
     var trimmingSpaces: String { self[...].trimmingSpaces }
