@@ -124,7 +124,9 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.pidsMax), [64, 256, 1024])
         XCTAssertEqual([free, pro, ent].map(\.cpuMaxCores), [0.5, 1, 2])
         XCTAssertEqual([free, pro, ent].map(\.cpuWeight), [1, 4, 16])
-        XCTAssertEqual(TierLimits.keys.count, 17)
+        XCTAssertEqual([free, pro, ent].map(\.diskMaxBytes), [1 << 30, 10 << 30, 100 << 30])
+        XCTAssertEqual([free, pro, ent].map(\.inodesMax), [100_000, 1_000_000, 10_000_000])
+        XCTAssertEqual(TierLimits.keys.count, 19)
     }
 
     func testCpuMaxCgroupString() {
