@@ -78,8 +78,12 @@ extension Supervisor {
         let wantsFilter = !(seccompPrograms[limits.seccompProfile] ?? []).isEmpty
         facts.append(InspectFact(fact: "seccomp mode", actual: field("Seccomp"), expected: wantsFilter ? "2 (filter)" : "0",
                                  ok: field("Seccomp") == (wantsFilter ? "2" : "0"), note: "profile \(limits.seccompProfile)"))
-        facts.append(InspectFact(fact: "seccomp filters", actual: field("Seccomp_filters"), expected: wantsFilter ? "1" : "0",
-                                 ok: field("Seccomp_filters") == (wantsFilter ? "1" : "0")))
+        // The worker inherits the supervisor's own filters (systemd installs some for the unit) and adds one.
+        let own = Int(Files.readSmallFile("/proc/self/status")?.split(separator: "\n").first { $0.hasPrefix("Seccomp_filters:") }?
+            .split(separator: "\t").last.map(String.init) ?? "0") ?? 0
+        let wantFilters = "\(own + (wantsFilter ? 1 : 0))"
+        facts.append(InspectFact(fact: "seccomp filters", actual: field("Seccomp_filters"), expected: wantFilters,
+                                 ok: field("Seccomp_filters") == wantFilters, note: own > 0 ? "\(own) inherited from the supervisor" : nil))
         // Namespaces: each of the worker's differs from the supervisor's own.
         let otherNetns = Set(tenants.values.compactMap { t -> String? in
             guard t !== rt, let p = t.worker?.pid else { return nil }
@@ -93,7 +97,8 @@ extension Supervisor {
                 expected += " nor another worker's"
                 if let theirs, otherNetns.contains(theirs) { ok = false }
             }
-            facts.append(InspectFact(fact: "namespace \(ns)", actual: theirs, expected: expected, ok: ok))
+            facts.append(InspectFact(fact: "namespace \(ns)", actual: theirs, expected: expected, ok: ok,
+                                     note: theirs == nil ? Self.unreadable : nil))
         }
         // The worker's root, by identity: after pivot_root its path reads "/" from outside, so
         // the directory it is (stat through the kernel's /proc/<pid>/root) is compared with the
@@ -106,7 +111,7 @@ extension Supervisor {
         if wsFD >= 0 { close(wsFD) }
         let sameRoot = rootKnown && wsKnown && rootStat.st_dev == wsStat.st_dev && rootStat.st_ino == wsStat.st_ino
         facts.append(InspectFact(fact: "root", actual: rootKnown ? (sameRoot ? workspace : "another directory (device \(rootStat.st_dev), inode \(rootStat.st_ino))") : nil,
-                                 expected: workspace, ok: sameRoot))
+                                 expected: workspace, ok: sameRoot, note: rootKnown ? nil : Self.unreadable))
         // The cgroup, and the limits read back from the tenant node's files.
         let cgroupLine = Files.readSmallFile("/proc/\(pid)/cgroup")?.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
         let mount = CgroupInfo.cgroup2MountPoint() ?? ""
@@ -156,6 +161,11 @@ extension Supervisor {
             facts.append(InspectFact(fact: "disk_max", actual: "none", expected: "\(limits.diskMaxBytes)", ok: false, note: why))
         }
         return facts
+    }
+
+    /// Why a ptrace-guarded /proc entry of the worker could not be read.
+    static var unreadable: String {
+        "unreadable (\(errnoString(EACCES)) or \(errnoString(EPERM))): the kernel guards it with a ptrace access check; the supervisor needs CAP_SYS_PTRACE (units/clawpen.service grants it)"
     }
 
     static func readLink(_ path: String) -> String? {

@@ -105,18 +105,25 @@ fd = os.memfd_create("never-mapped")
 chunk = b"x" * (1 << 20)
 for i in range(400): os.write(fd, chunk)
 print("FILLED")'
-check "SysV shm of 2 x 200 MiB (under shmmax) is stopped at memory.max" mem_job "sysv shm" '
+# One segment may not exceed shmmax (= memory_max) nor the namespace's shm pages shmall; so: a
+# 200 MiB segment, touched, then 100 MiB of ordinary memory. Uncounted, the segment would leave
+# the 100 MiB plenty of room; counted, the job is stopped.
+check "SysV shm counts: a touched 200 MiB segment plus 100 MiB of heap is stopped at memory.max" mem_job "sysv shm" '
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
-for key in (0x51, 0x52):
-    id = libc.shmget(key, 200 << 20, 0o1600)
-    addr = libc.shmat(id, None, 0)
-    ctypes.memset(addr, 1, 200 << 20)
+id = libc.shmget(0x51, 200 << 20, 0o1600)
+if id < 0: raise SystemExit("shmget: errno %d" % ctypes.get_errno())
+addr = libc.shmat(id, None, 0)
+if addr in (None, ctypes.c_void_p(-1).value): raise SystemExit("shmat: errno %d" % ctypes.get_errno())
+ctypes.memset(addr, 1, 200 << 20)
+b = bytearray(100 << 20)
+for j in range(0, len(b), 4096): b[j] = 1
 print("FILLED")'
 out=$(clawpen submit --tenant a -- sh -c 'cat /proc/sys/kernel/shmmax; tail -n +2 /proc/sysvipc/shm | wc -l' 2>&1)
 echo "  after the shm job: shmmax and segments left in a's IPC namespace: $(echo $out)"
 check "tenant a's IPC namespace has shmmax = memory_max" bash -c '[[ $(head -n 1 <<<"$1") == 268435456 ]]' _ "$out"
+clawpen submit --tenant a -- ipcrm --all=shm >/dev/null 2>&1 # the killed job's segment would hold a's memory
 
 id=$(clawpen submit --tenant a --detach --timeout 6 -- sh -c 'f() { f | f & }; f; sleep 4')
 maxp=0
