@@ -46,7 +46,7 @@ let package = Package(
         // Blocking Unix-socket client used by the CLI and the bench.
         .target(name: "ClawpenClient", dependencies: ["ClawpenProtocol", "CClawpenShim"], swiftSettings: strict),
         .target(name: "ClawpenStore", dependencies: ["ClawpenProtocol", "CSQLite"], swiftSettings: strict),
-        .target(name: "ClawpenPolicy", swiftSettings: strict),
+        .target(name: "ClawpenPolicy", dependencies: ["ClawpenSystem"], swiftSettings: strict),
         .target(
             name: "ClawpenSupervisor",
             dependencies: [

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/mount.h>
+#include <sys/vfs.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -127,4 +129,12 @@ int cp_write_file(int dirfd, const char *name, const void *data, size_t len, mod
     }
     if (fchmod(fd, mode) != 0) { int e = errno; close(fd); errno = e; return -1; }
     return close(fd);
+}
+
+int cp_open_path(int dirfd, const char *name) { return openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC); }
+
+int cp_is_procfs(int fd) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -1;
+    return fs.f_type == PROC_SUPER_MAGIC ? 1 : 0;
 }

@@ -29,7 +29,9 @@ int cp_netns_create(void) {
         errno = e;
         return -1;
     }
-    if (cp_loopback_up() == 0) fresh = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    // lo stays down: `network = "none"` means no interface up, and a "loopback" tenant's worker
+    // brings it up itself.
+    fresh = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     e = errno;
     // Back to the supervisor's namespace: this thread must not stay in a tenant's.
     if (setns(home, CLONE_NEWNET) != 0) abort();

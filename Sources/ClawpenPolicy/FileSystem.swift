@@ -1,5 +1,7 @@
 // Minimal file access for the loader, without Foundation.
 
+import ClawpenSystem
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -24,11 +26,11 @@ enum FileSystem {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (followSymlinks ? 0 : O_NOFOLLOW))
         if fd < 0 {
             let e = errno
-            return e == ENOENT ? .missing : .failed(errorString(e))
+            return e == ENOENT ? .missing : .failed(errnoString(e))
         }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { return .failed(errorString(errno)) }
+        guard fstat(fd, &st) == 0 else { return .failed(errnoString(errno)) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { return .failed("not a regular file") }
 
         var bytes: [UInt8] = []
@@ -38,7 +40,7 @@ enum FileSystem {
             if n < 0 {
                 let e = errno
                 if e == EINTR { continue }
-                return .failed(errorString(e))
+                return .failed(errnoString(e))
             }
             if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
@@ -83,10 +85,6 @@ enum FileSystem {
         return directory.hasSuffix("/") ? directory + relative : directory + "/" + relative
     }
 
-    static func errorString(_ code: Int32) -> String {
-        guard let s = strerror(code) else { return "error \(code)" }
-        return String(cString: s)
-    }
 }
 
 /// `read(2)` (inside `FileSystem`, `read` names `FileSystem.read`).

@@ -4,6 +4,7 @@
 // temporary file in the same directory, fsync, rename, fsync of the directory) without following
 // symlinks, so a crash leaves the old file or the new one, never half of one.
 
+import ClawpenSystem
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -143,7 +144,7 @@ public enum QuotaOverrides {
     private static func writeAtomically(_ text: String, name: String, directory: String) throws(PolicyError) {
         let target = FileSystem.join(directory, name)
         func failure(_ what: String, _ code: Int32) -> PolicyError {
-            .unwritable(file: target, reason: "\(what): \(FileSystem.errorString(code))")
+            .unwritable(file: target, reason: "\(what): \(errnoString(code))")
         }
         if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw failure("mkdir \(directory)", errno) }
         // O_NOFOLLOW: a symlink planted as the quota directory is refused, not followed.

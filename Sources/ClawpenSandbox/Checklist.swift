@@ -29,27 +29,44 @@ public struct Step: Sendable {
     public let describe: @Sendable (SandboxPlan) -> String
     /// nil: the step is not run by the checklist walker (clone flags, per-job spawn options).
     let run: (@Sendable (SetupContext) throws(StepFailure) -> Void)?
+    /// A mount-namespace step the worker runs again after the supervisor's part: it finishes
+    /// what the supervisor could not do from outside (and does nothing when it was done).
+    let finishedInWorker: Bool
 
     init(_ name: String, _ side: Side, defends: String, describe: @escaping @Sendable (SandboxPlan) -> String,
-         run: (@Sendable (SetupContext) throws(StepFailure) -> Void)?) {
+         run: (@Sendable (SetupContext) throws(StepFailure) -> Void)?, finishedInWorker: Bool = false) {
         self.name = name; self.side = side; self.defendsAgainst = defends; self.describe = describe; self.run = run
+        self.finishedInWorker = finishedInWorker
     }
 }
 
 /// What the steps of one setup share: the plan and the fds opened on the way (closed at the end).
 final class SetupContext {
     let plan: SandboxPlan
+    /// Set when the supervisor runs the steps from outside the worker (its pid, as the host sees it).
+    let workerPID: Int32?
     private var rootFD: Int32 = -1
     private var newRootFD: Int32 = -1
+    private var workspaceFD: Int32 = -1
+    /// The tenant's home directory on the host (opened O_NOFOLLOW by openWorkspace).
+    var homeFD: Int32 = -1
 
-    init(plan: SandboxPlan) { self.plan = plan }
+    init(plan: SandboxPlan, workerPID: Int32? = nil) { self.plan = plan; self.workerPID = workerPID }
     deinit {
-        if rootFD >= 0 { close(rootFD) }
-        if newRootFD >= 0 { close(newRootFD) }
+        for fd in [rootFD, newRootFD, workspaceFD, homeFD] where fd >= 0 { close(fd) }
     }
 
-    /// The new root's mount as seen from the host side (before pivot_root), opened without
-    /// following a symlink.
+    /// The workspace directory on the host, `<workspace-root>/<tenant>`, before anything is
+    /// mounted over it; never through a symlink.
+    func workspace() throws(StepFailure) -> Int32 {
+        if workspaceFD >= 0 { return workspaceFD }
+        workspaceFD = Glibc.open(plan.workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard workspaceFD >= 0 else { throw StepFailure(step: "open workspace", errno: errno, detail: plan.workspace) }
+        return workspaceFD
+    }
+
+    /// The new root (the tmpfs mounted over the workspace directory) as seen from the host side,
+    /// before pivot_root, opened without following a symlink.
     func root() throws(StepFailure) -> Int32 {
         if rootFD >= 0 { return rootFD }
         rootFD = Glibc.open(plan.workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -73,22 +90,30 @@ public enum Checklist {
              defends: "seeing or signalling other processes (own pid namespace; the worker is PID 1, a job cannot kill it), SysV IPC with other tenants, the host's network; every process of the tenant counted in its cgroup from the first instruction",
              describe: { _ in "clone into new mount, pid, ipc, uts namespaces and the tenant's cgroup (CLONE_INTO_CGROUP); join a fresh network namespace made ahead of need (else CLONE_NEWNET)" },
              run: nil),
-        Step("loopback", .clone,
-             defends: "a job can use 127.0.0.1 inside its namespace; nothing reaches the host's loopback. Done before the plan arrives: it takes the kernel's rtnl lock, which network-namespace teardown holds for long stretches",
-             describe: { _ in "lo up (already up in a pooled namespace, else at once, before the plan arrives)" },
-             run: nil),
+        Step("loopback", .worker,
+             defends: "network = \"none\" means no interface up at all (the namespace's lo stays down); \"loopback\" gives jobs 127.0.0.1 inside their own namespace, never the host's. First of the worker's steps: it takes the kernel's rtnl lock",
+             describe: { $0.loopback ? "lo up (network = \"loopback\")" : "no interface up (network = \"none\": lo stays down)" },
+             run: { ctx throws(StepFailure) in if ctx.plan.loopback { try Loopback.up() } }),
         Step("cgroup namespace", .worker,
              defends: "/proc/self/cgroup shows 0::/job-<n>: the host's cgroup layout stays hidden",
              describe: { _ in "unshare the cgroup namespace, rooted at the tenant's node (opened first: jobs are cloned below it)" },
              run: { _ throws(StepFailure) in try StepFailure.check("unshare cgroup namespace") { cp_unshare_cgroup() } }),
+        Step("SysV IPC limits", .worker,
+             defends: "SysV shared memory that no RLIMIT_AS sees (a segment is nobody's mapping) beyond the tenant's memory limit; a segment left behind goes with the worker's IPC namespace",
+             describe: { IPCLimits.describe($0) },
+             run: IPCLimits.apply),
         Step("private mounts", .mountNamespace,
              defends: "nothing the worker mounts propagates back to the host",
              describe: { _ in "make every mount private" },
              run: Mounts.makePrivate),
+        Step("workspace", .mountNamespace,
+             defends: "host users reaching tenants' files (the workspace directory is root's, 0700); a link the tenant left where its home should be (opened O_NOFOLLOW, the setup stops with ELOOP); an old-layout workspace is migrated by fd, never through a link",
+             describe: { "\($0.workspace): root's, 0700; \($0.workspace)/home: \($0.uid):\($0.gid), 0700 (migrated first if it is the tenant's own, as the old layout made it)" },
+             run: Mounts.openWorkspace),
         Step("new root", .mountNamespace,
-             defends: "(pivot_root needs the new root to be a mount)",
-             describe: { "bind \($0.workspace) onto itself (the new root)" },
-             run: Mounts.bindNewRoot),
+             defends: "a tenant re-pointing loader paths (/lib64) or mount points for later jobs: / is a fresh root-owned tmpfs with only mount points, links and /etc; the tenant's writable data is /home alone, nosuid, nodev, so setuid and device files it makes there are inert",
+             describe: { "tmpfs at / over \($0.workspace) (root's, nosuid, nodev, noexec): " + Mounts.skeleton.map { "/" + $0 }.joined(separator: " ") + "; bind \($0.workspace)/home at /home read-write, nosuid, nodev" },
+             run: Mounts.mountNewRoot),
         Step("host binds", .mountNamespace,
              defends: "changing the system's programs and libraries; setuid binaries (nosuid); device nodes (nodev)",
              describe: { $0.readOnlyBinds.map { "bind \($0.source) -> \($0.target) read-only, nosuid, nodev" }.joined(separator: "; ") },
@@ -107,28 +132,24 @@ public enum Checklist {
              run: Mounts.mountTmp),
         Step("/etc", .mountNamespace,
              defends: "reading the host's /etc (shadow, configuration, secrets); the tenant's uid has a name (tools that look it up work)",
-             describe: { p in "tmpfs at /etc: generated " + Mounts.etcFiles(p).map(\.0).joined(separator: ", ") + p.etcBinds.map { ", \($0.target)" }.joined() + "; /etc read-only" },
-             run: Mounts.mountEtc),
-        Step("/proc", .worker,
-             defends: "seeing host or other tenants' processes; kernel knobs",
-             describe: { p in "proc at /proc (this pid namespace only, hidepid=invisible, nosuid, nodev, noexec); " + IPCLimits.describe(p) + "; /proc/sys and /proc/sysrq-trigger read-only" },
-             run: Mounts.mountProc),
+             describe: { p in "/etc in the new root: generated " + Mounts.etcFiles(p).map(\.0).joined(separator: ", ") + p.etcBinds.map { ", \($0.target)" }.joined() + " (small files copied, directories bound read-only)" },
+             run: Mounts.makeEtc),
+        Step("/proc", .mountNamespace,
+             defends: "seeing host or other tenants' processes (own pid namespace, hidepid=invisible); what container runtimes mask: kernel memory and symbols, keys, host-wide interrupt and timer counters, the kernel's config; kernel knobs and triggers (read-only)",
+             describe: { _ in "proc at /proc of the worker's pid namespace (hidepid=invisible, nosuid, nodev, noexec; by the supervisor with pidns=, else by the worker); /dev/null over " + Mounts.procMaskedFiles.map { "/proc/" + $0 }.joined(separator: " ") + "; an empty read-only directory over " + Mounts.procMaskedDirectories.map { "/proc/" + $0 }.joined(separator: " ") + "; read-only " + Mounts.procReadOnly.map { "/proc/" + $0 }.joined(separator: " ") + " (each where this kernel has it)" },
+             run: Mounts.mountProc, finishedInWorker: true),
+        Step("root read-only", .mountNamespace,
+             defends: "rewriting the skeleton: / (with /etc) read-only, nosuid, nodev, noexec; only /home, /tmp and /dev/shm are writable",
+             describe: { _ in "remount / read-only, nosuid, nodev, noexec" },
+             run: Mounts.rootReadOnly),
         Step("pivot_root", .worker,
              defends: "no path leads to the host's filesystem any more: not .., not /proc/*/root",
-             describe: { "pivot_root to \($0.workspace); the old root detached" },
+             describe: { _ in "pivot_root into the new root; the old root detached" },
              run: Mounts.pivotRoot),
-        Step("root flags", .worker,
-             defends: "a setuid binary or device node the tenant writes into its workspace is inert",
-             describe: { _ in "remount / nosuid, nodev" },
-             run: Mounts.remountRoot),
         Step("hostname", .worker,
              defends: "(its own UTS namespace; tools that print the hostname name the tenant)",
              describe: { "hostname \($0.tenant)" },
              run: Identity.hostname),
-        Step("ownership", .worker,
-             defends: "a planted symlink cannot redirect the chown (fchown on fds opened O_NOFOLLOW)",
-             describe: { "chown /, /home to \($0.uid):\($0.gid), mode 0700" },
-             run: Identity.ownership),
         Step("rlimits", .worker,
              defends: "fd exhaustion, one runaway file filling the disk, core dumps of secrets, fork bombs (NPROC without a pids controller)",
              describe: { "rlimits: " + $0.workerLimits.map { "\(SandboxPlan.limitName($0.resource))=\($0.hard)" }.joined(separator: " ") },
@@ -158,8 +179,8 @@ public enum Checklist {
              describe: { p in p.jobLandlockABI == 0 ? "no Landlock domain per job (the kernel has no Landlock): jobs of the tenant can reach each other" : "each job in a Landlock domain of its own (ABI \(p.jobLandlockABI)" + (p.jobLandlockABI >= 6 ? ", scoped: signals, abstract Unix sockets)" : ", no scopes below ABI 6: signals between jobs are not refused)") },
              run: nil),
         Step("job seccomp guard", .job,
-             defends: "clone3, which the worker needs for CLONE_INTO_CGROUP and a filter cannot inspect",
-             describe: { p in p.jobSeccompProgram.isEmpty ? "no job guard" : "a second, stacked seccomp filter that refuses clone3 (ENOSYS)" },
+             defends: "clone3, which the worker needs for CLONE_INTO_CGROUP and a filter cannot inspect; inotify watches for reads and opens (IN_ACCESS, IN_OPEN, IN_CLOSE_NOWRITE), which on the shared host inodes of /usr and /etc would show a tenant what other tenants and the host run",
+             describe: { p in p.jobSeccompProgram.isEmpty ? "no job guard" : "a second, stacked seccomp filter: clone3 fails with ENOSYS; inotify_add_watch with IN_ACCESS, IN_OPEN or IN_CLOSE_NOWRITE fails with EPERM (change events still work)" },
              run: nil),
     ]
 
@@ -185,7 +206,7 @@ public struct SandboxSetup {
         for step in Checklist.steps {
             guard let run = step.run else { continue }
             switch step.side {
-            case .mountNamespace where plan.mountsPrepared: continue // the supervisor has made these
+            case .mountNamespace where plan.mountsPrepared && !step.finishedInWorker: continue // the supervisor has made these
             case .mountNamespace, .worker: try run(ctx)
             case .clone, .job: continue
             }

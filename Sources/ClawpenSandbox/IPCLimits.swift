@@ -1,3 +1,4 @@
+import CClawpenShim
 import ClawpenSystem
 import ClawpenWire
 import Glibc
@@ -11,13 +12,11 @@ import Glibc
 /// tenant's cgroup; these limits then only make an oversized shmget fail at once instead of the
 /// job being OOM-killed later.
 ///
-/// The worker writes them while it is still root, through the /proc it has just mounted and
-/// before /proc/sys is made read-only (a write to /proc/sys/kernel/shm* acts on the IPC
-/// namespace of the writer; the host's /proc/sys may be read-only, as systemd's
-/// ProtectKernelTunables makes it for the supervisor and everything it starts).
-/// A tenant's segments go when its worker stops: the namespace dies with its last process (the
-/// worker is PID 1 of the tenant's pid namespace, so its jobs die with it), and the kernel then
-/// removes every segment left in it (shm_exit_ns).
+/// The worker writes them itself, while it is still root, at the start of its part of the
+/// checklist: a write to /proc/sys/kernel/shm* acts on the IPC namespace of the writer, so the
+/// supervisor (which may mount the worker's /proc) must not; and they go through a procfs
+/// instance of the worker's own that is never attached to a path (cp_write_shm_limits), since
+/// the /proc it sees may be read-only (systemd's ProtectKernelTunables, the sandbox's cover).
 enum IPCLimits {
     /// The values written for a memory limit of `bytes`: (shmmax in bytes, shmall in pages, shmmni).
     static func values(forMemoryBytes bytes: UInt64, pageSize: UInt64) -> (shmmax: UInt64, shmall: UInt64, shmmni: UInt64) {
@@ -27,19 +26,17 @@ enum IPCLimits {
         return (bytes, pages, segments)
     }
 
-    /// `proc`: an fd of the worker's fresh /proc.
-    static func apply(_ plan: SandboxPlan, proc: Int32) throws(StepFailure) {
+    /// The checklist step (worker side).
+    static func apply(_ ctx: SetupContext) throws(StepFailure) {
+        let plan = ctx.plan
         guard plan.shmMaxBytes > 0 else { return }
         let v = values(forMemoryBytes: plan.shmMaxBytes, pageSize: UInt64(sysconf(Int32(_SC_PAGESIZE))))
-        for (name, value) in [("shmmax", v.shmmax), ("shmall", v.shmall), ("shmmni", v.shmmni)] {
-            let path = "/proc/sys/kernel/" + name
-            let fd = openat(proc, "sys/kernel/" + name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { throw StepFailure(step: "set kernel.\(name)", errno: errno, detail: path) }
-            let text = Array("\(value)\n".utf8)
-            let n = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            let e = errno
-            close(fd)
-            guard n == text.count else { throw StepFailure(step: "set kernel.\(name)", errno: n < 0 ? e : EIO, detail: "\(value)") }
+        let names = ["shmmax", "shmall", "shmmni"], values = [v.shmmax, v.shmall, v.shmmni]
+        var failed: Int32 = -1
+        let rc = cp_write_shm_limits(v.shmmax, v.shmall, v.shmmni, &failed)
+        guard rc == 0 else {
+            let name = failed >= 0 ? "kernel." + names[Int(failed)] : "a procfs of the worker's own"
+            throw StepFailure(step: "set \(name)", errno: errno, detail: failed >= 0 ? "\(values[Int(failed)])" : "fsopen/fsmount proc")
         }
     }
 }

@@ -3,24 +3,11 @@ import ClawpenSystem
 import ClawpenWire
 import Glibc
 
-/// The identity facility, worker side: hostname, who owns the tenant's files, rlimits, and
-/// becoming the tenant's uid for good (cp_drop_identity).
+/// The identity facility, worker side: hostname, rlimits, and becoming the tenant's uid for
+/// good (cp_drop_identity). Who owns the tenant's files is the workspace's business (Workspace).
 enum Identity {
     static func hostname(_ ctx: SetupContext) throws(StepFailure) {
         try StepFailure.check("sethostname") { cp_sethostname(ctx.plan.tenant) }
-    }
-
-    /// The workspace belongs to the tenant's uid (fchown on fds opened O_NOFOLLOW: a planted
-    /// link cannot redirect it).
-    static func ownership(_ ctx: SetupContext) throws(StepFailure) {
-        let plan = ctx.plan
-        let newRoot = try ctx.newRoot()
-        try StepFailure.check("chown /") { fchown(newRoot, plan.uid, plan.gid) }
-        try StepFailure.check("chmod /") { fchmod(newRoot, 0o700) }
-        let home = try Mounts.open(newRoot, "/home", directory: true, mode: 0o700)
-        defer { close(home) }
-        try StepFailure.check("chown /home") { fchown(home, plan.uid, plan.gid) }
-        try StepFailure.check("chmod /home") { fchmod(home, 0o700) }
     }
 
     static func rlimits(_ ctx: SetupContext) throws(StepFailure) {

@@ -24,7 +24,7 @@ public enum Mounts {
         let home = cp_mount_ns_enter(workerPID)
         guard home >= 0 else { return .cannotJoin(errno: errno) }
         defer { cp_mount_ns_leave(home) }
-        let ctx = SetupContext(plan: plan)
+        let ctx = SetupContext(plan: plan, workerPID: workerPID)
         for step in Checklist.steps where step.side == .mountNamespace { try step.run?(ctx) }
         return .prepared
     }
@@ -87,12 +87,43 @@ public enum Mounts {
         try StepFailure.check("make mounts private") { cp_mounts_private() }
     }
 
-    /// The workspace becomes a mount of its own (pivot_root needs one).
-    static func bindNewRoot(_ ctx: SetupContext) throws(StepFailure) {
-        let workspace = Glibc.open(ctx.plan.workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard workspace >= 0 else { throw StepFailure(step: "open workspace", errno: errno, detail: ctx.plan.workspace) }
-        defer { close(workspace) }
-        try StepFailure.check("bind workspace", ctx.plan.workspace) { cp_mount_at(nil, workspace, workspace, nil, CP_MS_BIND, nil) }
+    /// The tenant's data on the host: `<workspace-root>/<tenant>` (root's, 0700) and its `home`
+    /// (the tenant's, 0700), opened without following a link. A workspace of the old layout
+    /// (the tenant's own, with the mount points in it) is migrated first (Workspace.migrate).
+    static func openWorkspace(_ ctx: SetupContext) throws(StepFailure) {
+        let plan = ctx.plan
+        let ws = try ctx.workspace()
+        var st = stat()
+        try StepFailure.check("stat workspace", plan.workspace) { fstat(ws, &st) }
+        if st.st_uid != 0 || st.st_gid != 0 || st.st_mode & 0o7777 != 0o700 {
+            try Workspace.migrate(workspaceFD: ws, path: plan.workspace, uid: plan.uid, gid: plan.gid)
+        }
+        ctx.homeFD = try Workspace.openHome(workspaceFD: ws, path: plan.workspace, uid: plan.uid, gid: plan.gid)
+    }
+
+    /// The directories of the new root: mount points only (the binds' targets are made by
+    /// bindReadOnly, the links by placeLinks).
+    static let skeleton = ["dev", "etc", "home", "proc", "tmp"]
+
+    /// `/` is a fresh tmpfs mounted over the workspace directory in this namespace: root's,
+    /// holding only mount points, links and /etc, read-only once they are made (rootReadOnly).
+    /// The tenant's home is bound into it read-write, nosuid, nodev.
+    static func mountNewRoot(_ ctx: SetupContext) throws(StepFailure) {
+        let ws = try ctx.workspace()
+        try StepFailure.check("mount tmpfs at /", ctx.plan.workspace) {
+            cp_mount_at("tmpfs", -1, ws, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=4m,nr_inodes=1024")
+        }
+        let root = try ctx.root()
+        // (fchmodat: the worker runs with umask 077, which mkdirat would apply.)
+        for name in skeleton {
+            try StepFailure.check("mkdir /\(name)") { mkdirat(root, name, 0o755) == 0 ? fchmodat(root, name, 0o755, 0) : -1 }
+        }
+        let target = try open(root, "/home", directory: true)
+        defer { close(target) }
+        try StepFailure.check("bind /home", ctx.plan.workspace + "/home") { cp_mount_at(nil, ctx.homeFD, target, nil, CP_MS_BIND, nil) }
+        let home = try open(root, "/home", directory: true) // the new mount
+        defer { close(home) }
+        try StepFailure.check("remount /home nosuid, nodev") { cp_remount_bind(home, CP_MS_NOSUID | CP_MS_NODEV) }
     }
 
     static func bindHostPaths(_ ctx: SetupContext) throws(StepFailure) {
@@ -141,61 +172,96 @@ public enum Mounts {
          ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n")]
     }
 
-    /// /etc is synthetic: generated passwd and group, a few read-only binds, nothing else.
-    static func mountEtc(_ ctx: SetupContext) throws(StepFailure) {
+    /// /etc is synthetic: generated passwd and group, a few read-only binds, nothing else. It is
+    /// a directory of the new root, read-only with it.
+    static func makeEtc(_ ctx: SetupContext) throws(StepFailure) {
         let plan = ctx.plan
-        let root = try ctx.root()
-        let etcTarget = try open(root, "/etc", directory: true)
-        try StepFailure.check("mount /etc") { cp_mount_at("tmpfs", -1, etcTarget, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=1m") }
-        close(etcTarget)
-        let etc = try open(root, "/etc", directory: true)
+        let etc = try open(try ctx.root(), "/etc", directory: true)
         defer { close(etc) }
         for (name, content) in etcFiles(plan) { try writeFile(etc, name, Array(content.utf8), path: "/etc/\(name)") }
         for bind in plan.etcBinds {
             guard bind.target.hasPrefix("/etc/") else { continue }
             let name = String(bind.target.dropFirst(5))
-            // A small file (ld.so.cache) is copied rather than bound: a write to this tmpfs,
-            // read-only later like the rest of /etc, costs less than a bind and its remount.
+            // A small file (ld.so.cache) is copied rather than bound: a write to the new root
+            // costs less than a bind and its remount.
             if !name.contains("/"), let bytes = Files.readRegularFile(bind.source, limit: 256 * 1024) {
                 try writeFile(etc, name, bytes, path: "/etc/\(name)")
                 continue
             }
             try bindReadOnly(bind.source, at: name, below: etc)
         }
-        try StepFailure.check("remount /etc read-only") { cp_remount_bind(etc, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
     }
 
-    /// /proc of this pid namespace only (so it is the worker's to mount); the knobs that reach
-    /// the host kernel read-only.
+    /// What container runtimes mask in /proc (runc's and Docker's defaults, plus the host-wide
+    /// counters and symbol tables a tenant has no use for). Files are covered by /dev/null,
+    /// directories by an empty read-only directory; a name this kernel does not have is skipped.
+    public static let procMaskedFiles = ["kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
+                                         "timer_list", "timer_stats", "sched_debug", "latency_stats"]
+    public static let procMaskedDirectories = ["acpi", "asound", "scsi"]
+    /// Bound read-only over themselves (Docker's read-only paths): kernel knobs and triggers.
+    public static let procReadOnly = ["bus", "fs", "irq", "sys", "sysrq-trigger"]
+
+    /// /proc of the worker's pid namespace (hidepid=invisible), with the masks above. The
+    /// supervisor mounts it from outside that pid namespace with `pidns=` (Linux 6.18); where the
+    /// kernel does not know the option it leaves /proc to the worker, whose own pid namespace it
+    /// is. A /proc already mounted (by the supervisor) is left as it is.
     static func mountProc(_ ctx: SetupContext) throws(StepFailure) {
         let root = try ctx.root()
-        let proc = try open(root, "/proc", directory: true)
-        try StepFailure.check("mount /proc") { cp_mount_at("proc", -1, proc, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "hidepid=invisible") }
-        close(proc)
-        let procDir = try open(root, "/proc", directory: true)
-        defer { close(procDir) }
-        try IPCLimits.apply(ctx.plan, proc: procDir) // through this fresh /proc, before /proc/sys is covered
-        // (/proc/irq and /proc/bus need no cover: nothing there is writable without root.)
-        for entry in ["sys", "sysrq-trigger"] {
-            var st = stat()
-            guard fstatat(procDir, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
-            let isDir = (st.st_mode & S_IFMT) == S_IFDIR
-            let fd = try open(procDir, entry, directory: isDir)
-            try StepFailure.check("protect /proc/\(entry)") { cp_mount_at(nil, fd, fd, nil, CP_MS_BIND, nil) }
-            close(fd)
-            let mounted = try open(procDir, entry, directory: isDir)
-            try StepFailure.check("protect /proc/\(entry)") { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
-            close(mounted)
+        let target = try open(root, "/proc", directory: true)
+        defer { close(target) }
+        if cp_is_procfs(target) == 1 { return }
+        var options = "hidepid=invisible"
+        if let pid = ctx.workerPID { options += ",pidns=/proc/\(pid)/ns/pid" }
+        if cp_mount_at("proc", -1, target, "proc", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, options) != 0 {
+            if errno == EINVAL && ctx.workerPID != nil { return } // no pidns= here: the worker mounts it
+            throw StepFailure(step: "mount /proc", errno: errno, detail: options)
         }
+        let proc = try open(root, "/proc", directory: true) // the new mount
+        defer { close(proc) }
+        let dev = try open(root, "/dev", directory: true)
+        let null = cp_open_path(dev, "null")
+        close(dev)
+        guard null >= 0 else { throw StepFailure(step: "open /dev/null", errno: errno) }
+        defer { close(null) }
+        for name in procMaskedFiles {
+            let fd = cp_open_path(proc, name)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            try StepFailure.check("mask /proc/\(name)") { cp_mount_at(nil, null, fd, nil, CP_MS_BIND, nil) }
+        }
+        // The directory /proc is mounted on (`target`, opened before the mount) is an empty,
+        // root-owned directory of the new root: bound read-only, it covers a directory at the
+        // cost of a bind rather than of a tmpfs of its own.
+        for name in procMaskedDirectories {
+            let fd = openat(proc, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            try StepFailure.check("mask /proc/\(name)") { cp_mount_at(nil, target, fd, nil, CP_MS_BIND, nil) }
+            close(fd)
+            let mounted = openat(proc, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard mounted >= 0 else { throw StepFailure(step: "mask /proc/\(name)", errno: errno) }
+            defer { close(mounted) }
+            try StepFailure.check("mask /proc/\(name)") { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
+        }
+        for name in procReadOnly {
+            let fd = cp_open_path(proc, name)
+            guard fd >= 0 else { continue }
+            try StepFailure.check("protect /proc/\(name)") { cp_mount_at(nil, fd, fd, nil, CP_MS_BIND, nil) }
+            close(fd)
+            let mounted = cp_open_path(proc, name)
+            guard mounted >= 0 else { throw StepFailure(step: "protect /proc/\(name)", errno: errno) }
+            defer { close(mounted) }
+            try StepFailure.check("protect /proc/\(name)") { cp_remount_bind(mounted, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
+        }
+    }
+
+    /// Once everything in it is made: nothing under / but /home, /tmp and /dev/shm is writable.
+    static func rootReadOnly(_ ctx: SetupContext) throws(StepFailure) {
+        let root = try ctx.root()
+        try StepFailure.check("remount / read-only") { cp_remount_bind(root, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC) }
     }
 
     static func pivotRoot(_ ctx: SetupContext) throws(StepFailure) {
         let root = try ctx.root()
         try StepFailure.check("pivot_root", ctx.plan.workspace) { cp_pivot_root(root) }
-    }
-
-    static func remountRoot(_ ctx: SetupContext) throws(StepFailure) {
-        let newRoot = try ctx.newRoot()
-        try StepFailure.check("remount / nosuid, nodev") { cp_remount_bind(newRoot, CP_MS_NOSUID | CP_MS_NODEV) }
     }
 }

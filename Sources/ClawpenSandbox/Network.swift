@@ -6,7 +6,7 @@ import Synchronization
 /// The network facility. Supervisor side: fresh network namespaces made ahead of need
 /// (`NetnsPool`). Worker side: `lo` (`Loopback`).
 
-/// Fresh network namespaces (with `lo` up) made ahead of need: creating one is the slowest part
+/// Fresh network namespaces (`lo` down) made ahead of need: creating one is the slowest part
 /// of cloning a sandboxed worker (about 0.6 ms here, and its teardown holds the kernel's rtnl
 /// lock), so a new tenant's first job should not wait for it. Each namespace is used by exactly
 /// one worker: the pool hands out its fd once and closes its own copy. Filled by the
@@ -41,7 +41,7 @@ public final class NetnsPool: Sendable {
 
 /// The worker's side: `lo`, the only interface a worker's namespace has.
 public enum Loopback {
-    /// Brings `lo` up (nothing to do when it is up already, as in a pooled namespace).
+    /// Brings `lo` up (nothing to do when it is up already). Only for `network = "loopback"`.
     public static func up() throws(StepFailure) {
         try StepFailure.check("bring up lo") { cp_loopback_up() }
     }

@@ -90,6 +90,7 @@ public enum Plan {
             group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
         plan.symlinks = links
+        plan.loopback = enabled && limits.network == "loopback"
         if enabled {
             plan.seccompProfile = extras.seccompProfile
             plan.seccompProgram = extras.seccompProgram
@@ -101,25 +102,6 @@ public enum Plan {
             plan.shmMaxBytes = UInt64(max(0, limits.memoryMaxBytes))
         }
         return plan
-    }
-
-    /// What every sandboxed worker's setup places in the workspace root: the mount points (bind
-    /// targets, /proc, /dev, /tmp, /etc) and the merged-/usr symlinks. `tenant create` lays them
-    /// down ahead of need, so a new tenant's first worker does not create them on the disk
-    /// while its first job waits (the worker still checks each one, as it must: the tenant
-    /// owns the workspace and may have changed anything).
-    static func skeleton() -> (directories: [String], symlinks: [(name: String, content: String)]) {
-        var dirs: [String] = [], links: [(String, String)] = []
-        for path in readOnlyPaths {
-            guard let resolved = resolve(path) else { continue }
-            let name = String(path.dropFirst())
-            if let content = linkContent(path), readOnlyPaths.contains(where: { $0 != path && (resolved == $0 || resolved.hasPrefix($0 + "/")) }) {
-                links.append((name, content))
-            } else {
-                dirs.append(name)
-            }
-        }
-        return (dirs + ["proc", "dev", "tmp", "etc"], links)
     }
 
     /// The content of a symlink at `path` (nil when it is not one).

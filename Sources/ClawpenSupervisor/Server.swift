@@ -28,7 +28,11 @@ public enum Server {
         let policies = try loadPolicies(config, logger: logger)
         let seccomp = try PolicyRuntime.compileSeccomp(policies)
         try ServeError.makeDirectories(config.stateDir, mode: 0o700)
-        try ServeError.makeDirectories(config.workspaceRoot, mode: 0o755)
+        try ServeError.makeDirectories(config.workspaceRoot, mode: 0o700)
+        // Sandboxed, the workspace root is root's and closed to every other host user.
+        if geteuid() == 0 {
+            do { try Workspace.secureRoot(config.workspaceRoot) } catch { throw .directory(path: error.detail, errno: error.errno) }
+        }
         let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
         if activated == nil, !socketDir.isEmpty { try ServeError.makeDirectories(socketDir, mode: 0o755) }
         let workerPath = try resolveWorkerPath(config)

@@ -100,18 +100,27 @@ extension Supervisor {
             facts.append(InspectFact(fact: "namespace \(ns)", actual: theirs, expected: expected, ok: ok,
                                      note: theirs == nil ? Self.unreadable : nil))
         }
-        // The worker's root, by identity: after pivot_root its path reads "/" from outside, so
-        // the directory it is (stat through the kernel's /proc/<pid>/root) is compared with the
-        // workspace (opened without following a link).
+        // The worker's root and home, by identity: after pivot_root the root's path reads "/" from
+        // outside. The root must be a read-only root of its own (the skeleton: not the host's /,
+        // not the workspace), and its /home the workspace's home (lstat through the kernel's
+        // /proc/<pid>/root: the skeleton is root's and read-only, and the last component is not
+        // followed; the home on the host is opened without following a link).
         let workspace = workspacePath(rt.name)
-        var rootStat = stat(), wsStat = stat()
-        let rootKnown = stat("/proc/\(pid)/root", &rootStat) == 0
-        let wsFD = open(workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        let wsKnown = wsFD >= 0 && fstat(wsFD, &wsStat) == 0
-        if wsFD >= 0 { close(wsFD) }
-        let sameRoot = rootKnown && wsKnown && rootStat.st_dev == wsStat.st_dev && rootStat.st_ino == wsStat.st_ino
-        facts.append(InspectFact(fact: "root", actual: rootKnown ? (sameRoot ? workspace : "another directory (device \(rootStat.st_dev), inode \(rootStat.st_ino))") : nil,
-                                 expected: workspace, ok: sameRoot, note: rootKnown ? nil : Self.unreadable))
+        var rootStat = stat(), hostRoot = stat(), rootFS = statvfs()
+        let rootKnown = stat("/proc/\(pid)/root", &rootStat) == 0 && statvfs("/proc/\(pid)/root", &rootFS) == 0
+        _ = stat("/", &hostRoot)
+        let readOnly = rootKnown && (rootFS.f_flag & UInt(ST_RDONLY)) != 0
+        let ownRoot = rootKnown && !(rootStat.st_dev == hostRoot.st_dev && rootStat.st_ino == hostRoot.st_ino)
+        facts.append(InspectFact(fact: "root", actual: rootKnown ? "\(ownRoot ? "its own" : "THE HOST'S"), \(readOnly ? "read-only" : "WRITABLE")" : nil,
+                                 expected: "its own, read-only", ok: ownRoot && readOnly, note: rootKnown ? nil : Self.unreadable))
+        var homeStat = stat(), wsHome = stat()
+        let homeKnown = lstat("/proc/\(pid)/root/home", &homeStat) == 0
+        let homeFD = open(workspace + "/home", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let wsKnown = homeFD >= 0 && fstat(homeFD, &wsHome) == 0
+        if homeFD >= 0 { close(homeFD) }
+        let sameHome = homeKnown && wsKnown && homeStat.st_dev == wsHome.st_dev && homeStat.st_ino == wsHome.st_ino
+        facts.append(InspectFact(fact: "home", actual: homeKnown ? (sameHome ? workspace + "/home" : "another directory (device \(homeStat.st_dev), inode \(homeStat.st_ino))") : nil,
+                                 expected: workspace + "/home", ok: sameHome, note: homeKnown ? nil : Self.unreadable))
         // The cgroup, and the limits read back from the tenant node's files.
         let cgroupLine = Files.readSmallFile("/proc/\(pid)/cgroup")?.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
         let mount = CgroupInfo.cgroup2MountPoint() ?? ""

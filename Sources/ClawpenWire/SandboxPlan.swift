@@ -61,6 +61,8 @@ public struct SandboxPlan: Equatable, Sendable {
     /// kernel.shmmax of the worker's own IPC namespace (0: left as the kernel made it); shmall and
     /// shmmni follow from it (ClawpenWorkerCore/IPCLimits.swift).
     public var shmMaxBytes: UInt64 = 0
+    /// `network = "loopback"`: the worker brings `lo` up. false (`"none"`): no interface is up.
+    public var loopback = false
 
     public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
                 etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
@@ -88,7 +90,7 @@ public struct SandboxPlan: Equatable, Sendable {
         w.u32(UInt32(symlinks.count))
         for l in symlinks { w.string(l.source); w.string(l.target) }
         w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared)
-        w.u32(jobLandlockABI); w.u64(shmMaxBytes)
+        w.u32(jobLandlockABI); w.u64(shmMaxBytes); w.bool(loopback)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -123,6 +125,7 @@ public struct SandboxPlan: Equatable, Sendable {
         plan.mountsPrepared = try r.bool()
         plan.jobLandlockABI = try r.u32()
         plan.shmMaxBytes = try r.u64()
+        plan.loopback = try r.bool()
         return plan
     }
 }

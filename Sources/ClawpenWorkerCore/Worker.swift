@@ -13,7 +13,7 @@ public struct WorkerConfig: Sendable {
     /// The socketpair end shared with the supervisor.
     public var socketFD: Int32
 
-    /// Started in its own network namespace (--netns): bring `lo` up at once.
+    /// Started in its own network namespace (--netns), as a sandboxed worker must be.
     public var ownNetworkNamespace: Bool
 
     public init(tenant: TenantName?, root: String?, socketFD: Int32, ownNetworkNamespace: Bool) {
@@ -71,10 +71,6 @@ public final class Worker {
         guard sigchldFD >= 0 else { throw StepFailure(step: "signalfd", errno: errno, detail: "") }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw StepFailure(step: "open /dev/null", errno: errno, detail: "") }
-        // Tenant-independent work first, while the supervisor places us and (for a spare) long
-        // before a tenant needs us: our own network namespace gets its loopback up.
-        let loopback = config.ownNetworkNamespace ? cp_loopback_up() : 0
-        let loopbackErrno = errno
         // The first frame says how to build the sandbox.
         guard case .configure(let plan) = try readFirstMessage() else {
             throw StepFailure(step: "configure", errno: EPROTO, detail: "the first frame was not a configure message")
@@ -98,7 +94,6 @@ public final class Worker {
             guard config.ownNetworkNamespace else {
                 throw StepFailure(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
             }
-            guard loopback == 0 else { throw StepFailure(step: "bring up lo", errno: loopbackErrno, detail: "") }
             try SandboxSetup(plan: plan).apply()
             let landlockRuleset = try JobIsolation.ruleset(abi: plan.jobLandlockABI)
             launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)

@@ -15,29 +15,35 @@ final class MountPreparationTests: XCTestCase {
     }
     override func tearDown() { daemon?.cleanup() }
 
-    func testSymlinkPlantedAtAMountPointIsNotFollowed() throws {
+    func testSymlinkPlantedAtTheHomeDirectoryIsNotFollowed() throws {
         let host = daemon.dir + "/host-dir"
         try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
         try daemon.createTenant("a")
         try daemon.createTenant("b")
-        // What a tenant could have left in its workspace: its /dev mount point swapped for a link
-        // to a host directory (a tmpfs mounted through it would cover that directory).
-        let dev = daemon.workspaceRoot + "/a/dev"
-        XCTAssertEqual(rmdir(dev), 0)
-        try FileManager.default.createSymbolicLink(atPath: dev, withDestinationPath: host)
+        // The one thing the supervisor opens in a workspace is its home, to bind it at /home:
+        // swapped for a link to a host directory (as a tenant owning its old-layout workspace
+        // could have left it), it would be the host directory that the tenant gets to write.
+        let home = daemon.workspaceRoot + "/a/home"
+        XCTAssertEqual(rmdir(home), 0)
+        try FileManager.default.createSymbolicLink(atPath: home, withDestinationPath: host)
 
         let job = try daemon.run("a", ["true"])
         XCTAssertEqual(job.state, .failed)
         XCTAssertEqual(job.error?.code, .workerCrashed)
-        XCTAssertTrue(job.error?.message.contains("open mount target") ?? false, "\(String(describing: job.error))")
+        XCTAssertTrue(job.error?.message.contains("open /home") ?? false, "\(String(describing: job.error))")
+        XCTAssertTrue(job.error?.message.contains("refusing to follow") ?? false, "\(String(describing: job.error))")
         let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         XCTAssertFalse(mounts.contains(host), "nothing was mounted on the link's target")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: host), [], "nothing was created through the link")
-        XCTAssertTrue(try daemon.tenantStatus("a")["last_error"]?.stringValue?.contains("/dev") ?? false)
+        var st = stat()
+        XCTAssertEqual(stat(host, &st), 0)
+        XCTAssertEqual(st.st_uid, 0, "the link's target was not chowned")
+        XCTAssertTrue(try daemon.tenantStatus("a")["last_error"]?.stringValue?.contains("/home") ?? false)
 
-        // The daemon and the other tenant carry on; a cleaned workspace works again.
+        // The daemon and the other tenant carry on; a cleaned workspace works again (its home
+        // is made afresh, the tenant's).
         XCTAssertEqual(try daemon.run("b", ["true"]).state, .succeeded)
-        XCTAssertEqual(unlink(dev), 0)
+        XCTAssertEqual(unlink(home), 0)
         XCTAssertEqual(try daemon.run("a", ["true"]).state, .succeeded)
     }
 

@@ -46,7 +46,7 @@ final class TenantInspectTests: XCTestCase {
         for name in ["uid", "gid", "supplementary groups", "capabilities inh", "capabilities prm", "capabilities eff",
                      "capabilities bnd", "capabilities amb", "no_new_privs", "seccomp mode", "seccomp filters",
                      "namespace mnt", "namespace pid", "namespace net", "namespace ipc", "namespace uts", "namespace cgroup",
-                     "root", "cgroup", "network interfaces up", "job isolation"] {
+                     "root", "home", "cgroup", "network interfaces up", "job isolation"] {
             XCTAssertEqual(f[name]?["ok"]?.boolValue, true, "\(name): \(f[name].map { "\($0)" } ?? "missing")")
         }
         XCTAssertEqual(f["namespace net"]?["actual"]?.stringValue, try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net"))

@@ -46,21 +46,38 @@ final class SandboxPlanTests: XCTestCase {
     }
 
     /// The checklist is the order of operations: the supervisor's mount-namespace steps form one
-    /// run that starts with private propagation, /proc comes after them, pivot_root after every
-    /// mount, identity after everything that needs privilege, seccomp last of the worker's steps.
+    /// run that starts with private propagation, the workspace is opened before anything is
+    /// mounted over it, /dev comes before /proc (its masks bind /dev/null), the root becomes
+    /// read-only last of them, pivot_root after every mount, identity after everything that
+    /// needs privilege, seccomp last of the worker's steps.
     func testChecklistOrderIsTheOrderOfOperations() throws {
         let names = Checklist.steps.map(\.name)
         func index(_ n: String) throws -> Int { try XCTUnwrap(names.firstIndex(of: n), n) }
         let mountSteps = Checklist.steps.indices.filter { Checklist.steps[$0].side == .mountNamespace }
         XCTAssertEqual(mountSteps, Array(mountSteps.first!...mountSteps.last!), "one contiguous run")
         XCTAssertEqual(Checklist.steps[mountSteps.first!].name, "private mounts")
-        XCTAssertLessThan(mountSteps.last!, try index("/proc"))
-        XCTAssertLessThan(try index("/proc"), try index("pivot_root"))
+        XCTAssertEqual(Checklist.steps[mountSteps.last!].name, "root read-only")
+        XCTAssertLessThan(try index("workspace"), try index("new root"))
+        XCTAssertLessThan(try index("/dev"), try index("/proc"))
+        XCTAssertLessThan(mountSteps.last!, try index("pivot_root"))
         XCTAssertLessThan(try index("pivot_root"), try index("identity"))
         let workerSteps = Checklist.steps.filter { $0.side == .worker }
+        XCTAssertEqual(workerSteps.first?.name, "loopback")
         XCTAssertEqual(workerSteps.last?.name, "seccomp")
-        XCTAssertTrue(Checklist.steps.allSatisfy { !$0.name.isEmpty })
+        XCTAssertEqual(Checklist.steps.filter(\.finishedInWorker).map(\.name), ["/proc"])
         XCTAssertTrue(Checklist.steps.filter { $0.side == .worker || $0.side == .mountNamespace }.allSatisfy { $0.run != nil })
+        XCTAssertTrue(Checklist.steps.allSatisfy { !$0.name.isEmpty && ($0.name == "cwd" || !$0.defendsAgainst.isEmpty) })
+    }
+
+    /// network = "none" leaves lo down; "loopback" brings it up, and the plan says which.
+    func testNetworkSettingReachesThePlan() throws {
+        XCTAssertFalse(try plan().loopback, "the free tier's network is none")
+        var limits = SandboxLimits(TierLimits.defaults(for: .free))
+        limits.network = "loopback"
+        let p = Plan.make(tenant: try TenantName(validating: "acme"), uid: 200_007, workspace: "/w/acme", limits: limits, enabled: true, controllers: [])
+        XCTAssertTrue(p.loopback)
+        XCTAssertTrue(Checklist.lines(for: p).contains("[worker] loopback: lo up (network = \"loopback\")"))
+        XCTAssertEqual(try SupervisorToWorker.decode(SupervisorToWorker.configure(p).encoded()), .configure(p))
     }
 
     func testUntrustedPlanBytesAreRejected() throws {

@@ -44,6 +44,13 @@ int cp_mknod_char(int dirfd, const char *name, mode_t mode, unsigned major, unsi
 /// Writes a whole file below `dirfd` (O_CREAT | O_EXCL | O_NOFOLLOW).
 int cp_write_file(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
+/// openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC): a handle to mount on or over, which
+/// opens nothing (a device node, a procfs file) and never follows a link. O_PATH needs _GNU_SOURCE.
+int cp_open_path(int dirfd, const char *name);
+
+/// 1 if `fd` is on a procfs mount, 0 if not, -1 with errno (statfs is not in Swift's Glibc module).
+int cp_is_procfs(int fd);
+
 /// Moves the calling thread into the mount namespace of process `pid` (first giving the thread
 /// filesystem attributes of its own, which setns requires in a multithreaded process). Returns
 /// an O_CLOEXEC fd of the thread's own mount namespace for cp_mount_ns_leave, or -1 with errno

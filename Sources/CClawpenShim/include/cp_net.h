@@ -17,9 +17,10 @@ uint64_t cp_sandbox_clone_flags(void);
 /// The sandbox's clone flags without CLONE_NEWNET (the child joins a pooled namespace instead).
 uint64_t cp_sandbox_clone_flags_without_net(void);
 
-/// A fresh network namespace with `lo` up, made by the calling thread (which unshares into it
-/// and returns to its own), as an O_CLOEXEC fd; -1 with errno on failure. Creating a network
-/// namespace is the slowest part of a sandboxed clone; the supervisor makes them ahead of need.
+/// A fresh network namespace, made by the calling thread (which unshares into it and returns to
+/// its own), as an O_CLOEXEC fd; -1 with errno on failure. Its `lo` is down: `network =
+/// "loopback"` brings it up in the worker (cp_loopback_up). Creating a network namespace is the
+/// slowest part of a sandboxed clone; the supervisor makes them ahead of need.
 int cp_netns_create(void);
 
 /// Brings up `lo` in the current network namespace (nothing to do when it is up already).
