@@ -65,6 +65,9 @@ struct Status: ParsableCommand {
             return "  \(t["tenant"]?.stringValue ?? "?"): \(e)"
         }
         if !troubled.isEmpty { out += "\nlast errors:\n" + troubled.joined(separator: "\n") + "\n" }
+        // Every limit weaker here than the policy says (no controller, no Landlock, no quota).
+        let warnings = (sup["warnings"]?.arrayValue ?? []).compactMap(\.stringValue)
+        if !warnings.isEmpty { out += "\nwarnings:\n" + warnings.map { "  " + $0 }.joined(separator: "\n") + "\n" }
         return out
     }
 }
