@@ -46,11 +46,16 @@ let package = Package(
         // Blocking Unix-socket client used by the CLI and the bench.
         .target(name: "ClawpenClient", dependencies: ["ClawpenProtocol", "CClawpenShim"], swiftSettings: strict),
         .target(name: "ClawpenStore", dependencies: ["ClawpenProtocol", "CSQLite"], swiftSettings: strict),
-        .target(name: "ClawpenPolicy", dependencies: ["ClawpenSystem"], swiftSettings: strict),
+        .target(name: "ClawpenPolicy", dependencies: ["ClawpenWire", "ClawpenSystem"], swiftSettings: strict),
+        // The supervisor's decisions as value types that take events and return actions: the
+        // worker life cycle, the crash-loop rule, admission, the router and quotas. No NIO, no
+        // syscalls: every rule is tested with a fake clock (Tests/ClawpenCoreTests).
+        .target(name: "ClawpenCore", dependencies: ["ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
+                swiftSettings: strict),
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
-                "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp", "ClawpenSystemd",
+                "ClawpenCore", "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp", "ClawpenSystemd",
                 "ClawpenSandbox", "ClawpenSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -86,9 +91,11 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
 
+        .testTarget(name: "ClawpenCoreTests", dependencies: ["ClawpenCore", "ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
+                    swiftSettings: strict),
         .testTarget(
             name: "ClawpenUnitTests",
-            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
+            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
                            "CClawpenShim", "ClawpenSystemd"],
             swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.

@@ -144,7 +144,7 @@ public final class ClawpenConnection {
         return (reply["tenants"]?.arrayValue ?? []).compactMap(TenantView.init(json:))
     }
 
-    public func status(tenant: String? = nil) throws(ClientError) -> JSONValue {
+    public func status(tenant: TenantName? = nil) throws(ClientError) -> JSONValue {
         let reply = try call(.status(tenant: tenant))
         guard let s = reply["status"] else { throw .badReply("reply without a status") }
         return s

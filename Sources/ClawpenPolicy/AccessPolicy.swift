@@ -1,3 +1,4 @@
+import ClawpenWire
 // Caller permissions: who may talk to the supervisor, from `access.toml`. The daemon identifies
 // a caller by SO_PEERCRED (uid, gid of the connecting process) and fills in the names with
 // getpwuid/getgrouplist; this file only decides. Pure: tested without sockets or users.
@@ -37,7 +38,7 @@ public struct Caller: Sendable, Equatable {
 /// What the caller wants to do.
 public enum AccessAction: Sendable, Equatable {
     /// Submit a job for `tenant`; also job get / wait / cancel of that tenant's jobs.
-    case submit(tenant: String)
+    case submit(tenant: TenantName)
     /// An admin command (`status`, `tenant create`, `tenant set-quota`, `policy reload`, ...).
     case `operator`(command: String)
 }
@@ -125,8 +126,9 @@ public struct AccessPolicy: Sendable, Equatable {
             return AccessDecision(allowed: true, rule: "uid 0 is always an operator", message: "root \(what)")
         }
         switch action {
-        case .submit(let tenant):
-            if PolicyLoader.isValidTenantName(tenant) {
+        case .submit(let name):
+            let tenant = name.value
+            do {
                 for (section, grants) in [(tenant, tenants[tenant] ?? []), ("*", tenants["*"] ?? [])] {
                     if let g = grants.first(where: { $0.matches(caller) }) {
                         let table = section == "*" ? "tenants.\"*\"" : "tenants.\(section)"
@@ -140,7 +142,7 @@ public struct AccessPolicy: Sendable, Equatable {
             let rule = "no rule in \(file) grants \(caller.described) tenant '\(tenant)'"
             return AccessDecision(
                 allowed: false, rule: rule,
-                message: "\(rule): add the user or one of its groups to [tenants.\(PolicyLoader.isValidTenantName(tenant) ? tenant : "<name>")] in access.toml")
+                message: "\(rule): add the user or one of its groups to [tenants.\(tenant)] in access.toml")
         case .operator(let command):
             if let allowed = operatorDecision(caller, "is an operator") { return allowed }
             let rule = "no rule in \(file) makes \(caller.described) an operator"

@@ -17,12 +17,22 @@ enum LimitKey: String, CaseIterable, Sendable {
     case commandsAllow = "commands_allow"
     case commandsDeny = "commands_deny"
     case envAllow = "env_allow"
+    case maxAttempts = "max_attempts"
+    case crashLoopMax = "crash_loop_max"
+    case crashLoopWindow = "crash_loop_window_s"
+    case crashBackoffMax = "crash_backoff_max_s"
     case diskMax = "disk_max"
     case inodesMax = "inodes_max"
 
     static let networkModes = ["none", "loopback"]
     /// The longest timeout a policy may allow: one day.
     static let maxTimeoutSeconds: Double = 86_400
+
+    /// Keys a tier file may leave out (they came later): the tier's shipped value applies.
+    var isOptionalInTierFile: Bool {
+        self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
+            || self == .diskMax || self == .inodesMax
+    }
 
     /// The keys whose value is a list that an override replaces as a whole.
     var isList: Bool { self == .commandsAllow || self == .commandsDeny || self == .envAllow }
@@ -85,6 +95,16 @@ enum LimitKey: String, CaseIterable, Sendable {
             target.setList(self, try c.patterns(kind: "absolute paths or globs", check: PatternCheck.commandProblem))
         case .envAllow:
             target.envAllow = try c.patterns(kind: "environment variable names or globs", check: PatternCheck.envProblem)
+        case .maxAttempts:
+            target.maxAttempts = try c.integer(1...100, note: "attempts of a job whose worker dies while running it")
+        case .crashLoopMax:
+            target.crashLoopMax = try c.integer(1...10_000, note: "worker failures within crash_loop_window_s that quarantine the tenant")
+        case .crashLoopWindow:
+            target.crashLoopWindowSeconds = try c.number(
+                above: 0, minimum: nil, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds; at most one day")
+        case .crashBackoffMax:
+            target.crashBackoffMaxSeconds = try c.number(
+                above: 0, minimum: 0.1, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds; at most one day")
         case .diskMax:
             target.diskMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64(1) << 60)
         case .inodesMax:

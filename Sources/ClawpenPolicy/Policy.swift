@@ -1,3 +1,4 @@
+import ClawpenWire
 /// A tenant's service tier. Each has a file `tiers/<rawValue>.toml`.
 public enum Tier: String, Sendable, CaseIterable, Hashable {
     case free, pro, enterprise
@@ -41,6 +42,14 @@ public struct TierLimits: Sendable, Equatable {
     public var commandsDeny: [PatternRule]
     /// `env_allow`: names or globs of the environment variables a request may set.
     public var envAllow: [PatternRule]
+    /// `max_attempts`: a job whose worker dies while running it runs again until it has had this many attempts.
+    public var maxAttempts: Int
+    /// `crash_loop_max`: worker failures within `crash_loop_window_s` that quarantine the tenant.
+    public var crashLoopMax: Int
+    /// `crash_loop_window_s`: the window of the crash-loop rule, in seconds.
+    public var crashLoopWindowSeconds: Double
+    /// `crash_backoff_max_s`: the longest wait before a crashed worker is started again.
+    public var crashBackoffMaxSeconds: Double
     /// `disk_max`: bytes the tenant's workspace may hold (a project quota where the workspace
     /// filesystem has them; DiskQuota in the supervisor).
     public var diskMaxBytes: Int64
@@ -52,10 +61,15 @@ public struct TierLimits: Sendable, Equatable {
         cpuMaxCores: Double, cpuWeight: Int, timeoutDefaultSeconds: Double, timeoutMaxSeconds: Double,
         outputMaxBytes: Int, network: String, seccompProfile: String, tmpSizeBytes: Int64,
         cpuSecondsPerHour: Double = 3600, commandsAllow: [PatternRule] = [], commandsDeny: [PatternRule] = [],
-        envAllow: [PatternRule] = [], diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000
+        envAllow: [PatternRule] = [], maxAttempts: Int = 3, crashLoopMax: Int = 5, crashLoopWindowSeconds: Double = 60,
+        crashBackoffMaxSeconds: Double = 300, diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000
     ) {
         self.diskMaxBytes = diskMaxBytes
         self.inodesMax = inodesMax
+        self.maxAttempts = maxAttempts
+        self.crashLoopMax = crashLoopMax
+        self.crashLoopWindowSeconds = crashLoopWindowSeconds
+        self.crashBackoffMaxSeconds = crashBackoffMaxSeconds
         self.maxConcurrentRuns = maxConcurrentRuns
         self.jobsPerMinute = jobsPerMinute
         self.maxQueued = maxQueued
@@ -90,6 +104,8 @@ public struct TierLimits: Sendable, Equatable {
 
     /// The policy-file key names, in the order the tier files list them.
     public static let keys: [String] = LimitKey.allCases.map(\.rawValue)
+    /// The keys a tier file must set (the crash-loop keys may be left out).
+    public static let requiredKeys: [String] = LimitKey.allCases.filter { !$0.isOptionalInTierFile }.map(\.rawValue)
 
     /// The compiled-in defaults of `tier` (identical to the shipped `policies/tiers/*.toml`,
     /// down to the line of every list entry: `PolicyTests.testShippedPoliciesEqualEmbedded`).
@@ -188,6 +204,10 @@ public struct TenantOverride: Sendable, Equatable {
     public var commandsAllow: [PatternRule]?
     public var commandsDeny: [PatternRule]?
     public var envAllow: [PatternRule]?
+    public var maxAttempts: Int?
+    public var crashLoopMax: Int?
+    public var crashLoopWindowSeconds: Double?
+    public var crashBackoffMaxSeconds: Double?
     public var diskMaxBytes: Int64?
     public var inodesMax: Int?
 
@@ -248,6 +268,10 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.commandsAllow { o.commandsAllow = v }
         if let v = other.commandsDeny { o.commandsDeny = v }
         if let v = other.envAllow { o.envAllow = v }
+        if let v = other.maxAttempts { o.maxAttempts = v }
+        if let v = other.crashLoopMax { o.crashLoopMax = v }
+        if let v = other.crashLoopWindowSeconds { o.crashLoopWindowSeconds = v }
+        if let v = other.crashBackoffMaxSeconds { o.crashBackoffMaxSeconds = v }
         if let v = other.diskMaxBytes { o.diskMaxBytes = v }
         if let v = other.inodesMax { o.inodesMax = v }
         return o
@@ -273,9 +297,27 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = commandsAllow { l.commandsAllow = v }
         if let v = commandsDeny { l.commandsDeny = v }
         if let v = envAllow { l.envAllow = v }
+        if let v = maxAttempts { l.maxAttempts = v }
+        if let v = crashLoopMax { l.crashLoopMax = v }
+        if let v = crashLoopWindowSeconds { l.crashLoopWindowSeconds = v }
+        if let v = crashBackoffMaxSeconds { l.crashBackoffMaxSeconds = v }
         if let v = diskMaxBytes { l.diskMaxBytes = v }
         if let v = inodesMax { l.inodesMax = v }
         return l
+    }
+
+    /// The crash-loop keys came later than the others: a tier file written before them still
+    /// loads, with the shipped values of its tier.
+    func withCrashLoopDefaults(of tier: Tier) -> TenantOverride {
+        let d = TierLimits.defaults(for: tier)
+        var o = self
+        o.maxAttempts = maxAttempts ?? d.maxAttempts
+        o.crashLoopMax = crashLoopMax ?? d.crashLoopMax
+        o.crashLoopWindowSeconds = crashLoopWindowSeconds ?? d.crashLoopWindowSeconds
+        o.crashBackoffMaxSeconds = crashBackoffMaxSeconds ?? d.crashBackoffMaxSeconds
+        o.diskMaxBytes = diskMaxBytes ?? d.diskMaxBytes
+        o.inodesMax = inodesMax ?? d.inodesMax
+        return o
     }
 
     /// All the limits, when every one is set (a complete tier file).
@@ -283,7 +325,8 @@ public struct TenantOverride: Sendable, Equatable {
         guard let maxConcurrentRuns, let jobsPerMinute, let maxQueued, let memoryMaxBytes, let pidsMax,
             let cpuMaxCores, let cpuWeight, let timeoutDefaultSeconds, let timeoutMaxSeconds, let outputMaxBytes,
             let network, let seccompProfile, let tmpSizeBytes, let cpuSecondsPerHour, let commandsAllow,
-            let commandsDeny, let envAllow, let diskMaxBytes, let inodesMax
+            let commandsDeny, let envAllow, let maxAttempts, let crashLoopMax, let crashLoopWindowSeconds,
+            let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax
         else { return nil }
         return TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
@@ -291,7 +334,9 @@ public struct TenantOverride: Sendable, Equatable {
             timeoutDefaultSeconds: timeoutDefaultSeconds, timeoutMaxSeconds: timeoutMaxSeconds,
             outputMaxBytes: outputMaxBytes, network: network, seccompProfile: seccompProfile,
             tmpSizeBytes: tmpSizeBytes, cpuSecondsPerHour: cpuSecondsPerHour, commandsAllow: commandsAllow,
-            commandsDeny: commandsDeny, envAllow: envAllow, diskMaxBytes: diskMaxBytes, inodesMax: inodesMax)
+            commandsDeny: commandsDeny, envAllow: envAllow, maxAttempts: maxAttempts, crashLoopMax: crashLoopMax,
+            crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
+            diskMaxBytes: diskMaxBytes, inodesMax: inodesMax)
     }
 }
 
@@ -414,4 +459,11 @@ public struct PolicySet: Sendable, Equatable {
         }
         return out
     }
+}
+
+extension PolicySet {
+    /// The limits of a tenant (see `limits(tenant:tier:)`).
+    public func limits(_ tenant: TenantName, tier: Tier) -> TierLimits { limits(tenant: tenant.value, tier: tier) }
+    public func effectiveTier(_ tenant: TenantName, assigned: Tier) -> Tier { effectiveTier(tenant: tenant.value, assigned: assigned) }
+    public func provenance(_ tenant: TenantName, tier: Tier) -> [String: String] { provenance(tenant: tenant.value, tier: tier) }
 }

@@ -64,7 +64,7 @@ public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unknownKey(_, _, let key): return "unknown key (\(Self.hint(forUnknownKey: key)))"
         case .wrongType(_, _, _, let expected, let found): return "expected \(expected), found \(found)"
         case .invalidValue(_, _, _, let reason): return reason
-        case .missingKey: return "missing key (a tier file must set every limit: \(TierLimits.keys.joined(separator: ", ")))"
+        case .missingKey: return "missing key (a tier file must set every limit: \(TierLimits.requiredKeys.joined(separator: ", ")))"
         }
     }
 
@@ -98,7 +98,7 @@ public enum PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidValue(let file, let line, let key, let reason):
             return "\(file):\(line): \(key): \(reason)"
         case .missingKey(let file, let key):
-            return "\(file): missing key '\(key)' (a tier file must set every limit: \(TierLimits.keys.joined(separator: ", ")))"
+            return "\(file): missing key '\(key)' (a tier file must set every limit: \(TierLimits.requiredKeys.joined(separator: ", ")))"
         }
     }
 

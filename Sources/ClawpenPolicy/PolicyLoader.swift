@@ -1,3 +1,4 @@
+import ClawpenWire
 /// Loads and validates a policy directory:
 ///
 ///     tiers/free.toml tiers/pro.toml tiers/enterprise.toml   required, every limit key set
@@ -39,12 +40,9 @@ public enum PolicyLoader {
         analyze(directory: directory, quotaDirectory: quotaDirectory)
     }
 
-    /// Tenant names, as in the design: `^[a-z0-9][a-z0-9_-]{0,62}$`.
-    public static func isValidTenantName(_ name: String) -> Bool {
-        let bytes = Array(name.utf8)
-        guard let first = bytes.first, bytes.count <= 63, isLowerAlnum(first) else { return false }
-        return bytes.dropFirst().allSatisfy { isLowerAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
-    }
+    /// Tenant (and profile) file names follow the tenant name rule: `TenantName` is its only
+    /// validator.
+    public static func isValidTenantName(_ name: String) -> Bool { (try? TenantName(validating: name)) != nil }
 
     // MARK: - Implementation
 
@@ -67,10 +65,10 @@ public enum PolicyLoader {
                 guard let root = readDocument(file, missingIsError: true, errors: &errors) else { continue }
                 let decoded = decode(root, file: file, origin: origin, isTenantFile: false, errors: &errors)
                 keyLines[origin] = decoded.keyLines
-                for key in LimitKey.allCases where decoded.lines[key] == nil {
+                for key in LimitKey.allCases where decoded.lines[key] == nil && !key.isOptionalInTierFile {
                     errors.append(.missingKey(file: file, key: key.rawValue))
                 }
-                guard let limits = decoded.values.complete else { continue }
+                guard let limits = decoded.values.withCrashLoopDefaults(of: tier).complete else { continue }
                 if let problem = timeoutProblem(limits) {
                     errors.append(
                         .invalidValue(

@@ -1,27 +1,33 @@
+import ClawpenWire
 import FoundationEssentials
 
-/// Every request a client can send (docs/protocol.md), parsed and checked for shape. Semantic
-/// checks (tenant name rules, quotas) happen in the supervisor.
+/// Every request a client can send (docs/protocol.md), parsed and checked for shape. A tenant's
+/// name is a `TenantName` from here on: `RequestCodec` refuses an invalid one with
+/// `invalid_tenant` before anything else sees it. Quotas and permissions are the supervisor's.
 public enum Request: Sendable, Equatable {
     case ping
     case submit(SubmitRequest)
     case jobGet(jobID: String)
     case jobWait(jobID: String)
     case jobCancel(jobID: String)
-    case tenantCreate(name: String, tier: String)
+    case tenantCreate(name: TenantName, tier: String)
     case tenantList
-    case tenantShow(name: String)
-    case status(tenant: String?)
+    case tenantShow(name: TenantName)
+    case status(tenant: TenantName?)
     /// The audit log (operators): of one tenant or all, from `since` (seconds since the epoch), newest `limit`.
-    case audit(tenant: String?, since: Double?, limit: Int)
+    case audit(tenant: TenantName?, since: Double?, limit: Int)
     /// What the policy decides for a command, without running it.
-    case policyExplain(tenant: String, argv: [String], env: [SubmitRequest.EnvVar], cwd: String?)
+    case policyExplain(tenant: TenantName, argv: [String], env: [SubmitRequest.EnvVar], cwd: String?)
     /// Re-read the policies directory (operators); a bad one keeps the old policy.
     case policyReload
     /// Change one tenant's limits (operators): an override kept in the state directory.
-    case tenantSetQuota(name: String, changes: [QuotaChange])
+    case tenantSetQuota(name: TenantName, changes: [QuotaChange])
+    /// Freeze a tenant (operators): submits refused, queued jobs wait, running jobs stopped.
+    case tenantSuspend(name: TenantName)
+    /// Undo a suspension and lift a crash-loop quarantine (operators).
+    case tenantResume(name: TenantName)
     /// What the tenant's running worker actually has, beside what its policy asks (operators).
-    case tenantInspect(name: String)
+    case tenantInspect(name: TenantName)
 
     public var typeName: String {
         switch self {
@@ -38,6 +44,8 @@ public enum Request: Sendable, Equatable {
         case .policyExplain: return "policy.explain"
         case .policyReload: return "policy.reload"
         case .tenantSetQuota: return "tenant.set_quota"
+        case .tenantSuspend: return "tenant.suspend"
+        case .tenantResume: return "tenant.resume"
         case .tenantInspect: return "tenant.inspect"
         }
     }
@@ -52,7 +60,7 @@ public struct QuotaChange: Sendable, Equatable {
 }
 
 public struct SubmitRequest: Sendable, Equatable {
-    public var tenant: String
+    public var tenant: TenantName
     public var argv: [String]
     public var env: [EnvVar]
     public var cwd: String?
@@ -67,7 +75,7 @@ public struct SubmitRequest: Sendable, Equatable {
         public init(name: String, value: String) { self.name = name; self.value = value }
     }
 
-    public init(tenant: String, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
+    public init(tenant: TenantName, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
                 timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false) {
         self.tenant = tenant; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
         self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.wait = wait
@@ -110,11 +118,11 @@ public enum RequestCodec {
         case "job.get": return .jobGet(jobID: try f.string("job_id"))
         case "job.wait": return .jobWait(jobID: try f.string("job_id"))
         case "job.cancel": return .jobCancel(jobID: try f.string("job_id"))
-        case "tenant.create": return .tenantCreate(name: try f.string("name"), tier: try f.optionalString("tier") ?? "free")
+        case "tenant.create": return .tenantCreate(name: try f.tenant("name"), tier: try f.optionalString("tier") ?? "free")
         case "tenant.list": return .tenantList
-        case "tenant.show": return .tenantShow(name: try f.string("name"))
-        case "tenant.inspect": return .tenantInspect(name: try f.string("name"))
-        case "status": return .status(tenant: try f.optionalString("tenant"))
+        case "tenant.show": return .tenantShow(name: try f.tenant("name"))
+        case "tenant.inspect": return .tenantInspect(name: try f.tenant("name"))
+        case "status": return .status(tenant: try f.optionalTenant("tenant"))
         case "audit":
             var since: Double?
             if let v = f.object["since"], !v.isNull {
@@ -126,13 +134,13 @@ public enum RequestCodec {
                 guard let i = v.intValue, (1...100_000).contains(i) else { throw ProtocolError(.invalidRequest, "audit: \"limit\" must be an integer from 1 to 100000") }
                 limit = Int(i)
             }
-            return .audit(tenant: try f.optionalString("tenant"), since: since, limit: limit)
+            return .audit(tenant: try f.optionalTenant("tenant"), since: since, limit: limit)
         case "policy.explain":
             let s = try submit(f)
             return .policyExplain(tenant: s.tenant, argv: s.argv, env: s.env, cwd: s.cwd)
         case "policy.reload": return .policyReload
         case "tenant.set_quota":
-            let name = try f.string("name")
+            let name = try f.tenant("name")
             guard case .object(let pairs)? = f.object["set"], !pairs.isEmpty else {
                 throw ProtocolError(.invalidRequest, "tenant.set_quota: \"set\" must be a non-empty object of policy keys and values")
             }
@@ -144,13 +152,15 @@ public enum RequestCodec {
                 }
             }
             return .tenantSetQuota(name: name, changes: changes)
+        case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
+        case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, status, audit, policy.explain, policy.reload)")
+            throw ProtocolError(.invalidRequest, "unknown request type \"\(type)\" (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
         }
     }
 
     static func submit(_ f: Fields) throws -> SubmitRequest {
-        let tenant = try f.string("tenant")
+        let tenant = try f.tenant("tenant")
         guard let rawArgv = f.object["argv"]?.arrayValue, !rawArgv.isEmpty else {
             throw ProtocolError(.invalidRequest, "submit: \"argv\" must be a non-empty array of strings")
         }
@@ -228,6 +238,16 @@ public enum RequestCodec {
             }
             return s
         }
+        /// A tenant name, checked here, at the edge: `invalid_tenant` names the rule it breaks.
+        func tenant(_ key: String) throws -> TenantName {
+            do { return try TenantName(validating: try string(key)) } catch let e as TenantName.Invalid {
+                throw ProtocolError(.invalidTenant, e.description)
+            }
+        }
+        func optionalTenant(_ key: String) throws -> TenantName? {
+            guard let raw = try optionalString(key) else { return nil }
+            do { return try TenantName(validating: raw) } catch { throw ProtocolError(.invalidTenant, error.description) }
+        }
         func optionalString(_ key: String) throws -> String? {
             guard let v = object[key], !v.isNull else { return nil }
             guard let s = v.stringValue else { throw ProtocolError(.invalidRequest, "\(type): field \"\(key)\" must be a string") }
@@ -243,7 +263,7 @@ public enum RequestCodec {
         switch request {
         case .ping, .tenantList: break
         case .submit(let s):
-            o.set("tenant", .string(s.tenant))
+            o.set("tenant", .string(s.tenant.value))
             o.set("argv", .array(s.argv.map(JSONValue.string)))
             if !s.env.isEmpty { o.set("env", .object(s.env.map { ($0.name, .string($0.value)) })) }
             if let cwd = s.cwd { o.set("cwd", .string(cwd)) }
@@ -255,21 +275,21 @@ public enum RequestCodec {
             if let k = s.idempotencyKey { o.set("idempotency_key", .string(k)) }
             o.set("wait", s.wait)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
-        case .tenantCreate(let name, let tier): o.set("name", .string(name)); o.set("tier", .string(tier))
-        case .tenantShow(let name), .tenantInspect(let name): o.set("name", .string(name))
-        case .status(let tenant): if let tenant { o.set("tenant", .string(tenant)) }
+        case .tenantCreate(let name, let tier): o.set("name", .string(name.value)); o.set("tier", .string(tier))
+        case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name), .tenantInspect(let name): o.set("name", .string(name.value))
+        case .status(let tenant): if let tenant { o.set("tenant", .string(tenant.value)) }
         case .audit(let tenant, let since, let limit):
-            if let tenant { o.set("tenant", .string(tenant)) }
+            if let tenant { o.set("tenant", .string(tenant.value)) }
             if let since { o.set("since", .double(since)) }
             o.set("limit", limit)
         case .policyExplain(let tenant, let argv, let env, let cwd):
-            o.set("tenant", .string(tenant))
+            o.set("tenant", .string(tenant.value))
             o.set("argv", .array(argv.map(JSONValue.string)))
             if !env.isEmpty { o.set("env", .object(env.map { ($0.name, .string($0.value)) })) }
             if let cwd { o.set("cwd", .string(cwd)) }
         case .policyReload: break
         case .tenantSetQuota(let name, let changes):
-            o.set("name", .string(name))
+            o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
         }
         return o.value.serialized()

@@ -5,7 +5,7 @@ import Glibc
 /// The cgroup v2 file names clawpen reads or writes, declared once.
 enum CgroupFile {
     static let procs = "cgroup.procs", threads = "cgroup.threads", kill = "cgroup.kill", events = "cgroup.events"
-    static let controllers = "cgroup.controllers", subtreeControl = "cgroup.subtree_control"
+    static let controllers = "cgroup.controllers", subtreeControl = "cgroup.subtree_control", freeze = "cgroup.freeze"
     static let memoryMax = "memory.max", memorySwapMax = "memory.swap.max", memoryCurrent = "memory.current", memoryEvents = "memory.events"
     static let pidsMax = "pids.max", pidsCurrent = "pids.current", cpuMax = "cpu.max", cpuWeight = "cpu.weight", cpuStat = "cpu.stat"
     /// What a delegated node's owner may write (systemd's delegation set); the limit files stay root's.
@@ -265,6 +265,12 @@ public final class CgroupTree: @unchecked Sendable {
             return Int64(line.dropFirst("usage_usec ".count))
         }
         return nil
+    }
+
+    /// Freezes (or thaws) every process of the tenant (cgroup.freeze: a core file of every
+    /// non-root cgroup v2 node, with or without controllers). false: it could not be written.
+    public func setFrozen(_ tenant: TenantName, _ frozen: Bool) -> Bool {
+        Self.write(tenantPath(tenant) + "/" + CgroupFile.freeze, frozen ? "1" : "0")
     }
 
     public func memoryCurrent(_ tenant: TenantName) -> Int64? { readNumber(tenantPath(tenant) + "/" + CgroupFile.memoryCurrent) }

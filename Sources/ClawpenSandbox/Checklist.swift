@@ -84,6 +84,10 @@ final class SetupContext {
 }
 
 public enum Checklist {
+    /// The umask the steps run with (the modes they give are the ones they name); the worker
+    /// itself runs with 077.
+    static let umask: mode_t = 0o022
+
     /// The sandbox setup, in execution order.
     public static let steps: [Step] = [
         Step("namespaces", .clone,
@@ -136,7 +140,7 @@ public enum Checklist {
              run: Mounts.makeEtc),
         Step("/proc", .mountNamespace,
              defends: "seeing host or other tenants' processes (own pid namespace, hidepid=invisible); what container runtimes mask: kernel memory and symbols, keys, host-wide interrupt and timer counters, the kernel's config; kernel knobs and triggers (read-only)",
-             describe: { _ in "proc at /proc of the worker's pid namespace (hidepid=invisible, nosuid, nodev, noexec; by the supervisor with pidns=, else by the worker); /dev/null over " + Mounts.procMaskedFiles.map { "/proc/" + $0 }.joined(separator: " ") + "; an empty read-only directory over " + Mounts.procMaskedDirectories.map { "/proc/" + $0 }.joined(separator: " ") + "; read-only " + Mounts.procReadOnly.map { "/proc/" + $0 }.joined(separator: " ") + " (each where this kernel has it)" },
+             describe: { _ in "proc at /proc of the worker's pid namespace (hidepid=invisible, nosuid, nodev, noexec; by the supervisor with pidns=, else by the worker); /dev/null over " + Mounts.procMaskedFiles.map { "/proc/" + $0 }.joined(separator: " ") + "; an empty read-only directory over " + Mounts.procMaskedDirectories.map { "/proc/" + $0 }.joined(separator: " ") + "; read-only " + Mounts.procReadOnly.map { "/proc/" + $0 }.joined(separator: " ") + " (each where this kernel has it and a tenant could read it)" },
              run: Mounts.mountProc, finishedInWorker: true),
         Step("root read-only", .mountNamespace,
              defends: "rewriting the skeleton: / (with /etc) read-only, nosuid, nodev, noexec; only /home, /tmp and /dev/shm are writable",
@@ -202,6 +206,8 @@ public struct SandboxSetup {
     public init(plan: SandboxPlan) { self.plan = plan }
 
     public func apply() throws(StepFailure) {
+        let umaskBefore = umask(Checklist.umask)
+        defer { umask(umaskBefore) }
         let ctx = SetupContext(plan: plan)
         for step in Checklist.steps {
             guard let run = step.run else { continue }

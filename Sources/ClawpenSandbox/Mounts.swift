@@ -3,11 +3,12 @@ import ClawpenSystem
 import ClawpenWire
 import Glibc
 
-/// The mount facility. Supervisor side (`prepareFromSupervisor`): the mount tree, all but
-/// /proc, built from inside the new worker's mount namespace while the worker is exec'd (it
-/// depends only on the plan and the mount namespace, not on the worker's pid namespace or
-/// identity). Worker side: the same steps when the supervisor could not do them, then /proc,
-/// pivot_root and the new root's flags. The steps themselves and their order are the Checklist.
+/// The mount facility. Supervisor side (`prepareFromSupervisor`): the whole mount tree, built
+/// from inside the new worker's mount namespace while the worker is exec'd (it depends only on
+/// the plan and the mount namespace, not on the worker's identity; /proc is mounted for the
+/// worker's pid namespace with `pidns=`). Worker side: the same steps when the supervisor could
+/// not do them, /proc when the kernel lacks `pidns=`, then pivot_root. The steps themselves
+/// and their order are the Checklist.
 public enum Mounts {
     public enum Preparation: Equatable, Sendable {
         case prepared
@@ -24,6 +25,10 @@ public enum Mounts {
         let home = cp_mount_ns_enter(workerPID)
         guard home >= 0 else { return .cannotJoin(errno: errno) }
         defer { cp_mount_ns_leave(home) }
+        // The thread has a filesystem context of its own now (cp_mount_ns_enter unshared it), so
+        // its umask can be set for the steps without touching the supervisor's other threads.
+        let umaskBefore = umask(Checklist.umask)
+        defer { umask(umaskBefore) }
         let ctx = SetupContext(plan: plan, workerPID: workerPID)
         for step in Checklist.steps where step.side == .mountNamespace { try step.run?(ctx) }
         return .prepared
@@ -114,10 +119,7 @@ public enum Mounts {
             cp_mount_at("tmpfs", -1, ws, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=0755,size=4m,nr_inodes=1024")
         }
         let root = try ctx.root()
-        // (fchmodat: the worker runs with umask 077, which mkdirat would apply.)
-        for name in skeleton {
-            try StepFailure.check("mkdir /\(name)") { mkdirat(root, name, 0o755) == 0 ? fchmodat(root, name, 0o755, 0) : -1 }
-        }
+        for name in skeleton { try StepFailure.check("mkdir /\(name)") { mkdirat(root, name, 0o755) } }
         let target = try open(root, "/home", directory: true)
         defer { close(target) }
         try StepFailure.check("bind /home", ctx.plan.workspace + "/home") { cp_mount_at(nil, ctx.homeFD, target, nil, CP_MS_BIND, nil) }
@@ -198,8 +200,11 @@ public enum Mounts {
     public static let procMaskedFiles = ["kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
                                          "timer_list", "timer_stats", "sched_debug", "latency_stats"]
     public static let procMaskedDirectories = ["acpi", "asound", "scsi"]
-    /// Bound read-only over themselves (Docker's read-only paths): kernel knobs and triggers.
-    public static let procReadOnly = ["bus", "fs", "irq", "sys", "sysrq-trigger"]
+    /// Bound read-only over themselves: the kernel's knobs and triggers. (Docker also covers
+    /// /proc/bus, /proc/fs and /proc/irq, for containers that run as root; nothing there is
+    /// writable without root, a tenant never is, and each cover costs two mount calls on the
+    /// cold start's path.)
+    public static let procReadOnly = ["sys", "sysrq-trigger"]
 
     /// /proc of the worker's pid namespace (hidepid=invisible), with the masks above. The
     /// supervisor mounts it from outside that pid namespace with `pidns=` (Linux 6.18); where the
@@ -224,6 +229,9 @@ public enum Mounts {
         guard null >= 0 else { throw StepFailure(step: "open /dev/null", errno: errno) }
         defer { close(null) }
         for name in procMaskedFiles {
+            // A file only root may read (timer_list here) needs no cover: a tenant never is root.
+            var st = stat()
+            guard fstatat(proc, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & 0o004 != 0 else { continue }
             let fd = cp_open_path(proc, name)
             guard fd >= 0 else { continue }
             defer { close(fd) }

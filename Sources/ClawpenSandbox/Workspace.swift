@@ -17,11 +17,18 @@ public enum Workspace {
     /// The workspace root as the sandbox needs it: root's and closed to other host users (0700).
     /// 0700 rather than 0711: nothing but root ever walks through it (a worker reaches its home
     /// through a mount made while it is still root), so no one else needs even the search bit.
-    public static func secureRoot(_ path: String) throws(StepFailure) {
+    /// Returns what it was before when that differed ("mode 0755, owner 0:0"), nil when it was so.
+    @discardableResult
+    public static func secureRoot(_ path: String) throws(StepFailure) -> String? {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw failure("open workspace root", path, errno) }
         defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw failure("open workspace root", path, errno) }
+        let mode = st.st_mode & 0o7777
+        guard st.st_uid != 0 || st.st_gid != 0 || mode != 0o700 else { return nil }
         guard fchown(fd, 0, 0) == 0, fchmod(fd, 0o700) == 0 else { throw failure("close workspace root", path, errno) }
+        return "mode 0\(String(mode, radix: 8)), owner \(st.st_uid):\(st.st_gid)"
     }
 
     /// Creates `<root>/<tenant>` and `home/` in it. `owner`: the tenant's uid (and gid), given

@@ -1,16 +1,21 @@
 import ClawpenProtocol
+import ClawpenWire
 
 public struct TenantRecord: Sendable, Equatable {
-    public var name: String
+    public var name: TenantName
     public var tier: String
     public var uid: Int
     public var createdAt: Double
+
+    public init(name: TenantName, tier: String, uid: Int, createdAt: Double) {
+        self.name = name; self.tier = tier; self.uid = uid; self.createdAt = createdAt
+    }
 }
 
 /// A job as stored: the request, its state and, once finished, its result.
 public struct JobRecord: Sendable, Equatable {
     public var id: String
-    public var tenant: String
+    public var tenant: TenantName
     public var state: JobState
     public var argv: [String]
     public var env: [SubmitRequest.EnvVar]
@@ -25,7 +30,7 @@ public struct JobRecord: Sendable, Equatable {
     public var finishedAt: Double?
     public var result: JobResult?
 
-    public init(id: String, tenant: String, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
+    public init(id: String, tenant: TenantName, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
                 stdin: [UInt8], timeoutSeconds: Double, outputCap: Int, idempotencyKey: String?, attempt: Int,
                 createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil, result: JobResult? = nil) {
         self.id = id; self.tenant = tenant; self.state = state; self.argv = argv; self.env = env; self.cwd = cwd
@@ -38,7 +43,7 @@ public struct JobRecord: Sendable, Equatable {
     public var view: JobView {
         let r = result
         return JobView(
-            id: id, tenant: tenant, state: state, exitCode: r?.exitCode, signal: r?.signal,
+            id: id, tenant: tenant.value, state: state, exitCode: r?.exitCode, signal: r?.signal,
             stdout: String(decoding: r?.stdout ?? [], as: UTF8.self), stderr: String(decoding: r?.stderr ?? [], as: UTF8.self),
             stdoutTruncated: r?.stdoutTruncated ?? false, stderrTruncated: r?.stderrTruncated ?? false,
             queuedMs: startedAt.map { ($0 - createdAt) * 1000 }, runMs: r?.runMs, cpuMs: r?.cpuMs, maxRSSKiB: r?.maxRSSKiB,

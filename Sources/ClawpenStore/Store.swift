@@ -1,4 +1,5 @@
 import ClawpenProtocol
+import ClawpenWire
 import Glibc
 
 /// Durable state: tenants, jobs, audit events, in one SQLite database (WAL) in the state dir.
@@ -72,6 +73,10 @@ public final class Store: @unchecked Sendable {
             action TEXT NOT NULL,
             rule TEXT,
             detail TEXT);
+        CREATE TABLE IF NOT EXISTS suspensions(
+            tenant TEXT PRIMARY KEY REFERENCES tenants(name),
+            suspended_by TEXT NOT NULL,
+            at REAL NOT NULL);
         """)
         let found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
         if let found, Int(found) != Self.schemaVersion {
@@ -89,22 +94,28 @@ public final class Store: @unchecked Sendable {
     // MARK: Tenants
 
     public func tenants() throws(StoreError) -> [TenantRecord] {
-        try db.rows("SELECT name, tier, uid, created_at FROM tenants ORDER BY name") { r in
-            TenantRecord(name: r.text(0), tier: r.text(1), uid: Int(r.int(2)), createdAt: r.double(3))
-        }
+        try db.rows("SELECT name, tier, uid, created_at FROM tenants ORDER BY name", [], Self.decodeTenant)
     }
 
-    public func tenant(named name: String) throws(StoreError) -> TenantRecord? {
-        try db.rows("SELECT name, tier, uid, created_at FROM tenants WHERE name=?", [.text(name)]) { r in
-            TenantRecord(name: r.text(0), tier: r.text(1), uid: Int(r.int(2)), createdAt: r.double(3))
-        }.first
+    public func tenant(named name: TenantName) throws(StoreError) -> TenantRecord? {
+        try db.rows("SELECT name, tier, uid, created_at FROM tenants WHERE name=?", [.text(name.value)], Self.decodeTenant).first
+    }
+
+    private static func decodeTenant(_ r: SQLiteConnection.Row) throws(StoreError) -> TenantRecord {
+        TenantRecord(name: try tenantName(r.text(0)), tier: r.text(1), uid: Int(r.int(2)), createdAt: r.double(3))
+    }
+
+    /// A stored name goes through the one validator again: a row nobody wrote through clawpen
+    /// cannot reach a path or a cgroup name.
+    static func tenantName(_ raw: String) throws(StoreError) -> TenantName {
+        do { return try TenantName(validating: raw) } catch { throw .corrupt("tenant name '\(raw.prefix(80))': \(error)") }
     }
 
     public enum CreateTenantOutcome: Equatable, Sendable { case created(TenantRecord), duplicate, uidRangeExhausted }
 
     /// Creates a tenant with the lowest free uid of the range (never one a living tenant holds,
     /// nor one `isUsable` refuses: the supervisor skips uids the host uses).
-    public func createTenant(name: String, tier: String, uidRange: ClosedRange<Int>, now: Double,
+    public func createTenant(name: TenantName, tier: String, uidRange: ClosedRange<Int>, now: Double,
                              isUsable: (Int) -> Bool = { _ in true }) throws(StoreError) -> CreateTenantOutcome {
         if try tenant(named: name) != nil { return .duplicate }
         let used = try db.rows("SELECT uid FROM tenants WHERE uid BETWEEN ? AND ? ORDER BY uid",
@@ -115,13 +126,13 @@ public final class Store: @unchecked Sendable {
         guard candidate <= uidRange.upperBound else { return .uidRangeExhausted }
         try setSynchronous(full: true)
         try db.run("INSERT INTO tenants(name, tier, uid, created_at) VALUES(?,?,?,?)",
-                   [.text(name), .text(tier), .int(Int64(candidate)), .double(now)])
+                   [.text(name.value), .text(tier), .int(Int64(candidate)), .double(now)])
         return .created(TenantRecord(name: name, tier: tier, uid: candidate, createdAt: now))
     }
 
     /// Undoes a createTenant whose workspace could not be made.
-    public func deleteTenant(name: String) throws(StoreError) {
-        try db.run("DELETE FROM tenants WHERE name=?", [.text(name)])
+    public func deleteTenant(name: TenantName) throws(StoreError) {
+        try db.run("DELETE FROM tenants WHERE name=?", [.text(name.value)])
     }
 
     // MARK: Jobs
@@ -148,7 +159,7 @@ public final class Store: @unchecked Sendable {
                 runMs: r.optionalDouble(20), cpuMs: r.optionalDouble(21), maxRSSKiB: r.optionalInt(22), error: error)
         }
         return JobRecord(
-            id: r.text(0), tenant: r.text(1), state: state, argv: splitNUL(r.blob(3)),
+            id: r.text(0), tenant: try tenantName(r.text(1)), state: state, argv: splitNUL(r.blob(3)),
             env: splitNUL(r.blob(4)).map { kv in
                 let parts = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 return SubmitRequest.EnvVar(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
@@ -185,7 +196,7 @@ public final class Store: @unchecked Sendable {
                 try db.run("""
                     INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at)
                     VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
-                    """, [.text(job.id), .text(job.tenant), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
+                    """, [.text(job.id), .text(job.tenant.value), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
                           .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
                           job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
                           .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt)])
@@ -208,9 +219,9 @@ public final class Store: @unchecked Sendable {
         try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE id=?", [.text(id)], Self.decodeJob).first
     }
 
-    public func job(tenant: String, idempotencyKey: String) throws(StoreError) -> JobRecord? {
+    public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {
         try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE tenant=? AND idempotency_key=?",
-                    [.text(tenant), .text(idempotencyKey)], Self.decodeJob).first
+                    [.text(tenant.value), .text(idempotencyKey)], Self.decodeJob).first
     }
 
     /// A running job goes back to the queue (its worker died): attempt + 1.
@@ -271,14 +282,34 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Job counts per tenant and state (for `status`).
-    public func jobCounts() throws(StoreError) -> [String: [JobState: Int]] {
-        var out: [String: [JobState: Int]] = [:]
+    public func jobCounts() throws(StoreError) -> [TenantName: [JobState: Int]] {
+        var out: [TenantName: [JobState: Int]] = [:]
         for (tenant, state, n) in try db.rows("SELECT tenant, state, count(*) FROM jobs GROUP BY tenant, state", [], { r in
             (r.text(0), r.text(1), Int(r.int(2)))
         }) {
-            if let s = JobState(rawValue: state) { out[tenant, default: [:]][s] = n }
+            if let s = JobState(rawValue: state) { out[try Self.tenantName(tenant), default: [:]][s] = n }
         }
         return out
+    }
+
+    // MARK: Suspensions
+
+    /// Tenants an operator suspended (`clawpen tenant suspend`), and by whom: a suspension
+    /// outlives a restart of the daemon.
+    public func suspensions() throws(StoreError) -> [(tenant: TenantName, by: String)] {
+        try db.rows("SELECT tenant, suspended_by FROM suspensions ORDER BY tenant", []) { r throws(StoreError) in
+            (tenant: try Self.tenantName(r.text(0)), by: r.text(1))
+        }
+    }
+
+    public func setSuspension(tenant: TenantName, by: String, at: Double) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("INSERT OR REPLACE INTO suspensions(tenant, suspended_by, at) VALUES(?,?,?)", [.text(tenant.value), .text(by), .double(at)])
+    }
+
+    public func clearSuspension(tenant: TenantName) throws(StoreError) {
+        try setSynchronous(full: false)
+        try db.run("DELETE FROM suspensions WHERE tenant=?", [.text(tenant.value)])
     }
 
     // MARK: Audit

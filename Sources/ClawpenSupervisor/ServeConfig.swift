@@ -1,3 +1,5 @@
+@_exported import enum ClawpenCore.DispatchMode
+import ClawpenCore
 /// Everything `clawpen serve` is configured with, after flags, environment and config file have
 /// been merged (flag > environment > config file > default).
 public struct ServeConfig: Sendable {
@@ -21,8 +23,6 @@ public struct ServeConfig: Sendable {
     public var fsyncAccepts = true
     /// A client that leaves a frame half-sent this long is disconnected.
     public var partialFrameTimeoutSeconds = 30.0
-    /// A job that was running when its worker died is re-queued until it has had this many attempts.
-    public var maxAttempts = 3
     /// Spare workers kept cloned and waiting, so that a new tenant's first job skips the clone,
     /// the namespaces and the exec (0: none). nil: automatic: 2 without tenant cgroups; 0 with
     /// them, because a spare must then be migrated into its tenant's cgroup, which waits for an

@@ -31,7 +31,11 @@ public enum Server {
         try ServeError.makeDirectories(config.workspaceRoot, mode: 0o700)
         // Sandboxed, the workspace root is root's and closed to every other host user.
         if geteuid() == 0 {
-            do { try Workspace.secureRoot(config.workspaceRoot) } catch { throw .directory(path: error.detail, errno: error.errno) }
+            do {
+                if let before = try Workspace.secureRoot(config.workspaceRoot) {
+                    logger.notice("workspace root made root's and closed to other users (0700)", metadata: ["path": "\(config.workspaceRoot)", "was": "\(before)"])
+                }
+            } catch { throw .directory(path: error.detail, errno: error.errno) }
         }
         let socketDir = String(config.socketPath[..<(config.socketPath.lastIndex(of: "/") ?? config.socketPath.startIndex)])
         if activated == nil, !socketDir.isEmpty { try ServeError.makeDirectories(socketDir, mode: 0o755) }

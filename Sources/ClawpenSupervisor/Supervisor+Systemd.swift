@@ -9,13 +9,13 @@ extension Supervisor {
     func statusLine() -> String {
         loop.preconditionInEventLoop()
         var workers = 0, running = 0, queued = 0
-        for rt in tenants.values {
-            if rt.worker != nil { workers += 1 }
-            running += rt.runningCount
-            queued += rt.queue.count
+        for t in core.tenants.values {
+            if t.lifecycle.worker != nil { workers += 1 }
+            running += t.runningCount
+            queued += t.queue.count
         }
         let mode = cgroups == nil ? "no tenant cgroups" : "cgroup \(cgroup.mode.rawValue)"
-        return "\(draining ? "draining; " : "")tenants \(tenants.count), workers \(workers), running \(running), queued \(queued) (\(mode))"
+        return "\(core.draining ? "draining; " : "")tenants \(core.tenants.count), workers \(workers), running \(running), queued \(queued) (\(mode))"
     }
 
     /// The watchdog's question, asked on the loop that routes every request and every worker

@@ -1,4 +1,5 @@
 import CClawpenShim
+import ClawpenCore
 import ClawpenPolicy
 import ClawpenProtocol
 import Glibc
@@ -31,11 +32,11 @@ extension Supervisor {
         }
     }
 
-    func inspect(tenant rt: TenantRuntime) throws -> JSONValue {
+    func inspect(tenant rt: TenantState) -> JSONValue {
         var o = JSONObjectBuilder()
         o.set("tenant", .string(rt.name.value))
         o.set("state", .string(rt.state.rawValue))
-        guard let w = rt.worker, !w.exited else {
+        guard let w = rt.lifecycle.worker, workers[w.id]?.exited != true else {
             o.set("running", false)
             o.set("worker_pid", nil as Int?)
             o.set("facts", .array([]))
@@ -51,7 +52,7 @@ extension Supervisor {
         return o.value
     }
 
-    private func inspectFacts(_ rt: TenantRuntime, pid: Int32) -> [InspectFact] {
+    private func inspectFacts(_ rt: TenantState, pid: Int32) -> [InspectFact] {
         var facts: [InspectFact] = []
         let limits = rt.limits
         let uid = "\(rt.record.uid)"
@@ -85,8 +86,8 @@ extension Supervisor {
         facts.append(InspectFact(fact: "seccomp filters", actual: field("Seccomp_filters"), expected: wantFilters,
                                  ok: field("Seccomp_filters") == wantFilters, note: own > 0 ? "\(own) inherited from the supervisor" : nil))
         // Namespaces: each of the worker's differs from the supervisor's own.
-        let otherNetns = Set(tenants.values.compactMap { t -> String? in
-            guard t !== rt, let p = t.worker?.pid else { return nil }
+        let otherNetns = Set(core.tenants.values.compactMap { t -> String? in
+            guard t.name != rt.name, let p = t.lifecycle.worker?.pid else { return nil }
             return Self.readLink("/proc/\(p)/ns/net")
         })
         for ns in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {

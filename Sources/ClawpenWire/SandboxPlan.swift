@@ -50,7 +50,7 @@ public struct SandboxPlan: Equatable, Sendable {
     /// The tenant's cgroup node on the host (the worker's cgroup, delegated to the tenant's
     /// uid): the worker runs each job in a `job-<n>` child of it. Empty: no cgroups.
     public var cgroupNode: String = ""
-    /// The supervisor has already built the mount tree (all but /proc) in the
+    /// The supervisor has already built the mount tree (the checklist's mount steps) in the
     /// worker's mount namespace (Mounts.prepareFromSupervisor), while the worker was starting: the
     /// worker goes on from there.
     public var mountsPrepared = false

@@ -55,6 +55,12 @@ public enum SupervisorToWorker: Equatable, Sendable {
     case cancel(jobID: String)
     /// Stop serving: kill whatever still runs, reap it, exit 0.
     case shutdown
+    /// The tenant is suspended and has no cgroup to freeze: SIGSTOP every running job's process
+    /// group and stop enforcing deadlines until `resume`.
+    case pause
+    /// The suspension is over (it lasted `pausedMs`): SIGCONT what `pause` stopped and move every
+    /// running job's deadline by `pausedMs` (a frozen job did not use its time).
+    case resume(pausedMs: UInt32)
 
     public func encoded() -> [UInt8] {
         var w = BinaryWriter()
@@ -68,6 +74,10 @@ public enum SupervisorToWorker: Equatable, Sendable {
             w.u8(3)
         case .configure(let plan):
             w.u8(4); plan.encode(into: &w)
+        case .pause:
+            w.u8(5)
+        case .resume(let ms):
+            w.u8(6); w.u32(ms)
         }
         return w.bytes
     }
@@ -83,6 +93,8 @@ public enum SupervisorToWorker: Equatable, Sendable {
         case 2: msg = .cancel(jobID: try r.string())
         case 3: msg = .shutdown
         case 4: msg = .configure(try SandboxPlan.decode(&r))
+        case 5: msg = .pause
+        case 6: msg = .resume(pausedMs: try r.u32())
         default: throw .badValue
         }
         guard r.isAtEnd else { throw .badValue }

@@ -9,7 +9,7 @@ struct RunningJob {
     let id: String
     let pid: Int32
     let startedAt: UInt64
-    let deadline: UInt64
+    var deadline: UInt64
     let outputCap: Int
     /// Its own cgroup (`job-<id>`), when the tenant has one.
     let cgroup: JobCgroup?

@@ -28,6 +28,8 @@ public final class Worker {
     private let socketFD: Int32
     private var inbound = FrameSplitter(maxFrameBytes: 64 * 1024 * 1024)
     private var jobs: [String: RunningJob] = [:]
+    /// Suspended without a tenant cgroup: the jobs are stopped (SIGSTOP) and no deadline runs.
+    private var paused = false
     private var jobByPID: [Int32: String] = [:]
     private var launcher: JobLauncher
     private var sigchldFD: Int32 = -1
@@ -171,7 +173,7 @@ public final class Worker {
         var next: UInt64 = .max
         for job in jobs.values {
             if job.hasExited { next = min(next, job.drainDeadline) }
-            else if job.killReason == nil { next = min(next, job.deadline) }
+            else if job.killReason == nil && !paused { next = min(next, job.deadline) }
         }
         if next == .max { return -1 }
         let now = Clock.monotonicNanos()
@@ -225,6 +227,20 @@ public final class Worker {
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
         case .configure: log("ignoring a second configure message")
+        case .pause:
+            // The tenant is suspended and has no cgroup to freeze: stop every job where it stands.
+            guard !paused else { return }
+            paused = true
+            for job in jobs.values where !job.hasExited { kill(-job.pid, SIGSTOP) }
+        case .resume(let pausedMs):
+            // A suspended job did not use its time: its deadline moves by the pause.
+            let shift = UInt64(pausedMs) * 1_000_000
+            for (id, var job) in jobs where !job.hasExited {
+                job.deadline = job.deadline &+ shift
+                jobs[id] = job
+                if paused { kill(-job.pid, SIGCONT) }
+            }
+            paused = false
         }
     }
 
@@ -332,6 +348,7 @@ public final class Worker {
     }
 
     private func enforceDeadlines() {
+        guard !paused else { return }
         let now = Clock.monotonicNanos()
         for (id, var job) in jobs where !job.hasExited && job.killReason == nil && now >= job.deadline {
             job.killReason = .timeout

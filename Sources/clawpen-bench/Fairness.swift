@@ -1,5 +1,6 @@
 import ClawpenClient
 import ClawpenProtocol
+import ClawpenWire
 import Dispatch
 import Foundation
 import Glibc
@@ -47,9 +48,11 @@ extension Scenarios {
         try Daemon.with(s, label: "fairness-\(mode)") { d in
             let conn = try d.connect()
             let quiet = (0..<options.fairnessQuietTenants).map { "quiet-\($0)" }
-            _ = try call("create tenant flood") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: "flood", tier: "enterprise")) }
+            let floodName = try benchTenant("flood")
+            _ = try call("create tenant flood") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: floodName, tier: "enterprise")) }
             for name in quiet {
-                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: name, tier: "free")) }
+                let tn = try benchTenant(name)
+                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: tn, tier: "free")) }
                 for i in 0..<3 { _ = try runJob(conn, tenant: name, what: "warm-up job \(i + 1) for \(name)") }
             }
             _ = try runJob(conn, tenant: "flood", what: "warm-up job for flood")
@@ -131,11 +134,11 @@ final class Flooder: @unchecked Sendable {
             let conn = try ClawpenConnection(socketPath: socket)
             let argv = ["sleep", String(jobSeconds)]
             while !isStopped {
-                let st = try conn.status(tenant: "flood")
+                let st = try conn.status(tenant: try TenantName(validating: "flood"))
                 let queued = Int(st["tenants"]?.arrayValue?.first?["jobs"]?["queued"]?.intValue ?? 0)
                 if queued >= backlog { setFull(); Clock.sleep(seconds: 0.01); continue }
                 for _ in 0..<(backlog - queued) {
-                    _ = try conn.submit(SubmitRequest(tenant: "flood", argv: argv, wait: false))
+                    _ = try conn.submit(SubmitRequest(tenant: try TenantName(validating: "flood"), argv: argv, wait: false))
                 }
             }
         } catch {

@@ -1,5 +1,6 @@
 import ClawpenClient
 import ClawpenProtocol
+import ClawpenWire
 import Dispatch
 import Foundation
 import Glibc
@@ -21,7 +22,8 @@ struct Scenarios {
         let n = options.warmJobs
         try Daemon.with(setup, label: "warm") { d in
             let conn = try d.connect()
-            _ = try call("create tenant warm") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: "warm", tier: Scenarios.tier)) }
+            let warmName = try benchTenant("warm")
+            _ = try call("create tenant warm") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: warmName, tier: Scenarios.tier)) }
             Progress.say("[warm] \(options.warmupJobs) warm-up jobs, then \(n) timed jobs and \(n) floor runs, alternating in blocks")
 
             let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -84,7 +86,8 @@ struct Scenarios {
             let conn = try d.connect()
             let names = (0..<tenants).map { "tp-\($0)" }
             for name in names {
-                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: name, tier: Scenarios.tier)) }
+                let tn = try benchTenant(name)
+                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: tn, tier: Scenarios.tier)) }
                 for i in 0..<5 { _ = try runJob(conn, tenant: name, what: "warm-up job \(i + 1) for \(name)") }
             }
             // The machine's own ceiling: as many processes as submitters, each a shell running
@@ -152,7 +155,8 @@ struct Scenarios {
             let names = (0..<n).map { String(format: "cold-%04d", $0) }
             Progress.say("[cold] creating \(n) tenants (untimed), then timing each one's first job")
             for name in names {
-                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: name, tier: Scenarios.tier)) }
+                let tn = try benchTenant(name)
+                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: tn, tier: Scenarios.tier)) }
             }
             let up = try workerPIDs(conn).count
             if up > 0 {
@@ -182,7 +186,8 @@ struct Scenarios {
                 let started = Clock.nanoseconds()
                 for i in range {
                     let name = String(format: "d-%04d", i)
-                    _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: name, tier: Scenarios.tier)) }
+                    let tn = try benchTenant(name)
+                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: tn, tier: Scenarios.tier)) }
                     _ = try runJob(conn, tenant: name, what: "job for \(name)")
                     if (i + 1) % 100 == 0 {
                         Progress.say("[density] \(i + 1) tenants, \(Int(Clock.milliseconds(since: started) / 1000)) s")
@@ -235,7 +240,8 @@ struct Scenarios {
     // MARK: - helpers
 
     /// Submits /bin/true with wait and returns the round trip in ms; anything but `succeeded` fails.
-    func runJob(_ conn: ClawpenConnection, tenant: String, what: String) throws(BenchFailure) -> Double {
+    func runJob(_ conn: ClawpenConnection, tenant rawTenant: String, what: String) throws(BenchFailure) -> Double {
+        let tenant = try benchTenant(rawTenant)
         let start = Clock.nanoseconds()
         let reply = try call(what) { () throws(ClientError) in
             try conn.submit(SubmitRequest(tenant: tenant, argv: Self.job, wait: true))
@@ -315,7 +321,7 @@ final class SharedRun: @unchecked Sendable {
                 if gapMs > 0 { Clock.sleep(seconds: gapMs / 1000) }
                 let start = Clock.nanoseconds()
                 do {
-                    let reply = try conn.submit(SubmitRequest(tenant: tenant, argv: Scenarios.job, wait: true))
+                    let reply = try conn.submit(SubmitRequest(tenant: try TenantName(validating: tenant), argv: Scenarios.job, wait: true))
                     let ms = Clock.milliseconds(since: start)
                     guard reply.job.state == .succeeded else {
                         fail("submitter \(index), job \(k + 1): \(Scenarios.describe(reply.job))")
@@ -352,4 +358,9 @@ final class SharedRun: @unchecked Sendable {
         defer { lock.unlock() }
         return (errors, latencies)
     }
+}
+
+/// The bench's own tenant names ("warm", "tp-3", "cold-0001") through the one validator.
+func benchTenant(_ raw: String) throws(BenchFailure) -> TenantName {
+    do { return try TenantName(validating: raw) } catch { throw BenchFailure("bench tenant name '\(raw)': \(error)") }
 }

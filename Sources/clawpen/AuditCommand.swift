@@ -32,9 +32,10 @@ struct AuditCommand: ParsableCommand {
     }
 
     func run() throws {
+        let tenantName = try TenantArgument.parse(tenant)
         let from = since.flatMap(TimeArgument.parse)
         let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
-            try c.call(.audit(tenant: tenant, since: from, limit: limit))
+            try c.call(.audit(tenant: tenantName, since: from, limit: limit))
         }
         let events = reply["events"]?.arrayValue ?? []
         if json { Output.json(.array(events)); return }

@@ -90,3 +90,16 @@ enum Format {
         }.joined(separator: "\n") + "\n"
     }
 }
+
+/// A tenant name on the command line goes through the one validator before anything is sent:
+/// a bad one is a usage error (exit 64) that names the rule.
+enum TenantArgument {
+    static func parse(_ raw: String) throws(ExitCode) -> TenantName {
+        do { return try TenantName(validating: raw) } catch { throw Output.fail(.invalidTenant, error.description) }
+    }
+
+    static func parse(_ raw: String?) throws(ExitCode) -> TenantName? {
+        guard let raw else { return nil }
+        return try parse(raw)
+    }
+}

@@ -127,13 +127,14 @@ struct PolicyExplain: ParsableCommand {
     }
 
     func run() throws {
+        let tenantName = try TenantArgument.parse(tenant)
         let cmd = command.first == "--" ? Array(command.dropFirst()) : command
         let vars = env.map { e -> SubmitRequest.EnvVar in
             let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return .init(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
         }
         let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
-            try c.call(.policyExplain(tenant: tenant, argv: cmd, env: vars, cwd: cwd))
+            try c.call(.policyExplain(tenant: tenantName, argv: cmd, env: vars, cwd: cwd))
         }
         let e = reply["explain"] ?? .null
         let d = e["decision"] ?? .null

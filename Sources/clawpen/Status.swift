@@ -14,8 +14,9 @@ struct Status: ParsableCommand {
     @Flag(help: "Redraw every second until interrupted.") var watch = false
 
     func run() throws {
+        let tenantName = try TenantArgument.parse(tenant)
         repeat {
-            let status = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.status(tenant: tenant) }
+            let status = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.status(tenant: tenantName) }
             if watch { Output.writeStdout("\u{1B}[H\u{1B}[2J") }
             if json { Output.json(status) } else { Output.writeStdout(Self.render(status)) }
             if watch { sleep(1) }
@@ -65,6 +66,19 @@ struct Status: ParsableCommand {
             return "  \(t["tenant"]?.stringValue ?? "?"): \(e)"
         }
         if !troubled.isEmpty { out += "\nlast errors:\n" + troubled.joined(separator: "\n") + "\n" }
+        // Who is held back, why, and what lifts it.
+        let held = (s["tenants"]?.arrayValue ?? []).compactMap { t -> String? in
+            let name = t["tenant"]?.stringValue ?? "?"
+            if let q = t["quarantine"], case .object = q {
+                let retry = q["retry_in_s"]?.doubleValue.map { Format.duration($0) } ?? "?"
+                return "  \(name): QUARANTINED, retries in \(retry): \(q["reason"]?.stringValue ?? "?") (lift: clawpen tenant resume \(name))"
+            }
+            if let p = t["suspension"], case .object = p {
+                return "  \(name): SUSPENDED by \(p["by"]?.stringValue ?? "?"), jobs frozen by \(p["frozen_by"]?.stringValue ?? "nothing (no worker)") (lift: clawpen tenant resume \(name))"
+            }
+            return nil
+        }
+        if !held.isEmpty { out += "\nheld back:\n" + held.joined(separator: "\n") + "\n" }
         // Every limit weaker here than the policy says (no controller, no Landlock, no quota).
         let warnings = (sup["warnings"]?.arrayValue ?? []).compactMap(\.stringValue)
         if !warnings.isEmpty { out += "\nwarnings:\n" + warnings.map { "  " + $0 }.joined(separator: "\n") + "\n" }

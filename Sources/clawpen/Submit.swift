@@ -54,7 +54,7 @@ struct Submit: ParsableCommand {
             let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return .init(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
         }
-        let request = SubmitRequest(tenant: tenant, argv: cmd, env: vars, cwd: cwd, stdin: stdin,
+        let request = SubmitRequest(tenant: try TenantArgument.parse(tenant), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
                                     timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach)
         let (job, _) = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
         if detach {

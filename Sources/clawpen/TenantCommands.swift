@@ -5,7 +5,7 @@ import ClawpenProtocol
 struct TenantCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant", abstract: "Create and inspect tenants.",
-        subcommands: [Create.self, List.self, Show.self, SetQuota.self, Inspect.self])
+        subcommands: [Create.self, List.self, Show.self, SetQuota.self, Suspend.self, Resume.self, Inspect.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -17,7 +17,8 @@ struct TenantCommand: ParsableCommand {
         @Flag(help: "Print the tenant as JSON.") var json = false
 
         func run() throws {
-            let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantCreate(name: name, tier: tier)) }
+            let tenantName = try TenantArgument.parse(name)
+            let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantCreate(name: tenantName, tier: tier)) }
             if json { Output.json(t.json) } else {
                 Output.line("created tenant \(t.name) (tier \(t.tier), uid \(t.uid), workspace \(t.workspace))")
             }
@@ -45,7 +46,8 @@ struct TenantCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantShow(name: name)) }
+            let tenantName = try TenantArgument.parse(name)
+            let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantShow(name: tenantName)) }
             if json { Output.json(t.json); return }
             Output.writeStdout("tenant:     \(t.name)\ntier:       \(t.tier)\nuid:        \(t.uid)\nworkspace:  \(t.workspace)\n")
         }
@@ -104,8 +106,9 @@ struct TenantCommand: ParsableCommand {
         }
 
         func run() throws {
+            let tenantName = try TenantArgument.parse(name)
             let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
-                try c.call(.tenantSetQuota(name: name, changes: changes))
+                try c.call(.tenantSetQuota(name: tenantName, changes: changes))
             }
             if json { Output.json(reply); return }
             var out = "set for tenant \(name) (\(reply["file"]?.stringValue ?? "")):\n"
@@ -136,8 +139,9 @@ struct TenantCommand: ParsableCommand {
         static let noWorkerExit: Int32 = 3
 
         func run() throws {
+            let tenantName = try TenantArgument.parse(name)
             let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
-                try c.call(.tenantInspect(name: name))
+                try c.call(.tenantInspect(name: tenantName))
             }
             let inspect = reply["inspect"] ?? .null
             let running = inspect["running"]?.boolValue ?? false

@@ -217,7 +217,7 @@ final class EscapeTests: XCTestCase {
             """)
         XCTAssertFalse(job.stdout.contains("GAINED"), job.stdout)
         // The tenant's uid (the first of the range, unless the host uses it: tenant create skips those).
-        let uid = try daemon.connect().tenant(.tenantShow(name: "a")).uid
+        let uid = try daemon.connect().tenant(.tenantShow(name: .t("a"))).uid
         XCTAssertTrue(job.stdout.contains("\(uid) \(uid)"), job.stdout)
     }
 

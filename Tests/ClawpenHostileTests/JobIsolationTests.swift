@@ -35,7 +35,7 @@ final class JobIsolationTests: XCTestCase {
     func startVictim(seconds: Int = 20) throws -> String {
         _ = try daemon.run("a", ["rm", "-f", "/home/victim.pid"])
         let id = try daemon.connect().submit(SubmitRequest(
-            tenant: "a", argv: ["python3", "-c", """
+            tenant: .t("a"), argv: ["python3", "-c", """
                 import os, time
                 secret = ("\(marker)-MEM-" * 64).encode()
                 open("/home/victim.pid.tmp", "w").write(str(os.getpid()))

@@ -3,7 +3,7 @@ import ClawpenTestSupport
 import Foundation
 import XCTest
 
-/// The supervisor builds a new worker's mounts (all but /proc) from inside the worker's mount
+/// The supervisor builds a new worker's mounts from inside the worker's mount
 /// namespace (Mounts.prepareFromSupervisor), as root, in a workspace the tenant has written to
 /// before. It must not follow what the tenant planted there, and none of its threads may stay
 /// in a tenant's namespace afterwards.
@@ -41,9 +41,12 @@ final class MountPreparationTests: XCTestCase {
         XCTAssertTrue(try daemon.tenantStatus("a")["last_error"]?.stringValue?.contains("/home") ?? false)
 
         // The daemon and the other tenant carry on; a cleaned workspace works again (its home
-        // is made afresh, the tenant's).
+        // is made afresh, the tenant's) once an operator lifts the quarantine its failed starts
+        // put the tenant in.
         XCTAssertEqual(try daemon.run("b", ["true"]).state, .succeeded)
         XCTAssertEqual(unlink(home), 0)
+        XCTAssertEqual(try daemon.tenantStatus("a")["state"]?.stringValue, "quarantined")
+        _ = try daemon.connect().call(.tenantResume(name: .t("a")))
         XCTAssertEqual(try daemon.run("a", ["true"]).state, .succeeded)
     }
 

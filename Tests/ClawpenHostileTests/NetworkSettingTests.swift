@@ -29,7 +29,7 @@ final class NetworkSettingTests: XCTestCase {
         daemon = try Daemon().start()
         try daemon.createTenant("a")
         try daemon.assertSandboxed("a")
-        for attempt in 0..<2 { // a fresh worker, then one from a pooled namespace
+        for attempt in 0..<2 { // two workers, the second in a namespace the pool made meanwhile
             let job = try daemon.run("a", ["python3", "-c", Self.probe])
             XCTAssertEqual(job.state, .succeeded, job.stderr)
             XCTAssertTrue(job.stdout.contains("lo DOWN\n"), "attempt \(attempt): \(job.stdout)")

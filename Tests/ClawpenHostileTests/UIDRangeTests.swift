@@ -79,12 +79,12 @@ final class UIDRangeTests: XCTestCase {
         defer { holder.terminate(); holder.waitUntilExit() }
         usleep(200_000)
         let d = try daemon(uidMin: 310_000, uidMax: 310_010).start()
-        XCTAssertEqual(try d.connect().tenant(.tenantCreate(name: "a", tier: "free")).uid, 310_001, "310000 is held by a running host process")
+        XCTAssertEqual(try d.connect().tenant(.tenantCreate(name: .t("a"), tier: "free")).uid, 310_001, "310000 is held by a running host process")
         holder.terminate(); holder.waitUntilExit()
-        XCTAssertEqual(try d.connect().tenant(.tenantCreate(name: "b", tier: "free")).uid, 310_000, "free again once nothing holds it")
+        XCTAssertEqual(try d.connect().tenant(.tenantCreate(name: .t("b"), tier: "free")).uid, 310_000, "free again once nothing holds it")
         // A uid the user database knows: 65534 is nobody (and nogroup) on Debian.
         let nobody = 65_534
         let n = try daemon(uidMin: nobody, uidMax: nobody + 5).start()
-        XCTAssertEqual(try n.connect().tenant(.tenantCreate(name: "n", tier: "free")).uid, nobody + 1, "uid \(nobody) is 'nobody' in the user database")
+        XCTAssertEqual(try n.connect().tenant(.tenantCreate(name: .t("n"), tier: "free")).uid, nobody + 1, "uid \(nobody) is 'nobody' in the user database")
     }
 }

@@ -69,7 +69,7 @@ final class SymlinkTests: XCTestCase {
             XCTAssertTrue((e as? ClientError)?.message.contains("symlink") ?? false, "\(e)")
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: target), [], "nothing created through the link")
-        XCTAssertThrowsError(try daemon.connect().tenant(.tenantShow(name: "evil")), "no tenant record was made")
+        XCTAssertThrowsError(try daemon.connect().tenant(.tenantShow(name: .t("evil"))), "no tenant record was made")
     }
 
     func testSymlinkAtHomeInsideTheWorkspaceIsNotFollowed() throws {

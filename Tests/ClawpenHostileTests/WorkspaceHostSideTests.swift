@@ -33,6 +33,15 @@ final class WorkspaceHostSideTests: XCTestCase {
             XCTAssertFalse(r.output.contains(secret), r.output)
             XCTAssertTrue(r.output.contains("Permission denied"), r.output)
         }
+        // A workspace root left open (an older install's 0755) is closed at the next start, and
+        // the log says what it was.
+        XCTAssertEqual(daemon.stop(), 0)
+        XCTAssertEqual(chmod(daemon.workspaceRoot, 0o755), 0)
+        let next = try Daemon(dir: daemon.dir).start()
+        defer { _ = next.stop() }
+        XCTAssertEqual(stat(next.workspaceRoot, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o700)
+        XCTAssertTrue(next.log.contains("workspace root made root's and closed") && next.log.contains("mode 0755"), next.log)
     }
 
     func testSetuidAndDeviceFilesInTheTenantsDataAreInert() throws {

@@ -166,14 +166,14 @@ final class JobTests: XCTestCase {
 
     func testIdempotencyKeyReturnsTheFirstJob() throws {
         let c = try daemon.connect()
-        let one = try c.submit(SubmitRequest(tenant: "a", argv: ["sh", "-c", "echo $$"], idempotencyKey: "order-42", wait: true))
-        let two = try c.submit(SubmitRequest(tenant: "a", argv: ["sh", "-c", "echo $$"], idempotencyKey: "order-42", wait: true))
+        let one = try c.submit(SubmitRequest(tenant: .t("a"), argv: ["sh", "-c", "echo $$"], idempotencyKey: "order-42", wait: true))
+        let two = try c.submit(SubmitRequest(tenant: .t("a"), argv: ["sh", "-c", "echo $$"], idempotencyKey: "order-42", wait: true))
         XCTAssertFalse(one.existing)
         XCTAssertTrue(two.existing)
         XCTAssertEqual(one.job.id, two.job.id)
         XCTAssertEqual(one.job.stdout, two.job.stdout)
         // Keys are per tenant.
-        let other = try c.submit(SubmitRequest(tenant: "b", argv: ["true"], idempotencyKey: "order-42", wait: true))
+        let other = try c.submit(SubmitRequest(tenant: .t("b"), argv: ["true"], idempotencyKey: "order-42", wait: true))
         XCTAssertFalse(other.existing)
         XCTAssertEqual(try daemon.tenantStatus("a")["jobs"]?["succeeded"]?.intValue, 1)
     }

@@ -199,7 +199,12 @@ final class LifecycleTests: XCTestCase {
         XCTAssertTrue(job.error?.message.contains("cannot start") ?? false, job.error?.message ?? "")
         // It was handed to workers behind their configure frame, but never started: no attempt counted.
         XCTAssertEqual(job.attempt, 1)
-        XCTAssertTrue(d.eventually(5) { (try? d.tenantStatus("a")["state"]?.stringValue) == "idle" }, "no retry loop: the tenant settles idle")
+        // No retry loop: after crash_loop_max failures the tenant is quarantined, says why, and
+        // refuses new jobs until its back-off is over.
+        let t = try d.tenantStatus("a")
+        XCTAssertEqual(t["state"]?.stringValue, "quarantined", "\(t)")
+        XCTAssertNotNil(t["quarantine"]?["retry_in_s"]?.doubleValue, "\(t)")
+        XCTAssertEqual(t["last_error_detail"]?["kind"]?.stringValue, "exited", "\(t)")
         XCTAssertNoThrow(try d.connect().call(.ping))
     }
 
@@ -212,7 +217,7 @@ final class LifecycleTests: XCTestCase {
             usleep(100_000)
         } // closed here, mid-job
         // The same key finds the job; it ran to the end.
-        let again = try d.connect().submit(SubmitRequest(tenant: "a", argv: ["true"], idempotencyKey: "gone", wait: true))
+        let again = try d.connect().submit(SubmitRequest(tenant: .t("a"), argv: ["true"], idempotencyKey: "gone", wait: true))
         XCTAssertTrue(again.existing)
         XCTAssertEqual(again.job.state, .succeeded)
         XCTAssertEqual(again.job.stdout, "survived\n")
@@ -250,7 +255,7 @@ final class LifecycleTests: XCTestCase {
         // Delegated to the tenant's uid, except the limits and cgroup.kill.
         var st = stat()
         XCTAssertEqual(stat(base + "/tenant-a/cgroup.procs", &st), 0)
-        XCTAssertEqual(Int(st.st_uid), try d.connect().tenant(.tenantShow(name: "a")).uid)
+        XCTAssertEqual(Int(st.st_uid), try d.connect().tenant(.tenantShow(name: .t("a"))).uid)
         XCTAssertEqual(stat(base + "/tenant-a/cgroup.kill", &st), 0)
         XCTAssertEqual(st.st_uid, 0)
         XCTAssertTrue(try String(contentsOfFile: "/proc/\(d.pid)/cgroup", encoding: .utf8).contains("/supervisor\n"), "the daemon sits in its leaf")

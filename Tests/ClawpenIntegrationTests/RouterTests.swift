@@ -113,7 +113,7 @@ final class FairDispatchTests: XCTestCase {
         try daemon.createTenant("quiet")
         XCTAssertEqual(try daemon.run("quiet", ["true"]).state, .succeeded) // its worker is up
         let c = try daemon.connect()
-        for _ in 0..<40 { _ = try c.submit(SubmitRequest(tenant: "flood", argv: ["sleep", "0.3"])) }
+        for _ in 0..<40 { _ = try c.submit(SubmitRequest(tenant: .t("flood"), argv: ["sleep", "0.3"])) }
         XCTAssertTrue(daemon.eventually { (try? self.daemon.status()["supervisor"]?["router"]?["running"]?.intValue) ?? 0 >= 2 })
         let job = try daemon.run("quiet", ["true"])
         XCTAssertEqual(job.state, .succeeded)

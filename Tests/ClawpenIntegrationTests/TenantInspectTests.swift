@@ -36,7 +36,7 @@ final class TenantInspectTests: XCTestCase {
     func testLiveWorkerFactsAreReadFromTheKernel() throws {
         _ = try daemon.run("l", ["true"])
         let (status, f, json) = try facts("l")
-        let uid = try daemon.connect().tenant(.tenantShow(name: "l")).uid
+        let uid = try daemon.connect().tenant(.tenantShow(name: .t("l"))).uid
         let pid = Int32(json["worker_pid"]?.intValue ?? -1)
         XCTAssertGreaterThan(pid, 0)
         XCTAssertEqual(f["uid"]?["actual"]?.stringValue, "\(uid) \(uid) \(uid) \(uid)")

@@ -327,7 +327,7 @@ final class PolicyAccessTests: XCTestCase {
             let d = p.decide(root, .operator(command: "status"))
             XCTAssertTrue(d.allowed)
             XCTAssertEqual(d.rule, "uid 0 is always an operator")
-            XCTAssertTrue(p.decide(root, .submit(tenant: "acme")).allowed)
+            XCTAssertTrue(p.decide(root, .submit(tenant: .t("acme"))).allowed)
         }
     }
 
@@ -338,7 +338,7 @@ final class PolicyAccessTests: XCTestCase {
         XCTAssertEqual(p.decide(Caller(uid: 4242, gid: 1), .operator(command: "status")).rule, "operators.users 4242 (access.toml:2)")
         let admin = Caller(uid: 1600, gid: 100, userName: "bob", groupNames: ["users", "clawpen-admin"])
         XCTAssertEqual(p.decide(admin, .operator(command: "policy reload")).rule, "operators.groups \"clawpen-admin\" (access.toml:3)")
-        let submit = p.decide(admin, .submit(tenant: "zeta"))
+        let submit = p.decide(admin, .submit(tenant: .t("zeta")))
         XCTAssertTrue(submit.allowed, "operators may submit for every tenant")
         XCTAssertEqual(submit.rule, "operators.groups \"clawpen-admin\" (access.toml:3)")
 
@@ -352,22 +352,21 @@ final class PolicyAccessTests: XCTestCase {
     func testTenantGrants() throws {
         let p = try policy(sample)
         let svc = Caller(uid: 2000, gid: 2000, userName: "acme-svc")
-        XCTAssertEqual(p.decide(svc, .submit(tenant: "acme")).rule, "tenants.acme.users \"acme-svc\" (access.toml:6)")
-        XCTAssertFalse(p.decide(svc, .submit(tenant: "beta")).allowed)
+        XCTAssertEqual(p.decide(svc, .submit(tenant: .t("acme"))).rule, "tenants.acme.users \"acme-svc\" (access.toml:6)")
+        XCTAssertFalse(p.decide(svc, .submit(tenant: .t("beta"))).allowed)
         XCTAssertFalse(p.decide(svc, .operator(command: "status")).allowed)
         XCTAssertEqual(
-            p.decide(Caller(uid: 2001, gid: 3000), .submit(tenant: "acme")).rule, "tenants.acme.groups 3000 (access.toml:7)")
+            p.decide(Caller(uid: 2001, gid: 3000), .submit(tenant: .t("acme"))).rule, "tenants.acme.groups 3000 (access.toml:7)")
         XCTAssertEqual(
-            p.decide(Caller(uid: 2001, gid: 1, groupIDs: [3000]), .submit(tenant: "acme")).rule,
+            p.decide(Caller(uid: 2001, gid: 1, groupIDs: [3000]), .submit(tenant: .t("acme"))).rule,
             "tenants.acme.groups 3000 (access.toml:7)")
         let gw = Caller(uid: 2100, gid: 2100, userName: "gateway")
-        XCTAssertEqual(p.decide(gw, .submit(tenant: "anyone")).rule, "tenants.\"*\".users \"gateway\" (access.toml:10)")
-        XCTAssertFalse(p.decide(gw, .submit(tenant: "Bad Name")).allowed)
-        let alice = Caller(uid: 1001, gid: 1001, userName: "alice")
-        let d = p.decide(alice, .submit(tenant: "acme"))
+        XCTAssertEqual(p.decide(gw, .submit(tenant: .t("anyone"))).rule, "tenants.\"*\".users \"gateway\" (access.toml:10)")
+                let alice = Caller(uid: 1001, gid: 1001, userName: "alice")
+        let d = p.decide(alice, .submit(tenant: .t("acme")))
         XCTAssertFalse(d.allowed)
         XCTAssertEqual(d.rule, "no rule in access.toml grants uid 1001 (alice) tenant 'acme'")
-        XCTAssertEqual(p.decide(Caller(uid: 1002, gid: 1), .submit(tenant: "acme")).rule, "no rule in access.toml grants uid 1002 tenant 'acme'")
+        XCTAssertEqual(p.decide(Caller(uid: 1002, gid: 1), .submit(tenant: .t("acme"))).rule, "no rule in access.toml grants uid 1002 tenant 'acme'")
     }
 
     func testParseErrors() throws {
@@ -392,7 +391,7 @@ final class PolicyAccessTests: XCTestCase {
         try dir.write("access.toml", sample)
         let set = try PolicyLoader.load(directory: dir.path)
         XCTAssertEqual(set.access.ruleCount, 7)
-        XCTAssertTrue(set.access.decide(Caller(uid: 5, gid: 5, userName: "acme-svc"), .submit(tenant: "acme")).allowed)
+        XCTAssertTrue(set.access.decide(Caller(uid: 5, gid: 5, userName: "acme-svc"), .submit(tenant: .t("acme"))).allowed)
         try FileManager.default.removeItem(atPath: dir.file("access.toml"))
         let none = try PolicyLoader.load(directory: dir.path).access
         XCTAssertEqual(none, .rootOnly)

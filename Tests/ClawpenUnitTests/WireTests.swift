@@ -113,7 +113,7 @@ final class WorkerCodecTests: XCTestCase {
 
 final class RequestCodecTests: XCTestCase {
     func testSubmitRoundTrip() throws {
-        let s = SubmitRequest(tenant: "a", argv: ["echo", "hi"], env: [.init(name: "K", value: "V=1")], cwd: "/home/x",
+        let s = SubmitRequest(tenant: .t("a"), argv: ["echo", "hi"], env: [.init(name: "K", value: "V=1")], cwd: "/home/x",
                               stdin: [0xFF, 0], timeoutSeconds: 2.5, idempotencyKey: "k", wait: true)
         let (id, result) = RequestCodec.decode(RequestCodec.encode(.submit(s), id: .int(7)))
         XCTAssertEqual(id, .int(7))
@@ -122,8 +122,8 @@ final class RequestCodecTests: XCTestCase {
 
     func testEveryRequestTypeRoundTrips() throws {
         let all: [Request] = [.ping, .jobGet(jobID: "x"), .jobWait(jobID: "x"), .jobCancel(jobID: "x"),
-                              .tenantCreate(name: "a", tier: "pro"), .tenantList, .tenantShow(name: "a"),
-                              .status(tenant: nil), .status(tenant: "a")]
+                              .tenantCreate(name: .t("a"), tier: "pro"), .tenantList, .tenantShow(name: .t("a")),
+                              .status(tenant: nil), .status(tenant: .t("a"))]
         for r in all {
             XCTAssertEqual(try RequestCodec.decode(RequestCodec.encode(r, id: .string("i"))).request.get(), r)
         }

@@ -242,6 +242,23 @@ clawpen submit --tenant a -- true >/dev/null 2>&1
 check "a restart removes tenant cgroups of the old run" test ! -e $unit_cg/tenant-ghost
 check "systemctl reload (SIGHUP: RELOADING=1, policies re-read, READY=1) keeps the service serving" \
   bash -c 'systemctl reload clawpen.service && sleep 1 && journalctl -u clawpen --no-pager -o cat | grep -q "policies reloaded" && [[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
+
+# --- suspend and resume: the tenant's cgroup frozen, its job's timeout not used up ---------
+# 20 ticks (about 4 s in this emulated VM) under a 10 s timeout, frozen for 9 s: it is resumed
+# after its unshifted deadline, so it only finishes if frozen time is not counted.
+rm -f /workspace/a/home/vm-ticks
+id=$(clawpen submit --tenant a --detach --timeout 10 -- sh -c 'for i in $(seq 1 20); do echo $i >> $HOME/vm-ticks; sleep 0.1; done')
+sleep 1.5
+clawpen tenant suspend a >/dev/null
+frozen=$(clawpen status --tenant a --json | json 'd["tenants"][0]["suspension"]["frozen_by"]')
+sleep 0.5; t1=$(wc -l < /workspace/a/home/vm-ticks); ev=$(grep '^frozen' $unit_cg/tenant-a/cgroup.events)
+sleep 8.5; t2=$(wc -l < /workspace/a/home/vm-ticks)
+clawpen tenant resume a >/dev/null
+clawpen job wait "$id" >/dev/null 2>&1; rc=$?
+t3=$(wc -l < /workspace/a/home/vm-ticks)
+echo "  suspend: frozen_by=$frozen, cgroup.events '$ev', ticks $t1 -> $t2 while frozen, $t3 at the end, job exit $rc"
+check "tenant suspend freezes the tenant's cgroup; after resume its job finishes within its timeout" \
+  test "$frozen" = cgroup.freeze -a "$ev" = "frozen 1" -a "$t1" = "$t2" -a "$rc" = 0 -a "$t3" = 20
 systemctl stop clawpen.service clawpen.socket
 
 # --- the escape battery, with real controllers --------------------------------------------

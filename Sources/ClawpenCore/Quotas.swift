@@ -2,7 +2,7 @@ import ClawpenPolicy
 
 /// jobs_per_minute: a token bucket holding up to one minute's worth of submits, refilled
 /// continuously at rate/60 per second. A full bucket allows a burst of `perMinute` submits.
-struct TokenBucket {
+public struct TokenBucket {
     private(set) var tokens: Double
     private var last: Double
     private(set) var perMinute: Int
@@ -33,7 +33,7 @@ struct TokenBucket {
     }
 
     /// Tokens available now (for status).
-    mutating func available(now: Double) -> Int {
+    public mutating func available(now: Double) -> Int {
         refill(now)
         return Int(tokens)
     }
@@ -41,7 +41,7 @@ struct TokenBucket {
 
 /// cpu_seconds_per_hour: CPU time of the tenant as a whole over the last hour, in one-minute
 /// buckets (a sliding window with one-minute steps).
-struct CPUBudget {
+public struct CPUBudget {
     static let bucketSeconds = 60.0
     static let buckets = 60
     /// Microseconds per minute, indexed by minute number modulo `buckets`.
@@ -58,7 +58,7 @@ struct CPUBudget {
     }
 
     /// CPU microseconds of the last hour.
-    func usedMicros(now: Double) -> Int64 {
+    public func usedMicros(now: Double) -> Int64 {
         let minute = Int64(now / Self.bucketSeconds)
         var sum: Int64 = 0
         for i in 0..<Self.buckets where minuteOf[i] > minute - Int64(Self.buckets) && minuteOf[i] <= minute { sum += usage[i] }
@@ -85,18 +85,8 @@ struct CPUBudget {
     }
 }
 
-/// One quota refusal: which quota, its limit, the current value, and when a retry can succeed.
-struct QuotaRefusal: Error {
-    let quota: String
-    let limit: String
-    let current: String
-    /// nil when waiting does not help (the request itself is over the limit).
-    let retryAfterMs: Int?
-    let message: String
-}
-
 /// 30 -> "30", 0.25 -> "0.25" (numbers in refusal messages).
-func formatSeconds(_ d: Double) -> String {
+public func formatSeconds(_ d: Double) -> String {
     if d.isFinite, d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
     return String((d * 1000).rounded() / 1000)
 }

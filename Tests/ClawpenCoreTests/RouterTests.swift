@@ -1,4 +1,4 @@
-@testable import ClawpenSupervisor
+@testable import ClawpenCore
 import XCTest
 
 /// A tenant as the router sees it, with jobs that run until the test ends them.

@@ -1,0 +1,99 @@
+import ClawpenCore
+import ClawpenProtocol
+import ClawpenWire
+import ClawpenStore
+
+/// Store writes of one event-loop tick, flushed together (`Supervisor.flushWrites`) as at most
+/// three transactions: audit events, results (not fsynced), then accepts (fsynced). Replies and
+/// dispatch wait for the commit that makes them true.
+struct GroupCommit {
+    struct PendingAccept {
+        let job: JobRecord
+        let responder: Responder
+        let wait: Bool
+    }
+    var accepts: [PendingAccept] = []
+    var finishes: [Store.Finished] = []
+    var notifications: [(callbacks: [(Result<JobView, ProtocolError>) -> Void], view: JobView)] = []
+    var audits: [AuditEvent] = []
+    var scheduled = false
+
+    var isEmpty: Bool { accepts.isEmpty && finishes.isEmpty && audits.isEmpty }
+}
+
+extension Supervisor {
+    /// Queues an audit event for this tick's flush.
+    func audit(tenant: TenantName?, caller: Responder?, action: String, rule: String?, detail: String?) {
+        commit.audits.append(AuditEvent(at: Clock.now(), tenant: tenant?.value, callerUID: caller?.callerUID, action: action, rule: rule, detail: detail))
+        scheduleFlush()
+    }
+
+    func scheduleFlush() {
+        guard !commit.scheduled else { return }
+        commit.scheduled = true
+        loop.execute { [self] in flushWrites() }
+    }
+
+    /// A job reached its final state: written with this tick's results, then its waiters hear.
+    func recordFinished(_ job: JobRecord) {
+        // One line per job, with TENANT= and JOB_ID= in the journal (`journalctl TENANT=acme`).
+        // debug: a line per job is for the journal (the unit runs at --log-level debug), not for
+        // a terminal.
+        logger.debug("job finished", metadata: ["tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)"])
+        commit.finishes.append(Store.Finished(id: job.id, state: job.state, result: job.result ?? JobResult(),
+                                              startedAt: job.startedAt, finishedAt: job.finishedAt ?? Clock.now()))
+        if let callbacks = waiters.removeValue(forKey: job.id) { commit.notifications.append((callbacks, job.view)) }
+        scheduleFlush()
+    }
+
+    /// Commits what this tick wrote, then tells whoever waited for it.
+    func flushWrites() {
+        commit.scheduled = false
+        if !commit.audits.isEmpty {
+            let events = commit.audits
+            commit.audits.removeAll(keepingCapacity: true)
+            do { try store.insertAudit(events) } catch {
+                logger.error("store failure writing the audit log", metadata: ["events": "\(events.count)", "error": "\(error)"])
+            }
+        }
+        if !commit.finishes.isEmpty {
+            let batch = commit.finishes
+            commit.finishes.removeAll(keepingCapacity: true)
+            do { try store.finishJobs(batch) } catch {
+                logger.error("store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+            }
+            let notes = commit.notifications
+            commit.notifications.removeAll(keepingCapacity: true)
+            for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
+        }
+        guard !commit.accepts.isEmpty else { return }
+        let batch = commit.accepts
+        commit.accepts.removeAll(keepingCapacity: true)
+        // The jobs go to their workers before the commit, so the fsync overlaps their start on
+        // the other core. Nobody hears of a job before it is committed; if the commit fails the
+        // jobs are killed and their callers told they were not accepted. (A crash in between is
+        // a crash before the acknowledgement: the caller retries, at-least-once.)
+        let jobs = batch.map(\.job)
+        perform(core.accepted(jobs))
+        do { try store.insertJobs(jobs) } catch {
+            logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+            perform(core.withdraw(jobs))
+            for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
+            return
+        }
+        for p in batch {
+            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } }
+            else { p.responder.job(memoryView(p.job)) }
+        }
+    }
+
+    func addWaiter(_ id: String, _ callback: @escaping (Result<JobView, ProtocolError>) -> Void) {
+        waiters[id, default: []].append(callback)
+    }
+
+    /// The view of an accepted, unfinished job from memory (no store read).
+    func memoryView(_ job: JobRecord) -> JobView {
+        if let running = core.runningJob(job.id, tenant: job.tenant) { return running.view }
+        return job.view
+    }
+}

@@ -1,0 +1,204 @@
+import ClawpenCore
+import ClawpenPolicy
+import ClawpenProtocol
+import ClawpenStore
+import ClawpenWire
+import Glibc
+
+/// The client requests: each checked against the caller's rights (access.toml), then handed to
+/// the core or answered from it and the store.
+extension Supervisor {
+    func handle(_ request: Request, _ r: Responder) {
+        loop.preconditionInEventLoop()
+        do {
+            switch request {
+            case .ping:
+                r.reply("pong", [("version", .string(ClawpenVersion.string)), ("pid", .int(Int64(getpid())))])
+            case .submit(let s): try submit(s, r)
+            case .jobGet(let id):
+                let view = try activeOrStoredJob(id)
+                try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.get")
+                r.job(view)
+            case .jobWait(let id):
+                let view = try activeOrStoredJob(id)
+                try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.wait")
+                if view.state.isFinal { r.job(view) } else { addWaiter(id) { r.job($0) } }
+            case .jobCancel(let id): try cancel(id, r)
+            case .tenantCreate(let name, let tier):
+                try authorize(r, .operator(command: "tenant create"), request: "tenant.create", tenant: name)
+                r.reply("tenant", [("tenant", try createTenant(name, tier, r).json)])
+            case .tenantList:
+                try authorize(r, .operator(command: "tenant list"), request: "tenant.list")
+                r.reply("tenants", [("tenants", .array(core.tenants.keys.sorted().compactMap { core.tenants[$0].map { view($0).json } }))])
+            case .tenantShow(let name):
+                try authorize(r, .operator(command: "tenant show"), request: "tenant.show", tenant: name)
+                r.reply("tenant", [("tenant", view(try tenant(name)).json)])
+            case .tenantSuspend(let name):
+                try authorize(r, .operator(command: "tenant suspend"), request: "tenant.suspend", tenant: name)
+                try suspend(try tenant(name), r)
+            case .tenantResume(let name):
+                try authorize(r, .operator(command: "tenant resume"), request: "tenant.resume", tenant: name)
+                try resume(try tenant(name), r)
+            case .status(let name):
+                try authorize(r, .operator(command: "status"), request: "status", tenant: name)
+                r.reply("status", [("status", try status(tenant: name))])
+            case .audit(let name, let since, let limit):
+                try authorize(r, .operator(command: "audit"), request: "audit", tenant: name)
+                if !commit.audits.isEmpty { flushWrites() }
+                let events = try store.auditEvents(tenant: name?.value, since: since, limit: limit)
+                r.reply("audit", [("events", .array(events.map(Self.auditJSON)))])
+            case .policyExplain(let tenant, let argv, let env, let cwd): try explain(tenant, argv, env, cwd, r)
+            case .policyReload:
+                try authorize(r, .operator(command: "policy reload"), request: "policy.reload")
+                try reloadPolicies(caller: r)
+                r.reply("policy", [("policy", policySummary())])
+            case .tenantInspect(let name):
+                try authorize(r, .operator(command: "tenant inspect"), request: "tenant.inspect", tenant: name)
+                r.reply("inspect", [("inspect", inspect(tenant: try tenant(name)))])
+            case .tenantSetQuota(let name, let changes):
+                try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
+                try setQuota(try tenant(name), changes, r)
+            }
+        } catch let e as ProtocolError {
+            r.fail(e)
+        } catch let e as StoreError {
+            logger.error("store failure", metadata: ["error": "\(e)"])
+            r.fail(ProtocolError(.internal, "\(e)"))
+        } catch {
+            r.fail(ProtocolError(.internal, "\(error)"))
+        }
+    }
+
+    /// The caller's right to `action` (SO_PEERCRED against access.toml; root is an operator).
+    /// A refusal is audited and thrown as permission_denied naming the rule.
+    func authorize(_ r: Responder, _ action: AccessAction, request: String, tenant: TenantName? = nil) throws(ProtocolError) {
+        guard let cred = r.caller else {
+            audit(tenant: tenant, caller: r, action: "permission.denied", rule: "no peer credentials", detail: request)
+            throw ProtocolError(.permissionDenied, "\(request): the caller's credentials (SO_PEERCRED) could not be read, so nothing but ping is allowed",
+                                details: ["rule": .string("no peer credentials")])
+        }
+        let decision = policies.access.decide(callers.caller(cred), action)
+        guard decision.allowed else {
+            var target = tenant
+            if case .submit(let t) = action { target = t }
+            audit(tenant: target, caller: r, action: "permission.denied", rule: decision.rule, detail: request)
+            throw ProtocolError(.permissionDenied, "\(request): \(decision.message)", details: ["rule": .string(decision.rule)])
+        }
+    }
+
+    /// "uid 0 (root)": who an operator is, in audit details and status.
+    func callerDescription(_ r: Responder) -> String {
+        guard let cred = r.caller else { return "an unknown caller" }
+        let c = callers.caller(cred)
+        return "uid \(cred.uid)" + (c.userName.map { " (\($0))" } ?? "")
+    }
+
+    static func auditJSON(_ e: AuditEvent) -> JSONValue {
+        var o = JSONObjectBuilder()
+        o.set("seq", e.seq)
+        o.set("at", e.at)
+        o.set("tenant", e.tenant)
+        o.set("caller_uid", e.callerUID)
+        o.set("action", .string(e.action))
+        o.set("rule", e.rule)
+        o.set("detail", e.detail)
+        return o.value
+    }
+
+    /// The tenant of a job as its view names it (a job of ours always has a valid one).
+    func jobTenant(_ view: JobView) throws(ProtocolError) -> TenantName {
+        do { return try TenantName(validating: view.tenant) } catch { throw ProtocolError(.internal, "job \(view.id): \(error)") }
+    }
+
+    func tenant(_ name: TenantName) throws(ProtocolError) -> TenantState {
+        guard let t = core.tenants[name] else {
+            throw ProtocolError(.unknownTenant, "no tenant named '\(name)' (create it with: clawpen tenant create \(name))")
+        }
+        return t
+    }
+
+    func view(_ t: TenantState) -> TenantView {
+        TenantView(name: t.name.value, tier: t.record.tier, uid: t.record.uid,
+                   workspace: workspacePath(t.name), createdAt: t.record.createdAt)
+    }
+
+    // MARK: Tenants
+
+    private func createTenant(_ name: TenantName, _ rawTier: String, _ r: Responder) throws -> TenantView {
+        guard let tier = Tier(rawValue: rawTier) else {
+            throw ProtocolError(.invalidRequest, "unknown tier '\(rawTier)' (tiers: free, pro, enterprise)")
+        }
+        if core.tenants[name] != nil {
+            throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
+        }
+        let outcome = try store.createTenant(name: name, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now(),
+                                             isUsable: sandboxEnabled ? UIDRange.unusedOnHost() : { _ in true })
+        if case .created(let record) = outcome {
+            do { try Workspace.create(root: config.workspaceRoot, tenant: name, owner: sandboxEnabled ? record.uid : nil) } catch {
+                try? store.deleteTenant(name: name)
+                throw ProtocolError(.internal, error.description)
+            }
+        }
+        switch outcome {
+        case .duplicate: throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
+        case .uidRangeExhausted:
+            throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
+        case .created(let record):
+            let t = core.addTenant(record, name: name, limits: limits(for: record))
+            audit(tenant: name, caller: r, action: "tenant.create", rule: "operator", detail: "tier=\(tier.rawValue) uid=\(record.uid)")
+            logger.info("tenant created", metadata: ["tenant": "\(name)", "tier": "\(tier.rawValue)", "uid": "\(record.uid)"])
+            return view(t)
+        }
+    }
+
+    // MARK: Jobs
+
+    private func submit(_ s: SubmitRequest, _ r: Responder) throws {
+        let name = s.tenant
+        try authorize(r, .submit(tenant: name), request: "submit")
+        let t = try tenant(name)
+        if let key = s.idempotencyKey {
+            // A resubmission returns the first job: no quota applies to it again.
+            if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
+            if let existing = try store.job(tenant: name, idempotencyKey: key) {
+                let current = try activeOrStoredJob(existing.id)
+                if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
+                else { r.job(current, existing: true) }
+                return
+            }
+        }
+        switch core.admit(s, tenant: t, jobID: JobID.make(), isExecutable: PolicyRuntime.isExecutableInSandbox) {
+        case .failure(let refusal):
+            audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail)
+            throw refusal.error
+        case .success(let job):
+            // Accepted means committed: the reply and the dispatch follow the flush's commit.
+            commit.accepts.append(GroupCommit.PendingAccept(job: job, responder: r, wait: s.wait))
+            scheduleFlush()
+        }
+    }
+
+    /// A job's current view: from memory while it is queued or running, else from the store.
+    func activeOrStoredJob(_ id: String) throws -> JobView {
+        if !commit.accepts.isEmpty || !commit.finishes.isEmpty { flushWrites() }
+        guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
+            throw ProtocolError(.unknownTenant, "no job with id '\(id.prefix(80))'")
+        }
+        if let running = core.runningJob(id, tenant: stored.tenant) { return running.view }
+        return stored.view
+    }
+
+    private func cancel(_ id: String, _ r: Responder) throws {
+        let view = try activeOrStoredJob(id)
+        try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.cancel")
+        if view.state.isFinal { r.job(view); return }
+        let (outcome, actions) = core.cancel(id, tenant: try jobTenant(view))
+        if outcome == .cancelSent { addWaiter(id) { r.job($0) } }
+        perform(actions)
+        switch outcome {
+        case .canceledQueued: r.job(try activeOrStoredJob(id))
+        case .cancelSent: break
+        case .notActive: r.job(view)
+        }
+    }
+}
