@@ -2,6 +2,7 @@
 #include "cp_spawn.h"
 #include "cp_proc.h"
 #include "cp_seccomp.h"
+#include "cp_landlock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +38,7 @@ const char *cp_spawn_step_name(int step) {
     case CP_STEP_EXEC: return "exec";
     case CP_STEP_SECCOMP: return "seccomp";
     case CP_STEP_SETNS: return "join network namespace";
+    case CP_STEP_LANDLOCK: return "landlock";
     default: return "spawn";
     }
 }
@@ -123,6 +125,8 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
             close(fd);
         }
     }
+    if (req->landlock_ruleset_fd > 0 && cp_landlock_restrict(req->landlock_ruleset_fd) != 0)
+        child_fail(report, CP_STEP_LANDLOCK);
     if (req->seccomp_len > 0 && cp_install_seccomp(req->seccomp_program, req->seccomp_len) != 0)
         child_fail(report, CP_STEP_SECCOMP);
     execve(req->path, req->argv, req->envp);

@@ -20,6 +20,13 @@ static inline int cs_rule_masked_eq(scmp_filter_ctx ctx, uint32_t action, int sy
     return seccomp_rule_add_array(ctx, action, syscall, 1, &cmp);
 }
 
+/// action when (arg_a & mask_a) == value_a and (arg_b & mask_b) == value_b (socket(AF_NETLINK, *, NETLINK_ROUTE)).
+static inline int cs_rule_masked_eq2(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned arg_a, uint64_t mask_a,
+                                     uint64_t value_a, unsigned arg_b, uint64_t mask_b, uint64_t value_b) {
+    struct scmp_arg_cmp cmp[2] = {{arg_a, SCMP_CMP_MASKED_EQ, mask_a, value_a}, {arg_b, SCMP_CMP_MASKED_EQ, mask_b, value_b}};
+    return seccomp_rule_add_array(ctx, action, syscall, 2, cmp);
+}
+
 static inline uint32_t cs_arch_x86_64(void) { return SCMP_ARCH_X86_64; }
 static inline uint32_t cs_arch_aarch64(void) { return SCMP_ARCH_AARCH64; }
 static inline int cs_resolve(uint32_t arch, const char *name) { return seccomp_syscall_resolve_name_arch(arch, name); }

@@ -15,6 +15,15 @@ description = "ordinary tools, shells, interpreters, compilers, network clients"
 # no user namespace (the usual first step of kernel exploits).
 restrict_namespaces = true
 
+# socket(2) and socketpair(2) only for these address families (an argument rule on the domain, as
+# Docker's default profile has for AF_VSOCK); any other family fails with EPERM. "netlink-route"
+# is socket(AF_NETLINK, *, NETLINK_ROUTE) only: `ip addr`, getifaddrs(3) (Node's
+# os.networkInterfaces(), Python's socket.if_nameindex()) read the job's own interfaces through
+# it, and without CAP_NET_ADMIN nothing can be changed. Refused: AF_VSOCK (not confined by network
+# namespaces: on a VM host it reaches the hypervisor), AF_ALG, AF_PACKET, AF_KEY, the other
+# netlink protocols (uevents, audit, netfilter, xfrm) and every other family.
+socket_families = ["unix", "inet", "inet6", "netlink-route"]
+
 # The calls only an attack makes: the process is killed (SIGSYS) rather than told EPERM.
 kill = [
     "bpf", "delete_module", "finit_module", "init_module", "kexec_file_load", "kexec_load",
@@ -23,7 +32,7 @@ kill = [
 
 allow = [
     "accept", "accept4", "access", "alarm", "arch_prctl", "bind", "brk", "cachestat", "capget",
-    "chdir", "chmod", "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "clone",
+    "capset", "chdir", "chmod", "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "clone",
     "close", "close_range", "connect", "copy_file_range", "creat", "dup", "dup2", "dup3",
     "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait",
     "eventfd", "eventfd2", "execve", "execveat", "exit", "exit_group", "faccessat", "faccessat2",
@@ -72,6 +81,9 @@ allow = [
 description = "computation only: no network, no IPC, no identity or scheduling changes"
 
 restrict_namespaces = true
+
+# socket(2) is not allowed at all; socketpair(2) only for AF_UNIX.
+socket_families = ["unix"]
 
 kill = [
     "bpf", "delete_module", "finit_module", "init_module", "kexec_file_load", "kexec_load",

@@ -23,6 +23,8 @@ enum LimitKey: String, CaseIterable, Sendable {
     case crashLoopMax = "crash_loop_max"
     case crashLoopWindow = "crash_loop_window_s"
     case crashBackoffMax = "crash_backoff_max_s"
+    case diskMax = "disk_max"
+    case inodesMax = "inodes_max"
 
     static let networkModes = ["none", "loopback"]
     /// The longest timeout a policy may allow: one day.
@@ -31,6 +33,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     /// Keys a tier file may leave out (they came later): the tier's shipped value applies.
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
+            || self == .diskMax || self == .inodesMax
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -104,6 +107,10 @@ enum LimitKey: String, CaseIterable, Sendable {
         case .crashBackoffMax:
             target.crashBackoffMaxSeconds = try c.number(
                 above: 0, minimum: 0.1, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds; at most one day")
+        case .diskMax:
+            target.diskMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64(1) << 60)
+        case .inodesMax:
+            target.inodesMax = try c.integer(16...(1 << 40), note: "files and directories in the tenant's workspace")
         }
     }
 }

@@ -50,6 +50,11 @@ public struct TierLimits: Sendable, Equatable {
     public var crashLoopWindowSeconds: Double
     /// `crash_backoff_max_s`: the longest wait before a crashed worker is started again.
     public var crashBackoffMaxSeconds: Double
+    /// `disk_max`: bytes the tenant's workspace may hold (a project quota where the workspace
+    /// filesystem has them; DiskQuota in the supervisor).
+    public var diskMaxBytes: Int64
+    /// `inodes_max`: files and directories the tenant's workspace may hold (the same quota).
+    public var inodesMax: Int
 
     public init(
         maxConcurrentRuns: Int, jobsPerMinute: Int, maxQueued: Int, memoryMaxBytes: Int64, pidsMax: Int,
@@ -57,8 +62,10 @@ public struct TierLimits: Sendable, Equatable {
         outputMaxBytes: Int, network: String, seccompProfile: String, tmpSizeBytes: Int64,
         cpuSecondsPerHour: Double = 3600, commandsAllow: [PatternRule] = [], commandsDeny: [PatternRule] = [],
         envAllow: [PatternRule] = [], maxAttempts: Int = 3, crashLoopMax: Int = 5, crashLoopWindowSeconds: Double = 60,
-        crashBackoffMaxSeconds: Double = 300
+        crashBackoffMaxSeconds: Double = 300, diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000
     ) {
+        self.diskMaxBytes = diskMaxBytes
+        self.inodesMax = inodesMax
         self.maxAttempts = maxAttempts
         self.crashLoopMax = crashLoopMax
         self.crashLoopWindowSeconds = crashLoopWindowSeconds
@@ -118,7 +125,8 @@ public struct TierLimits: Sendable, Equatable {
                     [
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE"], ["AGENT_*"],
-                    ]))
+                    ]),
+                diskMaxBytes: ByteSize.gibibyte, inodesMax: 100_000)
         case .pro:
             return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
@@ -133,7 +141,8 @@ public struct TierLimits: Sendable, Equatable {
                     [
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHON*", "NODE_*", "NPM_CONFIG_*", "PIP_*", "GIT_*"], ["CI", "DEBUG"], ["AGENT_*"],
-                    ]))
+                    ]),
+                diskMaxBytes: 10 * ByteSize.gibibyte, inodesMax: 1_000_000)
         case .enterprise:
             return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
@@ -153,7 +162,8 @@ public struct TierLimits: Sendable, Equatable {
                         ["/usr/lib/openssh/ssh-keysign", "/usr/lib/dbus-1.0/dbus-daemon-launch-helper"],
                         ["/usr/lib/polkit-1/*", "/usr/libexec/polkit-*", "/usr/lib/eject/dmcrypt-get-device"],
                     ]),
-                envAllow: rules(file, firstLine: 119, [["*"]]))
+                envAllow: rules(file, firstLine: 119, [["*"]]),
+                diskMaxBytes: 100 * ByteSize.gibibyte, inodesMax: 10_000_000)
         }
     }
 
@@ -198,6 +208,8 @@ public struct TenantOverride: Sendable, Equatable {
     public var crashLoopMax: Int?
     public var crashLoopWindowSeconds: Double?
     public var crashBackoffMaxSeconds: Double?
+    public var diskMaxBytes: Int64?
+    public var inodesMax: Int?
 
     public init(
         tier: Tier? = nil, maxConcurrentRuns: Int? = nil, jobsPerMinute: Int? = nil, maxQueued: Int? = nil,
@@ -260,6 +272,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.crashLoopMax { o.crashLoopMax = v }
         if let v = other.crashLoopWindowSeconds { o.crashLoopWindowSeconds = v }
         if let v = other.crashBackoffMaxSeconds { o.crashBackoffMaxSeconds = v }
+        if let v = other.diskMaxBytes { o.diskMaxBytes = v }
+        if let v = other.inodesMax { o.inodesMax = v }
         return o
     }
 
@@ -287,6 +301,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = crashLoopMax { l.crashLoopMax = v }
         if let v = crashLoopWindowSeconds { l.crashLoopWindowSeconds = v }
         if let v = crashBackoffMaxSeconds { l.crashBackoffMaxSeconds = v }
+        if let v = diskMaxBytes { l.diskMaxBytes = v }
+        if let v = inodesMax { l.inodesMax = v }
         return l
     }
 
@@ -299,6 +315,8 @@ public struct TenantOverride: Sendable, Equatable {
         o.crashLoopMax = crashLoopMax ?? d.crashLoopMax
         o.crashLoopWindowSeconds = crashLoopWindowSeconds ?? d.crashLoopWindowSeconds
         o.crashBackoffMaxSeconds = crashBackoffMaxSeconds ?? d.crashBackoffMaxSeconds
+        o.diskMaxBytes = diskMaxBytes ?? d.diskMaxBytes
+        o.inodesMax = inodesMax ?? d.inodesMax
         return o
     }
 
@@ -308,7 +326,7 @@ public struct TenantOverride: Sendable, Equatable {
             let cpuMaxCores, let cpuWeight, let timeoutDefaultSeconds, let timeoutMaxSeconds, let outputMaxBytes,
             let network, let seccompProfile, let tmpSizeBytes, let cpuSecondsPerHour, let commandsAllow,
             let commandsDeny, let envAllow, let maxAttempts, let crashLoopMax, let crashLoopWindowSeconds,
-            let crashBackoffMaxSeconds
+            let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax
         else { return nil }
         return TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
@@ -317,7 +335,8 @@ public struct TenantOverride: Sendable, Equatable {
             outputMaxBytes: outputMaxBytes, network: network, seccompProfile: seccompProfile,
             tmpSizeBytes: tmpSizeBytes, cpuSecondsPerHour: cpuSecondsPerHour, commandsAllow: commandsAllow,
             commandsDeny: commandsDeny, envAllow: envAllow, maxAttempts: maxAttempts, crashLoopMax: crashLoopMax,
-            crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds)
+            crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
+            diskMaxBytes: diskMaxBytes, inodesMax: inodesMax)
     }
 }
 

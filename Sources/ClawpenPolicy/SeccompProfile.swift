@@ -11,16 +11,22 @@ public struct SeccompProfile: Sendable, Equatable {
     /// clone with any CLONE_NEW* flag fails with EPERM; clone3 (whose flags a filter cannot see)
     /// fails with ENOSYS so that libc falls back to clone; unshare and setns are not allowed.
     public var restrictNamespaces: Bool
+    /// `socket_families`: the only address families socket(2) and socketpair(2) accept, where the
+    /// profile allows them at all (an argument rule on the domain, as Docker's default profile
+    /// has for AF_VSOCK); every other family fails with EPERM (SocketFamily).
+    public var socketFamilies: [SocketFamily]
 
-    public init(name: String, allow: [String], kill: [String], restrictNamespaces: Bool) {
+    public init(name: String, allow: [String], kill: [String], restrictNamespaces: Bool,
+                socketFamilies: [SocketFamily] = SocketFamily.defaults) {
         self.name = name; self.allow = allow; self.kill = kill; self.restrictNamespaces = restrictNamespaces
+        self.socketFamilies = socketFamilies
     }
 
     /// Parses a profile file's text.
     public static func parse(_ text: String, file: String, name: String) throws(PolicyError) -> SeccompProfile {
         let doc: TOMLDocument
         do { doc = try TOMLDocument.parse(text, file: file) } catch { throw PolicyError(error) }
-        var allow: [String]?, kill: [String] = [], restrict = true
+        var allow: [String]?, kill: [String] = [], restrict = true, families = SocketFamily.defaults
         for e in doc.root.entries {
             func names() throws(PolicyError) -> [String] {
                 guard let items = e.value.arrayValue else {
@@ -37,6 +43,17 @@ public struct SeccompProfile: Sendable, Equatable {
             }
             switch e.key {
             case "description": break
+            case "socket_families":
+                guard let items = e.value.arrayValue else {
+                    throw .wrongType(file: file, line: e.line, key: e.key, expected: "an array of family names", found: e.value.shortDescription)
+                }
+                families = []
+                for item in items {
+                    guard let s = item.stringValue, let f = SocketFamily(rawValue: s) else {
+                        throw .invalidValue(file: file, line: e.line, key: e.key, reason: "\(item.shortDescription) is not a family a sandbox may use (\(SocketFamily.allCases.map(\.rawValue).joined(separator: ", ")); \(SocketFamily.refusedNote))")
+                    }
+                    if !families.contains(f) { families.append(f) }
+                }
             case "allow": allow = try names()
             case "kill": kill = try names()
             case "restrict_namespaces":
@@ -55,7 +72,7 @@ public struct SeccompProfile: Sendable, Equatable {
             throw .invalidValue(file: file, line: doc.root.entry("allow")?.line ?? 0, key: "allow",
                                 reason: "\(bad) cannot be allowed while restrict_namespaces = true")
         }
-        return SeccompProfile(name: name, allow: allow, kill: kill, restrictNamespaces: restrict)
+        return SeccompProfile(name: name, allow: allow, kill: kill, restrictNamespaces: restrict, socketFamilies: families)
     }
 }
 

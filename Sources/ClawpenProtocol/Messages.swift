@@ -26,6 +26,8 @@ public enum Request: Sendable, Equatable {
     case tenantSuspend(name: TenantName)
     /// Undo a suspension and lift a crash-loop quarantine (operators).
     case tenantResume(name: TenantName)
+    /// What the tenant's running worker actually has, beside what its policy asks (operators).
+    case tenantInspect(name: TenantName)
 
     public var typeName: String {
         switch self {
@@ -44,6 +46,7 @@ public enum Request: Sendable, Equatable {
         case .tenantSetQuota: return "tenant.set_quota"
         case .tenantSuspend: return "tenant.suspend"
         case .tenantResume: return "tenant.resume"
+        case .tenantInspect: return "tenant.inspect"
         }
     }
 }
@@ -127,6 +130,7 @@ public enum RequestCodec {
         case "tenant.create": return .tenantCreate(name: try f.tenant("name"), tier: try f.optionalString("tier") ?? "free")
         case "tenant.list": return .tenantList
         case "tenant.show": return .tenantShow(name: try f.tenant("name"))
+        case "tenant.inspect": return .tenantInspect(name: try f.tenant("name"))
         case "status": return .status(tenant: try f.optionalTenant("tenant"))
         case "audit":
             var since: Double?
@@ -163,7 +167,7 @@ public enum RequestCodec {
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
+            throw ProtocolError(.invalidRequest, "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
         }
     }
 
@@ -310,7 +314,7 @@ public enum RequestCodec {
             o.set("wait", s.wait)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name.value)); o.set("tier", .string(tier))
-        case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name): o.set("name", .string(name.value))
+        case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name), .tenantInspect(let name): o.set("name", .string(name.value))
         case .status(let tenant): if let tenant { o.set("tenant", .string(tenant.value)) }
         case .audit(let tenant, let since, let limit):
             if let tenant { o.set("tenant", .string(tenant.value)) }

@@ -21,9 +21,12 @@ public struct PlanExtras: Sendable {
     public var seccompProgram: [UInt8]
     public var jobSeccompProgram: [UInt8]
     public var cgroupNode: String
-    public init(seccompProfile: String = "", seccompProgram: [UInt8] = [], jobSeccompProgram: [UInt8] = [], cgroupNode: String = "") {
+    /// The kernel's Landlock ABI (0: none): each job gets a domain of its own (SandboxPlan.jobLandlockABI).
+    public var jobLandlockABI: UInt32
+    public init(seccompProfile: String = "", seccompProgram: [UInt8] = [], jobSeccompProgram: [UInt8] = [], cgroupNode: String = "",
+                jobLandlockABI: UInt32 = 0) {
         self.seccompProfile = seccompProfile; self.seccompProgram = seccompProgram
-        self.jobSeccompProgram = jobSeccompProgram; self.cgroupNode = cgroupNode
+        self.jobSeccompProgram = jobSeccompProgram; self.cgroupNode = cgroupNode; self.jobLandlockABI = jobLandlockABI
     }
 }
 
@@ -93,6 +96,10 @@ public enum Plan {
             plan.seccompProgram = extras.seccompProgram
             plan.jobSeccompProgram = extras.jobSeccompProgram
             plan.cgroupNode = extras.cgroupNode
+            // A Landlock domain per job (JobIsolation in the worker) where the kernel has one, and
+            // the IPC namespace's SysV shm bounded by the tenant's memory (IPCLimits).
+            plan.jobLandlockABI = extras.jobLandlockABI
+            plan.shmMaxBytes = UInt64(max(0, limits.memoryMaxBytes))
         }
         return plan
     }

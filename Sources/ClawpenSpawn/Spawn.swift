@@ -26,6 +26,9 @@ public struct SpawnOptions: Sendable {
     /// nil: the child resets every signal's disposition. Else only these (see
     /// cp_spawn_request.reset_signal_mask): for callers with no handlers installed.
     public var resetOnlySignals: [Int32]? = nil
+    /// > 0: a Landlock ruleset fd; the child enters a domain of its own made from it before
+    /// exec (cp_spawn_request.landlock_ruleset_fd). 0: none.
+    public var landlockRulesetFD: Int32 = 0
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -64,6 +67,7 @@ public final class SpawnCommand {
         req.clone_flags = options.cloneFlags
         req.cgroup_fd = options.cgroupFD
         req.netns_fd = options.netnsFD
+        req.landlock_ruleset_fd = options.landlockRulesetFD
         req.umask_value = options.umask
         req.rlimit_count = Int32(options.rlimits.count)
         withUnsafeMutableBytes(of: &req.rlimits) { raw in

@@ -113,15 +113,16 @@ public final class Store: @unchecked Sendable {
 
     public enum CreateTenantOutcome: Equatable, Sendable { case created(TenantRecord), duplicate, uidRangeExhausted }
 
-    /// Creates a tenant with the lowest free uid of the range (never one a living tenant holds).
-    public func createTenant(name: TenantName, tier: String, uidRange: ClosedRange<Int>, now: Double) throws(StoreError) -> CreateTenantOutcome {
+    /// Creates a tenant with the lowest free uid of the range (never one a living tenant holds,
+    /// nor one `isUsable` refuses: the supervisor skips uids the host uses).
+    public func createTenant(name: TenantName, tier: String, uidRange: ClosedRange<Int>, now: Double,
+                             isUsable: (Int) -> Bool = { _ in true }) throws(StoreError) -> CreateTenantOutcome {
         if try tenant(named: name) != nil { return .duplicate }
         let used = try db.rows("SELECT uid FROM tenants WHERE uid BETWEEN ? AND ? ORDER BY uid",
                                [.int(Int64(uidRange.lowerBound)), .int(Int64(uidRange.upperBound))]) { Int($0.int(0)) }
+        let taken = Set(used)
         var candidate = uidRange.lowerBound
-        for u in used {
-            if u == candidate { candidate += 1 } else if u > candidate { break }
-        }
+        while candidate <= uidRange.upperBound && (taken.contains(candidate) || !isUsable(candidate)) { candidate += 1 }
         guard candidate <= uidRange.upperBound else { return .uidRangeExhausted }
         try setSynchronous(full: true)
         try db.run("INSERT INTO tenants(name, tier, uid, created_at) VALUES(?,?,?,?)",

@@ -52,6 +52,9 @@ extension Supervisor {
                 try authorize(r, .operator(command: "policy reload"), request: "policy.reload")
                 try reloadPolicies(caller: r)
                 r.reply("policy", [("policy", policySummary())])
+            case .tenantInspect(let name):
+                try authorize(r, .operator(command: "tenant inspect"), request: "tenant.inspect", tenant: name)
+                r.reply("inspect", [("inspect", inspect(tenant: try tenant(name)))])
             case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(try tenant(name), changes, r)
@@ -128,7 +131,8 @@ extension Supervisor {
         if core.tenants[name] != nil {
             throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         }
-        let outcome = try store.createTenant(name: name, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now())
+        let outcome = try store.createTenant(name: name, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now(),
+                                             isUsable: sandboxEnabled ? UIDRange.unusedOnHost() : { _ in true })
         if case .created(let record) = outcome {
             do { try Workspace.create(root: config.workspaceRoot, tenant: name, owner: sandboxEnabled ? record.uid : nil) } catch {
                 try? store.deleteTenant(name: name)

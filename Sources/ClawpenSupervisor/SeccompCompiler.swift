@@ -40,10 +40,30 @@ enum SeccompCompiler {
                 guard rc == 0 else { throw Failure(profile: profile.name, message: "rule for clone: \(String(cString: strerror(-rc)))") }
                 return
             }
+            if action == cs_act_allow(), name == "socket" || name == "socketpair" {
+                // Only the profile's address families (SocketFamily); any other domain falls
+                // through to the default action, EPERM. socketpair exists for AF_UNIX only.
+                let families = name == "socket" ? profile.socketFamilies : profile.socketFamilies.filter { $0 == .unix }
+                for family in families {
+                    let rc: Int32
+                    if let proto = family.protocolArgument {
+                        rc = cs_rule_masked_eq2(ctx, action, nr, 0, 0xFFFF_FFFF, family.domain, 2, 0xFFFF_FFFF, proto)
+                    } else {
+                        rc = cs_rule_masked_eq(ctx, action, nr, 0, 0xFFFF_FFFF, family.domain)
+                    }
+                    guard rc == 0 else { throw Failure(profile: profile.name, message: "rule for \(name)(\(family.rawValue)): \(String(cString: strerror(-rc)))") }
+                }
+                return
+            }
             let rc = cs_rule(ctx, action, nr)
             guard rc == 0 else { throw Failure(profile: profile.name, message: "rule for \(name): \(String(cString: strerror(-rc)))") }
         }
         for name in profile.allow { try add(name, cs_act_allow()) }
+        // Every job enters a Landlock domain of its own under the worker's filter (JobIsolation):
+        // these two only ever take rights away, so every profile allows them.
+        for name in ["landlock_create_ruleset", "landlock_restrict_self"] where !profile.allow.contains(name) && !profile.kill.contains(name) {
+            try add(name, cs_act_allow())
+        }
         for name in profile.kill { try add(name, cs_act_kill_process()) }
         if profile.restrictNamespaces {
             // clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc use clone.

@@ -35,6 +35,13 @@ public struct ServeConfig: Sendable {
     public var maxRunning: Int?
     /// Slots only tenants with nothing running may take; nil: a quarter of maxRunning, at least 1.
     public var reservedSlots: Int?
+    /// Refuse to start unless the tenant cgroups get real memory, pids and cpu controllers
+    /// (`--require-cgroup-limits`; the systemd unit sets it): no rlimit fallback in production.
+    public var requireCgroupLimits = false
+    /// Where the host registers subordinate uid and gid ranges (UIDRange). Other paths are for
+    /// tests only (`--subuid-file`, `--subgid-file`).
+    public var subuidPath = "/etc/subuid"
+    public var subgidPath = "/etc/subgid"
 
     public init() {}
 }

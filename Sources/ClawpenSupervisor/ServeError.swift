@@ -13,6 +13,10 @@ public enum ServeError: Error, CustomStringConvertible {
     case socketPathOccupied(path: String)
     case bind(path: String, message: String)
     case seccomp(String)
+    /// `--require-cgroup-limits` without the controllers it needs.
+    case cgroupLimitsMissing(String)
+    /// The tenants' uid range cannot be this daemon's (UIDRange).
+    case uidRange(String)
 
     public var description: String {
         switch self {
@@ -25,6 +29,8 @@ public enum ServeError: Error, CustomStringConvertible {
         case .socketPathOccupied(let p): return "\(p) exists and is not a socket; refusing to replace it (remove it by hand if it is stale)"
         case .bind(let p, let m): return "cannot listen on \(p): \(m)"
         case .seccomp(let m): return "invalid seccomp policy: \(m)"
+        case .cgroupLimitsMissing(let m): return m
+        case .uidRange(let m): return m
         }
     }
 }

@@ -49,6 +49,7 @@ public enum Server {
         let cgroup = CgroupInfo.probe()
         let (cgroups, noCgroups) = CgroupTree.setUp(cgroup)
         if let noCgroups { logger.warning("no tenant cgroups: \(noCgroups); limits fall back to rlimits") }
+        try StartupChecks.run(config, cgroup: cgroup, cgroups: cgroups, logger: logger)
 
         // One event loop for everything: clients, workers, the store. The supervisor's state is
         // confined to it, and two cores gain nothing from a second loop hopping state across.

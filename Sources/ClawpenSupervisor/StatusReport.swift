@@ -32,6 +32,9 @@ extension Supervisor {
         sup.set("sandbox", .string(sandboxEnabled
             ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs, seccomp"
             : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
+        sup.set("landlock_abi", HostEnforcement.landlockABI)
+        sup.set("warnings", .array(HostEnforcement.warnings(controllers: cgroups?.controllers ?? [], sandboxed: sandboxEnabled,
+                                                            disk: diskQuotas.support).map(JSONValue.string)))
         sup.set("tenant_count", core.tenants.count)
         sup.set("workers", core.tenants.values.filter { $0.lifecycle.worker != nil }.count)
         sup.set("spare_workers", spares.count)
@@ -84,6 +87,8 @@ extension Supervisor {
         lim.set("memory_max", inForce?.memoryMax ?? Int64(t.limits.memoryMaxBytes))
         lim.set("pids_max", inForce?.pidsMax.map(Int.init) ?? t.limits.pidsMax)
         lim.set("cpu_max", .string(inForce?.cpuMax ?? t.limits.cpuMaxCgroupString))
+        lim.set("disk_max", t.limits.diskMaxBytes)
+        lim.set("inodes_max", t.limits.inodesMax)
         lim.set("max_concurrent_runs", t.limits.maxConcurrentRuns)
         lim.set("timeout_max_s", t.limits.timeoutMaxSeconds)
         lim.set("output_max_bytes", t.limits.outputMaxBytes)
@@ -112,6 +117,9 @@ extension Supervisor {
         usage.set("memory_current", live ? cgroups?.memoryCurrent(t.name) : nil)
         usage.set("pids_current", live ? cgroups?.pidsCurrent(t.name) : nil)
         usage.set("cpu_usec", live ? cgroups?.cpuUsageMicros(t.name) : nil)
+        let disk = diskQuotas.read(tenant: t.name, projectID: t.record.uid)
+        usage.set("disk_bytes", disk.map { Int64($0.bytesUsed) })
+        usage.set("disk_inodes", disk.map { Int64($0.inodesUsed) })
         o.set("usage", usage.value)
         // What holds right now: without cgroup controllers, RLIMIT_AS per job (memory) and
         // RLIMIT_NPROC on the tenant's uid (pids) in the sandbox; nothing limits cpu.max.
@@ -123,12 +131,15 @@ extension Supervisor {
             else if worker == nil && cgroups?.controllers.contains(limit) == true { return .string("cgroup") }
             // The rlimit fallback is planned only where the controller is missing.
             let controller = cgroups?.controllers.contains(limit) == true
-            return .string(fallback && sandboxEnabled && !controller ? "rlimit" : "none")
+            // Memory's fallback is RLIMIT_AS per job process: not a limit of the tenant.
+            return .string(fallback && sandboxEnabled && !controller ? (limit == "memory" ? "per-process-rlimit" : "rlimit") : "none")
         }
         enf.set("memory", how("memory", fallback: true))
         enf.set("pids", how("pids", fallback: true))
         enf.set("cpu", how("cpu", fallback: false))
         enf.set("seccomp", .string(sandboxEnabled && seccompPrograms[t.limits.seccompProfile] != nil ? t.limits.seccompProfile : "none"))
+        enf.set("job_isolation", .string(HostEnforcement.jobIsolation(sandboxed: sandboxEnabled)))
+        enf.set("disk", .string(sandboxEnabled ? diskQuotas.enforcement : "none"))
         enf.set("timeout", .string("worker"))
         enf.set("output", .string("worker"))
         o.set("enforcement", enf.value)

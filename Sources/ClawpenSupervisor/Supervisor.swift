@@ -36,6 +36,8 @@ public final class Supervisor: @unchecked Sendable {
     let cgroups: CgroupTree?
     /// Compiled seccomp programs by profile name (every profile the policies name).
     var seccompPrograms: [String: [UInt8]]
+    /// disk_max and inodes_max as project quotas on the workspace filesystem, where it has them.
+    lazy var diskQuotas = DiskQuotas(workspaceRoot: config.workspaceRoot)
     /// Installed by every job on top of its worker's filter (refuses clone3, which the worker's allows).
     let jobSeccompGuard: [UInt8]
     /// Callers' user and group names, for access rules.
@@ -179,6 +181,9 @@ public final class Supervisor: @unchecked Sendable {
             case .applyLimits(let tenant):
                 if let cgroups, let t = core.tenants[tenant], let w = t.lifecycle.worker, let h = workers[w.id] {
                     h.cgroupEnforced = cgroups.applyLimits(tenant, t.limits)
+                }
+                if let t = core.tenants[tenant], t.lifecycle.worker != nil {
+                    do { try diskQuotas.apply(tenant: tenant, projectID: t.record.uid, limits: t.limits) } catch { logger.error("\(error)", metadata: ["tenant": "\(tenant)"]) }
                 }
             case .freeze(let tenant, let w):
                 freeze(tenant, w)

@@ -16,7 +16,12 @@ extension Supervisor {
         var plan = Plan.make(tenant: name, uid: t.record.uid, workspace: workspacePath(name), limits: SandboxLimits(t.limits),
                              enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [],
                              extras: PlanExtras(seccompProfile: t.limits.seccompProfile, seccompProgram: seccompPrograms[t.limits.seccompProfile] ?? [],
-                                                jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? ""))
+                                                jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? "",
+                                                jobLandlockABI: UInt32(HostEnforcement.landlockABI)))
+        do { try diskQuotas.apply(tenant: name, projectID: t.record.uid, limits: t.limits) } catch {
+            perform(core.workerStartFailed(name, WorkerFailure(.start, stage: "disk quota: \(error.step)", errno: error.errno, errnoText: errnoString(error.errno), detail: error.path)))
+            return
+        }
         let spawned: WorkerSpawner.Spawned
         let t0 = Clock.monotonic()
         var tCgroup = t0

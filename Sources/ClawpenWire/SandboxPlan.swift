@@ -54,6 +54,13 @@ public struct SandboxPlan: Equatable, Sendable {
     /// worker's mount namespace (Mounts.prepareFromSupervisor), while the worker was starting: the
     /// worker goes on from there.
     public var mountsPrepared = false
+    /// The Landlock ABI each job's domain is made for (0: no domain per job; >= 6 adds the signal
+    /// and abstract-socket scopes): jobs of one tenant cannot ptrace, read or signal each other
+    /// (ClawpenWorkerCore/JobIsolation.swift).
+    public var jobLandlockABI: UInt32 = 0
+    /// kernel.shmmax of the worker's own IPC namespace (0: left as the kernel made it); shmall and
+    /// shmmni follow from it (ClawpenWorkerCore/IPCLimits.swift).
+    public var shmMaxBytes: UInt64 = 0
     /// `network = "loopback"`: the worker brings `lo` up. false (`"none"`): no interface is up.
     public var loopback = false
 
@@ -82,7 +89,8 @@ public struct SandboxPlan: Equatable, Sendable {
         w.string(seccompProfile); w.bytes(seccompProgram)
         w.u32(UInt32(symlinks.count))
         for l in symlinks { w.string(l.source); w.string(l.target) }
-        w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared); w.bool(loopback)
+        w.bytes(jobSeccompProgram); w.string(cgroupNode); w.bool(mountsPrepared)
+        w.u32(jobLandlockABI); w.u64(shmMaxBytes); w.bool(loopback)
     }
 
     static func decode(_ r: inout BinaryReader) throws(BinaryReader.Failure) -> SandboxPlan {
@@ -115,6 +123,8 @@ public struct SandboxPlan: Equatable, Sendable {
         plan.jobSeccompProgram = try r.bytes()
         plan.cgroupNode = try r.string()
         plan.mountsPrepared = try r.bool()
+        plan.jobLandlockABI = try r.u32()
+        plan.shmMaxBytes = try r.u64()
         plan.loopback = try r.bool()
         return plan
     }

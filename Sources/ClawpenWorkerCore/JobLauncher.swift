@@ -18,6 +18,8 @@ struct JobLauncher {
     var jobCgroups = JobCgroups(parentFD: -1)
     /// Each job installs this seccomp program on top of the worker's (see SandboxPlan).
     var jobSeccompProgram: [UInt8] = []
+    /// > 0: each job enters a Landlock domain of its own made from this ruleset (JobIsolation).
+    var landlockRulesetFD: Int32 = 0
 
     struct Started {
         let pid: Int32
@@ -99,6 +101,7 @@ struct JobLauncher {
         // Second line of defence, whatever the sandbox adds: no core dumps.
         options.rlimits = [(Int32(RLIMIT_CORE.rawValue), 0, 0)] + jobLimits.map { ($0.resource, $0.soft, $0.hard) }
         options.seccompProgram = jobSeccompProgram
+        options.landlockRulesetFD = landlockRulesetFD
         // The OOM killer of the tenant's cgroup picks the job, not the worker that serves it.
         options.oomScoreAdj = 1000
         // The worker installs no signal handlers (SIGCHLD comes through a signalfd) and ignores

@@ -97,8 +97,10 @@ public final class Worker {
                 throw StepFailure(step: "network namespace", errno: EINVAL, detail: "a sandboxed worker must be started in its own network namespace")
             }
             try SandboxSetup(plan: plan).apply()
+            let landlockRuleset = try JobIsolation.ruleset(abi: plan.jobLandlockABI)
             launcher = JobLauncher(rootPrefix: "", devNullFD: devNull, jobLimits: plan.jobLimits)
             launcher.jobCgroups = JobCgroups(parentFD: cgroupNode)
+            launcher.landlockRulesetFD = landlockRuleset
             launcher.jobSeccompProgram = plan.jobSeccompProgram
         } else {
             // No sandbox (the supervisor is not root): job paths map under the workspace.

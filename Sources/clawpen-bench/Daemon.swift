@@ -105,7 +105,9 @@ final class Daemon {
                     "--state-dir", root + "/state",
                     "--workspace-root", root + "/workspaces",
                     "--policies", setup.policies,
-                    "--idle-timeout", "3600"] + setup.serveArgs
+                    "--idle-timeout", "3600",
+                    // The bench's daemons register their uid range in files of their own, not the host's.
+                    "--subuid-file", root + "/subuid", "--subgid-file", root + "/subgid"] + setup.serveArgs
         let cmd = PreparedCommand(path: setup.clawpen, arguments: args,
                                   environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
         // SIGTERM on our death: the daemon shuts down cleanly even if the bench is killed.

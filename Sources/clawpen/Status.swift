@@ -79,6 +79,9 @@ struct Status: ParsableCommand {
             return nil
         }
         if !held.isEmpty { out += "\nheld back:\n" + held.joined(separator: "\n") + "\n" }
+        // Every limit weaker here than the policy says (no controller, no Landlock, no quota).
+        let warnings = (sup["warnings"]?.arrayValue ?? []).compactMap(\.stringValue)
+        if !warnings.isEmpty { out += "\nwarnings:\n" + warnings.map { "  " + $0 }.joined(separator: "\n") + "\n" }
         return out
     }
 }

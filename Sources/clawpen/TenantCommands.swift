@@ -5,7 +5,7 @@ import ClawpenProtocol
 struct TenantCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant", abstract: "Create and inspect tenants.",
-        subcommands: [Create.self, List.self, Show.self, SetQuota.self, Suspend.self, Resume.self])
+        subcommands: [Create.self, List.self, Show.self, SetQuota.self, Suspend.self, Resume.self, Inspect.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -82,6 +82,8 @@ struct TenantCommand: ParsableCommand {
         @Option(name: .customLong("network"), help: "network: none or loopback.") var network: String?
         @Option(name: .customLong("seccomp-profile"), help: "seccomp_profile: a profile of seccomp/.") var seccompProfile: String?
         @Option(name: .customLong("tmp-size"), help: "tmp_size: size of the sandbox's /tmp.") var tmpSize: String?
+        @Option(name: .customLong("disk-max"), help: "disk_max: bytes the tenant's workspace may hold (project quota; 1G).") var diskMax: String?
+        @Option(name: .customLong("inodes-max"), help: "inodes_max: files and directories the workspace may hold.") var inodesMax: String?
         @Option(name: .customLong("commands-allow"), help: "commands_allow: paths or globs, comma-separated (replaces the list).") var commandsAllow: String?
         @Option(name: .customLong("commands-deny"), help: "commands_deny: paths or globs, comma-separated (replaces the list).") var commandsDeny: String?
         @Option(name: .customLong("env-allow"), help: "env_allow: names or globs, comma-separated (replaces the list).") var envAllow: String?
@@ -94,6 +96,7 @@ struct TenantCommand: ParsableCommand {
                 ("cpu_seconds_per_hour", cpuSecondsPerHour), ("timeout_default_s", timeoutDefault), ("timeout_max_s", timeoutMax),
                 ("output_max_bytes", outputMax), ("network", network), ("seccomp_profile", seccompProfile), ("tmp_size", tmpSize),
                 ("commands_allow", commandsAllow), ("commands_deny", commandsDeny), ("env_allow", envAllow),
+                ("disk_max", diskMax), ("inodes_max", inodesMax),
             ]
             return pairs.compactMap { k, v in v.map { QuotaChange(key: k, value: .string($0)) } }
         }
@@ -111,6 +114,57 @@ struct TenantCommand: ParsableCommand {
             var out = "set for tenant \(name) (\(reply["file"]?.stringValue ?? "")):\n"
             for c in changes { out += "  \(c.key) = \(c.value.stringValue ?? "")\n" }
             Output.writeStdout(out)
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "What the tenant's running worker actually has, beside what its policy asks (operators only).",
+            discussion: """
+            Read from the kernel, not from the configuration: uid and gid, the five capability \
+            sets, no_new_privs, seccomp mode and filter count (/proc/<worker>/status), each \
+            namespace against the supervisor's, the root, the cgroup and its memory.max, \
+            memory.swap.max, pids.max and cpu.max read back, the interfaces up in the worker's \
+            network namespace, the Landlock ruleset of its jobs, and the workspace's disk quota.
+
+            Exit status: 0 when every fact matches the policy, 1 when any does not (a limit the \
+            kernel does not hold here is a mismatch), 3 when the tenant has no running worker \
+            (it starts with the tenant's next job), and the usual codes for errors (64, 69, 77).
+            """)
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "The tenant's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
+
+        /// Exit status when the tenant has no running worker.
+        static let noWorkerExit: Int32 = 3
+
+        func run() throws {
+            let tenantName = try TenantArgument.parse(name)
+            let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
+                try c.call(.tenantInspect(name: tenantName))
+            }
+            let inspect = reply["inspect"] ?? .null
+            let running = inspect["running"]?.boolValue ?? false
+            let mismatches = inspect["mismatches"]?.intValue ?? 0
+            if json {
+                Output.json(inspect)
+            } else if !running {
+                Output.line(inspect["message"]?.stringValue ?? "tenant \(name) has no running worker")
+            } else {
+                var rows = [["FACT", "ACTUAL", "EXPECTED", "OK"]]
+                for f in inspect["facts"]?.arrayValue ?? [] {
+                    rows.append([f["fact"]?.stringValue ?? "", f["actual"]?.stringValue ?? "-", f["expected"]?.stringValue ?? "",
+                                 f["ok"]?.boolValue == true ? "ok" : "MISMATCH"])
+                }
+                var out = "tenant \(name), worker pid \(inspect["worker_pid"]?.intValue.map { String($0) } ?? "?")\n" + Format.table(rows)
+                for f in inspect["facts"]?.arrayValue ?? [] where f["ok"]?.boolValue != true {
+                    if let note = f["note"]?.stringValue { out += "\(f["fact"]?.stringValue ?? ""): \(note)\n" }
+                }
+                out += mismatches == 0 ? "every fact matches the policy\n" : "\(mismatches) fact(s) do not match the policy\n"
+                Output.writeStdout(out)
+            }
+            if !running { throw ExitCode(Self.noWorkerExit) }
+            if mismatches > 0 { throw ExitCode(1) }
         }
     }
 }

@@ -250,8 +250,9 @@ final class JobTests: XCTestCase {
             XCTAssertEqual(a["usage"]?["pids_current"], .null)
         }
         XCTAssertEqual(tenants[1]["usage"]?["cpu_usec"], .null, "b has no worker: nothing to read")
-        // Root runs the sandbox; without cgroup controllers memory and pids fall back to rlimits.
-        XCTAssertEqual(a["enforcement"]?["memory"]?.stringValue, "rlimit")
+        // Root runs the sandbox; without cgroup controllers memory and pids fall back to rlimits
+        // (memory's, RLIMIT_AS per job process, is named for what it is: no tenant limit).
+        XCTAssertEqual(a["enforcement"]?["memory"]?.stringValue, "per-process-rlimit")
         XCTAssertEqual(a["enforcement"]?["pids"]?.stringValue, "rlimit")
         XCTAssertEqual(a["enforcement"]?["cpu"]?.stringValue, "none")
         // b never ran anything: no worker, idle, null pid and uptime.

@@ -255,7 +255,7 @@ final class LifecycleTests: XCTestCase {
         // Delegated to the tenant's uid, except the limits and cgroup.kill.
         var st = stat()
         XCTAssertEqual(stat(base + "/tenant-a/cgroup.procs", &st), 0)
-        XCTAssertEqual(Int(st.st_uid), 200_000)
+        XCTAssertEqual(Int(st.st_uid), try d.connect().tenant(.tenantShow(name: .t("a"))).uid)
         XCTAssertEqual(stat(base + "/tenant-a/cgroup.kill", &st), 0)
         XCTAssertEqual(st.st_uid, 0)
         XCTAssertTrue(try String(contentsOfFile: "/proc/\(d.pid)/cgroup", encoding: .utf8).contains("/supervisor\n"), "the daemon sits in its leaf")

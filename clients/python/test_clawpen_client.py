@@ -96,6 +96,9 @@ class DaemonTestCase(unittest.TestCase):
         cls.log_path = os.path.join(cls.tmp, "daemon.log")
         cmd = [binary, "serve", "--socket", cls.sock_path,
                "--state-dir", os.path.join(cls.tmp, "state"),
+               # the uid range is registered in files of the test's own, never the host's
+               "--subuid-file", os.path.join(cls.tmp, "subuid"),
+               "--subgid-file", os.path.join(cls.tmp, "subgid"),
                "--workspace-root", os.path.join(cls.tmp, "ws"),
                "--policies", os.path.join(REPO, "policies")]
         log = open(cls.log_path, "wb")
@@ -389,7 +392,7 @@ class ClientTest(DaemonTestCase):
         for key in ("queued", "running", "succeeded", "failed"):
             self.assertIsInstance(before["jobs"][key], int)
         for key in ("memory", "pids", "cpu"):
-            self.assertIn(before["enforcement"][key], ("cgroup", "rlimit", "none"))
+            self.assertIn(before["enforcement"][key], ("cgroup", "per-process-rlimit", "rlimit", "none"))
         self.assertJob(self.client.submit(t, ["true"]), "succeeded")
         self.assertJob(self.client.submit(t, ["false"]), "failed")
         after = entry()

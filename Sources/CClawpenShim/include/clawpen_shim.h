@@ -9,6 +9,10 @@
 //   cp_identity.h  securebits, bounding set, capset, no_new_privs, hostname
 //   cp_seccomp.h   installing a compiled BPF program
 //   cp_cgroup.h    the cgroup namespace
+//   cp_landlock.h  a Landlock domain per job, entered between clone and exec (no glibc wrappers)
+//   cp_quota.h     project quotas: quotactl_fd, FS_IOC_FSSETXATTR, QCMD (not visible to Swift)
+//   cp_inspect.h   interface flags inside a worker's network namespace (ifreq, setns and back)
+//   cp_ipc.h       the IPC namespace's shm limits through a detached procfs (fsopen, no wrappers)
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
 
@@ -20,5 +24,9 @@
 #include "cp_identity.h"
 #include "cp_seccomp.h"
 #include "cp_cgroup.h"
+#include "cp_landlock.h"
+#include "cp_quota.h"
+#include "cp_inspect.h"
+#include "cp_ipc.h"
 
 #endif

@@ -29,6 +29,7 @@ enum cp_spawn_step {
     CP_STEP_EXEC = 9,
     CP_STEP_SECCOMP = 10,
     CP_STEP_SETNS = 11,
+    CP_STEP_LANDLOCK = 12,
 };
 
 /// Human-readable name of a step ("exec", "chdir", ...), for error messages.
@@ -82,6 +83,10 @@ struct cp_spawn_request {
     /// installed no handlers, only what it ignores needs resetting (ignored signals survive
     /// exec; handlers do not), which saves the job ~60 system calls.
     uint64_t reset_signal_mask;
+
+    /// > 0: a Landlock ruleset (cp_landlock_job_ruleset) the child enters a domain of its own
+    /// from, just before exec (cp_landlock_restrict). 0: none (a zeroed request has none).
+    int landlock_ruleset_fd;
 };
 
 /// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's
