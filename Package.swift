@@ -84,7 +84,7 @@ let package = Package(
         // A static executable (Swift runtime, libc, libstdc++ linked in; no dynamic loader): a
         // worker starts in about a third of the CPU time of a -static-stdlib one (no symbol
         // lookups, no relocations), which is most of a sandboxed cold start's exec cost, and the
-        // static runtime saves 1.4-2.8 MiB RSS per worker (FINDINGS.md). The worker uses no NSS
+        // static runtime saves 1.4-2.8 MiB RSS per worker (measured here; BENCHMARKS.md). The worker uses no NSS
         // (its passwd and group come in the sandbox plan). Non-PIE: docs/sandbox.md weighs it.
         .executableTarget(
             name: "clawpen-worker", dependencies: ["ClawpenWorkerCore"], swiftSettings: strict,

@@ -30,7 +30,7 @@ public enum ClientError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(code.rawValue): \(message)" }
 }
 
-/// Where the daemon listens: `--socket`, else `$CLAWPEN_SOCKET`, else the default (DESIGN.md).
+/// Where the daemon listens: `--socket`, else `$CLAWPEN_SOCKET`, else the default (docs/protocol.md).
 public enum SocketPath {
     public static let `default` = "/run/clawpen/clawpen.sock"
 
@@ -110,8 +110,10 @@ public final class ClawpenConnection {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
-                throw .unavailable(n == 0 ? "the daemon closed the connection (is it shutting down?)"
-                                          : "lost the connection to \(socketPath): \(String(cString: strerror(errno)))")
+                throw .unavailable(
+                    n == 0
+                        ? "the daemon closed the connection (is it shutting down?)"
+                        : "lost the connection to \(socketPath): \(String(cString: strerror(errno)))")
             }
             splitter.append(chunk[0..<n])
         }

@@ -32,23 +32,31 @@ extension Core {
     {
         let now = clock.monotonic()
         if draining {
-            return .failure(Refusal(error: ProtocolError(.unavailable, "the daemon is shutting down; submit again when it is back"),
-                                    auditAction: "submit.refused", rule: "draining", auditDetail: nil))
+            return .failure(
+                Refusal(
+                    error: ProtocolError(.unavailable, "the daemon is shutting down; submit again when it is back"),
+                    auditAction: "submit.refused", rule: "draining", auditDetail: nil))
         }
         if let s = t.lifecycle.suspension {
             t.refusals["suspended", default: 0] += 1
-            return .failure(Refusal(
-                error: ProtocolError(.unavailable, "tenant '\(t.name)' is suspended (by \(s.by)); its queued jobs wait. An operator lifts it with: clawpen tenant resume \(t.name)",
-                                     details: ["rule": .string("suspended"), "suspended_by": .string(s.by)]),
-                auditAction: "submit.refused", rule: "suspended", auditDetail: "suspended by \(s.by)"))
+            return .failure(
+                Refusal(
+                    error: ProtocolError(
+                        .unavailable,
+                        "tenant '\(t.name)' is suspended (by \(s.by)); its queued jobs wait. An operator lifts it with: clawpen tenant resume \(t.name)",
+                        details: ["rule": .string("suspended"), "suspended_by": .string(s.by)]),
+                    auditAction: "submit.refused", rule: "suspended", auditDetail: "suspended by \(s.by)"))
         }
         if let q = t.lifecycle.quarantine {
             t.refusals["quarantined", default: 0] += 1
             let wait = max(1, Int(((q.retryAt - now) * 1000).rounded(.up)))
-            return .failure(Refusal(
-                error: ProtocolError(.unavailable, "tenant '\(t.name)' is quarantined: \(q.reason); its worker is tried again in \(wait) ms, or an operator lifts it with: clawpen tenant resume \(t.name)",
-                                     details: ["rule": .string("crash_loop_max"), "retry_after_ms": .int(Int64(wait))]),
-                auditAction: "submit.refused", rule: "crash_loop_max", auditDetail: "quarantined"))
+            return .failure(
+                Refusal(
+                    error: ProtocolError(
+                        .unavailable,
+                        "tenant '\(t.name)' is quarantined: \(q.reason); its worker is tried again in \(wait) ms, or an operator lifts it with: clawpen tenant resume \(t.name)",
+                        details: ["rule": .string("crash_loop_max"), "retry_after_ms": .int(Int64(wait))]),
+                    auditAction: "submit.refused", rule: "crash_loop_max", auditDetail: "quarantined"))
         }
         let limits = t.limits
         let timeout = s.timeoutSeconds ?? limits.timeoutDefaultSeconds
@@ -62,25 +70,32 @@ extension Core {
             let rule = decision.refusingRule ?? "commands_allow"
             let key = decision.steps.first { $0.outcome == .refused }?.key ?? ""
             t.refusals[key.hasPrefix("env") ? "env" : "command", default: 0] += 1
-            return .failure(Refusal(
-                error: ProtocolError(.policyDenied, decision.message ?? "denied by \(rule)",
-                                     details: ["rule": .string(rule), "command": decision.resolvedPath.map(JSONValue.string) ?? .null]),
-                auditAction: "submit.denied", rule: rule, auditDetail: s.argv.first.map { String($0.prefix(200)) }))
+            return .failure(
+                Refusal(
+                    error: ProtocolError(
+                        .policyDenied, decision.message ?? "denied by \(rule)",
+                        details: ["rule": .string(rule), "command": decision.resolvedPath.map(JSONValue.string) ?? .null]),
+                    auditAction: "submit.denied", rule: rule, auditDetail: s.argv.first.map { String($0.prefix(200)) }))
         }
         if let refusal = quotaRefusal(t, timeout: timeout, now: now) {
             t.refusals[refusal.quota, default: 0] += 1
-            var details: [String: JSONValue] = ["quota": .string(refusal.quota), "limit": .string(refusal.limit),
-                                                "current": .string(refusal.current)]
+            var details: [String: JSONValue] = [
+                "quota": .string(refusal.quota), "limit": .string(refusal.limit),
+                "current": .string(refusal.current),
+            ]
             details["retry_after_ms"] = refusal.retryAfterMs.map { .int(Int64($0)) } ?? .null
-            return .failure(Refusal(error: ProtocolError(.quotaExceeded, refusal.message, details: details),
-                                    auditAction: "submit.refused", rule: refusal.quota,
-                                    auditDetail: "limit \(refusal.limit), current \(refusal.current)"))
+            return .failure(
+                Refusal(
+                    error: ProtocolError(.quotaExceeded, refusal.message, details: details),
+                    auditAction: "submit.refused", rule: refusal.quota,
+                    auditDetail: "limit \(refusal.limit), current \(refusal.current)"))
         }
         t.pendingAccepts += 1
-        return .success(JobRecord(
-            id: jobID, tenant: t.name, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
-            stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
-            attempt: 1, createdAt: clock.wall()))
+        return .success(
+            JobRecord(
+                id: jobID, tenant: t.name, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
+                stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
+                attempt: 1, createdAt: clock.wall()))
     }
 
     /// The first quota a new job of `t` would break, in the order a caller can act on: the
@@ -92,7 +107,9 @@ extension Core {
         if timeout > limits.timeoutMaxSeconds {
             return QuotaRefusal(
                 quota: "timeout_max_s", limit: formatSeconds(limits.timeoutMaxSeconds), current: formatSeconds(timeout), retryAfterMs: nil,
-                message: "a timeout of \(formatSeconds(timeout)) s is above tenant '\(t.name)'s maximum of \(formatSeconds(limits.timeoutMaxSeconds)) s (quota timeout_max_s, tier \(tier)); waiting does not help: ask for a shorter timeout")
+                message:
+                    "a timeout of \(formatSeconds(timeout)) s is above tenant '\(t.name)'s maximum of \(formatSeconds(limits.timeoutMaxSeconds)) s (quota timeout_max_s, tier \(tier)); waiting does not help: ask for a shorter timeout"
+            )
         }
         let queued = t.queue.count + t.pendingAccepts
         if queued >= limits.maxQueued {
@@ -100,7 +117,9 @@ extension Core {
             let wait = max(100, Int((Double(queued - limits.maxQueued + 1) * perSlot).rounded(.up)))
             return QuotaRefusal(
                 quota: "max_queued", limit: "\(limits.maxQueued)", current: "\(queued)", retryAfterMs: wait,
-                message: "tenant '\(t.name)' already has \(queued) jobs waiting, its limit is \(limits.maxQueued) (quota max_queued, tier \(tier)); retry after \(wait) ms")
+                message:
+                    "tenant '\(t.name)' already has \(queued) jobs waiting, its limit is \(limits.maxQueued) (quota max_queued, tier \(tier)); retry after \(wait) ms"
+            )
         }
         sampleCPU(t, now: now)
         let budget = Int64(limits.cpuSecondsPerHour * 1_000_000)
@@ -109,12 +128,16 @@ extension Core {
             return QuotaRefusal(
                 quota: "cpu_seconds_per_hour", limit: formatSeconds(limits.cpuSecondsPerHour), current: formatSeconds(Double(used) / 1e6),
                 retryAfterMs: wait,
-                message: "tenant '\(t.name)' used \(formatSeconds(Double(used) / 1e6)) CPU seconds in the last hour, its budget is \(formatSeconds(limits.cpuSecondsPerHour)) (quota cpu_seconds_per_hour, tier \(tier)); retry after \(wait) ms")
+                message:
+                    "tenant '\(t.name)' used \(formatSeconds(Double(used) / 1e6)) CPU seconds in the last hour, its budget is \(formatSeconds(limits.cpuSecondsPerHour)) (quota cpu_seconds_per_hour, tier \(tier)); retry after \(wait) ms"
+            )
         }
         if let wait = t.rate.take(now: now) {
             return QuotaRefusal(
                 quota: "jobs_per_minute", limit: "\(limits.jobsPerMinute)", current: "\(limits.jobsPerMinute)", retryAfterMs: wait,
-                message: "tenant '\(t.name)' submitted its \(limits.jobsPerMinute) jobs for this minute (quota jobs_per_minute, tier \(tier)); retry after \(wait) ms")
+                message:
+                    "tenant '\(t.name)' submitted its \(limits.jobsPerMinute) jobs for this minute (quota jobs_per_minute, tier \(tier)); retry after \(wait) ms"
+            )
         }
         return nil
     }

@@ -273,13 +273,21 @@ public final class Core {
             // Shutdown: jobs it still ran stay `running` in the store and run again next start.
             for job in lost where !draining { t.requeueFront(job, router) }
         case .crashed(let failure, let wasReady, let newly):
-            out.append(.log(LogLine(.error, "worker died", [("tenant", t.name.value), ("worker_pid", "\(w.pid)"),
-                                                          ("reason", "\(failure)"), ("jobs_in_flight", "\(lost.count)")])))
+            out.append(
+                .log(
+                    LogLine(
+                        .error, "worker died",
+                        [
+                            ("tenant", t.name.value), ("worker_pid", "\(w.pid)"),
+                            ("reason", "\(failure)"), ("jobs_in_flight", "\(lost.count)"),
+                        ])))
             let rule = t.limits.crashLoopRule
             for job in lost.reversed() {
                 let cancel = t.cancelRequested.remove(job.id) != nil
-                switch CrashPolicy.decide(job, workerWasReady: wasReady, cancelRequested: cancel, rule: rule,
-                                          quarantined: t.lifecycle.quarantine != nil, draining: draining, reason: "\(failure)") {
+                switch CrashPolicy.decide(
+                    job, workerWasReady: wasReady, cancelRequested: cancel, rule: rule,
+                    quarantined: t.lifecycle.quarantine != nil, draining: draining, reason: "\(failure)")
+                {
                 case .canceled:
                     finish(job, t, state: .canceled, result: JobResult(signal: 9))
                 case .requeueUnstarted:
@@ -395,25 +403,29 @@ public final class Core {
         guard !draining else { return }
         var written: [WorkerRef] = []
         let now = clock.wall()
-        router.pump(canStart: { t in
-            guard !t.queue.isEmpty, t.lifecycle.dispatchTarget != nil else { return false }
-            return t.inFlight.count < t.limits.maxConcurrentRuns
-        }, start: { t in
-            guard let w = t.lifecycle.dispatchTarget, let job = t.startNext(now: now) else { return }
-            if let id = t.idleTimerFor { out.append(.cancel(.idle(t.name, worker: id))); t.idleTimerFor = nil }
-            let run = RunRequest(jobID: job.id, argv: job.argv, env: job.env.map { "\($0.name)=\($0.value)" },
-                                 cwd: job.cwd, stdin: job.stdin,
-                                 timeoutMs: UInt32(min(job.timeoutSeconds * 1000, Double(UInt32.max - 1))),
-                                 outputCapBytes: UInt32(job.outputCap))
-            out.append(.send(w, .run(run)))
-            if !written.contains(w) { written.append(w) }
-        })
+        router.pump(
+            canStart: { t in
+                guard !t.queue.isEmpty, t.lifecycle.dispatchTarget != nil else { return false }
+                return t.inFlight.count < t.limits.maxConcurrentRuns
+            },
+            start: { t in
+                guard let w = t.lifecycle.dispatchTarget, let job = t.startNext(now: now) else { return }
+                if let id = t.idleTimerFor { out.append(.cancel(.idle(t.name, worker: id))); t.idleTimerFor = nil }
+                let run = RunRequest(
+                    jobID: job.id, argv: job.argv, env: job.env.map { "\($0.name)=\($0.value)" },
+                    cwd: job.cwd, stdin: job.stdin,
+                    timeoutMs: UInt32(min(job.timeoutSeconds * 1000, Double(UInt32.max - 1))),
+                    outputCapBytes: UInt32(job.outputCap))
+                out.append(.send(w, .run(run)))
+                if !written.contains(w) { written.append(w) }
+            })
         for w in written { out.append(.flush(w)) }
     }
 
     private func armIdleTimerIfIdle(_ t: TenantState) {
         guard case .ready(let w, _) = t.lifecycle.phase, t.lifecycle.suspension == nil, t.inFlight.isEmpty, t.queue.isEmpty,
-              t.idleTimerFor == nil else { return }
+            t.idleTimerFor == nil
+        else { return }
         t.idleTimerFor = w.id
         out.append(.arm(.idle(t.name, worker: w.id), afterMs: config.idleTimeoutMs))
     }
@@ -424,13 +436,19 @@ public final class Core {
         guard let q = t.lifecycle.quarantine else { return }
         if newly {
             out.append(.log(LogLine(.error, "tenant quarantined", [("tenant", t.name.value), ("reason", q.reason)])))
-            out.append(.audit(AuditEvent(at: clock.wall(), tenant: t.name.value, callerUID: nil, action: "tenant.quarantined",
-                                         rule: "crash_loop_max", detail: q.reason)))
+            out.append(
+                .audit(
+                    AuditEvent(
+                        at: clock.wall(), tenant: t.name.value, callerUID: nil, action: "tenant.quarantined",
+                        rule: "crash_loop_max", detail: q.reason)))
         }
         let what = t.lifecycle.restarts == 0 ? "its worker cannot start" : "its worker keeps dying"
         for job in t.takeAllQueued(router) {
-            finish(job, t, state: .failed, result: JobResult(error: ProtocolError(
-                .workerCrashed, "the tenant is quarantined, \(what): \(q.reason)")))
+            finish(
+                job, t, state: .failed,
+                result: JobResult(
+                    error: ProtocolError(
+                        .workerCrashed, "the tenant is quarantined, \(what): \(q.reason)")))
         }
     }
 

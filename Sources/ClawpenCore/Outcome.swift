@@ -5,9 +5,10 @@ import ClawpenWire
 /// Maps what the worker saw of a job to the contract's final state and result.
 public enum Outcome {
     public static func map(_ rep: JobReport, _ job: JobRecord) -> (JobState, JobResult) {
-        var result = JobResult(stdout: rep.stdout, stderr: rep.stderr, stdoutTruncated: rep.stdoutTruncated,
-                               stderrTruncated: rep.stderrTruncated, runMs: Double(rep.runMicros) / 1000,
-                               cpuMs: Double(rep.cpuMicros) / 1000, maxRSSKiB: Int64(clamping: rep.maxRSSKiB))
+        var result = JobResult(
+            stdout: rep.stdout, stderr: rep.stderr, stdoutTruncated: rep.stdoutTruncated,
+            stderrTruncated: rep.stderrTruncated, runMs: Double(rep.runMicros) / 1000,
+            cpuMs: Double(rep.cpuMicros) / 1000, maxRSSKiB: Int64(clamping: rep.maxRSSKiB))
         switch rep.outcome {
         case .exited(let code):
             result.exitCode = code

@@ -18,8 +18,11 @@ public struct RingBuffer<Element> {
         guard head < items.count else { return nil }
         let e = items[head]
         head += 1
-        if head == items.count { items.removeAll(keepingCapacity: true); head = 0 }
-        else if head > 1024 && head * 2 > items.count { items.removeFirst(head); head = 0 }
+        if head == items.count {
+            items.removeAll(keepingCapacity: true); head = 0
+        } else if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head); head = 0
+        }
         return e
     }
 

@@ -98,7 +98,8 @@ public final class TenantState: RoutedTenant {
 extension TierLimits {
     /// The crash-loop rule and retry count of these limits.
     public var crashLoopRule: CrashLoopRule {
-        CrashLoopRule(maxFailures: crashLoopMax, windowSeconds: crashLoopWindowSeconds,
-                      backoffCapMs: Int(min(crashBackoffMaxSeconds * 1000, Double(Int32.max))), maxAttempts: maxAttempts)
+        CrashLoopRule(
+            maxFailures: crashLoopMax, windowSeconds: crashLoopWindowSeconds,
+            backoffCapMs: Int(min(crashBackoffMaxSeconds * 1000, Double(Int32.max))), maxAttempts: maxAttempts)
     }
 }

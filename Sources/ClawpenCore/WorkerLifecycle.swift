@@ -164,16 +164,20 @@ public struct WorkerLifecycle: Equatable, Sendable {
         guard worker == w else { return [] }
         if case .stopping(_, .misbehaved, _) = phase { return [] }
         phase = .stopping(w, .misbehaved(what), readySince: readySince)
-        return [.log(LogLine(.error, "worker misbehaved, killing it", [("tenant", tenant.value), ("worker_pid", "\(w.pid)"), ("what", what)])),
-                .killWorker(w)]
+        return [
+            .log(LogLine(.error, "worker misbehaved, killing it", [("tenant", tenant.value), ("worker_pid", "\(w.pid)"), ("what", what)])),
+            .killWorker(w),
+        ]
     }
 
     /// The idle timer fired for `w`: stop it (the caller checked that nothing runs or waits).
     mutating func idleTimeout(_ w: WorkerRef) -> [Action] {
         guard case .ready(w, let since) = phase, suspension == nil else { return [] }
         phase = .stopping(w, .idle, readySince: since)
-        return [.log(LogLine(.info, "worker idle, stopping it", [("tenant", tenant.value), ("worker_pid", "\(w.pid)")])),
-                .send(w, .shutdown), .arm(.stopDeadline(tenant, worker: w.id), afterMs: 3000)]
+        return [
+            .log(LogLine(.info, "worker idle, stopping it", [("tenant", tenant.value), ("worker_pid", "\(w.pid)")])),
+            .send(w, .shutdown), .arm(.stopDeadline(tenant, worker: w.id), afterMs: 3000),
+        ]
     }
 
     /// Shutdown: ask the worker to stop (a frozen one is thawed first, a starting one is killed).

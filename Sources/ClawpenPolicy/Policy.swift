@@ -158,7 +158,7 @@ public struct TierLimits: Sendable, Equatable {
                 commandsDeny: rules(
                     file, firstLine: 92,
                     DefaultLists.deny + [
-                        [],  // comment line
+                        [], // comment line
                         ["/usr/lib/openssh/ssh-keysign", "/usr/lib/dbus-1.0/dbus-daemon-launch-helper"],
                         ["/usr/lib/polkit-1/*", "/usr/libexec/polkit-*", "/usr/lib/eject/dmcrypt-get-device"],
                     ]),

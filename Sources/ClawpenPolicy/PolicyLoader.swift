@@ -28,7 +28,7 @@ public enum PolicyLoader {
     public static func load(directory: String?, quotaDirectory: String?) throws(PolicyError) -> PolicySet {
         let report = analyze(directory: directory, quotaDirectory: quotaDirectory)
         if let first = report.problems.first { throw first }
-        guard let set = report.policySet else { throw PolicyError.missingDirectory(directory ?? "") }  // unreachable
+        guard let set = report.policySet else { throw PolicyError.missingDirectory(directory ?? "") } // unreachable
         return set
     }
 
@@ -112,7 +112,8 @@ public enum PolicyLoader {
             errors.append(
                 .invalidValue(
                     file: use.file, line: use.line, key: LimitKey.seccompProfile.rawValue,
-                    reason: "there is no profile \(quoted(use.name)) (no seccomp/\(use.name).toml; profiles: \(profiles.keys.sorted().joined(separator: ", ")))"))
+                    reason: "there is no profile \(quoted(use.name)) (no seccomp/\(use.name).toml; profiles: \(profiles.keys.sorted().joined(separator: ", ")))"
+                ))
         }
 
         var access = AccessPolicy.rootOnly
@@ -286,7 +287,8 @@ public enum PolicyLoader {
     /// The checks that involve more than one key.
     private static func timeoutProblem(_ l: TierLimits) -> String? {
         guard l.timeoutDefaultSeconds > l.timeoutMaxSeconds else { return nil }
-        return "timeout_default_s (\(formatNumber(l.timeoutDefaultSeconds)) s) is longer than timeout_max_s (\(formatNumber(l.timeoutMaxSeconds)) s): lower timeout_default_s or raise timeout_max_s"
+        return
+            "timeout_default_s (\(formatNumber(l.timeoutDefaultSeconds)) s) is longer than timeout_max_s (\(formatNumber(l.timeoutMaxSeconds)) s): lower timeout_default_s or raise timeout_max_s"
     }
 
     /// An override must still be consistent once applied (on top of `under`, the tenant file a

@@ -16,8 +16,10 @@ public struct SeccompProfile: Sendable, Equatable {
     /// has for AF_VSOCK); every other family fails with EPERM (SocketFamily).
     public var socketFamilies: [SocketFamily]
 
-    public init(name: String, allow: [String], kill: [String], restrictNamespaces: Bool,
-                socketFamilies: [SocketFamily] = SocketFamily.defaults) {
+    public init(
+        name: String, allow: [String], kill: [String], restrictNamespaces: Bool,
+        socketFamilies: [SocketFamily] = SocketFamily.defaults
+    ) {
         self.name = name; self.allow = allow; self.kill = kill; self.restrictNamespaces = restrictNamespaces
         self.socketFamilies = socketFamilies
     }
@@ -34,7 +36,8 @@ public struct SeccompProfile: Sendable, Equatable {
                 }
                 var out: [String] = []
                 for item in items {
-                    guard let s = item.stringValue, !s.isEmpty, s.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) else {
+                    guard let s = item.stringValue, !s.isEmpty, s.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F })
+                    else {
                         throw .invalidValue(file: file, line: e.line, key: e.key, reason: "\(item.shortDescription) is not a syscall name")
                     }
                     out.append(s)
@@ -50,7 +53,11 @@ public struct SeccompProfile: Sendable, Equatable {
                 families = []
                 for item in items {
                     guard let s = item.stringValue, let f = SocketFamily(rawValue: s) else {
-                        throw .invalidValue(file: file, line: e.line, key: e.key, reason: "\(item.shortDescription) is not a family a sandbox may use (\(SocketFamily.allCases.map(\.rawValue).joined(separator: ", ")); \(SocketFamily.refusedNote))")
+                        throw .invalidValue(
+                            file: file, line: e.line, key: e.key,
+                            reason:
+                                "\(item.shortDescription) is not a family a sandbox may use (\(SocketFamily.allCases.map(\.rawValue).joined(separator: ", ")); \(SocketFamily.refusedNote))"
+                        )
                     }
                     if !families.contains(f) { families.append(f) }
                 }
@@ -69,8 +76,9 @@ public struct SeccompProfile: Sendable, Equatable {
             throw .invalidValue(file: file, line: doc.root.entry("kill")?.line ?? 0, key: "kill", reason: "\(both) is also in allow")
         }
         if restrict, let bad = allow.first(where: { ["unshare", "setns", "clone3"].contains($0) }) {
-            throw .invalidValue(file: file, line: doc.root.entry("allow")?.line ?? 0, key: "allow",
-                                reason: "\(bad) cannot be allowed while restrict_namespaces = true")
+            throw .invalidValue(
+                file: file, line: doc.root.entry("allow")?.line ?? 0, key: "allow",
+                reason: "\(bad) cannot be allowed while restrict_namespaces = true")
         }
         return SeccompProfile(name: name, allow: allow, kill: kill, restrictNamespaces: restrict, socketFamilies: families)
     }

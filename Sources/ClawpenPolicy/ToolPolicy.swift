@@ -214,11 +214,14 @@ public func decideTool(
                 if isExecutable(candidate) {
                     resolved = candidate
                     steps.append(
-                        RuleStep(rule: "PATH entry \(dir): executable \(candidate)", key: "resolve", pattern: String(dir), subject: candidate, outcome: .matched))
+                        RuleStep(
+                            rule: "PATH entry \(dir): executable \(candidate)", key: "resolve", pattern: String(dir), subject: candidate, outcome: .matched))
                     break
                 }
                 steps.append(
-                    RuleStep(rule: "PATH entry \(dir): no executable \(quoted(command))", key: "resolve", pattern: String(dir), subject: candidate, outcome: .notMatched))
+                    RuleStep(
+                        rule: "PATH entry \(dir): no executable \(quoted(command))", key: "resolve", pattern: String(dir), subject: candidate,
+                        outcome: .notMatched))
             }
             if resolved == nil {
                 notFound = true
@@ -239,8 +242,9 @@ public func decideTool(
             let hit = Glob.matches(r.pattern, path)
             let rule = "commands_deny \(r.located)"
             steps.append(
-                RuleStep(rule: rule, key: "commands_deny", pattern: r.pattern, file: r.file, line: r.line, subject: path,
-                         outcome: hit ? .refused : .notMatched))
+                RuleStep(
+                    rule: rule, key: "commands_deny", pattern: r.pattern, file: r.file, line: r.line, subject: path,
+                    outcome: hit ? .refused : .notMatched))
             if hit {
                 denied = true
                 refuse(rule, "\(singleQuoted(path)) is denied by \(rule)")
@@ -252,8 +256,9 @@ public func decideTool(
             for r in limits.commandsAllow {
                 let hit = Glob.matches(r.pattern, path)
                 steps.append(
-                    RuleStep(rule: "commands_allow \(r.located)", key: "commands_allow", pattern: r.pattern, file: r.file,
-                             line: r.line, subject: path, outcome: hit ? .allowed : .notMatched))
+                    RuleStep(
+                        rule: "commands_allow \(r.located)", key: "commands_allow", pattern: r.pattern, file: r.file,
+                        line: r.line, subject: path, outcome: hit ? .allowed : .notMatched))
                 if hit {
                     allowed = true
                     break
@@ -287,8 +292,9 @@ public func decideTool(
         for r in limits.envAllow {
             let hit = Glob.matches(r.pattern, name)
             steps.append(
-                RuleStep(rule: "env_allow \(r.located)", key: "env_allow", pattern: r.pattern, file: r.file, line: r.line,
-                         subject: name, outcome: hit ? .allowed : .notMatched))
+                RuleStep(
+                    rule: "env_allow \(r.located)", key: "env_allow", pattern: r.pattern, file: r.file, line: r.line,
+                    subject: name, outcome: hit ? .allowed : .notMatched))
             if hit {
                 allowed = true
                 break
@@ -297,7 +303,10 @@ public func decideTool(
         if !allowed {
             let rule = "default deny: no env_allow entry matches"
             steps.append(RuleStep(rule: rule, key: "env_allow", subject: name, outcome: .refused))
-            refuse(rule, "environment variable \(singleQuoted(name)) matches no env_allow entry; add it (or a glob such as \"\(name.prefix { $0 != "_" })_*\") to env_allow")
+            refuse(
+                rule,
+                "environment variable \(singleQuoted(name)) matches no env_allow entry; add it (or a glob such as \"\(name.prefix { $0 != "_" })_*\") to env_allow"
+            )
         }
     }
 
@@ -360,7 +369,8 @@ enum PatternCheck {
     static func commandProblem(_ pattern: String) -> String? {
         guard pattern.hasPrefix("/") else {
             let example = pattern.isEmpty ? "/usr/bin/ls" : pattern.contains("/") ? "/" + pattern : "/usr/bin/" + pattern
-            return "\(quoted(pattern)) is not an absolute path or glob (write it from '/', e.g. \(quoted(example)); commands are resolved to absolute paths before they are matched)"
+            return
+                "\(quoted(pattern)) is not an absolute path or glob (write it from '/', e.g. \(quoted(example)); commands are resolved to absolute paths before they are matched)"
         }
         guard pattern.utf8.count <= 4096 else { return "\(quoted(pattern)) is longer than 4096 bytes" }
         if pattern.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {

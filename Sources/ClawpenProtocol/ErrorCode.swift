@@ -1,4 +1,4 @@
-/// The machine-readable error codes of the contract (DESIGN.md), with the exit status `clawpen`
+/// The machine-readable error codes of the protocol (docs/protocol.md), with the exit status `clawpen`
 /// uses for each.
 public enum ErrorCode: String, Sendable, CaseIterable {
     case invalidRequest = "invalid_request"

@@ -36,7 +36,11 @@ public enum JSONValue: Equatable, Sendable {
     public var boolValue: Bool? { if case .bool(let b) = self { return b }; return nil }
     public var isNull: Bool { if case .null = self { return true }; return false }
     public var doubleValue: Double? {
-        switch self { case .int(let i): return Double(i); case .double(let d): return d; default: return nil }
+        switch self {
+        case .int(let i): return Double(i);
+        case .double(let d): return d;
+        default: return nil
+        }
     }
     public var intValue: Int64? {
         switch self {
@@ -72,8 +76,7 @@ public enum JSONValue: Equatable, Sendable {
         case .int(let i): out.append(contentsOf: String(i).utf8)
         case .double(let d):
             if d.isFinite {
-                if d.rounded() == d && abs(d) < 1e15 { out.append(contentsOf: String(Int64(d)).utf8) }
-                else { out.append(contentsOf: "\(d)".utf8) }
+                if d.rounded() == d && abs(d) < 1e15 { out.append(contentsOf: String(Int64(d)).utf8) } else { out.append(contentsOf: "\(d)".utf8) }
             } else {
                 out.append(contentsOf: "null".utf8)
             }

@@ -75,8 +75,10 @@ public struct SubmitRequest: Sendable, Equatable {
         public init(name: String, value: String) { self.name = name; self.value = value }
     }
 
-    public init(tenant: TenantName, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
-                timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false) {
+    public init(
+        tenant: TenantName, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
+        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false
+    ) {
         self.tenant = tenant; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
         self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.wait = wait
     }
@@ -93,13 +95,21 @@ public enum RequestCodec {
     public static func decode(_ payload: [UInt8]) -> (id: JSONValue, request: Result<Request, ProtocolError>) {
         let value: JSONValue
         do { value = try JSONParser.parse(payload, limits: requestLimits) } catch {
-            return (.null, .failure(ProtocolError(.invalidRequest, "the frame is not valid JSON (\(payload.count) bytes, \(error)); each frame must hold one UTF-8 JSON object")))
+            return (
+                .null,
+                .failure(
+                    ProtocolError(.invalidRequest, "the frame is not valid JSON (\(payload.count) bytes, \(error)); each frame must hold one UTF-8 JSON object")
+                )
+            )
         }
         guard case .object = value else {
             return (.null, .failure(ProtocolError(.invalidRequest, "the frame must hold a JSON object with a \"type\"")))
         }
         var id = value["id"] ?? .null
-        switch id { case .string, .int, .double, .null: break; default: id = .null }
+        switch id {
+        case .string, .int, .double, .null: break;
+        default: id = .null
+        }
         do { return (id, .success(try request(from: value))) } catch let e as ProtocolError {
             return (id, .failure(e))
         } catch {
@@ -140,7 +150,9 @@ public enum RequestCodec {
             }
             var limit = 100
             if let v = f.object["limit"], !v.isNull {
-                guard let i = v.intValue, (1...100_000).contains(i) else { throw ProtocolError(.invalidRequest, "audit: \"limit\" must be an integer from 1 to 100000") }
+                guard let i = v.intValue, (1...100_000).contains(i) else {
+                    throw ProtocolError(.invalidRequest, "audit: \"limit\" must be an integer from 1 to 100000")
+                }
                 limit = Int(i)
             }
             return .audit(tenant: try f.optionalTenant("tenant"), since: since, limit: limit)
@@ -167,7 +179,10 @@ public enum RequestCodec {
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         default:
-            throw ProtocolError(.invalidRequest, "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)")
+            throw ProtocolError(
+                .invalidRequest,
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)"
+            )
         }
     }
 
@@ -237,8 +252,9 @@ public enum RequestCodec {
             guard let b = w.boolValue else { throw ProtocolError(.invalidRequest, "submit: \"wait\" must be true or false") }
             wait = b
         }
-        return SubmitRequest(tenant: tenant, argv: argv, env: env, cwd: cwd, stdin: stdin,
-                             timeoutSeconds: timeout, idempotencyKey: key, wait: wait)
+        return SubmitRequest(
+            tenant: tenant, argv: argv, env: env, cwd: cwd, stdin: stdin,
+            timeoutSeconds: timeout, idempotencyKey: key, wait: wait)
     }
 
     /// A request's fields by name. A request may carry fields this version does not know
@@ -306,8 +322,11 @@ public enum RequestCodec {
             if !s.env.isEmpty { o.set("env", .object(s.env.map { ($0.name, .string($0.value)) })) }
             if let cwd = s.cwd { o.set("cwd", .string(cwd)) }
             if !s.stdin.isEmpty {
-                if let text = String(validating: s.stdin, as: UTF8.self) { o.set("stdin", .string(text)) }
-                else { o.set("stdin_b64", .string(Data(s.stdin).base64EncodedString())) }
+                if let text = String(validating: s.stdin, as: UTF8.self) {
+                    o.set("stdin", .string(text))
+                } else {
+                    o.set("stdin_b64", .string(Data(s.stdin).base64EncodedString()))
+                }
             }
             if let t = s.timeoutSeconds { o.set("timeout_s", .double(t)) }
             if let k = s.idempotencyKey { o.set("idempotency_key", .string(k)) }

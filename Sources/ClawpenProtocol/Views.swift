@@ -1,4 +1,4 @@
-/// Job states (DESIGN.md contract).
+/// Job states (docs/protocol.md, JOB).
 public enum JobState: String, Sendable, CaseIterable {
     case queued, running, succeeded, failed
     case timedOut = "timed_out"
@@ -8,7 +8,7 @@ public enum JobState: String, Sendable, CaseIterable {
     public var isFinal: Bool { self != .queued && self != .running }
 }
 
-/// A job as clients see it (`submit --json`, `job get --json`; DESIGN.md lists the contract fields).
+/// A job as clients see it (`submit --json`, `job get --json`; docs/protocol.md lists the fields).
 public struct JobView: Sendable, Equatable {
     public var id: String
     public var tenant: String
@@ -33,11 +33,13 @@ public struct JobView: Sendable, Equatable {
     public var startedAt: Double?
     public var finishedAt: Double?
 
-    public init(id: String, tenant: String, state: JobState, exitCode: Int32? = nil, signal: Int32? = nil,
-                stdout: String = "", stderr: String = "", stdoutTruncated: Bool = false, stderrTruncated: Bool = false,
-                queuedMs: Double? = nil, runMs: Double? = nil, cpuMs: Double? = nil, maxRSSKiB: Int64? = nil,
-                attempt: Int = 1, error: ProtocolError? = nil, argv: [String], cwd: String, timeoutSeconds: Double,
-                idempotencyKey: String? = nil, createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil) {
+    public init(
+        id: String, tenant: String, state: JobState, exitCode: Int32? = nil, signal: Int32? = nil,
+        stdout: String = "", stderr: String = "", stdoutTruncated: Bool = false, stderrTruncated: Bool = false,
+        queuedMs: Double? = nil, runMs: Double? = nil, cpuMs: Double? = nil, maxRSSKiB: Int64? = nil,
+        attempt: Int = 1, error: ProtocolError? = nil, argv: [String], cwd: String, timeoutSeconds: Double,
+        idempotencyKey: String? = nil, createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil
+    ) {
         self.id = id; self.tenant = tenant; self.state = state; self.exitCode = exitCode; self.signal = signal
         self.stdout = stdout; self.stderr = stderr; self.stdoutTruncated = stdoutTruncated
         self.stderrTruncated = stderrTruncated; self.queuedMs = queuedMs; self.runMs = runMs; self.cpuMs = cpuMs
@@ -65,7 +67,8 @@ public struct JobView: Sendable, Equatable {
 
     public init?(json v: JSONValue) {
         guard let id = v["id"]?.stringValue, let tenant = v["tenant"]?.stringValue,
-              let state = v["state"]?.stringValue.flatMap(JobState.init(rawValue:)) else { return nil }
+            let state = v["state"]?.stringValue.flatMap(JobState.init(rawValue:))
+        else { return nil }
         self.init(
             id: id, tenant: tenant, state: state,
             exitCode: v["exit_code"]?.intValue.map { Int32(truncatingIfNeeded: $0) },
@@ -82,7 +85,7 @@ public struct JobView: Sendable, Equatable {
             finishedAt: v["finished_at"]?.doubleValue)
     }
 
-    /// The exit status `clawpen submit` / `job wait` use for this job (DESIGN.md exit table).
+    /// The exit status `clawpen submit` / `job wait` use for this job (the exit table in README.md and docs/protocol.md).
     public var cliExitStatus: Int32 {
         switch state {
         case .succeeded: return 0
@@ -119,8 +122,9 @@ public struct TenantView: Sendable, Equatable {
 
     public init?(json v: JSONValue) {
         guard let name = v["tenant"]?.stringValue, let tier = v["tier"]?.stringValue else { return nil }
-        self.init(name: name, tier: tier, uid: Int(v["uid"]?.intValue ?? -1),
-                  workspace: v["workspace"]?.stringValue ?? "", createdAt: v["created_at"]?.doubleValue ?? 0)
+        self.init(
+            name: name, tier: tier, uid: Int(v["uid"]?.intValue ?? -1),
+            workspace: v["workspace"]?.stringValue ?? "", createdAt: v["created_at"]?.doubleValue ?? 0)
     }
 }
 

@@ -39,7 +39,7 @@ public struct CgroupLimits: Sendable, Equatable {
 /// Used from the event loop, and by the spare-spawning thread for leafForSpare (serialized by
 /// the supervisor: one refill at a time).
 public final class CgroupTree: @unchecked Sendable {
-    public let root: String          // the daemon's cgroup at start
+    public let root: String // the daemon's cgroup at start
     public let base: String
     public let controllers: Set<String>
     private let ownsBase: Bool
@@ -344,7 +344,7 @@ public struct CgroupInfo: Sendable {
 
     public static func probe() -> CgroupInfo {
         guard let mount = cgroup2MountPoint(),
-              let own = Files.readSmallFile("/proc/self/cgroup")?
+            let own = Files.readSmallFile("/proc/self/cgroup")?
                 .split(separator: "\n").first(where: { $0.hasPrefix("0::") }).map({ String($0.dropFirst(3)) })
         else { return CgroupInfo(mode: .none, path: nil, controllers: []) }
         let path = own == "/" ? mount : mount + own

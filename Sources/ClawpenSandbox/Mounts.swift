@@ -157,7 +157,9 @@ public enum Mounts {
             try StepFailure.check("symlink /dev/\(name)") { symlinkat(target, dev, name) }
         }
         let shm = try open(dev, "shm", directory: true, mode: 0o1777)
-        try StepFailure.check("mount /dev/shm") { cp_mount_at("tmpfs", -1, shm, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=1777,size=\(ctx.plan.tmpSizeBytes)") }
+        try StepFailure.check("mount /dev/shm") {
+            cp_mount_at("tmpfs", -1, shm, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=1777,size=\(ctx.plan.tmpSizeBytes)")
+        }
         close(shm)
         try StepFailure.check("remount /dev read-only") { cp_remount_bind(dev, CP_MS_RDONLY | CP_MS_NOSUID | CP_MS_NOEXEC) }
     }
@@ -170,8 +172,10 @@ public enum Mounts {
 
     /// The generated files of /etc: (name, content).
     static func etcFiles(_ plan: SandboxPlan) -> [(String, String)] {
-        [("passwd", plan.passwd), ("group", plan.group), ("hostname", plan.tenant + "\n"),
-         ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n")]
+        [
+            ("passwd", plan.passwd), ("group", plan.group), ("hostname", plan.tenant + "\n"),
+            ("hosts", "127.0.0.1\tlocalhost \(plan.tenant)\n::1\tlocalhost\n"),
+        ]
     }
 
     /// /etc is synthetic: generated passwd and group, a few read-only binds, nothing else. It is
@@ -197,8 +201,10 @@ public enum Mounts {
     /// What container runtimes mask in /proc (runc's and Docker's defaults, plus the host-wide
     /// counters and symbol tables a tenant has no use for). Files are covered by /dev/null,
     /// directories by an empty read-only directory; a name this kernel does not have is skipped.
-    public static let procMaskedFiles = ["kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
-                                         "timer_list", "timer_stats", "sched_debug", "latency_stats"]
+    public static let procMaskedFiles = [
+        "kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
+        "timer_list", "timer_stats", "sched_debug", "latency_stats",
+    ]
     public static let procMaskedDirectories = ["acpi", "asound", "scsi"]
     /// Bound read-only over themselves: the kernel's knobs and triggers. (Docker also covers
     /// /proc/bus, /proc/fs and /proc/irq, for containers that run as root; nothing there is

@@ -35,7 +35,9 @@ public final class NetnsPool: Sendable {
     }
 
     public func drain() {
-        for fd in fds.withLock({ let all = $0; $0.removeAll(); return all }) { close(fd) }
+        for fd in fds.withLock({
+            let all = $0; $0.removeAll(); return all
+        }) { close(fd) }
     }
 }
 

@@ -23,8 +23,10 @@ public struct PlanExtras: Sendable {
     public var cgroupNode: String
     /// The kernel's Landlock ABI (0: none): each job gets a domain of its own (SandboxPlan.jobLandlockABI).
     public var jobLandlockABI: UInt32
-    public init(seccompProfile: String = "", seccompProgram: [UInt8] = [], jobSeccompProgram: [UInt8] = [], cgroupNode: String = "",
-                jobLandlockABI: UInt32 = 0) {
+    public init(
+        seccompProfile: String = "", seccompProgram: [UInt8] = [], jobSeccompProgram: [UInt8] = [], cgroupNode: String = "",
+        jobLandlockABI: UInt32 = 0
+    ) {
         self.seccompProfile = seccompProfile; self.seccompProgram = seccompProgram
         self.jobSeccompProgram = jobSeccompProgram; self.cgroupNode = cgroupNode; self.jobLandlockABI = jobLandlockABI
     }
@@ -33,7 +35,7 @@ public struct PlanExtras: Sendable {
 /// Builds a tenant's SandboxPlan from its limits and what this host has: the only place a plan
 /// is filled. Pure apart from resolving the host paths' symlinks (merged /usr: /bin -> /usr/bin).
 public enum Plan {
-    /// Host paths bound read-only at the same place (DESIGN.md defaults).
+    /// Host paths bound read-only at the same place (docs/sandbox.md lists them).
     static let readOnlyPaths = ["/usr", "/lib", "/lib64", "/bin", "/sbin"]
     /// Host paths bound read-only into the synthetic /etc. ld.so.cache spares every dynamic
     /// executable a search of the library directories.
@@ -63,10 +65,12 @@ public enum Plan {
 
     /// `controllers`: the cgroup controllers enabled for the tenant nodes.
     /// `extras` are only used when `enabled` (no sandbox: no filter, no job cgroups).
-    public static func make(tenant: TenantName, uid: Int, workspace: String, limits: SandboxLimits,
-                            enabled: Bool, controllers: Set<String>, extras: PlanExtras = PlanExtras()) -> SandboxPlan {
+    public static func make(
+        tenant: TenantName, uid: Int, workspace: String, limits: SandboxLimits,
+        enabled: Bool, controllers: Set<String>, extras: PlanExtras = PlanExtras()
+    ) -> SandboxPlan {
         let u = UInt32(uid)
-        // Fallbacks while the kernel gives us no memory or pids controller (DESIGN.md): the
+        // Fallbacks while the kernel gives us no memory or pids controller (docs/sandbox.md): the
         // tenant's process count by RLIMIT_NPROC on its uid, each job's memory by RLIMIT_AS.
         let hasPids = controllers.contains("pids"), hasMemory = controllers.contains("memory")
         var workerLimits = [
@@ -77,8 +81,8 @@ public enum Plan {
         if !hasPids {
             workerLimits.append(.init(resource: CP_RLIMIT_NPROC, soft: UInt64(limits.pidsMax), hard: UInt64(limits.pidsMax)))
         }
-        let jobLimits: [SandboxPlan.Limit] = hasMemory ? [] :
-            [.init(resource: Int32(RLIMIT_AS.rawValue), soft: UInt64(limits.memoryMaxBytes), hard: UInt64(limits.memoryMaxBytes))]
+        let jobLimits: [SandboxPlan.Limit] =
+            hasMemory ? [] : [.init(resource: Int32(RLIMIT_AS.rawValue), soft: UInt64(limits.memoryMaxBytes), hard: UInt64(limits.memoryMaxBytes))]
         // Merged /usr: a host path that is a symlink into another bound tree becomes the same
         // symlink in the sandbox (no mount needed); anything else is bound.
         let (rootBinds, links, etcBinds) = hostLayout
@@ -86,7 +90,8 @@ public enum Plan {
         var plan = SandboxPlan(
             enabled: enabled, tenant: name, uid: u, gid: u, workspace: workspace,
             readOnlyBinds: rootBinds, etcBinds: etcBinds,
-            passwd: "root:x:0:0:root:/root:/usr/sbin/nologin\n\(name):x:\(u):\(u):clawpen tenant \(name):/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            passwd:
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n\(name):x:\(u):\(u):clawpen tenant \(name):/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
             group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
         plan.symlinks = links

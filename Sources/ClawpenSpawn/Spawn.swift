@@ -78,19 +78,19 @@ public final class SpawnCommand {
         req.envp = UnsafePointer(envp.pointer)
         var step: Int32 = 0, err: Int32 = 0
         let pid: pid_t = options.seccompProgram.withUnsafeBytes { program in
-          req.seccomp_program = program.baseAddress
-          req.seccomp_len = program.count
-          return path.withCString { cPath in
-            req.path = cPath
-            guard let cwd = options.cwd else {
-                req.cwd = nil
-                return cp_spawn(&req, &step, &err)
+            req.seccomp_program = program.baseAddress
+            req.seccomp_len = program.count
+            return path.withCString { cPath in
+                req.path = cPath
+                guard let cwd = options.cwd else {
+                    req.cwd = nil
+                    return cp_spawn(&req, &step, &err)
+                }
+                return cwd.withCString { cCwd in
+                    req.cwd = cCwd
+                    return cp_spawn(&req, &step, &err)
+                }
             }
-            return cwd.withCString { cCwd in
-                req.cwd = cCwd
-                return cp_spawn(&req, &step, &err)
-            }
-          }
         }
         guard pid > 0 else { throw StepFailure(step: String(cString: cp_spawn_step_name(step)), errno: err) }
         return pid

@@ -30,9 +30,11 @@ public struct JobRecord: Sendable, Equatable {
     public var finishedAt: Double?
     public var result: JobResult?
 
-    public init(id: String, tenant: TenantName, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
-                stdin: [UInt8], timeoutSeconds: Double, outputCap: Int, idempotencyKey: String?, attempt: Int,
-                createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil, result: JobResult? = nil) {
+    public init(
+        id: String, tenant: TenantName, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
+        stdin: [UInt8], timeoutSeconds: Double, outputCap: Int, idempotencyKey: String?, attempt: Int,
+        createdAt: Double, startedAt: Double? = nil, finishedAt: Double? = nil, result: JobResult? = nil
+    ) {
         self.id = id; self.tenant = tenant; self.state = state; self.argv = argv; self.env = env; self.cwd = cwd
         self.stdin = stdin; self.timeoutSeconds = timeoutSeconds; self.outputCap = outputCap
         self.idempotencyKey = idempotencyKey; self.attempt = attempt; self.createdAt = createdAt
@@ -64,9 +66,11 @@ public struct JobResult: Sendable, Equatable {
     public var maxRSSKiB: Int64?
     public var error: ProtocolError?
 
-    public init(exitCode: Int32? = nil, signal: Int32? = nil, stdout: [UInt8] = [], stderr: [UInt8] = [],
-                stdoutTruncated: Bool = false, stderrTruncated: Bool = false, runMs: Double? = nil,
-                cpuMs: Double? = nil, maxRSSKiB: Int64? = nil, error: ProtocolError? = nil) {
+    public init(
+        exitCode: Int32? = nil, signal: Int32? = nil, stdout: [UInt8] = [], stderr: [UInt8] = [],
+        stdoutTruncated: Bool = false, stderrTruncated: Bool = false, runMs: Double? = nil,
+        cpuMs: Double? = nil, maxRSSKiB: Int64? = nil, error: ProtocolError? = nil
+    ) {
         self.exitCode = exitCode; self.signal = signal; self.stdout = stdout; self.stderr = stderr
         self.stdoutTruncated = stdoutTruncated; self.stderrTruncated = stderrTruncated; self.runMs = runMs
         self.cpuMs = cpuMs; self.maxRSSKiB = maxRSSKiB; self.error = error

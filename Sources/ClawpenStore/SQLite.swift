@@ -79,7 +79,9 @@ final class SQLiteConnection {
             case .double(let x): rc = sqlite3_bind_double(stmt, idx, x)
             case .text(let x): rc = sqlite3_bind_text(stmt, idx, x, -1, clawpen_sqlite_transient())
             case .blob(let x):
-                rc = x.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count), clawpen_sqlite_transient()) }
+                rc = x.withUnsafeBytes {
+                    sqlite3_bind_blob(stmt, idx, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count), clawpen_sqlite_transient())
+                }
             }
             guard rc == SQLITE_OK else { throw .sql(path: path, statement: sql, message: message()) }
         }

@@ -30,54 +30,55 @@ public final class Store: @unchecked Sendable {
     }
 
     private func migrate() throws(StoreError) {
-        try db.exec("""
-        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS tenants(
-            name TEXT PRIMARY KEY,
-            tier TEXT NOT NULL,
-            uid INTEGER NOT NULL UNIQUE,
-            created_at REAL NOT NULL);
-        CREATE TABLE IF NOT EXISTS jobs(
-            id TEXT PRIMARY KEY,
-            tenant TEXT NOT NULL REFERENCES tenants(name),
-            state TEXT NOT NULL,
-            argv BLOB NOT NULL,
-            env BLOB NOT NULL,
-            cwd TEXT NOT NULL,
-            stdin BLOB,
-            timeout_s REAL NOT NULL,
-            output_cap INTEGER NOT NULL,
-            idempotency_key TEXT,
-            attempt INTEGER NOT NULL DEFAULT 1,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            exit_code INTEGER,
-            signal INTEGER,
-            stdout BLOB,
-            stderr BLOB,
-            stdout_truncated INTEGER NOT NULL DEFAULT 0,
-            stderr_truncated INTEGER NOT NULL DEFAULT 0,
-            run_ms REAL,
-            cpu_ms REAL,
-            max_rss_kb INTEGER,
-            error_code TEXT,
-            error_message TEXT);
-        CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
-        CREATE INDEX IF NOT EXISTS jobs_tenant_state ON jobs(tenant, state);
-        CREATE TABLE IF NOT EXISTS audit(
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            at REAL NOT NULL,
-            tenant TEXT,
-            caller_uid INTEGER,
-            action TEXT NOT NULL,
-            rule TEXT,
-            detail TEXT);
-        CREATE TABLE IF NOT EXISTS suspensions(
-            tenant TEXT PRIMARY KEY REFERENCES tenants(name),
-            suspended_by TEXT NOT NULL,
-            at REAL NOT NULL);
-        """)
+        try db.exec(
+            """
+            CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS tenants(
+                name TEXT PRIMARY KEY,
+                tier TEXT NOT NULL,
+                uid INTEGER NOT NULL UNIQUE,
+                created_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS jobs(
+                id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL REFERENCES tenants(name),
+                state TEXT NOT NULL,
+                argv BLOB NOT NULL,
+                env BLOB NOT NULL,
+                cwd TEXT NOT NULL,
+                stdin BLOB,
+                timeout_s REAL NOT NULL,
+                output_cap INTEGER NOT NULL,
+                idempotency_key TEXT,
+                attempt INTEGER NOT NULL DEFAULT 1,
+                created_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL,
+                exit_code INTEGER,
+                signal INTEGER,
+                stdout BLOB,
+                stderr BLOB,
+                stdout_truncated INTEGER NOT NULL DEFAULT 0,
+                stderr_truncated INTEGER NOT NULL DEFAULT 0,
+                run_ms REAL,
+                cpu_ms REAL,
+                max_rss_kb INTEGER,
+                error_code TEXT,
+                error_message TEXT);
+            CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+            CREATE INDEX IF NOT EXISTS jobs_tenant_state ON jobs(tenant, state);
+            CREATE TABLE IF NOT EXISTS audit(
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                at REAL NOT NULL,
+                tenant TEXT,
+                caller_uid INTEGER,
+                action TEXT NOT NULL,
+                rule TEXT,
+                detail TEXT);
+            CREATE TABLE IF NOT EXISTS suspensions(
+                tenant TEXT PRIMARY KEY REFERENCES tenants(name),
+                suspended_by TEXT NOT NULL,
+                at REAL NOT NULL);
+            """)
         let found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
         if let found, Int(found) != Self.schemaVersion {
             throw .corrupt("schema version \(found), this clawpen understands \(Self.schemaVersion): use the clawpen release that wrote it")
@@ -115,18 +116,23 @@ public final class Store: @unchecked Sendable {
 
     /// Creates a tenant with the lowest free uid of the range (never one a living tenant holds,
     /// nor one `isUsable` refuses: the supervisor skips uids the host uses).
-    public func createTenant(name: TenantName, tier: String, uidRange: ClosedRange<Int>, now: Double,
-                             isUsable: (Int) -> Bool = { _ in true }) throws(StoreError) -> CreateTenantOutcome {
+    public func createTenant(
+        name: TenantName, tier: String, uidRange: ClosedRange<Int>, now: Double,
+        isUsable: (Int) -> Bool = { _ in true }
+    ) throws(StoreError) -> CreateTenantOutcome {
         if try tenant(named: name) != nil { return .duplicate }
-        let used = try db.rows("SELECT uid FROM tenants WHERE uid BETWEEN ? AND ? ORDER BY uid",
-                               [.int(Int64(uidRange.lowerBound)), .int(Int64(uidRange.upperBound))]) { Int($0.int(0)) }
+        let used = try db.rows(
+            "SELECT uid FROM tenants WHERE uid BETWEEN ? AND ? ORDER BY uid",
+            [.int(Int64(uidRange.lowerBound)), .int(Int64(uidRange.upperBound))]
+        ) { Int($0.int(0)) }
         let taken = Set(used)
         var candidate = uidRange.lowerBound
         while candidate <= uidRange.upperBound && (taken.contains(candidate) || !isUsable(candidate)) { candidate += 1 }
         guard candidate <= uidRange.upperBound else { return .uidRangeExhausted }
         try setSynchronous(full: true)
-        try db.run("INSERT INTO tenants(name, tier, uid, created_at) VALUES(?,?,?,?)",
-                   [.text(name.value), .text(tier), .int(Int64(candidate)), .double(now)])
+        try db.run(
+            "INSERT INTO tenants(name, tier, uid, created_at) VALUES(?,?,?,?)",
+            [.text(name.value), .text(tier), .int(Int64(candidate)), .double(now)])
         return .created(TenantRecord(name: name, tier: tier, uid: candidate, createdAt: now))
     }
 
@@ -193,13 +199,17 @@ public final class Store: @unchecked Sendable {
         try setSynchronous(full: fsyncAccepts)
         try transaction { () throws(StoreError) in
             for job in jobs {
-                try db.run("""
+                try db.run(
+                    """
                     INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at)
                     VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
-                    """, [.text(job.id), .text(job.tenant.value), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
-                          .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
-                          job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
-                          .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt)])
+                    """,
+                    [
+                        .text(job.id), .text(job.tenant.value), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
+                        .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
+                        job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
+                        .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
+                    ])
             }
         }
     }
@@ -220,8 +230,10 @@ public final class Store: @unchecked Sendable {
     }
 
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {
-        try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE tenant=? AND idempotency_key=?",
-                    [.text(tenant.value), .text(idempotencyKey)], Self.decodeJob).first
+        try db.rows(
+            "SELECT \(Self.jobColumns) FROM jobs WHERE tenant=? AND idempotency_key=?",
+            [.text(tenant.value), .text(idempotencyKey)], Self.decodeJob
+        ).first
     }
 
     /// A running job goes back to the queue (its worker died): attempt + 1.
@@ -252,15 +264,19 @@ public final class Store: @unchecked Sendable {
         try transaction { () throws(StoreError) in
             for f in items {
                 let r = f.result
-                try db.run("""
+                try db.run(
+                    """
                     UPDATE jobs SET state=?, started_at=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?,
                         stdout_truncated=?, stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?
                     WHERE id=?
-                    """, [.text(f.state.rawValue), .optional(f.startedAt), .double(f.finishedAt), .optional(r.exitCode.map { Int64($0) }),
-                          .optional(r.signal.map { Int64($0) }), .blob(r.stdout), .blob(r.stderr),
-                          .int(r.stdoutTruncated ? 1 : 0), .int(r.stderrTruncated ? 1 : 0),
-                          .optional(r.runMs), .optional(r.cpuMs), .optional(r.maxRSSKiB),
-                          .optional(r.error?.code.rawValue), .optional(r.error?.message), .text(f.id)])
+                    """,
+                    [
+                        .text(f.state.rawValue), .optional(f.startedAt), .double(f.finishedAt), .optional(r.exitCode.map { Int64($0) }),
+                        .optional(r.signal.map { Int64($0) }), .blob(r.stdout), .blob(r.stderr),
+                        .int(r.stdoutTruncated ? 1 : 0), .int(r.stderrTruncated ? 1 : 0),
+                        .optional(r.runMs), .optional(r.cpuMs), .optional(r.maxRSSKiB),
+                        .optional(r.error?.code.rawValue), .optional(r.error?.message), .text(f.id),
+                    ])
             }
         }
     }
@@ -284,9 +300,12 @@ public final class Store: @unchecked Sendable {
     /// Job counts per tenant and state (for `status`).
     public func jobCounts() throws(StoreError) -> [TenantName: [JobState: Int]] {
         var out: [TenantName: [JobState: Int]] = [:]
-        for (tenant, state, n) in try db.rows("SELECT tenant, state, count(*) FROM jobs GROUP BY tenant, state", [], { r in
-            (r.text(0), r.text(1), Int(r.int(2)))
-        }) {
+        for (tenant, state, n) in try db.rows(
+            "SELECT tenant, state, count(*) FROM jobs GROUP BY tenant, state", [],
+            { r in
+                (r.text(0), r.text(1), Int(r.int(2)))
+            })
+        {
             if let s = JobState(rawValue: state) { out[try Self.tenantName(tenant), default: [:]][s] = n }
         }
         return out
@@ -325,9 +344,12 @@ public final class Store: @unchecked Sendable {
         try setSynchronous(full: false)
         try transaction { () throws(StoreError) in
             for e in events {
-                try db.run("INSERT INTO audit(at, tenant, caller_uid, action, rule, detail) VALUES(?,?,?,?,?,?)",
-                           [.double(e.at), .optional(e.tenant), .optional(e.callerUID.map { Int64($0) }), .text(e.action),
-                            .optional(e.rule), .optional(e.detail)])
+                try db.run(
+                    "INSERT INTO audit(at, tenant, caller_uid, action, rule, detail) VALUES(?,?,?,?,?,?)",
+                    [
+                        .double(e.at), .optional(e.tenant), .optional(e.callerUID.map { Int64($0) }), .text(e.action),
+                        .optional(e.rule), .optional(e.detail),
+                    ])
             }
         }
     }
@@ -342,8 +364,9 @@ public final class Store: @unchecked Sendable {
         sql += " ORDER BY seq DESC LIMIT ?"
         bind.append(.int(Int64(max(0, limit))))
         let rows = try db.rows(sql, bind) { r in
-            AuditEvent(seq: r.int(0), at: r.double(1), tenant: r.optionalText(2), callerUID: r.optionalInt(3).map { Int($0) },
-                       action: r.text(4), rule: r.optionalText(5), detail: r.optionalText(6))
+            AuditEvent(
+                seq: r.int(0), at: r.double(1), tenant: r.optionalText(2), callerUID: r.optionalInt(3).map { Int($0) },
+                action: r.text(4), rule: r.optionalText(5), detail: r.optionalText(6))
         }
         return rows.reversed()
     }

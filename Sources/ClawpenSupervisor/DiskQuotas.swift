@@ -37,7 +37,10 @@ final class DiskQuotas {
         defer { close(fd) }
         switch cp_project_quota_enforced(fd) {
         case 1: support = .projectQuota
-        case 0: support = .none("the filesystem of \(workspaceRoot) has no project quotas enforced (ext4 needs `mkfs.ext4 -O quota,project` or `tune2fs -O project,quota` and the mount option prjquota; xfs needs prjquota)")
+        case 0:
+            support = .none(
+                "the filesystem of \(workspaceRoot) has no project quotas enforced (ext4 needs `mkfs.ext4 -O quota,project` or `tune2fs -O project,quota` and the mount option prjquota; xfs needs prjquota)"
+            )
         default: support = .none("asking the filesystem of \(workspaceRoot) for project quotas failed (\(errnoString(errno)))")
         }
     }
@@ -65,11 +68,15 @@ final class DiskQuotas {
         let ws = openat(root, tenant.value, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard ws >= 0 else { throw Failure(step: "open", errno: errno, path: workspaceRoot + "/" + tenant.value) }
         defer { close(ws) }
-        guard cp_project_set(ws, UInt32(projectID)) == 0 else { throw Failure(step: "set project \(projectID) on", errno: errno, path: workspaceRoot + "/" + tenant.value) }
+        guard cp_project_set(ws, UInt32(projectID)) == 0 else {
+            throw Failure(step: "set project \(projectID) on", errno: errno, path: workspaceRoot + "/" + tenant.value)
+        }
         let home = openat(ws, "home", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if home >= 0 {
             defer { close(home) }
-            guard cp_project_set(home, UInt32(projectID)) == 0 else { throw Failure(step: "set project \(projectID) on", errno: errno, path: workspaceRoot + "/" + tenant.value + "/home") }
+            guard cp_project_set(home, UInt32(projectID)) == 0 else {
+                throw Failure(step: "set project \(projectID) on", errno: errno, path: workspaceRoot + "/" + tenant.value + "/home")
+            }
         }
         guard cp_project_set_limits(ws, UInt32(projectID), UInt64(limits.diskMaxBytes), UInt64(limits.inodesMax)) == 0 else {
             throw Failure(step: "set limits of project \(projectID) for", errno: errno, path: workspaceRoot)

@@ -40,8 +40,10 @@ extension Supervisor {
         // debug: a line per job is for the journal (the unit runs at --log-level debug), not for
         // a terminal.
         logger.debug("job finished", metadata: ["tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)"])
-        commit.finishes.append(Store.Finished(id: job.id, state: job.state, result: job.result ?? JobResult(),
-                                              startedAt: job.startedAt, finishedAt: job.finishedAt ?? Clock.now()))
+        commit.finishes.append(
+            Store.Finished(
+                id: job.id, state: job.state, result: job.result ?? JobResult(),
+                startedAt: job.startedAt, finishedAt: job.finishedAt ?? Clock.now()))
         if let callbacks = waiters.removeValue(forKey: job.id) { commit.notifications.append((callbacks, job.view)) }
         scheduleFlush()
     }
@@ -60,7 +62,8 @@ extension Supervisor {
             let batch = commit.finishes
             commit.finishes.removeAll(keepingCapacity: true)
             do { try store.finishJobs(batch) } catch {
-                logger.error("store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+                logger.error(
+                    "store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
             }
             let notes = commit.notifications
             commit.notifications.removeAll(keepingCapacity: true)
@@ -82,8 +85,7 @@ extension Supervisor {
             return
         }
         for p in batch {
-            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } }
-            else { p.responder.job(memoryView(p.job)) }
+            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } } else { p.responder.job(memoryView(p.job)) }
         }
     }
 

@@ -9,8 +9,9 @@ extension Supervisor {
     func explain(_ name: TenantName, _ argv: [String], _ env: [SubmitRequest.EnvVar], _ cwd: String?, _ r: Responder) throws {
         try authorize(r, .submit(tenant: name), request: "policy.explain")
         let t = try tenant(name)
-        let decision = decideTool(argv: argv, env: env.map { ($0.name, $0.value) }, cwd: cwd ?? CommandPath.defaultCwd,
-                                  limits: t.limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
+        let decision = decideTool(
+            argv: argv, env: env.map { ($0.name, $0.value) }, cwd: cwd ?? CommandPath.defaultCwd,
+            limits: t.limits, isExecutable: PolicyRuntime.isExecutableInSandbox)
         var o = JSONObjectBuilder()
         o.set("tenant", .string(name.value))
         o.set("tier", .string(policies.effectiveTier(name, assigned: t.tier).rawValue))
@@ -85,7 +86,11 @@ extension Supervisor {
         var lim = JSONObjectBuilder()
         let prov = policies.provenance(t.name, tier: t.tier)
         for key in changes.map(\.key) { lim.set(key, prov[key]) }
-        r.reply("tenant", [("tenant", view(t).json), ("file", .string(QuotaOverrides.path(tenant: t.name.value, directory: PolicyRuntime.quotaDirectory(config)))),
-                           ("sources", lim.value)])
+        r.reply(
+            "tenant",
+            [
+                ("tenant", view(t).json), ("file", .string(QuotaOverrides.path(tenant: t.name.value, directory: PolicyRuntime.quotaDirectory(config)))),
+                ("sources", lim.value),
+            ])
     }
 }

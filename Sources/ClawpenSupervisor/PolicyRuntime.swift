@@ -30,7 +30,9 @@ enum PolicyRuntime {
         var programs: [String: [UInt8]] = [:]
         for name in named.sorted() {
             guard let profile = policies.seccompProfiles[name] else {
-                throw .seccomp("the policy names seccomp profile '\(name)', but there is no seccomp/\(name).toml (profiles: \(policies.seccompProfiles.keys.sorted().joined(separator: ", ")))")
+                throw .seccomp(
+                    "the policy names seccomp profile '\(name)', but there is no seccomp/\(name).toml (profiles: \(policies.seccompProfiles.keys.sorted().joined(separator: ", ")))"
+                )
             }
             do { programs[name] = try SeccompCompiler.compile(profile, allowClone3: true) } catch { throw .seccomp(error.description) }
         }
@@ -96,17 +98,20 @@ extension ToolDecision {
         o.set("not_found", notFound)
         o.set("refusing_rule", refusingRule)
         o.set("message", message)
-        o.set("steps", .array(steps.map { s in
-            var r = JSONObjectBuilder()
-            r.set("rule", .string(s.rule))
-            r.set("key", .string(s.key))
-            r.set("pattern", .string(s.pattern))
-            r.set("file", s.file)
-            r.set("line", s.line)
-            r.set("subject", .string(s.subject))
-            r.set("outcome", .string(s.outcome.rawValue))
-            return r.value
-        }))
+        o.set(
+            "steps",
+            .array(
+                steps.map { s in
+                    var r = JSONObjectBuilder()
+                    r.set("rule", .string(s.rule))
+                    r.set("key", .string(s.key))
+                    r.set("pattern", .string(s.pattern))
+                    r.set("file", s.file)
+                    r.set("line", s.line)
+                    r.set("subject", .string(s.subject))
+                    r.set("outcome", .string(s.outcome.rawValue))
+                    return r.value
+                }))
         return o.value
     }
 }

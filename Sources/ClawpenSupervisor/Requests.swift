@@ -74,8 +74,9 @@ extension Supervisor {
     func authorize(_ r: Responder, _ action: AccessAction, request: String, tenant: TenantName? = nil) throws(ProtocolError) {
         guard let cred = r.caller else {
             audit(tenant: tenant, caller: r, action: "permission.denied", rule: "no peer credentials", detail: request)
-            throw ProtocolError(.permissionDenied, "\(request): the caller's credentials (SO_PEERCRED) could not be read, so nothing but ping is allowed",
-                                details: ["rule": .string("no peer credentials")])
+            throw ProtocolError(
+                .permissionDenied, "\(request): the caller's credentials (SO_PEERCRED) could not be read, so nothing but ping is allowed",
+                details: ["rule": .string("no peer credentials")])
         }
         let decision = policies.access.decide(callers.caller(cred), action)
         guard decision.allowed else {
@@ -118,8 +119,9 @@ extension Supervisor {
     }
 
     func view(_ t: TenantState) -> TenantView {
-        TenantView(name: t.name.value, tier: t.record.tier, uid: t.record.uid,
-                   workspace: workspacePath(t.name), createdAt: t.record.createdAt)
+        TenantView(
+            name: t.name.value, tier: t.record.tier, uid: t.record.uid,
+            workspace: workspacePath(t.name), createdAt: t.record.createdAt)
     }
 
     // MARK: Tenants
@@ -131,8 +133,9 @@ extension Supervisor {
         if core.tenants[name] != nil {
             throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         }
-        let outcome = try store.createTenant(name: name, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now(),
-                                             isUsable: sandboxEnabled ? UIDRange.unusedOnHost() : { _ in true })
+        let outcome = try store.createTenant(
+            name: name, tier: tier.rawValue, uidRange: config.uidRange, now: Clock.now(),
+            isUsable: sandboxEnabled ? UIDRange.unusedOnHost() : { _ in true })
         if case .created(let record) = outcome {
             do { try Workspace.create(root: config.workspaceRoot, tenant: name, owner: sandboxEnabled ? record.uid : nil) } catch {
                 try? store.deleteTenant(name: name)
@@ -142,7 +145,8 @@ extension Supervisor {
         switch outcome {
         case .duplicate: throw ProtocolError(.invalidRequest, "tenant '\(name)' already exists")
         case .uidRangeExhausted:
-            throw ProtocolError(.internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
+            throw ProtocolError(
+                .internal, "no free uid left in \(config.uidRange.lowerBound)-\(config.uidRange.upperBound) for a new tenant (widen the uid range)")
         case .created(let record):
             let t = core.addTenant(record, name: name, limits: limits(for: record))
             audit(tenant: name, caller: r, action: "tenant.create", rule: "operator", detail: "tier=\(tier.rawValue) uid=\(record.uid)")
@@ -162,8 +166,7 @@ extension Supervisor {
             if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
             if let existing = try store.job(tenant: name, idempotencyKey: key) {
                 let current = try activeOrStoredJob(existing.id)
-                if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } }
-                else { r.job(current, existing: true) }
+                if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } } else { r.job(current, existing: true) }
                 return
             }
         }

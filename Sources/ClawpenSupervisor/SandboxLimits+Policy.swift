@@ -8,15 +8,17 @@ import ClawpenSystem
 
 extension SandboxLimits {
     init(_ limits: TierLimits) {
-        self.init(pidsMax: limits.pidsMax, memoryMaxBytes: Int64(limits.memoryMaxBytes), tmpSizeBytes: Int64(limits.tmpSizeBytes),
-                  network: limits.network)
+        self.init(
+            pidsMax: limits.pidsMax, memoryMaxBytes: Int64(limits.memoryMaxBytes), tmpSizeBytes: Int64(limits.tmpSizeBytes),
+            network: limits.network)
     }
 }
 
 extension CgroupLimits {
     init(_ limits: TierLimits) {
-        self.init(memoryMaxBytes: Int64(limits.memoryMaxBytes), pidsMax: limits.pidsMax, cpuMax: limits.cpuMaxCgroupString,
-                  cpuWeight: limits.cpuWeight)
+        self.init(
+            memoryMaxBytes: Int64(limits.memoryMaxBytes), pidsMax: limits.pidsMax, cpuMax: limits.cpuMaxCgroupString,
+            cpuWeight: limits.cpuWeight)
     }
 }
 

@@ -4,7 +4,7 @@ import ClawpenPolicy
 import Glibc
 
 /// Compiles a SeccompProfile into a BPF program with libseccomp, in the supervisor: the worker
-/// only installs the bytes (FINDINGS.md: seccomp_load allocates, and the worker stays lean).
+/// only installs the bytes (seccomp_load allocates, which a post-fork child must not do, and the worker stays lean).
 enum SeccompCompiler {
     struct Failure: Error, CustomStringConvertible {
         let profile: String
@@ -51,7 +51,9 @@ enum SeccompCompiler {
                     } else {
                         rc = cs_rule_masked_eq(ctx, action, nr, 0, 0xFFFF_FFFF, family.domain)
                     }
-                    guard rc == 0 else { throw Failure(profile: profile.name, message: "rule for \(name)(\(family.rawValue)): \(String(cString: strerror(-rc)))") }
+                    guard rc == 0 else {
+                        throw Failure(profile: profile.name, message: "rule for \(name)(\(family.rawValue)): \(String(cString: strerror(-rc)))")
+                    }
                 }
                 return
             }

@@ -22,9 +22,11 @@ public enum ServeError: Error, CustomStringConvertible {
         switch self {
         case .directory(let p, let e): return "cannot create directory \(p): \(errnoString(e))"
         case .policy(let e): return "invalid policy: \(e)"
-        case .policiesDirectoryMissing(let p): return "policies directory \(p) does not exist (install the shipped policies/ there, or leave --policies out to use the embedded defaults)"
+        case .policiesDirectoryMissing(let p):
+            return "policies directory \(p) does not exist (install the shipped policies/ there, or leave --policies out to use the embedded defaults)"
         case .store(let e): return "\(e)"
-        case .workerMissing(let p): return "worker executable \(p) is missing or not executable (build it with `swift build`, or name it with --worker-path / CLAWPEN_WORKER)"
+        case .workerMissing(let p):
+            return "worker executable \(p) is missing or not executable (build it with `swift build`, or name it with --worker-path / CLAWPEN_WORKER)"
         case .socketInUse(let p): return "another clawpen daemon is already serving on \(p); stop it first (or use another --socket)"
         case .socketPathOccupied(let p): return "\(p) exists and is not a socket; refusing to replace it (remove it by hand if it is stale)"
         case .bind(let p, let m): return "cannot listen on \(p): \(m)"

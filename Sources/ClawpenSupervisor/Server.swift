@@ -33,7 +33,8 @@ public enum Server {
         if geteuid() == 0 {
             do {
                 if let before = try Workspace.secureRoot(config.workspaceRoot) {
-                    logger.notice("workspace root made root's and closed to other users (0700)", metadata: ["path": "\(config.workspaceRoot)", "was": "\(before)"])
+                    logger.notice(
+                        "workspace root made root's and closed to other users (0700)", metadata: ["path": "\(config.workspaceRoot)", "was": "\(before)"])
                 }
             } catch { throw .directory(path: error.detail, errno: error.errno) }
         }
@@ -57,9 +58,10 @@ public enum Server {
         let loop = group.next()
         let jobGuard: [UInt8]
         do { jobGuard = try SeccompCompiler.jobGuard() } catch { throw .seccomp(error.description) }
-        let supervisor = Supervisor(loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
-                                    logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
-                                    cgroups: cgroups)
+        let supervisor = Supervisor(
+            loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
+            logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
+            cgroups: cgroups)
         do {
             try loop.submit { try supervisor.start() }.wait()
         } catch let e as StoreError {
@@ -104,13 +106,15 @@ public enum Server {
         }
         umask(oldMask)
         if activated == nil { chmod(config.socketPath, 0o660) }
-        logger.notice("clawpen serving", metadata: [
-            "socket": "\(config.socketPath)", "socket_activated": "\(activated != nil)", "pid": "\(getpid())",
-            "state_dir": "\(config.stateDir)", "workspace_root": "\(config.workspaceRoot)",
-            "cgroup": "\(cgroup.mode.rawValue)", "cgroup_base": "\(cgroups?.base ?? "none")",
-            "cgroup_controllers": "\(cgroups?.controllers.sorted().joined(separator: ",") ?? "")",
-            "policies": "\(policies.source == .embedded ? "embedded defaults" : config.policiesDir)",
-        ])
+        logger.notice(
+            "clawpen serving",
+            metadata: [
+                "socket": "\(config.socketPath)", "socket_activated": "\(activated != nil)", "pid": "\(getpid())",
+                "state_dir": "\(config.stateDir)", "workspace_root": "\(config.workspaceRoot)",
+                "cgroup": "\(cgroup.mode.rawValue)", "cgroup_base": "\(cgroups?.base ?? "none")",
+                "cgroup_controllers": "\(cgroups?.controllers.sorted().joined(separator: ",") ?? "")",
+                "policies": "\(policies.source == .embedded ? "embedded defaults" : config.policiesDir)",
+            ])
         // The store is open, the socket serves: ready. Then STATUS= (and the watchdog's beat,
         // when WatchdogSec= asks for one) from the event loop itself, so that a stuck loop
         // stops the beat.

@@ -11,7 +11,8 @@ enum StartupChecks {
         let missing = ["memory", "pids", "cpu"].filter { !controllers.contains($0) }
         if config.requireCgroupLimits && !missing.isEmpty {
             cgroups?.removeAll()
-            throw .cgroupLimitsMissing("""
+            throw .cgroupLimitsMissing(
+                """
                 --require-cgroup-limits: the tenant cgroups have no \(missing.joined(separator: ", ")) controller \
                 (cgroup \(cgroup.mode.rawValue) at \(cgroup.path ?? "none"), available there: \
                 \(cgroup.controllers.isEmpty ? "none" : cgroup.controllers.joined(separator: " "))), so memory_max, pids_max \

@@ -29,18 +29,29 @@ extension Supervisor {
         sup.set("socket", .string(config.socketPath))
         sup.set("policies", policySourceDescription)
         sup.set("draining", core.draining)
-        sup.set("sandbox", .string(sandboxEnabled
-            ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs, seccomp"
-            : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
+        sup.set(
+            "sandbox",
+            .string(
+                sandboxEnabled
+                    ? "namespaces (mount, pid, ipc, uts, net, cgroup), pivot_root to the workspace, tenant uid, no capabilities, no_new_privs, seccomp"
+                    : "off: the supervisor is not root, so jobs run unsandboxed with its identity"))
         sup.set("landlock_abi", HostEnforcement.landlockABI)
-        sup.set("warnings", .array(HostEnforcement.warnings(controllers: cgroups?.controllers ?? [], sandboxed: sandboxEnabled,
-                                                            disk: diskQuotas.support).map(JSONValue.string)))
+        sup.set(
+            "warnings",
+            .array(
+                HostEnforcement.warnings(
+                    controllers: cgroups?.controllers ?? [], sandboxed: sandboxEnabled,
+                    disk: diskQuotas.support
+                ).map(JSONValue.string)))
         sup.set("tenant_count", core.tenants.count)
         sup.set("workers", core.tenants.values.filter { $0.lifecycle.worker != nil }.count)
         sup.set("spare_workers", spares.count)
         if sandboxEnabled {
-            sup.set("worker_mounts", .string(workerMountsFallback.map { "fallback: " + $0 }
-                ?? "the supervisor builds each new worker's mounts while the worker starts"))
+            sup.set(
+                "worker_mounts",
+                .string(
+                    workerMountsFallback.map { "fallback: " + $0 }
+                        ?? "the supervisor builds each new worker's mounts while the worker starts"))
         }
         // How a suspended tenant is frozen here.
         sup.set("suspend", .string(cgroups != nil ? FreezeMethod.cgroupFreeze.rawValue : FreezeMethod.stopSignals.rawValue))
@@ -127,8 +138,11 @@ extension Supervisor {
         func how(_ limit: String, fallback: Bool) -> JSONValue {
             // cgroup only when the tenant's cgroup file holds the policy's value right now (or,
             // with no worker, when the controller is there to hold it at the next start).
-            if let inForce { if inForce.enforced.contains(limit) { return .string("cgroup") } }
-            else if worker == nil && cgroups?.controllers.contains(limit) == true { return .string("cgroup") }
+            if let inForce {
+                if inForce.enforced.contains(limit) { return .string("cgroup") }
+            } else if worker == nil && cgroups?.controllers.contains(limit) == true {
+                return .string("cgroup")
+            }
             // The rlimit fallback is planned only where the controller is missing.
             let controller = cgroups?.controllers.contains(limit) == true
             // Memory's fallback is RLIMIT_AS per job process: not a limit of the tenant.

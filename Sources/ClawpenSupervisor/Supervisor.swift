@@ -74,17 +74,20 @@ public final class Supervisor: @unchecked Sendable {
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
 
-    init(loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
-         workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]], cgroups: CgroupTree?) {
+    init(
+        loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
+        workerPath: String, cgroup: CgroupInfo, seccompPrograms: [String: [UInt8]], cgroups: CgroupTree?
+    ) {
         self.loop = loop; self.config = config; self.store = store; self.policies = policies
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
         self.seccompPrograms = seccompPrograms; self.cgroups = cgroups
         self.jobSeccompGuard = jobSeccompGuard
         let maxRunning = config.maxRunning ?? Core.defaultMaxRunning(cores: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         self.core = Core(
-            config: Core.Config(idleTimeoutMs: Int(config.idleTimeoutSeconds * 1000), shutdownGraceMs: Int(config.shutdownGraceSeconds * 1000),
-                                dispatchMode: config.dispatchMode, maxRunning: maxRunning,
-                                reservedSlots: config.reservedSlots ?? Core.defaultReserve(maxRunning: maxRunning)),
+            config: Core.Config(
+                idleTimeoutMs: Int(config.idleTimeoutSeconds * 1000), shutdownGraceMs: Int(config.shutdownGraceSeconds * 1000),
+                dispatchMode: config.dispatchMode, maxRunning: maxRunning,
+                reservedSlots: config.reservedSlots ?? Core.defaultReserve(maxRunning: maxRunning)),
             clock: SystemClock(), probe: CgroupProbeReader(cgroups: cgroups))
     }
 
@@ -183,7 +186,9 @@ public final class Supervisor: @unchecked Sendable {
                     h.cgroupEnforced = cgroups.applyLimits(tenant, t.limits)
                 }
                 if let t = core.tenants[tenant], t.lifecycle.worker != nil {
-                    do { try diskQuotas.apply(tenant: tenant, projectID: t.record.uid, limits: t.limits) } catch { logger.error("\(error)", metadata: ["tenant": "\(tenant)"]) }
+                    do { try diskQuotas.apply(tenant: tenant, projectID: t.record.uid, limits: t.limits) } catch {
+                        logger.error("\(error)", metadata: ["tenant": "\(tenant)"])
+                    }
                 }
             case .freeze(let tenant, let w):
                 freeze(tenant, w)
@@ -202,13 +207,14 @@ public final class Supervisor: @unchecked Sendable {
     private func log(_ line: LogLine) {
         var metadata: Logger.Metadata = [:]
         for (k, v) in line.fields { metadata[k] = "\(v)" }
-        let level: Logger.Level = switch line.level {
-        case .debug: .debug
-        case .info: .info
-        case .notice: .notice
-        case .warning: .warning
-        case .error: .error
-        }
+        let level: Logger.Level =
+            switch line.level {
+            case .debug: .debug
+            case .info: .info
+            case .notice: .notice
+            case .warning: .warning
+            case .error: .error
+            }
         logger.log(level: level, "\(line.message)", metadata: metadata)
     }
 
@@ -230,7 +236,11 @@ public final class Supervisor: @unchecked Sendable {
         waiters.removeAll()
         for (id, callbacks) in pending {
             for cb in callbacks {
-                cb(.failure(ProtocolError(.unavailable, "the daemon is shutting down; job \(id) is kept and runs (again) at the next start: ask with `clawpen job wait \(id)` then")))
+                cb(
+                    .failure(
+                        ProtocolError(
+                            .unavailable,
+                            "the daemon is shutting down; job \(id) is kept and runs (again) at the next start: ask with `clawpen job wait \(id)` then")))
             }
         }
         let done = shutdownCompletion

@@ -19,8 +19,9 @@ extension Supervisor {
             let by = callerDescription(r)
             try store.setSuspension(tenant: t.name, by: by, at: Clock.now())
             perform(core.suspend(t.name, by: by))
-            audit(tenant: t.name, caller: r, action: "tenant.suspend", rule: "operator",
-                  detail: "running jobs stopped by \(freezeMethods[t.name]?.rawValue ?? "nothing (no worker running)")")
+            audit(
+                tenant: t.name, caller: r, action: "tenant.suspend", rule: "operator",
+                detail: "running jobs stopped by \(freezeMethods[t.name]?.rawValue ?? "nothing (no worker running)")")
             logger.notice("tenant suspended", metadata: ["tenant": "\(t.name)", "by": "\(by)"])
         }
         r.reply("tenant", [("tenant", view(t).json), ("state", .string(t.state.rawValue)), ("suspension", suspensionJSON(t))])
@@ -36,8 +37,12 @@ extension Supervisor {
             audit(tenant: t.name, caller: r, action: "tenant.resume", rule: "operator", detail: "lifted " + lifted.joined(separator: " and "))
             logger.notice("tenant resumed", metadata: ["tenant": "\(t.name)", "lifted": "\(lifted.joined(separator: "; "))"])
         }
-        r.reply("tenant", [("tenant", view(t).json), ("state", .string(t.state.rawValue)),
-                           ("lifted", .array(lifted.map(JSONValue.string)))])
+        r.reply(
+            "tenant",
+            [
+                ("tenant", view(t).json), ("state", .string(t.state.rawValue)),
+                ("lifted", .array(lifted.map(JSONValue.string))),
+            ])
     }
 
     func suspensionJSON(_ t: TenantState) -> JSONValue {

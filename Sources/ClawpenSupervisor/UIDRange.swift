@@ -52,7 +52,9 @@ enum UIDRange {
         var added: [String] = []
         for path in [subuid, subgid] {
             let fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o644)
-            guard fd >= 0 else { throw .uidRange("cannot open \(path) to register the tenants' uid range \(range.lowerBound)-\(range.upperBound): \(errnoString(errno))") }
+            guard fd >= 0 else {
+                throw .uidRange("cannot open \(path) to register the tenants' uid range \(range.lowerBound)-\(range.upperBound): \(errnoString(errno))")
+            }
             defer { close(fd) }
             // Two daemons starting together: one reads and appends at a time.
             guard flock(fd, LOCK_EX) == 0 else { throw .uidRange("cannot lock \(path): \(errnoString(errno))") }
@@ -63,10 +65,12 @@ enum UIDRange {
                     ours = true
                     continue
                 }
-                let whose = e.name == owner
+                let whose =
+                    e.name == owner
                     ? "another clawpen daemon registered it (this daemon's state directory \(stateDir) holds no claim to it in uid-range)"
                     : "it belongs to '\(e.name)'"
-                throw .uidRange("""
+                throw .uidRange(
+                    """
                     the tenants' uid range \(range.lowerBound)-\(range.upperBound) overlaps \(path) line \(e.line) \
                     (\(e.name):\(e.first):\(e.count), uids \(e.first)-\(e.last)): \(whose). Choose a range nobody holds \
                     (uid_min and uid_max in the [serve] table of --config), or, if that entry is stale (no other \
@@ -127,7 +131,8 @@ enum UIDRange {
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard let first = name.utf8.first, first >= 0x30, first <= 0x39,
-                  let status = Files.readSmallFile("/proc/\(name)/status", limit: 16_384) else { continue }
+                let status = Files.readSmallFile("/proc/\(name)/status", limit: 16_384)
+            else { continue }
             for line in status.split(separator: "\n") where line.hasPrefix("Uid:") || line.hasPrefix("Gid:") {
                 for field in line.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" }) {
                     if let v = Int(field) { ids.insert(v) }

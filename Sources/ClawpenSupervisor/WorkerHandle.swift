@@ -8,7 +8,7 @@ import NIOCore
 final class WorkerHandle: @unchecked Sendable {
     let ref: WorkerRef
     let tenant: TenantName
-    let startedAt: Double          // monotonic
+    let startedAt: Double // monotonic
     var channel: Channel?
     /// Its socket closed (it is being reaped).
     var exited = false

@@ -22,8 +22,10 @@ enum WorkerSpawner {
     /// `tenant` nil: a spare, cloned ahead of need (`sandboxed`: into the sandbox's namespaces).
     /// `cgroupFD`: the cgroup leaf to clone it into (CLONE_INTO_CGROUP), or -1.
     /// `netnsFD`: a fresh network namespace (NetnsPool) the worker joins instead of making one.
-    static func spawn(workerPath: String, tenant: TenantName?, workspace: String?, sandboxed: Bool, cgroupFD: Int32 = -1,
-                      netnsFD: Int32 = -1) throws(StepFailure) -> Spawned {
+    static func spawn(
+        workerPath: String, tenant: TenantName?, workspace: String?, sandboxed: Bool, cgroupFD: Int32 = -1,
+        netnsFD: Int32 = -1
+    ) throws(StepFailure) -> Spawned {
         var pair: [Int32] = [-1, -1]
         guard cp_socketpair(&pair) == 0 else { throw failure("socketpair", errno) }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)

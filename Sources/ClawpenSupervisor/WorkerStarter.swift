@@ -13,13 +13,18 @@ extension Supervisor {
     /// the start failed (and whatever it left is cleaned up).
     func startWorker(_ name: TenantName) {
         guard let t = core.tenants[name] else { return }
-        var plan = Plan.make(tenant: name, uid: t.record.uid, workspace: workspacePath(name), limits: SandboxLimits(t.limits),
-                             enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [],
-                             extras: PlanExtras(seccompProfile: t.limits.seccompProfile, seccompProgram: seccompPrograms[t.limits.seccompProfile] ?? [],
-                                                jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? "",
-                                                jobLandlockABI: UInt32(HostEnforcement.landlockABI)))
+        var plan = Plan.make(
+            tenant: name, uid: t.record.uid, workspace: workspacePath(name), limits: SandboxLimits(t.limits),
+            enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [],
+            extras: PlanExtras(
+                seccompProfile: t.limits.seccompProfile, seccompProgram: seccompPrograms[t.limits.seccompProfile] ?? [],
+                jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? "",
+                jobLandlockABI: UInt32(HostEnforcement.landlockABI)))
         do { try diskQuotas.apply(tenant: name, projectID: t.record.uid, limits: t.limits) } catch {
-            perform(core.workerStartFailed(name, WorkerFailure(.start, stage: "disk quota: \(error.step)", errno: error.errno, errnoText: errnoString(error.errno), detail: error.path)))
+            perform(
+                core.workerStartFailed(
+                    name, WorkerFailure(.start, stage: "disk quota: \(error.step)", errno: error.errno, errnoText: errnoString(error.errno), detail: error.path)
+                ))
             return
         }
         let spawned: WorkerSpawner.Spawned
@@ -30,15 +35,18 @@ extension Supervisor {
             if let spare = takeSpare() {
                 spawned = spare
                 fromSpare = true
-                if let node = spare.cgroupNode { try cgroups?.adopt(spare: spare.pid, spareNode: node, tenant: name, owner: plan.enabled ? Int(plan.uid) : nil) }
+                if let node = spare.cgroupNode {
+                    try cgroups?.adopt(spare: spare.pid, spareNode: node, tenant: name, owner: plan.enabled ? Int(plan.uid) : nil)
+                }
             } else {
                 let leaf = try cgroups?.leafForTenant(name, owner: plan.enabled ? Int(plan.uid) : nil) ?? -1
                 defer { if leaf >= 0 { close(leaf) } }
                 tCgroup = Clock.monotonic()
                 let netns = sandboxEnabled ? netnsPool.take() : -1
                 defer { if netns >= 0 { close(netns) } }
-                spawned = try WorkerSpawner.spawn(workerPath: workerPath, tenant: name, workspace: workspacePath(name),
-                                                  sandboxed: sandboxEnabled, cgroupFD: leaf, netnsFD: netns)
+                spawned = try WorkerSpawner.spawn(
+                    workerPath: workerPath, tenant: name, workspace: workspacePath(name),
+                    sandboxed: sandboxEnabled, cgroupFD: leaf, netnsFD: netns)
             }
         } catch let e as StepFailure {
             perform(core.workerStartFailed(name, WorkerFailure(.start, e)))
@@ -118,8 +126,10 @@ extension Supervisor {
     /// `waitForExitMs` for it to end by itself, else killed), its socket closed, its cgroup
     /// removed, and the start reported failed with `failure`, which learns how the worker ended
     /// if it ended by itself.
-    private func discardStartingWorker(_ spawned: WorkerSpawner.Spawned, _ name: TenantName, waitForExitMs: Int,
-                                       failure: (_ exitedBySelf: String?) -> WorkerFailure) {
+    private func discardStartingWorker(
+        _ spawned: WorkerSpawner.Spawned, _ name: TenantName, waitForExitMs: Int,
+        failure: (_ exitedBySelf: String?) -> WorkerFailure
+    ) {
         var status: Int32 = 0
         var usage = rusage()
         var gone = false
@@ -144,8 +154,11 @@ extension Supervisor {
         let preparation = try Mounts.prepareFromSupervisor(plan, workerPID: pid)
         guard preparation == .prepared else {
             if case .cannotJoin(let e) = preparation, e == EPERM {
-                workerMountsFallback = "the supervisor may not join a worker's mount namespace (\(errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
-                logger.warning("cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)", metadata: ["errno": "\(errnoString(e))"])
+                workerMountsFallback =
+                    "the supervisor may not join a worker's mount namespace (\(errnoString(e)); setns needs CAP_SYS_CHROOT and CAP_SYS_ADMIN), so each worker builds all its mounts itself"
+                logger.warning(
+                    "cannot join a worker's mount namespace; workers build all their mounts themselves (a slower cold start)",
+                    metadata: ["errno": "\(errnoString(e))"])
             }
             return false
         }
@@ -159,10 +172,14 @@ extension Supervisor {
         guard logger.logLevel <= .debug else { return }
         func ms(_ d: Double) -> String { "\((d * 10_000).rounded() / 10)" }
         let total = Clock.monotonic() - w.startedAt
-        logger.debug("worker ready", metadata: ["tenant": "\(w.tenant)", "worker_pid": "\(w.pid)", "setup_ms": "\(ms(total))",
-                                               "cgroup_ms": "\(ms(w.startPhases.cgroup))", "clone_exec_ms": "\(ms(w.startPhases.spawn))",
-                                               "mounts_ms": "\(ms(w.startPhases.mounts))",
-                                               "worker_ms": "\(ms(total - w.startPhases.cgroup - w.startPhases.spawn - w.startPhases.mounts))"])
+        logger.debug(
+            "worker ready",
+            metadata: [
+                "tenant": "\(w.tenant)", "worker_pid": "\(w.pid)", "setup_ms": "\(ms(total))",
+                "cgroup_ms": "\(ms(w.startPhases.cgroup))", "clone_exec_ms": "\(ms(w.startPhases.spawn))",
+                "mounts_ms": "\(ms(w.startPhases.mounts))",
+                "worker_ms": "\(ms(total - w.startPhases.cgroup - w.startPhases.spawn - w.startPhases.mounts))",
+            ])
     }
 
     // MARK: Reaping
@@ -179,7 +196,8 @@ extension Supervisor {
         }
         workers[w.ref.id] = nil
         freezeMethods[w.tenant] = nil
-        let how = r < 0
+        let how =
+            r < 0
             ? WorkerFailure(.exited, stage: "wait4", errno: errno, errnoText: errnoString(errno), detail: "could not be reaped")
             : WorkerFailure(.exited, stage: "exit", detail: Self.describe(waitStatus: status))
         perform(core.workerExited(w.ref, how: how))

@@ -54,8 +54,10 @@ public struct JournalLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(
+        level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
+        source: String, file: String, function: String, line: UInt
+    ) {
         var all = metadata
         if let explicit { all.merge(explicit) { $1 } }
         let sorted = all.sorted { $0.key < $1.key }
@@ -105,7 +107,8 @@ public struct JournalLogHandler: LogHandler {
             }
         }
         guard let first = out.utf8.first, first != UInt8(ascii: "_"), !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first),
-              out.utf8.count <= 64 else { return nil }
+            out.utf8.count <= 64
+        else { return nil }
         // Fields the handler sets itself are not overridden by metadata.
         if ["MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "CODE_FILE", "CODE_LINE", "CODE_FUNC", "MESSAGE_ID"].contains(out) { return nil }
         return out

@@ -24,9 +24,10 @@ public enum ListenFDs {
     static func socketPath(_ fd: Int32) -> String? {
         var addr = sockaddr_un()
         var len = socklen_t(MemoryLayout<sockaddr_un>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        } == 0
+        let ok =
+            withUnsafeMutablePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+            } == 0
         guard ok else { return nil }
         return withUnsafeBytes(of: addr.sun_path) { raw in
             let bytes = raw.prefix { $0 != 0 }

@@ -5,9 +5,9 @@ private enum Byte {
     static let newline: UInt8 = 0x0A
     static let carriageReturn: UInt8 = 0x0D
     static let space: UInt8 = 0x20
-    static let quote: UInt8 = 0x22  // "
-    static let hash: UInt8 = 0x23  // #
-    static let apostrophe: UInt8 = 0x27  // '
+    static let quote: UInt8 = 0x22 // "
+    static let hash: UInt8 = 0x23 // #
+    static let apostrophe: UInt8 = 0x27 // '
     static let plus: UInt8 = 0x2B
     static let comma: UInt8 = 0x2C
     static let minus: UInt8 = 0x2D
@@ -83,7 +83,7 @@ struct TOMLParser {
 
     init(text: String, file: String) {
         var bytes = Array(text.utf8)
-        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }  // byte order mark
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) } // byte order mark
         self.bytes = bytes
         self.file = file
     }
@@ -111,12 +111,14 @@ struct TOMLParser {
     /// The nested tables, built once, each entry visited once.
     private func build(_ index: Int) -> TOMLTable {
         let t = tables[index]
-        return TOMLTable(line: t.line, entries: t.entries.map { e in
-            switch e.value {
-            case .value(let v): TOMLTable.Entry(key: e.key, value: v, line: e.line, elementLines: e.elementLines)
-            case .table(let sub): TOMLTable.Entry(key: e.key, value: .table(build(sub)), line: e.line)
-            }
-        })
+        return TOMLTable(
+            line: t.line,
+            entries: t.entries.map { e in
+                switch e.value {
+                case .value(let v): TOMLTable.Entry(key: e.key, value: v, line: e.line, elementLines: e.elementLines)
+                case .table(let sub): TOMLTable.Entry(key: e.key, value: .table(build(sub)), line: e.line)
+                }
+            })
     }
 
     // MARK: - Low-level scanning
@@ -241,7 +243,7 @@ struct TOMLParser {
 
     private mutating func parseHeader() throws(TOMLError) {
         let headerLine = line
-        pos += 1  // [
+        pos += 1 // [
         if peek() == Byte.openBracket {
             throw error("arrays of tables ('[[...]]') are not supported; use a [table] per item")
         }
@@ -347,7 +349,7 @@ struct TOMLParser {
         guard arrayDepth < TOMLDocument.maxDepth else {
             throw error("arrays nested deeper than \(TOMLDocument.maxDepth)")
         }
-        pos += 1  // [
+        pos += 1 // [
         arrayDepth += 1
         defer { arrayDepth -= 1 }
         var elements: [TOMLValue] = []

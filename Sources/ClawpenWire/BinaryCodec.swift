@@ -45,7 +45,11 @@ public struct BinaryReader: Sendable {
 
     public mutating func u8() throws(Failure) -> UInt8 { try take(1).first! }
     public mutating func bool() throws(Failure) -> Bool {
-        switch try u8() { case 0: return false; case 1: return true; default: throw .badValue }
+        switch try u8() {
+        case 0: return false;
+        case 1: return true;
+        default: throw .badValue
+        }
     }
     public mutating func u32() throws(Failure) -> UInt32 {
         var v: UInt32 = 0

@@ -3,7 +3,7 @@
 /// the supervisor and the worker agree on them.
 public enum Framing {
     public static let headerSize = 4
-    /// Default cap on a client request (DESIGN.md: 16 MiB, configurable).
+    /// Default cap on a client request (docs/protocol.md: 16 MiB, `serve --max-frame-bytes`).
     public static let defaultMaxRequestBytes = 16 * 1024 * 1024
     /// Replies carry up to two 1 MiB streams JSON-escaped (up to 6x for control bytes).
     public static let maxReplyBytes = 64 * 1024 * 1024

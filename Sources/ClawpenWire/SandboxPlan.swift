@@ -64,15 +64,25 @@ public struct SandboxPlan: Equatable, Sendable {
     /// `network = "loopback"`: the worker brings `lo` up. false (`"none"`): no interface is up.
     public var loopback = false
 
-    public init(enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
-                etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]) {
+    public init(
+        enabled: Bool, tenant: String, uid: UInt32, gid: UInt32, workspace: String, readOnlyBinds: [Bind],
+        etcBinds: [Bind], passwd: String, group: String, tmpSizeBytes: UInt64, workerLimits: [Limit], jobLimits: [Limit]
+    ) {
         self.enabled = enabled; self.tenant = tenant; self.uid = uid; self.gid = gid; self.workspace = workspace
         self.readOnlyBinds = readOnlyBinds; self.etcBinds = etcBinds; self.passwd = passwd; self.group = group
         self.tmpSizeBytes = tmpSizeBytes; self.workerLimits = workerLimits; self.jobLimits = jobLimits
     }
 
     public static func limitName(_ r: Int32) -> String {
-        switch r { case 0: return "CPU"; case 1: return "FSIZE"; case 4: return "CORE"; case 6: return "NPROC"; case 7: return "NOFILE"; case 9: return "AS"; default: return "rlimit\(r)" }
+        switch r {
+        case 0: return "CPU";
+        case 1: return "FSIZE";
+        case 4: return "CORE";
+        case 6: return "NPROC";
+        case 7: return "NOFILE";
+        case 9: return "AS";
+        default: return "rlimit\(r)"
+        }
     }
 
     func encode(into w: inout BinaryWriter) {
@@ -112,9 +122,10 @@ public struct SandboxPlan: Equatable, Sendable {
             for _ in 0..<n { l.append(Limit(resource: try r.i32(), soft: try r.u64(), hard: try r.u64())) }
             limits.append(l)
         }
-        var plan = SandboxPlan(enabled: enabled, tenant: tenant, uid: uid, gid: gid, workspace: ws, readOnlyBinds: lists[0],
-                               etcBinds: lists[1], passwd: passwd, group: group, tmpSizeBytes: tmp,
-                               workerLimits: limits[0], jobLimits: limits[1])
+        var plan = SandboxPlan(
+            enabled: enabled, tenant: tenant, uid: uid, gid: gid, workspace: ws, readOnlyBinds: lists[0],
+            etcBinds: lists[1], passwd: passwd, group: group, tmpSizeBytes: tmp,
+            workerLimits: limits[0], jobLimits: limits[1])
         plan.seccompProfile = try r.string()
         plan.seccompProgram = try r.bytes()
         let links = Int(try r.u32())

@@ -1,4 +1,4 @@
-/// A validated tenant name: `^[a-z0-9][a-z0-9_-]{0,62}$` (DESIGN.md). Every path, uid, cgroup
+/// A validated tenant name: `^[a-z0-9][a-z0-9_-]{0,62}$` (docs/protocol.md). Every path, uid, cgroup
 /// name and log field derived from a tenant goes through this type, so a name like `../b` or
 /// `a/b` is refused before it can reach the file system.
 public struct TenantName: Hashable, Comparable, Sendable, CustomStringConvertible {

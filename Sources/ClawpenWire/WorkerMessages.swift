@@ -5,14 +5,16 @@
 public struct RunRequest: Equatable, Sendable {
     public var jobID: String
     public var argv: [String]
-    public var env: [String]          // "K=V", the complete environment of the job
-    public var cwd: String            // as the job sees it
+    public var env: [String] // "K=V", the complete environment of the job
+    public var cwd: String // as the job sees it
     public var stdin: [UInt8]
     public var timeoutMs: UInt32
     public var outputCapBytes: UInt32 // per stream
 
-    public init(jobID: String, argv: [String], env: [String], cwd: String, stdin: [UInt8],
-                timeoutMs: UInt32, outputCapBytes: UInt32) {
+    public init(
+        jobID: String, argv: [String], env: [String], cwd: String, stdin: [UInt8],
+        timeoutMs: UInt32, outputCapBytes: UInt32
+    ) {
         self.jobID = jobID; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
         self.timeoutMs = timeoutMs; self.outputCapBytes = outputCapBytes
     }
@@ -39,9 +41,11 @@ public struct JobReport: Equatable, Sendable {
     public var cpuMicros: UInt64
     public var maxRSSKiB: UInt64
 
-    public init(jobID: String, outcome: JobOutcome, stdout: [UInt8], stderr: [UInt8],
-                stdoutTruncated: Bool, stderrTruncated: Bool, runMicros: UInt64, cpuMicros: UInt64,
-                maxRSSKiB: UInt64) {
+    public init(
+        jobID: String, outcome: JobOutcome, stdout: [UInt8], stderr: [UInt8],
+        stdoutTruncated: Bool, stderrTruncated: Bool, runMicros: UInt64, cpuMicros: UInt64,
+        maxRSSKiB: UInt64
+    ) {
         self.jobID = jobID; self.outcome = outcome; self.stdout = stdout; self.stderr = stderr
         self.stdoutTruncated = stdoutTruncated; self.stderrTruncated = stderrTruncated
         self.runMicros = runMicros; self.cpuMicros = cpuMicros; self.maxRSSKiB = maxRSSKiB
@@ -87,9 +91,10 @@ public enum SupervisorToWorker: Equatable, Sendable {
         let msg: SupervisorToWorker
         switch try r.u8() {
         case 1:
-            msg = .run(RunRequest(
-                jobID: try r.string(), argv: try r.strings(max: 65536), env: try r.strings(max: 65536),
-                cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32()))
+            msg = .run(
+                RunRequest(
+                    jobID: try r.string(), argv: try r.strings(max: 65536), env: try r.strings(max: 65536),
+                    cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32()))
         case 2: msg = .cancel(jobID: try r.string())
         case 3: msg = .shutdown
         case 4: msg = .configure(try SandboxPlan.decode(&r))
@@ -160,10 +165,11 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             }
             let out = try r.bytes(), err = try r.bytes()
             guard out.count <= outputCap, err.count <= outputCap else { throw .tooMany }
-            msg = .finished(JobReport(
-                jobID: id, outcome: outcome, stdout: out, stderr: err,
-                stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
-                runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
+            msg = .finished(
+                JobReport(
+                    jobID: id, outcome: outcome, stdout: out, stderr: err,
+                    stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
+                    runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
         default: throw .badValue
         }
         guard r.isAtEnd else { throw .badValue }

@@ -25,7 +25,7 @@ struct JobLauncher {
         let pid: Int32
         let stdoutFD: Int32
         let stderrFD: Int32
-        let stdinFD: Int32?   // write end, non-blocking; nil when there is no input
+        let stdinFD: Int32? // write end, non-blocking; nil when there is no input
         let cgroup: JobCgroup?
     }
 

@@ -158,9 +158,13 @@ public final class Worker {
             }
             if n > 0 {
                 for pfd in fds where pfd.revents != 0 {
-                    if pfd.fd == socketFD { readSupervisor() }
-                    else if pfd.fd == sigchldFD { _ = cp_drain_signalfd(sigchldFD); reap() }
-                    else { service(fd: pfd.fd, revents: pfd.revents) }
+                    if pfd.fd == socketFD {
+                        readSupervisor()
+                    } else if pfd.fd == sigchldFD {
+                        _ = cp_drain_signalfd(sigchldFD); reap()
+                    } else {
+                        service(fd: pfd.fd, revents: pfd.revents)
+                    }
                 }
             }
             enforceDeadlines()
@@ -172,8 +176,7 @@ public final class Worker {
         if !cgroupsToRemove.isEmpty { return 10 }
         var next: UInt64 = .max
         for job in jobs.values {
-            if job.hasExited { next = min(next, job.drainDeadline) }
-            else if job.killReason == nil && !paused { next = min(next, job.deadline) }
+            if job.hasExited { next = min(next, job.drainDeadline) } else if job.killReason == nil && !paused { next = min(next, job.deadline) }
         }
         if next == .max { return -1 }
         let now = Clock.monotonicNanos()
@@ -246,9 +249,11 @@ public final class Worker {
 
     private func start(_ request: RunRequest) {
         guard !request.argv.isEmpty, jobs[request.jobID] == nil else {
-            report(JobReport(jobID: request.jobID, outcome: .spawnFailed(step: "request", errno: EINVAL),
-                             stdout: [], stderr: Array("clawpen: invalid run request\n".utf8),
-                             stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
+            report(
+                JobReport(
+                    jobID: request.jobID, outcome: .spawnFailed(step: "request", errno: EINVAL),
+                    stdout: [], stderr: Array("clawpen: invalid run request\n".utf8),
+                    stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
             return
         }
         let started: JobLauncher.Started
@@ -264,8 +269,10 @@ public final class Worker {
                 outcome = .spawnFailed(step: step, errno: e)
                 message = "clawpen: cannot run '\(request.argv[0])': \(step) failed: \(errnoString(e))\n"
             }
-            report(JobReport(jobID: request.jobID, outcome: outcome, stdout: [], stderr: Array(message.utf8),
-                             stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
+            report(
+                JobReport(
+                    jobID: request.jobID, outcome: outcome, stdout: [], stderr: Array(message.utf8),
+                    stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0))
             return
         }
         let now = Clock.monotonicNanos()
@@ -283,7 +290,8 @@ public final class Worker {
     /// A readable or writable pipe of some job.
     private func service(fd: Int32, revents: Int16) {
         guard let id = jobs.first(where: { $0.value.stdoutFD == fd || $0.value.stderrFD == fd || $0.value.stdinFD == fd })?.key,
-              var job = jobs[id] else { return }
+            var job = jobs[id]
+        else { return }
         if fd == job.stdinFD {
             writeInput(&job)
         } else {
@@ -334,7 +342,8 @@ public final class Worker {
             job.waitStatus = status
             job.exitedAt = now
             job.drainDeadline = now + Self.drainGraceNanos
-            job.cpuMicros = UInt64(usage.ru_utime.tv_sec) * 1_000_000 + UInt64(usage.ru_utime.tv_usec)
+            job.cpuMicros =
+                UInt64(usage.ru_utime.tv_sec) * 1_000_000 + UInt64(usage.ru_utime.tv_usec)
                 + UInt64(usage.ru_stime.tv_sec) * 1_000_000 + UInt64(usage.ru_stime.tv_usec)
             job.maxRSSKiB = UInt64(max(0, usage.ru_maxrss))
             // The job is over when its first process is: take whatever it left running with it,
@@ -388,8 +397,7 @@ public final class Worker {
         case .timeout: outcome = .timedOut(signal: signal ?? SIGKILL)
         case .cancel: outcome = .canceled(signal: signal)
         case nil:
-            if let signal { outcome = .signaled(signal: signal) }
-            else { outcome = .exited(code: cp_wexitstatus(status)) }
+            if let signal { outcome = .signaled(signal: signal) } else { outcome = .exited(code: cp_wexitstatus(status)) }
         }
         return JobReport(
             jobID: job.id, outcome: outcome, stdout: job.stdout.bytes, stderr: job.stderr.bytes,

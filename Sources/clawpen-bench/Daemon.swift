@@ -100,16 +100,20 @@ final class Daemon {
             throw BenchFailure("cannot open the daemon log in \(root): \(String(cString: strerror(errno)))")
         }
         defer { close(logFD); close(devNull) }
-        let args = [setup.clawpen, "serve",
-                    "--socket", root + "/clawpen.sock",
-                    "--state-dir", root + "/state",
-                    "--workspace-root", root + "/workspaces",
-                    "--policies", setup.policies,
-                    "--idle-timeout", "3600",
-                    // The bench's daemons register their uid range in files of their own, not the host's.
-                    "--subuid-file", root + "/subuid", "--subgid-file", root + "/subgid"] + setup.serveArgs
-        let cmd = PreparedCommand(path: setup.clawpen, arguments: args,
-                                  environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
+        let args =
+            [
+                setup.clawpen, "serve",
+                "--socket", root + "/clawpen.sock",
+                "--state-dir", root + "/state",
+                "--workspace-root", root + "/workspaces",
+                "--policies", setup.policies,
+                "--idle-timeout", "3600",
+                // The bench's daemons register their uid range in files of their own, not the host's.
+                "--subuid-file", root + "/subuid", "--subgid-file", root + "/subgid",
+            ] + setup.serveArgs
+        let cmd = PreparedCommand(
+            path: setup.clawpen, arguments: args,
+            environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
         // SIGTERM on our death: the daemon shuts down cleanly even if the bench is killed.
         let pid = try cmd.spawn(stdin: devNull, stdout: logFD, stderr: logFD, parentDeathSignal: SIGTERM)
         let d = Daemon(root: root, pid: pid, keepTemp: setup.keepTemp)

@@ -36,7 +36,9 @@ extension Scenarios {
     private func fairnessRun(mode: String) throws -> FairnessFigures {
         // The flooding tenant may run and queue as much as it likes: only the router stands
         // between it and the others (its own max_concurrent_runs would hide the dispatcher).
-        let policies = try copyPolicies(addingTenant: "flood", """
+        let policies = try copyPolicies(
+            addingTenant: "flood",
+            """
             tier = "enterprise"
             max_concurrent_runs = 4096
             max_queued = 10000000
@@ -60,10 +62,14 @@ extension Scenarios {
             figures.maxRunning = Int(status["supervisor"]?["router"]?["max_running"]?.intValue ?? 0)
             figures.floodBacklog = figures.maxRunning * options.fairnessFloodFactor
 
-            Progress.say("[fairness \(mode)] quiet baseline: \(quiet.count) tenants x \(options.fairnessQuietJobs) jobs, one at a time, \(fmt(options.fairnessQuietGapMs, 0)) ms apart")
+            Progress.say(
+                "[fairness \(mode)] quiet baseline: \(quiet.count) tenants x \(options.fairnessQuietJobs) jobs, one at a time, \(fmt(options.fairnessQuietGapMs, 0)) ms apart"
+            )
             figures.quietBaseline = Summary(try quietRound(d, tenants: quiet))
 
-            Progress.say("[fairness \(mode)] flood: tenant 'flood' keeps \(figures.floodBacklog) jobs of `sleep \(fmt(options.fairnessFloodJobMs / 1000, 3))` queued (\(options.fairnessFloodFactor)x max_running \(figures.maxRunning))")
+            Progress.say(
+                "[fairness \(mode)] flood: tenant 'flood' keeps \(figures.floodBacklog) jobs of `sleep \(fmt(options.fairnessFloodJobMs / 1000, 3))` queued (\(options.fairnessFloodFactor)x max_running \(figures.maxRunning))"
+            )
             let flood = Flooder(socket: d.socketPath, backlog: figures.floodBacklog, jobSeconds: options.fairnessFloodJobMs / 1000)
             let floodThread = Thread { flood.run() }
             floodThread.start()

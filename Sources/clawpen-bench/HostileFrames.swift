@@ -56,7 +56,9 @@ extension Scenarios {
             defer { load.finish() }
             let block = 500
             let perPhase = options.hostilePings
-            Progress.say("[hostile-frames] \(perPhase) pings unloaded and \(perPhase) while \(options.hostileSenders) client(s) send \(figures.frameBytes)-byte frames, one every \(fmt(Self.pingIntervalMs, 0)) ms, alternating in blocks of \(block)")
+            Progress.say(
+                "[hostile-frames] \(perPhase) pings unloaded and \(perPhase) while \(options.hostileSenders) client(s) send \(figures.frameBytes)-byte frames, one every \(fmt(Self.pingIntervalMs, 0)) ms, alternating in blocks of \(block)"
+            )
             for _ in 0..<50 { _ = try ping(pinger, due: Clock.nanoseconds()) } // warm-up
             var unloaded: [Double] = [], loaded: [Double] = []
             var loopCPU = 0.0, poolCPU = 0.0, framesBefore = 0
@@ -122,7 +124,8 @@ extension Scenarios {
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard let tid = Int32(name), let comm = readTextFile("/proc/\(pid)/task/\(tid)/comm"),
-                  let cpu = cpuSeconds(pid: pid, task: tid) else { continue }
+                let cpu = cpuSeconds(pid: pid, task: tid)
+            else { continue }
             if comm.hasPrefix("NIO-ELT") { loop += cpu } else if comm.hasPrefix("TP-") { pool += cpu }
         }
         return (loop, pool)

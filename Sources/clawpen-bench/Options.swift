@@ -20,44 +20,44 @@ struct Bench: ParsableCommand {
         commandName: "clawpen-bench",
         abstract: "Measure clawpen against its targets with a real supervisor.",
         discussion: """
-        Each scenario starts its own `clawpen serve` (temporary socket, state and workspace \
-        directories under /tmp, --idle-timeout 3600), runs /bin/true jobs (tenants of tier \
-        enterprise, whose rate quota does not stop a benchmark) through the client \
-        library, stops the daemon with SIGTERM and removes the directories. Every job must end \
-        `succeeded`; anything else stops the run with exit status 1 and the daemon's log tail.
+            Each scenario starts its own `clawpen serve` (temporary socket, state and workspace \
+            directories under /tmp, --idle-timeout 3600), runs /bin/true jobs (tenants of tier \
+            enterprise, whose rate quota does not stop a benchmark) through the client \
+            library, stops the daemon with SIGTERM and removes the directories. Every job must end \
+            `succeeded`; anything else stops the run with exit status 1 and the daemon's log tail.
 
-        warm: p50/p99 of sequential submits (wait) of /bin/true to one tenant whose worker \
-        is up, against the floor (the same /bin/true fork/exec'd directly by this process, as \
-        many times, alternating in blocks), and bubblewrap's time for a sandboxed /bin/true when \
-        `bwrap` is on PATH.
+            warm: p50/p99 of sequential submits (wait) of /bin/true to one tenant whose worker \
+            is up, against the floor (the same /bin/true fork/exec'd directly by this process, as \
+            many times, alternating in blocks), and bubblewrap's time for a sandboxed /bin/true when \
+            `bwrap` is on PATH.
 
-        throughput: jobs/s with concurrent submitters (one thread and one connection each, one \
-        job at a time) spread over several tenants.
+            throughput: jobs/s with concurrent submitters (one thread and one connection each, one \
+            job at a time) spread over several tenants.
 
-        cold: time from the first submit for a new tenant (created beforehand, untimed) to its \
-        result, worker start included.
+            cold: time from the first submit for a new tenant (created beforehand, untimed) to its \
+            result, worker start included.
 
-        density: private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, after \
-        sync) of idle workers (median), and of the supervisor with many tenants that each ran one \
-        job, workers still up.
+            density: private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, after \
+            sync) of idle workers (median), and of the supervisor with many tenants that each ran one \
+            job, workers still up.
 
-        fairness (not part of `all`): the noisy neighbour. Tenant 'flood' keeps a backlog of \
-        --fairness-flood-factor times the router's max_running of `sleep` jobs queued while \
-        --fairness-quiet-tenants tenants each run /bin/true one job at a time; the quiet \
-        tenants' p50/p99 without and with the flood, the flood's share of the running slots, \
-        once with the fair dispatcher and once with `serve --dispatch fifo`. Target: quiet \
-        p99 under flood within 2x the quiet p99 without it (fair).
+            fairness (not part of `all`): the noisy neighbour. Tenant 'flood' keeps a backlog of \
+            --fairness-flood-factor times the router's max_running of `sleep` jobs queued while \
+            --fairness-quiet-tenants tenants each run /bin/true one job at a time; the quiet \
+            tenants' p50/p99 without and with the flood, the flood's share of the running slots, \
+            once with the fair dispatcher and once with `serve --dispatch fifo`. Target: quiet \
+            p99 under flood within 2x the quiet p99 without it (fair).
 
-        hostile-frames (not part of `all`): --hostile-senders clients send request frames of \
-        the maximum size (16 MiB: a ping padded with one string of escapes, parsed to the end) \
-        back to back while another client pings (one ping due every millisecond, timed from when \
-        it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
-        parses on its event loop per connection and read) parsed in this process.
+            hostile-frames (not part of `all`): --hostile-senders clients send request frames of \
+            the maximum size (16 MiB: a ping padded with one string of escapes, parsed to the end) \
+            back to back while another client pings (one ping due every millisecond, timed from when \
+            it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
+            parses on its event loop per connection and read) parsed in this process.
 
-        Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
-        private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
-        change the exit status; a failed job or a misbehaving daemon does.
-        """)
+            Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
+            private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
+            change the exit status; a failed job or a misbehaving daemon does.
+            """)
 
     @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness or hostile-frames.")
     var scenario: Scenario = .all
@@ -65,13 +65,19 @@ struct Bench: ParsableCommand {
     @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
     var json = false
 
-    @Option(help: ArgumentHelp("The clawpen executable to start (default: the one next to clawpen-bench; clawpen-worker must be next to it).", valueName: "path"))
+    @Option(
+        help: ArgumentHelp("The clawpen executable to start (default: the one next to clawpen-bench; clawpen-worker must be next to it).", valueName: "path"))
     var clawpen: String?
 
-    @Option(help: ArgumentHelp("Policies directory passed to `clawpen serve --policies` (default: the repository's policies/, found above the executable, else ./policies).", valueName: "dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Policies directory passed to `clawpen serve --policies` (default: the repository's policies/, found above the executable, else ./policies).",
+            valueName: "dir"))
     var policies: String?
 
-    @Option(name: .customLong("serve-arg"), parsing: .unconditionalSingleValue, help: ArgumentHelp("Extra argument for `clawpen serve` (repeatable), e.g. --serve-arg=--fsync-accepts --serve-arg=false.", valueName: "arg"))
+    @Option(
+        name: .customLong("serve-arg"), parsing: .unconditionalSingleValue,
+        help: ArgumentHelp("Extra argument for `clawpen serve` (repeatable), e.g. --serve-arg=--fsync-accepts --serve-arg=false.", valueName: "arg"))
     var serveArgs: [String] = []
 
     @Option(name: .customLong("warm-jobs"), help: "Timed sequential jobs in the warm scenario; the floor runs as many fork/execs.")
@@ -86,7 +92,8 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("throughput-jobs"), help: "Jobs in total in the throughput scenario.")
     var throughputJobs = 8000
 
-    @Option(name: .customLong("throughput-threads"), help: "Concurrent submitter threads, each with its own connection, submitting and waiting one job at a time.")
+    @Option(
+        name: .customLong("throughput-threads"), help: "Concurrent submitter threads, each with its own connection, submitting and waiting one job at a time.")
     var throughputThreads = 16
 
     @Option(name: .customLong("throughput-tenants"), help: "Tenants the throughput submitters are spread over (thread i uses tenant i mod N).")
@@ -130,7 +137,8 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
-              throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1 else {
+            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1
+        else {
             throw ValidationError("counts must be positive")
         }
         guard densityTenants >= idleTenants else {
@@ -186,7 +194,9 @@ struct Setup: Sendable {
             throw BenchFailure("\(worker) is missing: `clawpen serve` looks for clawpen-worker next to clawpen")
         }
         var dir: String
-        if let policies { dir = absolute(policies) } else {
+        if let policies {
+            dir = absolute(policies)
+        } else {
             dir = absolute("policies")
             var d = exeDir
             while d != "/" && !d.isEmpty {

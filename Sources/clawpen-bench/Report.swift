@@ -18,9 +18,9 @@ struct Report {
     var throughputTenants: Int?
     var throughputSeconds: Double?
     var throughputLatency: Summary?
-    var throughputFloorJobsPerS: Double?  // /bin/true run by as many shell loops as submitters
-    var throughputBenchCPU: Double?   // CPUs used by this process (the submitters) during the run
-    var throughputDaemonCPU: Double?  // CPUs used by the supervisor process (not its workers)
+    var throughputFloorJobsPerS: Double? // /bin/true run by as many shell loops as submitters
+    var throughputBenchCPU: Double? // CPUs used by this process (the submitters) during the run
+    var throughputDaemonCPU: Double? // CPUs used by the supervisor process (not its workers)
 
     var cold: Summary?
     var coldPrestartedWorkers: Int?
@@ -87,7 +87,8 @@ struct Report {
             if let b = bwrap {
                 row("peer: bwrap /bin/true p50", ms(b.p50) + "  (\(b.count) runs)")
                 if let r = bwrapOverWarm {
-                    row("bwrap p50 / warm job p50", fmt(r, 2) + "x" + (sandboxed == true ? "" : "  (workers NOT sandboxed)"),
+                    row(
+                        "bwrap p50 / warm job p50", fmt(r, 2) + "x" + (sandboxed == true ? "" : "  (workers NOT sandboxed)"),
                         ">= \(fmt(Self.bwrapRatioTarget, 0))x", sandboxed == true ? r >= Self.bwrapRatioTarget : nil)
                 }
             } else {
@@ -95,7 +96,8 @@ struct Report {
             }
         }
         if let t = throughputJobsPerS {
-            row("throughput", fmt(t, 0) + " jobs/s  (\(throughputJobs ?? 0) jobs, \(throughputThreads ?? 0) threads, \(throughputTenants ?? 0) tenants)",
+            row(
+                "throughput", fmt(t, 0) + " jobs/s  (\(throughputJobs ?? 0) jobs, \(throughputThreads ?? 0) threads, \(throughputTenants ?? 0) tenants)",
                 ">= \(fmt(Self.throughputTarget, 0)) jobs/s", t >= Self.throughputTarget)
             if let l = throughputLatency {
                 row("  job latency under load p50 / p99", ms(l.p50) + " / " + ms(l.p99))
@@ -108,17 +110,21 @@ struct Report {
             }
         }
         if let c = cold {
-            row("cold start p50", ms(c.p50) + "  (\(c.count) tenants, \(fmt(coldGapMs ?? 0, 0)) ms apart\(sandboxed == true ? ", sandboxed" : ", NOT sandboxed"))",
+            row(
+                "cold start p50",
+                ms(c.p50) + "  (\(c.count) tenants, \(fmt(coldGapMs ?? 0, 0)) ms apart\(sandboxed == true ? ", sandboxed" : ", NOT sandboxed"))",
                 "<= \(fmt(Self.coldTargetMs, 0)) ms", c.p50 <= Self.coldTargetMs)
             row("cold start p99", ms(c.p99))
         }
         if let k = idleWorkerKiB {
-            row("idle worker private (median)", fmt(k, 0) + " KiB  (\(idleWorkersMeasured ?? 0) workers)",
+            row(
+                "idle worker private (median)", fmt(k, 0) + " KiB  (\(idleWorkersMeasured ?? 0) workers)",
                 "<= \(fmt(Self.idleWorkerTargetKiB, 0)) KiB", k <= Self.idleWorkerTargetKiB)
         }
         if let s = supervisorMiB, let n = densityTenants {
             let target = n == 1000 ? "<= \(fmt(Self.supervisorTargetMiB, 0)) MiB" : "(target is for 1,000)"
-            row("supervisor private, \(n) tenants", fmt(s, 1) + " MiB  (\(densityWorkersUp ?? 0) workers up)",
+            row(
+                "supervisor private, \(n) tenants", fmt(s, 1) + " MiB  (\(densityWorkersUp ?? 0) workers up)",
                 target, n == 1000 ? s <= Self.supervisorTargetMiB : nil)
             if let b = supervisorBaselineMiB { row("  supervisor private, 0 tenants", fmt(b, 1) + " MiB") }
             if let w = workerKiBAtDensity { row("  worker private at \(n) tenants (median)", fmt(w, 0) + " KiB") }
@@ -128,7 +134,8 @@ struct Report {
             if let b = f.quietBaseline { row("\(tag): quiet p50 / p99, no flood", ms(b.p50) + " / " + ms(b.p99) + "  (\(b.count) jobs)") }
             if let q = f.quietFlood { row("\(tag): quiet p50 / p99, under flood", ms(q.p50) + " / " + ms(q.p99) + "  (\(q.count) jobs)") }
             if let r = f.p99Ratio {
-                row("\(tag): quiet p99 under flood / without", fmt(r, 2) + "x", f.mode == "fair" ? "<= \(fmt(Scenarios.fairnessRatioTarget, 0))x" : "",
+                row(
+                    "\(tag): quiet p99 under flood / without", fmt(r, 2) + "x", f.mode == "fair" ? "<= \(fmt(Scenarios.fairnessRatioTarget, 0))x" : "",
                     f.mode == "fair" ? r <= Scenarios.fairnessRatioTarget : nil)
             }
             if let s = f.floodShare {
@@ -138,7 +145,8 @@ struct Report {
         if let h = hostile {
             if let u = h.pingUnloaded { row("ping p50 / p99 / max, unloaded", ms(u.p50) + " / " + ms(u.p99) + " / " + ms(u.max) + "  (\(u.count) pings)") }
             if let l = h.pingLoaded {
-                row("ping p50 / p99 / max, \(h.senders) client(s) sending \(h.frameBytes)-byte frames",
+                row(
+                    "ping p50 / p99 / max, \(h.senders) client(s) sending \(h.frameBytes)-byte frames",
                     ms(l.p50) + " / " + ms(l.p99) + " / " + ms(l.max) + "  (\(l.count) pings)")
             }
             if let r = h.p99Ratio { row("ping p99 loaded / unloaded", fmt(r, 2) + "x") }

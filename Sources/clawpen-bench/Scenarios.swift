@@ -53,8 +53,10 @@ struct Scenarios {
             if let bwrap = findInPath("bwrap") {
                 report.bwrapPath = bwrap
                 Progress.say("[warm] bubblewrap: \(options.bwrapRuns) runs of \(bwrap) ... /bin/true")
-                let args = [bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/lib", "/lib", "--ro-bind", "/lib64", "/lib64",
-                            "--ro-bind", "/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--unshare-all", "/bin/true"]
+                let args = [
+                    bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/lib", "/lib", "--ro-bind", "/lib64", "/lib64",
+                    "--ro-bind", "/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--unshare-all", "/bin/true",
+                ]
                 let cmd = PreparedCommand(path: bwrap, arguments: args, environment: ["PATH=/usr/local/bin:/usr/bin:/bin"])
                 let errPath = d.root + "/bwrap.stderr"
                 let errFD = open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -187,7 +189,7 @@ struct Scenarios {
                 for i in range {
                     let name = String(format: "d-%04d", i)
                     let tn = try benchTenant(name)
-                _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: tn, tier: Scenarios.tier)) }
+                    _ = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: tn, tier: Scenarios.tier)) }
                     _ = try runJob(conn, tenant: name, what: "job for \(name)")
                     if (i + 1) % 100 == 0 {
                         Progress.say("[density] \(i + 1) tenants, \(Int(Clock.milliseconds(since: started) / 1000)) s")
@@ -197,7 +199,7 @@ struct Scenarios {
 
             Progress.say("[density] \(idle) tenants with one job each, then their idle workers' memory")
             try addTenants(0..<idle)
-            sync() // dirty page cache of a freshly written binary counts as private (FINDINGS.md)
+            sync() // dirty page cache of a freshly written binary counts as private (measured here)
             Clock.sleep(seconds: 1)
             let idlePIDs = try workerPIDs(conn)
             guard idlePIDs.count == idle else {

@@ -50,7 +50,7 @@ struct Summary: Sendable {
 
 /// Memory of a process from /proc/PID/smaps_rollup, in KiB.
 struct ProcessMemory: Sendable {
-    let privateKiB: Int   // Private_Clean + Private_Dirty (USS)
+    let privateKiB: Int // Private_Clean + Private_Dirty (USS)
     let rssKiB: Int
 
     static func read(pid: Int32) throws(BenchFailure) -> ProcessMemory {
@@ -120,8 +120,9 @@ struct MachineInfo: Sendable {
         let memKiB = meminfo.split(separator: "\n").first { $0.hasPrefix("MemTotal:") }
             .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
             .flatMap { Int($0) }
-        return MachineInfo(nproc: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), kernel: field(u.release),
-                           arch: field(u.machine), cpuModel: model, memTotalMiB: memKiB.map { $0 / 1024 })
+        return MachineInfo(
+            nproc: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), kernel: field(u.release),
+            arch: field(u.machine), cpuModel: model, memTotalMiB: memKiB.map { $0 / 1024 })
     }
 }
 

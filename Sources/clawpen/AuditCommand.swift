@@ -9,14 +9,14 @@ struct AuditCommand: ParsableCommand {
         commandName: "audit",
         abstract: "Show the audit log: every refusal and admin action (operators only).",
         discussion: """
-        Each line: time (UTC), tenant, caller uid, action, rule, detail. Actions include \
-        submit.refused (a quota), submit.denied (a tool or environment rule), \
-        permission.denied (a caller without the right), tenant.create, tenant.set_quota and \
-        policy.reload.
+            Each line: time (UTC), tenant, caller uid, action, rule, detail. Actions include \
+            submit.refused (a quota), submit.denied (a tool or environment rule), \
+            permission.denied (a caller without the right), tenant.create, tenant.set_quota and \
+            policy.reload.
 
-        --since takes seconds since the epoch, an ISO 8601 UTC time (2026-11-21T07:00:00Z) or a \
-        duration back from now (90s, 15m, 2h, 7d).
-        """)
+            --since takes seconds since the epoch, an ISO 8601 UTC time (2026-11-21T07:00:00Z) or a \
+            duration back from now (90s, 15m, 2h, 7d).
+            """)
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Only this tenant's events.") var tenant: String?
@@ -41,9 +41,11 @@ struct AuditCommand: ParsableCommand {
         if json { Output.json(.array(events)); return }
         var rows = [["TIME (UTC)", "TENANT", "UID", "ACTION", "RULE", "DETAIL"]]
         for e in events {
-            rows.append([TimeArgument.format(e["at"]?.doubleValue ?? 0), e["tenant"]?.stringValue ?? "-",
-                         e["caller_uid"]?.intValue.map { String($0) } ?? "-", e["action"]?.stringValue ?? "",
-                         e["rule"]?.stringValue ?? "-", e["detail"]?.stringValue ?? ""])
+            rows.append([
+                TimeArgument.format(e["at"]?.doubleValue ?? 0), e["tenant"]?.stringValue ?? "-",
+                e["caller_uid"]?.intValue.map { String($0) } ?? "-", e["action"]?.stringValue ?? "",
+                e["rule"]?.stringValue ?? "-", e["detail"]?.stringValue ?? "",
+            ])
         }
         Output.writeStdout(Format.table(rows))
     }
@@ -54,16 +56,25 @@ enum TimeArgument {
     static func parse(_ s: String) -> Double? {
         if let d = Double(s), d.isFinite { return d }
         if let last = s.last, let n = Double(s.dropLast()), n >= 0 {
-            let unit: Double? = switch last { case "s": 1; case "m": 60; case "h": 3600; case "d": 86_400; default: nil }
+            let unit: Double? =
+                switch last {
+                case "s": 1;
+                case "m": 60;
+                case "h": 3600;
+                case "d": 86_400;
+                default: nil
+                }
             if let unit { return now() - n * unit }
         }
         // YYYY-MM-DDTHH:MM:SSZ
         let b = Array(s.utf8)
         guard b.count == 20, b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"), b[10] == UInt8(ascii: "T"),
-              b[13] == UInt8(ascii: ":"), b[16] == UInt8(ascii: ":"), b[19] == UInt8(ascii: "Z") else { return nil }
+            b[13] == UInt8(ascii: ":"), b[16] == UInt8(ascii: ":"), b[19] == UInt8(ascii: "Z")
+        else { return nil }
         func num(_ r: Range<Int>) -> Int32? { Int32(String(decoding: b[r], as: UTF8.self)) }
         guard let y = num(0..<4), let mo = num(5..<7), let d = num(8..<10), let h = num(11..<13), let mi = num(14..<16),
-              let sec = num(17..<19) else { return nil }
+            let sec = num(17..<19)
+        else { return nil }
         var t = tm()
         t.tm_year = y - 1900; t.tm_mon = mo - 1; t.tm_mday = d; t.tm_hour = h; t.tm_min = mi; t.tm_sec = sec
         let epoch = timegm(&t)

@@ -6,20 +6,21 @@ struct Clawpen: ParsableCommand {
         commandName: "clawpen",
         abstract: "A process-per-tenant supervisor for multi-tenant agent platforms.",
         discussion: """
-        `clawpen serve` runs the supervisor: one sandboxed worker process per tenant, jobs routed to \
-        them over Unix sockets. The other commands talk to a running supervisor over its socket \
-        (--socket, else $CLAWPEN_SOCKET, else /run/clawpen/clawpen.sock).
+            `clawpen serve` runs the supervisor: one sandboxed worker process per tenant, jobs routed to \
+            them over Unix sockets. The other commands talk to a running supervisor over its socket \
+            (--socket, else $CLAWPEN_SOCKET, else /run/clawpen/clawpen.sock).
 
-        Exit status of `submit` and `job wait`: the job's own exit code; 128+N when a signal N \
-        ended it; 124 on timeout; 64 usage or invalid request; 69 daemon unavailable; 75 quota \
-        exceeded; 77 denied; 70 internal error.
-        """,
+            Exit status of `submit` and `job wait`: the job's own exit code; 128+N when a signal N \
+            ended it; 124 on timeout; 64 usage or invalid request; 69 daemon unavailable; 75 quota \
+            exceeded; 77 denied; 70 internal error.
+            """,
         version: "0.1.0",
         subcommands: [Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self])
 }
 
 /// `--socket` for every client command.
 struct ConnectionOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The supervisor's socket.", discussion: "Default: $CLAWPEN_SOCKET, else /run/clawpen/clawpen.sock.", valueName: "path"))
+    @Option(
+        name: .long, help: ArgumentHelp("The supervisor's socket.", discussion: "Default: $CLAWPEN_SOCKET, else /run/clawpen/clawpen.sock.", valueName: "path"))
     var socket: String?
 }

@@ -12,8 +12,9 @@ func present(_ job: JobView, json: Bool) -> ExitCode {
         Output.writeStderr(job.stderr)
         if job.stdoutTruncated { Output.writeStderr("clawpen: note: stdout was truncated at the tenant's output limit\n") }
         if job.stderrTruncated { Output.writeStderr("clawpen: note: stderr was truncated at the tenant's output limit\n") }
-        if let e = job.error { Output.writeStderr("clawpen: \(e.code.rawValue): \(e.message)\n") }
-        else if job.state == .killed || job.state == .canceled {
+        if let e = job.error {
+            Output.writeStderr("clawpen: \(e.code.rawValue): \(e.message)\n")
+        } else if job.state == .killed || job.state == .canceled {
             Output.writeStderr("clawpen: job \(job.id) \(job.state.rawValue) by signal \(job.signal ?? 9)\n")
         }
     }

@@ -17,12 +17,12 @@ struct PolicyCheck: ParsableCommand {
         commandName: "check",
         abstract: "Validate a policies directory without a daemon.",
         discussion: """
-        Reads tiers/*.toml, tenants/*.toml, seccomp/*.toml (every profile a tier or an override \
-        names must exist and parse) and access.toml, and prints every problem as \
-        FILE:LINE: KEY: message, then a summary. With --quota-dir, also the set-quota overrides \
-        of a state directory (<state-dir>/quota). Exit status: 0 when the policy is valid, 65 when \
-        there are problems, 66 when DIR does not exist.
-        """)
+            Reads tiers/*.toml, tenants/*.toml, seccomp/*.toml (every profile a tier or an override \
+            names must exist and parse) and access.toml, and prints every problem as \
+            FILE:LINE: KEY: message, then a summary. With --quota-dir, also the set-quota overrides \
+            of a state directory (<state-dir>/quota). Exit status: 0 when the policy is valid, 65 when \
+            there are problems, 66 when DIR does not exist.
+            """)
 
     @Argument(help: ArgumentHelp("The policies directory.", discussion: "Default: $CLAWPEN_POLICIES, else /etc/clawpen/policies.", valueName: "dir"))
     var directory: String?
@@ -30,8 +30,8 @@ struct PolicyCheck: ParsableCommand {
     var quotaDir: String?
     @Flag(help: "Print the result as JSON.") var json = false
 
-    static let exitDataError: Int32 = 65  // EX_DATAERR
-    static let exitNoInput: Int32 = 66  // EX_NOINPUT
+    static let exitDataError: Int32 = 65 // EX_DATAERR
+    static let exitNoInput: Int32 = 66 // EX_NOINPUT
 
     func run() throws {
         let env = getenv("CLAWPEN_POLICIES").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
@@ -102,14 +102,14 @@ struct PolicyExplain: ParsableCommand {
         commandName: "explain",
         abstract: "Show what the tenant's tool policy decides for a command, and why (nothing runs).",
         discussion: """
-        Asks the daemon, which knows the tenant's tier and overrides. Prints the decision, how \
-        argv[0] was resolved (PATH /usr/local/bin:/usr/bin:/bin inside the sandbox), and every \
-        rule that took part (commands_deny, commands_allow, the fixed environment deny list, \
-        env_allow) with its file and line. Exit status: 0 when the command would be allowed, 77 \
-        when it would be denied.
+            Asks the daemon, which knows the tenant's tier and overrides. Prints the decision, how \
+            argv[0] was resolved (PATH /usr/local/bin:/usr/bin:/bin inside the sandbox), and every \
+            rule that took part (commands_deny, commands_allow, the fixed environment deny list, \
+            env_allow) with its file and line. Exit status: 0 when the command would be allowed, 77 \
+            when it would be denied.
 
-        Example: clawpen policy explain --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
-        """)
+            Example: clawpen policy explain --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
+            """)
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "The tenant whose policy decides.") var tenant: String
@@ -172,11 +172,11 @@ struct PolicyReload: ParsableCommand {
         commandName: "reload",
         abstract: "Make the daemon re-read its policies (operators only; same as SIGHUP).",
         discussion: """
-        A policy set that does not load keeps the old one in force, and the error names the \
-        file, line and key. New limits apply at once to the router and to tenant cgroups; a \
-        worker's sandbox settings (seccomp profile, network, /tmp size) change when it next \
-        starts. Check a directory first with `clawpen policy check`.
-        """)
+            A policy set that does not load keeps the old one in force, and the error names the \
+            file, line and key. New limits apply at once to the router and to tenant cgroups; a \
+            worker's sandbox settings (seccomp profile, network, /tmp size) change when it next \
+            starts. Check a directory first with `clawpen policy check`.
+            """)
 
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Print the loaded policy summary as JSON.") var json = false
@@ -185,7 +185,9 @@ struct PolicyReload: ParsableCommand {
         let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.call(.policyReload) }
         let p = reply["policy"] ?? .null
         if json { Output.json(p); return }
-        Output.line("reloaded policies from \(p["source"]?.stringValue ?? "?"): \(p["tenant_overrides"]?.intValue ?? 0) tenant override(s), \(p["quota_overrides"]?.intValue ?? 0) set-quota override(s), \(p["access_rules"]?.intValue ?? 0) access rule(s)")
+        Output.line(
+            "reloaded policies from \(p["source"]?.stringValue ?? "?"): \(p["tenant_overrides"]?.intValue ?? 0) tenant override(s), \(p["quota_overrides"]?.intValue ?? 0) set-quota override(s), \(p["access_rules"]?.intValue ?? 0) access rule(s)"
+        )
     }
 }
 

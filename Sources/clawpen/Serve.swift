@@ -10,17 +10,17 @@ struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the supervisor (normally started by systemd).",
         discussion: """
-        Settings come from flags, else the environment (CLAWPEN_SOCKET, CLAWPEN_STATE_DIR, \
-        CLAWPEN_WORKSPACE_ROOT, CLAWPEN_POLICIES, CLAWPEN_WORKER), else --config FILE (TOML, a \
-        [serve] table with the flag names in snake_case: socket, state_dir, workspace_root, \
-        policies, worker_path, idle_timeout_s, max_frame_bytes, shutdown_grace_s, uid_min, \
-        uid_max, fsync_accepts, prespawn_workers, dispatch, max_running, reserved_slots, \
-        require_cgroup_limits), else the defaults. The tenants' uid range is registered in /etc/subuid \
-        and /etc/subgid (--subuid-file and --subgid-file name other files, for tests only). When --policies is not given and \
-        /etc/clawpen/policies does not exist, the embedded default policies are used (and \
-        `status` says so). SIGTERM or SIGINT: stop accepting, let running jobs finish within \
-        the grace period, stop the workers, remove the socket.
-        """)
+            Settings come from flags, else the environment (CLAWPEN_SOCKET, CLAWPEN_STATE_DIR, \
+            CLAWPEN_WORKSPACE_ROOT, CLAWPEN_POLICIES, CLAWPEN_WORKER), else --config FILE (TOML, a \
+            [serve] table with the flag names in snake_case: socket, state_dir, workspace_root, \
+            policies, worker_path, idle_timeout_s, max_frame_bytes, shutdown_grace_s, uid_min, \
+            uid_max, fsync_accepts, prespawn_workers, dispatch, max_running, reserved_slots, \
+            require_cgroup_limits), else the defaults. The tenants' uid range is registered in /etc/subuid \
+            and /etc/subgid (--subuid-file and --subgid-file name other files, for tests only). When --policies is not given and \
+            /etc/clawpen/policies does not exist, the embedded default policies are used (and \
+            `status` says so). SIGTERM or SIGINT: stop accepting, let running jobs finish within \
+            the grace period, stop the workers, remove the socket.
+            """)
 
     @Option(help: "Socket to listen on (default /run/clawpen/clawpen.sock).") var socket: String?
     @Option(name: .customLong("state-dir"), help: "Where the SQLite store lives (default /var/lib/clawpen).") var stateDir: String?
@@ -31,15 +31,29 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Seconds before an idle worker is stopped (default 300).") var idleTimeout: Double?
     @Option(name: .customLong("max-frame-bytes"), help: "Largest request frame accepted (default 16777216).") var maxFrameBytes: Int?
     @Option(name: .customLong("shutdown-grace"), help: "Seconds running jobs get to finish on SIGTERM (default 10).") var shutdownGrace: Double?
-    @Option(name: .customLong("prespawn"), help: "Spare workers kept ready for new tenants' first jobs (default: 0 with tenant cgroups, 2 without).") var prespawn: Int?
-    @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).") var partialFrameTimeout: Double?
+    @Option(name: .customLong("prespawn"), help: "Spare workers kept ready for new tenants' first jobs (default: 0 with tenant cgroups, 2 without).")
+    var prespawn: Int?
+    @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).")
+    var partialFrameTimeout: Double?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
-    @Option(name: .customLong("dispatch"), help: "How the router picks the next tenant: fair (weighted, the default) or fifo (first accepted, first started; for comparison).") var dispatch: String?
+    @Option(
+        name: .customLong("dispatch"),
+        help: "How the router picks the next tenant: fair (weighted, the default) or fifo (first accepted, first started; for comparison).") var dispatch:
+        String?
     @Option(name: .customLong("max-running"), help: "Jobs running at once across all tenants (default: 4 per online core).") var maxRunning: Int?
-    @Option(name: .customLong("reserved-slots"), help: "Of --max-running, slots kept for tenants with nothing running, so a backlog cannot fill them (default: a quarter, at least 1).") var reservedSlots: Int?
-    @Flag(name: .customLong("require-cgroup-limits"), help: "Refuse to start (exit 78) unless the tenant cgroups get the memory, pids and cpu controllers: no per-process rlimit fallback (the systemd unit sets it).") var requireCgroupLimits = false
-    @Option(name: .customLong("subuid-file"), help: "For tests only: the file the tenants' uid range is registered in instead of /etc/subuid.") var subuidFile: String?
-    @Option(name: .customLong("subgid-file"), help: "For tests only: the file the tenants' gid range is registered in instead of /etc/subgid.") var subgidFile: String?
+    @Option(
+        name: .customLong("reserved-slots"),
+        help: "Of --max-running, slots kept for tenants with nothing running, so a backlog cannot fill them (default: a quarter, at least 1).")
+    var reservedSlots: Int?
+    @Flag(
+        name: .customLong("require-cgroup-limits"),
+        help:
+            "Refuse to start (exit 78) unless the tenant cgroups get the memory, pids and cpu controllers: no per-process rlimit fallback (the systemd unit sets it)."
+    ) var requireCgroupLimits = false
+    @Option(name: .customLong("subuid-file"), help: "For tests only: the file the tenants' uid range is registered in instead of /etc/subuid.") var subuidFile:
+        String?
+    @Option(name: .customLong("subgid-file"), help: "For tests only: the file the tenants' gid range is registered in instead of /etc/subgid.") var subgidFile:
+        String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String = "info"
 
     func run() throws {
@@ -72,9 +86,14 @@ struct Serve: ParsableCommand {
         if let v = subuidFile { cfg.subuidPath = absolute(v) }
         if let v = subgidFile { cfg.subgidPath = absolute(v) }
         if let m = cfg.maxRunning, !(1...100_000).contains(m) { throw Output.fail(.invalidRequest, "--max-running must be 1...100000, not \(m)") }
-        if let r = cfg.reservedSlots, r < 0 || r >= (cfg.maxRunning ?? Int.max) { throw Output.fail(.invalidRequest, "--reserved-slots must be >= 0 and below --max-running") }
-        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, (0...64).contains(cfg.prespawnWorkers ?? 0), cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30 else {
-            throw Output.fail(.invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --prespawn 0...64, --max-frame-bytes 1024...1073741824")
+        if let r = cfg.reservedSlots, r < 0 || r >= (cfg.maxRunning ?? Int.max) {
+            throw Output.fail(.invalidRequest, "--reserved-slots must be >= 0 and below --max-running")
+        }
+        guard cfg.idleTimeoutSeconds > 0, cfg.shutdownGraceSeconds >= 0, cfg.partialFrameTimeoutSeconds > 0, (0...64).contains(cfg.prespawnWorkers ?? 0),
+            cfg.maxFrameBytes >= 1024, cfg.maxFrameBytes <= 1 << 30
+        else {
+            throw Output.fail(
+                .invalidRequest, "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --prespawn 0...64, --max-frame-bytes 1024...1073741824")
         }
         cfg.socketPath = absolute(cfg.socketPath)
         cfg.stateDir = absolute(cfg.stateDir)
@@ -151,13 +170,19 @@ enum ConfigFile {
             case "uid_min": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMin = Int(i)
             case "uid_max": guard let i = e.value.integerValue, i >= 1000 else { throw bad("an integer >= 1000") }; uidMax = Int(i)
             case "fsync_accepts": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.fsyncAccepts = b
-            case "prespawn_workers": guard let i = e.value.integerValue, (0...64).contains(i) else { throw bad("an integer from 0 to 64") }; cfg.prespawnWorkers = Int(i)
-            case "dispatch": guard let v = e.value.stringValue, let m = DispatchMode(rawValue: v) else { throw bad("\"fair\" or \"fifo\"") }; cfg.dispatchMode = m
-            case "max_running": guard let i = e.value.integerValue, (1...100_000).contains(i) else { throw bad("an integer from 1 to 100000") }; cfg.maxRunning = Int(i)
+            case "prespawn_workers":
+                guard let i = e.value.integerValue, (0...64).contains(i) else { throw bad("an integer from 0 to 64") }; cfg.prespawnWorkers = Int(i)
+            case "dispatch":
+                guard let v = e.value.stringValue, let m = DispatchMode(rawValue: v) else { throw bad("\"fair\" or \"fifo\"") }; cfg.dispatchMode = m
+            case "max_running":
+                guard let i = e.value.integerValue, (1...100_000).contains(i) else { throw bad("an integer from 1 to 100000") }; cfg.maxRunning = Int(i)
             case "reserved_slots": guard let i = e.value.integerValue, i >= 0 else { throw bad("an integer >= 0") }; cfg.reservedSlots = Int(i)
             case "require_cgroup_limits": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.requireCgroupLimits = b
             default:
-                throw Failure(description: "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts, prespawn_workers, dispatch, max_running, reserved_slots, require_cgroup_limits)")
+                throw Failure(
+                    description:
+                        "\(path):\(e.line): unknown key '\(e.key)' in [serve] (known: socket, state_dir, workspace_root, policies, worker_path, idle_timeout_s, shutdown_grace_s, max_frame_bytes, uid_min, uid_max, fsync_accepts, prespawn_workers, dispatch, max_running, reserved_slots, require_cgroup_limits)"
+                )
             }
         }
         guard uidMin <= uidMax else { throw Failure(description: "\(path): uid_min (\(uidMin)) is above uid_max (\(uidMax))") }

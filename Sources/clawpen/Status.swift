@@ -41,7 +41,9 @@ struct Status: ParsableCommand {
             out += " (\(r["reserved_slots"]?.intValue ?? 0) kept for tenants with nothing running), queued \(r["queued"]?.intValue ?? 0)"
         }
         out += "\n\n"
-        var rows = [["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REFUSED", "MEMORY", "CPU", "ENFORCED"]]
+        var rows = [
+            ["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REFUSED", "MEMORY", "CPU", "ENFORCED"]
+        ]
         for t in s["tenants"]?.arrayValue ?? [] {
             let jobs = t["jobs"] ?? .null, usage = t["usage"] ?? .null, limits = t["limits"] ?? .null
             let enf = t["enforcement"] ?? .null
@@ -74,7 +76,8 @@ struct Status: ParsableCommand {
                 return "  \(name): QUARANTINED, retries in \(retry): \(q["reason"]?.stringValue ?? "?") (lift: clawpen tenant resume \(name))"
             }
             if let p = t["suspension"], case .object = p {
-                return "  \(name): SUSPENDED by \(p["by"]?.stringValue ?? "?"), jobs frozen by \(p["frozen_by"]?.stringValue ?? "nothing (no worker)") (lift: clawpen tenant resume \(name))"
+                return
+                    "  \(name): SUSPENDED by \(p["by"]?.stringValue ?? "?"), jobs frozen by \(p["frozen_by"]?.stringValue ?? "nothing (no worker)") (lift: clawpen tenant resume \(name))"
             }
             return nil
         }

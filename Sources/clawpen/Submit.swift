@@ -7,13 +7,13 @@ struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a command as a tenant's job.",
         discussion: """
-        Behaves like running the command locally: the job's stdout on stdout, its stderr on \
-        stderr, and its exit status as clawpen's (128+N when signal N ended it, 124 on timeout). \
-        The job is accepted (committed to the supervisor's store) before it runs; if this command \
-        is interrupted, the job still runs: see `clawpen job get ID`.
+            Behaves like running the command locally: the job's stdout on stdout, its stderr on \
+            stderr, and its exit status as clawpen's (128+N when signal N ended it, 124 on timeout). \
+            The job is accepted (committed to the supervisor's store) before it runs; if this command \
+            is interrupted, the job still runs: see `clawpen job get ID`.
 
-        Example: clawpen submit --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
-        """)
+            Example: clawpen submit --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
+            """)
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "The tenant to run as.") var tenant: String
@@ -58,8 +58,9 @@ struct Submit: ParsableCommand {
             let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return .init(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
         }
-        let request = SubmitRequest(tenant: try TenantArgument.parse(tenant), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
-                                    timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach)
+        let request = SubmitRequest(
+            tenant: try TenantArgument.parse(tenant), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
+            timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach)
         let (job, _) = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
         if detach {
             if json { Output.json(job.json) } else { Output.line(job.id) }

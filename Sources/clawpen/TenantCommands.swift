@@ -19,7 +19,9 @@ struct TenantCommand: ParsableCommand {
         func run() throws {
             let tenantName = try TenantArgument.parse(name)
             let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantCreate(name: tenantName, tier: tier)) }
-            if json { Output.json(t.json) } else {
+            if json {
+                Output.json(t.json)
+            } else {
                 Output.line("created tenant \(t.name) (tier \(t.tier), uid \(t.uid), workspace \(t.workspace))")
             }
         }
@@ -58,14 +60,14 @@ struct TenantCommand: ParsableCommand {
             commandName: "set-quota",
             abstract: "Change one tenant's limits (operators only); kept across restarts.",
             discussion: """
-            Writes <state-dir>/quota/NAME.toml on the daemon's side (the same keys and checks as \
-            policies/tenants/NAME.toml, applied on top of it), then reloads the policies. Values \
-            are checked as policy files are: an impossible value is refused with the key and the \
-            reason, and nothing changes. Sizes accept bytes or 256M, 1G; --cpu-max takes cores \
-            (0.5); lists are comma-separated.
+                Writes <state-dir>/quota/NAME.toml on the daemon's side (the same keys and checks as \
+                policies/tenants/NAME.toml, applied on top of it), then reloads the policies. Values \
+                are checked as policy files are: an impossible value is refused with the key and the \
+                reason, and nothing changes. Sizes accept bytes or 256M, 1G; --cpu-max takes cores \
+                (0.5); lists are comma-separated.
 
-            Example: clawpen tenant set-quota acme --max-runs 4 --memory-max 512M --cpu-max 1
-            """)
+                Example: clawpen tenant set-quota acme --max-runs 4 --memory-max 512M --cpu-max 1
+                """)
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The tenant's name.") var name: String
         @Option(name: .customLong("max-runs"), help: "max_concurrent_runs: jobs running at once.") var maxRuns: String?
@@ -121,16 +123,16 @@ struct TenantCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "What the tenant's running worker actually has, beside what its policy asks (operators only).",
             discussion: """
-            Read from the kernel, not from the configuration: uid and gid, the five capability \
-            sets, no_new_privs, seccomp mode and filter count (/proc/<worker>/status), each \
-            namespace against the supervisor's, the root, the cgroup and its memory.max, \
-            memory.swap.max, pids.max and cpu.max read back, the interfaces up in the worker's \
-            network namespace, the Landlock ruleset of its jobs, and the workspace's disk quota.
+                Read from the kernel, not from the configuration: uid and gid, the five capability \
+                sets, no_new_privs, seccomp mode and filter count (/proc/<worker>/status), each \
+                namespace against the supervisor's, the root, the cgroup and its memory.max, \
+                memory.swap.max, pids.max and cpu.max read back, the interfaces up in the worker's \
+                network namespace, the Landlock ruleset of its jobs, and the workspace's disk quota.
 
-            Exit status: 0 when every fact matches the policy, 1 when any does not (a limit the \
-            kernel does not hold here is a mismatch), 3 when the tenant has no running worker \
-            (it starts with the tenant's next job), and the usual codes for errors (64, 69, 77).
-            """)
+                Exit status: 0 when every fact matches the policy, 1 when any does not (a limit the \
+                kernel does not hold here is a mismatch), 3 when the tenant has no running worker \
+                (it starts with the tenant's next job), and the usual codes for errors (64, 69, 77).
+                """)
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The tenant's name.") var name: String
         @Flag(help: "Print JSON.") var json = false
@@ -153,8 +155,10 @@ struct TenantCommand: ParsableCommand {
             } else {
                 var rows = [["FACT", "ACTUAL", "EXPECTED", "OK"]]
                 for f in inspect["facts"]?.arrayValue ?? [] {
-                    rows.append([f["fact"]?.stringValue ?? "", f["actual"]?.stringValue ?? "-", f["expected"]?.stringValue ?? "",
-                                 f["ok"]?.boolValue == true ? "ok" : "MISMATCH"])
+                    rows.append([
+                        f["fact"]?.stringValue ?? "", f["actual"]?.stringValue ?? "-", f["expected"]?.stringValue ?? "",
+                        f["ok"]?.boolValue == true ? "ok" : "MISMATCH",
+                    ])
                 }
                 var out = "tenant \(name), worker pid \(inspect["worker_pid"]?.intValue.map { String($0) } ?? "?")\n" + Format.table(rows)
                 for f in inspect["facts"]?.arrayValue ?? [] where f["ok"]?.boolValue != true {

@@ -44,9 +44,11 @@ final class FakeShell {
     var workers: [TenantName: [WorkerRef]] = [:]
 
     init(idleTimeoutMs: Int = 300_000, shutdownGraceMs: Int = 10_000, maxRunning: Int = 8, reserved: Int = 2) {
-        core = Core(config: Core.Config(idleTimeoutMs: idleTimeoutMs, shutdownGraceMs: shutdownGraceMs, dispatchMode: .fair,
-                                        maxRunning: maxRunning, reservedSlots: reserved),
-                    clock: clock, probe: probe)
+        core = Core(
+            config: Core.Config(
+                idleTimeoutMs: idleTimeoutMs, shutdownGraceMs: shutdownGraceMs, dispatchMode: .fair,
+                maxRunning: maxRunning, reservedSlots: reserved),
+            clock: clock, probe: probe)
     }
 
     static func limits(_ tier: Tier = .free, _ change: (inout TierLimits) -> Void = { _ in }) -> TierLimits {
@@ -131,8 +133,12 @@ final class FakeShell {
 
     /// The worker reports `id` done with `code`.
     func report(_ w: WorkerRef, _ id: String, exit code: Int32 = 0) {
-        perform(core.jobReported(w, JobReport(jobID: id, outcome: .exited(code: code), stdout: [], stderr: [],
-                                              stdoutTruncated: false, stderrTruncated: false, runMicros: 1000, cpuMicros: 500, maxRSSKiB: 1)))
+        perform(
+            core.jobReported(
+                w,
+                JobReport(
+                    jobID: id, outcome: .exited(code: code), stdout: [], stderr: [],
+                    stdoutTruncated: false, stderrTruncated: false, runMicros: 1000, cpuMicros: 500, maxRSSKiB: 1)))
     }
 
     /// The worker's process is gone; `signal` 9 unless said otherwise.

@@ -88,7 +88,11 @@ final class WorkerLifecycleTests: XCTestCase {
 
     func testGivesUpAfterMaxAttempts() throws {
         let s = FakeShell()
-        let a = s.addTenant("a", limits: FakeShell.limits { $0.maxAttempts = 3; $0.crashLoopMax = 100 })
+        let a = s.addTenant(
+            "a",
+            limits: FakeShell.limits {
+                $0.maxAttempts = 3; $0.crashLoopMax = 100
+            })
         let job = try s.submit(a)
         for attempt in 1...3 {
             let w = try XCTUnwrap(s.worker(a), "attempt \(attempt)")
@@ -113,12 +117,14 @@ final class WorkerLifecycleTests: XCTestCase {
     func testWhatBecomesOfAJobLostWithItsWorker() {
         let rule = CrashLoopRule(maxFailures: 5, windowSeconds: 60, backoffCapMs: 5000, maxAttempts: 3)
         func job(_ attempt: Int) -> JobRecord {
-            JobRecord(id: "j", tenant: .t("a"), state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [], timeoutSeconds: 1,
-                      outputCap: 1, idempotencyKey: nil, attempt: attempt, createdAt: 0)
+            JobRecord(
+                id: "j", tenant: .t("a"), state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [], timeoutSeconds: 1,
+                outputCap: 1, idempotencyKey: nil, attempt: attempt, createdAt: 0)
         }
         func decide(_ attempt: Int, ready: Bool = true, cancel: Bool = false, quarantined: Bool = false, draining: Bool = false) -> LostJobDecision {
-            CrashPolicy.decide(job(attempt), workerWasReady: ready, cancelRequested: cancel, rule: rule, quarantined: quarantined,
-                               draining: draining, reason: "worker was killed by signal 9")
+            CrashPolicy.decide(
+                job(attempt), workerWasReady: ready, cancelRequested: cancel, rule: rule, quarantined: quarantined,
+                draining: draining, reason: "worker was killed by signal 9")
         }
         XCTAssertEqual(decide(1), .retry)
         XCTAssertEqual(decide(2), .retry)
@@ -134,7 +140,11 @@ final class WorkerLifecycleTests: XCTestCase {
 
     func testRepeatedFailuresBackOffThenQuarantineTheTenant() throws {
         let s = FakeShell()
-        let a = s.addTenant("a", limits: FakeShell.limits { $0.crashLoopMax = 4; $0.crashLoopWindowSeconds = 60 })
+        let a = s.addTenant(
+            "a",
+            limits: FakeShell.limits {
+                $0.crashLoopMax = 4; $0.crashLoopWindowSeconds = 60
+            })
         s.spawnFails = WorkerFailure(.start, stage: "clone3", errno: 12, errnoText: "Cannot allocate memory")
         let queued = try s.submit(a)
         // Failure 1: at once again (failure 2), then 100 ms, then 200 ms.
@@ -172,7 +182,11 @@ final class WorkerLifecycleTests: XCTestCase {
 
     func testAWorkerThatServesAWholeWindowClearsTheQuarantine() throws {
         let s = FakeShell()
-        let a = s.addTenant("a", limits: FakeShell.limits { $0.crashLoopMax = 2; $0.crashLoopWindowSeconds = 10 })
+        let a = s.addTenant(
+            "a",
+            limits: FakeShell.limits {
+                $0.crashLoopMax = 2; $0.crashLoopWindowSeconds = 10
+            })
         try s.submit(a)
         s.exit(try XCTUnwrap(s.worker(a)), "exited with status 1")
         s.exit(try XCTUnwrap(s.worker(a)), "exited with status 1")
@@ -242,9 +256,9 @@ final class WorkerLifecycleTests: XCTestCase {
         s.ready(old)
         s.exit(old)
         let new = try XCTUnwrap(s.worker(a))
-        s.report(old, job.id)       // late
-        s.ready(old)                // late
-        s.exit(old)                 // twice
+        s.report(old, job.id) // late
+        s.ready(old) // late
+        s.exit(old) // twice
         XCTAssertTrue(s.finished.isEmpty)
         XCTAssertEqual(s.worker(a), new)
         XCTAssertEqual(s.tenant(a).lifecycle.restarts, 1)
@@ -282,8 +296,9 @@ final class WorkerLifecycleTests: XCTestCase {
         let a = s.addTenant("a")
         s.perform(s.core.suspend(a, by: "ops"))
         // A job accepted before the suspension (in the same tick) waits.
-        let job = try JobRecord(id: "j1", tenant: .t("a"), state: .queued, argv: ["/usr/bin/true"], env: [], cwd: "/home", stdin: [],
-                                timeoutSeconds: 1, outputCap: 10, idempotencyKey: nil, attempt: 1, createdAt: 0)
+        let job = try JobRecord(
+            id: "j1", tenant: .t("a"), state: .queued, argv: ["/usr/bin/true"], env: [], cwd: "/home", stdin: [],
+            timeoutSeconds: 1, outputCap: 10, idempotencyKey: nil, attempt: 1, createdAt: 0)
         s.perform(s.core.accepted([job]))
         XCTAssertTrue(s.spawnRequests.isEmpty)
         s.perform(s.core.resume(a))
@@ -367,8 +382,12 @@ final class WorkerLifecycleTests: XCTestCase {
         let job = try s.submit(a)
         let w = try XCTUnwrap(s.worker(a)); s.ready(w)
         s.probe.oomKills[a] = 1
-        s.perform(s.core.jobReported(w, JobReport(jobID: job.id, outcome: .signaled(signal: 9), stdout: [], stderr: [],
-                                                  stdoutTruncated: false, stderrTruncated: false, runMicros: 1, cpuMicros: 1, maxRSSKiB: 1)))
+        s.perform(
+            s.core.jobReported(
+                w,
+                JobReport(
+                    jobID: job.id, outcome: .signaled(signal: 9), stdout: [], stderr: [],
+                    stdoutTruncated: false, stderrTruncated: false, runMicros: 1, cpuMicros: 1, maxRSSKiB: 1)))
         XCTAssertEqual(s.finished.last?.state, .oomKilled)
         XCTAssertEqual(s.finished.last?.result?.error?.code, .oomKilled)
     }
@@ -381,13 +400,13 @@ final class WorkerLifecycleTests: XCTestCase {
         let job = try s.submit(a); seen.insert(s.state(a))
         let w = try XCTUnwrap(s.worker(a)); s.ready(w); seen.insert(s.state(a))
         s.report(w, job.id); seen.insert(s.state(a))
-        s.advance(1.1); seen.insert(s.state(a))                       // stopping
+        s.advance(1.1); seen.insert(s.state(a)) // stopping
         s.exit(w, "exited with status 0")
         s.perform(s.core.suspend(a, by: "ops")); seen.insert(s.state(a))
         s.perform(s.core.resume(a))
         s.spawnFails = WorkerFailure(.start, stage: "exec", errno: 2)
         try s.submit(a)
-        seen.insert(s.state(a))                                       // quarantined (two failures)
+        seen.insert(s.state(a)) // quarantined (two failures)
         s.perform(s.core.resume(a))
         let b = s.addTenant("b")
         s.spawnFails = nil
@@ -395,7 +414,7 @@ final class WorkerLifecycleTests: XCTestCase {
         let wb = try XCTUnwrap(s.worker(b)); s.ready(wb)
         s.spawnFails = WorkerFailure(.start, stage: "exec", errno: 2)
         s.exit(wb)
-        seen.insert(s.state(b))                                       // crashed (backing off)
+        seen.insert(s.state(b)) // crashed (backing off)
         XCTAssertEqual(seen, Set(WorkerState.allCases))
     }
 }

@@ -5,12 +5,14 @@ import ClawpenWire
 import XCTest
 
 final class OutcomeMappingTests: XCTestCase {
-    let job = JobRecord(id: "j", tenant: .t("a"), state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [],
-                        timeoutSeconds: 2, outputCap: 10, idempotencyKey: nil, attempt: 1, createdAt: 0)
+    let job = JobRecord(
+        id: "j", tenant: .t("a"), state: .running, argv: ["x"], env: [], cwd: "/home", stdin: [],
+        timeoutSeconds: 2, outputCap: 10, idempotencyKey: nil, attempt: 1, createdAt: 0)
 
     func report(_ o: JobOutcome) -> JobReport {
-        JobReport(jobID: "j", outcome: o, stdout: [], stderr: Array("m".utf8), stdoutTruncated: false, stderrTruncated: false,
-                  runMicros: 1500, cpuMicros: 700, maxRSSKiB: 99)
+        JobReport(
+            jobID: "j", outcome: o, stdout: [], stderr: Array("m".utf8), stdoutTruncated: false, stderrTruncated: false,
+            runMicros: 1500, cpuMicros: 700, maxRSSKiB: 99)
     }
 
     func testEveryOutcomeMapsToItsContractState() {
@@ -40,4 +42,3 @@ final class OutcomeMappingTests: XCTestCase {
         XCTAssertTrue(q.isEmpty)
     }
 }
-

@@ -21,10 +21,12 @@ final class RouterTests: XCTestCase {
     @discardableResult
     func pump(_ r: Router<FakeTenant>) -> [String] {
         var order: [String] = []
-        r.pump(canStart: { $0.queuedCount > 0 && $0.runningCount < $0.limit }, start: { t in
-            t.queuedCount -= 1; t.runningCount += 1; t.started += 1
-            order.append(t.name)
-        })
+        r.pump(
+            canStart: { $0.queuedCount > 0 && $0.runningCount < $0.limit },
+            start: { t in
+                t.queuedCount -= 1; t.runningCount += 1; t.started += 1
+                order.append(t.name)
+            })
         return order
     }
 
@@ -131,8 +133,8 @@ final class QuotaMathTests: XCTestCase {
 
     func testCPUBudgetSlidesOverAnHour() {
         var c = CPUBudget()
-        c.record(micros: 5_000_000, now: 10)        // minute 0
-        c.record(micros: 1_000_000, now: 30 * 60)   // minute 30
+        c.record(micros: 5_000_000, now: 10) // minute 0
+        c.record(micros: 1_000_000, now: 30 * 60) // minute 30
         XCTAssertEqual(c.usedMicros(now: 40 * 60), 6_000_000)
         XCTAssertNil(c.retryAfterMs(budgetMicros: 7_000_000, now: 40 * 60))
         // Over a 5 s budget: minute 0 leaves the window at 60:00, 20 minutes after 40:00.

@@ -79,8 +79,10 @@ final class CostlyFrameTests: XCTestCase {
 
     /// The answer is an error with `code` whose message contains `words`, or a pong; the
     /// daemon serves others meanwhile and afterwards.
-    private func assertAnswered(_ payload: [UInt8], code: String?, _ words: String = "",
-                                file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertAnswered(
+        _ payload: [UInt8], code: String?, _ words: String = "",
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let r = try send(payload, file: file, line: line)
         print("hostile frame: answered in \(r.seconds) s, other client's slowest ping \(r.slowestPing * 1000) ms over \(r.pings) pings")
         if let code {
@@ -113,8 +115,9 @@ final class CostlyFrameTests: XCTestCase {
     }
 
     func testDeepNestingIsRefusedByTheDepthLimit() throws {
-        try assertAnswered(frame("\"pad\":" + String(repeating: "[", count: 8 * 1024 * 1024), { _ in "0" }, ""),
-                           code: "invalid_request", "nested deeper than 32")
+        try assertAnswered(
+            frame("\"pad\":" + String(repeating: "[", count: 8 * 1024 * 1024), { _ in "0" }, ""),
+            code: "invalid_request", "nested deeper than 32")
     }
 
     func testNestingAsDeepAsAllowedOverAndOverIsRefusedByTheValueLimit() throws {

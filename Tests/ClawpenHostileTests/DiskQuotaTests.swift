@@ -42,13 +42,17 @@ final class DiskQuotaTests: XCTestCase {
         for module in ["loop", "ext4", "quota_v2"] { _ = try? sh(["modprobe", "-q", module]) }
         let (m, mOut) = try sh(["mount", "-o", "loop,prjquota", image, mountPoint])
         guard m == 0 else {
-            throw XCTSkip("this kernel cannot mount ext4 with project quotas (\(mOut.trimmingCharacters(in: .whitespacesAndNewlines))); scripts/vm-test runs this test in the VM")
+            throw XCTSkip(
+                "this kernel cannot mount ext4 with project quotas (\(mOut.trimmingCharacters(in: .whitespacesAndNewlines))); scripts/vm-test runs this test in the VM"
+            )
         }
         chmod(mountPoint, 0o755)
-        let policies = try Daemon.policiesWithOverrides(in: dir, [
-            "a": "disk_max = \"8M\"\ninodes_max = 200\n",
-            "b": "disk_max = \"8M\"\ninodes_max = 200\n",
-        ])
+        let policies = try Daemon.policiesWithOverrides(
+            in: dir,
+            [
+                "a": "disk_max = \"8M\"\ninodes_max = 200\n",
+                "b": "disk_max = \"8M\"\ninodes_max = 200\n",
+            ])
         let d = try Daemon(extraArgs: ["--workspace-root", mountPoint], dir: dir, policies: policies)
         daemon = d
         try d.start()
@@ -94,16 +98,21 @@ final class DiskQuotaTests: XCTestCase {
         XCTAssertTrue(b.stdout.contains("dd=0"), "b writes: \(b.stdout)")
         // Inodes: many small files stop at inodes_max.
         // (python, not a shell loop: dash exits when a redirection of `:` fails.)
-        let files = try d.run("b", ["python3", "-c", """
-            import errno
-            made = 0
-            try:
-                for i in range(400):
-                    open(f"/home/f{i}", "w").close(); made += 1
-                print("made", made, "no error")
-            except OSError as e:
-                print("made", made, errno.errorcode.get(e.errno, e.errno))
-            """], timeout: 60)
+        let files = try d.run(
+            "b",
+            [
+                "python3", "-c",
+                """
+                import errno
+                made = 0
+                try:
+                    for i in range(400):
+                        open(f"/home/f{i}", "w").close(); made += 1
+                    print("made", made, "no error")
+                except OSError as e:
+                    print("made", made, errno.errorcode.get(e.errno, e.errno))
+                """,
+            ], timeout: 60)
         let words = files.stdout.split(whereSeparator: { $0 == " " || $0 == "\n" })
         let made = words.count >= 3 ? Int(words[1]) ?? -1 : -1
         XCTAssertGreaterThan(made, 100, files.stdout + files.stderr)

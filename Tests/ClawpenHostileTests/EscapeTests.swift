@@ -60,11 +60,15 @@ final class EscapeTests: XCTestCase {
 
     func testReadOtherTenantWorkspaceByAnyPath() throws {
         let ws = daemon.workspaceRoot
-        let paths = ["\(ws)/b/home/secret", "/workspace/b/home/secret", "../b/home/secret", "/home/../../b/home/secret",
-                     "/../../../..\(ws)/b/home/secret", "/proc/1/root/../b/home/secret", "/proc/self/cwd/../../b/home/secret",
-                     "/proc/self/root\(ws)/b/home/secret"]
-        let job = try attack(paths.map { "cat '\($0)' 2>&1; ls '\((($0 as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent)' 2>&1" }.joined(separator: "; ")
-                             + "; ls -la / /proc/1/root/ 2>&1; find / -xdev -name secret 2>/dev/null; true")
+        let paths = [
+            "\(ws)/b/home/secret", "/workspace/b/home/secret", "../b/home/secret", "/home/../../b/home/secret",
+            "/../../../..\(ws)/b/home/secret", "/proc/1/root/../b/home/secret", "/proc/self/cwd/../../b/home/secret",
+            "/proc/self/root\(ws)/b/home/secret",
+        ]
+        let job = try attack(
+            paths.map { "cat '\($0)' 2>&1; ls '\((($0 as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent)' 2>&1" }.joined(
+                separator: "; ")
+                + "; ls -la / /proc/1/root/ 2>&1; find / -xdev -name secret 2>/dev/null; true")
         XCTAssertEqual(job.state, .succeeded, "state \(job.state) after \(job.runMs ?? -1) ms: \(job.stdout.suffix(300)) \(job.stderr.suffix(300))")
         assertNoLeak(job)
         XCTAssertFalse(job.stdout.contains("\n./b\n") || job.stdout.contains(" b\n"), "another tenant's workspace is listed: \(job.stdout)")
@@ -76,7 +80,8 @@ final class EscapeTests: XCTestCase {
         assertNoLeak(job)
         XCTAssertFalse(job.stdout.contains("root:"), "read /etc/shadow: \(job.stdout)")
         let etc = job.stdout.split(separator: "\n").suffix(7).map(String.init)
-        XCTAssertEqual(Set(etc), ["alternatives", "group", "hostname", "hosts", "ld.so.cache", "passwd", "ssl"], "/etc holds only the synthetic set: \(job.stdout)")
+        XCTAssertEqual(
+            Set(etc), ["alternatives", "group", "hostname", "hosts", "ld.so.cache", "passwd", "ssl"], "/etc holds only the synthetic set: \(job.stdout)")
     }
 
     func testSeeHostOrOtherTenantProcesses() throws {
@@ -91,7 +96,8 @@ final class EscapeTests: XCTestCase {
 
     func testWriteUnderUsrAndEtc() throws {
         // Probes open for writing without writing anything.
-        let job = try python("""
+        let job = try python(
+            """
             import os
             for p in ["/usr/bin/true", "/usr/lib/os-release", "/etc/passwd", "/bin/sh", "/usr/newfile"]:
                 try:
@@ -109,7 +115,8 @@ final class EscapeTests: XCTestCase {
     }
 
     func testWriteProcSysAndSys() throws {
-        let job = try python("""
+        let job = try python(
+            """
             import os
             for p in ["/proc/sys/vm/drop_caches", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger", "/sys/kernel/uevent_helper"]:
                 try:
@@ -177,7 +184,8 @@ final class EscapeTests: XCTestCase {
     }
 
     func testMountUmountUnshareSetnsChroot() throws {
-        let job = try attack("""
+        let job = try attack(
+            """
             mount -t tmpfs none /tmp && echo MOUNTED; umount /usr && echo UNMOUNTED; umount -l /proc && echo UNMOUNTED
             unshare -m true && echo UNSHARED; unshare -Ur true && echo USERNS; unshare -n true && echo NETNS
             chroot / true && echo CHROOTED; nsenter -t 1 -m true && echo SETNS
@@ -187,12 +195,15 @@ final class EscapeTests: XCTestCase {
         for word in ["MOUNTED", "UNMOUNTED", "UNSHARED", "USERNS", "NETNS", "CHROOTED", "SETNS"] {
             XCTAssertFalse(job.stdout.contains(word + "\n") && !job.stdout.contains("UN" + word), "\(word): \(job.stdout)")
         }
-        XCTAssertFalse(job.stdout.split(separator: "\n").contains { ["MOUNTED", "UNMOUNTED", "UNSHARED", "USERNS", "NETNS", "CHROOTED", "SETNS"].contains(String($0)) }, job.stdout)
+        XCTAssertFalse(
+            job.stdout.split(separator: "\n").contains { ["MOUNTED", "UNMOUNTED", "UNSHARED", "USERNS", "NETNS", "CHROOTED", "SETNS"].contains(String($0)) },
+            job.stdout)
         XCTAssertTrue(job.stdout.contains("/usr/bin/sh"), "/usr still mounted")
     }
 
     func testSetuidRootBinaryGainsNothing() throws {
-        let job = try attack("""
+        let job = try attack(
+            """
             grep -E ' /usr .*nosuid' /proc/self/mountinfo >/dev/null && echo usr-nosuid
             grep NoNewPrivs /proc/self/status
             for b in $(find /usr/bin /usr/sbin -perm -4000 2>/dev/null); do echo "setuid: $b"; done
@@ -205,7 +216,8 @@ final class EscapeTests: XCTestCase {
     }
 
     func testSetuidZeroAndFriends() throws {
-        let job = try python("""
+        let job = try python(
+            """
             import os
             for name, f in [("setuid", lambda: os.setuid(0)), ("setgid", lambda: os.setgid(0)), ("setgroups", lambda: os.setgroups([0])),
                             ("seteuid", lambda: os.seteuid(0)), ("setresuid", lambda: os.setresuid(0, 0, 0))]:
@@ -222,7 +234,8 @@ final class EscapeTests: XCTestCase {
     }
 
     func testRaiseAnRlimitAboveItsHardLimit() throws {
-        let job = try python("""
+        let job = try python(
+            """
             import resource
             for r in [resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE]:
                 soft, hard = resource.getrlimit(r)
@@ -237,10 +250,13 @@ final class EscapeTests: XCTestCase {
 
     func testKernelAttackSurfaceSyscalls() throws {
         // bpf, module and kexec calls kill (SIGSYS); perf_event_open and keyctl fail with EPERM.
-        let numbers: [String: (Int, Int)] = ["bpf": (321, 280), "init_module": (175, 105), "kexec_load": (246, 104),
-                                             "perf_event_open": (298, 241), "keyctl": (250, 219), "add_key": (248, 217)]
+        let numbers: [String: (Int, Int)] = [
+            "bpf": (321, 280), "init_module": (175, 105), "kexec_load": (246, 104),
+            "perf_event_open": (298, 241), "keyctl": (250, 219), "add_key": (248, 217),
+        ]
         for (name, nr) in numbers.sorted(by: { $0.key < $1.key }) {
-            let job = try python("""
+            let job = try python(
+                """
                 import ctypes, platform
                 libc = ctypes.CDLL(None, use_errno=True)
                 nr = \(nr.0) if platform.machine() == "x86_64" else \(nr.1)
@@ -265,12 +281,15 @@ final class EscapeTests: XCTestCase {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         addr.sin_port = 0
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        _ = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         listen(listener, 8)
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
         let port = Int(UInt16(bigEndian: addr.sin_port))
-        let job = try python("""
+        let job = try python(
+            """
             import socket
             s = socket.socket(); s.settimeout(2)
             try:
@@ -288,15 +307,21 @@ final class EscapeTests: XCTestCase {
 
     func testConnectToAnotherTenantsLoopbackListener() throws {
         // b listens on its own loopback (a background job that stays up); a tries every way in.
-        let listen = try daemon.detach("b", ["python3", "-c", """
-            import socket, time
-            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 47011)); s.listen(8)
-            u = socket.socket(socket.AF_UNIX); u.bind("\\0clawpen-b-abstract"); u.listen(8)
-            time.sleep(6)
-            """], timeout: 20)
+        let listen = try daemon.detach(
+            "b",
+            [
+                "python3", "-c",
+                """
+                import socket, time
+                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", 47011)); s.listen(8)
+                u = socket.socket(socket.AF_UNIX); u.bind("\\0clawpen-b-abstract"); u.listen(8)
+                time.sleep(6)
+                """,
+            ], timeout: 20)
         usleep(800_000)
-        let job = try python("""
+        let job = try python(
+            """
             import socket, os
             s = socket.socket(); s.settimeout(1)
             try:
@@ -346,7 +371,10 @@ final class EscapeTests: XCTestCase {
         XCTAssertTrue([.timedOut, .failed, .succeeded, .killed].contains(r.job.state))
         XCTAssertLessThan(r.bDuring, max(0.05, r.bBefore * 5), "b's jobs slowed from \(r.bBefore) s to \(r.bDuring) s")
         // The bomb hit RLIMIT_NPROC (pids_max 64), and the worker cleaned up after it.
-        XCTAssertTrue(try daemon.eventually(5) { try daemon.run("a", ["sh", "-c", "ls /proc | grep -cE '^[0-9]+$'"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "3" })
+        XCTAssertTrue(
+            try daemon.eventually(5) {
+                try daemon.run("a", ["sh", "-c", "ls /proc | grep -cE '^[0-9]+$'"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "3"
+            })
         assertUnharmed()
     }
 

@@ -43,22 +43,27 @@ final class MemoryLimitTests: XCTestCase {
         XCTAssertTrue(daemon.log.contains("memory: no memory controller"), "serve logs the warning at start: \(daemon.log.suffix(2000))")
         // The reason it is not a limit, shown: three processes of one job each take most of
         // memory_max (256 MiB) at once, together far more than the limit.
-        let job = try daemon.run("a", ["python3", "-c", """
-            import os, time
-            kids = []
-            for i in range(3):
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(r)
-                    b = bytearray(160 << 20)
-                    for j in range(0, len(b), 4096): b[j] = 1
-                    os.write(w, b"x"); time.sleep(1); os._exit(0)
-                os.close(w); kids.append((pid, r))
-            got = sum(len(os.read(r, 1)) for _, r in kids)
-            for pid, _ in kids: os.waitpid(pid, 0)
-            print("processes holding 160 MiB each at once:", got)
-            """], timeout: 30)
+        let job = try daemon.run(
+            "a",
+            [
+                "python3", "-c",
+                """
+                import os, time
+                kids = []
+                for i in range(3):
+                    r, w = os.pipe()
+                    pid = os.fork()
+                    if pid == 0:
+                        os.close(r)
+                        b = bytearray(160 << 20)
+                        for j in range(0, len(b), 4096): b[j] = 1
+                        os.write(w, b"x"); time.sleep(1); os._exit(0)
+                    os.close(w); kids.append((pid, r))
+                got = sum(len(os.read(r, 1)) for _, r in kids)
+                for pid, _ in kids: os.waitpid(pid, 0)
+                print("processes holding 160 MiB each at once:", got)
+                """,
+            ], timeout: 30)
         XCTAssertTrue(job.stdout.contains("at once: 3"), "RLIMIT_AS is per process: \(job.stdout) \(job.stderr)")
     }
 
@@ -74,17 +79,22 @@ final class MemoryLimitTests: XCTestCase {
     }
 
     func testSysVSharedMemoryIsBoundedByTheTenantsMemoryLimit() throws {
-        let job = try daemon.run("a", ["python3", "-c", """
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.shmget.restype = ctypes.c_int
-            print(open("/proc/sys/kernel/shmmax").read().strip(), open("/proc/sys/kernel/shmall").read().strip(), open("/proc/sys/kernel/shmmni").read().strip())
-            big = libc.shmget(0, (256 << 20) + 4096, 0o1600)   # IPC_PRIVATE, just above memory_max
-            print("above the limit:", "MADE" if big >= 0 else "refused %d" % ctypes.get_errno())
-            small = libc.shmget(0, 1 << 20, 0o1600)
-            print("small:", "made" if small >= 0 else "refused %d" % ctypes.get_errno())
-            if small >= 0: libc.shmctl(small, 0, None)  # IPC_RMID
-            """])
+        let job = try daemon.run(
+            "a",
+            [
+                "python3", "-c",
+                """
+                import ctypes
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.shmget.restype = ctypes.c_int
+                print(open("/proc/sys/kernel/shmmax").read().strip(), open("/proc/sys/kernel/shmall").read().strip(), open("/proc/sys/kernel/shmmni").read().strip())
+                big = libc.shmget(0, (256 << 20) + 4096, 0o1600)   # IPC_PRIVATE, just above memory_max
+                print("above the limit:", "MADE" if big >= 0 else "refused %d" % ctypes.get_errno())
+                small = libc.shmget(0, 1 << 20, 0o1600)
+                print("small:", "made" if small >= 0 else "refused %d" % ctypes.get_errno())
+                if small >= 0: libc.shmctl(small, 0, None)  # IPC_RMID
+                """,
+            ])
         XCTAssertEqual(job.state, .succeeded, job.stderr)
         let lines = job.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.first, "268435456 65536 256", "shmmax = memory_max, shmall = its pages, shmmni from it: \(job.stdout)")
@@ -105,16 +115,21 @@ final class MemoryLimitTests: XCTestCase {
     func testATenantsIPCObjectsGoWhenItsWorkerStops() throws {
         // A job leaves a 128 MiB segment behind, its pages touched, and exits without IPC_RMID.
         let before = try hostShmem()
-        let make = try daemon.run("a", ["python3", "-c", """
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.shmat.restype = ctypes.c_void_p
-            size = 128 << 20
-            id = libc.shmget(0x5eed, size, 0o1600)   # IPC_CREAT | 0600
-            addr = libc.shmat(id, None, 0)
-            ctypes.memset(addr, 7, size)
-            print("segment", id)
-            """])
+        let make = try daemon.run(
+            "a",
+            [
+                "python3", "-c",
+                """
+                import ctypes
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.shmat.restype = ctypes.c_void_p
+                size = 128 << 20
+                id = libc.shmget(0x5eed, size, 0o1600)   # IPC_CREAT | 0600
+                addr = libc.shmat(id, None, 0)
+                ctypes.memset(addr, 7, size)
+                print("segment", id)
+                """,
+            ])
         XCTAssertEqual(make.state, .succeeded, make.stderr)
         let during = try hostShmem()
         let seen = try daemon.run("a", ["sh", "-c", "tail -n +2 /proc/sysvipc/shm | wc -l"])

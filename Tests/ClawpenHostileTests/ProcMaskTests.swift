@@ -7,8 +7,10 @@ import XCTest
 final class ProcMaskTests: XCTestCase {
     var daemon: Daemon!
     /// The masks the sandbox promises (docs/sandbox.md, "/proc").
-    static let maskedFiles = ["kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
-                              "timer_list", "timer_stats", "sched_debug", "latency_stats"]
+    static let maskedFiles = [
+        "kcore", "keys", "key-users", "kallsyms", "config.gz", "interrupts", "softirqs",
+        "timer_list", "timer_stats", "sched_debug", "latency_stats",
+    ]
     static let maskedDirectories = ["acpi", "asound", "scsi"]
     static let readOnly = ["sys", "sysrq-trigger"]
 
@@ -32,18 +34,25 @@ final class ProcMaskTests: XCTestCase {
         let dirs = Self.maskedDirectories.filter { FileManager.default.fileExists(atPath: "/proc/" + $0) }
         if !dirs.isEmpty {
             let listing = try daemon.run("a", ["sh", "-c", dirs.map { "ls -A /proc/\($0) | wc -l" }.joined(separator: "; ")])
-            XCTAssertEqual(listing.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }, dirs.map { _ in "0" }, "masked directories are empty: \(listing.stdout)")
+            XCTAssertEqual(
+                listing.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }, dirs.map { _ in "0" },
+                "masked directories are empty: \(listing.stdout)")
         }
         // Writes where runtimes make /proc read-only are refused (probed by opening only).
-        let probe = try daemon.run("a", ["python3", "-c", """
-            import os
-            for p in ["/proc/sys/kernel/hostname", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger", "/proc/irq/default_smp_affinity", "/proc/fs", "/proc/bus"]:
-                if not os.path.exists(p): continue
-                try:
-                    fd = os.open(p, os.O_WRONLY) if not os.path.isdir(p) else os.open(p + "/.probe", os.O_WRONLY | os.O_CREAT); os.close(fd); print("WRITABLE", p)
-                except OSError as e:
-                    print("refused", p, e.errno)
-            """])
+        let probe = try daemon.run(
+            "a",
+            [
+                "python3", "-c",
+                """
+                import os
+                for p in ["/proc/sys/kernel/hostname", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger", "/proc/irq/default_smp_affinity", "/proc/fs", "/proc/bus"]:
+                    if not os.path.exists(p): continue
+                    try:
+                        fd = os.open(p, os.O_WRONLY) if not os.path.isdir(p) else os.open(p + "/.probe", os.O_WRONLY | os.O_CREAT); os.close(fd); print("WRITABLE", p)
+                    except OSError as e:
+                        print("refused", p, e.errno)
+                """,
+            ])
         XCTAssertFalse(probe.stdout.contains("WRITABLE"), probe.stdout)
         let mounts = try daemon.run("a", ["cat", "/proc/self/mountinfo"]).stdout
         for name in Self.readOnly where FileManager.default.fileExists(atPath: "/proc/" + name) {

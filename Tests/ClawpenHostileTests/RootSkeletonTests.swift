@@ -23,14 +23,18 @@ final class RootSkeletonTests: XCTestCase {
             "mv /home /home.real", "ln -s /etc /home2", "touch /etc/ld.so.preload", "sh -c 'echo x >> /etc/passwd'",
             "rm /bin", "chmod 777 /", "mkdir /home/x && mv /home/x /x",
         ]
-        let script = "mkdir -p /home/evil; " + attempts.map { "if \($0) 2>/dev/null; then echo 'TOOK: \($0.replacingOccurrences(of: "'", with: ""))'; fi" }.joined(separator: "; ")
+        let script =
+            "mkdir -p /home/evil; "
+            + attempts.map { "if \($0) 2>/dev/null; then echo 'TOOK: \($0.replacingOccurrences(of: "'", with: ""))'; fi" }.joined(separator: "; ")
         let job = try daemon.run("a", ["sh", "-c", script])
         XCTAssertEqual(job.state, .succeeded, job.stderr)
         XCTAssertFalse(job.stdout.contains("TOOK"), job.stdout)
 
         // A new worker (and its jobs) still has the host's layout.
         try daemon.restartWorker("a")
-        let check = try daemon.run("a", ["sh", "-c", "readlink /lib64 || echo no-link; stat -c '%u %a' /; ls -A /; test -e /etc/ld.so.preload && echo PRELOAD; /usr/bin/true && echo ran"])
+        let check = try daemon.run(
+            "a",
+            ["sh", "-c", "readlink /lib64 || echo no-link; stat -c '%u %a' /; ls -A /; test -e /etc/ld.so.preload && echo PRELOAD; /usr/bin/true && echo ran"])
         XCTAssertEqual(check.state, .succeeded, check.stderr)
         let lines = check.stdout.split(separator: "\n").map(String.init)
         let hostLib64 = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/lib64")) ?? "no-link"
@@ -65,7 +69,12 @@ final class RootSkeletonTests: XCTestCase {
         var etcBefore = stat()
         XCTAssertEqual(stat("/etc", &etcBefore), 0)
 
-        let job = try daemon.run("a", ["sh", "-c", "cat /home/old-root/notes.txt /home/old-root/project/main.py; ls -A /home/old-root | sort | tr '\\n' ' '; echo; readlink /lib64 || echo no-link; stat -c '%u' /"])
+        let job = try daemon.run(
+            "a",
+            [
+                "sh", "-c",
+                "cat /home/old-root/notes.txt /home/old-root/project/main.py; ls -A /home/old-root | sort | tr '\\n' ' '; echo; readlink /lib64 || echo no-link; stat -c '%u' /",
+            ])
         XCTAssertEqual(job.state, .succeeded, job.stderr + (job.error?.message ?? ""))
         let lines = job.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(Array(lines.prefix(2)), ["notes", "code"], job.stdout)

@@ -20,35 +20,42 @@ final class SharedInodeTests: XCTestCase {
     func testAWatcherOnUsrBinSeesNothingOfOtherTenantsOrTheHostButItsOwnFiles() throws {
         // a's watcher: read watches refused; the widest allowed watch on /usr/bin, /etc/ssl and
         // its own /home/w; it writes a file in /home/w itself, then reports every event.
-        let watcher = try daemon.detach("a", ["python3", "-c", """
-            import ctypes, os, select, struct, time
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK)
-            IN_ACCESS, IN_OPEN, IN_CLOSE_NOWRITE = 0x1, 0x20, 0x10
-            for name, mask in [("access", IN_ACCESS), ("open", IN_OPEN), ("close_nowrite", IN_CLOSE_NOWRITE), ("all", 0xfff)]:
-                wd = libc.inotify_add_watch(fd, b"/usr/bin", mask)
-                print("watch", name, "refused" if wd < 0 else "ALLOWED", ctypes.get_errno() if wd < 0 else "")
-            changes = 0xfff & ~(IN_ACCESS | IN_OPEN | IN_CLOSE_NOWRITE)
-            os.makedirs("/home/w", exist_ok=True)
-            wds = {libc.inotify_add_watch(fd, p.encode(), changes): p for p in ["/usr/bin", "/etc/ssl", "/home/w"]}
-            print("watching", sorted(wds.values()), min(wds))
-            open("/home/ready", "w").close()
-            deadline = time.time() + 4
-            wrote = False
-            while time.time() < deadline:
-                if not wrote and time.time() > deadline - 2:
-                    with open("/home/w/f", "w") as f: f.write("x")
-                    wrote = True
-                if select.select([fd], [], [], 0.1)[0]:
-                    buf = os.read(fd, 65536); off = 0
-                    while off < len(buf):
-                        wd, mask, _, n = struct.unpack_from("iIII", buf, off)
-                        name = buf[off + 16: off + 16 + n].rstrip(b"\\0").decode()
-                        print("event", wds.get(wd, wd), hex(mask), name); off += 16 + n
-            """], timeout: 30)
+        let watcher = try daemon.detach(
+            "a",
+            [
+                "python3", "-c",
+                """
+                import ctypes, os, select, struct, time
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = libc.inotify_init1(os.O_NONBLOCK)
+                IN_ACCESS, IN_OPEN, IN_CLOSE_NOWRITE = 0x1, 0x20, 0x10
+                for name, mask in [("access", IN_ACCESS), ("open", IN_OPEN), ("close_nowrite", IN_CLOSE_NOWRITE), ("all", 0xfff)]:
+                    wd = libc.inotify_add_watch(fd, b"/usr/bin", mask)
+                    print("watch", name, "refused" if wd < 0 else "ALLOWED", ctypes.get_errno() if wd < 0 else "")
+                changes = 0xfff & ~(IN_ACCESS | IN_OPEN | IN_CLOSE_NOWRITE)
+                os.makedirs("/home/w", exist_ok=True)
+                wds = {libc.inotify_add_watch(fd, p.encode(), changes): p for p in ["/usr/bin", "/etc/ssl", "/home/w"]}
+                print("watching", sorted(wds.values()), min(wds))
+                open("/home/ready", "w").close()
+                deadline = time.time() + 4
+                wrote = False
+                while time.time() < deadline:
+                    if not wrote and time.time() > deadline - 2:
+                        with open("/home/w/f", "w") as f: f.write("x")
+                        wrote = True
+                    if select.select([fd], [], [], 0.1)[0]:
+                        buf = os.read(fd, 65536); off = 0
+                        while off < len(buf):
+                            wd, mask, _, n = struct.unpack_from("iIII", buf, off)
+                            name = buf[off + 16: off + 16 + n].rstrip(b"\\0").decode()
+                            print("event", wds.get(wd, wd), hex(mask), name); off += 16 + n
+                """,
+            ], timeout: 30)
         XCTAssertTrue(daemon.eventually(15) { FileManager.default.fileExists(atPath: daemon.workspaceRoot + "/a/home/ready") }, "the watcher started")
         // Meanwhile b and the host run and read programs under /usr/bin and /etc/ssl.
-        XCTAssertEqual(try daemon.run("b", ["sh", "-c", "/usr/bin/true; /usr/bin/ls /usr/bin >/dev/null; cat /etc/ssl/openssl.cnf >/dev/null; python3 -c 1"]).state, .succeeded)
+        XCTAssertEqual(
+            try daemon.run("b", ["sh", "-c", "/usr/bin/true; /usr/bin/ls /usr/bin >/dev/null; cat /etc/ssl/openssl.cnf >/dev/null; python3 -c 1"]).state,
+            .succeeded)
         for argv in [["/usr/bin/true"], ["/usr/bin/ls", "/usr/bin"], ["/usr/bin/cat", "/etc/ssl/openssl.cnf"]] {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: argv[0])

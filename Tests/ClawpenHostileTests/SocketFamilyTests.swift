@@ -89,7 +89,10 @@ final class SocketFamilyTests: XCTestCase {
         for name in ["unix", "inet", "inet6", "netlink-route", "socketpair-unix"] {
             XCTAssertEqual(inside[name], "OPEN", "\(name) is what jobs need: \(job.stdout)")
         }
-        for name in ["vsock", "alg", "packet", "key", "netlink-uevent", "netlink-audit", "netlink-netfilter", "netlink-generic", "ipx", "tipc", "xdp", "socketpair-vsock"] {
+        for name in [
+            "vsock", "alg", "packet", "key", "netlink-uevent", "netlink-audit", "netlink-netfilter", "netlink-generic", "ipx", "tipc", "xdp",
+            "socketpair-vsock",
+        ] {
             XCTAssertEqual(inside[name]?.hasPrefix("refused EPERM"), true, "\(name) must be refused by the filter (EPERM): \(inside[name] ?? "missing")")
         }
         // AF_VSOCK opens on this host (a VM): the filter, not the kernel, refused it inside. For

@@ -37,7 +37,8 @@ final class UIDRangeTests: XCTestCase {
         XCTAssertEqual(r.status, 78, r.stderr)
         XCTAssertTrue(r.stderr.contains("overlaps \(other.dir)/subuid line 3 (bob:231072:65536"), r.stderr)
         XCTAssertTrue(r.stderr.contains("uid_min and uid_max"), "says how to fix it: \(r.stderr)")
-        XCTAssertEqual(try String(contentsOfFile: other.dir + "/subuid", encoding: .utf8), "# podman users\nalice:100000:65536\nbob:231072:65536\n", "nothing appended")
+        XCTAssertEqual(
+            try String(contentsOfFile: other.dir + "/subuid", encoding: .utf8), "# podman users\nalice:100000:65536\nbob:231072:65536\n", "nothing appended")
     }
 
     func testASecondDaemonCannotHandOutTheSameUids() throws {
@@ -45,7 +46,9 @@ final class UIDRangeTests: XCTestCase {
         try first.createTenant("a")
         // A second daemon on the same host (same registry files, its own state directory).
         let second = try daemon()
-        let args = second.serveArguments.map { $0 == second.dir + "/subuid" ? first.dir + "/subuid" : $0 == second.dir + "/subgid" ? first.dir + "/subgid" : $0 }
+        let args = second.serveArguments.map {
+            $0 == second.dir + "/subuid" ? first.dir + "/subuid" : $0 == second.dir + "/subgid" ? first.dir + "/subgid" : $0
+        }
         let r = try runCLI(args, socket: nil)
         XCTAssertEqual(r.status, 78, r.stderr)
         XCTAssertTrue(r.stderr.contains("another clawpen daemon registered it"), r.stderr)
@@ -59,7 +62,8 @@ final class UIDRangeTests: XCTestCase {
         p.standardError = FileHandle.nullDevice
         try p.run()
         defer { p.terminate(); p.waitUntilExit() }
-        XCTAssertTrue(first.eventually(10) { (try? ClawpenConnection(socketPath: second.socket).call(.ping)) != nil }, "the second daemon with its own range serves")
+        XCTAssertTrue(
+            first.eventually(10) { (try? ClawpenConnection(socketPath: second.socket).call(.ping)) != nil }, "the second daemon with its own range serves")
         XCTAssertEqual(try String(contentsOfFile: first.dir + "/subuid", encoding: .utf8), "clawpen:200000:65536\nclawpen:300000:1000\n")
     }
 

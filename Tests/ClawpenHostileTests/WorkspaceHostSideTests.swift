@@ -55,12 +55,17 @@ final class WorkspaceHostSideTests: XCTestCase {
         XCTAssertEqual(chmod(suid, 0o6755), 0)
         XCTAssertEqual(mknod(home + "/null-dev", S_IFCHR | 0o666, dev_t((1 << 8) | 3)), 0) // makedev(1, 3): /dev/null
         XCTAssertEqual(chmod(home + "/null-dev", 0o666), 0)
-        let job = try daemon.run("a", ["sh", "-c", """
-            /home/suid-id -u; /home/suid-id -g
-            cp /usr/bin/id /tmp/mine && chmod 6755 /tmp/mine && /tmp/mine -u
-            echo x > /home/null-dev && echo DEVICE-OPENED
-            cat /proc/self/mountinfo
-            """])
+        let job = try daemon.run(
+            "a",
+            [
+                "sh", "-c",
+                """
+                /home/suid-id -u; /home/suid-id -g
+                cp /usr/bin/id /tmp/mine && chmod 6755 /tmp/mine && /tmp/mine -u
+                echo x > /home/null-dev && echo DEVICE-OPENED
+                cat /proc/self/mountinfo
+                """,
+            ])
         let lines = job.stdout.split(separator: "\n").map(String.init)
         let uid = try daemon.uid(of: "a")
         XCTAssertEqual(Array(lines.prefix(3)), ["\(uid)", "\(uid)", "\(uid)"], "no privilege from setuid files: \(job.stdout) \(job.stderr)")

@@ -7,10 +7,10 @@ import XCTest
 /// grants (by user and by group) and the operator role.
 final class CallerPermissionTests: XCTestCase {
     var daemon: Daemon!
-    static let user = "clawpen-t-u1"      // granted tenant alpha by name
-    static let member = "clawpen-t-u2"    // granted tenant alpha through its group
+    static let user = "clawpen-t-u1" // granted tenant alpha by name
+    static let member = "clawpen-t-u2" // granted tenant alpha through its group
     static let group = "clawpen-t-grp"
-    static let stranger = "clawpen-t-u3"  // granted nothing
+    static let stranger = "clawpen-t-u3" // granted nothing
 
     override func setUpWithError() throws {
         guard geteuid() == 0 else { throw XCTSkip("needs root to create test users") }
@@ -22,14 +22,14 @@ final class CallerPermissionTests: XCTestCase {
         chmod(dir, 0o755)
         let pol = try Daemon.policiesWithOverrides(in: dir, [:])
         try """
-            [operators]
-            users = ["root"]
-            groups = []
+        [operators]
+        users = ["root"]
+        groups = []
 
-            [tenants.alpha]
-            users = ["\(Self.user)"]
-            groups = ["\(Self.group)"]
-            """.write(toFile: pol + "/access.toml", atomically: true, encoding: .utf8)
+        [tenants.alpha]
+        users = ["\(Self.user)"]
+        groups = ["\(Self.group)"]
+        """.write(toFile: pol + "/access.toml", atomically: true, encoding: .utf8)
         daemon = try Daemon(dir: dir, policies: pol).start()
         chmod(daemon.socket, 0o666) // the test users reach the socket; access.toml decides what they may do
         try daemon.createTenant("alpha")
@@ -68,8 +68,9 @@ final class CallerPermissionTests: XCTestCase {
 
     /// Runs the CLI as `user` (its uid, gid and supplementary groups), as a service would.
     func cliAs(_ user: String, _ args: [String]) throws -> (Int32, String) {
-        try Self.run(["/usr/bin/setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", Daemon.clawpen] + args,
-                     socket: daemon.socket)
+        try Self.run(
+            ["/usr/bin/setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", Daemon.clawpen] + args,
+            socket: daemon.socket)
     }
 
     func testAGrantedUserSubmitsForItsTenantOnly() throws {
@@ -102,8 +103,10 @@ final class CallerPermissionTests: XCTestCase {
     }
 
     func testAdminCommandsNeedTheOperatorRole() throws {
-        for args in [["status"], ["tenant", "list"], ["tenant", "create", "gamma"], ["policy", "reload"],
-                     ["audit"], ["tenant", "set-quota", "alpha", "--max-runs", "9"]] {
+        for args in [
+            ["status"], ["tenant", "list"], ["tenant", "create", "gamma"], ["policy", "reload"],
+            ["audit"], ["tenant", "set-quota", "alpha", "--max-runs", "9"],
+        ] {
             let r = try cliAs(Self.user, args)
             XCTAssertEqual(r.0, 77, "\(args) as a non-operator: \(r.1)")
             XCTAssertTrue(r.1.contains("permission_denied"), r.1)

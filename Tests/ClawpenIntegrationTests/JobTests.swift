@@ -23,8 +23,10 @@ final class JobTests: XCTestCase {
         let r = try runCLI(["submit", "--tenant", "a", "--json", "--", "echo", "hi"], socket: daemon.socket)
         XCTAssertEqual(r.status, 0, r.stderr)
         let j = try JSONValue.parse(Array(r.stdout.utf8))
-        for key in ["id", "tenant", "state", "exit_code", "signal", "stdout", "stderr", "stdout_truncated",
-                    "stderr_truncated", "queued_ms", "run_ms", "cpu_ms", "max_rss_kb", "attempt", "error"] {
+        for key in [
+            "id", "tenant", "state", "exit_code", "signal", "stdout", "stderr", "stdout_truncated",
+            "stderr_truncated", "queued_ms", "run_ms", "cpu_ms", "max_rss_kb", "attempt", "error",
+        ] {
             XCTAssertNotNil(j[key], "missing \(key)")
         }
         XCTAssertEqual(j["state"]?.stringValue, "succeeded")
@@ -50,8 +52,9 @@ final class JobTests: XCTestCase {
 
     func testEnvCwdAndStdin() throws {
         XCTAssertEqual(try daemon.run("a", ["mkdir", "-p", "sub"]).state, .succeeded)
-        let job = try daemon.run("a", ["sh", "-c", "echo \"$AGENT_GREETING\"; pwd; cat"], env: ["AGENT_GREETING": "hello there"],
-                                 stdin: Array("from stdin".utf8), cwd: "/home/sub")
+        let job = try daemon.run(
+            "a", ["sh", "-c", "echo \"$AGENT_GREETING\"; pwd; cat"], env: ["AGENT_GREETING": "hello there"],
+            stdin: Array("from stdin".utf8), cwd: "/home/sub")
         XCTAssertEqual(job.state, .succeeded, job.stderr)
         let lines = job.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.first, "hello there")
@@ -69,7 +72,8 @@ final class JobTests: XCTestCase {
     }
 
     func testCLIStdinEnvAndCwdFlags() throws {
-        let r = try runCLI(["submit", "--tenant", "a", "-i", "--env", "AGENT_X=1", "--", "sh", "-c", "cat; echo $AGENT_X"], socket: daemon.socket, stdin: "abc\n")
+        let r = try runCLI(
+            ["submit", "--tenant", "a", "-i", "--env", "AGENT_X=1", "--", "sh", "-c", "cat; echo $AGENT_X"], socket: daemon.socket, stdin: "abc\n")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "abc\n1\n")
     }
@@ -83,9 +87,10 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(job.signal, 9)
         XCTAssertEqual(job.error?.code, .timedOut)
         // The pid is in the worker's pid namespace: ask from there.
-        XCTAssertTrue(try daemon.eventually(5) {
-            try daemon.run("a", ["sh", "-c", "kill -0 $(cat $HOME/bg.pid) 2>/dev/null && echo alive || echo gone"]).stdout == "gone\n"
-        }, "the background process of the timed-out job survived")
+        XCTAssertTrue(
+            try daemon.eventually(5) {
+                try daemon.run("a", ["sh", "-c", "kill -0 $(cat $HOME/bg.pid) 2>/dev/null && echo alive || echo gone"]).stdout == "gone\n"
+            }, "the background process of the timed-out job survived")
         let r = try runCLI(["submit", "--tenant", "a", "--timeout", "0.3", "--", "sleep", "10"], socket: daemon.socket)
         XCTAssertEqual(r.status, 124)
         XCTAssertTrue(r.stderr.contains("timed_out"), r.stderr)
@@ -150,11 +155,12 @@ final class JobTests: XCTestCase {
         // Each job records when it ran; at no instant may more than 2 (tier free) overlap.
         for i in 0..<6 { _ = try daemon.detach("a", ["sh", "-c", "echo start >> $HOME/log; sleep 0.3; echo end >> $HOME/log"], key: "k\(i)") }
         var peak = 0
-        XCTAssertTrue(try daemon.eventually(15) {
-            let t = try daemon.tenantStatus("a")
-            peak = max(peak, Int(t["jobs"]?["running"]?.intValue ?? 0))
-            return t["jobs"]?["succeeded"]?.intValue == 6
-        })
+        XCTAssertTrue(
+            try daemon.eventually(15) {
+                let t = try daemon.tenantStatus("a")
+                peak = max(peak, Int(t["jobs"]?["running"]?.intValue ?? 0))
+                return t["jobs"]?["succeeded"]?.intValue == 6
+            })
         XCTAssertEqual(peak, 2)
         var running = 0, maxRunning = 0
         for line in try String(contentsOfFile: daemon.workspaceRoot + "/a/home/log", encoding: .utf8).split(separator: "\n") {
@@ -204,7 +210,8 @@ final class JobTests: XCTestCase {
         let both = try daemon.run("a", ["sh", "-c", "yes out | head -c 52428800; yes err | head -c 52428800 >&2"])
         XCTAssertTrue(both.stdoutTruncated && both.stderrTruncated)
         XCTAssertEqual(both.stderr.utf8.count, 1024 * 1024)
-        let rssKiB = try String(contentsOfFile: "/proc/\(daemon.pid)/status", encoding: .utf8)
+        let rssKiB =
+            try String(contentsOfFile: "/proc/\(daemon.pid)/status", encoding: .utf8)
             .split(separator: "\n").first { $0.hasPrefix("VmHWM:") }?.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? .max
         XCTAssertLessThan(rssKiB, 200 * 1024, "daemon peak RSS \(rssKiB) KiB after 150 MiB of job output")
         let r = try runCLI(["submit", "--tenant", "a", "--", "head", "-c", "3000000", "/dev/zero"], socket: daemon.socket)

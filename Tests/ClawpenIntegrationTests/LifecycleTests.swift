@@ -146,13 +146,15 @@ final class LifecycleTests: XCTestCase {
     /// pid namespace) once it runs a job, and returns its pid.
     private func killWorkerWhileBusy(_ d: Daemon, _ tenant: String, after previous: Int64?) throws -> Int64 {
         var pid: Int64 = -1
-        XCTAssertTrue(d.eventually(10) {
-            // busy: set up and running the job (a starting worker may already hold it, unstarted)
-            guard let t = try? d.tenantStatus(tenant), t["jobs"]?["running"]?.intValue == 1, t["state"]?.stringValue == "busy",
-                  let p = t["worker_pid"]?.intValue, p != previous else { return false }
-            pid = p
-            return true
-        }, "a worker running the job")
+        XCTAssertTrue(
+            d.eventually(10) {
+                // busy: set up and running the job (a starting worker may already hold it, unstarted)
+                guard let t = try? d.tenantStatus(tenant), t["jobs"]?["running"]?.intValue == 1, t["state"]?.stringValue == "busy",
+                    let p = t["worker_pid"]?.intValue, p != previous
+                else { return false }
+                pid = p
+                return true
+            }, "a worker running the job")
         kill(Int32(pid), SIGKILL)
         return pid
     }
@@ -213,7 +215,8 @@ final class LifecycleTests: XCTestCase {
         try d.createTenant("a")
         do {
             let raw = try RawSocket(d.socket)
-            raw.sendFrame(Array(#"{"type":"submit","id":1,"tenant":"a","argv":["sh","-c","sleep 0.5; echo survived"],"idempotency_key":"gone","wait":true}"#.utf8))
+            raw.sendFrame(
+                Array(#"{"type":"submit","id":1,"tenant":"a","argv":["sh","-c","sleep 0.5; echo survived"],"idempotency_key":"gone","wait":true}"#.utf8))
             usleep(100_000)
         } // closed here, mid-job
         // The same key finds the job; it ran to the end.
@@ -250,8 +253,9 @@ final class LifecycleTests: XCTestCase {
         let procs = try String(contentsOfFile: base + "/tenant-a/cgroup.procs", encoding: .utf8)
         XCTAssertTrue(procs.split(separator: "\n").contains(Substring(String(worker))), "worker \(worker) in tenant-a: \(procs)")
         let slot = job.stdout.dropFirst("0::/".count).trimmingCharacters(in: .whitespacesAndNewlines)
-        XCTAssertTrue(try String(contentsOfFile: base + "/tenant-a/\(slot)/cgroup.events", encoding: .utf8).contains("populated 0"),
-                      "the job's cgroup is empty once the job has ended")
+        XCTAssertTrue(
+            try String(contentsOfFile: base + "/tenant-a/\(slot)/cgroup.events", encoding: .utf8).contains("populated 0"),
+            "the job's cgroup is empty once the job has ended")
         // Delegated to the tenant's uid, except the limits and cgroup.kill.
         var st = stat()
         XCTAssertEqual(stat(base + "/tenant-a/cgroup.procs", &st), 0)

@@ -65,7 +65,10 @@ final class PolicyCheckTests: XCTestCase {
         XCTAssertEqual(lines[0], "\(free):\(typeLine): pids_max: expected an integer (write 64 without quotes), found string \"64\"")
         XCTAssertTrue(lines[1].hasPrefix("\(free):\(valueLine): cpu_seconds_per_hour: must be greater than 0 s"), lines[1])
         XCTAssertEqual(lines[2], "\(pro):\(unknownLine): cpu_wieght: unknown key (did you mean 'cpu_weight'?)")
-        XCTAssertEqual(lines[3], "\(pro): cpu_weight: missing key (a tier file must set every limit: max_concurrent_runs, jobs_per_minute, max_queued, memory_max, pids_max, cpu_max, cpu_weight, cpu_seconds_per_hour, timeout_default_s, timeout_max_s, output_max_bytes, network, seccomp_profile, tmp_size, commands_allow, commands_deny, env_allow)")
+        XCTAssertEqual(
+            lines[3],
+            "\(pro): cpu_weight: missing key (a tier file must set every limit: max_concurrent_runs, jobs_per_minute, max_queued, memory_max, pids_max, cpu_max, cpu_weight, cpu_seconds_per_hour, timeout_default_s, timeout_max_s, output_max_bytes, network, seccomp_profile, tmp_size, commands_allow, commands_deny, env_allow)"
+        )
         XCTAssertTrue(lines[4].hasPrefix("\(dir)/tenants/acme.toml:4: commands_deny: \"sudo\" is not an absolute path or glob"), lines[4])
         XCTAssertEqual(lines[5], "policy check: \(dir): 5 problems")
 

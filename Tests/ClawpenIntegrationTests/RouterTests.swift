@@ -87,7 +87,11 @@ final class RouterQuotaTests: XCTestCase {
         let db = daemon.stateDir + "/clawpen.db"
         let q = Process()
         q.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        q.arguments = ["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute(\"select tenant, caller_uid, action, rule from audit where action='submit.refused'\").fetchall())", db]
+        q.arguments = [
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute(\"select tenant, caller_uid, action, rule from audit where action='submit.refused'\").fetchall())",
+            db,
+        ]
         let pipe = Pipe()
         q.standardOutput = pipe
         try q.run(); q.waitUntilExit()

@@ -7,8 +7,10 @@ import XCTest
 /// NOTIFY_SOCKET. (The VM test, scripts/vm-test, does the same under a real systemd.)
 final class SystemdActivationTests: XCTestCase {
     func testSocketActivatedDaemonNotifiesReadyAndLeavesTheSocketToSystemd() throws {
-        guard let activate = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate"]
-            .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        guard
+            let activate = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate"]
+                .first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else {
             throw XCTSkip("systemd-socket-activate is not installed (Debian package systemd; scripts/install-deps)")
         }
         let d = try Daemon()

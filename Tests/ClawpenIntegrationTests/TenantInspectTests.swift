@@ -43,10 +43,12 @@ final class TenantInspectTests: XCTestCase {
         // The worker's own /proc status, read independently here.
         let procStatus = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
         XCTAssertTrue(procStatus.contains("Uid:\t\(uid)\t\(uid)\t\(uid)\t\(uid)"))
-        for name in ["uid", "gid", "supplementary groups", "capabilities inh", "capabilities prm", "capabilities eff",
-                     "capabilities bnd", "capabilities amb", "no_new_privs", "seccomp mode", "seccomp filters",
-                     "namespace mnt", "namespace pid", "namespace net", "namespace ipc", "namespace uts", "namespace cgroup",
-                     "root", "home", "cgroup", "network interfaces up", "job isolation"] {
+        for name in [
+            "uid", "gid", "supplementary groups", "capabilities inh", "capabilities prm", "capabilities eff",
+            "capabilities bnd", "capabilities amb", "no_new_privs", "seccomp mode", "seccomp filters",
+            "namespace mnt", "namespace pid", "namespace net", "namespace ipc", "namespace uts", "namespace cgroup",
+            "root", "home", "cgroup", "network interfaces up", "job isolation",
+        ] {
             XCTAssertEqual(f[name]?["ok"]?.boolValue, true, "\(name): \(f[name].map { "\($0)" } ?? "missing")")
         }
         XCTAssertEqual(f["namespace net"]?["actual"]?.stringValue, try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net"))

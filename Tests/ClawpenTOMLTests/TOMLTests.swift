@@ -157,7 +157,7 @@ final class TOMLTests: XCTestCase {
         XCTAssertEqual(operators.entry("groups")?.line, 5)
         let tenants = try XCTUnwrap(t["tenants"]?.tableValue)
         XCTAssertEqual(tenants.keys, ["acme", "beta team", "note"])
-        XCTAssertEqual(tenants.line, 7)  // first implied by [tenants.acme]
+        XCTAssertEqual(tenants.line, 7) // first implied by [tenants.acme]
         XCTAssertEqual(tenants["acme"]?.tableValue?["users"], .array([.string("svc")]))
         XCTAssertEqual(tenants["beta team"]?.tableValue?.line, 10)
         XCTAssertEqual(tenants.entry("note")?.line, 14)

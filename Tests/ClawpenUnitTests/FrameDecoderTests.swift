@@ -76,7 +76,7 @@ final class FrameDecoderTests: XCTestCase {
         try channel.writeInbound(buffer([0, 0, 0, 2, 0xAA]))
         for _ in 0..<9 {
             channel.embeddedEventLoop.advanceTime(by: .seconds(20))
-            try channel.writeInbound(buffer([0xBB, 0, 0, 0, 2, 0xAA]))  // the rest of one frame, half of the next
+            try channel.writeInbound(buffer([0xBB, 0, 0, 0, 2, 0xAA])) // the rest of one frame, half of the next
         }
         channel.embeddedEventLoop.advanceTime(by: .seconds(20))
         try channel.writeInbound(buffer([0xBB]))

@@ -19,8 +19,10 @@ func fastest(runs: Int = 3, _ body: () throws -> Void) rethrows -> Double {
 /// Asserts that parsing an input 8 times larger costs at most `bound` times as much: a linear
 /// parser takes about 8x, a quadratic one 64x. The bound is generous because the machine is
 /// shared and the small input pays more of the fixed costs.
-func assertLinear(_ shape: String, bound: Double = 20, file: StaticString = #filePath, line: UInt = #line,
-                  _ parse: (Int) throws -> Void) rethrows {
+func assertLinear(
+    _ shape: String, bound: Double = 20, file: StaticString = #filePath, line: UInt = #line,
+    _ parse: (Int) throws -> Void
+) rethrows {
     let small = try fastest { try parse(1) }
     let large = try fastest { try parse(8) }
     let ratio = large / small
@@ -130,9 +132,12 @@ final class JSONParserCostTests: XCTestCase {
 final class BinaryCodecCostTests: XCTestCase {
     func testManyStringsCostLinearTime() throws {
         let runs = [1, 8].map { k in
-            SupervisorToWorker.run(RunRequest(jobID: "j", argv: (0..<(k * 8000)).map { "arg\($0)" }, env: ["A=b"],
-                                              cwd: "/home", stdin: Array(repeating: 7, count: k * 100_000),
-                                              timeoutMs: 1, outputCapBytes: 1)).encoded()
+            SupervisorToWorker.run(
+                RunRequest(
+                    jobID: "j", argv: (0..<(k * 8000)).map { "arg\($0)" }, env: ["A=b"],
+                    cwd: "/home", stdin: Array(repeating: 7, count: k * 100_000),
+                    timeoutMs: 1, outputCapBytes: 1)
+            ).encoded()
         }
         try assertLinear("run with many arguments") { k in _ = try SupervisorToWorker.decode(runs[k == 1 ? 0 : 1]) }
     }

@@ -153,7 +153,7 @@ final class PolicyTests: XCTestCase {
             XCTAssertEqual(loaded.limits(for: tier), PolicyLoader.embedded.limits(for: tier), "tier \(tier)")
         }
         XCTAssertEqual(loaded.tiers, PolicyLoader.embedded.tiers)
-        XCTAssertEqual(loaded.tenantOverrides, [:])  // tenants/README.md is not a policy
+        XCTAssertEqual(loaded.tenantOverrides, [:]) // tenants/README.md is not a policy
         XCTAssertEqual(PolicyLoader.check(directory: shippedPolicies), [])
     }
 
@@ -372,8 +372,10 @@ final class PolicyTests: XCTestCase {
         }
         XCTAssertEqual(
             kinds,
-            ["invalid pids_max", "invalid network", "missing pro.toml", "syntax", "name gold.toml", "name Acme.toml",
-             "invalid memory_max"])
+            [
+                "invalid pids_max", "invalid network", "missing pro.toml", "syntax", "name gold.toml", "name Acme.toml",
+                "invalid memory_max",
+            ])
         XCTAssertThrowsError(try PolicyLoader.load(directory: dir.path)) { error in
             XCTAssertEqual(error as? PolicyError, problems.first)
         }
@@ -444,34 +446,65 @@ final class PolicyTests: XCTestCase {
 
     func testTenantOverrideErrors() throws {
         let cases: [(name: String, text: String, expected: (String) -> PolicyError)] = [
-            ("acme.toml", "\nmemory_max = \"2X\"\n", {
-                .invalidValue(file: $0, line: 2, key: "memory_max",
-                              reason: #""2X" is not a size (use bytes or a number with K, M, G or T, e.g. "256M")"#)
-            }),
-            ("acme.toml", "tier = \"gold\"\n", {
-                .invalidValue(file: $0, line: 1, key: "tier",
-                              reason: #""gold" is not a tier (use "free", "pro", "enterprise")"#)
-            }),
-            ("acme.toml", "tier = 2\n", {
-                .wrongType(file: $0, line: 1, key: "tier",
-                           expected: #"a tier name string ("free", "pro", "enterprise")"#, found: "integer 2")
-            }),
+            (
+                "acme.toml", "\nmemory_max = \"2X\"\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 2, key: "memory_max",
+                        reason: #""2X" is not a size (use bytes or a number with K, M, G or T, e.g. "256M")"#)
+                }
+            ),
+            (
+                "acme.toml", "tier = \"gold\"\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 1, key: "tier",
+                        reason: #""gold" is not a tier (use "free", "pro", "enterprise")"#)
+                }
+            ),
+            (
+                "acme.toml", "tier = 2\n",
+                {
+                    .wrongType(
+                        file: $0, line: 1, key: "tier",
+                        expected: #"a tier name string ("free", "pro", "enterprise")"#, found: "integer 2")
+                }
+            ),
             ("acme.toml", "a = 1\ncolour = \"red\"\n", { .unknownKey(file: $0, line: 1, key: "a") }),
-            ("acme.toml", "tier = \"pro\"\ntimeout_default_s = 600\n", {
-                .invalidValue(file: $0, line: 2, key: "timeout_default_s",
-                              reason: "timeout_default_s (600 s) is longer than timeout_max_s (300 s): lower timeout_default_s or raise timeout_max_s (with the limits of tier pro)")
-            }),
-            ("acme.toml", "\ntimeout_max_s = 5\n", {
-                .invalidValue(file: $0, line: 2, key: "timeout_max_s",
-                              reason: "timeout_default_s (30 s) is longer than timeout_max_s (5 s): lower timeout_default_s or raise timeout_max_s (with the limits of tiers free, pro, enterprise)")
-            }),
-            ("Acme.toml", "", {
-                .invalidFileName(file: $0, reason: "'Acme.toml' is not <tenant>.toml for a valid tenant name (tenant names match ^[a-z0-9][a-z0-9_-]{0,62}$)")
-            }),
-            ("-x.toml", "", {
-                .invalidFileName(file: $0, reason: "'-x.toml' is not <tenant>.toml for a valid tenant name (tenant names match ^[a-z0-9][a-z0-9_-]{0,62}$)")
-            }),
-            (".toml", "", { _ in .missingDirectory("unused") }),  // hidden file: ignored, see below
+            (
+                "acme.toml", "tier = \"pro\"\ntimeout_default_s = 600\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 2, key: "timeout_default_s",
+                        reason:
+                            "timeout_default_s (600 s) is longer than timeout_max_s (300 s): lower timeout_default_s or raise timeout_max_s (with the limits of tier pro)"
+                    )
+                }
+            ),
+            (
+                "acme.toml", "\ntimeout_max_s = 5\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 2, key: "timeout_max_s",
+                        reason:
+                            "timeout_default_s (30 s) is longer than timeout_max_s (5 s): lower timeout_default_s or raise timeout_max_s (with the limits of tiers free, pro, enterprise)"
+                    )
+                }
+            ),
+            (
+                "Acme.toml", "",
+                {
+                    .invalidFileName(
+                        file: $0, reason: "'Acme.toml' is not <tenant>.toml for a valid tenant name (tenant names match ^[a-z0-9][a-z0-9_-]{0,62}$)")
+                }
+            ),
+            (
+                "-x.toml", "",
+                {
+                    .invalidFileName(file: $0, reason: "'-x.toml' is not <tenant>.toml for a valid tenant name (tenant names match ^[a-z0-9][a-z0-9_-]{0,62}$)")
+                }
+            ),
+            (".toml", "", { _ in .missingDirectory("unused") }), // hidden file: ignored, see below
         ]
         for c in cases {
             let dir = try PolicyDir()

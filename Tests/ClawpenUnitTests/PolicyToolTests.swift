@@ -90,9 +90,9 @@ final class PolicyToolTests: XCTestCase {
     func testPathSearchFindsTheFirstExecutable() {
         let d = decide(["ls", "-l"])
         XCTAssertTrue(d.allowed, "\(d)")
-        XCTAssertEqual(d.resolvedPath, "/usr/bin/ls")  // /usr/local/bin first, /usr/bin next
+        XCTAssertEqual(d.resolvedPath, "/usr/bin/ls") // /usr/local/bin first, /usr/bin next
         XCTAssertEqual(d.steps.first?.key, "resolve")
-        XCTAssertEqual(d.steps.first?.outcome, .notMatched)  // /usr/local/bin/ls
+        XCTAssertEqual(d.steps.first?.outcome, .notMatched) // /usr/local/bin/ls
         XCTAssertEqual(d.steps[1].subject, "/usr/bin/ls")
         XCTAssertEqual(d.steps.last?.rule, "commands_allow \"/usr/bin/*\" (tiers/free.toml:79)")
         XCTAssertEqual(d.steps.last?.outcome, .allowed)
@@ -141,7 +141,9 @@ final class PolicyToolTests: XCTestCase {
         XCTAssertEqual(decide(["scripts/x.py"]).resolvedPath, "/home/scripts/x.py")
         // A path is not looked up: isExecutable is not consulted, and it need not exist.
         var called = false
-        _ = decideTool(argv: ["/home/x"], env: [], cwd: "/home", limits: free) { _ in called = true; return false }
+        _ = decideTool(argv: ["/home/x"], env: [], cwd: "/home", limits: free) { _ in
+            called = true; return false
+        }
         XCTAssertFalse(called)
         // /tmp is allowed on pro, not on free.
         XCTAssertFalse(decide(["/tmp/x.sh"]).allowed)
@@ -153,7 +155,7 @@ final class PolicyToolTests: XCTestCase {
         XCTAssertFalse(d.allowed)
         XCTAssertTrue(d.notFound)
         XCTAssertNil(d.resolvedPath)
-        XCTAssertEqual(d.steps.filter { $0.key == "resolve" }.count, 4)  // 3 PATH entries + the refusal
+        XCTAssertEqual(d.steps.filter { $0.key == "resolve" }.count, 4) // 3 PATH entries + the refusal
         XCTAssertEqual(d.refusingRule, "argv[0] \"nosuch\" not found in PATH /usr/local/bin:/usr/bin:/bin")
         for argv in [[], [""]] {
             let e = decide(argv)
@@ -216,10 +218,12 @@ final class PolicyToolTests: XCTestCase {
         let set = try PolicyLoader.load(directory: dir.path)
         let acme = set.limits(tenant: "acme", tier: .free)
         XCTAssertEqual(acme.cpuSecondsPerHour, 120.5)
-        XCTAssertEqual(acme.commandsAllow, [
-            PatternRule("/usr/bin/python3", file: "tenants/acme.toml", line: 3),
-            PatternRule("/home/**", file: "tenants/acme.toml", line: 4),
-        ])
+        XCTAssertEqual(
+            acme.commandsAllow,
+            [
+                PatternRule("/usr/bin/python3", file: "tenants/acme.toml", line: 3),
+                PatternRule("/home/**", file: "tenants/acme.toml", line: 4),
+            ])
         XCTAssertEqual(acme.commandsDeny, TierLimits.defaults(for: .free).commandsDeny, "not overridden: the tier's list")
         XCTAssertEqual(acme.envAllow, [], "an override replaces a list as a whole")
         XCTAssertFalse(acme.decideTool(argv: ["ls"], env: [], cwd: "/home", isExecutable: fakeIsExecutable).allowed)
@@ -232,33 +236,83 @@ final class PolicyToolTests: XCTestCase {
 
     func testNewKeyErrorsNameFileLineAndKey() throws {
         let cases: [(text: String, expected: (String) -> PolicyError)] = [
-            ("cpu_seconds_per_hour = 0\n", {
-                .invalidValue(file: $0, line: 1, key: "cpu_seconds_per_hour", reason: "must be greater than 0 s (CPU seconds the tenant's processes together may use in any sliding hour; 3600 is one core all the time), not 0")
-            }),
-            ("\ncpu_seconds_per_hour = \"1h\"\n", {
-                .wrongType(file: $0, line: 2, key: "cpu_seconds_per_hour", expected: "a number (CPU seconds the tenant's processes together may use in any sliding hour; 3600 is one core all the time)", found: "string \"1h\"")
-            }),
-            ("commands_allow = \"/usr/bin/*\"\n", {
-                .wrongType(file: $0, line: 1, key: "commands_allow", expected: "an array of strings (absolute paths or globs), e.g. [\"/usr/bin/*\"]", found: "string \"/usr/bin/*\"")
-            }),
-            ("commands_deny = [\n  \"/usr/bin/su\",\n  42,\n]\n", {
-                .wrongType(file: $0, line: 3, key: "commands_deny", expected: "an array of strings (absolute paths or globs)", found: "integer 42 as element 2")
-            }),
-            ("commands_allow = [\n  \"/usr/bin/*\",\n  \"python3\",\n]\n", {
-                .invalidValue(file: $0, line: 3, key: "commands_allow", reason: "\"python3\" is not an absolute path or glob (write it from '/', e.g. \"/usr/bin/python3\"; commands are resolved to absolute paths before they are matched)")
-            }),
-            ("commands_allow = [\"/usr/bin/../sbin/*\"]\n", {
-                .invalidValue(file: $0, line: 1, key: "commands_allow", reason: "\"/usr/bin/../sbin/*\" has an empty, '.' or '..' component; commands are matched on normalized paths, so it would match nothing")
-            }),
-            ("env_allow = [\"LANG\", \"LD_*\"]\n", {
-                .invalidValue(file: $0, line: 1, key: "env_allow", reason: "\"LD_*\" can only match variables on the fixed deny list (\"LD_*\"), which no policy can lift")
-            }),
-            ("env_allow = [\"MY-VAR\"]\n", {
-                .invalidValue(file: $0, line: 1, key: "env_allow", reason: "\"MY-VAR\" is not an environment variable name or glob (letters, digits, '_' and '*', e.g. \"LANG\", \"LC_*\")")
-            }),
-            ("env_allow = [\"PATH\"]\n", {
-                .invalidValue(file: $0, line: 1, key: "env_allow", reason: "\"PATH\" can only match variables on the fixed deny list (\"PATH\"), which no policy can lift")
-            }),
+            (
+                "cpu_seconds_per_hour = 0\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 1, key: "cpu_seconds_per_hour",
+                        reason:
+                            "must be greater than 0 s (CPU seconds the tenant's processes together may use in any sliding hour; 3600 is one core all the time), not 0"
+                    )
+                }
+            ),
+            (
+                "\ncpu_seconds_per_hour = \"1h\"\n",
+                {
+                    .wrongType(
+                        file: $0, line: 2, key: "cpu_seconds_per_hour",
+                        expected: "a number (CPU seconds the tenant's processes together may use in any sliding hour; 3600 is one core all the time)",
+                        found: "string \"1h\"")
+                }
+            ),
+            (
+                "commands_allow = \"/usr/bin/*\"\n",
+                {
+                    .wrongType(
+                        file: $0, line: 1, key: "commands_allow", expected: "an array of strings (absolute paths or globs), e.g. [\"/usr/bin/*\"]",
+                        found: "string \"/usr/bin/*\"")
+                }
+            ),
+            (
+                "commands_deny = [\n  \"/usr/bin/su\",\n  42,\n]\n",
+                {
+                    .wrongType(
+                        file: $0, line: 3, key: "commands_deny", expected: "an array of strings (absolute paths or globs)", found: "integer 42 as element 2")
+                }
+            ),
+            (
+                "commands_allow = [\n  \"/usr/bin/*\",\n  \"python3\",\n]\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 3, key: "commands_allow",
+                        reason:
+                            "\"python3\" is not an absolute path or glob (write it from '/', e.g. \"/usr/bin/python3\"; commands are resolved to absolute paths before they are matched)"
+                    )
+                }
+            ),
+            (
+                "commands_allow = [\"/usr/bin/../sbin/*\"]\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 1, key: "commands_allow",
+                        reason:
+                            "\"/usr/bin/../sbin/*\" has an empty, '.' or '..' component; commands are matched on normalized paths, so it would match nothing")
+                }
+            ),
+            (
+                "env_allow = [\"LANG\", \"LD_*\"]\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 1, key: "env_allow",
+                        reason: "\"LD_*\" can only match variables on the fixed deny list (\"LD_*\"), which no policy can lift")
+                }
+            ),
+            (
+                "env_allow = [\"MY-VAR\"]\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 1, key: "env_allow",
+                        reason: "\"MY-VAR\" is not an environment variable name or glob (letters, digits, '_' and '*', e.g. \"LANG\", \"LC_*\")")
+                }
+            ),
+            (
+                "env_allow = [\"PATH\"]\n",
+                {
+                    .invalidValue(
+                        file: $0, line: 1, key: "env_allow",
+                        reason: "\"PATH\" can only match variables on the fixed deny list (\"PATH\"), which no policy can lift")
+                }
+            ),
         ]
         for c in cases {
             let dir = try ScratchPolicies()
@@ -283,17 +337,21 @@ final class PolicyToolTests: XCTestCase {
         try dir.write("tenants/acme.toml", "\nseccomp_profile = \"nosuch\"\n")
         try dir.write("seccomp/broken.toml", "allow = [\"read\"]\nkill = [\"read\"]\n")
         let problems = PolicyLoader.check(directory: dir.path)
-        XCTAssertEqual(problems.map(\.report), [
-            "\(dir.file("seccomp/broken.toml")):2: kill: read is also in allow",
-            "\(dir.file("tenants/acme.toml")):2: seccomp_profile: there is no profile \"nosuch\" (no seccomp/nosuch.toml; profiles: default, strict)",
-        ])
+        XCTAssertEqual(
+            problems.map(\.report),
+            [
+                "\(dir.file("seccomp/broken.toml")):2: kill: read is also in allow",
+                "\(dir.file("tenants/acme.toml")):2: seccomp_profile: there is no profile \"nosuch\" (no seccomp/nosuch.toml; profiles: default, strict)",
+            ])
     }
 
     func testReportFormat() {
         XCTAssertEqual(PolicyError.unknownKey(file: "f.toml", line: 3, key: "pids_mx").report, "f.toml:3: pids_mx: unknown key (did you mean 'pids_max'?)")
         XCTAssertEqual(PolicyError.missingKey(file: "f.toml", key: "tmp_size").report.hasPrefix("f.toml: tmp_size: missing key"), true)
         XCTAssertEqual(PolicyError.syntax(file: "f.toml", line: 2, message: "m").report, "f.toml:2: m")
-        XCTAssertEqual(PolicyError.missingDirectory("/x").report, "/x: policy directory does not exist (it must contain tiers/free.toml, tiers/pro.toml and tiers/enterprise.toml)")
+        XCTAssertEqual(
+            PolicyError.missingDirectory("/x").report,
+            "/x: policy directory does not exist (it must contain tiers/free.toml, tiers/pro.toml and tiers/enterprise.toml)")
     }
 
     func testElementLines() throws {
@@ -362,7 +420,7 @@ final class PolicyAccessTests: XCTestCase {
             "tenants.acme.groups 3000 (access.toml:7)")
         let gw = Caller(uid: 2100, gid: 2100, userName: "gateway")
         XCTAssertEqual(p.decide(gw, .submit(tenant: .t("anyone"))).rule, "tenants.\"*\".users \"gateway\" (access.toml:10)")
-                let alice = Caller(uid: 1001, gid: 1001, userName: "alice")
+        let alice = Caller(uid: 1001, gid: 1001, userName: "alice")
         let d = p.decide(alice, .submit(tenant: .t("acme")))
         XCTAssertFalse(d.allowed)
         XCTAssertEqual(d.rule, "no rule in access.toml grants uid 1001 (alice) tenant 'acme'")
@@ -371,13 +429,35 @@ final class PolicyAccessTests: XCTestCase {
 
     func testParseErrors() throws {
         let cases: [(String, PolicyError)] = [
-            ("[operators]\nusers = \"root\"\n", .wrongType(file: "access.toml", line: 2, key: "operators.users", expected: "an array of names or numeric ids, e.g. [\"alice\", 1001]", found: "string \"root\"")),
-            ("[operators]\nusers = [\n \"root\",\n true,\n]\n", .wrongType(file: "access.toml", line: 4, key: "operators.users", expected: "a name (string) or a numeric id (integer)", found: "boolean true")),
-            ("[operators]\nmembers = []\n", .invalidValue(file: "access.toml", line: 2, key: "operators.members", reason: "unknown key 'members' in [operators] (the keys are users and groups)")),
-            ("[tenants.Acme]\nusers = []\n", .invalidValue(file: "access.toml", line: 1, key: "tenants.Acme", reason: "\"Acme\" is not a tenant name (^[a-z0-9][a-z0-9_-]{0,62}$) or \"*\" (every tenant)")),
+            (
+                "[operators]\nusers = \"root\"\n",
+                .wrongType(
+                    file: "access.toml", line: 2, key: "operators.users", expected: "an array of names or numeric ids, e.g. [\"alice\", 1001]",
+                    found: "string \"root\"")
+            ),
+            (
+                "[operators]\nusers = [\n \"root\",\n true,\n]\n",
+                .wrongType(file: "access.toml", line: 4, key: "operators.users", expected: "a name (string) or a numeric id (integer)", found: "boolean true")
+            ),
+            (
+                "[operators]\nmembers = []\n",
+                .invalidValue(
+                    file: "access.toml", line: 2, key: "operators.members", reason: "unknown key 'members' in [operators] (the keys are users and groups)")
+            ),
+            (
+                "[tenants.Acme]\nusers = []\n",
+                .invalidValue(
+                    file: "access.toml", line: 1, key: "tenants.Acme",
+                    reason: "\"Acme\" is not a tenant name (^[a-z0-9][a-z0-9_-]{0,62}$) or \"*\" (every tenant)")
+            ),
             ("admins = []\n", .unknownKey(file: "access.toml", line: 1, key: "admins")),
             ("[operators]\nusers = [-1]\n", .invalidValue(file: "access.toml", line: 2, key: "operators.users", reason: "-1 is not a uid")),
-            ("[operators]\ngroups = [\"bad name\"]\n", .invalidValue(file: "access.toml", line: 2, key: "operators.groups", reason: "\"bad name\" is not a user or group name (letters, digits, '.', '_', '-', not starting with '-'; at most 32)")),
+            (
+                "[operators]\ngroups = [\"bad name\"]\n",
+                .invalidValue(
+                    file: "access.toml", line: 2, key: "operators.groups",
+                    reason: "\"bad name\" is not a user or group name (letters, digits, '.', '_', '-', not starting with '-'; at most 32)")
+            ),
         ]
         for (text, expected) in cases {
             XCTAssertThrowsError(try policy(text), text) { XCTAssertEqual($0 as? PolicyError, expected, text) }
@@ -387,7 +467,7 @@ final class PolicyAccessTests: XCTestCase {
     func testLoadedWithThePolicySet() throws {
         let dir = try ScratchPolicies()
         defer { dir.cleanup() }
-        XCTAssertEqual(try PolicyLoader.load(directory: dir.path).access.operators.count, 1)  // shipped: root
+        XCTAssertEqual(try PolicyLoader.load(directory: dir.path).access.operators.count, 1) // shipped: root
         try dir.write("access.toml", sample)
         let set = try PolicyLoader.load(directory: dir.path)
         XCTAssertEqual(set.access.ruleCount, 7)
@@ -414,8 +494,11 @@ final class PolicyQuotaTests: XCTestCase {
             directory: dir.quota, policies: policies)
         XCTAssertEqual(written, TenantOverride(maxConcurrentRuns: 4, memoryMaxBytes: 512 * ByteSize.mebibyte))
         try QuotaOverrides.write(
-            tenant: "acme", changes: ["cpu_max": QuotaOverrides.value(forKey: "cpu_max", argument: "1.5"),
-                                      "commands_allow": QuotaOverrides.value(forKey: "commands_allow", argument: "/usr/bin/*, /home/**")],
+            tenant: "acme",
+            changes: [
+                "cpu_max": QuotaOverrides.value(forKey: "cpu_max", argument: "1.5"),
+                "commands_allow": QuotaOverrides.value(forKey: "commands_allow", argument: "/usr/bin/*, /home/**"),
+            ],
             directory: dir.quota)
         let text = try String(contentsOfFile: dir.quota + "/acme.toml", encoding: .utf8)
         XCTAssertTrue(text.hasPrefix("# Written by `clawpen tenant set-quota`"), text)
@@ -465,10 +548,21 @@ final class PolicyQuotaTests: XCTestCase {
         let headerLines = QuotaOverrides.header.split(separator: "\n", omittingEmptySubsequences: false).count
         XCTAssertTrue(QuotaOverrides.header.hasSuffix(".\n\n"))
         let cases: [([String: TOMLValue], PolicyError)] = [
-            (["pids_max": .integer(0)], .invalidValue(file: file, line: headerLines, key: "pids_max", reason: "must be between 1 and 4194304 (processes and threads of one tenant), not 0")),
-            (["memory_max": .string("lots")], .invalidValue(file: file, line: headerLines, key: "memory_max", reason: "\"lots\" is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\")")),
+            (
+                ["pids_max": .integer(0)],
+                .invalidValue(
+                    file: file, line: headerLines, key: "pids_max", reason: "must be between 1 and 4194304 (processes and threads of one tenant), not 0")
+            ),
+            (
+                ["memory_max": .string("lots")],
+                .invalidValue(
+                    file: file, line: headerLines, key: "memory_max", reason: "\"lots\" is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\")")
+            ),
             (["pids_mx": .integer(3)], .unknownKey(file: file, line: headerLines + 1, key: "pids_mx")),
-            (["jobs_per_minute": .string("10")], .wrongType(file: file, line: headerLines, key: "jobs_per_minute", expected: "an integer (write 10 without quotes)", found: "string \"10\"")),
+            (
+                ["jobs_per_minute": .string("10")],
+                .wrongType(file: file, line: headerLines, key: "jobs_per_minute", expected: "an integer (write 10 without quotes)", found: "string \"10\"")
+            ),
         ]
         for (changes, expected) in cases {
             XCTAssertThrowsError(try QuotaOverrides.write(tenant: "acme", changes: changes, directory: dir.quota), "\(changes)") {
@@ -513,7 +607,11 @@ final class PolicyQuotaTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir.quota, withIntermediateDirectories: true)
         try "\nnetwork = \"host\"\n".write(toFile: dir.quota + "/acme.toml", atomically: true, encoding: .utf8)
         let report = PolicyLoader.check(directory: dir.path, quotaDirectory: dir.quota)
-        XCTAssertEqual(report.problems.map(\.report), ["\(dir.quota)/acme.toml:2: network: \"host\" is not a network mode (use \"none\": own network namespace, no interface up; or \"loopback\": only lo, up)"])
+        XCTAssertEqual(
+            report.problems.map(\.report),
+            [
+                "\(dir.quota)/acme.toml:2: network: \"host\" is not a network mode (use \"none\": own network namespace, no interface up; or \"loopback\": only lo, up)"
+            ])
         XCTAssertNil(report.policySet)
         XCTAssertTrue(PolicyLoader.check(directory: dir.path, quotaDirectory: dir.quota + "-absent").ok)
     }

@@ -6,8 +6,10 @@ import XCTest
 final class PolicyVerdictTests: XCTestCase {
     func testGlobFastPathsAgreeWithTheGeneralMatcher() {
         let patterns = ["/usr/bin/su", "/usr/bin/*", "/usr/**", "/home/**", "/home/*", "*", "**", "/usr/*/su", "/a**b", "/usr/bin/*x", ""]
-        let subjects = ["/usr/bin/su", "/usr/bin/sudo", "/usr/bin/x/y", "/usr/lib/x", "/home", "/home/", "/home/a", "/home/a/b",
-                        "", "su", "/usr/bin/", "/usr/sbin/su", "/ab", "/a/x/b", "/usr/bin/ax"]
+        let subjects = [
+            "/usr/bin/su", "/usr/bin/sudo", "/usr/bin/x/y", "/usr/lib/x", "/home", "/home/", "/home/a", "/home/a/b",
+            "", "su", "/usr/bin/", "/usr/sbin/su", "/ab", "/a/x/b", "/usr/bin/ax",
+        ]
         for p in patterns {
             for s in subjects {
                 XCTAssertEqual(Glob.matches(p, s), Glob.general(p, s), "pattern \(p) subject \(s)")
@@ -18,10 +20,14 @@ final class PolicyVerdictTests: XCTestCase {
     func testVerdictAgreesWithDecideToolOnTheShippedTiers() {
         let exists: Set<String> = ["/usr/bin/python3", "/usr/bin/su", "/bin/sh", "/usr/bin/sh", "/usr/bin/env", "/usr/bin/mount"]
         let isExecutable: (String) -> Bool = { exists.contains($0) }
-        let argvs: [[String]] = [["python3"], ["su"], ["sh", "-c", "x"], ["/bin/sh"], ["nosuch"], ["/opt/x"], ["./run.sh"],
-                                 ["../../usr/bin/su"], ["/home/a/b.py"], ["/tmp/x"], ["mount"], ["/usr/lib/x/y"], [""], []]
-        let envs: [[(name: String, value: String)]] = [[], [("TZ", "UTC")], [("LD_PRELOAD", "x")], [("SECRET", "1")],
-                                                       [("AGENT_X", "1")], [("PATH", "/x")], [("1BAD", "x")]]
+        let argvs: [[String]] = [
+            ["python3"], ["su"], ["sh", "-c", "x"], ["/bin/sh"], ["nosuch"], ["/opt/x"], ["./run.sh"],
+            ["../../usr/bin/su"], ["/home/a/b.py"], ["/tmp/x"], ["mount"], ["/usr/lib/x/y"], [""], [],
+        ]
+        let envs: [[(name: String, value: String)]] = [
+            [], [("TZ", "UTC")], [("LD_PRELOAD", "x")], [("SECRET", "1")],
+            [("AGENT_X", "1")], [("PATH", "/x")], [("1BAD", "x")],
+        ]
         for tier in Tier.allCases {
             let limits = TierLimits.defaults(for: tier)
             for argv in argvs {

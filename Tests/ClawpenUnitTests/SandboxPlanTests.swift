@@ -8,8 +8,9 @@ import XCTest
 
 final class SandboxPlanTests: XCTestCase {
     func plan(controllers: Set<String> = []) throws -> SandboxPlan {
-        Plan.make(tenant: try TenantName(validating: "acme"), uid: 200_007, workspace: "/workspace/acme",
-                  limits: SandboxLimits(TierLimits.defaults(for: .free)), enabled: true, controllers: controllers)
+        Plan.make(
+            tenant: try TenantName(validating: "acme"), uid: 200_007, workspace: "/workspace/acme",
+            limits: SandboxLimits(TierLimits.defaults(for: .free)), enabled: true, controllers: controllers)
     }
 
     func testPlanRoundTripsThroughTheConfigureMessage() throws {
@@ -120,10 +121,23 @@ final class SeccompProfileTests: XCTestCase {
             do { _ = try SeccompProfile.parse(text, file: "p.toml", name: "p"); return nil } catch { return error }
         }
         XCTAssertEqual(parse("kill = []\n"), .missingKey(file: "p.toml", key: "allow"))
-        if case .unknownKey(_, let line, let key) = parse("allow = [\"read\"]\nbogus = 1\n") { XCTAssertEqual(line, 2); XCTAssertEqual(key, "bogus") } else { XCTFail() }
-        if case .invalidValue(_, _, let key, let reason) = parse("allow = [\"unshare\"]\n") { XCTAssertEqual(key, "allow"); XCTAssertTrue(reason.contains("restrict_namespaces")) } else { XCTFail() }
-        if case .invalidValue(_, _, _, let reason) = parse("allow = [\"read\"]\nkill = [\"read\"]\n") { XCTAssertTrue(reason.contains("also in allow")) } else { XCTFail() }
+        if case .unknownKey(_, let line, let key) = parse("allow = [\"read\"]\nbogus = 1\n") {
+            XCTAssertEqual(line, 2); XCTAssertEqual(key, "bogus")
+        } else {
+            XCTFail()
+        }
+        if case .invalidValue(_, _, let key, let reason) = parse("allow = [\"unshare\"]\n") {
+            XCTAssertEqual(key, "allow"); XCTAssertTrue(reason.contains("restrict_namespaces"))
+        } else {
+            XCTFail()
+        }
+        if case .invalidValue(_, _, _, let reason) = parse("allow = [\"read\"]\nkill = [\"read\"]\n") {
+            XCTAssertTrue(reason.contains("also in allow"))
+        } else {
+            XCTFail()
+        }
         if case .invalidValue = parse("allow = [\"Read Me\"]\n") {} else { XCTFail() }
-        XCTAssertEqual(SeccompCompiler.unknownNames(SeccompProfile(name: "x", allow: ["read", "no_such_call"], kill: [], restrictNamespaces: true)), ["no_such_call"])
+        XCTAssertEqual(
+            SeccompCompiler.unknownNames(SeccompProfile(name: "x", allow: ["read", "no_such_call"], kill: [], restrictNamespaces: true)), ["no_such_call"])
     }
 }

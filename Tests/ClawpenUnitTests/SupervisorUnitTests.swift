@@ -25,14 +25,16 @@ final class StoreTests: XCTestCase {
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     func job(_ id: String, key: String? = nil) -> JobRecord {
-        JobRecord(id: id, tenant: .t("a"), state: .queued, argv: ["echo", "a b", ""], env: [.init(name: "K", value: "v=1")],
-                  cwd: "/home", stdin: [0, 1], timeoutSeconds: 30, outputCap: 1 << 20, idempotencyKey: key, attempt: 1, createdAt: 1)
+        JobRecord(
+            id: id, tenant: .t("a"), state: .queued, argv: ["echo", "a b", ""], env: [.init(name: "K", value: "v=1")],
+            cwd: "/home", stdin: [0, 1], timeoutSeconds: 30, outputCap: 1 << 20, idempotencyKey: key, attempt: 1, createdAt: 1)
     }
 
     func testTenantsGetDistinctUidsFromTheRange() throws {
         let s = try Store(path: dir + "/db")
         guard case .created(let a) = try s.createTenant(name: .t("a"), tier: "free", uidRange: 10...11, now: 0),
-              case .created(let b) = try s.createTenant(name: .t("b"), tier: "pro", uidRange: 10...11, now: 0) else { return XCTFail() }
+            case .created(let b) = try s.createTenant(name: .t("b"), tier: "pro", uidRange: 10...11, now: 0)
+        else { return XCTFail() }
         XCTAssertEqual([a.uid, b.uid], [10, 11])
         XCTAssertEqual(try s.createTenant(name: .t("a"), tier: "free", uidRange: 10...11, now: 0), .duplicate)
         XCTAssertEqual(try s.createTenant(name: .t("c"), tier: "free", uidRange: 10...11, now: 0), .uidRangeExhausted)
@@ -47,7 +49,9 @@ final class StoreTests: XCTestCase {
             XCTAssertThrowsError(try s.insertJobs([job("2", key: "k"), job("5")]), "a duplicate key fails the whole batch")
             XCTAssertNil(try s.job(id: "5"))
             try s.insertJobs([job("3"), job("4")])
-            try s.finishJobs([.init(id: "4", state: .failed, result: JobResult(exitCode: 3, stdout: [9], stderr: [], stdoutTruncated: true), startedAt: 2, finishedAt: 3)])
+            try s.finishJobs([
+                .init(id: "4", state: .failed, result: JobResult(exitCode: 3, stdout: [9], stderr: [], stdoutTruncated: true), startedAt: 2, finishedAt: 3)
+            ])
         }
         let s = try Store(path: dir + "/db")
         let recovered = try s.recoverUnfinishedJobs()

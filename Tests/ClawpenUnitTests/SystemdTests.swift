@@ -4,7 +4,7 @@ import Logging
 import XCTest
 
 /// The systemd glue without systemd: field names, socket activation absent, and sd_notify
-/// datagrams caught on a socket of the test's own (FINDINGS.md: sd_notify only needs NOTIFY_SOCKET).
+/// datagrams caught on a socket of the test's own (sd_notify only needs NOTIFY_SOCKET, as systemd-notify does).
 final class SystemdTests: XCTestCase {
     func testMetadataKeysBecomeJournalFields() {
         XCTAssertEqual(JournalLogHandler.fieldName("tenant"), "TENANT")

@@ -61,19 +61,23 @@ final class TenantNameTests: XCTestCase {
 
 final class WorkerCodecTests: XCTestCase {
     func testSupervisorMessagesRoundTrip() throws {
-        let run = RunRequest(jobID: "j1", argv: ["sh", "-c", "échο"], env: ["A=1", "B="], cwd: "/home",
-                             stdin: [0, 255, 10], timeoutMs: 30_000, outputCapBytes: 1 << 20)
+        let run = RunRequest(
+            jobID: "j1", argv: ["sh", "-c", "échο"], env: ["A=1", "B="], cwd: "/home",
+            stdin: [0, 255, 10], timeoutMs: 30_000, outputCapBytes: 1 << 20)
         for m in [SupervisorToWorker.run(run), .cancel(jobID: "j1"), .shutdown] {
             XCTAssertEqual(try SupervisorToWorker.decode(m.encoded()), m)
         }
     }
 
     func testWorkerMessagesRoundTrip() throws {
-        let outcomes: [JobOutcome] = [.exited(code: 3), .signaled(signal: 15), .timedOut(signal: 9), .canceled(signal: nil),
-                                      .canceled(signal: 9), .spawnFailed(step: "exec", errno: 2)]
+        let outcomes: [JobOutcome] = [
+            .exited(code: 3), .signaled(signal: 15), .timedOut(signal: 9), .canceled(signal: nil),
+            .canceled(signal: 9), .spawnFailed(step: "exec", errno: 2),
+        ]
         for o in outcomes {
-            let rep = JobReport(jobID: "j", outcome: o, stdout: [1, 2], stderr: [], stdoutTruncated: true, stderrTruncated: false,
-                                runMicros: 5, cpuMicros: 6, maxRSSKiB: 7)
+            let rep = JobReport(
+                jobID: "j", outcome: o, stdout: [1, 2], stderr: [], stdoutTruncated: true, stderrTruncated: false,
+                runMicros: 5, cpuMicros: 6, maxRSSKiB: 7)
             XCTAssertEqual(try WorkerToSupervisor.decode(WorkerToSupervisor.finished(rep).encoded(), outputCap: 10), .finished(rep))
         }
         for m in [WorkerToSupervisor.ready(pid: 42), .setupFailed(step: "pivot_root", errno: 1, detail: "x"), .started(jobID: "j", pid: 9)] {
@@ -82,8 +86,9 @@ final class WorkerCodecTests: XCTestCase {
     }
 
     func testUntrustedWorkerBytesAreRejectedNotTrusted() {
-        let rep = JobReport(jobID: "j", outcome: .exited(code: 0), stdout: Array(repeating: 1, count: 11), stderr: [],
-                            stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0)
+        let rep = JobReport(
+            jobID: "j", outcome: .exited(code: 0), stdout: Array(repeating: 1, count: 11), stderr: [],
+            stdoutTruncated: false, stderrTruncated: false, runMicros: 0, cpuMicros: 0, maxRSSKiB: 0)
         let encoded = WorkerToSupervisor.finished(rep).encoded()
         XCTAssertThrowsError(try WorkerToSupervisor.decode(encoded, outputCap: 10), "more output than the cap")
         // Every truncation of a valid message fails cleanly.
@@ -113,17 +118,20 @@ final class WorkerCodecTests: XCTestCase {
 
 final class RequestCodecTests: XCTestCase {
     func testSubmitRoundTrip() throws {
-        let s = SubmitRequest(tenant: .t("a"), argv: ["echo", "hi"], env: [.init(name: "K", value: "V=1")], cwd: "/home/x",
-                              stdin: [0xFF, 0], timeoutSeconds: 2.5, idempotencyKey: "k", wait: true)
+        let s = SubmitRequest(
+            tenant: .t("a"), argv: ["echo", "hi"], env: [.init(name: "K", value: "V=1")], cwd: "/home/x",
+            stdin: [0xFF, 0], timeoutSeconds: 2.5, idempotencyKey: "k", wait: true)
         let (id, result) = RequestCodec.decode(RequestCodec.encode(.submit(s), id: .int(7)))
         XCTAssertEqual(id, .int(7))
         XCTAssertEqual(try result.get(), .submit(s))
     }
 
     func testEveryRequestTypeRoundTrips() throws {
-        let all: [Request] = [.ping, .jobGet(jobID: "x"), .jobWait(jobID: "x"), .jobCancel(jobID: "x"),
-                              .tenantCreate(name: .t("a"), tier: "pro"), .tenantList, .tenantShow(name: .t("a")),
-                              .status(tenant: nil), .status(tenant: .t("a"))]
+        let all: [Request] = [
+            .ping, .jobGet(jobID: "x"), .jobWait(jobID: "x"), .jobCancel(jobID: "x"),
+            .tenantCreate(name: .t("a"), tier: "pro"), .tenantList, .tenantShow(name: .t("a")),
+            .status(tenant: nil), .status(tenant: .t("a")),
+        ]
         for r in all {
             XCTAssertEqual(try RequestCodec.decode(RequestCodec.encode(r, id: .string("i"))).request.get(), r)
         }
@@ -138,8 +146,10 @@ final class RequestCodecTests: XCTestCase {
     }
 
     func testJSONSerializationEscapesAndKeepsNulls() throws {
-        let v = JSONValue.object([("s", .string("a\"b\\c\n\u{1}é")), ("n", .null), ("i", .int(-3)), ("d", .double(0.25)),
-                                  ("a", .array([.bool(true), .double(2)]))])
+        let v = JSONValue.object([
+            ("s", .string("a\"b\\c\n\u{1}é")), ("n", .null), ("i", .int(-3)), ("d", .double(0.25)),
+            ("a", .array([.bool(true), .double(2)])),
+        ])
         XCTAssertEqual(v.text, #"{"s":"a\"b\\c\n\u0001é","n":null,"i":-3,"d":0.25,"a":[true,2]}"#)
         XCTAssertEqual(try JSONValue.parse(v.serialized()), v)
     }
@@ -160,17 +170,23 @@ final class JSONParserTests: XCTestCase {
     func testParsesWhatTheSpecAllows() throws {
         let doc = #" { "a" : [1, -2, 3.5, -0.25e2, 1E3, true, false, null, "x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00", {}, []] } "#
         let v = try JSONValue.parse(Array(doc.utf8))
-        XCTAssertEqual(v["a"], .array([.int(1), .int(-2), .double(3.5), .double(-25), .double(1000), .bool(true), .bool(false),
-                                       .null, .string("x\"\\/\u{8}\u{c}\n\r\té😀"), .object([]), .array([])]))
+        XCTAssertEqual(
+            v["a"],
+            .array([
+                .int(1), .int(-2), .double(3.5), .double(-25), .double(1000), .bool(true), .bool(false),
+                .null, .string("x\"\\/\u{8}\u{c}\n\r\té😀"), .object([]), .array([]),
+            ]))
         XCTAssertEqual(try JSONValue.parse(Array("\"é\"".utf8)), .string("é"))
         XCTAssertEqual(try JSONValue.parse(Array("9223372036854775807".utf8)), .int(Int64.max))
         XCTAssertEqual(try JSONValue.parse(Array("92233720368547758070".utf8)), .double(9.223372036854775807e19))
     }
 
     func testRejectsWhatTheSpecDoesNot() {
-        let bad = ["", " ", "{", "}", "[1,]", "{\"a\":1,}", "{a:1}", "'x'", "01", "1.", ".5", "-", "1e", "+1", "NaN",
-                   "tru", "nulll", "\"abc", "\"\u{1}\"", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "\"\\udc00\"", "[1] [2]",
-                   "{\"a\":1,\"a\":2}", "1e999", String(repeating: "[", count: 300) + String(repeating: "]", count: 300)]
+        let bad = [
+            "", " ", "{", "}", "[1,]", "{\"a\":1,}", "{a:1}", "'x'", "01", "1.", ".5", "-", "1e", "+1", "NaN",
+            "tru", "nulll", "\"abc", "\"\u{1}\"", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "\"\\udc00\"", "[1] [2]",
+            "{\"a\":1,\"a\":2}", "1e999", String(repeating: "[", count: 300) + String(repeating: "]", count: 300),
+        ]
         for b in bad { XCTAssertThrowsError(try JSONValue.parse(Array(b.utf8)), b.debugDescription) }
         XCTAssertThrowsError(try JSONValue.parse([0x22, 0xFF, 0x22]), "invalid UTF-8")
         XCTAssertThrowsError(try JSONValue.parse([0x22, 0xC3, 0x22]), "truncated UTF-8")
@@ -184,7 +200,9 @@ final class JSONParserTests: XCTestCase {
             case 1: return .bool(Bool.random(using: &rng))
             case 2: return .int(Int64.random(in: -1_000_000...1_000_000, using: &rng))
             case 3: return .double(Double(Int.random(in: -1000...1000, using: &rng)) / 8)
-            case 4: return .string(String((0..<Int.random(in: 0...8, using: &rng)).map { _ in Character(Unicode.Scalar(UInt8.random(in: 1...127, using: &rng))) }) + "é")
+            case 4:
+                return .string(
+                    String((0..<Int.random(in: 0...8, using: &rng)).map { _ in Character(Unicode.Scalar(UInt8.random(in: 1...127, using: &rng))) }) + "é")
             case 5: return .array((0..<Int.random(in: 0...4, using: &rng)).map { _ in random(depth + 1) })
             default: return .object((0..<Int.random(in: 0...4, using: &rng)).map { i in ("k\(i)", random(depth + 1)) })
             }
