@@ -17,13 +17,7 @@ final class JobIsolationTests: XCTestCase {
     override func setUpWithError() throws {
         daemon = try Daemon().start()
         try daemon.createTenant("a")
-        let probe = try daemon.run("a", ["sh", "-c", "id -u; readlink /proc/self/ns/mnt; grep NoNewPrivs /proc/self/status"])
-        let lines = probe.stdout.split(separator: "\n").map(String.init)
-        let hostMnt = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")) ?? "?"
-        guard lines.count == 3, lines[0] != "0", lines[1] != hostMnt, lines[2].hasSuffix("1") else {
-            XCTFail("the sandbox is not there: \(probe.stdout) \(probe.stderr); not attacking")
-            throw XCTSkip("no sandbox")
-        }
+        try daemon.assertSandboxed("a")
     }
 
     override func tearDown() { daemon?.cleanup() }
