@@ -134,9 +134,6 @@ public final class Core {
         return take()
     }
 
-    /// Admission was refused or abandoned after `admit` counted the job as pending.
-    public func abandonPending(_ t: TenantState) { t.pendingAccepts = max(0, t.pendingAccepts - 1) }
-
     /// The job as it runs now, if it is on a worker.
     public func runningJob(_ id: String, tenant: TenantName) -> JobRecord? { tenants[tenant]?.inFlight[id] }
 

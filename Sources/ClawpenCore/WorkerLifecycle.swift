@@ -99,8 +99,6 @@ public struct WorkerLifecycle: Equatable, Sendable {
         }
     }
 
-    public var isReady: Bool { if case .ready = phase { true } else { false } }
-
     /// Nothing of the tenant's is left running or being cleaned up.
     public var isGone: Bool {
         switch phase {

@@ -18,7 +18,6 @@ struct GroupCommit {
     var audits: [AuditEvent] = []
     var scheduled = false
 
-    var isEmpty: Bool { accepts.isEmpty && finishes.isEmpty && audits.isEmpty }
 }
 
 extension Supervisor {
