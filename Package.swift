@@ -32,8 +32,9 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // The supervisor's side of systemd: socket activation, sd_notify, the journal log handler.
         // Never a dependency of the worker.
-        .target(name: "ClawpenSystemd", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
-                swiftSettings: strict),
+        .target(
+            name: "ClawpenSystemd", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
 
         // The one copy of each low-level helper: StepFailure (step, errno, detail) and errnoString,
         // the clocks, small file reads and writes. No Foundation, no other target.
@@ -54,8 +55,9 @@ let package = Package(
         // The supervisor's decisions as value types that take events and return actions: the
         // worker life cycle, the crash-loop rule, admission, the router and quotas. No NIO, no
         // syscalls: every rule is tested with a fake clock (Tests/ClawpenCoreTests).
-        .target(name: "ClawpenCore", dependencies: ["ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
-                swiftSettings: strict),
+        .target(
+            name: "ClawpenCore", dependencies: ["ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
+            swiftSettings: strict),
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
@@ -71,14 +73,31 @@ let package = Package(
         // workspace) with its supervisor-side and worker-side verbs, and the checklist that orders
         // them. Linked by the supervisor and the worker: no Foundation, NIO, libseccomp or policy.
         .target(name: "ClawpenSandbox", dependencies: ["ClawpenWire", "ClawpenSystem", "CClawpenShim"], swiftSettings: strict),
-        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "ClawpenSandbox", "ClawpenSystem", "CClawpenShim"],
-                swiftSettings: strict),
+        .target(
+            name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "ClawpenSandbox", "ClawpenSystem", "CClawpenShim"],
+            swiftSettings: strict),
 
+        // The client: every command but the daemon's. A static executable (no dynamic loader, no
+        // Swift runtime to find): it starts in about a millisecond and runs on a host without the
+        // toolchain. `clawpen serve` executes clawpen-serve (docs/architecture.md, "Two binaries").
         .executableTarget(
             name: "clawpen",
             dependencies: [
-                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenTOML", "ClawpenSystemd",
+                "ClawpenClient", "ClawpenPolicy", "ClawpenTOML",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict,
+            // FoundationEssentials (base64 in ClawpenProtocol) needs its two helper archives named
+            // when it is linked statically.
+            linkerSettings: [.unsafeFlags(["-static-executable", "-l_FoundationCollections", "-l_FoundationCShims", "-lswiftSynchronization"])]),
+        // The daemon (NIO, SQLite, libsystemd, libseccomp). scripts/package links the Swift
+        // runtime into it (--static-swift-stdlib): it needs only Debian's libraries.
+        .executableTarget(
+            name: "clawpen-serve",
+            dependencies: [
+                "ClawpenSupervisor", "ClawpenPolicy", "ClawpenTOML", "ClawpenSystemd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // A static executable (Swift runtime, libc, libstdc++ linked in; no dynamic loader): a
@@ -91,29 +110,35 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .executableTarget(
             name: "clawpen-bench",
-            dependencies: ["ClawpenClient", "ClawpenProtocol", "ClawpenSpawn", "CClawpenShim",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ClawpenClient", "ClawpenProtocol", "ClawpenSpawn", "CClawpenShim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict),
 
-        .testTarget(name: "ClawpenCoreTests", dependencies: ["ClawpenCore", "ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
-                    swiftSettings: strict),
+        .testTarget(
+            name: "ClawpenCoreTests", dependencies: ["ClawpenCore", "ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
+            swiftSettings: strict),
         .testTarget(
             name: "ClawpenUnitTests",
-            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
-                           "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: [
+                "ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
+                "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
             swiftSettings: strict),
         .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),
-        // `clawpen` is a dependency so that `swift test` builds it. clawpen-worker cannot be one: its
-        // -static-executable link flag would leak into the test product. scripts/test builds it first.
+        // `clawpen-serve` is a dependency so that `swift test` builds it. clawpen and clawpen-worker
+        // cannot be: their -static-executable link flag would leak into the test product.
+        // scripts/test builds every product first.
         .testTarget(
             name: "ClawpenIntegrationTests",
-            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],
+            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen-serve"],
             swiftSettings: strict),
         .testTarget(
             name: "ClawpenHostileTests",
-            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],
+            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen-serve"],
             swiftSettings: strict),
     ]
 )

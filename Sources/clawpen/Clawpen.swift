@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClawpenProtocol
 
 @main
 struct Clawpen: ParsableCommand {
@@ -14,8 +15,18 @@ struct Clawpen: ParsableCommand {
             ended it; 124 on timeout; 64 usage or invalid request; 69 daemon unavailable; 75 quota \
             exceeded; 77 denied; 70 internal error.
             """,
-        version: "0.1.0",
-        subcommands: [Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self])
+        version: ClawpenVersion.string,
+        subcommands: [
+            Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self, Version.self, Ping.self,
+        ])
+
+    /// `clawpen serve ...` goes to the daemon binary before any parsing here, so that its own
+    /// `--help` and its errors are the ones shown.
+    static func main() {
+        let args = CommandLine.arguments
+        if args.count > 1, args[1] == "serve" { DaemonBinary.exec(Array(args.dropFirst(2))) }
+        Self.main(nil)
+    }
 }
 
 /// `--socket` for every client command.

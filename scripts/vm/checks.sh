@@ -21,7 +21,7 @@ diag() { echo "  --- $*"; }
 # --- install, as an operator would -------------------------------------------------------
 out=$(scripts/install --build-dir "$bin" 2>&1); rc=$?
 echo "$out" | sed 's/^/  | /'
-check "scripts/install installs binaries, units, snippets and policies" test $rc -eq 0 -a -x /usr/local/bin/clawpen -a -x /usr/local/bin/clawpen-worker -a -e /usr/local/lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml
+check "scripts/install installs binaries, units, snippets and policies" test $rc -eq 0 -a -x /usr/local/bin/clawpen -a -x /usr/local/bin/clawpen-serve -a -x /usr/local/bin/clawpen-worker -a -e /usr/local/lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml
 systemd-sysusers /usr/local/lib/sysusers.d/clawpen.conf
 systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/clawpen.conf
 check "sysusers.d made the clawpen group, tmpfiles.d made /workspace and /var/lib/clawpen (0700, root's)" \
