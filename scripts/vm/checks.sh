@@ -3,7 +3,7 @@
 # installs clawpen from the build with scripts/install, starts clawpen.socket and checks, through
 # the activated socket as a service would, what issue 5 asks. One line per check ("ok - ..." or
 # "FAIL - ..."), then "N passed, M failed".
-#   scripts/vm/checks.sh BIN_DIR
+#   scripts/vm/checks.sh BIN_DIR [DEB]   (DEB: the package scripts/package built, installed last)
 set -uo pipefail
 main() {
 bin=${1:?usage: checks.sh BIN_DIR}
@@ -289,6 +289,36 @@ if [[ -n ${n:-} && ${n:-0} -gt 0 ]]; then
   echo "$( ((f == 0)) && echo ok || echo FAIL ) - escape battery and limit tests inside the VM ($((n - f)) of $n run, $skipped skipped)"
 else
   fail "escape battery inside the VM did not run"; tail -n 20 $esc/escape.log
+fi
+
+# --- the Debian package on a system without the scripts/install copy -----------------------
+deb=${2:-}
+if [[ -n $deb && -f $deb ]]; then
+  systemctl disable --now clawpen.socket clawpen.service >/dev/null 2>&1
+  rm -f /usr/local/bin/clawpen /usr/local/bin/clawpen-serve /usr/local/bin/clawpen-worker \
+    /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service
+  rm -rf /var/lib/clawpen /etc/clawpen
+  systemctl daemon-reload
+  out=$(dpkg -i "$deb" 2>&1); rc=$?
+  echo "$out" | tail -n 3 | sed 's/^/  | /'
+  check "dpkg -i installs the package (client, daemon, worker, units, policies as conffiles, man pages, completions)" \
+    bash -c "[[ $rc -eq 0 ]] && test -x /usr/bin/clawpen -a -x /usr/lib/clawpen/clawpen-serve -a -x /usr/lib/clawpen/clawpen-worker \
+      -a -e /lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml -a -e /usr/share/man/man1/clawpen.submit.1.gz \
+      -a -e /usr/share/bash-completion/completions/clawpen && dpkg-query -W -f='\${Conffiles}' clawpen | grep -q /etc/clawpen/policies/tiers/free.toml"
+  check "the package starts nothing by itself" bash -c '! systemctl -q is-active clawpen.socket && ! systemctl -q is-active clawpen.service'
+  systemctl enable --now clawpen.socket >/dev/null 2>&1
+  /usr/bin/clawpen tenant create pkg >/dev/null 2>&1
+  out=$(/usr/bin/clawpen submit --tenant pkg -- echo from-the-package 2>&1); rc=$?
+  exe=$(readlink "/proc/$(systemctl show -p MainPID --value clawpen)/exe")
+  check "enabled, the packaged clawpen.socket starts the packaged daemon and a job runs ($exe)" \
+    bash -c '[[ $1 -eq 0 && $2 == from-the-package && $3 == /usr/lib/clawpen/clawpen-serve ]]' _ "$rc" "$out" "$exe"
+  dpkg -r clawpen >/dev/null 2>&1; rc=$?
+  check "dpkg -r stops the units and keeps the state (/var/lib/clawpen)" \
+    bash -c "[[ $rc -eq 0 ]] && ! systemctl -q is-active clawpen.service && ! systemctl -q is-active clawpen.socket && test -e /var/lib/clawpen/clawpen.db -a ! -e /usr/bin/clawpen"
+  dpkg -P clawpen >/dev/null 2>&1; rc=$?
+  check "dpkg -P removes the state and the policies" bash -c "[[ $rc -eq 0 ]] && test ! -e /var/lib/clawpen -a ! -e /etc/clawpen/policies/tiers/free.toml"
+else
+  fail "no package to install (scripts/vm-test builds it with scripts/package): ${deb:-none given}"
 fi
 
 echo "$passed passed, $failed failed"
