@@ -2,6 +2,9 @@ import ArgumentParser
 import ClawpenProtocol
 
 @main
+/// Every command names itself (`commandName:`): without it ArgumentParser derives the name with
+/// `String(describing:)`, whose protocol-conformance scan of the whole static binary cost the
+/// client ~1 ms of its start per command (measured with perf; BENCHMARKS.md).
 struct Clawpen: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clawpen",

@@ -27,7 +27,7 @@ struct JobCommand: ParsableCommand {
         subcommands: [Get.self, Wait.self, Cancel.self])
 
     struct Get: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a job's state and result (at once, whatever its state).")
+        static let configuration = CommandConfiguration(commandName: "get", abstract: "Show a job's state and result (at once, whatever its state).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The job id.") var id: String
         @Flag(help: "Print the job as JSON.") var json = false
@@ -53,6 +53,7 @@ struct JobCommand: ParsableCommand {
 
     struct Wait: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "wait",
             abstract: "Wait for a job to finish, then print its output and exit with its status (as submit does).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The job id.") var id: String
@@ -66,6 +67,7 @@ struct JobCommand: ParsableCommand {
 
     struct Cancel: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "cancel",
             abstract: "Cancel a job: a queued one is removed, a running one is killed (its whole process group).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The job id.") var id: String

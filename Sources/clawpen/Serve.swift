@@ -7,6 +7,7 @@ import Glibc
 /// in about a millisecond on any host; the daemon is the binary that links them.
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract: "Run the supervisor (normally started by systemd).",
         discussion: """
             Runs clawpen-serve (next to clawpen, else /usr/lib/clawpen/clawpen-serve) with the same \

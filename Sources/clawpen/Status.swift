@@ -5,6 +5,7 @@ import Glibc
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Show the supervisor and every tenant's worker at a glance.",
         discussion: "Numbers that cannot be read are shown as - (null in --json), never as 0.")
 

@@ -5,6 +5,7 @@ import Glibc
 
 struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "submit",
         abstract: "Run a command as a tenant's job.",
         discussion: """
             Behaves like running the command locally: the job's stdout on stdout, its stderr on \

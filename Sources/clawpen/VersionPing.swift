@@ -6,6 +6,7 @@ import Glibc
 /// The version of this client, and of the daemon when one answers.
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "version",
         abstract: "Print clawpen's version (and the daemon's, when it answers).",
         discussion: "The client's version always; the daemon's when --socket (or the default socket) answers, else 'not reachable'. Exit 0 either way.")
 
@@ -30,6 +31,7 @@ struct Version: ParsableCommand {
 /// Whether the daemon answers: exit 0 when it does, 69 (EX_UNAVAILABLE) when not.
 struct Ping: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "ping",
         abstract: "Ask the daemon whether it answers.",
         discussion: "Exit 0 when it answers (its pid, version and round trip printed), 69 when it cannot be reached. For health checks and scripts.")
 
