@@ -28,6 +28,8 @@ public enum Request: Sendable, Equatable {
     case tenantResume(name: TenantName)
     /// What the tenant's running worker actually has, beside what its policy asks (operators).
     case tenantInspect(name: TenantName)
+    /// The Prometheus text of `GET /metrics` (operators).
+    case metrics
 
     public var typeName: String {
         switch self {
@@ -47,6 +49,7 @@ public enum Request: Sendable, Equatable {
         case .tenantSuspend: return "tenant.suspend"
         case .tenantResume: return "tenant.resume"
         case .tenantInspect: return "tenant.inspect"
+        case .metrics: return "metrics"
         }
     }
 }
@@ -178,10 +181,11 @@ public enum RequestCodec {
             return .tenantSetQuota(name: name, changes: changes)
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
+        case "metrics": return .metrics
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics)"
             )
         }
     }
@@ -344,7 +348,7 @@ public enum RequestCodec {
             o.set("argv", .array(argv.map(JSONValue.string)))
             if !env.isEmpty { o.set("env", .object(env.map { ($0.name, .string($0.value)) })) }
             if let cwd { o.set("cwd", .string(cwd)) }
-        case .policyReload: break
+        case .policyReload, .metrics: break
         case .tenantSetQuota(let name, let changes):
             o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))

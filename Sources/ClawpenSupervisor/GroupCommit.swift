@@ -39,6 +39,7 @@ extension Supervisor {
         // debug: a line per job is for the journal (the unit runs at --log-level debug), not for
         // a terminal.
         logger.debug("job finished", metadata: ["tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)"])
+        metrics.jobFinished(job)
         commit.finishes.append(
             Store.Finished(
                 id: job.id, state: job.state, result: job.result ?? JobResult(),
@@ -60,10 +61,12 @@ extension Supervisor {
         if !commit.finishes.isEmpty {
             let batch = commit.finishes
             commit.finishes.removeAll(keepingCapacity: true)
+            let began = Clock.monotonic()
             do { try store.finishJobs(batch) } catch {
                 logger.error(
                     "store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
             }
+            metrics.storeCommit.record(Clock.monotonic() - began)
             let notes = commit.notifications
             commit.notifications.removeAll(keepingCapacity: true)
             for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
@@ -77,12 +80,15 @@ extension Supervisor {
         // a crash before the acknowledgement: the caller retries, at-least-once.)
         let jobs = batch.map(\.job)
         perform(core.accepted(jobs))
+        let began = Clock.monotonic()
         do { try store.insertJobs(jobs) } catch {
+            metrics.storeCommit.record(Clock.monotonic() - began)
             logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
             perform(core.withdraw(jobs))
             for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
             return
         }
+        metrics.storeCommit.record(Clock.monotonic() - began)
         for p in batch {
             if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } } else { p.responder.job(memoryView(p.job)) }
         }

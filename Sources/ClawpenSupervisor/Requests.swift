@@ -58,6 +58,9 @@ extension Supervisor {
             case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(try tenant(name), changes, r)
+            case .metrics:
+                try authorize(r, .operator(command: "metrics"), request: "metrics")
+                r.reply("metrics", [("text", .string(String(decoding: metricsText(), as: UTF8.self)))])
             }
         } catch let e as ProtocolError {
             r.fail(e)

@@ -73,6 +73,8 @@ public final class Supervisor: @unchecked Sendable {
     var workerMountsFallback: String?
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
+    /// Prometheus metrics (Metrics/).
+    let metrics = SupervisorMetrics()
 
     init(
         loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
@@ -109,6 +111,7 @@ public final class Supervisor: @unchecked Sendable {
             perform(core.suspend(name, by: by))
         }
         perform(core.recover(recovered))
+        sampleLoopLag()
         refillSpares()
         refillNetns()
     }
@@ -123,6 +126,7 @@ public final class Supervisor: @unchecked Sendable {
         switch message {
         case .ready:
             logReady(w)
+            metrics.workerReady(w.tenant, seconds: Clock.monotonic() - w.startedAt)
             perform(core.workerReady(w.ref))
         case .setupFailed(let step, let err, let detail):
             perform(core.workerSetupFailed(w.ref, WorkerFailure(.setup, stage: step, errno: err, errnoText: errnoString(err), detail: detail)))
@@ -177,6 +181,7 @@ public final class Supervisor: @unchecked Sendable {
                     logger.error("store failure re-queuing a job (it runs again at the next start)", metadata: ["job_id": "\(id)", "error": "\(error)"])
                 }
             case .audit(let event):
+                if event.action == "tenant.quarantined", let name = event.tenant.flatMap({ try? TenantName(validating: $0) }) { metrics.quarantined(name) }
                 commit.audits.append(event)
                 scheduleFlush()
             case .releaseCgroup(let tenant):

@@ -58,6 +58,12 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("subgid-file"), help: "For tests only: the file the tenants' gid range is registered in instead of /etc/subgid.") var subgidFile:
         String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String?
+    @Option(
+        name: .customLong("metrics-listen"),
+        help: ArgumentHelp(
+            "Serve HTTP GET /metrics (Prometheus), /healthz and /readyz on HOST:PORT (e.g. 127.0.0.1:9464).",
+            discussion: "Off by default. Anyone who can connect reads every tenant's name and counts: bind it to loopback or a private address."
+        )) var metricsListen: String?
 
     func run() throws {
         var cfg = ServeConfig()
@@ -86,6 +92,7 @@ struct ServeCommand: ParsableCommand {
         if let v = maxRunning { cfg.maxRunning = v }
         if let v = reservedSlots { cfg.reservedSlots = v }
         if requireCgroupLimits { cfg.requireCgroupLimits = true }
+        if let v = metricsListen { cfg.metricsListen = v }
         // For tests only: where the uid range is registered instead of /etc/subuid and /etc/subgid.
         if let v = subuidFile { cfg.subuidPath = absolute(v) }
         if let v = subgidFile { cfg.subgidPath = absolute(v) }
@@ -159,7 +166,8 @@ extension ServeError {
     var exitCode: Int32 {
         switch self {
         case .socketInUse: return 69
-        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange: return 78 // EX_CONFIG
+        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config:
+            return 78 // EX_CONFIG
         default: return 70
         }
     }
@@ -175,7 +183,8 @@ enum ConfigFile {
     /// no flag. The snake_case names of the first version (`idle_timeout_s`, ...) still work.
     static let knownKeys = [
         "socket", "state-dir", "workspace-root", "policies", "worker-path", "idle-timeout", "max-frame-bytes", "shutdown-grace", "prespawn",
-        "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "uid-min",
+        "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "metrics-listen",
+        "uid-min",
         "uid-max",
     ]
 
@@ -232,6 +241,7 @@ enum ConfigFile {
                 guard let i = e.value.integerValue, (1...100_000).contains(i) else { throw bad("an integer from 1 to 100000") }; cfg.maxRunning = Int(i)
             case "reserved_slots": guard let i = e.value.integerValue, i >= 0 else { throw bad("an integer >= 0") }; cfg.reservedSlots = Int(i)
             case "require_cgroup_limits": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.requireCgroupLimits = b
+            case "metrics_listen": guard let s = e.value.stringValue else { throw bad("a string, HOST:PORT") }; cfg.metricsListen = s
             case "partial_frame_timeout_s":
                 guard let d = e.value.numberValue, d > 0 else { throw bad("a positive number") }; cfg.partialFrameTimeoutSeconds = d
             case "log_level":

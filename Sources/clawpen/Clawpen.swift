@@ -20,7 +20,8 @@ struct Clawpen: ParsableCommand {
             """,
         version: ClawpenVersion.string,
         subcommands: [
-            Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self, Version.self, Ping.self,
+            Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self, MetricsCommand.self, Version.self,
+            Ping.self,
         ])
 
     /// `clawpen serve ...` goes to the daemon binary before any parsing here, so that its own

@@ -59,3 +59,20 @@ struct Ping: ParsableCommand {
         return Double(ts.tv_sec) * 1000 + Double(ts.tv_nsec) / 1_000_000
     }
 }
+
+/// The daemon's Prometheus metrics over the control socket: the text `GET /metrics` serves.
+struct MetricsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics",
+        abstract: "Print the daemon's metrics (Prometheus text format), as GET /metrics serves them.",
+        discussion:
+            "Operators only. The same series `serve --metrics-listen HOST:PORT` serves over HTTP, for a host that exposes no port: every name starts clawpen_, per-tenant series carry tenant=\"NAME\"."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        let reply = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.call(.metrics) }
+        Output.writeStdout(reply["text"]?.stringValue ?? "")
+    }
+}

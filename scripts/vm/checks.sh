@@ -75,6 +75,10 @@ echo "  memory hog: exit $rc, state $state, memory.events: $(tr '\n' ' ' < $unit
 check "a job allocating 3x memory_max ends oom_killed (exit 137)" test "$rc" = 137 -a "$state" = oom_killed
 out=$(clawpen submit --tenant a -- echo still-alive 2>&1)
 check "tenant a's worker survived the OOM kill of its job" test "$out" = still-alive
+m=$(clawpen metrics 2>&1)
+echo "  metrics: $(grep -E '^clawpen_(oom_kills_total|jobs_total)\{tenant="a"' <<<"$m" | tr '\n' ' ')"
+check "clawpen metrics counts the OOM kill (clawpen_oom_kills_total, jobs_total state=oom_killed)" \
+  bash -c "grep -qE '^clawpen_oom_kills_total\\{tenant=\"a\"\\} [1-9]' <<<\"\$0\" && grep -qE '^clawpen_jobs_total\\{tenant=\"a\",state=\"oom_killed\"\\} [1-9]' <<<\"\$0\"" "$m"
 
 # Memory that RLIMIT_AS would not see counts against memory.max: several processes, a memfd
 # that is never mapped, SysV shm. Each job tries to hold ~1.5x memory_max and is stopped.
