@@ -20,7 +20,8 @@ struct Submit: ParsableCommand {
             -it together behave like `docker run -it`: our terminal in raw mode (restored however \
             clawpen ends), ctrl-p ctrl-q detaches (the job keeps running: `clawpen job attach ID`), \
             and SIGINT, SIGTERM, SIGHUP, SIGQUIT are passed on to the job. Such jobs may run up to \
-            the tier's interactive_timeout_max_s (their default timeout).
+            the tier's interactive_timeout_max_s (their default timeout). With --detach, -i and -t give \
+            the job an open stdin and a terminal for a later `clawpen job attach ID`.
 
             Examples: clawpen submit --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
                       clawpen submit -it --tenant acme -- python3
@@ -64,8 +65,6 @@ struct Submit: ParsableCommand {
                 throw Output.fail(.invalidRequest, "cannot read --stdin-file \(stdinFile): \(String(cString: strerror(errno)))")
             }
             stdin = bytes
-        } else if interactiveStdin && detach {
-            stdin = readAll(fd: 0) // nobody follows a detached job: its input goes with the submit
         }
         let vars = env.map { e -> SubmitRequest.EnvVar in
             let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
@@ -76,7 +75,9 @@ struct Submit: ParsableCommand {
         }
         let request = SubmitRequest(
             tenant: try TenantArgument.parse(tenant), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
-            timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach)
+            timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach,
+            // Detached (docker run -dit): stdin stays open and the terminal waits for `job attach`.
+            options: RunOptions(stdinOpen: interactiveStdin, tty: tty))
         let (job, _) = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
         if detach {
             if json { Output.json(job.json) } else { Output.line(job.id) }
