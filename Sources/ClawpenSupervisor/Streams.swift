@@ -77,6 +77,8 @@ extension Supervisor {
     static let inputWindow = 256 * 1024
     /// How long an attached client may keep its connection full before it is detached.
     static let slowFollowerGraceSeconds = 2.0
+    /// Output acknowledged to the worker at once (its window is 256 KiB, Worker.outputWindow).
+    static let ackBatchBytes = 64 * 1024
 
     // MARK: Submit
 
@@ -392,7 +394,10 @@ extension Supervisor {
     /// it. A submitter that does not read holds the job (its own job, a pipe with a slow reader);
     /// an attached client that stays full is detached after a grace period.
     private func settle(_ stream: JobStream) {
-        guard stream.owed > 0 else { return }
+        // Acknowledged in batches of a quarter of the worker's window: a job that writes a line
+        // now and then never comes near the window, and each ack is a write and a wake-up of the
+        // worker, on the path of the next line.
+        guard stream.owed >= Self.ackBatchBytes else { return }
         var blocked = false
         let now = Clock.monotonic()
         for f in stream.followers where f.channel.isActive && !f.channel.isWritable {
