@@ -412,7 +412,7 @@ public final class Core {
                     jobID: job.id, argv: job.argv, env: job.env.map { "\($0.name)=\($0.value)" },
                     cwd: job.cwd, stdin: job.stdin,
                     timeoutMs: UInt32(min(job.timeoutSeconds * 1000, Double(UInt32.max - 1))),
-                    outputCapBytes: UInt32(job.outputCap))
+                    outputCapBytes: UInt32(job.outputCap), options: job.options)
                 out.append(.send(w, .run(run)))
                 if !written.contains(w) { written.append(w) }
             })

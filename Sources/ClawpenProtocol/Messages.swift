@@ -30,6 +30,8 @@ public enum Request: Sendable, Equatable {
     case tenantInspect(name: TenantName)
     /// The Prometheus text of `GET /metrics` (operators).
     case metrics
+    /// The agent runtime: input, window size, signals, attach, logs, list (Messages+Runtime.swift).
+    case runtime(RuntimeRequest)
 
     public var typeName: String {
         switch self {
@@ -50,6 +52,7 @@ public enum Request: Sendable, Equatable {
         case .tenantResume: return "tenant.resume"
         case .tenantInspect: return "tenant.inspect"
         case .metrics: return "metrics"
+        case .runtime(let r): return r.typeName
         }
     }
 }
@@ -71,6 +74,8 @@ public struct SubmitRequest: Sendable, Equatable {
     public var timeoutSeconds: Double?
     public var idempotencyKey: String?
     public var wait: Bool
+    /// `stream`, `stdin_open`, `tty`, `rows`, `cols` (docs/protocol.md, "Streaming").
+    public var options: RunOptions
 
     public struct EnvVar: Sendable, Equatable {
         public var name: String
@@ -80,10 +85,11 @@ public struct SubmitRequest: Sendable, Equatable {
 
     public init(
         tenant: TenantName, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
-        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false
+        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false, options: RunOptions = RunOptions()
     ) {
         self.tenant = tenant; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
         self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.wait = wait
+        self.options = options
     }
 
     public static let maxArguments = 4096
@@ -182,10 +188,11 @@ public enum RequestCodec {
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         case "metrics": return .metrics
+        case let t where RuntimeRequest.types.contains(t): return .runtime(try RuntimeRequest.parse(f))
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics)"
             )
         }
     }
@@ -258,7 +265,7 @@ public enum RequestCodec {
         }
         return SubmitRequest(
             tenant: tenant, argv: argv, env: env, cwd: cwd, stdin: stdin,
-            timeoutSeconds: timeout, idempotencyKey: key, wait: wait)
+            timeoutSeconds: timeout, idempotencyKey: key, wait: wait, options: try RuntimeRequest.submitOptions(f))
     }
 
     /// A request's fields by name. A request may carry fields this version does not know
@@ -335,6 +342,7 @@ public enum RequestCodec {
             if let t = s.timeoutSeconds { o.set("timeout_s", .double(t)) }
             if let k = s.idempotencyKey { o.set("idempotency_key", .string(k)) }
             o.set("wait", s.wait)
+            RuntimeRequest.encodeOptions(s.options, into: &o)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name.value)); o.set("tier", .string(tier))
         case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name), .tenantInspect(let name): o.set("name", .string(name.value))
@@ -352,6 +360,7 @@ public enum RequestCodec {
         case .tenantSetQuota(let name, let changes):
             o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
+        case .runtime(let r): r.encode(into: &o)
         }
         return o.value.serialized()
     }

@@ -229,6 +229,27 @@ public final class Store: @unchecked Sendable {
         try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE id=?", [.text(id)], Self.decodeJob).first
     }
 
+    /// Jobs newest first (`job.list`): of the given tenants (nil: all), in the given stored
+    /// states (nil: any), at most `limit`, none of the ids in `excluding`.
+    public func jobs(tenants: [TenantName]?, states: [JobState]?, limit: Int, excluding: Set<String> = []) throws(StoreError) -> [JobRecord] {
+        var clauses: [String] = []
+        var bind: [SQLValue] = []
+        if let tenants {
+            guard !tenants.isEmpty else { return [] }
+            clauses.append("tenant IN (" + tenants.map { _ in "?" }.joined(separator: ",") + ")")
+            bind += tenants.map { .text($0.value) }
+        }
+        if let states {
+            guard !states.isEmpty else { return [] }
+            clauses.append("state IN (" + states.map { _ in "?" }.joined(separator: ",") + ")")
+            bind += states.map { .text($0.rawValue) }
+        }
+        let filter = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
+        bind.append(.int(Int64(limit + excluding.count)))
+        let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs\(filter) ORDER BY created_at DESC, id DESC LIMIT ?", bind, Self.decodeJob)
+        return Array(rows.lazy.filter { !excluding.contains($0.id) }.prefix(limit))
+    }
+
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {
         try db.rows(
             "SELECT \(Self.jobColumns) FROM jobs WHERE tenant=? AND idempotency_key=?",

@@ -11,6 +11,8 @@ struct GroupCommit {
         let job: JobRecord
         let responder: Responder
         let wait: Bool
+        /// `"stream": true`: `accepted` now, output, then the final job (Streams.swift).
+        var stream = false
     }
     var accepts: [PendingAccept] = []
     var finishes: [Store.Finished] = []
@@ -85,12 +87,21 @@ extension Supervisor {
             metrics.storeCommit.record(Clock.monotonic() - began)
             logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
             perform(core.withdraw(jobs))
-            for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
+            for p in batch {
+                dropStream(p.job.id)
+                p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)"))
+            }
             return
         }
         metrics.storeCommit.record(Clock.monotonic() - began)
         for p in batch {
-            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } } else { p.responder.job(memoryView(p.job)) }
+            if p.stream {
+                acceptedStream(p.job, p.responder)
+            } else if p.wait {
+                addWaiter(p.job.id) { [r = p.responder] in r.job($0) }
+            } else {
+                p.responder.job(memoryView(p.job))
+            }
         }
     }
 

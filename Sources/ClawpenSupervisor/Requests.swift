@@ -61,6 +61,7 @@ extension Supervisor {
             case .metrics:
                 try authorize(r, .operator(command: "metrics"), request: "metrics")
                 r.reply("metrics", [("text", .string(String(decoding: metricsText(), as: UTF8.self)))])
+            case .runtime(let request): try handleRuntime(request, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)
@@ -169,6 +170,7 @@ extension Supervisor {
             if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
             if let existing = try store.job(tenant: name, idempotencyKey: key) {
                 let current = try activeOrStoredJob(existing.id)
+                if s.options.stream { try streamExisting(current, r); return }
                 if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } } else { r.job(current, existing: true) }
                 return
             }
@@ -179,7 +181,8 @@ extension Supervisor {
             throw refusal.error
         case .success(let job):
             // Accepted means committed: the reply and the dispatch follow the flush's commit.
-            commit.accepts.append(GroupCommit.PendingAccept(job: job, responder: r, wait: s.wait))
+            registerStream(job, s, r)
+            commit.accepts.append(GroupCommit.PendingAccept(job: job, responder: r, wait: s.wait, stream: s.options.stream))
             scheduleFlush()
         }
     }
@@ -188,7 +191,7 @@ extension Supervisor {
     func activeOrStoredJob(_ id: String) throws -> JobView {
         if !commit.accepts.isEmpty || !commit.finishes.isEmpty { flushWrites() }
         guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
-            throw ProtocolError(.unknownTenant, "no job with id '\(id.prefix(80))'")
+            throw ProtocolError(.unknownJob, "no job with id '\(id.prefix(80))'")
         }
         if let running = core.runningJob(id, tenant: stored.tenant) { return running.view }
         return stored.view

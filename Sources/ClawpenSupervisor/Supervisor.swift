@@ -71,6 +71,8 @@ public final class Supervisor: @unchecked Sendable {
     /// Why workers build all their mounts themselves, when the supervisor cannot join their
     /// mount namespaces (setns needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN); nil: it can.
     var workerMountsFallback: String?
+    /// Who follows which job, and the output and input windows (Streams.swift).
+    var streams = StreamTable()
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
     /// Prometheus metrics (Metrics/).
@@ -132,8 +134,12 @@ public final class Supervisor: @unchecked Sendable {
             perform(core.workerSetupFailed(w.ref, WorkerFailure(.setup, stage: step, errno: err, errnoText: errnoString(err), detail: detail)))
         case .started(let id, _):
             perform(core.workerStarted(w.ref, jobID: id))
+            streamJobStarted(id, w)
         case .finished(let report):
             perform(core.jobReported(w.ref, report))
+            streamJobFinished(report.jobID)
+        case .runtime(let event):
+            runtimeEvent(event, w)
         }
     }
 

@@ -10,13 +10,15 @@ public struct RunRequest: Equatable, Sendable {
     public var stdin: [UInt8]
     public var timeoutMs: UInt32
     public var outputCapBytes: UInt32 // per stream
+    /// Streamed, stdin open, terminal (RuntimeMessages.swift).
+    public var options: RunOptions
 
     public init(
         jobID: String, argv: [String], env: [String], cwd: String, stdin: [UInt8],
-        timeoutMs: UInt32, outputCapBytes: UInt32
+        timeoutMs: UInt32, outputCapBytes: UInt32, options: RunOptions = RunOptions()
     ) {
         self.jobID = jobID; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
-        self.timeoutMs = timeoutMs; self.outputCapBytes = outputCapBytes
+        self.timeoutMs = timeoutMs; self.outputCapBytes = outputCapBytes; self.options = options
     }
 }
 
@@ -65,13 +67,15 @@ public enum SupervisorToWorker: Equatable, Sendable {
     /// The suspension is over (it lasted `pausedMs`): SIGCONT what `pause` stopped and move every
     /// running job's deadline by `pausedMs` (a frozen job did not use its time).
     case resume(pausedMs: UInt32)
+    /// Output, input, window size and signals of a running job.
+    case runtime(RuntimeCommand)
 
     public func encoded() -> [UInt8] {
         var w = BinaryWriter()
         switch self {
         case .run(let r):
             w.u8(1); w.string(r.jobID); w.strings(r.argv); w.strings(r.env); w.string(r.cwd)
-            w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes)
+            w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes); r.options.encode(into: &w)
         case .cancel(let id):
             w.u8(2); w.string(id)
         case .shutdown:
@@ -82,6 +86,8 @@ public enum SupervisorToWorker: Equatable, Sendable {
             w.u8(5)
         case .resume(let ms):
             w.u8(6); w.u32(ms)
+        case .runtime(let command):
+            command.encode(into: &w)
         }
         return w.bytes
     }
@@ -94,13 +100,16 @@ public enum SupervisorToWorker: Equatable, Sendable {
             msg = .run(
                 RunRequest(
                     jobID: try r.string(), argv: try r.strings(max: 65536), env: try r.strings(max: 65536),
-                    cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32()))
+                    cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32(),
+                    options: try RunOptions.decode(&r)))
         case 2: msg = .cancel(jobID: try r.string())
         case 3: msg = .shutdown
         case 4: msg = .configure(try SandboxPlan.decode(&r))
         case 5: msg = .pause
         case 6: msg = .resume(pausedMs: try r.u32())
-        default: throw .badValue
+        case let tag:
+            guard let command = try RuntimeCommand.decode(tag: tag, &r) else { throw .badValue }
+            msg = .runtime(command)
         }
         guard r.isAtEnd else { throw .badValue }
         return msg
@@ -114,6 +123,8 @@ public enum WorkerToSupervisor: Equatable, Sendable {
     case setupFailed(step: String, errno: Int32, detail: String)
     case started(jobID: String, pid: Int32)
     case finished(JobReport)
+    /// Output, replay ends and input progress of a running job.
+    case runtime(RuntimeEvent)
 
     public static let maxJobIDBytes = 128
 
@@ -139,6 +150,9 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.bytes(rep.stdout); w.bytes(rep.stderr)
             w.bool(rep.stdoutTruncated); w.bool(rep.stderrTruncated)
             w.u64(rep.runMicros); w.u64(rep.cpuMicros); w.u64(rep.maxRSSKiB)
+        case .runtime(let event):
+            if case .output(let c) = event { w = BinaryWriter(capacity: c.data.count + 64) }
+            event.encode(into: &w)
         }
         return w.bytes
     }
@@ -170,12 +184,15 @@ public enum WorkerToSupervisor: Equatable, Sendable {
                     jobID: id, outcome: outcome, stdout: out, stderr: err,
                     stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
                     runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
-        default: throw .badValue
+        case let tag:
+            guard let event = try RuntimeEvent.decode(tag: tag, &r) else { throw .badValue }
+            msg = .runtime(event)
         }
         guard r.isAtEnd else { throw .badValue }
         switch msg {
         case .started(let id, _) where id.utf8.count > maxJobIDBytes: throw .badValue
         case .finished(let rep) where rep.jobID.utf8.count > maxJobIDBytes: throw .badValue
+        case .runtime(let event) where event.jobID.utf8.count > maxJobIDBytes: throw .badValue
         case .setupFailed(let step, _, let detail) where step.utf8.count > 256 || detail.utf8.count > 4096: throw .badValue
         default: break
         }

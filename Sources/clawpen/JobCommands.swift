@@ -21,10 +21,29 @@ func present(_ job: JobView, json: Bool) -> ExitCode {
     return ExitCode(job.cliExitStatus)
 }
 
+/// How a followed job ended, for the CLI: its output was printed as it came, so only the notes,
+/// the error and the exit status remain.
+func finish(_ end: JobSession.End, json: Bool) -> ExitCode {
+    switch end {
+    case .failed(let e): return Output.fail(e)
+    case .detached:
+        Output.writeStderr("\r\nclawpen: detached; the job keeps running (clawpen job attach ID to come back)\r\n")
+        return .success
+    case .finished(let job):
+        if json { Output.json(job.json); return ExitCode(job.cliExitStatus) }
+        if let e = job.error {
+            Output.writeStderr("clawpen: \(e.code.rawValue): \(e.message)\n")
+        } else if job.state == .killed || job.state == .canceled {
+            Output.writeStderr("clawpen: job \(job.id) \(job.state.rawValue) by signal \(job.signal ?? 9)\n")
+        }
+        return ExitCode(job.cliExitStatus)
+    }
+}
+
 struct JobCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "job", abstract: "Inspect, wait for and cancel jobs.",
-        subcommands: [Get.self, Wait.self, Cancel.self])
+        commandName: "job", abstract: "Inspect, wait for, cancel, attach to, signal and list jobs; read their logs.",
+        subcommands: [Get.self, Wait.self, Cancel.self, Attach.self, Logs.self, List.self, Signal.self])
 
     struct Get: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "get", abstract: "Show a job's state and result (at once, whatever its state).")
