@@ -32,6 +32,8 @@ public enum Request: Sendable, Equatable {
     case metrics
     /// The agent runtime: input, window size, signals, attach, logs, list (Messages+Runtime.swift).
     case runtime(RuntimeRequest)
+    /// The tenant's files (FileRequests.swift).
+    case file(FileCommand)
 
     public var typeName: String {
         switch self {
@@ -53,6 +55,7 @@ public enum Request: Sendable, Equatable {
         case .tenantInspect: return "tenant.inspect"
         case .metrics: return "metrics"
         case .runtime(let r): return r.typeName
+        case .file(let c): return c.typeName
         }
     }
 }
@@ -189,10 +192,11 @@ public enum RequestCodec {
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         case "metrics": return .metrics
         case let t where RuntimeRequest.types.contains(t): return .runtime(try RuntimeRequest.parse(f))
+        case _ where type.hasPrefix("file."): return .file(try file(type, f))
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir)"
             )
         }
     }
@@ -361,6 +365,7 @@ public enum RequestCodec {
             o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
         case .runtime(let r): r.encode(into: &o)
+        case .file(let c): encodeFile(c, into: &o)
         }
         return o.value.serialized()
     }

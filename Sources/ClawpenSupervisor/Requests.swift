@@ -62,6 +62,7 @@ extension Supervisor {
                 try authorize(r, .operator(command: "metrics"), request: "metrics")
                 r.reply("metrics", [("text", .string(String(decoding: metricsText(), as: UTF8.self)))])
             case .runtime(let request): try handleRuntime(request, r)
+            case .file(let c): try handleFile(c, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)

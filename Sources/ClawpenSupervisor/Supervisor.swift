@@ -77,6 +77,8 @@ public final class Supervisor: @unchecked Sendable {
     var freezeMethods: [TenantName: FreezeMethod] = [:]
     /// Prometheus metrics (Metrics/).
     let metrics = SupervisorMetrics()
+    /// File operations and transfers under way (FileRelay.swift).
+    let fileRelay = FileRelay()
 
     init(
         loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
@@ -140,6 +142,8 @@ public final class Supervisor: @unchecked Sendable {
             streamJobFinished(report.jobID)
         case .runtime(let event):
             runtimeEvent(event, w)
+        case .file(let reply):
+            fileReplied(reply, w)
         }
     }
 
@@ -151,6 +155,7 @@ public final class Supervisor: @unchecked Sendable {
     func workerChannelClosed(_ w: WorkerHandle) {
         guard !w.exited else { return }
         w.exited = true
+        fileWorkerGone(w)
         reap(w, attempt: 0)
     }
 
@@ -211,6 +216,10 @@ public final class Supervisor: @unchecked Sendable {
                 finishShutdown()
             case .log(let line):
                 log(line)
+            case .startFileOps(let tenant, let w):
+                startFileOps(tenant, w)
+            case .failFileOps(let tenant, let error):
+                failWaitingFileOps(tenant, error)
             }
         }
     }

@@ -69,10 +69,15 @@ public enum SupervisorToWorker: Equatable, Sendable {
     case resume(pausedMs: UInt32)
     /// Output, input, window size and signals of a running job.
     case runtime(RuntimeCommand)
+    /// A file operation or a step of a transfer (FileMessages.swift).
+    case file(FileRequest)
 
     public func encoded() -> [UInt8] {
         var w = BinaryWriter()
         switch self {
+        case .file(let f):
+            w = BinaryWriter(capacity: f.encodedCapacity)
+            w.u8(40); f.encode(into: &w)
         case .run(let r):
             w.u8(1); w.string(r.jobID); w.strings(r.argv); w.strings(r.env); w.string(r.cwd)
             w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes); r.options.encode(into: &w)
@@ -107,6 +112,7 @@ public enum SupervisorToWorker: Equatable, Sendable {
         case 4: msg = .configure(try SandboxPlan.decode(&r))
         case 5: msg = .pause
         case 6: msg = .resume(pausedMs: try r.u32())
+        case 40: msg = .file(try FileRequest.decode(&r))
         case let tag:
             guard let command = try RuntimeCommand.decode(tag: tag, &r) else { throw .badValue }
             msg = .runtime(command)
@@ -125,6 +131,8 @@ public enum WorkerToSupervisor: Equatable, Sendable {
     case finished(JobReport)
     /// Output, replay ends and input progress of a running job.
     case runtime(RuntimeEvent)
+    /// The answer to a file operation, or a step of a transfer (FileMessages.swift).
+    case file(FileReply)
 
     public static let maxJobIDBytes = 128
 
@@ -137,6 +145,9 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.u8(2); w.string(step); w.i32(errno); w.string(detail)
         case .started(let id, let pid):
             w.u8(3); w.string(id); w.i32(pid)
+        case .file(let f):
+            w = BinaryWriter(capacity: f.encodedCapacity)
+            w.u8(40); f.encode(into: &w)
         case .finished(let rep):
             w = BinaryWriter(capacity: rep.stdout.count + rep.stderr.count + 96)
             w.u8(4); w.string(rep.jobID)
@@ -184,6 +195,7 @@ public enum WorkerToSupervisor: Equatable, Sendable {
                     jobID: id, outcome: outcome, stdout: out, stderr: err,
                     stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
                     runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
+        case 40: msg = .file(try FileReply.decode(&r))
         case let tag:
             guard let event = try RuntimeEvent.decode(tag: tag, &r) else { throw .badValue }
             msg = .runtime(event)
