@@ -99,6 +99,7 @@ extension Core {
             stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
             attempt: 1, createdAt: clock.wall())
         job.options = s.options
+        job.trace = s.trace
         return .success(job)
     }
 

@@ -79,6 +79,8 @@ public struct SubmitRequest: Sendable, Equatable {
     public var wait: Bool
     /// `stream`, `stdin_open`, `tty`, `rows`, `cols` (docs/protocol.md, "Streaming").
     public var options: RunOptions
+    /// The caller's W3C `traceparent`; the supervisor makes one when it is nil.
+    public var trace: TraceContext?
 
     public struct EnvVar: Sendable, Equatable {
         public var name: String
@@ -88,11 +90,12 @@ public struct SubmitRequest: Sendable, Equatable {
 
     public init(
         tenant: TenantName, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
-        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false, options: RunOptions = RunOptions()
+        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false, options: RunOptions = RunOptions(),
+        trace: TraceContext? = nil
     ) {
         self.tenant = tenant; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
         self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.wait = wait
-        self.options = options
+        self.options = options; self.trace = trace
     }
 
     public static let maxArguments = 4096
@@ -267,9 +270,19 @@ public enum RequestCodec {
             guard let b = w.boolValue else { throw ProtocolError(.invalidRequest, "submit: \"wait\" must be true or false") }
             wait = b
         }
+        var trace: TraceContext?
+        if let raw = try f.optionalString("traceparent") {
+            guard let t = TraceContext(parsing: raw) else {
+                throw ProtocolError(
+                    .invalidRequest,
+                    "submit: \"traceparent\" \(shown(raw)) is not a W3C traceparent (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, lower case, ids not all zeros)"
+                )
+            }
+            trace = t
+        }
         return SubmitRequest(
             tenant: tenant, argv: argv, env: env, cwd: cwd, stdin: stdin,
-            timeoutSeconds: timeout, idempotencyKey: key, wait: wait, options: try RuntimeRequest.submitOptions(f))
+            timeoutSeconds: timeout, idempotencyKey: key, wait: wait, options: try RuntimeRequest.submitOptions(f), trace: trace)
     }
 
     /// A request's fields by name. A request may carry fields this version does not know
@@ -346,6 +359,7 @@ public enum RequestCodec {
             if let t = s.timeoutSeconds { o.set("timeout_s", .double(t)) }
             if let k = s.idempotencyKey { o.set("idempotency_key", .string(k)) }
             o.set("wait", s.wait)
+            if let t = s.trace { o.set("traceparent", .string(t.traceparent)) }
             RuntimeRequest.encodeOptions(s.options, into: &o)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name.value)); o.set("tier", .string(tier))

@@ -39,6 +39,8 @@ public struct JobView: Sendable, Equatable {
     /// As submitted (docs/protocol.md, "Streaming").
     public var stdinOpen = false
     public var tty = false
+    /// The W3C trace id the job belongs to (32 hex), null for a job from before trace ids.
+    public var traceID: String? = nil
 
     public init(
         id: String, tenant: String, state: JobState, exitCode: Int32? = nil, signal: Int32? = nil,
@@ -70,6 +72,7 @@ public struct JobView: Sendable, Equatable {
         o.set("timeout_s", .double(timeoutSeconds)); o.set("idempotency_key", idempotencyKey)
         o.set("created_at", createdAt); o.set("started_at", startedAt); o.set("finished_at", finishedAt)
         o.set("stdin_open", stdinOpen); o.set("tty", tty)
+        o.set("trace_id", traceID)
         return o.value
     }
 
@@ -97,6 +100,7 @@ public struct JobView: Sendable, Equatable {
         stderrB64 = v["stderr_b64"]?.stringValue
         stdinOpen = v["stdin_open"]?.boolValue ?? false
         tty = v["tty"]?.boolValue ?? false
+        traceID = v["trace_id"]?.stringValue
     }
 
     /// A stream's exact bytes: from `*_b64` when it was not UTF-8, else the text.

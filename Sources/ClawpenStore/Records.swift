@@ -33,6 +33,8 @@ public struct JobRecord: Sendable, Equatable {
     /// Streamed, stdin open, terminal: kept in memory only (a job the daemon runs again after a
     /// restart has nobody attached to it, so it runs without a terminal and with stdin closed).
     public var options = RunOptions()
+    /// The trace the job belongs to (the caller's `traceparent`, or one the supervisor made).
+    public var trace: TraceContext?
 
     public init(
         id: String, tenant: TenantName, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
@@ -60,6 +62,7 @@ public struct JobRecord: Sendable, Equatable {
         if let err = r?.stderr, String(validating: err, as: UTF8.self) == nil { v.stderrB64 = Data(err).base64EncodedString() }
         v.stdinOpen = options.stdinOpen
         v.tty = options.tty
+        v.traceID = trace?.traceID
         return v
     }
 }
@@ -99,9 +102,13 @@ public struct AuditEvent: Sendable, Equatable {
     /// The rule that decided (a quota's name, a policy rule with file and line, an access rule).
     public var rule: String?
     public var detail: String?
+    /// The W3C trace id of the request the event belongs to (a submit's), when it had one.
+    public var traceID: String?
 
-    public init(seq: Int64 = 0, at: Double, tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?) {
+    public init(
+        seq: Int64 = 0, at: Double, tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?, traceID: String? = nil
+    ) {
         self.seq = seq; self.at = at; self.tenant = tenant; self.callerUID = callerUID
-        self.action = action; self.rule = rule; self.detail = detail
+        self.action = action; self.rule = rule; self.detail = detail; self.traceID = traceID
     }
 }

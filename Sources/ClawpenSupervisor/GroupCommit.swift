@@ -24,8 +24,9 @@ struct GroupCommit {
 
 extension Supervisor {
     /// Queues an audit event for this tick's flush.
-    func audit(tenant: TenantName?, caller: Responder?, action: String, rule: String?, detail: String?) {
-        commit.audits.append(AuditEvent(at: Clock.now(), tenant: tenant?.value, callerUID: caller?.callerUID, action: action, rule: rule, detail: detail))
+    func audit(tenant: TenantName?, caller: Responder?, action: String, rule: String?, detail: String?, traceID: String? = nil) {
+        commit.audits.append(
+            AuditEvent(at: Clock.now(), tenant: tenant?.value, callerUID: caller?.callerUID, action: action, rule: rule, detail: detail, traceID: traceID))
         scheduleFlush()
     }
 
@@ -40,7 +41,11 @@ extension Supervisor {
         // One line per job, with TENANT= and JOB_ID= in the journal (`journalctl TENANT=acme`).
         // debug: a line per job is for the journal (the unit runs at --log-level debug), not for
         // a terminal.
-        logger.debug("job finished", metadata: ["tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)"])
+        logger.debug(
+            "job finished",
+            metadata: [
+                "tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)", "trace_id": "\(job.trace?.traceID ?? "")",
+            ])
         metrics.jobFinished(job)
         commit.finishes.append(
             Store.Finished(

@@ -108,6 +108,7 @@ extension Supervisor {
         o.set("action", .string(e.action))
         o.set("rule", e.rule)
         o.set("detail", e.detail)
+        o.set("trace_id", e.traceID)
         return o.value
     }
 
@@ -162,7 +163,10 @@ extension Supervisor {
 
     // MARK: Jobs
 
-    private func submit(_ s: SubmitRequest, _ r: Responder) throws {
+    private func submit(_ request: SubmitRequest, _ r: Responder) throws {
+        // Every job belongs to a trace: the caller's traceparent, or a new one.
+        var s = request
+        if s.trace == nil { s.trace = TraceContext.generate() }
         let name = s.tenant
         try authorize(r, .submit(tenant: name), request: "submit")
         let t = try tenant(name)
@@ -178,7 +182,7 @@ extension Supervisor {
         }
         switch core.admit(s, tenant: t, jobID: JobID.make(), isExecutable: PolicyRuntime.isExecutableInSandbox) {
         case .failure(let refusal):
-            audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail)
+            audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail, traceID: s.trace?.traceID)
             throw refusal.error
         case .success(let job):
             // Accepted means committed: the reply and the dispatch follow the flush's commit.

@@ -40,6 +40,12 @@ struct Submit: ParsableCommand {
     var tty = false
     @Option(name: .customLong("idempotency-key"), help: "Return the earlier job with this key instead of running again.")
     var idempotencyKey: String?
+    @Option(
+        help: ArgumentHelp(
+            "A W3C traceparent the job joins (default: $TRACEPARENT, else a new trace).",
+            discussion:
+                "The job's JOB has its trace_id, its environment TRACEPARENT (the same trace, the job's own span id); journal entries and audit rows carry the trace id.",
+            valueName: "00-TRACEID-PARENTID-FLAGS")) var traceparent: String?
     @Flag(help: "Do not wait: print the job id once it is accepted.") var detach = false
     @Flag(help: "Print the job as JSON (with --detach: as accepted).") var json = false
     // Only what follows `--` is the command: anything before it that is not one of the options
@@ -53,6 +59,15 @@ struct Submit: ParsableCommand {
         for e in env where !e.contains("=") || e.hasPrefix("=") {
             throw ValidationError("--env takes K=V, got '\(e)'")
         }
+        if let t = traceparent, TraceContext(parsing: t) == nil {
+            throw ValidationError("--traceparent '\(t)' is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lower case)")
+        }
+    }
+
+    /// --traceparent, else the caller's own TRACEPARENT (a job that submits continues its trace).
+    var trace: TraceContext? {
+        if let t = traceparent { return TraceContext(parsing: t) }
+        return getenv("TRACEPARENT").flatMap { TraceContext(parsing: String(cString: $0)) }
     }
 
     func run() throws {
@@ -78,7 +93,7 @@ struct Submit: ParsableCommand {
             tenant: try TenantArgument.parse(tenant), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach,
             // Detached (docker run -dit): stdin stays open and the terminal waits for `job attach`.
-            options: RunOptions(stdinOpen: interactiveStdin, tty: tty))
+            options: RunOptions(stdinOpen: interactiveStdin, tty: tty), trace: trace)
         let (job, _) = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
         if detach {
             if json { Output.json(job.json) } else { Output.line(job.id) }
@@ -100,7 +115,7 @@ struct Submit: ParsableCommand {
         }
         let request = SubmitRequest(
             tenant: try TenantArgument.parse(tenant), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
-            timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options)
+            timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options, trace: trace)
         let end = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
             let interactive = interactiveStdin || tty
             let session = JobSession(

@@ -63,6 +63,12 @@ st=$(systemctl show clawpen -p StatusText --value)
 echo "  StatusText: $st"
 check "systemctl show -p StatusText shows the status line" bash -c '[[ $1 == *"tenants 3"*workers*running*queued* ]]' _ "$st"
 journalctl --sync 2>/dev/null
+tp=00-5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e-00f067aa0ba902b7-01
+out=$(clawpen submit --tenant a --traceparent $tp -- sh -c 'echo $TRACEPARENT' 2>&1)
+sleep 1
+tj=$(journalctl TRACE_ID=5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e --no-pager -o cat 2>/dev/null)
+check "a submit's traceparent reaches the job (TRACEPARENT) and the journal (journalctl TRACE_ID=)" \
+  bash -c '[[ $1 == 00-5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e-*-01 && $2 == *"job finished"* ]]' _ "$out" "$tj"
 jl=$(journalctl TENANT=a --no-pager -o verbose 2>/dev/null)
 check "journald has the job's TENANT= field (journalctl TENANT=a, with JOB_ID= and WORKER_PID=)" \
   bash -c "grep -q 'JOB_ID=' <<<\"\$0\" && grep -q 'WORKER_PID=' <<<\"\$0\" && grep -q 'MESSAGE=job finished' <<<\"\$0\"" "$jl"
