@@ -29,6 +29,7 @@ struct Clawpen: ParsableCommand {
     static func main() {
         let args = CommandLine.arguments
         if args.count > 1, args[1] == "serve" { DaemonBinary.exec(Array(args.dropFirst(2))) }
+        if args.count > 1, args[1] == "submit" { FastSubmit.run(Array(args.dropFirst(2))) }
         Self.main(nil)
     }
 }

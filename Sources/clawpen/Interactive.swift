@@ -25,6 +25,9 @@ final class JobSession {
     var proxySignals: Bool
     /// Print the output frames (not with --json).
     var printOutput = true
+    /// Bytes printed per stream, so that `finish` can print what never came as output (the
+    /// worker's own "command not found" of a job that never started).
+    private(set) var printedBytes: [String: Int] = [:]
 
     private var outbound: [UInt8] = []
     private var inputEnded = false
@@ -138,6 +141,7 @@ final class JobSession {
         case "output":
             if printOutput, let out = OutputFrame(frame) {
                 writeAll(fd: out.stream == "stderr" ? 2 : 1, out.data)
+                printedBytes[out.stream, default: 0] += out.data.count
             }
         case "accepted", "attached":
             guard ours, let v = frame["job"], let job = JobView(json: v) else { return nil }

@@ -116,7 +116,8 @@ struct Submit: ParsableCommand {
         let request = SubmitRequest(
             tenant: try TenantArgument.parse(tenant), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options, trace: trace)
-        let end = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
+        let (end, printed) = try withClient(connection, json: json) {
+            (c: ClawpenConnection) throws(ClientError) -> (JobSession.End, [String: Int]) in
             let interactive = interactiveStdin || tty
             let session = JobSession(
                 connection: c, streamID: c.makeID(), forwardInput: interactiveStdin, terminal: tty,
@@ -125,9 +126,9 @@ struct Submit: ParsableCommand {
             session.queue(.submit(request), id: session.streamID)
             let end = session.run()
             if case .failed(let e) = end { throw e }
-            return end
+            return (end, session.printedBytes)
         }
-        return finish(end, json: json)
+        return finish(end, json: json, printed: printed)
     }
 
     private func readAll(path: String) -> [UInt8]? {
