@@ -67,6 +67,30 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(cli.status, 0, cli.stderr)
         let viaSocket = try PrometheusText(parsing: cli.stdout)
         XCTAssertEqual(viaSocket.value("clawpen_jobs_total", ["tenant": "a", "state": "failed"]), 1)
+        try promtoolCheck(try HTTP.get(port: port, path: "/metrics").body)
+    }
+
+    /// Prometheus's own linter on the text, where scripts/fetch-promtool could fetch it
+    /// ($CLAWPEN_PROMTOOL, else .build/tools/promtool).
+    private func promtoolCheck(_ text: String) throws {
+        let path = ProcessInfo.processInfo.environment["CLAWPEN_PROMTOOL"].flatMap { $0.isEmpty ? nil : $0 } ?? Daemon.repoRoot + "/.build/tools/promtool"
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            print("MetricsTests: promtool not found (scripts/fetch-promtool fetches it): checked by the parser above only")
+            return
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = ["check", "metrics"]
+        let inp = Pipe(), out = Pipe()
+        p.standardInput = inp
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        inp.fileHandleForWriting.write(Data(text.utf8))
+        try inp.fileHandleForWriting.close()
+        let said = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, "promtool check metrics: \(said)")
     }
 
     func testHealthAndReadinessAnswerAndRefuseWhatTheyShould() throws {

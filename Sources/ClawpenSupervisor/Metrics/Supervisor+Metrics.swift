@@ -37,8 +37,8 @@ extension Supervisor {
             }
             if let usec = cgroups.cpuUsageMicros(t.name) {
                 m.syncCounter(
-                    name("tenant_cpu_microseconds", "total", "CPU time of the tenant's cgroup (cpu.stat usage_usec)."), labels: labels,
-                    total: usec)
+                    name("tenant_cpu_seconds", "total", "CPU time of the tenant's cgroup (cpu.stat usage_usec, in seconds)."), labels: labels,
+                    total: usec, scale: 1e-6)
             }
         }
         for state in WorkerState.allCases {

@@ -119,7 +119,7 @@ final class SupervisorMetrics {
     // MARK: State, read when asked
 
     /// A cumulative count as a counter: adds what grew since the last read.
-    func syncCounter(_ descriptor: MetricNameDescriptor, labels: [(String, String)], total: Int64) {
+    func syncCounter(_ descriptor: MetricNameDescriptor, labels: [(String, String)], total: Int64, scale: Double = 1) {
         let key = descriptor.name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
         let counter: Counter
         if let c = counters[key] {
@@ -131,7 +131,9 @@ final class SupervisorMetrics {
         let before = lastSeen[key] ?? 0
         // Smaller than before: the source started again from zero (a new cgroup).
         let grown = total >= before ? total - before : total
-        if grown > 0 { counter.increment(by: grown) }
+        if grown > 0 {
+            if scale == 1 { counter.increment(by: grown) } else { counter.increment(by: Double(grown) * scale) }
+        }
         lastSeen[key] = total
     }
 
