@@ -27,7 +27,8 @@ public struct TierLimits: Sendable, Equatable {
     public var timeoutMaxSeconds: Double
     /// `output_max_bytes`: captured bytes per stream (stdout, stderr) before truncation.
     public var outputMaxBytes: Int
-    /// `network`: "none" (own network namespace, no interface up) or "loopback" (`lo` up).
+    /// `network`: "none" (own network namespace, no interface up), "loopback" (`lo` up) or
+    /// "egress" (`lo` up and the tenant's egress proxy on 127.0.0.1:3128; docs/egress.md).
     public var network: String
     /// `seccomp_profile`: name of `seccomp/<name>.toml`.
     public var seccompProfile: String
@@ -55,6 +56,10 @@ public struct TierLimits: Sendable, Equatable {
     public var diskMaxBytes: Int64
     /// `inodes_max`: files and directories the tenant's workspace may hold (the same quota).
     public var inodesMax: Int
+    /// `[egress] allow`: where an `egress` tenant's proxy lets requests go (Egress.swift).
+    public var egressAllow: [EgressRule] = []
+    /// `[secrets.NAME]`: how each secret reaches the jobs.
+    public var secrets: [SecretBinding] = []
 
     public init(
         maxConcurrentRuns: Int, jobsPerMinute: Int, maxQueued: Int, memoryMaxBytes: Int64, pidsMax: Int,
@@ -131,7 +136,7 @@ public struct TierLimits: Sendable, Equatable {
             return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
                 pidsMax: 256, cpuMaxCores: 1, cpuWeight: 4, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
-                outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
+                outputMaxBytes: 1024 * 1024, network: "egress", seccompProfile: "default",
                 tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 3600,
                 commandsAllow: rules(
                     file, firstLine: 79, [["/usr/bin/*"], ["/bin/*"], ["/usr/local/bin/*"], ["/home/**"], ["/tmp/**"]]),
@@ -147,7 +152,7 @@ public struct TierLimits: Sendable, Equatable {
             return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
                 pidsMax: 1024, cpuMaxCores: 2, cpuWeight: 16, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
-                outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
+                outputMaxBytes: 1024 * 1024, network: "egress", seccompProfile: "default",
                 tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 7200,
                 commandsAllow: rules(
                     file, firstLine: 79,
@@ -210,6 +215,9 @@ public struct TenantOverride: Sendable, Equatable {
     public var crashBackoffMaxSeconds: Double?
     public var diskMaxBytes: Int64?
     public var inodesMax: Int?
+    /// `[egress]` and `[secrets.*]` replace the tier's as a whole.
+    public var egressAllow: [EgressRule]?
+    public var secrets: [SecretBinding]?
 
     public init(
         tier: Tier? = nil, maxConcurrentRuns: Int? = nil, jobsPerMinute: Int? = nil, maxQueued: Int? = nil,
@@ -274,6 +282,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.crashBackoffMaxSeconds { o.crashBackoffMaxSeconds = v }
         if let v = other.diskMaxBytes { o.diskMaxBytes = v }
         if let v = other.inodesMax { o.inodesMax = v }
+        if let v = other.egressAllow { o.egressAllow = v }
+        if let v = other.secrets { o.secrets = v }
         return o
     }
 
@@ -303,6 +313,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = crashBackoffMaxSeconds { l.crashBackoffMaxSeconds = v }
         if let v = diskMaxBytes { l.diskMaxBytes = v }
         if let v = inodesMax { l.inodesMax = v }
+        if let v = egressAllow { l.egressAllow = v }
+        if let v = secrets { l.secrets = v }
         return l
     }
 
@@ -328,7 +340,7 @@ public struct TenantOverride: Sendable, Equatable {
             let commandsDeny, let envAllow, let maxAttempts, let crashLoopMax, let crashLoopWindowSeconds,
             let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax
         else { return nil }
-        return TierLimits(
+        var limits = TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
             memoryMaxBytes: memoryMaxBytes, pidsMax: pidsMax, cpuMaxCores: cpuMaxCores, cpuWeight: cpuWeight,
             timeoutDefaultSeconds: timeoutDefaultSeconds, timeoutMaxSeconds: timeoutMaxSeconds,
@@ -337,6 +349,9 @@ public struct TenantOverride: Sendable, Equatable {
             commandsDeny: commandsDeny, envAllow: envAllow, maxAttempts: maxAttempts, crashLoopMax: crashLoopMax,
             crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
             diskMaxBytes: diskMaxBytes, inodesMax: inodesMax)
+        limits.egressAllow = egressAllow ?? []
+        limits.secrets = secrets ?? []
+        return limits
     }
 }
 

@@ -12,11 +12,13 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case oomKilled = "oom_killed"
     case workerCrashed = "worker_crashed"
     case unavailable = "unavailable"
+    /// A named thing (a secret) the tenant does not have.
+    case notFound = "not_found"
     case `internal` = "internal"
 
     public var exitCode: Int32 {
         switch self {
-        case .invalidRequest, .invalidTenant, .unknownTenant, .frameTooLarge: return 64
+        case .invalidRequest, .invalidTenant, .unknownTenant, .frameTooLarge, .notFound: return 64
         case .quotaExceeded: return 75
         case .policyDenied, .permissionDenied: return 77
         case .timedOut: return 124

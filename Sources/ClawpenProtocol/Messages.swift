@@ -28,6 +28,12 @@ public enum Request: Sendable, Equatable {
     case tenantResume(name: TenantName)
     /// What the tenant's running worker actually has, beside what its policy asks (operators).
     case tenantInspect(name: TenantName)
+    /// Secrets (operators; Messages+Secrets.swift): store or replace, list (never values), remove.
+    case secretPut(tenant: TenantName, name: String, value: [UInt8])
+    case secretList(tenant: TenantName)
+    case secretRemove(tenant: TenantName, name: String)
+    /// What the tenant's egress proxy would do with a request to `url`.
+    case egressExplain(tenant: TenantName, url: String)
 
     public var typeName: String {
         switch self {
@@ -47,6 +53,10 @@ public enum Request: Sendable, Equatable {
         case .tenantSuspend: return "tenant.suspend"
         case .tenantResume: return "tenant.resume"
         case .tenantInspect: return "tenant.inspect"
+        case .secretPut: return "secret.put"
+        case .secretList: return "secret.list"
+        case .secretRemove: return "secret.rm"
+        case .egressExplain: return "policy.explain"
         }
     }
 }
@@ -156,6 +166,9 @@ public enum RequestCodec {
                 limit = Int(i)
             }
             return .audit(tenant: try f.optionalTenant("tenant"), since: since, limit: limit)
+        case "secret.put", "secret.list", "secret.rm": return try secretRequest(f)
+        case "policy.explain" where f.object["url"] != nil && f.object["argv"] == nil:
+            return .egressExplain(tenant: try f.tenant("tenant"), url: try f.string("url"))
         case "policy.explain":
             let s = try submit(f)
             return .policyExplain(tenant: s.tenant, argv: s.argv, env: s.env, cwd: s.cwd)
@@ -181,7 +194,7 @@ public enum RequestCodec {
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, secret.put, secret.list, secret.rm)"
             )
         }
     }
@@ -348,6 +361,10 @@ public enum RequestCodec {
         case .tenantSetQuota(let name, let changes):
             o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
+        case .secretPut, .secretList, .secretRemove: encodeSecret(request, into: &o)
+        case .egressExplain(let tenant, let url):
+            o.set("tenant", .string(tenant.value))
+            o.set("url", .string(url))
         }
         return o.value.serialized()
     }

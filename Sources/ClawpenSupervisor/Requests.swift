@@ -58,6 +58,8 @@ extension Supervisor {
             case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(try tenant(name), changes, r)
+            case .secretPut, .secretList, .secretRemove: try handleSecret(request, r)
+            case .egressExplain(let tenant, let url): try explainEgress(tenant, url, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)

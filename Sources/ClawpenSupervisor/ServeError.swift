@@ -17,6 +17,10 @@ public enum ServeError: Error, CustomStringConvertible {
     case cgroupLimitsMissing(String)
     /// The tenants' uid range cannot be this daemon's (UIDRange).
     case uidRange(String)
+    /// The master key could not be read or made (a world-readable file, a wrong length).
+    case masterKey(String)
+    /// The egress proxy could not be started.
+    case egress(String)
 
     public var description: String {
         switch self {
@@ -33,6 +37,9 @@ public enum ServeError: Error, CustomStringConvertible {
         case .seccomp(let m): return "invalid seccomp policy: \(m)"
         case .cgroupLimitsMissing(let m): return m
         case .uidRange(let m): return m
+        case .masterKey(let m):
+            return "\(m) (secrets need a master key: --master-key-file, the systemd credential clawpen-master-key, or <state-dir>/master.key)"
+        case .egress(let m): return "egress proxy: \(m)"
         }
     }
 }
