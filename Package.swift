@@ -127,7 +127,7 @@ let package = Package(
         .testTarget(
             name: "ClawpenUnitTests",
             dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
-                           "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio")],
+                           "CClawpenShim", "ClawpenSystemd", "ClawpenSecrets", "ClawpenEgress", .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
         .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.

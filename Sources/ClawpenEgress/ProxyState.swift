@@ -18,6 +18,9 @@ public final class ProxyState: Sendable {
         public let placeholder: [UInt8]
         public let value: [UInt8]
         public let hosts: [EgressRule]
+        public init(name: String, placeholder: [UInt8], value: [UInt8], hosts: [EgressRule]) {
+            self.name = name; self.placeholder = placeholder; self.value = value; self.hosts = hosts
+        }
     }
 
     public final class Tenant: Sendable {
