@@ -5,6 +5,7 @@ import Glibc
 enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case all, warm, throughput, cold, density, fairness
     case hostileFrames = "hostile-frames"
+    case egress
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -59,7 +60,7 @@ struct Bench: ParsableCommand {
             change the exit status; a failed job or a misbehaving daemon does.
             """)
 
-    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness or hostile-frames.")
+    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames or egress.")
     var scenario: Scenario = .all
 
     @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
@@ -132,6 +133,14 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("hostile-pings"), help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames scenario.")
     var hostilePings = 2000
 
+    @Option(
+        name: .customLong("egress-requests"),
+        help: "HTTP and as many HTTPS requests, each on a new connection, direct and through the proxy, in the egress scenario.")
+    var egressRequests = 400
+
+    @Option(name: .customLong("egress-download-bytes"), help: "The download measured direct and through the proxy in the egress scenario (default 256 MiB).")
+    var egressDownloadBytes = 256 * 1024 * 1024
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
@@ -163,6 +172,7 @@ struct Bench: ParsableCommand {
             if scenario == .all || scenario == .density { try scenarios.density(into: &report) }
             if scenario == .fairness { try scenarios.fairness(into: &report) }
             if scenario == .hostileFrames { try scenarios.hostileFrames(into: &report) }
+            if scenario == .egress { try scenarios.egress(into: &report) }
         } catch {
             Progress.say("\nclawpen-bench: FAILED: \(error)")
             if report.hasFigures {
