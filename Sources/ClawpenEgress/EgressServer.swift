@@ -71,6 +71,8 @@ public final class EgressServer: Sendable {
         let state = self.state, reporter = self.reporter, resolver = self.resolver
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            // Small writes (a 200 to CONNECT, a TLS flight) must not wait for a delayed ACK.
+            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The tenant is this listener's: fixed before the job sends a byte.

@@ -191,6 +191,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         return ClientBootstrap(group: context.eventLoop)
             .connectTimeout(limits.connectTimeout)
             .channelOption(ChannelOptions.autoRead, value: false)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let upstreamContext, let tlsHost {
@@ -292,18 +293,16 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// An answer of the proxy's own, then close. Every refusal says what and by which rule.
     func refuse(_ context: ChannelHandlerContext, _ status: Int, _ reason: String, rule: String?, _ message: String) {
-        guard case .closed = phase else {
-            phase = .closed
-            headDeadline?.cancel()
-            let body = "clawpen egress: \(message)\n"
-            var out = context.channel.allocator.buffer(capacity: 256)
-            out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
-            if let rule { out.writeString("X-Clawpen-Rule: \(rule.filter { $0 != "\r" && $0 != "\n" })\r\n") }
-            out.writeString("Content-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
-            let channel = context.channel
-            context.writeAndFlush(Self.wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
-            return
-        }
+        if case .closed = phase { return }
+        phase = .closed
+        headDeadline?.cancel()
+        let body = "clawpen egress: \(message)\n"
+        var out = context.channel.allocator.buffer(capacity: 256)
+        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
+        if let rule { out.writeString("X-Clawpen-Rule: \(rule.filter { $0 != "\r" && $0 != "\n" })\r\n") }
+        out.writeString("Content-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+        let channel = context.channel
+        context.writeAndFlush(Self.wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Offset just past "\r\n\r\n", if the head is complete.

@@ -177,6 +177,25 @@ final class EgressTests: XCTestCase {
         XCTAssertEqual(up.received, "")
     }
 
+    func testAReloadChangesAllowlistsAndListenersOfRunningWorkers() throws {
+        try start()
+        let url = "http://localhost:\(up.httpPort)/reloaded"
+        let curl = "curl --noproxy '' -sS -i -m 10 -x http://127.0.0.1:3128 \(url); echo rc=$?"
+        XCTAssertTrue(try sh("b", curl).stdout.contains("403"), "b's allowlist is empty")
+        XCTAssertTrue(try sh("n", curl).stdout.contains("rc=7"), "n has no proxy")
+        let workers = try ["b", "n"].map { try daemon.tenantStatus($0)["worker_pid"]?.intValue }
+        let rule = "[egress]\nallow = [\"localhost:\(up.httpPort)\", \"127.0.0.1:\(up.httpPort)\"]\n"
+        try ("network = \"egress\"\n\n" + rule).write(toFile: daemon.policies + "/tenants/b.toml", atomically: true, encoding: .utf8)
+        try ("network = \"egress\"\n\n" + rule).write(toFile: daemon.policies + "/tenants/n.toml", atomically: true, encoding: .utf8)
+        let reload = try runCLI(["policy", "reload"], socket: daemon.socket)
+        XCTAssertEqual(reload.status, 0, reload.stderr)
+        for t in ["b", "n"] {
+            let job = try sh(t, "env | grep -c '^HTTP_PROXY='; " + curl)
+            XCTAssertTrue(job.stdout.hasPrefix("1\n") && job.stdout.contains("path=/reloaded"), "\(t) after the reload: \(job.stdout) \(job.stderr)")
+        }
+        XCTAssertEqual(try ["b", "n"].map { try daemon.tenantStatus($0)["worker_pid"]?.intValue }, workers, "the same workers")
+    }
+
     func testExposeEnvPutsTheValueInTheListedCommandsEnvironmentOnly() throws {
         try start()
         XCTAssertEqual(try daemon.run("a", ["/usr/bin/printenv", "DB_PASSWORD"]).stdout, "db-\(secret)\n")

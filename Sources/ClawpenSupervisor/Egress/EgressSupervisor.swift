@@ -229,6 +229,17 @@ extension Supervisor {
     /// The policies were reloaded: every tenant the proxy knows gets its new allowlist and
     /// secrets; a tenant that is no longer `egress` is forgotten (its listeners refuse from now on).
     func egressPoliciesReloaded() {
+        // Running workers follow at once: a tenant that became `egress` gets a listener in its
+        // worker's namespace (its sandbox's CA bundle comes with its next worker), one that no
+        // longer is loses it.
+        for (id, w) in workers where !w.exited {
+            let isEgress = core.tenants[w.tenant]?.limits.network == "egress"
+            if isEgress && egress.listeners[id] == nil {
+                attachEgress(w.tenant, workerPID: w.pid, workerID: id)
+            } else if !isEgress && egress.listeners[id] != nil {
+                detachEgress(workerID: id)
+            }
+        }
         for name in egress.configured {
             if core.tenants[name]?.limits.network == "egress" {
                 pushEgressConfig(name)
