@@ -196,6 +196,21 @@ final class EgressTests: XCTestCase {
         XCTAssertEqual(try ["b", "n"].map { try daemon.tenantStatus($0)["worker_pid"]?.intValue }, workers, "the same workers")
     }
 
+    func testALargeDownloadArrivesWholeThroughEachPath() throws {
+        try start()
+        let n = 48 << 20
+        let (h, s) = (up.httpPort, up.httpsPort)
+        let script = [
+            "curl --noproxy '' -sS http://localhost:\(h)/big/\(n) | wc -c",
+            "curl --noproxy '' -sS https://localhost:\(s)/big/\(n) | wc -c",
+            "curl --noproxy '' -sS -k https://127.0.0.1:\(s)/big/\(n) | wc -c",
+        ]
+        let job = try sh("a", script.joined(separator: "\n"))
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertEqual(job.stdout, "\(n)\n\(n)\n\(n)\n", "plain, intercepted and tunneled: every byte, the last ones too")
+        XCTAssertGreaterThanOrEqual(try daemon.tenantStatus("a")["egress"]?["bytes_down"]?.intValue ?? 0, Int64(3 * n))
+    }
+
     func testExposeEnvPutsTheValueInTheListedCommandsEnvironmentOnly() throws {
         try start()
         XCTAssertEqual(try daemon.run("a", ["/usr/bin/printenv", "DB_PASSWORD"]).stdout, "db-\(secret)\n")
