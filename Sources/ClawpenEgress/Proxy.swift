@@ -77,21 +77,6 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// While a head (or the TLS handshake before it) is being read, what was read is ACKed at
-    /// once (TCP_QUICKACK sends an ACK the kernel had scheduled): a client with Nagle's algorithm
-    /// on holds its request until its TLS Finished is ACKed, and a delayed ACK costs it 40 ms.
-    public func channelReadComplete(context: ChannelHandlerContext) {
-        switch phase {
-        case .head, .innerHead:
-            _ = context.channel.setOption(ChannelOptions.tcpOption(Self.quickAck), value: 1)
-        default: break
-        }
-        context.fireChannelReadComplete()
-    }
-
-    /// TCP_QUICKACK (linux/tcp.h), which NIO has no name for.
-    static let quickAck = NIOBSDSocket.Option(rawValue: 12)
-
     public func channelInactive(context: ChannelHandlerContext) {
         headDeadline?.cancel()
         phase = .closed
