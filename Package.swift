@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "clawpen-serve", targets: ["clawpen-serve"]),
         .executable(name: "clawpen-worker", targets: ["clawpen-worker"]),
         .executable(name: "clawpen-bench", targets: ["clawpen-bench"]),
+        .executable(name: "clawpen-egress", targets: ["clawpen-egress"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -25,6 +26,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        // AES-256-GCM for the secret store; TLS and certificates for the egress proxy's per-tenant CA.
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     ],
     targets: [
         // Syscalls Swift's Glibc module cannot see (it is not built with _GNU_SOURCE) and the
@@ -51,6 +56,24 @@ let package = Package(
         // Blocking Unix-socket client used by the CLI and the bench.
         .target(name: "ClawpenClient", dependencies: ["ClawpenProtocol", "CClawpenShim"], swiftSettings: strict),
         .target(name: "ClawpenStore", dependencies: ["ClawpenProtocol", "CSQLite"], swiftSettings: strict),
+        // The key hierarchy (master key -> per-tenant data keys -> values), AES-256-GCM. Pure: the
+        // store keeps only ciphertext, the supervisor keeps the master key.
+        .target(name: "ClawpenSecrets", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        // The egress proxy: HTTP forward proxy and CONNECT, the allowlist and the SSRF ranges, TLS
+        // interception with a per-tenant CA. It runs in its own unprivileged process
+        // (clawpen-egress), never inside the root supervisor.
+        .target(
+            name: "ClawpenEgress",
+            dependencies: [
+                "ClawpenSystem", "CClawpenShim", "ClawpenPolicy", "ClawpenProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
         // The TOML subset that policies and `serve --config` are written in. No Foundation; linear
         // in its input (nesting and table depth are capped).
         .target(name: "ClawpenTOML", swiftSettings: strict),
@@ -65,7 +88,9 @@ let package = Package(
             name: "ClawpenSupervisor",
             dependencies: [
                 "ClawpenCore", "ClawpenProtocol", "ClawpenStore", "ClawpenPolicy", "ClawpenSpawn", "CClawpenShim", "CSeccomp", "ClawpenSystemd",
-                "ClawpenSandbox", "ClawpenSystem",
+                "ClawpenSandbox", "ClawpenSystem", "ClawpenSecrets",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -114,6 +139,8 @@ let package = Package(
         .executableTarget(
             name: "clawpen-worker", dependencies: ["ClawpenWorkerCore"], swiftSettings: strict,
             linkerSettings: [.unsafeFlags(["-static-executable"])]),
+        // The egress proxy process: confines itself, then serves (ClawpenEgress).
+        .executableTarget(name: "clawpen-egress", dependencies: ["ClawpenEgress", "ClawpenSystem", "CClawpenShim"], swiftSettings: strict),
         .executableTarget(
             name: "clawpen-bench",
             dependencies: [
@@ -129,7 +156,7 @@ let package = Package(
             name: "ClawpenUnitTests",
             dependencies: [
                 "ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
-                "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "CClawpenShim", "ClawpenSystemd", "ClawpenSecrets", "ClawpenEgress", .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: strict),
         .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),

@@ -28,7 +28,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case interactiveTimeoutMax = "interactive_timeout_max_s"
     case fileMaxBytes = "file_max_bytes"
 
-    static let networkModes = ["none", "loopback"]
+    static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
     static let maxTimeoutSeconds: Double = 86_400
 
@@ -79,7 +79,8 @@ enum LimitKey: String, CaseIterable, Sendable {
             let s = try c.string()
             guard Self.networkModes.contains(s) else {
                 throw c.invalid(
-                    "\(quoted(s)) is not a network mode (use \"none\": own network namespace, no interface up; or \"loopback\": only lo, up)")
+                    "\(quoted(s)) is not a network mode (use \"none\": own network namespace, no interface up; \"loopback\": only lo, up; or \"egress\": lo and the tenant's egress proxy, [egress] allow)"
+                )
             }
             target.network = s
         case .seccompProfile:

@@ -27,7 +27,8 @@ public struct TierLimits: Sendable, Equatable {
     public var timeoutMaxSeconds: Double
     /// `output_max_bytes`: captured bytes per stream (stdout, stderr) before truncation.
     public var outputMaxBytes: Int
-    /// `network`: "none" (own network namespace, no interface up) or "loopback" (`lo` up).
+    /// `network`: "none" (own network namespace, no interface up), "loopback" (`lo` up) or
+    /// "egress" (`lo` up and the tenant's egress proxy on 127.0.0.1:3128; docs/egress.md).
     public var network: String
     /// `seccomp_profile`: name of `seccomp/<name>.toml`.
     public var seccompProfile: String
@@ -60,6 +61,10 @@ public struct TierLimits: Sendable, Equatable {
     public var interactiveTimeoutMaxSeconds: Double
     /// `file_max_bytes`: the largest file a `file.put` or `file.get` moves.
     public var fileMaxBytes: Int64
+    /// `[egress] allow`: where an `egress` tenant's proxy lets requests go (Egress.swift).
+    public var egressAllow: [EgressRule] = []
+    /// `[secrets.NAME]`: how each secret reaches the jobs.
+    public var secrets: [SecretBinding] = []
 
     public init(
         maxConcurrentRuns: Int, jobsPerMinute: Int, maxQueued: Int, memoryMaxBytes: Int64, pidsMax: Int,
@@ -140,7 +145,7 @@ public struct TierLimits: Sendable, Equatable {
             return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
                 pidsMax: 256, cpuMaxCores: 1, cpuWeight: 4, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
-                outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
+                outputMaxBytes: 1024 * 1024, network: "egress", seccompProfile: "default",
                 tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 3600,
                 commandsAllow: rules(
                     file, firstLine: 79, [["/usr/bin/*"], ["/bin/*"], ["/usr/local/bin/*"], ["/home/**"], ["/tmp/**"]]),
@@ -156,7 +161,7 @@ public struct TierLimits: Sendable, Equatable {
             return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
                 pidsMax: 1024, cpuMaxCores: 2, cpuWeight: 16, timeoutDefaultSeconds: 30, timeoutMaxSeconds: 300,
-                outputMaxBytes: 1024 * 1024, network: "none", seccompProfile: "default",
+                outputMaxBytes: 1024 * 1024, network: "egress", seccompProfile: "default",
                 tmpSizeBytes: 64 * ByteSize.mebibyte, cpuSecondsPerHour: 7200,
                 commandsAllow: rules(
                     file, firstLine: 79,
@@ -221,6 +226,9 @@ public struct TenantOverride: Sendable, Equatable {
     public var inodesMax: Int?
     public var interactiveTimeoutMaxSeconds: Double?
     public var fileMaxBytes: Int64?
+    /// `[egress]` and `[secrets.*]` replace the tier's as a whole.
+    public var egressAllow: [EgressRule]?
+    public var secrets: [SecretBinding]?
 
     public init(
         tier: Tier? = nil, maxConcurrentRuns: Int? = nil, jobsPerMinute: Int? = nil, maxQueued: Int? = nil,
@@ -287,6 +295,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.inodesMax { o.inodesMax = v }
         if let v = other.interactiveTimeoutMaxSeconds { o.interactiveTimeoutMaxSeconds = v }
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
+        if let v = other.egressAllow { o.egressAllow = v }
+        if let v = other.secrets { o.secrets = v }
         return o
     }
 
@@ -318,6 +328,8 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = inodesMax { l.inodesMax = v }
         if let v = interactiveTimeoutMaxSeconds { l.interactiveTimeoutMaxSeconds = v }
         if let v = fileMaxBytes { l.fileMaxBytes = v }
+        if let v = egressAllow { l.egressAllow = v }
+        if let v = secrets { l.secrets = v }
         return l
     }
 
@@ -345,7 +357,7 @@ public struct TenantOverride: Sendable, Equatable {
             let commandsDeny, let envAllow, let maxAttempts, let crashLoopMax, let crashLoopWindowSeconds,
             let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax, let interactiveTimeoutMaxSeconds, let fileMaxBytes
         else { return nil }
-        return TierLimits(
+        var limits = TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
             memoryMaxBytes: memoryMaxBytes, pidsMax: pidsMax, cpuMaxCores: cpuMaxCores, cpuWeight: cpuWeight,
             timeoutDefaultSeconds: timeoutDefaultSeconds, timeoutMaxSeconds: timeoutMaxSeconds,
@@ -355,6 +367,9 @@ public struct TenantOverride: Sendable, Equatable {
             crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
             diskMaxBytes: diskMaxBytes, inodesMax: inodesMax, interactiveTimeoutMaxSeconds: interactiveTimeoutMaxSeconds,
             fileMaxBytes: fileMaxBytes)
+        limits.egressAllow = egressAllow ?? []
+        limits.secrets = secrets ?? []
+        return limits
     }
 }
 

@@ -257,6 +257,10 @@ public enum PolicyLoader {
                     try key.decode(
                         entry.value, file: file, line: entry.line, origin: origin, elementLines: entry.elementLines,
                         into: &out.values)
+                } else if entry.key == "egress" {
+                    out.values.egressAllow = try EgressDecoding.decodeEgress(entry.value, file: file, line: entry.line, origin: origin)
+                } else if entry.key == "secrets" {
+                    out.values.secrets = try EgressDecoding.decodeSecrets(entry.value, file: file, line: entry.line, origin: origin)
                 } else if isTenantFile && entry.key == "tier" {
                     out.tierLine = entry.line
                     out.values.tier = try decodeTier(entry.value, file: file, line: entry.line)

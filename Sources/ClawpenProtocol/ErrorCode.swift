@@ -9,7 +9,7 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case quotaExceeded = "quota_exceeded"
     case policyDenied = "policy_denied"
     case permissionDenied = "permission_denied"
-    /// A file request's path does not exist.
+    /// A file request's path, or a secret, that does not exist.
     case notFound = "not_found"
     /// A file over the tier's file_max_bytes.
     case fileTooLarge = "file_too_large"

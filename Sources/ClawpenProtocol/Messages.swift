@@ -34,6 +34,12 @@ public enum Request: Sendable, Equatable {
     case runtime(RuntimeRequest)
     /// The tenant's files (FileRequests.swift).
     case file(FileCommand)
+    /// Secrets (operators; Messages+Secrets.swift): store or replace, list (never values), remove.
+    case secretPut(tenant: TenantName, name: String, value: [UInt8])
+    case secretList(tenant: TenantName)
+    case secretRemove(tenant: TenantName, name: String)
+    /// What the tenant's egress proxy would do with a request to `url`.
+    case egressExplain(tenant: TenantName, url: String)
 
     public var typeName: String {
         switch self {
@@ -56,6 +62,10 @@ public enum Request: Sendable, Equatable {
         case .metrics: return "metrics"
         case .runtime(let r): return r.typeName
         case .file(let c): return c.typeName
+        case .secretPut: return "secret.put"
+        case .secretList: return "secret.list"
+        case .secretRemove: return "secret.rm"
+        case .egressExplain: return "policy.explain"
         }
     }
 }
@@ -171,6 +181,9 @@ public enum RequestCodec {
                 limit = Int(i)
             }
             return .audit(tenant: try f.optionalTenant("tenant"), since: since, limit: limit)
+        case "secret.put", "secret.list", "secret.rm": return try secretRequest(f)
+        case "policy.explain" where f.object["url"] != nil && f.object["argv"] == nil:
+            return .egressExplain(tenant: try f.tenant("tenant"), url: try f.string("url"))
         case "policy.explain":
             let s = try submit(f)
             return .policyExplain(tenant: s.tenant, argv: s.argv, env: s.env, cwd: s.cwd)
@@ -199,7 +212,7 @@ public enum RequestCodec {
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir, secret.put, secret.list, secret.rm)"
             )
         }
     }
@@ -380,6 +393,10 @@ public enum RequestCodec {
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
         case .runtime(let r): r.encode(into: &o)
         case .file(let c): encodeFile(c, into: &o)
+        case .secretPut, .secretList, .secretRemove: encodeSecret(request, into: &o)
+        case .egressExplain(let tenant, let url):
+            o.set("tenant", .string(tenant.value))
+            o.set("url", .string(url))
         }
         return o.value.serialized()
     }

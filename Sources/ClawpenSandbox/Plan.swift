@@ -95,7 +95,7 @@ public enum Plan {
             group: "root:x:0:\n\(name):x:\(u):\nnogroup:x:65534:\n",
             tmpSizeBytes: UInt64(limits.tmpSizeBytes), workerLimits: workerLimits, jobLimits: enabled ? jobLimits : [])
         plan.symlinks = links
-        plan.loopback = enabled && limits.network == "loopback"
+        plan.loopback = enabled && (limits.network == "loopback" || limits.network == "egress")
         if enabled {
             plan.seccompProfile = extras.seccompProfile
             plan.seccompProgram = extras.seccompProgram

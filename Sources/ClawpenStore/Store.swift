@@ -12,12 +12,14 @@ import Glibc
 /// Not thread-safe: one owner (the supervisor's event loop) uses it; `@unchecked Sendable` lets
 /// that owner hand it to closures it schedules on the same loop.
 public final class Store: @unchecked Sendable {
-    private let db: SQLiteConnection
+    let db: SQLiteConnection
     public let path: String
     public let fsyncAccepts: Bool
     private var synchronousFull = false
 
-    public static let schemaVersion = 1
+    /// 2: `tenant_keys` and `secrets` (Store+Secrets.swift). A version-1 database gains them at
+    /// its first open by this release; nothing else changed.
+    public static let schemaVersion = 2
 
     public init(path: String, fsyncAccepts: Bool = true) throws(StoreError) {
         self.path = path
@@ -79,7 +81,13 @@ public final class Store: @unchecked Sendable {
                 suspended_by TEXT NOT NULL,
                 at REAL NOT NULL);
             """)
-        let found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
+        try db.exec(Self.secretTables)
+        var found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
+        if found == "1" {
+            // Version 1 lacked only the key and secret tables, which the statement above made.
+            try db.run("UPDATE meta SET value=? WHERE key='schema_version'", [.text(String(Self.schemaVersion))])
+            found = String(Self.schemaVersion)
+        }
         if let found, Int(found) != Self.schemaVersion {
             throw .corrupt("schema version \(found), this clawpen understands \(Self.schemaVersion): use the clawpen release that wrote it")
         }
@@ -95,6 +103,8 @@ public final class Store: @unchecked Sendable {
         guard !columns.contains(column) else { return }
         try db.exec("ALTER TABLE \(table) ADD COLUMN \(column) \(type)")
     }
+
+    func setSynchronousFull() throws(StoreError) { try setSynchronous(full: true) }
 
     private func setSynchronous(full: Bool) throws(StoreError) {
         guard full != synchronousFull else { return }

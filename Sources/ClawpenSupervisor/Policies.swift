@@ -61,6 +61,7 @@ extension Supervisor {
         seccompPrograms = programs
         callers.forget()
         perform(core.limitsChanged { [self] t in limits(for: t.record) })
+        egressPoliciesReloaded()
         audit(tenant: nil, caller: caller, action: "policy.reload", rule: "operator", detail: "\(policySummary().text)")
         logger.notice("policies reloaded", metadata: ["policies": "\(policySourceDescription.stringValue ?? "")"])
     }

@@ -63,6 +63,8 @@ extension Supervisor {
                 r.reply("metrics", [("text", .string(String(decoding: metricsText(), as: UTF8.self)))])
             case .runtime(let request): try handleRuntime(request, r)
             case .file(let c): try handleFile(c, r)
+            case .secretPut, .secretList, .secretRemove: try handleSecret(request, r)
+            case .egressExplain(let tenant, let url): try explainEgress(tenant, url, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)

@@ -44,6 +44,16 @@ public struct ServeConfig: Sendable {
     /// tests only (`--subuid-file`, `--subgid-file`).
     public var subuidPath = "/etc/subuid"
     public var subgidPath = "/etc/subgid"
+    /// The master key of the secret store (`--master-key-file`); nil: the systemd credential
+    /// `clawpen-master-key`, else `<state-dir>/master.key` (generated 0600 at the first start).
+    public var masterKeyFile: String?
+    /// CA certificates the egress proxy verifies upstream servers against, instead of the host's
+    /// trust store (`--egress-ca-file`; PEM).
+    public var egressCAFile: String?
+    /// The egress proxy executable; default: `clawpen-egress` next to the running clawpen.
+    public var egressPath: String?
+    /// The uid and gid the egress proxy runs as; nil: the uid just below the tenant range.
+    public var egressUID: Int?
 
     public init() {}
 }

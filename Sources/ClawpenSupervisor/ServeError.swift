@@ -19,6 +19,10 @@ public enum ServeError: Error, CustomStringConvertible {
     case uidRange(String)
     /// A setting that cannot work as given (the message names it).
     case config(String)
+    /// The master key could not be read or made (a world-readable file, a wrong length).
+    case masterKey(String)
+    /// The egress proxy could not be started.
+    case egress(String)
 
     public var description: String {
         switch self {
@@ -36,6 +40,9 @@ public enum ServeError: Error, CustomStringConvertible {
         case .cgroupLimitsMissing(let m): return m
         case .uidRange(let m): return m
         case .config(let m): return m
+        case .masterKey(let m):
+            return "\(m) (secrets need a master key: --master-key-file, the systemd credential clawpen-master-key, or <state-dir>/master.key)"
+        case .egress(let m): return "egress proxy: \(m)"
         }
     }
 }

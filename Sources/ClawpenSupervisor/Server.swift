@@ -1,5 +1,6 @@
 import CClawpenShim
 import ClawpenPolicy
+import ClawpenSecrets
 import ClawpenStore
 import ClawpenSystemd
 import Dispatch
@@ -56,6 +57,16 @@ public enum Server {
             metricsServer = try MetricsServer.start(listen: listen, readiness: readiness, supervisor: running)
             logger.notice("metrics, health and readiness over HTTP", metadata: ["listen": "\(metricsServer?.localAddress ?? listen)"])
         }
+        let masterKey: MasterKey
+        do {
+            let (key, generated) = try MasterKey.load(
+                explicitFile: config.masterKeyFile, credentialsDirectory: getenv("CREDENTIALS_DIRECTORY").map { String(cString: $0) },
+                stateDir: config.stateDir)
+            masterKey = key
+            if generated {
+                logger.notice("master key generated (mode 0600); back it up: secrets cannot be read without it", metadata: ["path": "\(key.source)"])
+            }
+        } catch { throw .masterKey(error.description) }
         let store = try openStore(config, readiness: readiness, retry: metricsServer != nil, notifier: notifier, logger: logger)
         readiness.storeOpened()
         let cgroup = CgroupInfo.probe()
@@ -73,6 +84,7 @@ public enum Server {
             loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
             logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
             cgroups: cgroups)
+        supervisor.vault = SecretVault(master: masterKey, store: store)
         do {
             try loop.submit { try supervisor.start() }.wait()
             running.withLockedValue { $0 = supervisor }
@@ -85,6 +97,15 @@ public enum Server {
         } catch {
             try? group.syncShutdownGracefully()
             throw .bind(path: config.socketPath, message: "\(error)")
+        }
+
+        do { try loop.submit { try supervisor.startEgressProxy() }.wait() } catch let e as ServeError {
+            try? group.syncShutdownGracefully()
+            cgroups?.removeAll()
+            throw e
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw .egress("\(error)")
         }
 
         // Large request frames are parsed here, off the loop (ClientHandler): one thread per
@@ -187,6 +208,7 @@ public enum Server {
         try? finished.futureResult.wait()
         beat?.cancel()
         for s in sources { s.cancel() }
+        try? loop.submit { supervisor.stopEgressProxy() }.wait()
         supervisor.stopSpawnThread()
         // An activated socket belongs to systemd (clawpen.socket keeps listening): never unlinked.
         if activated == nil { unlink(config.socketPath) }

@@ -162,6 +162,7 @@ extension Supervisor {
         o.set("last_error_detail", t.lifecycle.lastError.map(Self.failureJSON) ?? .null)
         o.set("quarantine", quarantineJSON(t, now: now))
         o.set("suspension", suspensionJSON(t))
+        o.set("egress", egressStatus(t))
         return o.value
     }
 

@@ -79,6 +79,10 @@ public final class Supervisor: @unchecked Sendable {
     let metrics = SupervisorMetrics()
     /// File operations and transfers under way (FileRelay.swift).
     let fileRelay = FileRelay()
+    /// The master key and the tenants' data keys (secrets); nil: secrets are unavailable.
+    var vault: SecretVault?
+    /// The egress proxy, its listeners and counters (Egress/).
+    var egress = EgressState()
 
     init(
         loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
@@ -167,8 +171,16 @@ public final class Supervisor: @unchecked Sendable {
             switch action {
             case .spawnWorker(let tenant):
                 startWorker(tenant)
-            case .send(let w, let message):
+            case .send(let w, var message):
                 guard let channel = workers[w.id]?.channel else { continue }
+                if case .run(var run) = message, let tenant = workers[w.id]?.tenant {
+                    // The proxy variables and secrets' placeholders: at dispatch, never stored.
+                    let extra = egressEnvironment(tenant, argv: run.argv)
+                    if !extra.isEmpty {
+                        run.env = extra + run.env
+                        message = .run(run)
+                    }
+                }
                 channel.write(channel.allocator.frame(message.encoded()), promise: nil)
                 // Runs are flushed together (the core says when); everything else at once.
                 if case .run = message {} else { channel.flush() }

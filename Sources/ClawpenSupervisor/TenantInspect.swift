@@ -173,7 +173,7 @@ extension Supervisor {
         // Network: the interfaces of the worker's namespace and which are up.
         let interfaces = Self.interfaces(pid)
         let up = interfaces.filter(\.up).map(\.name).sorted()
-        let wantUp: [String] = limits.network == "loopback" ? ["lo"] : []
+        let wantUp: [String] = limits.network == "loopback" || limits.network == "egress" ? ["lo"] : []
         facts.append(
             InspectFact(
                 fact: "network interfaces up", actual: up.isEmpty ? "none" : up.joined(separator: " "),

@@ -21,6 +21,7 @@ extension Supervisor {
                 seccompProfile: t.limits.seccompProfile, seccompProgram: seccompPrograms[t.limits.seccompProfile] ?? [],
                 jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? "",
                 jobLandlockABI: UInt32(HostEnforcement.landlockABI)))
+        addEgressTrust(&plan, name)
         do { try diskQuotas.apply(tenant: name, projectID: t.record.uid, limits: t.limits) } catch {
             perform(
                 core.workerStartFailed(
@@ -93,6 +94,7 @@ extension Supervisor {
             return
         }
         let ref = core.workerSpawned(name, pid: spawned.pid)
+        attachEgress(name, workerPID: spawned.pid, workerID: ref.id)
         let w = WorkerHandle(ref: ref, tenant: name, startedAt: t0)
         w.startPhases = (cgroup: tCgroup - t0, spawn: tSpawned - tCgroup, mounts: tPrepared - tSpawned)
         w.cgroupEnforced = enforced
@@ -196,6 +198,7 @@ extension Supervisor {
             return
         }
         workers[w.ref.id] = nil
+        detachEgress(workerID: w.ref.id)
         freezeMethods[w.tenant] = nil
         let how =
             r < 0

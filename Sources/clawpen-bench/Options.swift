@@ -6,6 +6,7 @@ enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case all, warm, throughput, cold, density, fairness
     case hostileFrames = "hostile-frames"
     case stream, interactive
+    case egress
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -62,7 +63,7 @@ struct Bench: ParsableCommand {
 
     @Option(
         help:
-            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
+            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
     )
     var scenario: Scenario = .all
 
@@ -138,6 +139,14 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("hostile-pings"), help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames scenario.")
     var hostilePings = 2000
 
+    @Option(
+        name: .customLong("egress-requests"),
+        help: "HTTP and as many HTTPS requests, each on a new connection, direct and through the proxy, in the egress scenario.")
+    var egressRequests = 400
+
+    @Option(name: .customLong("egress-download-bytes"), help: "The download measured direct and through the proxy in the egress scenario (default 256 MiB).")
+    var egressDownloadBytes = 256 * 1024 * 1024
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
@@ -171,6 +180,7 @@ struct Bench: ParsableCommand {
             if scenario == .hostileFrames { try scenarios.hostileFrames(into: &report) }
             if scenario == .stream { try scenarios.stream(into: &report) }
             if scenario == .interactive { try scenarios.interactive(into: &report) }
+            if scenario == .egress { try scenarios.egress(into: &report) }
         } catch {
             Progress.say("\nclawpen-bench: FAILED: \(error)")
             if report.hasFigures {

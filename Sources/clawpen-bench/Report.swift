@@ -64,6 +64,7 @@ struct Report {
 
     var fairness: [FairnessFigures] = []
     var hostile: HostileFigures?
+    var egress: EgressFigures?
     /// `stream` and `interactive` (Runtime.swift).
     var stream: RuntimeFigures?
     var interactive: RuntimeFigures?
@@ -72,7 +73,7 @@ struct Report {
 
     var hasFigures: Bool {
         warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil || !fairness.isEmpty || hostile != nil || stream != nil
-            || interactive != nil
+            || interactive != nil || egress != nil
     }
 
     // MARK: Table
@@ -164,6 +165,20 @@ struct Report {
                 row("\(tag): flood's share of running slots", fmt(s * 100, 1) + " %  (backlog \(f.floodBacklog), max_running \(f.maxRunning))")
             }
         }
+        if let e = egress {
+            func pair(_ d: Summary?, _ p: Summary?) -> String {
+                guard let d, let p else { return "-" }
+                return "direct " + ms(d.p50) + ", proxied " + ms(p.p50) + " (p99 " + ms(d.p99) + " / " + ms(p.p99) + ")"
+            }
+            row("egress HTTP GET p50 (new connection, \(e.requests))", pair(e.httpDirect, e.httpProxied))
+            row("egress HTTP added p50", e.httpAddedMs.map { ms($0) } ?? "-", "<= 0.5 ms", e.httpAddedMs.map { $0 <= 0.5 })
+            row("egress HTTPS GET + substitution p50 (new connection)", pair(e.httpsDirect, e.httpsProxied))
+            row("egress HTTPS added p50", e.httpsAddedMs.map { ms($0) } ?? "-", "<= 2 ms", e.httpsAddedMs.map { $0 <= 2 })
+            row(
+                "egress download \(e.downloadBytes >> 20) MiB: direct / proxied",
+                (e.downloadDirectMBps.map { fmt($0, 0) } ?? "-") + " / " + (e.downloadProxiedMBps.map { fmt($0, 0) } ?? "-") + " MB/s")
+            row("egress download proxied / direct", e.downloadRatio.map { fmt($0, 2) } ?? "-", ">= 0.80", e.downloadRatio.map { $0 >= 0.8 })
+        }
         if let h = hostile {
             if let u = h.pingUnloaded { row("ping p50 / p99 / max, unloaded", ms(u.p50) + " / " + ms(u.p99) + " / " + ms(u.max) + "  (\(u.count) pings)") }
             if let l = h.pingLoaded {
@@ -253,6 +268,15 @@ struct Report {
             o.set(prefix + "flood_share", r3(f.floodShare))
             o.set(prefix + "flood_backlog", f.floodBacklog)
             o.set(prefix + "max_running", f.maxRunning)
+        }
+        if let e = egress {
+            o.set("egress_requests", e.requests)
+            o.set("egress_http_direct_p50_ms", r3(e.httpDirect?.p50))
+            o.set("egress_http_proxied_p50_ms", r3(e.httpProxied?.p50))
+            o.set("egress_https_direct_p50_ms", r3(e.httpsDirect?.p50))
+            o.set("egress_https_proxied_p50_ms", r3(e.httpsProxied?.p50))
+            o.set("egress_download_direct_mbps", r3(e.downloadDirectMBps))
+            o.set("egress_download_proxied_mbps", r3(e.downloadProxiedMBps))
         }
         if let h = hostile {
             o.set("hostile_senders", h.senders)

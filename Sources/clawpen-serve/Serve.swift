@@ -57,6 +57,17 @@ struct ServeCommand: ParsableCommand {
         String?
     @Option(name: .customLong("subgid-file"), help: "For tests only: the file the tenants' gid range is registered in instead of /etc/subgid.") var subgidFile:
         String?
+    @Option(
+        name: .customLong("master-key-file"),
+        help:
+            "The secret store's master key (32 bytes or 64 hex digits, mode 0600). Default: the systemd credential clawpen-master-key, else <state-dir>/master.key, generated at the first start."
+    ) var masterKeyFile: String?
+    @Option(
+        name: .customLong("egress-ca-file"), help: "PEM CA certificates the egress proxy verifies upstream servers against (default: the host's trust store).")
+    var egressCAFile: String?
+    @Option(name: .customLong("egress-path"), help: "The clawpen-egress executable (default: next to clawpen-serve).") var egressPath: String?
+    @Option(name: .customLong("egress-uid"), help: "The uid and gid the egress proxy runs as (default: the uid just below the tenant range).")
+    var egressUID: Int?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.") var logLevel: String?
     @Option(
         name: .customLong("metrics-listen"),
@@ -96,6 +107,10 @@ struct ServeCommand: ParsableCommand {
         // For tests only: where the uid range is registered instead of /etc/subuid and /etc/subgid.
         if let v = subuidFile { cfg.subuidPath = absolute(v) }
         if let v = subgidFile { cfg.subgidPath = absolute(v) }
+        if let v = masterKeyFile { cfg.masterKeyFile = absolute(v) }
+        if let v = egressCAFile { cfg.egressCAFile = absolute(v) }
+        if let v = egressPath ?? env("CLAWPEN_EGRESS") { cfg.egressPath = absolute(v) }
+        if let v = egressUID { cfg.egressUID = v }
         if let m = cfg.maxRunning, !(1...100_000).contains(m) { throw ServeExit.usage("--max-running must be 1...100000, not \(m)") }
         if let r = cfg.reservedSlots, r < 0 || r >= (cfg.maxRunning ?? Int.max) {
             throw ServeExit.usage("--reserved-slots must be >= 0 and below --max-running")
@@ -166,7 +181,7 @@ extension ServeError {
     var exitCode: Int32 {
         switch self {
         case .socketInUse: return 69
-        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config:
+        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config, .masterKey, .egress:
             return 78 // EX_CONFIG
         default: return 70
         }
@@ -184,7 +199,7 @@ enum ConfigFile {
     static let knownKeys = [
         "socket", "state-dir", "workspace-root", "policies", "worker-path", "idle-timeout", "max-frame-bytes", "shutdown-grace", "prespawn",
         "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "metrics-listen",
-        "uid-min",
+        "master-key-file", "egress-ca-file", "uid-min",
         "uid-max",
     ]
 
@@ -241,6 +256,8 @@ enum ConfigFile {
                 guard let i = e.value.integerValue, (1...100_000).contains(i) else { throw bad("an integer from 1 to 100000") }; cfg.maxRunning = Int(i)
             case "reserved_slots": guard let i = e.value.integerValue, i >= 0 else { throw bad("an integer >= 0") }; cfg.reservedSlots = Int(i)
             case "require_cgroup_limits": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.requireCgroupLimits = b
+            case "master_key_file": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.masterKeyFile = s
+            case "egress_ca_file": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.egressCAFile = s
             case "metrics_listen": guard let s = e.value.stringValue else { throw bad("a string, HOST:PORT") }; cfg.metricsListen = s
             case "partial_frame_timeout_s":
                 guard let d = e.value.numberValue, d > 0 else { throw bad("a positive number") }; cfg.partialFrameTimeoutSeconds = d

@@ -109,6 +109,11 @@ struct PolicyExplain: ParsableCommand {
             when it would be denied.
 
             Example: clawpen policy explain --tenant acme --env AGENT_MODE=fast -- python3 -c 'print(1)'
+
+            With --url URL instead of a command: what the tenant's egress proxy would do with a \
+            request there (the allow rule or `default deny`, the addresses the name resolves to and \
+            any restricted range that refuses one, and how each secret would reach it; expose = \
+            "env" is called weaker). Example: clawpen policy explain --tenant acme --url https://api.openai.com/v1
             """)
 
     @OptionGroup var connection: ConnectionOptions
@@ -116,6 +121,7 @@ struct PolicyExplain: ParsableCommand {
     @Option(name: .customLong("env"), help: ArgumentHelp("An environment variable the job would get (repeatable).", valueName: "K=V"))
     var env: [String] = []
     @Option(help: "The job's working directory as it would see it (default /home).") var cwd: String?
+    @Option(help: "Explain an egress request to this URL (http://, https:// or host:port) instead of a command.") var url: String?
     @Flag(help: "Print the decision as JSON.") var json = false
     // Only what follows `--` is the command: anything before it that is not one of the options
     // above is a usage error (with a suggestion), never the start of a command. A misspelt
@@ -129,6 +135,11 @@ struct PolicyExplain: ParsableCommand {
 
     func run() throws {
         let tenantName = try TenantArgument.parse(tenant)
+        if let url {
+            guard command.isEmpty else { Self.exit(withError: ValidationError("give --url or a command after --, not both")) }
+            try EgressExplainOutput.run(connection, tenantName, url, json: json)
+            return
+        }
         // Checked here, not in validate(): ArgumentParser validates before it refuses words left
         // over before `--`, and "unexpected argument 'echo'" says more than "no command".
         guard !command.isEmpty else { Self.exit(withError: ValidationError("no command given: clawpen policy explain --tenant NAME -- CMD [ARG...]")) }
@@ -193,4 +204,33 @@ struct PolicyReload: ParsableCommand {
 
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+/// `policy explain --url`: the egress proxy's decision, in words or JSON.
+enum EgressExplainOutput {
+    static func run(_ connection: ConnectionOptions, _ tenant: TenantName, _ url: String, json: Bool) throws {
+        let reply = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in
+            try c.call(.egressExplain(tenant: tenant, url: url))
+        }
+        let e = reply["explain"] ?? .null
+        let g = e["egress"] ?? .null
+        let allowed = g["allowed"]?.boolValue == true
+        if json {
+            Output.json(e)
+        } else {
+            var out =
+                "tenant \(e["tenant"]?.stringValue ?? tenant.value) (tier \(e["tier"]?.stringValue ?? "?")), network \(g["network"]?.stringValue ?? "?")\n"
+            out += "request: \(g["host"]?.stringValue ?? "?"):\(g["port"]?.intValue ?? 0)\n"
+            out += "decision: \(allowed ? "ALLOWED" : "DENIED") by \(g["rule"]?.stringValue ?? "?")\n"
+            if let m = g["message"]?.stringValue { out += "why: \(m)\n" }
+            if let a = g["addresses"]?.arrayValue, !a.isEmpty { out += "addresses: \(a.compactMap(\.stringValue).joined(separator: " "))\n" }
+            if let t = g["tls"]?.stringValue { out += "tls: \(t)\n" }
+            for s in g["secrets"]?.arrayValue ?? [] {
+                let used = s["substituted"]?.boolValue == true ? "substituted here" : "not substituted here"
+                out += "secret \(s["name"]?.stringValue ?? "?") (env \(s["env"]?.stringValue ?? "?"), \(used)): \(s["strength"]?.stringValue ?? "")\n"
+            }
+            Output.writeStdout(out)
+        }
+        if !allowed { throw ExitCode(ErrorCode.policyDenied.exitCode) }
+    }
 }

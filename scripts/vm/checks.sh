@@ -59,6 +59,13 @@ hardened() {
     awk '$5 == "/" { print $6 }' /proc/$main_pid/mountinfo | grep -q '^ro' # ProtectSystem=strict
 }
 check "the service runs hardened (no_new_privs, a seccomp filter, a reduced bounding set, read-only /)" hardened
+egress_pid=$(pgrep -P "$main_pid" -x clawpen-egress | head -n 1)
+egress_confined() {
+  [[ -n $egress_pid ]] && awk '$1 == "Uid:" && $2 != 0 { u = 1 } $1 == "NoNewPrivs:" && $2 == 1 { n = 1 } $1 == "Seccomp:" && $2 == 2 { s = 1 }
+    $1 == "CapEff:" && $2 == "0000000000000000" { c = 1 } END { exit !(u && n && s && c) }' /proc/$egress_pid/status &&
+    [[ $(readlink /proc/$egress_pid/ns/mnt) != $(readlink /proc/$main_pid/ns/mnt) && ! -e /proc/$egress_pid/root/var/lib/clawpen ]]
+}
+check "the egress proxy runs as its own uid, no capabilities, no_new_privs, seccomp, its own mount namespace without the state dir" egress_confined
 st=$(systemctl show clawpen -p StatusText --value)
 echo "  StatusText: $st"
 check "systemctl show -p StatusText shows the status line" bash -c '[[ $1 == *"tenants 3"*workers*running*queued* ]]' _ "$st"
@@ -305,7 +312,7 @@ fi
 deb=${2:-}
 if [[ -n $deb && -f $deb ]]; then
   systemctl disable --now clawpen.socket clawpen.service >/dev/null 2>&1
-  rm -f /usr/local/bin/clawpen /usr/local/bin/clawpen-serve /usr/local/bin/clawpen-worker \
+  rm -f /usr/local/bin/clawpen /usr/local/bin/clawpen-serve /usr/local/bin/clawpen-worker /usr/local/bin/clawpen-egress \
     /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service
   rm -rf /var/lib/clawpen /etc/clawpen
   systemctl daemon-reload

@@ -15,6 +15,7 @@
 //   cp_ipc.h       the IPC namespace's shm limits through a detached procfs (fsopen, no wrappers)
 //   cp_pty.h       pseudo-terminals of interactive jobs, window sizes, raw mode (ioctls, termios)
 //   cp_openat2.h   openat2 with RESOLVE_BENEATH|NO_SYMLINKS for the worker's file operations (no wrapper, O_PATH)
+//   cp_egress.h    listeners in a tenant's netns, SCM_RIGHTS, the egress proxy's read-only root
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
 
@@ -32,5 +33,6 @@
 #include "cp_ipc.h"
 #include "cp_pty.h"
 #include "cp_openat2.h"
+#include "cp_egress.h"
 
 #endif

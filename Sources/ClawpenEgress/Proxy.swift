@@ -1,0 +1,414 @@
+import ClawpenPolicy
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// One client connection from a tenant's job, from its first byte to its close: reads one
+/// request head (bounded), decides with the tenant's allowlist, then either answers with a
+/// refusal, tunnels (CONNECT without a secret for that host), or forwards a request it has read,
+/// with the tenant's placeholders replaced in its headers for the secret's hosts: plain HTTP,
+/// or HTTPS terminated with the tenant's CA (CONNECT to a secret's host).
+///
+/// The tenant is the listener's, fixed when the connection was accepted: nothing the job sends
+/// changes it.
+public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    public struct Limits: Sendable {
+        /// Request line and headers together.
+        public var maxHeadBytes = 16 * 1024
+        public var maxHeaders = 64
+        /// A client must finish its request head within this long.
+        public var headTimeout = TimeAmount.seconds(10)
+        public var connectTimeout = TimeAmount.seconds(10)
+        public init() {}
+    }
+
+    enum Phase {
+        case head
+        /// After CONNECT to a secret's host, inside TLS: the next head is origin-form for it.
+        case innerHead(host: String, port: Int, address: IPAddress)
+        case resolving
+        case relaying
+        case closed
+    }
+
+    let tenantName: String
+    let state: ProxyState
+    let reporter: Reporter
+    let resolver: NIOThreadPool
+    let limits: Limits
+    private var phase = Phase.head
+    private var buffer: ByteBuffer?
+    private var headDeadline: Scheduled<Void>?
+    private var glue: GlueHandler?
+
+    public init(tenant: String, state: ProxyState, reporter: Reporter, resolver: NIOThreadPool, limits: Limits = Limits()) {
+        tenantName = tenant; self.state = state; self.reporter = reporter; self.resolver = resolver; self.limits = limits
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        armHeadTimer(context)
+        context.fireChannelActive()
+    }
+
+    private func armHeadTimer(_ context: ChannelHandlerContext) {
+        headDeadline?.cancel()
+        let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
+        headDeadline = context.eventLoop.scheduleTask(in: limits.headTimeout) { [self] in
+            // A slow client holds one connection for the timeout, then nothing.
+            refuse(ctx.value, 408, "Request Timeout", rule: nil, "the request head did not arrive within \(limits.headTimeout.nanoseconds / 1_000_000_000) s")
+        }
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = Self.unwrapInboundIn(data)
+        switch phase {
+        case .head, .innerHead:
+            if buffer == nil { buffer = incoming } else { buffer?.writeBuffer(&incoming) }
+            processHead(context)
+        case .resolving:
+            // Bytes that follow the head (a request body) wait for the upstream.
+            if buffer == nil { buffer = incoming } else { buffer?.writeBuffer(&incoming) }
+            if (buffer?.readableBytes ?? 0) > 4 * limits.maxHeadBytes { context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+        case .relaying, .closed:
+            context.fireChannelRead(data)
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        headDeadline?.cancel()
+        phase = .closed
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    // MARK: The head
+
+    private func processHead(_ context: ChannelHandlerContext) {
+        guard var buf = buffer else { return }
+        let view = buf.readableBytesView
+        guard let end = Self.headEnd(view) else {
+            if view.count > limits.maxHeadBytes {
+                refuse(context, 431, "Request Header Fields Too Large", rule: nil, "the request head is over \(limits.maxHeadBytes) bytes")
+            }
+            return
+        }
+        guard end <= limits.maxHeadBytes else {
+            refuse(context, 431, "Request Header Fields Too Large", rule: nil, "the request head is over \(limits.maxHeadBytes) bytes")
+            return
+        }
+        guard let headBytes = buf.readBytes(length: end) else { return }
+        buffer = buf
+        let head: RequestHead
+        switch RequestHead.parse(headBytes, maxHeaders: limits.maxHeaders) {
+        case .failure(let e):
+            refuse(context, e.status, e.reason, rule: nil, e.message)
+            return
+        case .success(let h): head = h
+        }
+        headDeadline?.cancel()
+        guard let tenant = state.tenant(tenantName) else {
+            refuse(context, 403, "Forbidden", rule: "network", "tenant \(tenantName) has no egress (its policy changed)")
+            return
+        }
+        if case .innerHead(let host, let port, let address) = phase {
+            // Inside the tenant's TLS to host: the request must be for that host.
+            if let h = head.header("host"), let (hh, hp) = EgressTarget.splitHostPort(h, defaultPort: port),
+                EgressRule.normalize(hh) != host || hp != port
+            {
+                refuse(context, 421, "Misdirected Request", rule: nil, "this connection is for \(host):\(port), not \(h)")
+                return
+            }
+            phase = .resolving
+            forward(context, tenant: tenant, head: head, host: host, port: port, address: address, tls: true)
+            return
+        }
+        let target: EgressTarget
+        if head.method == "CONNECT" {
+            guard let (h, p) = EgressTarget.splitHostPort(head.target, defaultPort: nil) else {
+                refuse(context, 400, "Bad Request", rule: nil, "CONNECT needs host:port")
+                return
+            }
+            target = EgressTarget(host: EgressRule.normalize(h), port: p, tls: true)
+        } else {
+            guard head.target.lowercased().hasPrefix("http://"), let t = EgressTarget(url: head.target) else {
+                refuse(context, 400, "Bad Request", rule: nil, "a proxy request names an absolute http:// URL (or is CONNECT host:port)")
+                return
+            }
+            target = EgressTarget(host: t.host, port: t.port, tls: false)
+        }
+        phase = .resolving
+        let host = target.host
+        let allow = tenant.allow
+        // A name that no rule names is refused before it is even resolved.
+        if IPAddress(host) == nil, !allow.contains(where: { $0.matches(host: host, port: target.port) }) {
+            decided(context, tenant: tenant, head: head, target: target, addresses: [])
+            return
+        }
+        let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        resolver.runIfActive(eventLoop: context.eventLoop) { HostResolver.resolve(host) }.whenComplete { [self] r in
+            decided(loopContext.value, tenant: tenant, head: head, target: target, addresses: (try? r.get()) ?? [])
+        }
+    }
+
+    private func decided(_ context: ChannelHandlerContext, tenant: ProxyState.Tenant, head: RequestHead, target: EgressTarget, addresses: [IPAddress]) {
+        guard context.channel.isActive else { return }
+        let d = EgressPolicy.decide(host: target.host, port: target.port, addresses: addresses, allow: tenant.allow)
+        guard d.allowed, let address = d.address else {
+            reporter.denied(tenantName, target.host, target.port, d.rule)
+            refuse(context, 403, "Forbidden", rule: d.rule, d.message)
+            return
+        }
+        if head.method == "CONNECT" {
+            if !tenant.substitutions(host: target.host, port: target.port).isEmpty {
+                intercept(context, tenant: tenant, host: target.host, port: target.port, address: address)
+            } else {
+                tunnel(context, host: target.host, port: target.port, address: address)
+            }
+        } else {
+            forward(context, tenant: tenant, head: head, host: target.host, port: target.port, address: address, tls: false)
+        }
+    }
+
+    // MARK: Tunnel, intercept, forward
+
+    private func connect(_ context: ChannelHandlerContext, address: IPAddress, port: Int, tlsHost: String?) -> EventLoopFuture<Channel> {
+        let sockaddr: SocketAddress
+        do { sockaddr = try SocketAddress(ipAddress: address.description, port: port) } catch {
+            return context.eventLoop.makeFailedFuture(error)
+        }
+        let upstreamContext: NIOSSLContext?
+        if tlsHost != nil {
+            do { upstreamContext = try state.upstreamContext() } catch { return context.eventLoop.makeFailedFuture(error) }
+        } else {
+            upstreamContext = nil
+        }
+        return ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(limits.connectTimeout)
+            .channelOption(ChannelOptions.autoRead, value: false)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let upstreamContext, let tlsHost {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: upstreamContext, serverHostname: tlsHost))
+                    }
+                }
+            }
+            .connect(to: sockaddr)
+    }
+
+    private func tunnel(_ context: ChannelHandlerContext, host: String, port: Int, address: IPAddress) {
+        let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
+        connect(context, address: address, port: port, tlsHost: nil).whenComplete { [self] result in
+            let context = ctx.value
+            switch result {
+            case .failure(let e):
+                refuse(context, 502, "Bad Gateway", rule: nil, "cannot reach \(host):\(port) (\(address)): \(e)")
+            case .success(let upstream):
+                var ok = context.channel.allocator.buffer(capacity: 64)
+                ok.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+                context.writeAndFlush(Self.wrapOutboundOut(ok), promise: nil)
+                join(context, upstream, initial: [])
+            }
+        }
+    }
+
+    /// CONNECT to a secret's host: answer 200, speak TLS to the job with a leaf certificate for
+    /// the host from the tenant's CA, then read the request inside it.
+    private func intercept(_ context: ChannelHandlerContext, tenant: ProxyState.Tenant, host: String, port: Int, address: IPAddress) {
+        let tls: NIOSSLContext
+        do { tls = try tenant.serverContext(host: host) } catch {
+            refuse(context, 502, "Bad Gateway", rule: nil, "cannot make a certificate for \(host): \(error)")
+            return
+        }
+        var ok = context.channel.allocator.buffer(capacity: 64)
+        ok.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+        context.writeAndFlush(Self.wrapOutboundOut(ok), promise: nil)
+        do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .before(self))
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        phase = .innerHead(host: host, port: port, address: address)
+        armHeadTimer(context)
+        // Bytes already read after the CONNECT head are the start of the TLS handshake.
+        if let rest = buffer, rest.readableBytes > 0 {
+            buffer = nil
+            context.pipeline.syncOperations.fireChannelRead(NIOAny(rest))
+        }
+    }
+
+    private func forward(
+        _ context: ChannelHandlerContext, tenant: ProxyState.Tenant, head: RequestHead, host: String, port: Int, address: IPAddress, tls: Bool
+    ) {
+        let subs = tenant.substitutions(host: host, port: port)
+        var used: [String] = []
+        let bytes = head.forwarded(host: host, port: port, tls: tls, substitutions: subs, used: &used)
+        for name in used { reporter.used(tenantName, name, host, port) }
+        let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
+        connect(context, address: address, port: port, tlsHost: tls ? host : nil).whenComplete { [self] result in
+            let context = ctx.value
+            switch result {
+            case .failure(let e):
+                refuse(context, 502, "Bad Gateway", rule: nil, "cannot reach \(host):\(port) (\(address)): \(e)")
+            case .success(let upstream):
+                join(context, upstream, initial: bytes)
+            }
+        }
+    }
+
+    /// Both sides relay to each other from now on, with back-pressure (GlueHandler).
+    private func join(_ context: ChannelHandlerContext, _ upstream: Channel, initial: [UInt8]) {
+        guard context.channel.isActive else {
+            upstream.close(promise: nil)
+            return
+        }
+        phase = .relaying
+        let counter = ByteCounter(tenant: tenantName, reporter: reporter)
+        let (local, remote) = GlueHandler.matchedPair(counter: counter)
+        do {
+            try context.pipeline.syncOperations.addHandler(local)
+            try upstream.pipeline.syncOperations.addHandler(remote)
+        } catch {
+            upstream.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        var first = upstream.allocator.buffer(capacity: initial.count)
+        first.writeBytes(initial)
+        if var rest = buffer, rest.readableBytes > 0 { first.writeBuffer(&rest) }
+        buffer = nil
+        counter.up += first.readableBytes
+        if first.readableBytes > 0 { upstream.writeAndFlush(first, promise: nil) }
+        upstream.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        upstream.read()
+    }
+
+    /// An answer of the proxy's own, then close. Every refusal says what and by which rule.
+    func refuse(_ context: ChannelHandlerContext, _ status: Int, _ reason: String, rule: String?, _ message: String) {
+        if case .closed = phase { return }
+        phase = .closed
+        headDeadline?.cancel()
+        let body = "clawpen egress: \(message)\n"
+        var out = context.channel.allocator.buffer(capacity: 256)
+        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
+        if let rule { out.writeString("X-Clawpen-Rule: \(rule.filter { $0 != "\r" && $0 != "\n" })\r\n") }
+        out.writeString("Content-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+        let channel = context.channel
+        context.writeAndFlush(Self.wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// Offset just past "\r\n\r\n", if the head is complete.
+    static func headEnd(_ v: ByteBufferView) -> Int? {
+        var i = v.startIndex
+        let end = v.endIndex
+        var n = 0
+        while i < end {
+            let b = v[i]
+            if b == 0x0A && n >= 3 && v[i - 1] == 0x0D && v[i - 2] == 0x0A && v[i - 3] == 0x0D { return n + 1 }
+            i = v.index(after: i)
+            n += 1
+        }
+        return nil
+    }
+}
+
+/// Bytes each way of one proxied connection, reported once when it ends.
+final class ByteCounter: @unchecked Sendable {
+    let tenant: String
+    let reporter: Reporter
+    var up = 0
+    var down = 0
+    private var reported = false
+    init(tenant: String, reporter: Reporter) { self.tenant = tenant; self.reporter = reporter }
+    func finish() {
+        guard !reported else { return }
+        reported = true
+        reporter.done(tenant, allowed: true, up: up, down: down)
+    }
+}
+
+/// Relays between two channels on one event loop (SwiftNIO's connect-proxy glue): what one
+/// reads the other writes; a side that cannot keep up stops the other's reads; either closing
+/// closes both.
+final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var partner: GlueHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private let counter: ByteCounter
+    private let isClientSide: Bool
+
+    private init(counter: ByteCounter, clientSide: Bool) { self.counter = counter; isClientSide = clientSide }
+
+    static func matchedPair(counter: ByteCounter) -> (GlueHandler, GlueHandler) {
+        let a = GlueHandler(counter: counter, clientSide: true), b = GlueHandler(counter: counter, clientSide: false)
+        a.partner = b
+        b.partner = a
+        return (a, b)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil; partner = nil }
+
+    private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
+    private func partnerFlush() { context?.flush() }
+    /// The other side ended: what it sent is still queued here, so the close waits for the
+    /// queue (an empty write completes after every write before it); a plain close would drop
+    /// the tail of a download.
+    private func partnerWriteEOF() {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(mode: .output, promise: nil) }
+    }
+    private func partnerCloseFull() {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+    }
+    private var partnerWritable: Bool { context?.channel.isWritable ?? false }
+    private func partnerBecameWritable() {
+        if pendingRead {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let n = Self.unwrapInboundIn(data).readableBytes
+        if isClientSide { counter.up += n } else { counter.down += n }
+        partner?.partnerWrite(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { partner?.partnerFlush() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        counter.finish()
+        partner?.partnerCloseFull()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, case .inputClosed = e { partner?.partnerWriteEOF() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { partner?.partnerBecameWritable() }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let partner, partner.partnerWritable { context.read() } else { pendingRead = true }
+    }
+}

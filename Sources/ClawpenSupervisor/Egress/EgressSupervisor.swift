@@ -1,0 +1,419 @@
+import CClawpenShim
+import ClawpenCore
+import ClawpenPolicy
+import ClawpenProtocol
+import ClawpenSpawn
+import ClawpenStore
+import ClawpenSystem
+import ClawpenWire
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The supervisor's side of egress (docs/egress.md): it starts the proxy (clawpen-egress) as its
+/// own confined, unprivileged process, makes a listener on 127.0.0.1:3128 inside each `egress`
+/// tenant's worker network namespace and hands it to the proxy tagged with the tenant, pushes
+/// each tenant's allowlist, secrets and CA to it, and keeps the counts it reports. The proxy never
+/// reads the store, the policies or the master key: what it knows comes from here.
+
+/// What the proxy reported for one tenant since the daemon started.
+struct EgressCounters {
+    var requestsAllowed: Int64 = 0
+    var requestsDenied: Int64 = 0
+    var bytesUp: Int64 = 0
+    var bytesDown: Int64 = 0
+    var secretsUsed: Int64 = 0
+}
+
+/// The running proxy.
+final class EgressProxyProcess: @unchecked Sendable {
+    let pid: Int32
+    let controlFD: Int32
+    var reports: Channel?
+    var ready = false
+    /// Control frames written before the proxy said ready (it reads them in order anyway; kept
+    /// so that a failed start can say what was lost).
+    init(pid: Int32, controlFD: Int32) { self.pid = pid; self.controlFD = controlFD }
+}
+
+struct EgressState {
+    static let proxyPort: UInt16 = 3128
+    static let proxyURL = "http://127.0.0.1:3128"
+    var proxy: EgressProxyProcess?
+    /// Why there is no proxy (status and the log say it), nil while it runs.
+    var unavailable: String? = "not started"
+    var counters: [TenantName: EgressCounters] = [:]
+    /// Each tenant's CA, made at the first need and kept for the daemon's life (in memory only).
+    var cas: [TenantName: TenantCA] = [:]
+    /// The listener of each worker that has one, by worker id.
+    var listeners: [UInt64: UInt64] = [:]
+    var nextListener: UInt64 = 1
+    /// Tenants whose configuration the proxy has.
+    var configured: Set<TenantName> = []
+}
+
+extension Supervisor {
+    // MARK: Start
+
+    /// Starts clawpen-egress, confined (docs/egress.md, "The proxy process"). Without it, egress
+    /// tenants' jobs have no proxy, and status says why.
+    func startEgressProxy() throws(ServeError) {
+        guard sandboxEnabled else {
+            egress.unavailable = "the daemon is not root, so workers have no network namespace to put a proxy listener in"
+            return
+        }
+        let path = config.egressPath ?? siblingExecutable("clawpen-egress")
+        guard access(path, X_OK) == 0 else {
+            // Without the proxy, egress tenants' jobs have no proxy variables and no way out.
+            egress.unavailable = "\(path) is not an executable (build it with swift build, or give --egress-path)"
+            logger.warning("no egress proxy: egress tenants get no network beyond lo", metadata: ["reason": "\(egress.unavailable ?? "")"])
+            return
+        }
+        let uid = config.egressUID ?? (config.uidRange.lowerBound - 1)
+        guard uid > 0, !config.uidRange.contains(uid) else {
+            throw .egress("--egress-uid \(uid) must be above 0 and outside the tenants' uid range")
+        }
+        var control: [Int32] = [-1, -1], reports: [Int32] = [-1, -1]
+        guard cp_socketpair(&control) == 0 else { throw .egress("socketpair: \(errnoString(errno))") }
+        guard cp_socketpair(&reports) == 0 else { throw .egress("socketpair: \(errnoString(errno))") }
+        // The proxy's filter: the default profile (an ordinary network client), installed by the
+        // proxy itself once it has confined its mounts and dropped its identity.
+        let program = seccompPrograms["default"] ?? []
+        let memfd = cp_memfd("clawpen-egress-seccomp")
+        guard memfd >= 0 else { throw .egress("memfd: \(errnoString(errno))") }
+        defer { close(memfd) }
+        let written = program.withUnsafeBytes { write(memfd, $0.baseAddress, $0.count) }
+        guard written == program.count, lseek(memfd, 0, SEEK_SET) == 0 else { throw .egress("writing the seccomp program: \(errnoString(errno))") }
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { if devNull >= 0 { close(devNull) } }
+        var arguments = [
+            path, "--control-fd", "3", "--report-fd", "4", "--seccomp-fd", "5", "--uid", String(uid), "--gid", String(uid),
+        ]
+        for p in Self.egressRootPaths(executable: path) { arguments += ["--bind", p] }
+        let command = SpawnCommand(path: path, arguments: arguments, environment: ["PATH=/usr/bin:/bin", "LANG=C.UTF-8", "SWIFT_BACKTRACE=enable=no"])
+        var options = SpawnOptions(fds: [devNull, 2, 2, control[1], reports[1], memfd])
+        options.newSession = true
+        options.parentDeathSignal = SIGKILL
+        options.umask = 0o077
+        options.cloneFlags = cp_sandbox_clone_flags_without_net()
+        let pid: pid_t
+        do { pid = try command.spawn(options) } catch {
+            close(control[0]); close(control[1]); close(reports[0]); close(reports[1])
+            throw .egress("start \(path): \(error)")
+        }
+        close(control[1])
+        close(reports[1])
+        let reportFD = reports[0]
+        let proxy = EgressProxyProcess(pid: pid, controlFD: control[0])
+        egress.proxy = proxy
+        egress.unavailable = nil
+        logger.notice("egress proxy started", metadata: ["pid": "\(pid)", "uid": "\(uid)"])
+        sendTrust()
+        ClientBootstrap(group: loop)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(FrameDecoder(maxFrameBytes: EgressControl.maxFrameBytes)), EgressReportHandler(supervisor: self))
+                }
+            }
+            .withConnectedSocket(reportFD)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let ch): proxy.reports = ch
+                case .failure(let error):
+                    logger.error("cannot read the egress proxy's reports", metadata: ["error": "\(error)"])
+                    close(reportFD)
+                }
+            }
+    }
+
+    /// What the proxy's root holds: the libraries it links, its executable's directory, and the
+    /// resolver's files. Nothing of the state dir, the workspaces, /home, /root, /proc or /run.
+    static func egressRootPaths(executable: String) -> [String] {
+        var paths = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf"]
+        let dir = String(executable[..<(executable.lastIndex(of: "/") ?? executable.startIndex)])
+        if !dir.isEmpty { paths.append(dir) }
+        // The Swift runtime, where the toolchain keeps it (the executable's rpath points there).
+        if let maps = Files.readSmallFile("/proc/self/maps", limit: 1 << 22) {
+            for line in maps.split(separator: "\n") where line.contains("libswiftCore.so") {
+                if let slash = line.firstIndex(of: "/") {
+                    let lib = String(line[slash...])
+                    let libDir = String(lib[..<(lib.lastIndex(of: "/") ?? lib.startIndex)])
+                    if !paths.contains(where: { libDir.hasPrefix($0 + "/") }) { paths.append(libDir) }
+                }
+                break
+            }
+        }
+        return paths
+    }
+
+    func siblingExecutable(_ name: String) -> String {
+        let dir = String(workerPath[..<(workerPath.lastIndex(of: "/") ?? workerPath.startIndex)])
+        return dir + "/" + name
+    }
+
+    // MARK: Control
+
+    /// Writes one control frame (and an fd) to the proxy. The socket is blocking and the proxy
+    /// reads it on its own thread; a proxy that died makes the write fail, which is logged.
+    @discardableResult
+    func sendToProxy(_ message: JSONValue, fd: Int32 = -1) -> Bool {
+        guard let proxy = egress.proxy else { return false }
+        let bytes = EgressControl.frame(message)
+        var ok = true
+        if fd >= 0 {
+            // The fd travels with the first bytes of its frame.
+            ok = bytes.withUnsafeBytes { cp_send_with_fd(proxy.controlFD, $0.baseAddress, $0.count, fd) } == 0
+        } else {
+            var offset = 0
+            while ok && offset < bytes.count {
+                let n = bytes[offset...].withUnsafeBytes { send(proxy.controlFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { ok = false } else { offset += n }
+            }
+        }
+        if !ok { logger.error("cannot write to the egress proxy", metadata: ["errno": "\(errnoString(errno))"]) }
+        return ok
+    }
+
+    /// The CA certificates the proxy checks upstream servers against.
+    private func sendTrust() {
+        let file = config.egressCAFile ?? "/etc/ssl/certs/ca-certificates.crt"
+        guard let bytes = Files.readRegularFile(file, limit: EgressControl.maxFrameBytes / 2) else {
+            logger.warning("no CA certificates for the egress proxy: HTTPS upstreams cannot be verified", metadata: ["file": "\(file)"])
+            return
+        }
+        let pem = String(decoding: bytes, as: UTF8.self)
+        sendToProxy(.object([("type", .string("trust")), ("pem", .string(pem))]))
+    }
+
+    /// Sends the tenant's allowlist, its substituted secrets (values opened for the proxy only)
+    /// and its CA.
+    func pushEgressConfig(_ name: TenantName) {
+        guard egress.proxy != nil, let t = core.tenants[name] else { return }
+        let limits = t.limits
+        let ca: TenantCA
+        do { ca = try tenantCA(name) } catch {
+            logger.error("cannot make the tenant's egress CA", metadata: ["tenant": "\(name)", "error": "\(error)"])
+            return
+        }
+        var secrets: [JSONValue] = []
+        let stored = Dictionary(((try? store.secrets(name)) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for b in limits.secrets {
+            guard case .placeholder = b.exposure, let record = stored[b.name], let vault else { continue }
+            do {
+                let value = try vault.open(record)
+                secrets.append(
+                    .object([
+                        ("name", .string(b.name)), ("placeholder", .string(record.placeholder)), ("value_b64", .string(base64(value))),
+                        ("hosts", .array(b.hosts.map { EgressControl.rule(text: $0.text, file: $0.file, line: $0.line) })),
+                    ]))
+            } catch {
+                logger.error("cannot open a secret for the egress proxy", metadata: ["tenant": "\(name)", "secret": "\(b.name)", "error": "\(error)"])
+            }
+        }
+        let message = JSONValue.object([
+            ("type", .string("tenant")), ("tenant", .string(name.value)),
+            ("allow", .array(limits.egressAllow.map { EgressControl.rule(text: $0.text, file: $0.file, line: $0.line) })),
+            ("secrets", .array(secrets)), ("ca_cert_pem", .string(ca.certificatePEM)), ("ca_key_pem", .string(ca.privateKeyPEM)),
+        ])
+        if sendToProxy(message) { egress.configured.insert(name) }
+    }
+
+    /// A secret was stored or removed: the proxy gets the tenant's new set at once.
+    func secretsChanged(_ name: TenantName) {
+        if egress.configured.contains(name) { pushEgressConfig(name) }
+    }
+
+    /// The policies were reloaded: every tenant the proxy knows gets its new allowlist and
+    /// secrets; a tenant that is no longer `egress` is forgotten (its listeners refuse from now on).
+    func egressPoliciesReloaded() {
+        // Running workers follow at once: a tenant that became `egress` gets a listener in its
+        // worker's namespace (its sandbox's CA bundle comes with its next worker), one that no
+        // longer is loses it.
+        for (id, w) in workers where !w.exited {
+            let isEgress = core.tenants[w.tenant]?.limits.network == "egress"
+            if isEgress && egress.listeners[id] == nil {
+                attachEgress(w.tenant, workerPID: w.pid, workerID: id)
+            } else if !isEgress && egress.listeners[id] != nil {
+                detachEgress(workerID: id)
+            }
+        }
+        for name in egress.configured {
+            if core.tenants[name]?.limits.network == "egress" {
+                pushEgressConfig(name)
+            } else {
+                sendToProxy(.object([("type", .string("forget")), ("tenant", .string(name.value))]))
+                egress.configured.remove(name)
+            }
+        }
+    }
+
+    // MARK: Listeners
+
+    /// A new worker of an `egress` tenant: a listener in its network namespace, for the proxy.
+    func attachEgress(_ name: TenantName, workerPID: Int32, workerID: UInt64) {
+        guard sandboxEnabled, egress.proxy != nil, core.tenants[name]?.limits.network == "egress" else { return }
+        if !egress.configured.contains(name) { pushEgressConfig(name) }
+        let ns = open("/proc/\(workerPID)/ns/net", O_RDONLY | O_CLOEXEC)
+        guard ns >= 0 else {
+            logger.error(
+                "cannot open the worker's network namespace for its egress listener", metadata: ["tenant": "\(name)", "errno": "\(errnoString(errno))"])
+            return
+        }
+        defer { close(ns) }
+        let fd = cp_netns_listen_tcp(ns, EgressState.proxyPort)
+        guard fd >= 0 else {
+            logger.error("cannot listen on 127.0.0.1:3128 in the worker's namespace", metadata: ["tenant": "\(name)", "errno": "\(errnoString(errno))"])
+            return
+        }
+        defer { close(fd) }
+        let id = egress.nextListener
+        egress.nextListener += 1
+        if sendToProxy(.object([("type", .string("listener")), ("tenant", .string(name.value)), ("listener", .int(Int64(id)))]), fd: fd) {
+            egress.listeners[workerID] = id
+        }
+    }
+
+    func detachEgress(workerID: UInt64) {
+        guard let id = egress.listeners.removeValue(forKey: workerID) else { return }
+        sendToProxy(.object([("type", .string("close")), ("listener", .int(Int64(id)))]))
+    }
+
+    // MARK: Jobs
+
+    /// What an egress tenant's job finds in its environment: the proxy variables, the CA bundle
+    /// the sandbox trusts, and each secret's placeholder (or, for `expose = "env"` and a listed
+    /// command, its value). Added at dispatch, never stored with the job.
+    func egressEnvironment(_ name: TenantName, argv: [String]) -> [String] {
+        guard let t = core.tenants[name] else { return [] }
+        var env: [String] = []
+        if t.limits.network == "egress" && egress.proxy != nil && sandboxEnabled {
+            for v in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+                env.append("\(v)=\(EgressState.proxyURL)")
+                env.append("\(v.lowercased())=\(EgressState.proxyURL)")
+            }
+            // The job's own loopback services (a server it started) are not the proxy's business.
+            env.append("NO_PROXY=localhost,127.0.0.1,::1")
+            env.append("no_proxy=localhost,127.0.0.1,::1")
+            for (k, v) in EgressTrust.environment { env.append("\(k)=\(v)") }
+        }
+        guard !t.limits.secrets.isEmpty else { return env }
+        let stored = Dictionary(((try? store.secrets(name)) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for b in t.limits.secrets {
+            guard let record = stored[b.name] else { continue }
+            switch b.exposure {
+            case .placeholder:
+                env.append("\(b.envVar)=\(record.placeholder)")
+            case .env(let commands):
+                guard Self.commandMatches(argv.first ?? "", commands), let vault, let value = try? vault.open(record),
+                    let text = String(validating: value, as: UTF8.self), !text.utf8.contains(0)
+                else { continue }
+                env.append("\(b.envVar)=\(text)")
+            }
+        }
+        return env
+    }
+
+    /// argv[0] as one of `commands`: the same absolute path, or a bare name that the job's fixed
+    /// PATH (/usr/local/bin:/usr/bin:/bin, read-only in the sandbox) finds as that command.
+    static func commandMatches(_ argv0: String, _ commands: [String]) -> Bool {
+        if argv0.hasPrefix("/") { return commands.contains(argv0) }
+        guard !argv0.contains("/") else { return false }
+        for dir in ["/usr/local/bin", "/usr/bin", "/bin"] {
+            let candidate = dir + "/" + argv0
+            if access(candidate, X_OK) == 0 { return commands.contains(candidate) }
+        }
+        return false
+    }
+
+    // MARK: Reports
+
+    func egressReport(_ v: JSONValue) {
+        guard let type = v["type"]?.stringValue else { return }
+        let tenant = v["tenant"]?.stringValue.flatMap { try? TenantName(validating: $0) }
+        switch type {
+        case "ready":
+            egress.proxy?.ready = true
+            logger.info("egress proxy ready")
+        case "denied":
+            guard let tenant else { return }
+            egress.counters[tenant, default: EgressCounters()].requestsDenied += 1
+            let host = String((v["host"]?.stringValue ?? "?").prefix(255))
+            let port = v["port"]?.intValue ?? 0
+            audit(tenant: tenant, caller: nil, action: "egress.denied", rule: v["rule"]?.stringValue, detail: "host=\(host) port=\(port) job=unknown")
+        case "secret_used":
+            guard let tenant else { return }
+            egress.counters[tenant, default: EgressCounters()].secretsUsed += 1
+            let host = String((v["host"]?.stringValue ?? "?").prefix(255))
+            audit(
+                tenant: tenant, caller: nil, action: "secret.used", rule: v["name"]?.stringValue,
+                detail: "host=\(host) port=\(v["port"]?.intValue ?? 0) job=unknown")
+        case "done":
+            guard let tenant else { return }
+            var c = egress.counters[tenant, default: EgressCounters()]
+            if v["allowed"]?.boolValue == true { c.requestsAllowed += 1 }
+            c.bytesUp += v["up"]?.intValue ?? 0
+            c.bytesDown += v["down"]?.intValue ?? 0
+            egress.counters[tenant] = c
+        case "log":
+            let message = String((v["message"]?.stringValue ?? "").prefix(500))
+            logger.log(level: v["level"]?.stringValue == "error" ? .error : .info, "egress proxy: \(message)")
+        default: break
+        }
+    }
+
+    /// The proxy's reports closed: it died. Status says so; jobs' requests fail to connect.
+    func egressProxyGone() {
+        guard let proxy = egress.proxy else { return }
+        var status: Int32 = 0
+        var usage = rusage()
+        _ = cp_wait4(proxy.pid, &status, WNOHANG, &usage)
+        close(proxy.controlFD)
+        egress.proxy = nil
+        egress.configured.removeAll()
+        egress.listeners.removeAll()
+        egress.unavailable = "the egress proxy (pid \(proxy.pid)) exited: \(Self.describe(waitStatus: status)); restart the daemon"
+        logger.error("egress proxy exited", metadata: ["pid": "\(proxy.pid)"])
+    }
+
+    /// `status`' `egress` of a tenant.
+    func egressStatus(_ t: TenantState) -> JSONValue {
+        guard t.limits.network == "egress" else { return .null }
+        let c = egress.counters[t.name] ?? EgressCounters()
+        var o = JSONObjectBuilder()
+        o.set("proxy", egress.proxy != nil ? JSONValue.string(EgressState.proxyURL) : JSONValue.null)
+        o.set("unavailable", egress.unavailable)
+        o.set("allow", .array(t.limits.egressAllow.map { .string($0.text) }))
+        o.set("requests_allowed", c.requestsAllowed)
+        o.set("requests_denied", c.requestsDenied)
+        o.set("bytes_up", c.bytesUp)
+        o.set("bytes_down", c.bytesDown)
+        o.set("secrets_used", c.secretsUsed)
+        return o.value
+    }
+
+    func stopEgressProxy() {
+        guard let proxy = egress.proxy else { return }
+        kill(proxy.pid, SIGTERM)
+        proxy.reports?.close(promise: nil)
+    }
+}
+
+/// The proxy's report frames, to the supervisor.
+final class EgressReportHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let supervisor: Supervisor
+    init(supervisor: Supervisor) { self.supervisor = supervisor }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = Self.unwrapInboundIn(data)
+        guard let bytes = buffer.readBytes(length: buffer.readableBytes), let v = try? JSONValue.parse(bytes) else { return }
+        supervisor.egressReport(v)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        supervisor.egressProxyGone()
+    }
+}

@@ -1,0 +1,292 @@
+import ClawpenTestSupport
+import Foundation
+import XCTest
+
+/// The egress proxy and secret substitution, end to end, all on this machine's loopback: jobs
+/// in sandboxed workers reach upstream servers on 127.0.0.1 (the test's own, with its own CA)
+/// only through the proxy, which the supervisor's listener in their namespace leads to.
+/// 127.0.0.1 is itself a restricted range, so the tenants allow it by address explicitly.
+final class EgressTests: XCTestCase {
+    var daemon: Daemon!
+    var up: EgressUpstreams!
+    let secret = "sk-test-0123456789-REAL-VALUE-abcdef"
+
+    override func tearDown() {
+        daemon?.cleanup()
+        up?.stop()
+    }
+
+    func start() throws {
+        try XCTSkipUnless(geteuid() == 0, "the sandbox (and a network namespace per worker) needs root")
+        let dir = try Daemon.tempDir()
+        up = try EgressUpstreams(dir: dir)
+        let (h, s, o) = (up.httpPort, up.httpsPort, up.otherPort)
+        let allowed = [h, s, o].flatMap { ["\"localhost:\($0)\"", "\"127.0.0.1:\($0)\""] }.joined(separator: ", ")
+        let pol = try Daemon.policiesWithOverrides(
+            in: dir,
+            [
+                "a": """
+                network = "egress"
+
+                [egress]
+                allow = [\(allowed)]
+
+                [secrets.KEY]
+                env = "API_KEY"
+                hosts = ["localhost:\(h)", "localhost:\(s)"]
+
+                [secrets.DB]
+                env = "DB_PASSWORD"
+                expose = "env"
+                commands = ["/usr/bin/printenv"]
+                """,
+                // A name leading to loopback, with no rule for the address.
+                "r": "network = \"egress\"\n\n[egress]\nallow = [\"localhost:\(h)\"]\n",
+                "l": "network = \"loopback\"\n",
+            ])
+        daemon = try Daemon(extraArgs: ["--egress-ca-file", up.caFile], dir: dir, policies: pol).start()
+        try daemon.createTenant("a", tier: "pro")
+        try daemon.createTenant("b", tier: "pro")
+        try daemon.createTenant("r", tier: "pro")
+        try daemon.createTenant("n")
+        try daemon.createTenant("l")
+        try daemon.assertSandboxed("a")
+        for (name, value) in [("KEY", secret), ("DB", "db-" + secret)] {
+            let put = try runCLI(["secret", "put", "a", name, "--from-stdin"], socket: daemon.socket, stdin: value)
+            XCTAssertEqual(put.status, 0, put.stderr)
+        }
+    }
+
+    func sh(_ tenant: String, _ script: String) throws -> JobView { try daemon.run(tenant, ["sh", "-c", script], timeout: 60) }
+
+    func audit(_ tenant: String) throws -> String { try runCLI(["audit", "--tenant", tenant, "--limit", "1000"], socket: daemon.socket).stdout }
+
+    func testAnAllowedTenantReachesHTTPAndHTTPSWithTheRealSecretWhileTheSandboxHoldsOnlyThePlaceholder() throws {
+        try start()
+        let (h, s) = (up.httpPort, up.httpsPort)
+        let job = try sh(
+            "a",
+            """
+            echo "env:$API_KEY"
+            cat /proc/self/environ | tr '\\0' '\\n' | grep '^API_KEY='
+            curl --noproxy '' -sS -H "Authorization: Bearer $API_KEY" http://localhost:\(h)/curl-http
+            curl --noproxy '' -sS -H "Authorization: Bearer $API_KEY" https://localhost:\(s)/curl-https
+            unset no_proxy NO_PROXY
+            python3 - <<'PY'
+            import os, urllib.request
+            for url in ("http://localhost:\(h)/py-http", "https://localhost:\(s)/py-https"):
+                req = urllib.request.Request(url, headers={"Authorization": "Bearer " + os.environ["API_KEY"]})
+                print(urllib.request.urlopen(req, timeout=20).read().decode().strip())
+            PY
+            """)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        let placeholder = try XCTUnwrap(job.stdout.split(separator: "\n").first?.dropFirst(4)).description
+        XCTAssertTrue(placeholder.hasPrefix("clawpen-ph-"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("API_KEY=\(placeholder)\n"), "/proc/self/environ holds the placeholder: \(job.stdout)")
+        XCTAssertFalse(job.stdout.contains(secret) || job.stderr.contains(secret), "the value never enters the sandbox: \(job.stdout)")
+        // The upstream got the value, for each client and scheme.
+        for path in ["/curl-http", "/curl-https", "/py-http", "/py-https"] {
+            XCTAssertTrue(up.received.contains("\(path) Bearer \(secret)\n"), "\(path): \(up.received)")
+        }
+        let a = try audit("a")
+        XCTAssertTrue(a.contains("secret.used") && a.contains("KEY") && a.contains("host=localhost port=\(s)"), a)
+        XCTAssertFalse(a.contains(secret))
+        let eg = try daemon.tenantStatus("a")["egress"]
+        XCTAssertEqual(eg?["proxy"]?.stringValue, "http://127.0.0.1:3128")
+        XCTAssertGreaterThanOrEqual(eg?["requests_allowed"]?.intValue ?? 0, 4)
+        XCTAssertGreaterThan(eg?["bytes_down"]?.intValue ?? 0, 0)
+        XCTAssertGreaterThanOrEqual(eg?["secrets_used"]?.intValue ?? 0, 4)
+        // A running job's environment, read from the host, holds the placeholder too.
+        let waiting = try daemon.detach("a", ["sleep", "30"], timeout: 60)
+        var environ = ""
+        XCTAssertTrue(
+            daemon.eventually(10) {
+                for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(pid) != nil {
+                    guard let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmd.hasPrefix("sleep\u{0}30"),
+                        let env = FileManager.default.contents(atPath: "/proc/\(pid)/environ")
+                    else { continue }
+                    environ = String(decoding: env, as: UTF8.self)
+                    if environ.contains("API_KEY=") { return true }
+                }
+                return false
+            })
+        XCTAssertTrue(environ.contains("API_KEY=\(placeholder)"), environ)
+        XCTAssertFalse(environ.contains(secret))
+        _ = try runCLI(["job", "cancel", waiting.id], socket: daemon.socket)
+        // Nothing the daemon wrote holds the value: the store (and its WAL), the log, the state dir.
+        XCTAssertEqual(filesContain(daemon.stateDir, secret), [], "state dir")
+        XCTAssertFalse(daemon.log.contains(secret), "daemon log")
+        let st = try runCLI(["status", "--json"], socket: daemon.socket)
+        XCTAssertFalse(st.stdout.contains(secret))
+    }
+
+    func testThePlaceholderSentToAHostNotInTheSecretsListArrivesUnreplaced() throws {
+        try start()
+        let job = try sh("a", "curl --noproxy '' -sS -H \"Authorization: Bearer $API_KEY\" http://localhost:\(up.otherPort)/other")
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("path=/other"), job.stdout)
+        XCTAssertTrue(up.received.contains("/other Bearer clawpen-ph-"), "the placeholder itself arrived: \(up.received)")
+        XCTAssertFalse(up.received.contains(secret), up.received)
+    }
+
+    func testATenantWithoutTheRuleIsRefusedAndAudited() throws {
+        try start()
+        let job = try sh(
+            "b", "curl --noproxy '' -sS -i http://localhost:\(up.httpPort)/x; curl --noproxy '' -sS https://localhost:\(up.httpsPort)/y; echo rc=$?")
+        XCTAssertTrue(job.stdout.contains("403 Forbidden") && job.stdout.contains("X-Clawpen-Rule: default deny"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("rc=56"), "CONNECT refused: curl fails: \(job.stdout) \(job.stderr)")
+        XCTAssertEqual(up.received, "", "nothing reached the upstream")
+        let b = try audit("b")
+        XCTAssertTrue(b.contains("egress.denied") && b.contains("default deny") && b.contains("host=localhost port=\(up.httpPort)"), b)
+        XCTAssertEqual(try daemon.tenantStatus("b")["egress"]?["requests_denied"]?.intValue, 2)
+        let explain = try runCLI(["policy", "explain", "--tenant", "b", "--url", "http://localhost:\(up.httpPort)/", "--json"], socket: daemon.socket)
+        XCTAssertEqual(explain.status, 77)
+        XCTAssertTrue(explain.stdout.contains("\"rule\":\"default deny\""), explain.stdout)
+        let ok = try runCLI(["policy", "explain", "--tenant", "a", "--url", "https://localhost:\(up.httpsPort)/v1"], socket: daemon.socket)
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("ALLOWED") && ok.stdout.contains("secret KEY") && ok.stdout.contains("substituted here"), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("secret DB") && ok.stdout.contains("weaker"), "expose = env is called weaker: \(ok.stdout)")
+    }
+
+    func testANameLeadingToLoopbackAndTheHostsOwnAddressesAreRefusedUnlessAllowedByAddress() throws {
+        try start()
+        let job = try sh(
+            "r",
+            "curl --noproxy '' -sS -i http://localhost:\(up.httpPort)/name; curl --noproxy '' -sS -i http://127.0.0.1:\(up.httpPort)/ip; curl --noproxy '' -sS -i http://169.254.169.254/latest/meta-data/"
+        )
+        let rules = job.stdout.split(separator: "\r\n").filter { $0.hasPrefix("X-Clawpen-Rule: ") }
+        XCTAssertEqual(
+            rules, ["X-Clawpen-Rule: ssrf 127.0.0.0/8", "X-Clawpen-Rule: ssrf 127.0.0.0/8", "X-Clawpen-Rule: ssrf 169.254.0.0/16"],
+            "the name, the address and the metadata service: \(job.stdout)")
+        XCTAssertFalse(job.stdout.contains("path="), "nothing got through: \(job.stdout)")
+        XCTAssertEqual(up.received, "")
+        let r = try audit("r")
+        XCTAssertTrue(r.contains("ssrf 127.0.0.0/8") && r.contains("host=localhost"), r)
+        // Tenant a names 127.0.0.1 for the port: the same name gets through.
+        XCTAssertTrue(try sh("a", "curl --noproxy '' -sS http://localhost:\(up.httpPort)/named").stdout.contains("path=/named"))
+    }
+
+    func testNoneAndLoopbackTenantsHaveNoProxy() throws {
+        try start()
+        for t in ["n", "l"] {
+            let job = try sh(t, "env | grep -ci proxy; curl --noproxy '' -sS -m 5 -x http://127.0.0.1:3128 http://localhost:\(up.httpPort)/; echo rc=$?")
+            XCTAssertTrue(job.stdout.hasPrefix("0\n"), "\(t): no proxy variables: \(job.stdout)")
+            XCTAssertTrue(job.stdout.contains("rc=7") || job.stdout.contains("rc=28"), "\(t): nothing listens on 3128: \(job.stdout) \(job.stderr)")
+            XCTAssertEqual(try daemon.tenantStatus(t)["egress"], .null)
+        }
+        XCTAssertEqual(up.received, "")
+    }
+
+    func testAReloadChangesAllowlistsAndListenersOfRunningWorkers() throws {
+        try start()
+        let url = "http://localhost:\(up.httpPort)/reloaded"
+        let curl = "curl --noproxy '' -sS -i -m 10 -x http://127.0.0.1:3128 \(url); echo rc=$?"
+        XCTAssertTrue(try sh("b", curl).stdout.contains("403"), "b's allowlist is empty")
+        XCTAssertTrue(try sh("n", curl).stdout.contains("rc=7"), "n has no proxy")
+        let workers = try ["b", "n"].map { try daemon.tenantStatus($0)["worker_pid"]?.intValue }
+        let rule = "[egress]\nallow = [\"localhost:\(up.httpPort)\", \"127.0.0.1:\(up.httpPort)\"]\n"
+        try ("network = \"egress\"\n\n" + rule).write(toFile: daemon.policies + "/tenants/b.toml", atomically: true, encoding: .utf8)
+        try ("network = \"egress\"\n\n" + rule).write(toFile: daemon.policies + "/tenants/n.toml", atomically: true, encoding: .utf8)
+        let reload = try runCLI(["policy", "reload"], socket: daemon.socket)
+        XCTAssertEqual(reload.status, 0, reload.stderr)
+        for t in ["b", "n"] {
+            let job = try sh(t, "env | grep -c '^HTTP_PROXY='; " + curl)
+            XCTAssertTrue(job.stdout.hasPrefix("1\n") && job.stdout.contains("path=/reloaded"), "\(t) after the reload: \(job.stdout) \(job.stderr)")
+        }
+        XCTAssertEqual(try ["b", "n"].map { try daemon.tenantStatus($0)["worker_pid"]?.intValue }, workers, "the same workers")
+    }
+
+    func testALargeDownloadArrivesWholeThroughEachPath() throws {
+        try start()
+        let n = 48 << 20
+        let (h, s) = (up.httpPort, up.httpsPort)
+        let script = [
+            "curl --noproxy '' -sS http://localhost:\(h)/big/\(n) | wc -c",
+            "curl --noproxy '' -sS https://localhost:\(s)/big/\(n) | wc -c",
+            "curl --noproxy '' -sS -k https://127.0.0.1:\(s)/big/\(n) | wc -c",
+        ]
+        let job = try sh("a", script.joined(separator: "\n"))
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertEqual(job.stdout, "\(n)\n\(n)\n\(n)\n", "plain, intercepted and tunneled: every byte, the last ones too")
+        XCTAssertGreaterThanOrEqual(try daemon.tenantStatus("a")["egress"]?["bytes_down"]?.intValue ?? 0, Int64(3 * n))
+    }
+
+    func testExposeEnvPutsTheValueInTheListedCommandsEnvironmentOnly() throws {
+        try start()
+        XCTAssertEqual(try daemon.run("a", ["/usr/bin/printenv", "DB_PASSWORD"]).stdout, "db-\(secret)\n")
+        XCTAssertEqual(try daemon.run("a", ["printenv", "DB_PASSWORD"]).stdout, "db-\(secret)\n", "found by the fixed PATH")
+        let other = try sh("a", "echo \"[$DB_PASSWORD]\"")
+        XCTAssertEqual(other.stdout, "[]\n", "any other command gets nothing")
+    }
+
+    func testMalformedFloodedAndSlowClientsCostTheProxyNothingLasting() throws {
+        try start()
+        let script = """
+            import socket, time
+            def ask(data, wait=15):
+                s = socket.create_connection(("127.0.0.1", 3128), timeout=wait)
+                out = b""
+                try:
+                    s.sendall(data)
+                    while True:
+                        b = s.recv(65536)
+                        if not b: break
+                        out += b
+                except socket.timeout:
+                    out += b"<timeout>"
+                except ConnectionResetError:
+                    # Refused before it had read everything: the kernel resets what was unread.
+                    out = out or b"<reset>"
+                return out.split(b"\\r\\n")[0].decode()
+            slow = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+            slow.sendall(b"GET http://localhost:\(up.httpPort)/ HTTP/1.1\\r\\n")
+            t0 = time.time()
+            print("malformed", ask(b"GARBAGE\\r\\n\\r\\n"))
+            print("flood", ask(b"GET http://localhost:\(up.httpPort)/ HTTP/1.1\\r\\n" + b"".join(b"X-%d: y\\r\\n" % i for i in range(200)) + b"\\r\\n"))
+            print("huge", ask(b"GET http://localhost:\(up.httpPort)/ HTTP/1.1\\r\\nX: " + b"a" * 40000 + b"\\r\\n\\r\\n"))
+            print("served meanwhile", ask(b"GET http://localhost:\(up.httpPort)/ok HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"), round(time.time() - t0) < 8)
+            first = b""
+            while True:
+                b = slow.recv(4096)
+                if not b: break
+                first += b
+            print("slow", first.split(b"\\r\\n")[0].decode(), round(time.time() - t0))
+            """
+        let job = try daemon.run("a", ["python3", "-c", script], timeout: 60)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("malformed HTTP/1.1 400 Bad Request"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("flood HTTP/1.1 431"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("huge HTTP/1.1 431") || job.stdout.contains("huge <reset>"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("served meanwhile HTTP/1.1 200 OK True"), "a slow client blocks no one: \(job.stdout)")
+        XCTAssertTrue(job.stdout.contains("slow HTTP/1.1 408 Request Timeout"), "the slow one is cut off: \(job.stdout)")
+        // And the proxy still serves afterwards.
+        XCTAssertTrue(try sh("a", "curl --noproxy '' -sS http://localhost:\(up.httpPort)/after").stdout.contains("path=/after"))
+    }
+
+    func testTheProxyRunsConfinedAsItsOwnUser() throws {
+        try start()
+        let pids = try FileManager.default.contentsOfDirectory(atPath: "/proc").filter { Int($0) != nil }
+        let proxy = try XCTUnwrap(
+            pids.first { pid in
+                guard let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe") else { return false }
+                guard exe.hasSuffix("/clawpen-egress"), let st = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+                return st.contains("PPid:\t\(daemon.pid)\n")
+            }, "the daemon's clawpen-egress")
+        let status = try String(contentsOfFile: "/proc/\(proxy)/status", encoding: .utf8)
+        XCTAssertTrue(status.contains("Uid:\t199999\t199999\t199999\t199999"), status)
+        XCTAssertTrue(status.contains("NoNewPrivs:\t1"), status)
+        XCTAssertTrue(status.contains("Seccomp:\t2"), status)
+        XCTAssertTrue(status.contains("CapEff:\t0000000000000000") && status.contains("CapBnd:\t0000000000000000"), status)
+        for ns in ["mnt", "ipc", "pid"] {
+            XCTAssertNotEqual(
+                try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(proxy)/ns/\(ns)"),
+                try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(ns)"), ns)
+        }
+        // Its root holds no state dir, no workspaces, no /proc.
+        let root = "/proc/\(proxy)/root"
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + daemon.stateDir))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + daemon.workspaceRoot))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/proc/self"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/etc/hosts"))
+    }
+}
