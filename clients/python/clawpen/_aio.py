@@ -42,7 +42,9 @@ from ._requests import (
     explain_fields,
     file_size_hint,
     put_frames,
+    reply_dict,
     reply_field,
+    reply_list,
     set_quota_fields,
     strip_envelope,
     submit_fields,
@@ -455,23 +457,23 @@ class AsyncClient:
 
     async def status(self, tenant: Optional[str] = None) -> Dict[str, Any]:
         """The STATUS object (operators)."""
-        return reply_field(await self.request("status", tenant=tenant), "status")
+        return reply_dict(await self.request("status", tenant=tenant), "status")
 
     async def explain(
         self, tenant: str, argv: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None
     ) -> Dict[str, Any]:
         """What the tenant's tool policy decides for ``argv``; nothing runs."""
-        return reply_field(await self.request("policy.explain", **explain_fields(tenant, argv, env, cwd)), "explain")
+        return reply_dict(await self.request("policy.explain", **explain_fields(tenant, argv, env, cwd)), "explain")
 
     async def audit(
         self, tenant: Optional[str] = None, since: Optional[float] = None, limit: Optional[int] = None
     ) -> List[Dict[str, Any]]:
         """Audit events (operators), oldest first."""
-        return reply_field(await self.request("audit", tenant=tenant, since=since, limit=limit), "events")
+        return reply_list(await self.request("audit", tenant=tenant, since=since, limit=limit), "events")
 
     async def reload_policies(self) -> Dict[str, Any]:
         """Make the daemon re-read its policies (operators)."""
-        return reply_field(await self.request("policy.reload"), "policy")
+        return reply_dict(await self.request("policy.reload"), "policy")
 
 
 class AsyncJobHandle:
@@ -688,7 +690,7 @@ class AsyncJobs:
 
     async def list(self, tenant: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None) -> List[Job]:
         reply = await self._client.request("job.list", tenant=tenant, state=state, limit=limit)
-        return [Job.from_wire(j) for j in reply_field(reply, "jobs")]
+        return [Job.from_wire(j) for j in reply_list(reply, "jobs")]
 
     async def logs(self, job_id: str, *, follow: bool = False) -> AsyncJobHandle:
         return await AsyncJobHandle._open(self._client, "job.logs", {"job_id": job_id, "follow": bool(follow)}, self._client._timeout(None))
@@ -815,7 +817,7 @@ class AsyncFiles:
 
     async def list_page(self, tenant: str, path: str = "/home", *, limit: Optional[int] = None) -> Tuple[List[FileInfo], bool]:
         reply = await self._client.request("file.list", tenant=tenant, path=path, limit=limit)
-        return [FileInfo.from_wire(e) for e in reply_field(reply, "entries")], reply.get("truncated") is True
+        return [FileInfo.from_wire(e) for e in reply_list(reply, "entries")], reply.get("truncated") is True
 
     async def remove(self, tenant: str, path: str, *, recursive: bool = False) -> int:
         reply = await self._client.request("file.remove", tenant=tenant, path=path, recursive=bool(recursive) or None)
@@ -834,13 +836,13 @@ class AsyncTenants:
         self._client = client
 
     async def create(self, name: str, tier: str = "free") -> Dict[str, Any]:
-        return reply_field(await self._client.request("tenant.create", name=name, tier=tier), "tenant")
+        return reply_dict(await self._client.request("tenant.create", name=name, tier=tier), "tenant")
 
     async def list(self) -> List[Dict[str, Any]]:
-        return reply_field(await self._client.request("tenant.list"), "tenants")
+        return reply_list(await self._client.request("tenant.list"), "tenants")
 
     async def get(self, name: str) -> Dict[str, Any]:
-        return reply_field(await self._client.request("tenant.show", name=name), "tenant")
+        return reply_dict(await self._client.request("tenant.show", name=name), "tenant")
 
     async def set_quota(self, name: str, **limits: Any) -> Dict[str, Any]:
         return strip_envelope(await self._client.request("tenant.set_quota", **set_quota_fields(name, limits)))
@@ -852,4 +854,4 @@ class AsyncTenants:
         return strip_envelope(await self._client.request("tenant.resume", name=name))
 
     async def inspect(self, name: str) -> Dict[str, Any]:
-        return reply_field(await self._client.request("tenant.inspect", name=name), "inspect")
+        return reply_dict(await self._client.request("tenant.inspect", name=name), "inspect")

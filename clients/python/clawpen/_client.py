@@ -31,7 +31,9 @@ from ._requests import (
     explain_fields,
     file_size_hint,
     put_frames,
+    reply_dict,
     reply_field,
+    reply_list,
     set_quota_fields,
     strip_envelope,
     submit_fields,
@@ -327,7 +329,7 @@ class Client:
     def status(self, tenant: Optional[str] = None) -> Dict[str, Any]:
         """The STATUS object (``supervisor`` and ``tenants``; operators), optionally for one
         tenant."""
-        return reply_field(self.request("status", tenant=tenant), "status")
+        return reply_dict(self.request("status", tenant=tenant), "status")
 
     def explain(
         self,
@@ -338,18 +340,18 @@ class Client:
     ) -> Dict[str, Any]:
         """What the tenant's tool policy decides for ``argv`` (and ``env``), with every rule
         that took part; nothing runs. ``result["decision"]["allowed"]`` is the verdict."""
-        return reply_field(self.request("policy.explain", **explain_fields(tenant, argv, env, cwd)), "explain")
+        return reply_dict(self.request("policy.explain", **explain_fields(tenant, argv, env, cwd)), "explain")
 
     def audit(
         self, tenant: Optional[str] = None, since: Optional[float] = None, limit: Optional[int] = None
     ) -> List[Dict[str, Any]]:
         """Audit events (operators), oldest first: refusals and admin actions, with the rule."""
-        return reply_field(self.request("audit", tenant=tenant, since=since, limit=limit), "events")
+        return reply_list(self.request("audit", tenant=tenant, since=since, limit=limit), "events")
 
     def reload_policies(self) -> Dict[str, Any]:
         """Make the daemon re-read its policies (operators). A set that does not load raises
         :class:`~clawpen.InvalidRequest` (naming file, line and key) and the old one stays."""
-        return reply_field(self.request("policy.reload"), "policy")
+        return reply_dict(self.request("policy.reload"), "policy")
 
 
 class JobHandle:
@@ -614,7 +616,7 @@ class Jobs:
     def list(self, tenant: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None) -> List[Job]:
         """Jobs from the store, newest first, without their output (``get`` has it)."""
         reply = self._client.request("job.list", tenant=tenant, state=state, limit=limit)
-        return [Job.from_wire(j) for j in reply_field(reply, "jobs")]
+        return [Job.from_wire(j) for j in reply_list(reply, "jobs")]
 
     def logs(self, job_id: str, *, follow: bool = False) -> JobHandle:
         """The job's kept output (stdout's chunks, then stderr's) as a handle to iterate;
@@ -782,7 +784,7 @@ class Files:
     def list_page(self, tenant: str, path: str = "/home", *, limit: Optional[int] = None) -> "tuple[List[FileInfo], bool]":
         """As :meth:`list`, with whether the listing was truncated at ``limit``."""
         reply = self._client.request("file.list", tenant=tenant, path=path, limit=limit)
-        entries = [FileInfo.from_wire(e) for e in reply_field(reply, "entries")]
+        entries = [FileInfo.from_wire(e) for e in reply_list(reply, "entries")]
         return entries, reply.get("truncated") is True
 
     def remove(self, tenant: str, path: str, *, recursive: bool = False) -> int:
@@ -808,15 +810,15 @@ class Tenants:
     def create(self, name: str, tier: str = "free") -> Dict[str, Any]:
         """Create a tenant (``tier``: ``free``, ``pro`` or ``enterprise``); its TENANT object
         (``tenant``, ``tier``, ``uid``, ``workspace``, ``created_at``)."""
-        return reply_field(self._client.request("tenant.create", name=name, tier=tier), "tenant")
+        return reply_dict(self._client.request("tenant.create", name=name, tier=tier), "tenant")
 
     def list(self) -> List[Dict[str, Any]]:
         """Every tenant (TENANT objects)."""
-        return reply_field(self._client.request("tenant.list"), "tenants")
+        return reply_list(self._client.request("tenant.list"), "tenants")
 
     def get(self, name: str) -> Dict[str, Any]:
         """One tenant (:class:`~clawpen.UnknownTenant` if there is none)."""
-        return reply_field(self._client.request("tenant.show", name=name), "tenant")
+        return reply_dict(self._client.request("tenant.show", name=name), "tenant")
 
     def set_quota(self, name: str, **limits: Any) -> Dict[str, Any]:
         """Change a tenant's limits: policy keys as keyword arguments, sizes as strings
@@ -838,5 +840,5 @@ class Tenants:
     def inspect(self, name: str) -> Dict[str, Any]:
         """What the tenant's running worker actually has, read from the kernel, beside what its
         policy asks (``facts``, ``mismatches``)."""
-        return reply_field(self._client.request("tenant.inspect", name=name), "inspect")
+        return reply_dict(self._client.request("tenant.inspect", name=name), "inspect")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import IO, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._errors import ProtocolError
 from ._wire import b64, drop_none
@@ -105,6 +105,22 @@ def reply_field(reply: Mapping[str, Any], key: str) -> Any:
     if key not in reply:
         raise ProtocolError(f"a {reply.get('type')!r} reply without {key!r}")
     return reply[key]
+
+
+def reply_dict(reply: Mapping[str, Any], key: str) -> Dict[str, Any]:
+    """``reply[key]``, which must be a JSON object."""
+    value = reply_field(reply, key)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{key!r} of a {reply.get('type')!r} reply is not an object")
+    return value
+
+
+def reply_list(reply: Mapping[str, Any], key: str) -> List[Dict[str, Any]]:
+    """``reply[key]``, which must be a list of JSON objects."""
+    value = reply_field(reply, key)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ProtocolError(f"{key!r} of a {reply.get('type')!r} reply is not a list of objects")
+    return value
 
 
 def strip_envelope(reply: Mapping[str, Any]) -> Dict[str, Any]:
