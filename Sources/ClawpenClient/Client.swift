@@ -45,7 +45,7 @@ public enum SocketPath {
 /// benchmark; services in other languages speak the same protocol (docs/protocol.md).
 public final class ClawpenConnection {
     private let fd: Int32
-    private var nextID: Int64 = 1
+    var nextID: Int64 = 1
     private var splitter = FrameSplitter(maxFrameBytes: Framing.maxReplyBytes)
     public let socketPath: String
 

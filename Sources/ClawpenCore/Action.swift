@@ -71,4 +71,8 @@ public enum Action: Sendable {
     /// Shutdown: every worker is gone and every write is done.
     case shutdownComplete
     case log(LogLine)
+    /// The tenant's waiting file operations may go to this worker now (Core+Files.swift).
+    case startFileOps(TenantName, WorkerRef)
+    /// The tenant's waiting file operations cannot be done (quarantined, shutting down).
+    case failFileOps(TenantName, ProtocolError)
 }

@@ -50,7 +50,7 @@ public final class Core {
     /// Jobs whose acceptance could not be committed, killed on their worker: their end is not recorded.
     private var withdrawn: Set<String> = []
     /// Actions of the event being handled.
-    private var out: [Action] = []
+    var out: [Action] = []
 
     public init(config: Config, clock: CoreClock, probe: ResourceProbe) {
         self.config = config; self.clock = clock; self.probe = probe
@@ -321,7 +321,7 @@ public final class Core {
         case .idle(let name, let id):
             guard let t = tenants[name], t.idleTimerFor == id else { break }
             t.idleTimerFor = nil
-            guard let w = t.lifecycle.worker, w.id == id, t.inFlight.isEmpty, t.queue.isEmpty, !draining else { break }
+            guard let w = t.lifecycle.worker, w.id == id, t.inFlight.isEmpty, t.queue.isEmpty, !t.hasFileOps, !draining else { break }
             out += t.lifecycle.idleTimeout(w)
         case .restart(let name):
             guard let t = tenants[name] else { break }
@@ -363,6 +363,7 @@ public final class Core {
     public func beginShutdown() -> [Action] {
         guard !draining else { return [] }
         draining = true
+        for t in tenants.values { failWaitingFileOps(t, ProtocolError(.unavailable, "the daemon is shutting down")) }
         let running = tenants.values.reduce(0) { $0 + $1.runningCount }
         out.append(.log(LogLine(.notice, "shutting down", [("running", "\(running)"), ("grace_ms", "\(config.shutdownGraceMs)")])))
         out.append(.arm(.shutdownGrace, afterMs: config.shutdownGraceMs))
@@ -377,15 +378,16 @@ public final class Core {
         return t
     }
 
-    private func take() -> [Action] {
+    func take() -> [Action] {
         defer { out.removeAll(keepingCapacity: true) }
         return out
     }
 
     /// Something changed for `t` (a job arrived or ended, its worker came or went): start its
     /// worker if it has work and none, let the router know, and start what may start.
-    private func dispatch(_ t: TenantState) {
+    func dispatch(_ t: TenantState) {
         guard !draining else { return }
+        dispatchFileOps(t)
         if t.queue.isEmpty {
             armIdleTimerIfIdle(t)
         } else {
@@ -419,8 +421,8 @@ public final class Core {
         for w in written { out.append(.flush(w)) }
     }
 
-    private func armIdleTimerIfIdle(_ t: TenantState) {
-        guard case .ready(let w, _) = t.lifecycle.phase, t.lifecycle.suspension == nil, t.inFlight.isEmpty, t.queue.isEmpty,
+    func armIdleTimerIfIdle(_ t: TenantState) {
+        guard case .ready(let w, _) = t.lifecycle.phase, t.lifecycle.suspension == nil, t.inFlight.isEmpty, t.queue.isEmpty, !t.hasFileOps,
             t.idleTimerFor == nil
         else { return }
         t.idleTimerFor = w.id
@@ -440,6 +442,7 @@ public final class Core {
                         rule: "crash_loop_max", detail: q.reason)))
         }
         let what = t.lifecycle.restarts == 0 ? "its worker cannot start" : "its worker keeps dying"
+        failWaitingFileOps(t, ProtocolError(.unavailable, "the tenant is quarantined, \(what): \(q.reason)", details: ["rule": .string("crash_loop_max")]))
         for job in t.takeAllQueued(router) {
             finish(
                 job, t, state: .failed,

@@ -48,6 +48,10 @@ public final class TenantState: RoutedTenant {
     public internal(set) var pendingAccepts = 0
     /// Moving average of the tenant's job run time, for retry_after_ms estimates.
     var averageRunMs = 10.0
+    /// File operations waiting for a worker, and those on the worker (Core+Files.swift): the
+    /// worker is started for the first and not reaped as idle while any runs.
+    public internal(set) var fileOpsWaiting = 0
+    public internal(set) var fileOpsActive = 0
 
     init(record: TenantRecord, name: TenantName, limits: TierLimits, now: Double) {
         self.record = record; self.name = name; self.limits = limits

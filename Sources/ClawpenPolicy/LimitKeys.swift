@@ -25,6 +25,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case crashBackoffMax = "crash_backoff_max_s"
     case diskMax = "disk_max"
     case inodesMax = "inodes_max"
+    case fileMaxBytes = "file_max_bytes"
 
     static let networkModes = ["none", "loopback"]
     /// The longest timeout a policy may allow: one day.
@@ -33,7 +34,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     /// Keys a tier file may leave out (they came later): the tier's shipped value applies.
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
-            || self == .diskMax || self == .inodesMax
+            || self == .diskMax || self == .inodesMax || self == .fileMaxBytes
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -111,6 +112,10 @@ enum LimitKey: String, CaseIterable, Sendable {
             target.diskMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64(1) << 60)
         case .inodesMax:
             target.inodesMax = try c.integer(16...(1 << 40), note: "files and directories in the tenant's workspace")
+        case .fileMaxBytes:
+            // At most the worker's RLIMIT_FSIZE (4 GiB, Plan.maxFileBytes): a put can never
+            // reach the rlimit, so the worker never gets SIGXFSZ.
+            target.fileMaxBytes = try c.size(minimum: 1, maximum: 4 * ByteSize.gibibyte)
         }
     }
 }

@@ -55,6 +55,8 @@ public struct TierLimits: Sendable, Equatable {
     public var diskMaxBytes: Int64
     /// `inodes_max`: files and directories the tenant's workspace may hold (the same quota).
     public var inodesMax: Int
+    /// `file_max_bytes`: the largest file a `file.put` or `file.get` moves.
+    public var fileMaxBytes: Int64
 
     public init(
         maxConcurrentRuns: Int, jobsPerMinute: Int, maxQueued: Int, memoryMaxBytes: Int64, pidsMax: Int,
@@ -62,8 +64,10 @@ public struct TierLimits: Sendable, Equatable {
         outputMaxBytes: Int, network: String, seccompProfile: String, tmpSizeBytes: Int64,
         cpuSecondsPerHour: Double = 3600, commandsAllow: [PatternRule] = [], commandsDeny: [PatternRule] = [],
         envAllow: [PatternRule] = [], maxAttempts: Int = 3, crashLoopMax: Int = 5, crashLoopWindowSeconds: Double = 60,
-        crashBackoffMaxSeconds: Double = 300, diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000
+        crashBackoffMaxSeconds: Double = 300, diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000,
+        fileMaxBytes: Int64 = 64 * ByteSize.mebibyte
     ) {
+        self.fileMaxBytes = fileMaxBytes
         self.diskMaxBytes = diskMaxBytes
         self.inodesMax = inodesMax
         self.maxAttempts = maxAttempts
@@ -126,7 +130,7 @@ public struct TierLimits: Sendable, Equatable {
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE"], ["AGENT_*"],
                     ]),
-                diskMaxBytes: ByteSize.gibibyte, inodesMax: 100_000)
+                diskMaxBytes: ByteSize.gibibyte, inodesMax: 100_000, fileMaxBytes: 64 * ByteSize.mebibyte)
         case .pro:
             return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
@@ -142,7 +146,7 @@ public struct TierLimits: Sendable, Equatable {
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHON*", "NODE_*", "NPM_CONFIG_*", "PIP_*", "GIT_*"], ["CI", "DEBUG"], ["AGENT_*"],
                     ]),
-                diskMaxBytes: 10 * ByteSize.gibibyte, inodesMax: 1_000_000)
+                diskMaxBytes: 10 * ByteSize.gibibyte, inodesMax: 1_000_000, fileMaxBytes: ByteSize.gibibyte)
         case .enterprise:
             return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
@@ -163,7 +167,7 @@ public struct TierLimits: Sendable, Equatable {
                         ["/usr/lib/polkit-1/*", "/usr/libexec/polkit-*", "/usr/lib/eject/dmcrypt-get-device"],
                     ]),
                 envAllow: rules(file, firstLine: 119, [["*"]]),
-                diskMaxBytes: 100 * ByteSize.gibibyte, inodesMax: 10_000_000)
+                diskMaxBytes: 100 * ByteSize.gibibyte, inodesMax: 10_000_000, fileMaxBytes: 4 * ByteSize.gibibyte)
         }
     }
 
@@ -210,6 +214,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var crashBackoffMaxSeconds: Double?
     public var diskMaxBytes: Int64?
     public var inodesMax: Int?
+    public var fileMaxBytes: Int64?
 
     public init(
         tier: Tier? = nil, maxConcurrentRuns: Int? = nil, jobsPerMinute: Int? = nil, maxQueued: Int? = nil,
@@ -274,6 +279,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.crashBackoffMaxSeconds { o.crashBackoffMaxSeconds = v }
         if let v = other.diskMaxBytes { o.diskMaxBytes = v }
         if let v = other.inodesMax { o.inodesMax = v }
+        if let v = other.fileMaxBytes { o.fileMaxBytes = v }
         return o
     }
 
@@ -303,6 +309,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = crashBackoffMaxSeconds { l.crashBackoffMaxSeconds = v }
         if let v = diskMaxBytes { l.diskMaxBytes = v }
         if let v = inodesMax { l.inodesMax = v }
+        if let v = fileMaxBytes { l.fileMaxBytes = v }
         return l
     }
 
@@ -317,6 +324,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.crashBackoffMaxSeconds = crashBackoffMaxSeconds ?? d.crashBackoffMaxSeconds
         o.diskMaxBytes = diskMaxBytes ?? d.diskMaxBytes
         o.inodesMax = inodesMax ?? d.inodesMax
+        o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
         return o
     }
 
@@ -326,7 +334,7 @@ public struct TenantOverride: Sendable, Equatable {
             let cpuMaxCores, let cpuWeight, let timeoutDefaultSeconds, let timeoutMaxSeconds, let outputMaxBytes,
             let network, let seccompProfile, let tmpSizeBytes, let cpuSecondsPerHour, let commandsAllow,
             let commandsDeny, let envAllow, let maxAttempts, let crashLoopMax, let crashLoopWindowSeconds,
-            let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax
+            let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax, let fileMaxBytes
         else { return nil }
         return TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
@@ -336,7 +344,7 @@ public struct TenantOverride: Sendable, Equatable {
             tmpSizeBytes: tmpSizeBytes, cpuSecondsPerHour: cpuSecondsPerHour, commandsAllow: commandsAllow,
             commandsDeny: commandsDeny, envAllow: envAllow, maxAttempts: maxAttempts, crashLoopMax: crashLoopMax,
             crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
-            diskMaxBytes: diskMaxBytes, inodesMax: inodesMax)
+            diskMaxBytes: diskMaxBytes, inodesMax: inodesMax, fileMaxBytes: fileMaxBytes)
     }
 }
 

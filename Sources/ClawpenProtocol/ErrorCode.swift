@@ -8,6 +8,10 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case quotaExceeded = "quota_exceeded"
     case policyDenied = "policy_denied"
     case permissionDenied = "permission_denied"
+    /// A file request's path does not exist.
+    case notFound = "not_found"
+    /// A file over the tier's file_max_bytes.
+    case fileTooLarge = "file_too_large"
     case timedOut = "timed_out"
     case oomKilled = "oom_killed"
     case workerCrashed = "worker_crashed"
@@ -17,7 +21,8 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     public var exitCode: Int32 {
         switch self {
         case .invalidRequest, .invalidTenant, .unknownTenant, .frameTooLarge: return 64
-        case .quotaExceeded: return 75
+        case .quotaExceeded, .fileTooLarge: return 75
+        case .notFound: return 66
         case .policyDenied, .permissionDenied: return 77
         case .timedOut: return 124
         case .oomKilled: return 137

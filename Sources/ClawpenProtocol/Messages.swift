@@ -28,6 +28,8 @@ public enum Request: Sendable, Equatable {
     case tenantResume(name: TenantName)
     /// What the tenant's running worker actually has, beside what its policy asks (operators).
     case tenantInspect(name: TenantName)
+    /// The tenant's files (FileRequests.swift).
+    case file(FileCommand)
 
     public var typeName: String {
         switch self {
@@ -47,6 +49,7 @@ public enum Request: Sendable, Equatable {
         case .tenantSuspend: return "tenant.suspend"
         case .tenantResume: return "tenant.resume"
         case .tenantInspect: return "tenant.inspect"
+        case .file(let c): return c.typeName
         }
     }
 }
@@ -178,10 +181,11 @@ public enum RequestCodec {
             return .tenantSetQuota(name: name, changes: changes)
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
+        case _ where type.hasPrefix("file."): return .file(try file(type, f))
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, \(FileCommand.types.joined(separator: ", ")))"
             )
         }
     }
@@ -348,6 +352,7 @@ public enum RequestCodec {
         case .tenantSetQuota(let name, let changes):
             o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
+        case .file(let c): encodeFile(c, into: &o)
         }
         return o.value.serialized()
     }

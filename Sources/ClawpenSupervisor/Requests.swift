@@ -58,6 +58,7 @@ extension Supervisor {
             case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(try tenant(name), changes, r)
+            case .file(let c): try handleFile(c, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)

@@ -73,6 +73,8 @@ public final class Supervisor: @unchecked Sendable {
     var workerMountsFallback: String?
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
+    /// File operations and transfers under way (FileRelay.swift).
+    let fileRelay = FileRelay()
 
     init(
         loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
@@ -130,6 +132,8 @@ public final class Supervisor: @unchecked Sendable {
             perform(core.workerStarted(w.ref, jobID: id))
         case .finished(let report):
             perform(core.jobReported(w.ref, report))
+        case .file(let reply):
+            fileReplied(reply, w)
         }
     }
 
@@ -141,6 +145,7 @@ public final class Supervisor: @unchecked Sendable {
     func workerChannelClosed(_ w: WorkerHandle) {
         guard !w.exited else { return }
         w.exited = true
+        fileWorkerGone(w)
         reap(w, attempt: 0)
     }
 
@@ -200,6 +205,10 @@ public final class Supervisor: @unchecked Sendable {
                 finishShutdown()
             case .log(let line):
                 log(line)
+            case .startFileOps(let tenant, let w):
+                startFileOps(tenant, w)
+            case .failFileOps(let tenant, let error):
+                failWaitingFileOps(tenant, error)
             }
         }
     }

@@ -65,10 +65,15 @@ public enum SupervisorToWorker: Equatable, Sendable {
     /// The suspension is over (it lasted `pausedMs`): SIGCONT what `pause` stopped and move every
     /// running job's deadline by `pausedMs` (a frozen job did not use its time).
     case resume(pausedMs: UInt32)
+    /// A file operation or a step of a transfer (FileMessages.swift).
+    case file(FileRequest)
 
     public func encoded() -> [UInt8] {
         var w = BinaryWriter()
         switch self {
+        case .file(let f):
+            w = BinaryWriter(capacity: f.encodedCapacity)
+            w.u8(20); f.encode(into: &w)
         case .run(let r):
             w.u8(1); w.string(r.jobID); w.strings(r.argv); w.strings(r.env); w.string(r.cwd)
             w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes)
@@ -100,6 +105,7 @@ public enum SupervisorToWorker: Equatable, Sendable {
         case 4: msg = .configure(try SandboxPlan.decode(&r))
         case 5: msg = .pause
         case 6: msg = .resume(pausedMs: try r.u32())
+        case 20: msg = .file(try FileRequest.decode(&r))
         default: throw .badValue
         }
         guard r.isAtEnd else { throw .badValue }
@@ -114,6 +120,8 @@ public enum WorkerToSupervisor: Equatable, Sendable {
     case setupFailed(step: String, errno: Int32, detail: String)
     case started(jobID: String, pid: Int32)
     case finished(JobReport)
+    /// The answer to a file operation, or a step of a transfer (FileMessages.swift).
+    case file(FileReply)
 
     public static let maxJobIDBytes = 128
 
@@ -126,6 +134,9 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.u8(2); w.string(step); w.i32(errno); w.string(detail)
         case .started(let id, let pid):
             w.u8(3); w.string(id); w.i32(pid)
+        case .file(let f):
+            w = BinaryWriter(capacity: f.encodedCapacity)
+            w.u8(20); f.encode(into: &w)
         case .finished(let rep):
             w = BinaryWriter(capacity: rep.stdout.count + rep.stderr.count + 96)
             w.u8(4); w.string(rep.jobID)
@@ -170,6 +181,7 @@ public enum WorkerToSupervisor: Equatable, Sendable {
                     jobID: id, outcome: outcome, stdout: out, stderr: err,
                     stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
                     runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
+        case 20: msg = .file(try FileReply.decode(&r))
         default: throw .badValue
         }
         guard r.isAtEnd else { throw .badValue }

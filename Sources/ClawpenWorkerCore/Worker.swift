@@ -35,6 +35,8 @@ public final class Worker {
     private var sigchldFD: Int32 = -1
     private var cgroupsToRemove: [JobCgroup] = []
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// The tenant's files (FileOps.swift), rooted at the sandbox's `/`; nil if it could not be opened.
+    private var files: FileOps?
 
     /// How long pipes may outlive the job's process before the report goes out anyway.
     private static let drainGraceNanos: UInt64 = 200_000_000
@@ -59,6 +61,7 @@ public final class Worker {
             log("setup failed at \(error.step): \(errnoString(error.errno)) \(error.detail)")
             exit(70)
         }
+        openFileRoot()
         send(.ready(pid: getpid()))
         serve()
     }
@@ -110,6 +113,15 @@ public final class Worker {
             }
             for dir in ["home", "tmp"] { _ = mkdir(dir, 0o700) }
         }
+    }
+
+    /// The root file operations resolve from: `/` in the sandbox (after pivot_root), the
+    /// workspace without one. Opened once, O_PATH: every path is resolved below it.
+    private func openFileRoot() {
+        let root = launcher.rootPrefix.isEmpty ? "/" : launcher.rootPrefix
+        let fd = open(root, cp_o_path() | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 { log("cannot open \(root) for file operations: \(errnoString(errno))"); return }
+        files = FileOps(rootFD: fd) { [unowned self] in self.send($0) }
     }
 
     /// Blocks until the supervisor's first frame has arrived.
@@ -230,6 +242,12 @@ public final class Worker {
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
         case .configure: log("ignoring a second configure message")
+        case .file(let request):
+            if let files {
+                files.handle(request)
+            } else {
+                send(.file(.failed(op: request.op, FileFailure(.io, stage: "open root", errno: EBADF, detail: "/"))))
+            }
         case .pause:
             // The tenant is suspended and has no cgroup to freeze: stop every job where it stands.
             guard !paused else { return }
@@ -430,6 +448,7 @@ public final class Worker {
 
     /// Kills every job's process group, reaps them, exits.
     private func shutdown(code: Int32) -> Never {
+        files?.abandonAll()
         for job in jobs.values where !job.hasExited { kill(-job.pid, SIGKILL) }
         for job in jobs.values where !job.hasExited {
             var status: Int32 = 0

@@ -15,7 +15,10 @@ struct Clawpen: ParsableCommand {
             exceeded; 77 denied; 70 internal error.
             """,
         version: "0.1.0",
-        subcommands: [Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self])
+        subcommands: [
+            Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self,
+            Cp.self, Ls.self, Rm.self, Mkdir.self,
+        ])
 }
 
 /// `--socket` for every client command.

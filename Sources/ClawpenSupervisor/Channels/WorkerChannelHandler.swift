@@ -21,7 +21,8 @@ final class WorkerChannelHandler: ChannelInboundHandler {
         self.supervisor = supervisor
         self.worker = worker
         self.outputCap = outputCap
-        self.maxFrameBytes = 2 * outputCap + 64 * 1024
+        // Or one chunk of a file transfer (FileMessages.swift), whichever is more.
+        self.maxFrameBytes = max(2 * outputCap, FileRequest.maxChunkBytes) + 64 * 1024
     }
 
     /// The decoder that goes in front of this handler, sized for it. The handler adds it itself
