@@ -504,7 +504,9 @@ class AsyncJobHandle:
                 raise error_from_reply(first)
             if type_ == "job.logs":
                 handle = cls(client, conn, rid, Job.from_wire({"id": fields["job_id"]}), "logs")
-                await handle._handle_frame(first)
+                chunk = await handle._handle_frame(first)
+                if chunk is not None:
+                    handle._pushback.append(chunk)
                 return handle
             if kind not in ("accepted", "attached", "job"):
                 raise ProtocolError(f"expected 'accepted' or 'attached', got {kind!r}")

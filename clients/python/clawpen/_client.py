@@ -391,7 +391,9 @@ class JobHandle:
                 # logs has no opening frame: its first frame is already output (or the job).
                 job = Job.from_wire({"id": fields["job_id"]})
                 handle = cls(client, conn, rid, job, "logs")
-                handle._handle_frame(first)
+                chunk = handle._handle_frame(first)
+                if chunk is not None:
+                    handle._pushback.append(chunk)
                 return handle
             if kind not in ("accepted", "attached", "job"):
                 raise ProtocolError(f"expected 'accepted' or 'attached', got {kind!r}")

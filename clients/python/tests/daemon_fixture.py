@@ -1,7 +1,7 @@
 """A real ``clawpen serve`` for the tests, started once per test run in a temporary directory.
 
 The binary is ``$CLAWPEN_BIN``, else ``<repo>/.build/debug/clawpen`` (build it first: ``swift
-build``). A test that needs the daemon FAILS when it cannot be started (it is never skipped);
+build``); the policies ``$CLAWPEN_POLICIES``, else ``<repo>/policies``. A test that needs the daemon FAILS when it cannot be started (it is never skipped);
 a test of a request the daemon under test does not know yet is skipped, and says so.
 """
 
@@ -32,6 +32,11 @@ CALL_TIMEOUT_S = 60.0
 
 def binary() -> str:
     return os.environ.get("CLAWPEN_BIN") or os.path.join(REPO, ".build", "debug", "clawpen")
+
+
+def policies() -> str:
+    """The policy set the daemon loads: ``$CLAWPEN_POLICIES``, else the repository's."""
+    return os.environ.get("CLAWPEN_POLICIES") or os.path.join(REPO, "policies")
 
 
 def unique(prefix: str = "t") -> str:
@@ -86,7 +91,7 @@ class Daemon:
             "--subuid-file", os.path.join(self.tmp, "subuid"),
             "--subgid-file", os.path.join(self.tmp, "subgid"),
             "--workspace-root", os.path.join(self.tmp, "ws"),
-            "--policies", os.path.join(REPO, "policies"),
+            "--policies", policies(),
         ]  # fmt: skip
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

@@ -10,7 +10,7 @@ import uuid
 from typing import Dict, List
 
 import clawpen
-from daemon_fixture import CALL_TIMEOUT_S, REPO, DaemonTestCase, unique
+from daemon_fixture import CALL_TIMEOUT_S, DaemonTestCase, policies, unique
 
 
 class ClientTest(DaemonTestCase):
@@ -150,7 +150,7 @@ class ClientTest(DaemonTestCase):
         self.assertFalse(self.client.explain(t, ["true"], env={"LD_PRELOAD": "x"})["decision"]["allowed"])
         actions = [e["action"] for e in self.client.audit(tenant=t)]
         self.assertIn("submit.denied", actions)
-        self.assertEqual(self.client.reload_policies()["source"], os.path.join(REPO, "policies"))
+        self.assertEqual(self.client.reload_policies()["source"], policies())
 
     def test_suspend_resume(self) -> None:
         t = self.new_tenant()

@@ -12,6 +12,15 @@ import clawpen
 from daemon_fixture import CALL_TIMEOUT_S, DaemonTestCase
 
 
+def wait_running(client: clawpen.Client, job_id: str) -> None:
+    """Until the job has started (attach and logs follow a running job)."""
+    deadline = time.monotonic() + 20
+    while client.jobs.get(job_id).state == "queued":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} did not start within 20 s")
+        time.sleep(0.02)
+
+
 def joined(chunks: List[clawpen.OutputChunk], stream: str) -> bytes:
     return b"".join(c.data for c in chunks if c.stream == stream)
 
@@ -25,7 +34,7 @@ class StreamTest(DaemonTestCase):
     def test_output_arrives_as_written_in_order(self) -> None:
         start = time.monotonic()
         arrivals: List[Tuple[float, clawpen.OutputChunk]] = []
-        handle = self.client.stream(self.tenant, ["sh", "-c", "echo one; sleep 1; echo two >&2; echo three"])
+        handle = self.client.stream(self.tenant, ["sh", "-c", "echo one; sleep 1; echo two >&2; sleep 0.2; echo three"])
         self.assertFalse(handle.job.done, "the handle opens when the job is accepted, before it ends")
         for chunk in handle:
             arrivals.append((time.monotonic() - start, chunk))
@@ -43,7 +52,8 @@ class StreamTest(DaemonTestCase):
         self.assertEqual(handle.result.state, "succeeded")
         self.assertEqual(handle.result.stdout, "one\nthree\n", "the final job still has the captured output")
         self.assertLess(first_at, arrivals[-1][0] - 0.7, f"arrivals: {[(round(t, 3), c.data) for t, c in arrivals]}")
-        # stderr's "two" was written between stdout's "one" and "three", and seq says so.
+        # stderr's "two" was written between stdout's "one" and "three" (apart enough for two
+        # pipes to be read in that order), and seq says so.
         order = [c.data.strip() for c in chunks if c.data.strip()]
         self.assertEqual(b"".join(order), b"onetwothree")
         self.assertTrue(handle.closed)
@@ -104,12 +114,27 @@ class StreamTest(DaemonTestCase):
             rtt = time.monotonic() - start
             self.assertIn(b"1+1", echoed)
             repl.read_until(">>> ", timeout=10)
-            repl.signal(signal.SIGINT)  # a KeyboardInterrupt at the prompt, as ctrl-C
+            repl.write("\x03")  # ctrl-C: the terminal sends SIGINT to the foreground group
             repl.read_until("KeyboardInterrupt", timeout=10)
             repl.write("raise SystemExit(7)\n")
             job = repl.wait(timeout=CALL_TIMEOUT_S)
         self.assertEqual((job.state, job.exit_code), ("failed", 7))
         self.assertLess(rtt, 2.0)
+
+    def test_signal_reaches_a_tty_job(self) -> None:
+        code = (
+            "import os, signal, time\n"
+            "signal.signal(signal.SIGUSR1, lambda *a: os.write(1, b'got USR1\\n'))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(20)\n"
+        )
+        for tty in (False, True):
+            with self.subTest(tty=tty), self.client.spawn(self.tenant, ["python3", "-c", code], tty=tty) as h:
+                h.read_until("ready", timeout=20)
+                h.signal(signal.SIGUSR1)
+                h.read_until("got USR1", timeout=10)
+                h.signal("KILL")
+                self.assertEqual(h.wait(timeout=CALL_TIMEOUT_S).signal, signal.SIGKILL)
 
     def test_signal_ends_the_job(self) -> None:
         with self.client.spawn(self.tenant, ["sleep", "30"]) as h:
@@ -125,6 +150,7 @@ class StreamTest(DaemonTestCase):
     def test_attach_two_clients_detach_and_reattach(self) -> None:
         ticks = "for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.3; done"
         job = self.client.submit(self.tenant, ["sh", "-c", ticks])
+        wait_running(self.client, job.id)
         with clawpen.Client(self.daemon.socket, timeout=CALL_TIMEOUT_S) as other:
             a = self.client.attach(job.id)
             b = other.attach(job.id)
@@ -165,6 +191,7 @@ class LogsAndListTest(DaemonTestCase):
     def test_logs_and_follow(self) -> None:
         self.require("job.logs")
         job = self.client.submit(self.tenant, ["sh", "-c", "echo out1; echo err1 >&2; sleep 0.6; echo out2"])
+        wait_running(self.client, job.id)
         with self.client.jobs.logs(job.id, follow=True) as follow:
             chunks = list(follow)
         self.assertEqual(joined(chunks, "stdout"), b"out1\nout2\n")
