@@ -41,6 +41,7 @@ from ._requests import (
     StdinData,
     explain_fields,
     file_size_hint,
+    input_requests,
     put_frames,
     reply_dict,
     reply_field,
@@ -49,7 +50,7 @@ from ._requests import (
     strip_envelope,
     submit_fields,
 )
-from ._wire import PathLike, SignalLike, as_bytes, b64, drop_none, encode_frame, resolve_socket, signal_field, unb64
+from ._wire import PathLike, SignalLike, as_bytes, drop_none, encode_frame, resolve_socket, signal_field, unb64
 from ._wire import FrameReader
 
 __all__ = ["AsyncClient", "AsyncJobHandle", "AsyncJobs", "AsyncFiles", "AsyncTenants"]
@@ -616,9 +617,11 @@ class AsyncJobHandle:
 
     async def write(self, data: Union[bytes, str], *, eof: bool = False, timeout: Optional[float] = None) -> int:
         """Write to the job's stdin; ``eof=True`` closes it afterwards. Bytes the daemon took."""
-        reply = await self._call("job.input", {"job_id": self.id, "data_b64": b64(as_bytes(data)), "eof": bool(eof)}, timeout)
-        taken = reply.get("bytes")
-        return taken if isinstance(taken, int) else 0
+        taken = 0
+        for fields in input_requests(self.id, as_bytes(data), eof):
+            got = (await self._call("job.input", fields, timeout)).get("bytes")
+            taken += got if isinstance(got, int) else 0
+        return taken
 
     async def close_stdin(self, timeout: Optional[float] = None) -> None:
         """Close the job's stdin (on a terminal: end-of-file)."""
@@ -704,9 +707,11 @@ class AsyncJobs:
         await self._client.request("job.signal", job_id=job_id, signal=signal_field(sig))
 
     async def write(self, job_id: str, data: Union[bytes, str], *, eof: bool = False) -> int:
-        reply = await self._client.request("job.input", job_id=job_id, data_b64=b64(as_bytes(data)), eof=bool(eof))
-        taken = reply.get("bytes")
-        return taken if isinstance(taken, int) else 0
+        taken = 0
+        for fields in input_requests(job_id, as_bytes(data), eof):
+            got = (await self._client.request("job.input", **fields)).get("bytes")
+            taken += got if isinstance(got, int) else 0
+        return taken
 
     async def resize(self, job_id: str, rows: int, cols: int) -> None:
         await self._client.request("job.resize", job_id=job_id, rows=int(rows), cols=int(cols))

@@ -30,6 +30,7 @@ from ._requests import (
     deadline_for,
     explain_fields,
     file_size_hint,
+    input_requests,
     put_frames,
     reply_dict,
     reply_field,
@@ -38,7 +39,7 @@ from ._requests import (
     strip_envelope,
     submit_fields,
 )
-from ._wire import PathLike, SignalLike, as_bytes, b64, drop_none, resolve_socket, signal_field, unb64
+from ._wire import PathLike, SignalLike, as_bytes, drop_none, resolve_socket, signal_field, unb64
 
 __all__ = ["Client", "JobHandle", "Jobs", "Files", "Tenants"]
 
@@ -520,12 +521,13 @@ class JobHandle:
         """Write to the job's stdin (``str`` as UTF-8); ``eof=True`` closes it afterwards.
 
         Returns the number of bytes the daemon took (it does not wait for the job to read
-        them; a job that does not read slows the writer down instead of piling input up)."""
-        reply = self._call(
-            "job.input", {"job_id": self.id, "data_b64": b64(as_bytes(data)), "eof": bool(eof)}, timeout
-        )
-        taken = reply.get("bytes")
-        return taken if isinstance(taken, int) else 0
+        them; a job that does not read slows the writer down instead of piling input up).
+        More than 1 MiB goes as several requests, in order."""
+        taken = 0
+        for fields in input_requests(self.id, as_bytes(data), eof):
+            got = self._call("job.input", fields, timeout).get("bytes")
+            taken += got if isinstance(got, int) else 0
+        return taken
 
     def close_stdin(self, timeout: Optional[float] = None) -> None:
         """Close the job's stdin (on a terminal: send end-of-file, ctrl-D)."""
@@ -641,9 +643,11 @@ class Jobs:
 
     def write(self, job_id: str, data: Union[bytes, str], *, eof: bool = False) -> int:
         """Write to the stdin of a job started with stdin open (see :meth:`JobHandle.write`)."""
-        reply = self._client.request("job.input", job_id=job_id, data_b64=b64(as_bytes(data)), eof=bool(eof))
-        taken = reply.get("bytes")
-        return taken if isinstance(taken, int) else 0
+        taken = 0
+        for fields in input_requests(job_id, as_bytes(data), eof):
+            got = self._client.request("job.input", **fields).get("bytes")
+            taken += got if isinstance(got, int) else 0
+        return taken
 
     def resize(self, job_id: str, rows: int, cols: int) -> None:
         """Set the terminal size of a job started with ``tty=True``."""

@@ -18,6 +18,9 @@ PUT_CHUNK_BYTES = 512 * 1024
 #: Bytes per ``file.data`` frame asked of the daemon (it accepts 4 KiB to 4 MiB).
 GET_CHUNK_BYTES = 1024 * 1024
 
+#: Bytes of input per ``job.input`` (the daemon takes at most 1 MiB per request).
+INPUT_CHUNK_BYTES = 1024 * 1024
+
 StdinData = Union[str, bytes, bytearray, memoryview, None]
 FileData = Union[bytes, bytearray, memoryview, str, IO[bytes]]
 
@@ -81,6 +84,15 @@ def submit_fields(
     elif rows is not None or cols is not None:
         raise ValueError("rows and cols are the size of a terminal: pass tty=True with them")
     return fields
+
+
+def input_requests(job_id: str, data: bytes, eof: bool) -> List[Dict[str, Any]]:
+    """The ``job.input`` requests that carry ``data`` (and ``eof`` on the last)."""
+    pieces = [data[i : i + INPUT_CHUNK_BYTES] for i in range(0, len(data), INPUT_CHUNK_BYTES)] or [b""]
+    return [
+        {"job_id": job_id, "data_b64": b64(piece), "eof": bool(eof) and n == len(pieces) - 1}
+        for n, piece in enumerate(pieces)
+    ]
 
 
 def explain_fields(

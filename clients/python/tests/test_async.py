@@ -97,6 +97,24 @@ class AsyncClientTest(DaemonTestCase):
 
         self.arun(main())
 
+    def test_a_stream_nobody_reads_holds_the_job(self) -> None:
+        self.require_stream()
+
+        async def main() -> None:
+            async with self.aclient() as c:
+                t = unique()
+                await c.tenants.create(t, "pro")
+                total = 8_000_000
+                handle = await c.stream(t, ["head", "-c", str(total), "/dev/zero"])
+                await asyncio.sleep(1.5)
+                self.assertEqual((await c.jobs.get(handle.id)).state, "running", "the unread stream holds the job back")
+                n = 0
+                async for chunk in handle:
+                    n += len(chunk.data)
+                self.assertEqual(n, total)
+
+        self.arun(main())
+
     def test_files(self) -> None:
         self.require("file.stat")
 

@@ -17,7 +17,7 @@ import threading
 import time
 import unittest
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import clawpen
 from clawpen._wire import signal_field

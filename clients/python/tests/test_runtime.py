@@ -4,6 +4,8 @@ when the daemon under test does not have the request yet."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import time
 from typing import List, Tuple
@@ -175,6 +177,35 @@ class StreamTest(DaemonTestCase):
             self.assertEqual(h.read_until("via attach\n", timeout=10), b"via attach\n")
             h.close_stdin()
             self.assertEqual(h.wait(timeout=CALL_TIMEOUT_S).stdout, "via attach\n")
+
+    def test_a_stream_nobody_reads_holds_the_job(self) -> None:
+        # 8 MB of output (many times what the pipe, the windows and the socket buffers hold): to a
+        # reader that keeps up, a debug daemon passes it in about 2 s.
+        # The client reads nothing for 1.5 s: the job must still be running (blocked on its
+        # full pipe), not finished into a buffer somewhere; then every byte arrives.
+        total = 8_000_000
+        handle = self.client.stream(self.tenant, ["sh", "-c", f"head -c {total} /dev/zero; echo end >&2"])
+        time.sleep(1.5)
+        self.assertEqual(self.client.jobs.get(handle.id).state, "running", "the unread stream holds the job back")
+        got = {"stdout": 0, "stderr": 0}
+        for chunk in handle:
+            got[chunk.stream] += len(chunk.data)
+        self.assertEqual(got, {"stdout": total, "stderr": 4}, "the stream is not capped like the captured output")
+        assert handle.result is not None
+        self.assertTrue(handle.result.ok)
+        self.assertTrue(handle.result.stdout_truncated, "the captured output is capped")
+
+    def test_input_flood_is_slowed_to_the_jobs_pace(self) -> None:
+        # 3 MiB of input to a job that reads nothing for 1 s: write() is held back until the
+        # job reads (the daemon takes at most 256 KiB it has not written), then all arrives.
+        data = os.urandom(3 * 1024 * 1024)
+        with self.client.spawn(self.tenant, ["sh", "-c", "sleep 1; sha256sum"], stdin=True) as h:
+            start = time.monotonic()
+            self.assertEqual(h.write(data, eof=True), len(data))
+            elapsed = time.monotonic() - start
+            job = h.wait(timeout=CALL_TIMEOUT_S)
+        self.assertEqual(job.stdout.split()[0], hashlib.sha256(data).hexdigest())
+        self.assertGreater(elapsed, 0.7, "the writer waited for the job to read")
 
     def test_unknown_job(self) -> None:
         with self.assertRaises(clawpen.UnknownJob):
