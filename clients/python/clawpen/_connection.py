@@ -74,6 +74,14 @@ class Connection:
         with self._cv:
             self._fail(DaemonUnreachable(f"the connection to {self.path} was closed", details={"socket": self.path}))
 
+    def __del__(self) -> None:  # pragma: no cover - best effort, at garbage collection
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
     def _fail(self, err: ClawpenError) -> None:
         """Mark the connection dead (with ``self._cv`` held)."""
         if self._error is None:
