@@ -430,7 +430,7 @@ class AsyncClient:
         request_timeout: Optional[float] = None,
     ) -> "AsyncJobHandle":
         """Start a job you can talk to (see :meth:`Client.spawn`)."""
-        keep_open = stdin is True or (stdin is not False and stdin is not None)
+        keep_open = stdin is True
         data: StdinData = None if isinstance(stdin, bool) else stdin
         fields = submit_fields(
             tenant,

@@ -283,10 +283,11 @@ class Client:
 
         Args:
             stdin: ``True`` keeps the job's stdin open for :meth:`JobHandle.write` until
-                :meth:`JobHandle.close_stdin`; ``str``/bytes are written first (and stdin is
-                kept open too); ``False`` (default): no input.
+                :meth:`JobHandle.close_stdin`; ``str``/bytes are the whole input (as for
+                :meth:`run`); ``False`` (default): no input.
             tty: run the job on a pseudo-terminal (its stdin, stdout and stderr; all output
-                arrives as ``"stdout"``), ``rows`` x ``cols`` (default 24 x 80).
+                arrives as ``"stdout"``), ``rows`` x ``cols`` (default 24 x 80). Its input is
+                open: :meth:`JobHandle.write` types into the terminal.
             timeout: seconds the job may run; a job with stdin open or a terminal is bounded by
                 the tier's ``interactive_timeout_max_s`` instead of ``timeout_max_s``.
 
@@ -298,7 +299,7 @@ class Client:
                 repl.write("1+1\\n")
                 print(repl.read_until(">>> "))
         """
-        keep_open = stdin is True or (stdin is not False and stdin is not None)
+        keep_open = stdin is True
         data: StdinData = None if isinstance(stdin, bool) else stdin
         fields = submit_fields(
             tenant,

@@ -87,11 +87,14 @@ class StreamTest(DaemonTestCase):
         with self.assertRaises(clawpen.InvalidRequest):
             self.client.jobs.write(job.id, "too late")
 
-    def test_initial_stdin_then_more(self) -> None:
-        with self.client.spawn(self.tenant, ["cat"], stdin="first\n") as cat:
-            self.assertEqual(cat.read_until("first\n", timeout=10), b"first\n")
-            cat.write("second\n", eof=True)
-            self.assertEqual(cat.wait(timeout=CALL_TIMEOUT_S).stdout, "first\nsecond\n")
+    def test_stdin_data_is_the_whole_input(self) -> None:
+        # As for run(): the data, then end of file (cat ends by itself).
+        chunks = list(self.client.stream(self.tenant, ["cat"], stdin="first\n"))
+        self.assertEqual(joined(chunks, "stdout"), b"first\n")
+        with self.client.spawn(self.tenant, ["sh", "-c", "cat; echo done"], stdin=b"\x00\xff") as h:
+            job = h.wait(timeout=CALL_TIMEOUT_S)
+        self.assertEqual(job.stdout_bytes, b"\x00\xffdone\n")
+        self.assertFalse(job.stdin_open)
 
     def test_tty_size_and_resize(self) -> None:
         script = 'test -t 0 && echo tty; stty size; read x; stty size'
