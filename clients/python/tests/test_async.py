@@ -87,6 +87,17 @@ class AsyncClientTest(DaemonTestCase):
                     await cat.close_stdin()
                     job = await cat.wait(timeout=CALL_TIMEOUT_S)
                 self.assertEqual(job.stdout, "ping\n")
+                # One task reads the output while another writes the input.
+                async with await c.spawn(t, ["cat"], stdin=True) as cat2:
+
+                    async def read_all() -> bytes:
+                        return b"".join([chunk.data async for chunk in cat2])
+
+                    reader = asyncio.ensure_future(read_all())
+                    for i in range(30):
+                        await cat2.write(f"l{i}\n")
+                    await cat2.close_stdin()
+                    self.assertEqual(await reader, "".join(f"l{i}\n" for i in range(30)).encode())
                 seen: List[bytes] = []
 
                 async def collect(chunk: clawpen.OutputChunk) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import time
 from typing import List, Tuple
 
@@ -86,6 +87,21 @@ class StreamTest(DaemonTestCase):
         self.assertEqual(job.stdout_bytes, b"hello\n\xff\x00bytes\n")
         with self.assertRaises(clawpen.InvalidRequest):
             self.client.jobs.write(job.id, "too late")
+
+    def test_one_thread_reads_while_another_writes(self) -> None:
+        lines = [f"line {i}\n" for i in range(50)]
+        with self.client.spawn(self.tenant, ["cat"], stdin=True) as cat:
+            got: List[bytes] = []
+            reader = threading.Thread(target=lambda: got.extend(c.data for c in cat))
+            reader.start()
+            for line in lines:
+                cat.write(line)
+            cat.close_stdin()
+            reader.join(CALL_TIMEOUT_S)
+            self.assertFalse(reader.is_alive())
+        self.assertEqual(b"".join(got), "".join(lines).encode())
+        assert cat.result is not None
+        self.assertTrue(cat.result.ok)
 
     def test_stdin_data_is_the_whole_input(self) -> None:
         # As for run(): the data, then end of file (cat ends by itself).
