@@ -132,7 +132,9 @@ class _AsyncConnection:
                 if not data:
                     partial = self._frames.partial
                     detail = f" in the middle of a frame ({partial} bytes of it received)" if partial else ""
-                    failure = DaemonUnreachable(f"the clawpen daemon closed the connection{detail}", details={"socket": self.path})
+                    failure = DaemonUnreachable(
+                        f"the clawpen daemon closed the connection{detail}", details={"socket": self.path}
+                    )
                     return
                 frames = self._frames.feed(data)
                 async with self._cond:
@@ -153,7 +155,9 @@ class _AsyncConnection:
             failure = DaemonUnreachable(f"the connection to {self.path} was closed", details={"socket": self.path})
             raise
         finally:
-            await self._mark_failed(failure or DaemonUnreachable(f"the connection to {self.path} was closed", details={"socket": self.path}))
+            await self._mark_failed(
+                failure or DaemonUnreachable(f"the connection to {self.path} was closed", details={"socket": self.path})
+            )
 
     async def _mark_failed(self, err: ClawpenError) -> None:
         async with self._cond:
@@ -201,15 +205,21 @@ class _AsyncConnection:
             self._raise_error()
             self._writer.write(frame)
             try:
-                await _within(self._writer.drain(), timeout, "could not send a request to the clawpen daemon", self.path)
+                await _within(
+                    self._writer.drain(), timeout, "could not send a request to the clawpen daemon", self.path
+                )
             except (ConnectionError, OSError) as exc:
-                await self._mark_failed(DaemonUnreachable(f"sending to the clawpen daemon failed: {exc}", details={"socket": self.path}))
+                await self._mark_failed(
+                    DaemonUnreachable(f"sending to the clawpen daemon failed: {exc}", details={"socket": self.path})
+                )
                 self._raise_error()
 
     async def next_frame(self, rid: int, timeout: Optional[float]) -> Dict[str, Any]:
         async def take() -> Dict[str, Any]:
             async with self._cond:
-                await self._cond.wait_for(lambda: bool(self._queues.get(rid)) or self._error is not None or rid not in self._queues)
+                await self._cond.wait_for(
+                    lambda: bool(self._queues.get(rid)) or self._error is not None or rid not in self._queues
+                )
                 queue = self._queues.get(rid)
                 if queue:
                     frame = queue.popleft()
@@ -547,7 +557,9 @@ class AsyncJobHandle:
             return self._pushback.popleft()
         while self.result is None:
             if self._conn is None:
-                raise ClawpenError(f"the handle of job {self.id} was closed (attach again to follow it)", code="unavailable")
+                raise ClawpenError(
+                    f"the handle of job {self.id} was closed (attach again to follow it)", code="unavailable"
+                )
             chunk = await self._handle_frame(await self._conn.next_frame(self._rid, _timeout_for(timeout)))
             if chunk is not None:
                 return chunk
@@ -648,7 +660,9 @@ class AsyncJobHandle:
         conn = self._conn
         if conn is not None and not conn.closed and self.result is None and self._kind != "logs":
             try:
-                await conn.call("job.detach", {"job_id": self.id, "attach_id": self._rid}, self._client._timeout(timeout))
+                await conn.call(
+                    "job.detach", {"job_id": self.id, "attach_id": self._rid}, self._client._timeout(timeout)
+                )
             except ClawpenError:
                 pass
         await self.close()
@@ -693,12 +707,16 @@ class AsyncJobs:
     async def cancel(self, job_id: str) -> Job:
         return await self._job("job.cancel", job_id)
 
-    async def list(self, tenant: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None) -> List[Job]:
+    async def list(
+        self, tenant: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None
+    ) -> List[Job]:
         reply = await self._client.request("job.list", tenant=tenant, state=state, limit=limit)
         return [Job.from_wire(j) for j in reply_list(reply, "jobs")]
 
     async def logs(self, job_id: str, *, follow: bool = False) -> AsyncJobHandle:
-        return await AsyncJobHandle._open(self._client, "job.logs", {"job_id": job_id, "follow": bool(follow)}, self._client._timeout(None))
+        return await AsyncJobHandle._open(
+            self._client, "job.logs", {"job_id": job_id, "follow": bool(follow)}, self._client._timeout(None)
+        )
 
     async def attach(self, job_id: str, *, replay: bool = False) -> AsyncJobHandle:
         return await self._client.attach(job_id, replay=replay)
@@ -762,10 +780,20 @@ class AsyncFiles:
         return FileInfo.from_wire(reply_field(reply, "file"))
 
     @overload
-    async def read(self, tenant: str, path: str, into: None = None, *, chunk_size: int = ..., request_timeout: Optional[float] = ...) -> bytes: ...
+    async def read(
+        self,
+        tenant: str,
+        path: str,
+        into: None = None,
+        *,
+        chunk_size: int = ...,
+        request_timeout: Optional[float] = ...,
+    ) -> bytes: ...
 
     @overload
-    async def read(self, tenant: str, path: str, into: IO[bytes], *, chunk_size: int = ..., request_timeout: Optional[float] = ...) -> int: ...
+    async def read(
+        self, tenant: str, path: str, into: IO[bytes], *, chunk_size: int = ..., request_timeout: Optional[float] = ...
+    ) -> int: ...
 
     async def read(
         self,
@@ -810,7 +838,9 @@ class AsyncFiles:
         return (await self.read(tenant, path)).decode(encoding, errors)
 
     async def stat(self, tenant: str, path: str) -> FileInfo:
-        return FileInfo.from_wire(reply_field(await self._client.request("file.stat", tenant=tenant, path=path), "file"))
+        return FileInfo.from_wire(
+            reply_field(await self._client.request("file.stat", tenant=tenant, path=path), "file")
+        )
 
     async def exists(self, tenant: str, path: str) -> bool:
         try:
@@ -822,7 +852,9 @@ class AsyncFiles:
     async def list(self, tenant: str, path: str = "/home", *, limit: Optional[int] = None) -> List[FileInfo]:
         return (await self.list_page(tenant, path, limit=limit))[0]
 
-    async def list_page(self, tenant: str, path: str = "/home", *, limit: Optional[int] = None) -> Tuple[List[FileInfo], bool]:
+    async def list_page(
+        self, tenant: str, path: str = "/home", *, limit: Optional[int] = None
+    ) -> Tuple[List[FileInfo], bool]:
         reply = await self._client.request("file.list", tenant=tenant, path=path, limit=limit)
         return [FileInfo.from_wire(e) for e in reply_list(reply, "entries")], reply.get("truncated") is True
 
@@ -832,7 +864,9 @@ class AsyncFiles:
         return removed if isinstance(removed, int) else 0
 
     async def mkdir(self, tenant: str, path: str, *, parents: bool = False, mode: Optional[int] = None) -> FileInfo:
-        reply = await self._client.request("file.mkdir", tenant=tenant, path=path, mode=mode, parents=bool(parents) or None)
+        reply = await self._client.request(
+            "file.mkdir", tenant=tenant, path=path, mode=mode, parents=bool(parents) or None
+        )
         return FileInfo.from_wire(reply_field(reply, "file"))
 
 

@@ -494,9 +494,7 @@ class JobHandle:
                 rest = bytes(buf[end:])
                 if rest:
                     cut = len(chunk.data) - len(rest)
-                    self._pushback.appendleft(
-                        OutputChunk(chunk.stream, rest, chunk.seq, chunk.offset + cut)
-                    )
+                    self._pushback.appendleft(OutputChunk(chunk.stream, rest, chunk.seq, chunk.offset + cut))
                 return bytes(buf[:end])
 
     def wait(self, timeout: Optional[float] = None) -> Job:
@@ -713,10 +711,20 @@ class Files:
         return FileInfo.from_wire(reply_field(reply, "file"))
 
     @overload
-    def read(self, tenant: str, path: str, into: None = None, *, chunk_size: int = ..., request_timeout: Optional[float] = ...) -> bytes: ...
+    def read(
+        self,
+        tenant: str,
+        path: str,
+        into: None = None,
+        *,
+        chunk_size: int = ...,
+        request_timeout: Optional[float] = ...,
+    ) -> bytes: ...
 
     @overload
-    def read(self, tenant: str, path: str, into: IO[bytes], *, chunk_size: int = ..., request_timeout: Optional[float] = ...) -> int: ...
+    def read(
+        self, tenant: str, path: str, into: IO[bytes], *, chunk_size: int = ..., request_timeout: Optional[float] = ...
+    ) -> int: ...
 
     def read(
         self,
@@ -740,9 +748,7 @@ class Files:
         parts: List[bytes] = []
         total = 0
         try:
-            conn.send(
-                rid, "file.get", {"tenant": tenant, "path": path, "chunk_bytes": int(chunk_size)}, deadline
-            )
+            conn.send(rid, "file.get", {"tenant": tenant, "path": path, "chunk_bytes": int(chunk_size)}, deadline)
             while True:
                 frame = conn.next_frame(rid, deadline)
                 kind = frame.get("type")
@@ -788,7 +794,9 @@ class Files:
         than ``limit`` (default 10,000) are cut off: see :meth:`list_page` for the flag."""
         return self.list_page(tenant, path, limit=limit)[0]
 
-    def list_page(self, tenant: str, path: str = "/home", *, limit: Optional[int] = None) -> "tuple[List[FileInfo], bool]":
+    def list_page(
+        self, tenant: str, path: str = "/home", *, limit: Optional[int] = None
+    ) -> "tuple[List[FileInfo], bool]":
         """As :meth:`list`, with whether the listing was truncated at ``limit``."""
         reply = self._client.request("file.list", tenant=tenant, path=path, limit=limit)
         entries = [FileInfo.from_wire(e) for e in reply_list(reply, "entries")]
@@ -848,4 +856,3 @@ class Tenants:
         """What the tenant's running worker actually has, read from the kernel, beside what its
         policy asks (``facts``, ``mismatches``)."""
         return reply_dict(self._client.request("tenant.inspect", name=name), "inspect")
-

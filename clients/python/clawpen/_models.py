@@ -16,9 +16,7 @@ from ._wire import unb64
 __all__ = ["Job", "OutputChunk", "FileInfo", "FINAL_STATES"]
 
 #: The states a job does not leave.
-FINAL_STATES = frozenset(
-    {"succeeded", "failed", "timed_out", "oom_killed", "killed", "canceled", "rejected"}
-)
+FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "oom_killed", "killed", "canceled", "rejected"})
 
 
 def _opt_int(value: Any) -> Optional[int]:
@@ -243,7 +241,5 @@ class FileInfo:
     @property
     def mode_string(self) -> str:
         """The mode as ``ls -l`` shows it (``-rw-r--r--``)."""
-        kind = {"file": _stat.S_IFREG, "dir": _stat.S_IFDIR, "symlink": _stat.S_IFLNK}.get(
-            self.type, 0
-        )
+        kind = {"file": _stat.S_IFREG, "dir": _stat.S_IFDIR, "symlink": _stat.S_IFLNK}.get(self.type, 0)
         return _stat.filemode(kind | (self.mode or 0))

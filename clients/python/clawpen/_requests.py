@@ -101,9 +101,7 @@ def explain_fields(
     env: Optional[Mapping[str, str]],
     cwd: Optional[str],
 ) -> Dict[str, Any]:
-    return drop_none(
-        {"tenant": tenant, "argv": list(argv), "env": dict(env) if env else None, "cwd": cwd}
-    )
+    return drop_none({"tenant": tenant, "argv": list(argv), "env": dict(env) if env else None, "cwd": cwd})
 
 
 def set_quota_fields(name: str, limits: Mapping[str, Any]) -> Dict[str, Any]:
@@ -204,9 +202,7 @@ class ChunkSource:
         return piece, False
 
 
-def put_frames(
-    tenant: str, path: str, source: ChunkSource, mode: Optional[int], size: Optional[int]
-) -> Any:
+def put_frames(tenant: str, path: str, source: ChunkSource, mode: Optional[int], size: Optional[int]) -> Any:
     """Yield ``(type, fields, eof, nbytes)`` for each frame of a put: ``file.put``, then ``file.chunk``s."""
     offset = 0
     first = True

@@ -72,8 +72,7 @@ class FrameReader:
             (length,) = _HEADER.unpack_from(buf, start)
             if length > self._max:
                 raise ProtocolError(
-                    f"the daemon announced a frame of {length} bytes, above the client's limit "
-                    f"of {self._max} bytes"
+                    f"the daemon announced a frame of {length} bytes, above the client's limit " f"of {self._max} bytes"
                 )
             end = start + _HEADER.size + length
             if len(buf) < end:
@@ -92,8 +91,7 @@ def _decode(payload: bytes) -> Dict[str, Any]:
         raise ProtocolError(f"the daemon sent a frame that is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError(
-            'the daemon sent a frame that is not a JSON object with a string "type": '
-            f"{payload[:120]!r}"
+            'the daemon sent a frame that is not a JSON object with a string "type": ' f"{payload[:120]!r}"
         )
     return obj
 

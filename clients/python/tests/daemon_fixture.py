@@ -78,7 +78,9 @@ class Daemon:
     def start(self) -> None:
         exe = binary()
         if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
-            self.error = f"clawpen binary not found at {exe}: build it first (`swift build` in {REPO}) or set $CLAWPEN_BIN"
+            self.error = (
+                f"clawpen binary not found at {exe}: build it first (`swift build` in {REPO}) or set $CLAWPEN_BIN"
+            )
             return
         # A short path: AF_UNIX socket paths are limited to 108 bytes.
         self.tmp = tempfile.mkdtemp(prefix="cpy-", dir="/tmp")
@@ -107,7 +109,9 @@ class Daemon:
             except (OSError, EOFError, ValueError) as exc:
                 last = str(exc)
             time.sleep(0.05)
-        self.error = f"`{' '.join(cmd)}` did not answer ping within {START_TIMEOUT_S} s ({last}); log:\n{self.log_tail()}"
+        self.error = (
+            f"`{' '.join(cmd)}` did not answer ping within {START_TIMEOUT_S} s ({last}); log:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         proc = self.proc
@@ -143,7 +147,9 @@ class Daemon:
         if "stream" not in self._support:
             name = unique("probe")
             raw_request(self.socket, {"type": "tenant.create", "id": 1, "name": name})
-            reply = raw_request(self.socket, {"type": "submit", "id": 2, "tenant": name, "argv": ["true"], "stream": True}, 30.0)
+            reply = raw_request(
+                self.socket, {"type": "submit", "id": 2, "tenant": name, "argv": ["true"], "stream": True}, 30.0
+            )
             self._support["stream"] = reply.get("type") == "accepted"
         return self._support["stream"]
 
@@ -182,7 +188,7 @@ class DaemonTestCase(unittest.TestCase):
 
     def require_stream(self) -> None:
         if not self.daemon.streams():
-            self.skipTest("the daemon under test does not stream output (submit with \"stream\": true) yet")
+            self.skipTest('the daemon under test does not stream output (submit with "stream": true) yet')
 
     def new_tenant(self, tier: str = "free") -> str:
         name = unique()

@@ -99,7 +99,9 @@ class ClientTest(DaemonTestCase):
         sleeper = self.client.submit(t, ["sleep", "30"])
         with self.assertRaises(clawpen.RequestTimeout):
             self.client.jobs.wait(sleeper.id, timeout=0.3)
-        self.assertEqual(self.client.jobs.get(sleeper.id).state, "running", "a client-side timeout leaves the job alone")
+        self.assertEqual(
+            self.client.jobs.get(sleeper.id).state, "running", "a client-side timeout leaves the job alone"
+        )
         start = time.monotonic()
         self.assertEqual(self.client.jobs.cancel(sleeper.id).state, "canceled")
         self.assertLess(time.monotonic() - start, 5.0)

@@ -29,7 +29,9 @@ class FilesTest(DaemonTestCase):
     def test_write_read_small(self) -> None:
         info = self.files.write(self.tenant, "/home/a.txt", b"hello\n")
         self.assertIsInstance(info, clawpen.FileInfo)
-        self.assertEqual((info.path, info.name, info.type, info.size, info.mode), ("/home/a.txt", "a.txt", "file", 6, 0o644))
+        self.assertEqual(
+            (info.path, info.name, info.type, info.size, info.mode), ("/home/a.txt", "a.txt", "file", 6, 0o644)
+        )
         self.assertEqual(info.mode_string, "-rw-r--r--")
         self.assertEqual(self.files.read(self.tenant, "/home/a.txt"), b"hello\n")
         self.assertEqual(self.client.run(self.tenant, ["cat", "/home/a.txt"]).stdout, "hello\n")
@@ -47,10 +49,14 @@ class FilesTest(DaemonTestCase):
         info = self.files.write(self.tenant, "/home/blob.bin", data, chunk_size=256 * 1024)
         self.assertEqual(info.size, len(data))
         self.assertEqual(self.sandbox_sha256("/home/blob.bin"), want)
-        self.assertEqual(hashlib.sha256(self.files.read(self.tenant, "/home/blob.bin", chunk_size=64 * 1024)).hexdigest(), want)
+        self.assertEqual(
+            hashlib.sha256(self.files.read(self.tenant, "/home/blob.bin", chunk_size=64 * 1024)).hexdigest(), want
+        )
         # A file made inside the sandbox comes out exactly.
         self.assertTrue(self.client.run(self.tenant, ["sh", "-c", "head -c 2000000 /dev/urandom > /tmp/r.bin"]).ok)
-        self.assertEqual(hashlib.sha256(self.files.read(self.tenant, "/tmp/r.bin")).hexdigest(), self.sandbox_sha256("/tmp/r.bin"))
+        self.assertEqual(
+            hashlib.sha256(self.files.read(self.tenant, "/tmp/r.bin")).hexdigest(), self.sandbox_sha256("/tmp/r.bin")
+        )
 
     def test_file_objects(self) -> None:
         data = os.urandom(700 * 1024)
@@ -75,14 +81,18 @@ class FilesTest(DaemonTestCase):
         self.assertEqual([e.name for e in listed], ["a", "b", "c", "link"])
         link = listed[-1]
         self.assertEqual((link.type, link.target), ("symlink", "/etc/passwd"))
-        self.assertTrue(self.files.stat(self.tenant, "/home/d/link").is_symlink, "stat describes the link, not its target")
+        self.assertTrue(
+            self.files.stat(self.tenant, "/home/d/link").is_symlink, "stat describes the link, not its target"
+        )
         self.assertEqual([e.name for e in self.files.list(self.tenant, "/home/d/a")], ["a"], "a file lists itself")
         entries, truncated = self.files.list_page(self.tenant, "/home/d", limit=2)
         self.assertEqual((len(entries), truncated), (2, True))
         self.assertTrue(self.files.exists(self.tenant, "/home/d/a"))
         self.assertFalse(self.files.exists(self.tenant, "/home/d/zz"))
         self.assertEqual(self.files.remove(self.tenant, "/home/d/link"), 1)
-        self.assertTrue(self.client.run(self.tenant, ["test", "-f", "/etc/passwd"]).ok, "removing a link leaves its target")
+        self.assertTrue(
+            self.client.run(self.tenant, ["test", "-f", "/etc/passwd"]).ok, "removing a link leaves its target"
+        )
         with self.assertRaises(clawpen.InvalidRequest):
             self.files.remove(self.tenant, "/home/d")  # not empty
         self.assertEqual(self.files.remove(self.tenant, "/home/d", recursive=True), 4)

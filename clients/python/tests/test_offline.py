@@ -159,13 +159,22 @@ class OfflineTest(unittest.TestCase):
         self.assertIs(type(future), clawpen.ClawpenError)
         self.assertEqual(future.code, "brand_new")
         quota = clawpen.error_from_reply(
-            {"type": "error", "error": {"code": "quota_exceeded", "quota": "jobs_per_minute", "retry_after_ms": 250, "message": "m"}}
+            {
+                "type": "error",
+                "error": {"code": "quota_exceeded", "quota": "jobs_per_minute", "retry_after_ms": 250, "message": "m"},
+            }
         )
         assert isinstance(quota, clawpen.QuotaExceeded)
         self.assertEqual(quota.retry_after, 0.25)
         self.assertEqual(quota.rule, "jobs_per_minute")
-        self.assertIsInstance(clawpen.error_from_reply({"type": "error", "error": {"code": "not_found", "message": ""}}), FileNotFoundError)
-        self.assertIsInstance(clawpen.error_from_reply({"type": "error", "error": {"code": "permission_denied", "message": ""}}), PermissionError)
+        self.assertIsInstance(
+            clawpen.error_from_reply({"type": "error", "error": {"code": "not_found", "message": ""}}),
+            FileNotFoundError,
+        )
+        self.assertIsInstance(
+            clawpen.error_from_reply({"type": "error", "error": {"code": "permission_denied", "message": ""}}),
+            PermissionError,
+        )
 
     def test_eof_mid_frame(self) -> None:
         def script(conn: socket.socket) -> None:
@@ -227,7 +236,9 @@ class OfflineTest(unittest.TestCase):
     def test_connection_level_error(self) -> None:
         def script(conn: socket.socket) -> None:
             read_frame(conn)
-            conn.sendall(frame({"type": "error", "id": None, "error": {"code": "frame_too_large", "message": "too big"}}))
+            conn.sendall(
+                frame({"type": "error", "id": None, "error": {"code": "frame_too_large", "message": "too big"}})
+            )
 
         p = self.peer(script)
         with clawpen.Client(p.path, timeout=10) as c:
@@ -296,7 +307,9 @@ class OfflineTest(unittest.TestCase):
         self.assertEqual(reader.partial, 0)
 
     def test_job_check(self) -> None:
-        failed = clawpen.Job.from_wire({"id": "j", "state": "failed", "exit_code": 2, "stderr": "boom\n", "argv": ["x"]})
+        failed = clawpen.Job.from_wire(
+            {"id": "j", "state": "failed", "exit_code": 2, "stderr": "boom\n", "argv": ["x"]}
+        )
         with self.assertRaises(clawpen.JobFailed) as cm:
             failed.check()
         self.assertIs(cm.exception.job, failed)
@@ -306,7 +319,9 @@ class OfflineTest(unittest.TestCase):
         with self.assertRaises(clawpen.OOMKilled):
             clawpen.Job.from_wire({"id": "j", "state": "oom_killed"}).check()
         with self.assertRaises(clawpen.WorkerCrashed):
-            clawpen.Job.from_wire({"id": "j", "state": "failed", "error": {"code": "worker_crashed", "message": "x"}}).check()
+            clawpen.Job.from_wire(
+                {"id": "j", "state": "failed", "error": {"code": "worker_crashed", "message": "x"}}
+            ).check()
         ok = clawpen.Job.from_wire({"id": "j", "state": "succeeded", "exit_code": 0})
         self.assertIs(ok.check(), ok)
         self.assertEqual(clawpen.Job.from_wire({"id": "j", "state": "killed", "signal": 9}).returncode, -9)

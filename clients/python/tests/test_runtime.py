@@ -113,7 +113,7 @@ class StreamTest(DaemonTestCase):
         self.assertFalse(job.stdin_open)
 
     def test_tty_size_and_resize(self) -> None:
-        script = 'test -t 0 && echo tty; stty size; read x; stty size'
+        script = "test -t 0 && echo tty; stty size; read x; stty size"
         with self.client.spawn(self.tenant, ["sh", "-c", script], tty=True, rows=30, cols=100) as sh:
             self.assertTrue(sh.job.tty)
             self.assertIn(b"tty", sh.read_until("30 100", timeout=10))
