@@ -105,6 +105,16 @@ class AsyncClientTest(DaemonTestCase):
 
                 await c.run(t, ["echo", "cb"], on_output=collect)
                 self.assertEqual(b"".join(seen), b"cb\n")
+                # attach (with replay), logs and list of a finished job
+                async with await c.attach(job.id, replay=True) as att:
+                    self.assertEqual(b"".join([x.data async for x in att]), b"ping\n")
+                    assert att.result is not None
+                    self.assertEqual(att.result.state, "succeeded")
+                logs = await c.jobs.logs(job.id)
+                self.assertEqual(b"".join([x.data async for x in logs]), b"ping\n")
+                listed = await c.jobs.list(tenant=t, limit=3)
+                self.assertEqual(len(listed), 3)
+                self.assertIn(job.id, [j.id for j in await c.jobs.list(tenant=t)])
 
         self.arun(main())
 

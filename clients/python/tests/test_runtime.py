@@ -157,6 +157,11 @@ class StreamTest(DaemonTestCase):
                 h.signal("KILL")
                 self.assertEqual(h.wait(timeout=CALL_TIMEOUT_S).signal, signal.SIGKILL)
 
+    def test_cancel_from_the_handle(self) -> None:
+        with self.client.spawn(self.tenant, ["sleep", "30"], stdin=True) as h:
+            self.assertEqual(h.cancel().state, "canceled")
+            self.assertEqual(h.wait(timeout=CALL_TIMEOUT_S).state, "canceled")
+
     def test_signal_ends_the_job(self) -> None:
         with self.client.spawn(self.tenant, ["sleep", "30"]) as h:
             time.sleep(0.2)
@@ -191,7 +196,8 @@ class StreamTest(DaemonTestCase):
         spawned = self.client.spawn(self.tenant, ["cat"], stdin=True)
         job_id = spawned.id
         spawned.detach()  # the job keeps running, its stdin open
-        with self.client.attach(job_id) as h:
+        self.assertEqual(self.client.jobs.get(job_id).state, "running")
+        with spawned.attach() as h:
             h.write("via attach\n")
             self.assertEqual(h.read_until("via attach\n", timeout=10), b"via attach\n")
             h.close_stdin()
