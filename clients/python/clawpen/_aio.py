@@ -607,7 +607,9 @@ class AsyncJobHandle:
                 rest = bytes(buf[end:])
                 if rest:
                     cut = len(chunk.data) - len(rest)
-                    self._pushback.appendleft(OutputChunk(chunk.stream, rest, chunk.seq, chunk.offset + cut))
+                    self._pushback.appendleft(
+                        OutputChunk(chunk.stream, rest, chunk.seq, chunk.offset + cut, chunk.replay)
+                    )
                 return bytes(buf[:end])
 
     async def wait(self, timeout: Optional[float] = None) -> Job:

@@ -494,7 +494,9 @@ class JobHandle:
                 rest = bytes(buf[end:])
                 if rest:
                     cut = len(chunk.data) - len(rest)
-                    self._pushback.appendleft(OutputChunk(chunk.stream, rest, chunk.seq, chunk.offset + cut))
+                    self._pushback.appendleft(
+                        OutputChunk(chunk.stream, rest, chunk.seq, chunk.offset + cut, chunk.replay)
+                    )
                 return bytes(buf[:end])
 
     def wait(self, timeout: Optional[float] = None) -> Job:

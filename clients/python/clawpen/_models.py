@@ -161,14 +161,18 @@ class OutputChunk:
             ``"stdout"``).
         data: the bytes.
         seq: the chunk's number among the job's chunks of both streams, from 0: a gap means a
-            chunk this client did not receive (an attach from now on starts past 0).
+            chunk this client did not receive (an attach from now on starts past 0). ``None``
+            for kept output sent again (:attr:`replay`), whose chunks are not the job's.
         offset: where ``data`` starts within its stream, in bytes.
+        replay: ``True`` for kept output sent again (attach with ``replay``, logs), ``False``
+            for output as the job writes it.
     """
 
     stream: str
     data: bytes
-    seq: int = 0
+    seq: Optional[int] = 0
     offset: int = 0
+    replay: bool = False
 
     @classmethod
     def from_wire(cls, frame: Mapping[str, Any]) -> "OutputChunk":
@@ -179,8 +183,9 @@ class OutputChunk:
         return cls(
             stream=stream,
             data=unb64(frame.get("data_b64"), "output data_b64"),
-            seq=_opt_int(frame.get("seq")) or 0,
+            seq=_opt_int(frame.get("seq")),
             offset=_opt_int(frame.get("offset")) or 0,
+            replay=frame.get("replay") is True,
         )
 
     @property

@@ -306,6 +306,22 @@ class OfflineTest(unittest.TestCase):
         self.assertEqual([f["type"] for f in out], ["a", "b"])
         self.assertEqual(reader.partial, 0)
 
+    def test_output_chunks(self) -> None:
+        live = clawpen.OutputChunk.from_wire(
+            {"type": "output", "stream": "stderr", "seq": 4, "offset": 10, "data_b64": "aGkK"}
+        )
+        self.assertEqual(
+            (live.stream, live.data, live.seq, live.offset, live.replay), ("stderr", b"hi\n", 4, 10, False)
+        )
+        kept = clawpen.OutputChunk.from_wire(
+            {"type": "output", "stream": "stdout", "seq": None, "offset": 0, "replay": True, "data_b64": ""}
+        )
+        self.assertEqual((kept.seq, kept.replay, kept.data), (None, True, b""))
+        with self.assertRaises(clawpen.ProtocolError):
+            clawpen.OutputChunk.from_wire({"type": "output", "stream": "stdin", "data_b64": ""})
+        with self.assertRaises(clawpen.ProtocolError):
+            clawpen.OutputChunk.from_wire({"type": "output", "stream": "stdout", "data_b64": "not base64!"})
+
     def test_job_check(self) -> None:
         failed = clawpen.Job.from_wire(
             {"id": "j", "state": "failed", "exit_code": 2, "stderr": "boom\n", "argv": ["x"]}

@@ -44,6 +44,7 @@ class StreamTest(DaemonTestCase):
         chunks = [c for _, c in arrivals]
         self.assertEqual(joined(chunks, "stdout"), b"one\nthree\n")
         self.assertEqual(joined(chunks, "stderr"), b"two\n")
+        self.assertFalse(any(c.replay for c in chunks))
         seqs = [c.seq for c in chunks]
         self.assertEqual(seqs, sorted(seqs))
         self.assertEqual(len(set(seqs)), len(seqs))
@@ -255,6 +256,7 @@ class LogsAndListTest(DaemonTestCase):
         assert follow.result is not None
         self.assertEqual(follow.result.state, "succeeded")
         kept = list(self.client.jobs.logs(job.id))
+        self.assertTrue(all(c.replay for c in kept), "a finished job's logs are its kept output, sent again")
         self.assertEqual(joined(kept, "stdout"), b"out1\nout2\n")
         self.assertEqual(joined(kept, "stderr"), b"err1\n")
         streams = [c.stream for c in kept]
