@@ -5,6 +5,7 @@ import Glibc
 enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case all, warm, throughput, cold, density, fairness
     case hostileFrames = "hostile-frames"
+    case files
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -54,12 +55,17 @@ struct Bench: ParsableCommand {
             it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
             parses on its event loop per connection and read) parsed in this process.
 
+            files (not part of `all`): file.put and file.get of a 4 KiB file (p50 latency, \
+            alternating in blocks with the same done by `submit` of dd of= and cat in the sandbox) \
+            and of a --file-large-mib file (MB/s), and both through `bwrap ... cat` on the tenant's \
+            home directory. Targets: 4 KiB get p50 <= 0.5 ms; the large file >= 300 MB/s each way.
+
             Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
             private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
             change the exit status; a failed job or a misbehaving daemon does.
             """)
 
-    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness or hostile-frames.")
+    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames or files.")
     var scenario: Scenario = .all
 
     @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
@@ -132,6 +138,18 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("hostile-pings"), help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames scenario.")
     var hostilePings = 2000
 
+    @Option(name: .customLong("file-small-runs"), help: "Timed puts and gets of 4 KiB in the files scenario (each peer as many).")
+    var fileSmallRuns = 1000
+
+    @Option(name: .customLong("file-large-runs"), help: "Timed puts and gets of the large file in the files scenario.")
+    var fileLargeRuns = 5
+
+    @Option(name: .customLong("file-large-mib"), help: "Size of the large file in the files scenario, MiB.")
+    var fileLargeMiB = 64
+
+    @Option(name: .customLong("file-chunk-kib"), help: "Bytes per frame of the large file's put and get, KiB.")
+    var fileChunkKiB = 1024
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
@@ -163,6 +181,13 @@ struct Bench: ParsableCommand {
             if scenario == .all || scenario == .density { try scenarios.density(into: &report) }
             if scenario == .fairness { try scenarios.fairness(into: &report) }
             if scenario == .hostileFrames { try scenarios.hostileFrames(into: &report) }
+            if scenario == .files {
+                let figures = try scenarios.files()
+                print(figures.table(), terminator: "")
+                if json { print(figures.json().text) }
+                fflush(nil)
+                return
+            }
         } catch {
             Progress.say("\nclawpen-bench: FAILED: \(error)")
             if report.hasFigures {

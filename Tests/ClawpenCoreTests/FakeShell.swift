@@ -36,6 +36,8 @@ final class FakeShell {
     var frozen: [(TenantName, WorkerRef)] = []
     var thawed: [(TenantName, WorkerRef, Int)] = []
     var spawnRequests: [TenantName] = []
+    var fileOpsStarted: [(TenantName, WorkerRef)] = []
+    var fileOpsFailed: [(TenantName, ProtocolError)] = []
     var shutdownComplete = false
     /// Spawns succeed at once (and the socket attaches) unless set to fail.
     var spawnFails: WorkerFailure?
@@ -114,6 +116,8 @@ final class FakeShell {
             case .stopSpares: break
             case .shutdownComplete: shutdownComplete = true
             case .log: break
+            case .startFileOps(let t, let w): fileOpsStarted.append((t, w))
+            case .failFileOps(let t, let e): fileOpsFailed.append((t, e))
             }
         }
     }

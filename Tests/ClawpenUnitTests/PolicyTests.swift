@@ -124,12 +124,13 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.pidsMax), [64, 256, 1024])
         XCTAssertEqual([free, pro, ent].map(\.cpuMaxCores), [0.5, 1, 2])
         XCTAssertEqual([free, pro, ent].map(\.cpuWeight), [1, 4, 16])
-        XCTAssertEqual(TierLimits.keys.count, 23)
+        XCTAssertEqual(TierLimits.keys.count, 24)
         XCTAssertEqual(TierLimits.requiredKeys.count, 17)
         XCTAssertEqual([free, pro, ent].map(\.maxAttempts), [3, 3, 3])
         XCTAssertEqual([free, pro, ent].map(\.crashLoopMax), [5, 5, 5])
         XCTAssertEqual([free, pro, ent].map(\.diskMaxBytes), [1 << 30, 10 << 30, 100 << 30])
         XCTAssertEqual([free, pro, ent].map(\.inodesMax), [100_000, 1_000_000, 10_000_000])
+        XCTAssertEqual([free, pro, ent].map(\.fileMaxBytes), [64 << 20, 1 << 30, 4 << 30])
     }
 
     func testCpuMaxCgroupString() {

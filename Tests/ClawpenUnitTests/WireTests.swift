@@ -162,7 +162,7 @@ final class RequestCodecTests: XCTestCase {
         v.state = .killed; v.signal = 15; XCTAssertEqual(v.cliExitStatus, 143)
         v.state = .oomKilled; XCTAssertEqual(v.cliExitStatus, 137)
         v.state = .succeeded; XCTAssertEqual(v.cliExitStatus, 0)
-        for code in ErrorCode.allCases { XCTAssertTrue([64, 69, 70, 75, 77, 124, 137].contains(code.exitCode)) }
+        for code in ErrorCode.allCases { XCTAssertTrue([64, 66, 69, 70, 75, 77, 124, 137].contains(code.exitCode)) }
     }
 }
 
