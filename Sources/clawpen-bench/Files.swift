@@ -222,13 +222,17 @@ extension Scenarios {
         return f
     }
 
+    /// Where a peer's stderr goes, for the note when it fails.
+    static let errorLog = "/tmp/clawpen-bench-files-peer.stderr"
+
     /// Runs `cmd` with `bytes` on its stdin (stdout and stderr to /dev/null) to its end.
     static func pipeInto(_ cmd: PreparedCommand, _ bytes: [UInt8]) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw BenchFailure("pipe: \(String(cString: strerror(errno)))") }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(devNull) }
-        let pid = try cmd.spawn(stdin: fds[0], stdout: devNull, stderr: devNull)
+        let errFD = open(errorLog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { close(devNull); if errFD >= 0 { close(errFD) } }
+        let pid = try cmd.spawn(stdin: fds[0], stdout: devNull, stderr: errFD >= 0 ? errFD : devNull)
         close(fds[0])
         var off = 0
         while off < bytes.count {
@@ -238,7 +242,7 @@ extension Scenarios {
             off += n
         }
         close(fds[1])
-        if let bad = try PreparedCommand.wait(pid) { throw BenchFailure("\(cmd.path) \(bad)") }
+        if let bad = try PreparedCommand.wait(pid) { throw BenchFailure("\(cmd.path) \(bad): \(readTextFile(errorLog)?.prefix(300) ?? "")") }
         guard off == bytes.count else { throw BenchFailure("\(cmd.path) took \(off) of \(bytes.count) bytes") }
     }
 
@@ -247,8 +251,9 @@ extension Scenarios {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw BenchFailure("pipe: \(String(cString: strerror(errno)))") }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(devNull) }
-        let pid = try cmd.spawn(stdin: devNull, stdout: fds[1], stderr: devNull)
+        let errFD = open(errorLog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { close(devNull); if errFD >= 0 { close(errFD) } }
+        let pid = try cmd.spawn(stdin: devNull, stdout: fds[1], stderr: errFD >= 0 ? errFD : devNull)
         close(fds[1])
         var total = 0
         var buf = [UInt8](repeating: 0, count: 1 << 20)
@@ -259,7 +264,7 @@ extension Scenarios {
             total += n
         }
         close(fds[0])
-        if let bad = try PreparedCommand.wait(pid) { throw BenchFailure("\(cmd.path) \(bad)") }
+        if let bad = try PreparedCommand.wait(pid) { throw BenchFailure("\(cmd.path) \(bad): \(readTextFile(errorLog)?.prefix(300) ?? "")") }
         return total
     }
 }

@@ -1,4 +1,5 @@
 import ClawpenProtocol
+import Foundation
 import ClawpenWire
 import XCTest
 
@@ -58,7 +59,8 @@ final class FileMessageTests: XCTestCase {
         // A listing that says "itself" with two entries is not one the worker may send.
         let info = FileInfo(name: "a", kind: .file, size: 0, mode: 0, uid: 0, gid: 0, mtimeNanos: 0)
         XCTAssertThrowsError(
-            try WorkerToSupervisor.decode(WorkerToSupervisor.file(.listing(op: 1, entries: [info, info], truncated: false, itself: true)).encoded(), outputCap: 1 << 20))
+            try WorkerToSupervisor.decode(
+                WorkerToSupervisor.file(.listing(op: 1, entries: [info, info], truncated: false, itself: true)).encoded(), outputCap: 1 << 20))
         // A path with a '..' component is refused by the worker's decoder too.
         var w = BinaryWriter()
         w.u8(20); w.u8(1); w.u32(1); w.strings(["home", ".."])
@@ -83,5 +85,21 @@ final class FileMessageTests: XCTestCase {
         let unknown = RequestCodec.decode(Array(#"{"type":"file.move","id":1}"#.utf8)).request
         guard case .failure(let u) = unknown else { return XCTFail() }
         XCTAssertTrue(u.message.contains("file.put"), u.message)
+    }
+
+    func testBase64MatchesFoundationAndRefusesWhatIsNotBase64() {
+        var g = SystemRandomNumberGenerator()
+        for n in [0, 1, 2, 3, 4, 5, 6, 7, 100, 1000, 65537] {
+            let bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &g) }
+            let mine = Base64.encode(bytes)
+            XCTAssertEqual(String(decoding: mine, as: UTF8.self), Data(bytes).base64EncodedString(), "n=\(n)")
+            XCTAssertEqual(mine.withUnsafeBytes { Base64.decode($0) }, bytes, "n=\(n)")
+        }
+        for bad in ["A", "AB=", "A===", "AB*D", "AB=C", "====", "QUJD\n"] {
+            XCTAssertNil(Base64.decode(bad), bad)
+        }
+        XCTAssertEqual(Base64.decode("QUJD"), Array("ABC".utf8))
+        XCTAssertEqual(Base64.decode("QUI="), Array("AB".utf8))
+        XCTAssertEqual(Base64.decode("QQ=="), Array("A".utf8))
     }
 }
