@@ -31,11 +31,21 @@ extension ClawpenConnection {
             } else {
                 next = []
             }
+            // The request without its data, then `data_b64` written straight into the frame: a
+            // chunk is encoded once, never escaped byte by byte as a JSON string.
             let command: FileCommand =
                 first
-                ? .put(FilePut(tenant: tenant, path: path, mode: mode, size: size, data: chunk, eof: eof))
-                : .chunk(data: chunk, offset: offset, eof: eof)
-            do { try send(RequestCodec.encode(.file(command), id: .int(id))) } catch {
+                ? .put(FilePut(tenant: tenant, path: path, mode: mode, size: size, data: [], eof: eof))
+                : .chunk(data: [], offset: offset, eof: eof)
+            var payload = RequestCodec.encode(.file(command), id: .int(id))
+            if !chunk.isEmpty, payload.last == UInt8(ascii: "}") {
+                payload.removeLast()
+                payload.reserveCapacity(payload.count + Base64.encodedCount(chunk.count) + 16)
+                payload.append(contentsOf: #","data_b64":""#.utf8)
+                chunk.withUnsafeBytes { Base64.encode($0, into: &payload) }
+                payload.append(contentsOf: #""}"#.utf8)
+            }
+            do { try send(payload) } catch {
                 // The daemon may have refused and closed: its answer says why.
                 if let reply = try? awaitReply(id) { return try fileView(reply) }
                 throw error
@@ -75,8 +85,8 @@ extension ClawpenConnection {
             }
             var bytes: [UInt8] = []
             if let b64 = reply["data_b64"]?.stringValue, !b64.isEmpty {
-                guard let data = Data(base64Encoded: b64) else { throw .badReply("file.data with invalid base64") }
-                bytes = Array(data)
+                guard let data = Base64.decode(b64) else { throw .badReply("file.data with invalid base64") }
+                bytes = data
             }
             expected += Int64(bytes.count)
             do { try write(bytes) } catch { throw .unavailable("writing the local file failed: \(error)") }

@@ -125,8 +125,8 @@ extension RequestCodec {
 
     private static func data(_ f: Fields) throws -> [UInt8] {
         guard let b64 = try f.optionalString("data_b64"), !b64.isEmpty else { return [] }
-        guard let data = Data(base64Encoded: b64) else { throw ProtocolError(.invalidRequest, "\(f.type): \"data_b64\" is not valid base64") }
-        return Array(data)
+        guard let data = Base64.decode(b64) else { throw ProtocolError(.invalidRequest, "\(f.type): \"data_b64\" is not valid base64") }
+        return data
     }
 
     static func encodeFile(_ c: FileCommand, into o: inout JSONObjectBuilder) {
@@ -137,12 +137,12 @@ extension RequestCodec {
             o.set("mode", Int(p.mode))
             if let size = p.size { o.set("size", Int64(clamping: size)) }
             o.set("offset", 0)
-            o.set("data_b64", .string(Data(p.data).base64EncodedString()))
             o.set("eof", p.eof)
+            if !p.data.isEmpty { o.set("data_b64", .string(String(decoding: Base64.encode(p.data), as: UTF8.self))) }
         case .chunk(let data, let offset, let eof):
             o.set("offset", Int64(clamping: offset))
-            o.set("data_b64", .string(Data(data).base64EncodedString()))
             o.set("eof", eof)
+            if !data.isEmpty { o.set("data_b64", .string(String(decoding: Base64.encode(data), as: UTF8.self))) }
         case .get(let t, let path, let chunk):
             o.set("tenant", .string(t.value)); o.set("path", .string(path)); o.set("chunk_bytes", chunk)
         case .stat(let t, let path):

@@ -280,12 +280,23 @@ extension Supervisor {
     /// Writes one `file.data` frame; once it is in the client's socket, the worker may read
     /// the next chunk (its credit). A client that does not read holds its own transfer only.
     private func sendChunk(_ op: FileOp, offset: UInt64, bytes: [UInt8], eof: Bool, info: FileInfo?, worker w: WorkerHandle) {
-        var fields: [(String, JSONValue)] = [
-            ("offset", .int(Int64(clamping: offset))), ("data_b64", .string(base64(bytes))), ("eof", .bool(eof)),
-        ]
+        var fields: [(String, JSONValue)] = [("offset", .int(Int64(clamping: offset))), ("eof", .bool(eof))]
         if eof, let info { fields.append(("file", FileView(path: op.path.description, info: info).json)) }
         let channel = op.responder.channel
-        let frame = channel.allocator.frame(Reply.make("file.data", id: op.responder.id, fields))
+        // The small fields as JSON, then `data_b64` encoded straight into the frame (a chunk is
+        // never escaped byte by byte as a JSON string).
+        let head = Reply.make("file.data", id: op.responder.id, fields)
+        let b64Count = Base64.encodedCount(bytes.count)
+        var frame = channel.allocator.buffer(capacity: Framing.headerSize + head.count + b64Count + 16)
+        frame.writeInteger(UInt32(truncatingIfNeeded: head.count + 13 + b64Count + 1))
+        frame.writeBytes(head.dropLast())
+        frame.writeBytes(#","data_b64":""#.utf8)
+        frame.writeWithUnsafeMutableBytes(minimumWritableBytes: b64Count) { out in
+            guard let dst = out.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return 0 }
+            bytes.withUnsafeBytes { Base64.encode($0, to: dst) }
+            return b64Count
+        }
+        frame.writeBytes(#""}"#.utf8)
         if eof {
             channel.writeAndFlush(frame, promise: nil)
             end(op)
@@ -303,6 +314,3 @@ extension Supervisor {
         }
     }
 }
-
-/// Base64 of a chunk for `data_b64`.
-func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }

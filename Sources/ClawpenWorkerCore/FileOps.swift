@@ -450,6 +450,9 @@ final class FileOps {
     private func writableParent(_ p: SandboxPath, stage: String) throws(FileFailure) -> (Int32, String) {
         try refusePseudo(p)
         guard let name = p.name else { throw FileFailure(.writableRoots, stage: "check", detail: "/") }
+        if p.components.count == 1 && SandboxPath.writableRoots.contains(name) {
+            throw FileFailure(.writableRoots, stage: "check", detail: p.description)
+        }
         let parent = try resolver.directory(p.parent)
         if cp_fd_read_only(parent) == 1 {
             close(parent)

@@ -7,6 +7,7 @@ enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case hostileFrames = "hostile-frames"
     case stream, interactive
     case egress
+    case files
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -56,6 +57,11 @@ struct Bench: ParsableCommand {
             it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
             parses on its event loop per connection and read) parsed in this process.
 
+            files (not part of `all`): file.put and file.get of a 4 KiB file (p50 latency, \
+            alternating in blocks with the same done by `submit` of dd of= and cat in the sandbox) \
+            and of a --file-large-mib file (MB/s), and both through `bwrap ... cat` on the tenant's \
+            home directory. Targets: 4 KiB get p50 <= 0.5 ms; the large file >= 300 MB/s each way.
+
             Targets: warm p50 within 2x the floor; >= 1,500 jobs/s; idle worker <= 1,024 KiB \
             private; supervisor <= 100 MiB private with 1,000 tenants. Missing a target does not \
             change the exit status; a failed job or a misbehaving daemon does.
@@ -63,7 +69,7 @@ struct Bench: ParsableCommand {
 
     @Option(
         help:
-            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
+            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, files, stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
     )
     var scenario: Scenario = .all
 
@@ -147,6 +153,18 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("egress-download-bytes"), help: "The download measured direct and through the proxy in the egress scenario (default 256 MiB).")
     var egressDownloadBytes = 256 * 1024 * 1024
 
+    @Option(name: .customLong("file-small-runs"), help: "Timed puts and gets of 4 KiB in the files scenario (each peer as many).")
+    var fileSmallRuns = 1000
+
+    @Option(name: .customLong("file-large-runs"), help: "Timed puts and gets of the large file in the files scenario.")
+    var fileLargeRuns = 5
+
+    @Option(name: .customLong("file-large-mib"), help: "Size of the large file in the files scenario, MiB.")
+    var fileLargeMiB = 64
+
+    @Option(name: .customLong("file-chunk-kib"), help: "Bytes per frame of the large file's put and get, KiB.")
+    var fileChunkKiB = 1024
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
@@ -181,6 +199,13 @@ struct Bench: ParsableCommand {
             if scenario == .stream { try scenarios.stream(into: &report) }
             if scenario == .interactive { try scenarios.interactive(into: &report) }
             if scenario == .egress { try scenarios.egress(into: &report) }
+            if scenario == .files {
+                let figures = try scenarios.files()
+                print(figures.table(), terminator: "")
+                if json { print(figures.json().text) }
+                fflush(nil)
+                return
+            }
         } catch {
             Progress.say("\nclawpen-bench: FAILED: \(error)")
             if report.hasFigures {

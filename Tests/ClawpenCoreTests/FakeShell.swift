@@ -36,6 +36,8 @@ final class FakeShell {
     var frozen: [(TenantName, WorkerRef)] = []
     var thawed: [(TenantName, WorkerRef, Int)] = []
     var spawnRequests: [TenantName] = []
+    var fileOpsStarted: [(TenantName, WorkerRef)] = []
+    var fileOpsFailed: [(TenantName, ProtocolError)] = []
     var shutdownComplete = false
     var fileOpsStarted: [(TenantName, WorkerRef)] = []
     var fileOpsFailed: [(TenantName, ProtocolError)] = []

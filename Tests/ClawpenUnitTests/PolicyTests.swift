@@ -134,6 +134,7 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.crashLoopMax), [5, 5, 5])
         XCTAssertEqual([free, pro, ent].map(\.diskMaxBytes), [1 << 30, 10 << 30, 100 << 30])
         XCTAssertEqual([free, pro, ent].map(\.inodesMax), [100_000, 1_000_000, 10_000_000])
+        XCTAssertEqual([free, pro, ent].map(\.fileMaxBytes), [64 << 20, 1 << 30, 4 << 30])
     }
 
     func testCpuMaxCgroupString() {

@@ -167,15 +167,15 @@ latency() { # median round trip of tenant b's `true` jobs, from one connection a
   python3 - <<'PY'
 import statistics, sys, time
 sys.path.insert(0, "clients/python")
-from clawpen_client import Client
+from clawpen import Client
 with Client() as c:
-    c.submit("b", ["true"])
+    c.run("b", ["true"])
     rtts = []
     for _ in range(7):
         t = time.monotonic()
-        job = c.submit("b", ["true"])
+        job = c.run("b", ["true"])
         rtts.append(time.monotonic() - t)
-        if job.get("state") != "succeeded":  # a latency of failing jobs proves nothing
+        if job.state != "succeeded":  # a latency of failing jobs proves nothing
             print("0")
             sys.exit(0)
 print("%.3f" % statistics.median(rtts))
