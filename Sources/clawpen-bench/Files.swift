@@ -177,12 +177,20 @@ extension Scenarios {
                 guard count == large.count, i > 0 || got == large else { throw BenchFailure("get large returned other bytes (\(count))") }
             }
 
-            // bwrap on the tenant's home directory (as root: no uid change, no seccomp).
+            // bwrap on a home directory of its own on the same disk, holding the same files (as root:
+            // no uid change, no seccomp; bwrap's user namespace could not write the tenant's 0700 home).
             guard let bwrap = findInPath("bwrap") else {
                 f.bwrapNote = "bwrap not on PATH (Debian package bubblewrap, scripts/install-deps installs it): not measured"
                 return
             }
-            let home = d.root + "/workspaces/files/home"
+            let home = d.root + "/bwrap-home"
+            mkdir(home, 0o755)
+            guard (try? Data(small).write(to: URL(fileURLWithPath: home + "/small.txt"))) != nil,
+                (try? Data(large).write(to: URL(fileURLWithPath: home + "/large.bin"))) != nil
+            else {
+                f.bwrapNote = "could not write the peer's files under \(home): not measured"
+                return
+            }
             let base = [
                 bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/lib", "/lib", "--ro-bind", "/lib64", "/lib64", "--ro-bind", "/bin", "/bin",
                 "--bind", home, "/home", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
