@@ -48,8 +48,14 @@ struct FileFigures {
         rows.append([
             "file.get \(large)", mbs(getMBs), ">= \(Int(Self.largeTargetMBs)) MB/s", met(getMBs.isEmpty ? nil : Summary.median(getMBs) >= Self.largeTargetMBs),
         ])
-        rows.append(["file.put \(large) to /tmp (tmpfs)", mbs(tmpPutMBs), ">= \(Int(Self.largeTargetMBs)) MB/s", met(tmpPutMBs.isEmpty ? nil : Summary.median(tmpPutMBs) >= Self.largeTargetMBs)])
-        rows.append(["file.get \(large) from /tmp (tmpfs)", mbs(tmpGetMBs), ">= \(Int(Self.largeTargetMBs)) MB/s", met(tmpGetMBs.isEmpty ? nil : Summary.median(tmpGetMBs) >= Self.largeTargetMBs)])
+        rows.append([
+            "file.put \(large) to /tmp (tmpfs)", mbs(tmpPutMBs), ">= \(Int(Self.largeTargetMBs)) MB/s",
+            met(tmpPutMBs.isEmpty ? nil : Summary.median(tmpPutMBs) >= Self.largeTargetMBs),
+        ])
+        rows.append([
+            "file.get \(large) from /tmp (tmpfs)", mbs(tmpGetMBs), ">= \(Int(Self.largeTargetMBs)) MB/s",
+            met(tmpGetMBs.isEmpty ? nil : Summary.median(tmpGetMBs) >= Self.largeTargetMBs),
+        ])
         rows.append(["disk floor: write + fsync \(large) (this process)", mbs(diskFsyncMBs), "", ""])
         rows.append(["submit dd of= 4 KiB (put)", ms(submitPut4k), "peer", ""])
         rows.append(["submit cat 4 KiB (get)", ms(submitGet4k), "peer", ""])
