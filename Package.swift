@@ -15,6 +15,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "clawpen", targets: ["clawpen"]),
+        .executable(name: "clawpen-serve", targets: ["clawpen-serve"]),
         .executable(name: "clawpen-worker", targets: ["clawpen-worker"]),
         .executable(name: "clawpen-bench", targets: ["clawpen-bench"]),
     ],
@@ -22,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
     ],
     targets: [
         // Syscalls Swift's Glibc module cannot see (it is not built with _GNU_SOURCE) and the
@@ -32,8 +35,9 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // The supervisor's side of systemd: socket activation, sd_notify, the journal log handler.
         // Never a dependency of the worker.
-        .target(name: "ClawpenSystemd", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
-                swiftSettings: strict),
+        .target(
+            name: "ClawpenSystemd", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
 
         // The one copy of each low-level helper: StepFailure (step, errno, detail) and errnoString,
         // the clocks, small file reads and writes. No Foundation, no other target.
@@ -54,8 +58,9 @@ let package = Package(
         // The supervisor's decisions as value types that take events and return actions: the
         // worker life cycle, the crash-loop rule, admission, the router and quotas. No NIO, no
         // syscalls: every rule is tested with a fake clock (Tests/ClawpenCoreTests).
-        .target(name: "ClawpenCore", dependencies: ["ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
-                swiftSettings: strict),
+        .target(
+            name: "ClawpenCore", dependencies: ["ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
+            swiftSettings: strict),
         .target(
             name: "ClawpenSupervisor",
             dependencies: [
@@ -64,21 +69,41 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strict),
         // The sandbox, one file per facility (mounts, identity, seccomp, network, cgroups,
         // workspace) with its supervisor-side and worker-side verbs, and the checklist that orders
         // them. Linked by the supervisor and the worker: no Foundation, NIO, libseccomp or policy.
         .target(name: "ClawpenSandbox", dependencies: ["ClawpenWire", "ClawpenSystem", "CClawpenShim"], swiftSettings: strict),
-        .target(name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "ClawpenSandbox", "ClawpenSystem", "CClawpenShim"],
-                swiftSettings: strict),
+        .target(
+            name: "ClawpenWorkerCore", dependencies: ["ClawpenWire", "ClawpenSpawn", "ClawpenSandbox", "ClawpenSystem", "CClawpenShim"],
+            swiftSettings: strict),
 
+        // The client: every command but the daemon's. A static executable (no dynamic loader, no
+        // Swift runtime to find): it starts in about a millisecond and runs on a host without the
+        // toolchain. `clawpen serve` executes clawpen-serve (docs/architecture.md, "Two binaries").
         .executableTarget(
             name: "clawpen",
             dependencies: [
-                "ClawpenClient", "ClawpenSupervisor", "ClawpenPolicy", "ClawpenTOML", "ClawpenSystemd",
+                "ClawpenClient", "ClawpenPolicy", "ClawpenTOML",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict,
+            // FoundationEssentials (base64 in ClawpenProtocol) needs its two helper archives named
+            // when it is linked statically.
+            linkerSettings: [.unsafeFlags(["-static-executable", "-l_FoundationCollections", "-l_FoundationCShims", "-lswiftSynchronization"])]),
+        // The daemon (NIO, SQLite, libsystemd, libseccomp). scripts/package links the Swift
+        // runtime into it (--static-swift-stdlib): it needs only Debian's libraries.
+        .executableTarget(
+            name: "clawpen-serve",
+            dependencies: [
+                "ClawpenSupervisor", "ClawpenPolicy", "ClawpenTOML", "ClawpenSystemd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // A static executable (Swift runtime, libc, libstdc++ linked in; no dynamic loader): a
@@ -91,29 +116,35 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .executableTarget(
             name: "clawpen-bench",
-            dependencies: ["ClawpenClient", "ClawpenProtocol", "ClawpenSpawn", "CClawpenShim",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ClawpenClient", "ClawpenProtocol", "ClawpenSpawn", "CClawpenShim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict),
 
-        .testTarget(name: "ClawpenCoreTests", dependencies: ["ClawpenCore", "ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
-                    swiftSettings: strict),
+        .testTarget(
+            name: "ClawpenCoreTests", dependencies: ["ClawpenCore", "ClawpenPolicy", "ClawpenStore", "ClawpenProtocol", "ClawpenWire"],
+            swiftSettings: strict),
         .testTarget(
             name: "ClawpenUnitTests",
-            dependencies: ["ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
-                           "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: [
+                "ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
+                "CClawpenShim", "ClawpenSystemd", .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
             swiftSettings: strict),
         .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),
         // Starts the real daemon in temporary directories; shared by the two suites below.
         .target(name: "ClawpenTestSupport", dependencies: ["ClawpenClient"], path: "Tests/ClawpenTestSupport", swiftSettings: strict),
-        // `clawpen` is a dependency so that `swift test` builds it. clawpen-worker cannot be one: its
-        // -static-executable link flag would leak into the test product. scripts/test builds it first.
+        // `clawpen-serve` is a dependency so that `swift test` builds it. clawpen and clawpen-worker
+        // cannot be: their -static-executable link flag would leak into the test product.
+        // scripts/test builds every product first.
         .testTarget(
             name: "ClawpenIntegrationTests",
-            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],
+            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen-serve"],
             swiftSettings: strict),
         .testTarget(
             name: "ClawpenHostileTests",
-            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen"],
+            dependencies: ["ClawpenTestSupport", "ClawpenClient", "clawpen-serve"],
             swiftSettings: strict),
     ]
 )

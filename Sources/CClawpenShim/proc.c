@@ -45,6 +45,20 @@ int cp_drain_signalfd(int fd) {
     return count;
 }
 
+int cp_signal_fd(const int *sigs, int count) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) sigaddset(&set, sigs[i]);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) return -1;
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+int cp_read_signal(int fd) {
+    struct signalfd_siginfo info;
+    ssize_t n = read(fd, &info, sizeof info);
+    return n == (ssize_t)sizeof info ? (int)info.ssi_signo : 0;
+}
+
 pid_t cp_wait4(pid_t pid, int *status, int options, struct rusage *usage) {
     pid_t r;
     do {

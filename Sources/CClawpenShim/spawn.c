@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -31,6 +32,7 @@ const char *cp_spawn_step_name(int step) {
     case CP_STEP_SIGNALS: return "reset signals";
     case CP_STEP_PDEATHSIG: return "parent-death signal";
     case CP_STEP_SETSID: return "setsid";
+    case CP_STEP_CTTY: return "controlling terminal";
     case CP_STEP_DUP_FDS: return "set up stdio";
     case CP_STEP_CLOSE_FDS: return "close inherited fds";
     case CP_STEP_CHDIR: return "chdir";
@@ -103,6 +105,7 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
     // Everything else closes at exec (CLOEXEC rather than close: the error pipe must survive).
     if (syscall(SYS_close_range, (unsigned)req->fd_count, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
         child_fail(report, CP_STEP_CLOSE_FDS);
+    if (req->controlling_tty && ioctl(0, TIOCSCTTY, 0) != 0) child_fail(report, CP_STEP_CTTY);
 
     if (req->cwd != NULL && chdir(req->cwd) != 0) child_fail(report, CP_STEP_CHDIR);
     for (int i = 0; i < req->rlimit_count; i++) {

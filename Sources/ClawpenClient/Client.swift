@@ -44,9 +44,9 @@ public enum SocketPath {
 /// A blocking connection to the supervisor, one request at a time. Used by the CLI and the
 /// benchmark; services in other languages speak the same protocol (docs/protocol.md).
 public final class ClawpenConnection {
-    private let fd: Int32
+    let fd: Int32
     var nextID: Int64 = 1
-    private var splitter = FrameSplitter(maxFrameBytes: Framing.maxReplyBytes)
+    var splitter = FrameSplitter(maxFrameBytes: Framing.maxReplyBytes)
     public let socketPath: String
 
     public init(socketPath: String) throws(ClientError) {

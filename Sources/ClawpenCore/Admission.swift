@@ -59,7 +59,10 @@ extension Core {
                     auditAction: "submit.refused", rule: "crash_loop_max", auditDetail: "quarantined"))
         }
         let limits = t.limits
-        let timeout = s.timeoutSeconds ?? limits.timeoutDefaultSeconds
+        // A job that talks to someone (stdin open, a terminal) is bounded by its own key: an
+        // agent's REPL or shell outlives a tool call.
+        let interactive = s.options.isInteractive
+        let timeout = s.timeoutSeconds ?? (interactive ? limits.interactiveTimeoutMaxSeconds : limits.timeoutDefaultSeconds)
         // The agent is not the user: the tenant's tool policy decides what its jobs may start.
         // A bare name found nowhere in PATH is not a policy matter: the job fails with 127 and
         // "command not found", as in a shell. The explanation is built only for a refusal.
@@ -77,7 +80,7 @@ extension Core {
                         details: ["rule": .string(rule), "command": decision.resolvedPath.map(JSONValue.string) ?? .null]),
                     auditAction: "submit.denied", rule: rule, auditDetail: s.argv.first.map { String($0.prefix(200)) }))
         }
-        if let refusal = quotaRefusal(t, timeout: timeout, now: now) {
+        if let refusal = quotaRefusal(t, timeout: timeout, interactive: interactive, now: now) {
             t.refusals[refusal.quota, default: 0] += 1
             var details: [String: JSONValue] = [
                 "quota": .string(refusal.quota), "limit": .string(refusal.limit),
@@ -91,24 +94,30 @@ extension Core {
                     auditDetail: "limit \(refusal.limit), current \(refusal.current)"))
         }
         t.pendingAccepts += 1
-        return .success(
-            JobRecord(
-                id: jobID, tenant: t.name, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
-                stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
-                attempt: 1, createdAt: clock.wall()))
+        var job = JobRecord(
+            id: jobID, tenant: t.name, state: .queued, argv: s.argv, env: s.env, cwd: cwd,
+            stdin: s.stdin, timeoutSeconds: timeout, outputCap: limits.outputMaxBytes, idempotencyKey: s.idempotencyKey,
+            attempt: 1, createdAt: clock.wall())
+        job.options = s.options
+        job.trace = s.trace
+        return .success(job)
     }
 
     /// The first quota a new job of `t` would break, in the order a caller can act on: the
     /// request itself (timeout), then the queue, the CPU budget and the rate. Only a job that
     /// passes all of them takes a token.
-    func quotaRefusal(_ t: TenantState, timeout: Double, now: Double) -> QuotaRefusal? {
+    func quotaRefusal(_ t: TenantState, timeout: Double, interactive: Bool = false, now: Double) -> QuotaRefusal? {
         let limits = t.limits
         let tier = t.record.tier
-        if timeout > limits.timeoutMaxSeconds {
+        let (maxTimeout, key) =
+            interactive
+            ? (limits.interactiveTimeoutMaxSeconds, "interactive_timeout_max_s") : (limits.timeoutMaxSeconds, "timeout_max_s")
+        if timeout > maxTimeout {
+            let what = interactive ? "an interactive job's (stdin open or a terminal) " : ""
             return QuotaRefusal(
-                quota: "timeout_max_s", limit: formatSeconds(limits.timeoutMaxSeconds), current: formatSeconds(timeout), retryAfterMs: nil,
+                quota: key, limit: formatSeconds(maxTimeout), current: formatSeconds(timeout), retryAfterMs: nil,
                 message:
-                    "a timeout of \(formatSeconds(timeout)) s is above tenant '\(t.name)'s maximum of \(formatSeconds(limits.timeoutMaxSeconds)) s (quota timeout_max_s, tier \(tier)); waiting does not help: ask for a shorter timeout"
+                    "a timeout of \(formatSeconds(timeout)) s is above tenant '\(t.name)'s \(what)maximum of \(formatSeconds(maxTimeout)) s (quota \(key), tier \(tier)); waiting does not help: ask for a shorter timeout"
             )
         }
         let queued = t.queue.count + t.pendingAccepts

@@ -411,14 +411,23 @@ public final class Core {
                 guard let w = t.lifecycle.dispatchTarget, let job = t.startNext(now: now) else { return }
                 if let id = t.idleTimerFor { out.append(.cancel(.idle(t.name, worker: id))); t.idleTimerFor = nil }
                 let run = RunRequest(
-                    jobID: job.id, argv: job.argv, env: job.env.map { "\($0.name)=\($0.value)" },
+                    jobID: job.id, argv: job.argv, env: Self.environment(of: job),
                     cwd: job.cwd, stdin: job.stdin,
                     timeoutMs: UInt32(min(job.timeoutSeconds * 1000, Double(UInt32.max - 1))),
-                    outputCapBytes: UInt32(job.outputCap))
+                    outputCapBytes: UInt32(job.outputCap), options: job.options)
                 out.append(.send(w, .run(run)))
                 if !written.contains(w) { written.append(w) }
             })
         for w in written { out.append(.flush(w)) }
+    }
+
+    /// The job's environment as the worker sets it: what the request set, then `TRACEPARENT`
+    /// (the job as a child span of its trace, its span id from its own id), which wins over a
+    /// TRACEPARENT in the request's env.
+    static func environment(of job: JobRecord) -> [String] {
+        var env = job.env.filter { $0.name != "TRACEPARENT" }.map { "\($0.name)=\($0.value)" }
+        if let trace = job.trace { env.append("TRACEPARENT=" + trace.child(spanID: TraceContext.spanID(forJob: job.id)).traceparent) }
+        return env
     }
 
     func armIdleTimerIfIdle(_ t: TenantState) {

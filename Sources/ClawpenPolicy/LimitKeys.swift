@@ -25,6 +25,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case crashBackoffMax = "crash_backoff_max_s"
     case diskMax = "disk_max"
     case inodesMax = "inodes_max"
+    case interactiveTimeoutMax = "interactive_timeout_max_s"
     case fileMaxBytes = "file_max_bytes"
 
     static let networkModes = ["none", "loopback"]
@@ -34,7 +35,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     /// Keys a tier file may leave out (they came later): the tier's shipped value applies.
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
-            || self == .diskMax || self == .inodesMax || self == .fileMaxBytes
+            || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -112,6 +113,10 @@ enum LimitKey: String, CaseIterable, Sendable {
             target.diskMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: Int64(1) << 60)
         case .inodesMax:
             target.inodesMax = try c.integer(16...(1 << 40), note: "files and directories in the tenant's workspace")
+        case .interactiveTimeoutMax:
+            target.interactiveTimeoutMaxSeconds = try c.number(
+                above: 0, minimum: nil, maximum: Self.maxTimeoutSeconds, unit: "s",
+                note: "seconds a job with open stdin or a terminal may run; at most one day")
         case .fileMaxBytes:
             // At most the worker's RLIMIT_FSIZE (4 GiB, Plan.maxFileBytes): a put can never
             // reach the rlimit, so the worker never gets SIGXFSZ.

@@ -55,6 +55,9 @@ public struct TierLimits: Sendable, Equatable {
     public var diskMaxBytes: Int64
     /// `inodes_max`: files and directories the tenant's workspace may hold (the same quota).
     public var inodesMax: Int
+    /// `interactive_timeout_max_s`: the longest (and the default) timeout of a job with stdin
+    /// open or a terminal (an agent's REPL or shell outlives a tool call).
+    public var interactiveTimeoutMaxSeconds: Double
     /// `file_max_bytes`: the largest file a `file.put` or `file.get` moves.
     public var fileMaxBytes: Int64
 
@@ -65,8 +68,10 @@ public struct TierLimits: Sendable, Equatable {
         cpuSecondsPerHour: Double = 3600, commandsAllow: [PatternRule] = [], commandsDeny: [PatternRule] = [],
         envAllow: [PatternRule] = [], maxAttempts: Int = 3, crashLoopMax: Int = 5, crashLoopWindowSeconds: Double = 60,
         crashBackoffMaxSeconds: Double = 300, diskMaxBytes: Int64 = ByteSize.gibibyte, inodesMax: Int = 100_000,
+        interactiveTimeoutMaxSeconds: Double = 600,
         fileMaxBytes: Int64 = 64 * ByteSize.mebibyte
     ) {
+        self.interactiveTimeoutMaxSeconds = interactiveTimeoutMaxSeconds
         self.fileMaxBytes = fileMaxBytes
         self.diskMaxBytes = diskMaxBytes
         self.inodesMax = inodesMax
@@ -130,7 +135,7 @@ public struct TierLimits: Sendable, Equatable {
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE"], ["AGENT_*"],
                     ]),
-                diskMaxBytes: ByteSize.gibibyte, inodesMax: 100_000, fileMaxBytes: 64 * ByteSize.mebibyte)
+                diskMaxBytes: ByteSize.gibibyte, inodesMax: 100_000, interactiveTimeoutMaxSeconds: 600, fileMaxBytes: 64 * ByteSize.mebibyte)
         case .pro:
             return TierLimits(
                 maxConcurrentRuns: 8, jobsPerMinute: 6000, maxQueued: 1000, memoryMaxBytes: ByteSize.gibibyte,
@@ -146,7 +151,7 @@ public struct TierLimits: Sendable, Equatable {
                         ["LANG", "LANGUAGE", "LC_*", "TZ"], ["TERM", "COLUMNS", "LINES", "NO_COLOR"],
                         ["PYTHON*", "NODE_*", "NPM_CONFIG_*", "PIP_*", "GIT_*"], ["CI", "DEBUG"], ["AGENT_*"],
                     ]),
-                diskMaxBytes: 10 * ByteSize.gibibyte, inodesMax: 1_000_000, fileMaxBytes: ByteSize.gibibyte)
+                diskMaxBytes: 10 * ByteSize.gibibyte, inodesMax: 1_000_000, interactiveTimeoutMaxSeconds: 3600, fileMaxBytes: ByteSize.gibibyte)
         case .enterprise:
             return TierLimits(
                 maxConcurrentRuns: 32, jobsPerMinute: 60000, maxQueued: 1000, memoryMaxBytes: 4 * ByteSize.gibibyte,
@@ -167,7 +172,7 @@ public struct TierLimits: Sendable, Equatable {
                         ["/usr/lib/polkit-1/*", "/usr/libexec/polkit-*", "/usr/lib/eject/dmcrypt-get-device"],
                     ]),
                 envAllow: rules(file, firstLine: 119, [["*"]]),
-                diskMaxBytes: 100 * ByteSize.gibibyte, inodesMax: 10_000_000, fileMaxBytes: 4 * ByteSize.gibibyte)
+                diskMaxBytes: 100 * ByteSize.gibibyte, inodesMax: 10_000_000, interactiveTimeoutMaxSeconds: 14400, fileMaxBytes: 4 * ByteSize.gibibyte)
         }
     }
 
@@ -214,6 +219,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var crashBackoffMaxSeconds: Double?
     public var diskMaxBytes: Int64?
     public var inodesMax: Int?
+    public var interactiveTimeoutMaxSeconds: Double?
     public var fileMaxBytes: Int64?
 
     public init(
@@ -279,6 +285,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.crashBackoffMaxSeconds { o.crashBackoffMaxSeconds = v }
         if let v = other.diskMaxBytes { o.diskMaxBytes = v }
         if let v = other.inodesMax { o.inodesMax = v }
+        if let v = other.interactiveTimeoutMaxSeconds { o.interactiveTimeoutMaxSeconds = v }
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
         return o
     }
@@ -309,6 +316,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = crashBackoffMaxSeconds { l.crashBackoffMaxSeconds = v }
         if let v = diskMaxBytes { l.diskMaxBytes = v }
         if let v = inodesMax { l.inodesMax = v }
+        if let v = interactiveTimeoutMaxSeconds { l.interactiveTimeoutMaxSeconds = v }
         if let v = fileMaxBytes { l.fileMaxBytes = v }
         return l
     }
@@ -324,6 +332,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.crashBackoffMaxSeconds = crashBackoffMaxSeconds ?? d.crashBackoffMaxSeconds
         o.diskMaxBytes = diskMaxBytes ?? d.diskMaxBytes
         o.inodesMax = inodesMax ?? d.inodesMax
+        o.interactiveTimeoutMaxSeconds = interactiveTimeoutMaxSeconds ?? d.interactiveTimeoutMaxSeconds
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
         return o
     }
@@ -334,7 +343,7 @@ public struct TenantOverride: Sendable, Equatable {
             let cpuMaxCores, let cpuWeight, let timeoutDefaultSeconds, let timeoutMaxSeconds, let outputMaxBytes,
             let network, let seccompProfile, let tmpSizeBytes, let cpuSecondsPerHour, let commandsAllow,
             let commandsDeny, let envAllow, let maxAttempts, let crashLoopMax, let crashLoopWindowSeconds,
-            let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax, let fileMaxBytes
+            let crashBackoffMaxSeconds, let diskMaxBytes, let inodesMax, let interactiveTimeoutMaxSeconds, let fileMaxBytes
         else { return nil }
         return TierLimits(
             maxConcurrentRuns: maxConcurrentRuns, jobsPerMinute: jobsPerMinute, maxQueued: maxQueued,
@@ -344,7 +353,8 @@ public struct TenantOverride: Sendable, Equatable {
             tmpSizeBytes: tmpSizeBytes, cpuSecondsPerHour: cpuSecondsPerHour, commandsAllow: commandsAllow,
             commandsDeny: commandsDeny, envAllow: envAllow, maxAttempts: maxAttempts, crashLoopMax: crashLoopMax,
             crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
-            diskMaxBytes: diskMaxBytes, inodesMax: inodesMax, fileMaxBytes: fileMaxBytes)
+            diskMaxBytes: diskMaxBytes, inodesMax: inodesMax, interactiveTimeoutMaxSeconds: interactiveTimeoutMaxSeconds,
+            fileMaxBytes: fileMaxBytes)
     }
 }
 

@@ -4,6 +4,7 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case invalidRequest = "invalid_request"
     case invalidTenant = "invalid_tenant"
     case unknownTenant = "unknown_tenant"
+    case unknownJob = "unknown_job"
     case frameTooLarge = "frame_too_large"
     case quotaExceeded = "quota_exceeded"
     case policyDenied = "policy_denied"
@@ -20,7 +21,7 @@ public enum ErrorCode: String, Sendable, CaseIterable {
 
     public var exitCode: Int32 {
         switch self {
-        case .invalidRequest, .invalidTenant, .unknownTenant, .frameTooLarge: return 64
+        case .invalidRequest, .invalidTenant, .unknownTenant, .unknownJob, .frameTooLarge: return 64
         case .quotaExceeded, .fileTooLarge: return 75
         case .notFound: return 66
         case .policyDenied, .permissionDenied: return 77

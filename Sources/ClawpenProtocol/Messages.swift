@@ -28,6 +28,10 @@ public enum Request: Sendable, Equatable {
     case tenantResume(name: TenantName)
     /// What the tenant's running worker actually has, beside what its policy asks (operators).
     case tenantInspect(name: TenantName)
+    /// The Prometheus text of `GET /metrics` (operators).
+    case metrics
+    /// The agent runtime: input, window size, signals, attach, logs, list (Messages+Runtime.swift).
+    case runtime(RuntimeRequest)
     /// The tenant's files (FileRequests.swift).
     case file(FileCommand)
 
@@ -49,6 +53,8 @@ public enum Request: Sendable, Equatable {
         case .tenantSuspend: return "tenant.suspend"
         case .tenantResume: return "tenant.resume"
         case .tenantInspect: return "tenant.inspect"
+        case .metrics: return "metrics"
+        case .runtime(let r): return r.typeName
         case .file(let c): return c.typeName
         }
     }
@@ -71,6 +77,10 @@ public struct SubmitRequest: Sendable, Equatable {
     public var timeoutSeconds: Double?
     public var idempotencyKey: String?
     public var wait: Bool
+    /// `stream`, `stdin_open`, `tty`, `rows`, `cols` (docs/protocol.md, "Streaming").
+    public var options: RunOptions
+    /// The caller's W3C `traceparent`; the supervisor makes one when it is nil.
+    public var trace: TraceContext?
 
     public struct EnvVar: Sendable, Equatable {
         public var name: String
@@ -80,10 +90,12 @@ public struct SubmitRequest: Sendable, Equatable {
 
     public init(
         tenant: TenantName, argv: [String], env: [EnvVar] = [], cwd: String? = nil, stdin: [UInt8] = [],
-        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false
+        timeoutSeconds: Double? = nil, idempotencyKey: String? = nil, wait: Bool = false, options: RunOptions = RunOptions(),
+        trace: TraceContext? = nil
     ) {
         self.tenant = tenant; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
         self.timeoutSeconds = timeoutSeconds; self.idempotencyKey = idempotencyKey; self.wait = wait
+        self.options = options; self.trace = trace
     }
 
     public static let maxArguments = 4096
@@ -181,11 +193,13 @@ public enum RequestCodec {
             return .tenantSetQuota(name: name, changes: changes)
         case "tenant.suspend": return .tenantSuspend(name: try f.tenant("name"))
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
+        case "metrics": return .metrics
+        case let t where RuntimeRequest.types.contains(t): return .runtime(try RuntimeRequest.parse(f))
         case _ where type.hasPrefix("file."): return .file(try file(type, f))
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, \(FileCommand.types.joined(separator: ", ")))"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir)"
             )
         }
     }
@@ -256,9 +270,19 @@ public enum RequestCodec {
             guard let b = w.boolValue else { throw ProtocolError(.invalidRequest, "submit: \"wait\" must be true or false") }
             wait = b
         }
+        var trace: TraceContext?
+        if let raw = try f.optionalString("traceparent") {
+            guard let t = TraceContext(parsing: raw) else {
+                throw ProtocolError(
+                    .invalidRequest,
+                    "submit: \"traceparent\" \(shown(raw)) is not a W3C traceparent (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, lower case, ids not all zeros)"
+                )
+            }
+            trace = t
+        }
         return SubmitRequest(
             tenant: tenant, argv: argv, env: env, cwd: cwd, stdin: stdin,
-            timeoutSeconds: timeout, idempotencyKey: key, wait: wait)
+            timeoutSeconds: timeout, idempotencyKey: key, wait: wait, options: try RuntimeRequest.submitOptions(f), trace: trace)
     }
 
     /// A request's fields by name. A request may carry fields this version does not know
@@ -335,6 +359,8 @@ public enum RequestCodec {
             if let t = s.timeoutSeconds { o.set("timeout_s", .double(t)) }
             if let k = s.idempotencyKey { o.set("idempotency_key", .string(k)) }
             o.set("wait", s.wait)
+            if let t = s.trace { o.set("traceparent", .string(t.traceparent)) }
+            RuntimeRequest.encodeOptions(s.options, into: &o)
         case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name.value)); o.set("tier", .string(tier))
         case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name), .tenantInspect(let name): o.set("name", .string(name.value))
@@ -348,10 +374,11 @@ public enum RequestCodec {
             o.set("argv", .array(argv.map(JSONValue.string)))
             if !env.isEmpty { o.set("env", .object(env.map { ($0.name, .string($0.value)) })) }
             if let cwd { o.set("cwd", .string(cwd)) }
-        case .policyReload: break
+        case .policyReload, .metrics: break
         case .tenantSetQuota(let name, let changes):
             o.set("name", .string(name.value))
             o.set("set", .object(changes.map { ($0.key, $0.value) }))
+        case .runtime(let r): r.encode(into: &o)
         case .file(let c): encodeFile(c, into: &o)
         }
         return o.value.serialized()

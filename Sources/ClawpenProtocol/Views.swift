@@ -1,3 +1,4 @@
+import FoundationEssentials
 /// Job states (docs/protocol.md, JOB).
 public enum JobState: String, Sendable, CaseIterable {
     case queued, running, succeeded, failed
@@ -32,6 +33,14 @@ public struct JobView: Sendable, Equatable {
     public var createdAt: Double
     public var startedAt: Double?
     public var finishedAt: Double?
+    /// The exact bytes of a stream that is not valid UTF-8 (then `stdout`/`stderr` hold U+FFFD).
+    public var stdoutB64: String? = nil
+    public var stderrB64: String? = nil
+    /// As submitted (docs/protocol.md, "Streaming").
+    public var stdinOpen = false
+    public var tty = false
+    /// The W3C trace id the job belongs to (32 hex), null for a job from before trace ids.
+    public var traceID: String? = nil
 
     public init(
         id: String, tenant: String, state: JobState, exitCode: Int32? = nil, signal: Int32? = nil,
@@ -53,6 +62,8 @@ public struct JobView: Sendable, Equatable {
         o.set("id", .string(id)); o.set("tenant", .string(tenant)); o.set("state", .string(state.rawValue))
         o.set("exit_code", exitCode.map { Int($0) }); o.set("signal", signal.map { Int($0) })
         o.set("stdout", .string(stdout)); o.set("stderr", .string(stderr))
+        if let stdoutB64 { o.set("stdout_b64", .string(stdoutB64)) }
+        if let stderrB64 { o.set("stderr_b64", .string(stderrB64)) }
         o.set("stdout_truncated", stdoutTruncated); o.set("stderr_truncated", stderrTruncated)
         o.set("queued_ms", queuedMs.map(Self.round3)); o.set("run_ms", runMs.map(Self.round3))
         o.set("cpu_ms", cpuMs.map(Self.round3)); o.set("max_rss_kb", maxRSSKiB)
@@ -60,6 +71,8 @@ public struct JobView: Sendable, Equatable {
         o.set("argv", .array(argv.map(JSONValue.string))); o.set("cwd", .string(cwd))
         o.set("timeout_s", .double(timeoutSeconds)); o.set("idempotency_key", idempotencyKey)
         o.set("created_at", createdAt); o.set("started_at", startedAt); o.set("finished_at", finishedAt)
+        o.set("stdin_open", stdinOpen); o.set("tty", tty)
+        o.set("trace_id", traceID)
         return o.value
     }
 
@@ -83,7 +96,16 @@ public struct JobView: Sendable, Equatable {
             timeoutSeconds: v["timeout_s"]?.doubleValue ?? 0, idempotencyKey: v["idempotency_key"]?.stringValue,
             createdAt: v["created_at"]?.doubleValue ?? 0, startedAt: v["started_at"]?.doubleValue,
             finishedAt: v["finished_at"]?.doubleValue)
+        stdoutB64 = v["stdout_b64"]?.stringValue
+        stderrB64 = v["stderr_b64"]?.stringValue
+        stdinOpen = v["stdin_open"]?.boolValue ?? false
+        tty = v["tty"]?.boolValue ?? false
+        traceID = v["trace_id"]?.stringValue
     }
+
+    /// A stream's exact bytes: from `*_b64` when it was not UTF-8, else the text.
+    public var stdoutBytes: [UInt8] { stdoutB64.flatMap { Data(base64Encoded: $0) }.map(Array.init) ?? Array(stdout.utf8) }
+    public var stderrBytes: [UInt8] { stderrB64.flatMap { Data(base64Encoded: $0) }.map(Array.init) ?? Array(stderr.utf8) }
 
     /// The exit status `clawpen submit` / `job wait` use for this job (the exit table in README.md and docs/protocol.md).
     public var cliExitStatus: Int32 {

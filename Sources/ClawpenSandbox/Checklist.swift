@@ -154,7 +154,10 @@ public enum Checklist {
         Step(
             "/dev", .mountNamespace,
             defends: "raw disks, kmsg, mem: nothing but the harmless devices exist",
-            describe: { _ in "tmpfs at /dev: " + Mounts.devices.map(\.0).joined(separator: ", ") + ", fd links; tmpfs /dev/shm; /dev read-only" },
+            describe: { _ in
+                "tmpfs at /dev: " + Mounts.devices.map(\.0).joined(separator: ", ")
+                    + ", fd links; devpts /dev/pts (a new instance) and /dev/ptmx; tmpfs /dev/shm; /dev read-only"
+            },
             run: Mounts.mountDev),
         Step(
             "/tmp", .mountNamespace,

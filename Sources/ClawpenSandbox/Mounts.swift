@@ -156,6 +156,14 @@ public enum Mounts {
         for (name, target) in deviceLinks {
             try StepFailure.check("symlink /dev/\(name)") { symlinkat(target, dev, name) }
         }
+        // The tenant's own terminals (interactive jobs): a new devpts instance, so that it sees
+        // none of the host's terminals and its ptys count against nobody else's.
+        let pts = try open(dev, "pts", directory: true, mode: 0o755)
+        try StepFailure.check("mount /dev/pts") {
+            cp_mount_at("devpts", -1, pts, "devpts", CP_MS_NOSUID | CP_MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        }
+        close(pts)
+        try StepFailure.check("symlink /dev/ptmx") { symlinkat("pts/ptmx", dev, "ptmx") }
         let shm = try open(dev, "shm", directory: true, mode: 0o1777)
         try StepFailure.check("mount /dev/shm") {
             cp_mount_at("tmpfs", -1, shm, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=1777,size=\(ctx.plan.tmpSizeBytes)")

@@ -29,6 +29,8 @@ public struct SpawnOptions: Sendable {
     /// > 0: a Landlock ruleset fd; the child enters a domain of its own made from it before
     /// exec (cp_spawn_request.landlock_ruleset_fd). 0: none.
     public var landlockRulesetFD: Int32 = 0
+    /// fd 0 is a terminal the child takes as its controlling terminal (needs `newSession`).
+    public var controllingTTY = false
 
     public init(fds: [Int32]) { self.fds = fds }
 }
@@ -68,6 +70,7 @@ public final class SpawnCommand {
         req.cgroup_fd = options.cgroupFD
         req.netns_fd = options.netnsFD
         req.landlock_ruleset_fd = options.landlockRulesetFD
+        req.controlling_tty = options.controllingTTY ? 1 : 0
         req.umask_value = options.umask
         req.rlimit_count = Int32(options.rlimits.count)
         withUnsafeMutableBytes(of: &req.rlimits) { raw in

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import ClawpenProtocol
 import ClawpenWire
 
@@ -29,6 +30,11 @@ public struct JobRecord: Sendable, Equatable {
     public var startedAt: Double?
     public var finishedAt: Double?
     public var result: JobResult?
+    /// Streamed, stdin open, terminal: kept in memory only (a job the daemon runs again after a
+    /// restart has nobody attached to it, so it runs without a terminal and with stdin closed).
+    public var options = RunOptions()
+    /// The trace the job belongs to (the caller's `traceparent`, or one the supervisor made).
+    public var trace: TraceContext?
 
     public init(
         id: String, tenant: TenantName, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
@@ -41,16 +47,23 @@ public struct JobRecord: Sendable, Equatable {
         self.startedAt = startedAt; self.finishedAt = finishedAt; self.result = result
     }
 
-    /// The client's view. Output bytes that are not UTF-8 become U+FFFD.
+    /// The client's view. Output bytes that are not UTF-8 become U+FFFD, and are kept exactly in
+    /// `stdout_b64`/`stderr_b64`.
     public var view: JobView {
         let r = result
-        return JobView(
+        var v = JobView(
             id: id, tenant: tenant.value, state: state, exitCode: r?.exitCode, signal: r?.signal,
             stdout: String(decoding: r?.stdout ?? [], as: UTF8.self), stderr: String(decoding: r?.stderr ?? [], as: UTF8.self),
             stdoutTruncated: r?.stdoutTruncated ?? false, stderrTruncated: r?.stderrTruncated ?? false,
             queuedMs: startedAt.map { ($0 - createdAt) * 1000 }, runMs: r?.runMs, cpuMs: r?.cpuMs, maxRSSKiB: r?.maxRSSKiB,
             attempt: attempt, error: r?.error, argv: argv, cwd: cwd, timeoutSeconds: timeoutSeconds,
             idempotencyKey: idempotencyKey, createdAt: createdAt, startedAt: startedAt, finishedAt: finishedAt)
+        if let out = r?.stdout, String(validating: out, as: UTF8.self) == nil { v.stdoutB64 = Data(out).base64EncodedString() }
+        if let err = r?.stderr, String(validating: err, as: UTF8.self) == nil { v.stderrB64 = Data(err).base64EncodedString() }
+        v.stdinOpen = options.stdinOpen
+        v.tty = options.tty
+        v.traceID = trace?.traceID
+        return v
     }
 }
 
@@ -89,9 +102,13 @@ public struct AuditEvent: Sendable, Equatable {
     /// The rule that decided (a quota's name, a policy rule with file and line, an access rule).
     public var rule: String?
     public var detail: String?
+    /// The W3C trace id of the request the event belongs to (a submit's), when it had one.
+    public var traceID: String?
 
-    public init(seq: Int64 = 0, at: Double, tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?) {
+    public init(
+        seq: Int64 = 0, at: Double, tenant: String?, callerUID: Int?, action: String, rule: String?, detail: String?, traceID: String? = nil
+    ) {
         self.seq = seq; self.at = at; self.tenant = tenant; self.callerUID = callerUID
-        self.action = action; self.rule = rule; self.detail = detail
+        self.action = action; self.rule = rule; self.detail = detail; self.traceID = traceID
     }
 }

@@ -84,6 +84,16 @@ public final class Store: @unchecked Sendable {
             throw .corrupt("schema version \(found), this clawpen understands \(Self.schemaVersion): use the clawpen release that wrote it")
         }
         if found == nil { try db.run("INSERT INTO meta(key, value) VALUES('schema_version', ?)", [.text(String(Self.schemaVersion))]) }
+        // Columns that came later, added in place: an older clawpen reads its own columns by
+        // name and never sees them.
+        try addColumnIfMissing(table: "jobs", column: "traceparent", type: "TEXT")
+        try addColumnIfMissing(table: "audit", column: "trace_id", type: "TEXT")
+    }
+
+    private func addColumnIfMissing(table: String, column: String, type: String) throws(StoreError) {
+        let columns = try db.rows("PRAGMA table_info(\(table))") { $0.text(1) }
+        guard !columns.contains(column) else { return }
+        try db.exec("ALTER TABLE \(table) ADD COLUMN \(column) \(type)")
     }
 
     private func setSynchronous(full: Bool) throws(StoreError) {
@@ -146,7 +156,7 @@ public final class Store: @unchecked Sendable {
     private static let jobColumns = """
         id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt,
         created_at, started_at, finished_at, exit_code, signal, stdout, stderr, stdout_truncated,
-        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message
+        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent
         """
 
     private static func decodeJob(_ r: SQLiteConnection.Row) throws(StoreError) -> JobRecord {
@@ -164,7 +174,7 @@ public final class Store: @unchecked Sendable {
                 stdout: r.blob(16), stderr: r.blob(17), stdoutTruncated: r.int(18) != 0, stderrTruncated: r.int(19) != 0,
                 runMs: r.optionalDouble(20), cpuMs: r.optionalDouble(21), maxRSSKiB: r.optionalInt(22), error: error)
         }
-        return JobRecord(
+        var job = JobRecord(
             id: r.text(0), tenant: try tenantName(r.text(1)), state: state, argv: splitNUL(r.blob(3)),
             env: splitNUL(r.blob(4)).map { kv in
                 let parts = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
@@ -173,6 +183,8 @@ public final class Store: @unchecked Sendable {
             cwd: r.text(5), stdin: r.blob(6), timeoutSeconds: r.double(7), outputCap: Int(r.int(8)),
             idempotencyKey: r.optionalText(9), attempt: Int(r.int(10)), createdAt: r.double(11),
             startedAt: r.optionalDouble(12), finishedAt: r.optionalDouble(13), result: result)
+        job.trace = r.optionalText(25).flatMap(TraceContext.init(parsing:))
+        return job
     }
 
     /// argv and env are stored NUL-separated: NUL cannot occur inside a C string.
@@ -201,14 +213,15 @@ public final class Store: @unchecked Sendable {
             for job in jobs {
                 try db.run(
                     """
-                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at)
-                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
+                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent)
+                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)
                     """,
                     [
                         .text(job.id), .text(job.tenant.value), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
                         .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
                         job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
                         .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
+                        .optional(job.trace?.traceparent),
                     ])
             }
         }
@@ -227,6 +240,27 @@ public final class Store: @unchecked Sendable {
 
     public func job(id: String) throws(StoreError) -> JobRecord? {
         try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE id=?", [.text(id)], Self.decodeJob).first
+    }
+
+    /// Jobs newest first (`job.list`): of the given tenants (nil: all), in the given stored
+    /// states (nil: any), at most `limit`, none of the ids in `excluding`.
+    public func jobs(tenants: [TenantName]?, states: [JobState]?, limit: Int, excluding: Set<String> = []) throws(StoreError) -> [JobRecord] {
+        var clauses: [String] = []
+        var bind: [SQLValue] = []
+        if let tenants {
+            guard !tenants.isEmpty else { return [] }
+            clauses.append("tenant IN (" + tenants.map { _ in "?" }.joined(separator: ",") + ")")
+            bind += tenants.map { .text($0.value) }
+        }
+        if let states {
+            guard !states.isEmpty else { return [] }
+            clauses.append("state IN (" + states.map { _ in "?" }.joined(separator: ",") + ")")
+            bind += states.map { .text($0.rawValue) }
+        }
+        let filter = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
+        bind.append(.int(Int64(limit + excluding.count)))
+        let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs\(filter) ORDER BY created_at DESC, id DESC LIMIT ?", bind, Self.decodeJob)
+        return Array(rows.lazy.filter { !excluding.contains($0.id) }.prefix(limit))
     }
 
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {
@@ -345,10 +379,10 @@ public final class Store: @unchecked Sendable {
         try transaction { () throws(StoreError) in
             for e in events {
                 try db.run(
-                    "INSERT INTO audit(at, tenant, caller_uid, action, rule, detail) VALUES(?,?,?,?,?,?)",
+                    "INSERT INTO audit(at, tenant, caller_uid, action, rule, detail, trace_id) VALUES(?,?,?,?,?,?,?)",
                     [
                         .double(e.at), .optional(e.tenant), .optional(e.callerUID.map { Int64($0) }), .text(e.action),
-                        .optional(e.rule), .optional(e.detail),
+                        .optional(e.rule), .optional(e.detail), .optional(e.traceID),
                     ])
             }
         }
@@ -357,7 +391,7 @@ public final class Store: @unchecked Sendable {
     /// Audit events, oldest first: of one tenant (or all), from `since` (wall-clock seconds) on,
     /// at most the newest `limit`.
     public func auditEvents(tenant: String?, since: Double?, limit: Int) throws(StoreError) -> [AuditEvent] {
-        var sql = "SELECT seq, at, tenant, caller_uid, action, rule, detail FROM audit WHERE 1=1"
+        var sql = "SELECT seq, at, tenant, caller_uid, action, rule, detail, trace_id FROM audit WHERE 1=1"
         var bind: [SQLValue] = []
         if let tenant { sql += " AND tenant=?"; bind.append(.text(tenant)) }
         if let since { sql += " AND at>=?"; bind.append(.double(since)) }
@@ -366,7 +400,7 @@ public final class Store: @unchecked Sendable {
         let rows = try db.rows(sql, bind) { r in
             AuditEvent(
                 seq: r.int(0), at: r.double(1), tenant: r.optionalText(2), callerUID: r.optionalInt(3).map { Int($0) },
-                action: r.text(4), rule: r.optionalText(5), detail: r.optionalText(6))
+                action: r.text(4), rule: r.optionalText(5), detail: r.optionalText(6), traceID: r.optionalText(7))
         }
         return rows.reversed()
     }

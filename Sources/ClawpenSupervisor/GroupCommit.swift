@@ -11,6 +11,8 @@ struct GroupCommit {
         let job: JobRecord
         let responder: Responder
         let wait: Bool
+        /// `"stream": true`: `accepted` now, output, then the final job (Streams.swift).
+        var stream = false
     }
     var accepts: [PendingAccept] = []
     var finishes: [Store.Finished] = []
@@ -22,8 +24,9 @@ struct GroupCommit {
 
 extension Supervisor {
     /// Queues an audit event for this tick's flush.
-    func audit(tenant: TenantName?, caller: Responder?, action: String, rule: String?, detail: String?) {
-        commit.audits.append(AuditEvent(at: Clock.now(), tenant: tenant?.value, callerUID: caller?.callerUID, action: action, rule: rule, detail: detail))
+    func audit(tenant: TenantName?, caller: Responder?, action: String, rule: String?, detail: String?, traceID: String? = nil) {
+        commit.audits.append(
+            AuditEvent(at: Clock.now(), tenant: tenant?.value, callerUID: caller?.callerUID, action: action, rule: rule, detail: detail, traceID: traceID))
         scheduleFlush()
     }
 
@@ -38,7 +41,12 @@ extension Supervisor {
         // One line per job, with TENANT= and JOB_ID= in the journal (`journalctl TENANT=acme`).
         // debug: a line per job is for the journal (the unit runs at --log-level debug), not for
         // a terminal.
-        logger.debug("job finished", metadata: ["tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)"])
+        logger.debug(
+            "job finished",
+            metadata: [
+                "tenant": "\(job.tenant)", "job_id": "\(job.id)", "state": "\(job.state.rawValue)", "trace_id": "\(job.trace?.traceID ?? "")",
+            ])
+        metrics.jobFinished(job)
         commit.finishes.append(
             Store.Finished(
                 id: job.id, state: job.state, result: job.result ?? JobResult(),
@@ -60,10 +68,12 @@ extension Supervisor {
         if !commit.finishes.isEmpty {
             let batch = commit.finishes
             commit.finishes.removeAll(keepingCapacity: true)
+            let began = Clock.monotonic()
             do { try store.finishJobs(batch) } catch {
                 logger.error(
                     "store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
             }
+            metrics.storeCommit.record(Clock.monotonic() - began)
             let notes = commit.notifications
             commit.notifications.removeAll(keepingCapacity: true)
             for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
@@ -77,14 +87,26 @@ extension Supervisor {
         // a crash before the acknowledgement: the caller retries, at-least-once.)
         let jobs = batch.map(\.job)
         perform(core.accepted(jobs))
+        let began = Clock.monotonic()
         do { try store.insertJobs(jobs) } catch {
+            metrics.storeCommit.record(Clock.monotonic() - began)
             logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
             perform(core.withdraw(jobs))
-            for p in batch { p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)")) }
+            for p in batch {
+                dropStream(p.job.id)
+                p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)"))
+            }
             return
         }
+        metrics.storeCommit.record(Clock.monotonic() - began)
         for p in batch {
-            if p.wait { addWaiter(p.job.id) { [r = p.responder] in r.job($0) } } else { p.responder.job(memoryView(p.job)) }
+            if p.stream {
+                acceptedStream(p.job, p.responder)
+            } else if p.wait {
+                addWaiter(p.job.id) { [r = p.responder] in r.job($0) }
+            } else {
+                p.responder.job(memoryView(p.job))
+            }
         }
     }
 

@@ -58,6 +58,10 @@ extension Supervisor {
             case .tenantSetQuota(let name, let changes):
                 try authorize(r, .operator(command: "tenant set-quota"), request: "tenant.set_quota", tenant: name)
                 try setQuota(try tenant(name), changes, r)
+            case .metrics:
+                try authorize(r, .operator(command: "metrics"), request: "metrics")
+                r.reply("metrics", [("text", .string(String(decoding: metricsText(), as: UTF8.self)))])
+            case .runtime(let request): try handleRuntime(request, r)
             case .file(let c): try handleFile(c, r)
             }
         } catch let e as ProtocolError {
@@ -104,6 +108,7 @@ extension Supervisor {
         o.set("action", .string(e.action))
         o.set("rule", e.rule)
         o.set("detail", e.detail)
+        o.set("trace_id", e.traceID)
         return o.value
     }
 
@@ -158,7 +163,10 @@ extension Supervisor {
 
     // MARK: Jobs
 
-    private func submit(_ s: SubmitRequest, _ r: Responder) throws {
+    private func submit(_ request: SubmitRequest, _ r: Responder) throws {
+        // Every job belongs to a trace: the caller's traceparent, or a new one.
+        var s = request
+        if s.trace == nil { s.trace = TraceContext.generate() }
         let name = s.tenant
         try authorize(r, .submit(tenant: name), request: "submit")
         let t = try tenant(name)
@@ -167,17 +175,19 @@ extension Supervisor {
             if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
             if let existing = try store.job(tenant: name, idempotencyKey: key) {
                 let current = try activeOrStoredJob(existing.id)
+                if s.options.stream { try streamExisting(current, r); return }
                 if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } } else { r.job(current, existing: true) }
                 return
             }
         }
         switch core.admit(s, tenant: t, jobID: JobID.make(), isExecutable: PolicyRuntime.isExecutableInSandbox) {
         case .failure(let refusal):
-            audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail)
+            audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail, traceID: s.trace?.traceID)
             throw refusal.error
         case .success(let job):
             // Accepted means committed: the reply and the dispatch follow the flush's commit.
-            commit.accepts.append(GroupCommit.PendingAccept(job: job, responder: r, wait: s.wait))
+            registerStream(job, s, r)
+            commit.accepts.append(GroupCommit.PendingAccept(job: job, responder: r, wait: s.wait, stream: s.options.stream))
             scheduleFlush()
         }
     }
@@ -186,7 +196,7 @@ extension Supervisor {
     func activeOrStoredJob(_ id: String) throws -> JobView {
         if !commit.accepts.isEmpty || !commit.finishes.isEmpty { flushWrites() }
         guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
-            throw ProtocolError(.unknownTenant, "no job with id '\(id.prefix(80))'")
+            throw ProtocolError(.unknownJob, "no job with id '\(id.prefix(80))'")
         }
         if let running = core.runningJob(id, tenant: stored.tenant) { return running.view }
         return stored.view

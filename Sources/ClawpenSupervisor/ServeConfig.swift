@@ -38,6 +38,8 @@ public struct ServeConfig: Sendable {
     /// Refuse to start unless the tenant cgroups get real memory, pids and cpu controllers
     /// (`--require-cgroup-limits`; the systemd unit sets it): no rlimit fallback in production.
     public var requireCgroupLimits = false
+    /// `--metrics-listen HOST:PORT`: the HTTP server of /metrics, /healthz and /readyz; nil: none.
+    public var metricsListen: String?
     /// Where the host registers subordinate uid and gid ranges (UIDRange). Other paths are for
     /// tests only (`--subuid-file`, `--subgid-file`).
     public var subuidPath = "/etc/subuid"

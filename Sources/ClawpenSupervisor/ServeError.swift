@@ -17,6 +17,8 @@ public enum ServeError: Error, CustomStringConvertible {
     case cgroupLimitsMissing(String)
     /// The tenants' uid range cannot be this daemon's (UIDRange).
     case uidRange(String)
+    /// A setting that cannot work as given (the message names it).
+    case config(String)
 
     public var description: String {
         switch self {
@@ -33,6 +35,7 @@ public enum ServeError: Error, CustomStringConvertible {
         case .seccomp(let m): return "invalid seccomp policy: \(m)"
         case .cgroupLimitsMissing(let m): return m
         case .uidRange(let m): return m
+        case .config(let m): return m
         }
     }
 }

@@ -5,6 +5,9 @@ import ClawpenSystemd
 import Dispatch
 import Glibc
 import Logging
+import Metrics
+import Prometheus
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -27,6 +30,9 @@ public enum Server {
 
         let policies = try loadPolicies(config, logger: logger)
         let seccomp = try PolicyRuntime.compileSeccomp(policies)
+        let readiness = Readiness()
+        readiness.policiesLoaded()
+        let running = NIOLockedValueBox<Supervisor?>(nil)
         try ServeError.makeDirectories(config.stateDir, mode: 0o700)
         try ServeError.makeDirectories(config.workspaceRoot, mode: 0o700)
         // Sandboxed, the workspace root is root's and closed to every other host user.
@@ -43,10 +49,15 @@ public enum Server {
         let workerPath = try resolveWorkerPath(config)
         if activated == nil { try checkSocketPath(config.socketPath) }
 
-        let store: Store
-        do { store = try Store(path: config.stateDir + "/clawpen.db", fsyncAccepts: config.fsyncAccepts) } catch {
-            throw .store(error)
+        // With --metrics-listen, /readyz answers from here on: a store that cannot be opened
+        // is retried every second (not ready, and why) instead of ending the daemon.
+        var metricsServer: MetricsServer?
+        if let listen = config.metricsListen {
+            metricsServer = try MetricsServer.start(listen: listen, readiness: readiness, supervisor: running)
+            logger.notice("metrics, health and readiness over HTTP", metadata: ["listen": "\(metricsServer?.localAddress ?? listen)"])
         }
+        let store = try openStore(config, readiness: readiness, retry: metricsServer != nil, notifier: notifier, logger: logger)
+        readiness.storeOpened()
         let cgroup = CgroupInfo.probe()
         let (cgroups, noCgroups) = CgroupTree.setUp(cgroup)
         if let noCgroups { logger.warning("no tenant cgroups: \(noCgroups); limits fall back to rlimits") }
@@ -64,6 +75,9 @@ public enum Server {
             cgroups: cgroups)
         do {
             try loop.submit { try supervisor.start() }.wait()
+            running.withLockedValue { $0 = supervisor }
+            // Whatever reports through swift-metrics lands in the same registry as our own series.
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: supervisor.metrics.registry))
         } catch let e as StoreError {
             try? group.syncShutdownGracefully()
             cgroups?.removeAll()
@@ -106,6 +120,7 @@ public enum Server {
         }
         umask(oldMask)
         if activated == nil { chmod(config.socketPath, 0o660) }
+        readiness.serving()
         logger.notice(
             "clawpen serving",
             metadata: [
@@ -149,6 +164,7 @@ public enum Server {
                 loop.execute {
                     logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
                     notifier.stopping()
+                    readiness.draining()
                     server.close(promise: nil) // stop accepting first
                     supervisor.beginShutdown { finished.succeed(()) }
                 }
@@ -178,7 +194,28 @@ public enum Server {
         try? loop.submit { store.checkpoint() }.wait()
         try? parser.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
+        metricsServer?.stop()
         logger.notice("clawpen stopped")
+    }
+
+    /// Opens the store; with `retry`, keeps trying every second while /readyz says why not.
+    static func openStore(_ config: ServeConfig, readiness: Readiness, retry: Bool, notifier: Notifier, logger: Logger) throws(ServeError)
+        -> Store
+    {
+        var lastError = ""
+        while true {
+            do { return try Store(path: config.stateDir + "/clawpen.db", fsyncAccepts: config.fsyncAccepts) } catch {
+                guard retry else { throw .store(error) }
+                let why = "\(error)"
+                readiness.storeFailed(why)
+                if why != lastError {
+                    logger.error("cannot open the store; not ready, trying again every second", metadata: ["error": "\(why)"])
+                    if notifier.enabled { notifier.status("not ready: the store cannot be opened: \(why)") }
+                    lastError = why
+                }
+                sleep(1)
+            }
+        }
     }
 
     static func loadPolicies(_ config: ServeConfig, logger: Logger) throws(ServeError) -> PolicySet {

@@ -102,6 +102,7 @@ extension Supervisor {
         lim.set("inodes_max", t.limits.inodesMax)
         lim.set("max_concurrent_runs", t.limits.maxConcurrentRuns)
         lim.set("timeout_max_s", t.limits.timeoutMaxSeconds)
+        lim.set("interactive_timeout_max_s", t.limits.interactiveTimeoutMaxSeconds)
         lim.set("output_max_bytes", t.limits.outputMaxBytes)
         lim.set("max_queued", t.limits.maxQueued)
         lim.set("jobs_per_minute", t.limits.jobsPerMinute)

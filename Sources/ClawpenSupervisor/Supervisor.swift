@@ -71,8 +71,12 @@ public final class Supervisor: @unchecked Sendable {
     /// Why workers build all their mounts themselves, when the supervisor cannot join their
     /// mount namespaces (setns needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN); nil: it can.
     var workerMountsFallback: String?
+    /// Who follows which job, and the output and input windows (Streams.swift).
+    var streams = StreamTable()
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
+    /// Prometheus metrics (Metrics/).
+    let metrics = SupervisorMetrics()
     /// File operations and transfers under way (FileRelay.swift).
     let fileRelay = FileRelay()
 
@@ -111,6 +115,7 @@ public final class Supervisor: @unchecked Sendable {
             perform(core.suspend(name, by: by))
         }
         perform(core.recover(recovered))
+        sampleLoopLag()
         refillSpares()
         refillNetns()
     }
@@ -125,13 +130,18 @@ public final class Supervisor: @unchecked Sendable {
         switch message {
         case .ready:
             logReady(w)
+            metrics.workerReady(w.tenant, seconds: Clock.monotonic() - w.startedAt)
             perform(core.workerReady(w.ref))
         case .setupFailed(let step, let err, let detail):
             perform(core.workerSetupFailed(w.ref, WorkerFailure(.setup, stage: step, errno: err, errnoText: errnoString(err), detail: detail)))
         case .started(let id, _):
             perform(core.workerStarted(w.ref, jobID: id))
+            streamJobStarted(id, w)
         case .finished(let report):
             perform(core.jobReported(w.ref, report))
+            streamJobFinished(report.jobID)
+        case .runtime(let event):
+            runtimeEvent(event, w)
         case .file(let reply):
             fileReplied(reply, w)
         }
@@ -182,6 +192,7 @@ public final class Supervisor: @unchecked Sendable {
                     logger.error("store failure re-queuing a job (it runs again at the next start)", metadata: ["job_id": "\(id)", "error": "\(error)"])
                 }
             case .audit(let event):
+                if event.action == "tenant.quarantined", let name = event.tenant.flatMap({ try? TenantName(validating: $0) }) { metrics.quarantined(name) }
                 commit.audits.append(event)
                 scheduleFlush()
             case .releaseCgroup(let tenant):

@@ -13,6 +13,7 @@ extension Supervisor {
     /// the start failed (and whatever it left is cleaned up).
     func startWorker(_ name: TenantName) {
         guard let t = core.tenants[name] else { return }
+        metrics.workerStarted(name)
         var plan = Plan.make(
             tenant: name, uid: t.record.uid, workspace: workspacePath(name), limits: SandboxLimits(t.limits),
             enabled: sandboxEnabled, controllers: cgroups?.controllers ?? [],

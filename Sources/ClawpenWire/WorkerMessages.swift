@@ -10,13 +10,15 @@ public struct RunRequest: Equatable, Sendable {
     public var stdin: [UInt8]
     public var timeoutMs: UInt32
     public var outputCapBytes: UInt32 // per stream
+    /// Streamed, stdin open, terminal (RuntimeMessages.swift).
+    public var options: RunOptions
 
     public init(
         jobID: String, argv: [String], env: [String], cwd: String, stdin: [UInt8],
-        timeoutMs: UInt32, outputCapBytes: UInt32
+        timeoutMs: UInt32, outputCapBytes: UInt32, options: RunOptions = RunOptions()
     ) {
         self.jobID = jobID; self.argv = argv; self.env = env; self.cwd = cwd; self.stdin = stdin
-        self.timeoutMs = timeoutMs; self.outputCapBytes = outputCapBytes
+        self.timeoutMs = timeoutMs; self.outputCapBytes = outputCapBytes; self.options = options
     }
 }
 
@@ -65,6 +67,8 @@ public enum SupervisorToWorker: Equatable, Sendable {
     /// The suspension is over (it lasted `pausedMs`): SIGCONT what `pause` stopped and move every
     /// running job's deadline by `pausedMs` (a frozen job did not use its time).
     case resume(pausedMs: UInt32)
+    /// Output, input, window size and signals of a running job.
+    case runtime(RuntimeCommand)
     /// A file operation or a step of a transfer (FileMessages.swift).
     case file(FileRequest)
 
@@ -73,10 +77,10 @@ public enum SupervisorToWorker: Equatable, Sendable {
         switch self {
         case .file(let f):
             w = BinaryWriter(capacity: f.encodedCapacity)
-            w.u8(20); f.encode(into: &w)
+            w.u8(40); f.encode(into: &w)
         case .run(let r):
             w.u8(1); w.string(r.jobID); w.strings(r.argv); w.strings(r.env); w.string(r.cwd)
-            w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes)
+            w.bytes(r.stdin); w.u32(r.timeoutMs); w.u32(r.outputCapBytes); r.options.encode(into: &w)
         case .cancel(let id):
             w.u8(2); w.string(id)
         case .shutdown:
@@ -87,6 +91,8 @@ public enum SupervisorToWorker: Equatable, Sendable {
             w.u8(5)
         case .resume(let ms):
             w.u8(6); w.u32(ms)
+        case .runtime(let command):
+            command.encode(into: &w)
         }
         return w.bytes
     }
@@ -99,14 +105,17 @@ public enum SupervisorToWorker: Equatable, Sendable {
             msg = .run(
                 RunRequest(
                     jobID: try r.string(), argv: try r.strings(max: 65536), env: try r.strings(max: 65536),
-                    cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32()))
+                    cwd: try r.string(), stdin: try r.bytes(), timeoutMs: try r.u32(), outputCapBytes: try r.u32(),
+                    options: try RunOptions.decode(&r)))
         case 2: msg = .cancel(jobID: try r.string())
         case 3: msg = .shutdown
         case 4: msg = .configure(try SandboxPlan.decode(&r))
         case 5: msg = .pause
         case 6: msg = .resume(pausedMs: try r.u32())
-        case 20: msg = .file(try FileRequest.decode(&r))
-        default: throw .badValue
+        case 40: msg = .file(try FileRequest.decode(&r))
+        case let tag:
+            guard let command = try RuntimeCommand.decode(tag: tag, &r) else { throw .badValue }
+            msg = .runtime(command)
         }
         guard r.isAtEnd else { throw .badValue }
         return msg
@@ -120,6 +129,8 @@ public enum WorkerToSupervisor: Equatable, Sendable {
     case setupFailed(step: String, errno: Int32, detail: String)
     case started(jobID: String, pid: Int32)
     case finished(JobReport)
+    /// Output, replay ends and input progress of a running job.
+    case runtime(RuntimeEvent)
     /// The answer to a file operation, or a step of a transfer (FileMessages.swift).
     case file(FileReply)
 
@@ -136,7 +147,7 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.u8(3); w.string(id); w.i32(pid)
         case .file(let f):
             w = BinaryWriter(capacity: f.encodedCapacity)
-            w.u8(20); f.encode(into: &w)
+            w.u8(40); f.encode(into: &w)
         case .finished(let rep):
             w = BinaryWriter(capacity: rep.stdout.count + rep.stderr.count + 96)
             w.u8(4); w.string(rep.jobID)
@@ -150,6 +161,9 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.bytes(rep.stdout); w.bytes(rep.stderr)
             w.bool(rep.stdoutTruncated); w.bool(rep.stderrTruncated)
             w.u64(rep.runMicros); w.u64(rep.cpuMicros); w.u64(rep.maxRSSKiB)
+        case .runtime(let event):
+            if case .output(let c) = event { w = BinaryWriter(capacity: c.data.count + 64) }
+            event.encode(into: &w)
         }
         return w.bytes
     }
@@ -181,13 +195,16 @@ public enum WorkerToSupervisor: Equatable, Sendable {
                     jobID: id, outcome: outcome, stdout: out, stderr: err,
                     stdoutTruncated: try r.bool(), stderrTruncated: try r.bool(),
                     runMicros: try r.u64(), cpuMicros: try r.u64(), maxRSSKiB: try r.u64()))
-        case 20: msg = .file(try FileReply.decode(&r))
-        default: throw .badValue
+        case 40: msg = .file(try FileReply.decode(&r))
+        case let tag:
+            guard let event = try RuntimeEvent.decode(tag: tag, &r) else { throw .badValue }
+            msg = .runtime(event)
         }
         guard r.isAtEnd else { throw .badValue }
         switch msg {
         case .started(let id, _) where id.utf8.count > maxJobIDBytes: throw .badValue
         case .finished(let rep) where rep.jobID.utf8.count > maxJobIDBytes: throw .badValue
+        case .runtime(let event) where event.jobID.utf8.count > maxJobIDBytes: throw .badValue
         case .setupFailed(let step, _, let detail) where step.utf8.count > 256 || detail.utf8.count > 4096: throw .badValue
         default: break
         }

@@ -78,14 +78,16 @@ struct JobLauncher {
     }
 
     func launch(_ request: RunRequest, tenant: String) throws(Failure) -> Started {
-        let env = environment(tenant: tenant, requested: request.env)
+        var env = environment(tenant: tenant, requested: request.env)
+        if request.options.tty && !env.contains(where: { $0.hasPrefix("TERM=") }) { env.append("TERM=xterm-256color") }
         let path = try resolve(request.argv[0], env: env)
+        if request.options.tty { return try launchOnTerminal(request, path: path, env: env) }
         var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1], input: [Int32] = [-1, -1]
         guard cp_pipe(&out, 1) == 0 else { throw .spawn(step: "pipe", errno: errno) }
         guard cp_pipe(&err, 1) == 0 else {
             let e = errno; close(out[0]); close(out[1]); throw .spawn(step: "pipe", errno: e)
         }
-        let hasInput = !request.stdin.isEmpty
+        let hasInput = !request.stdin.isEmpty || request.options.stdinOpen
         if hasInput {
             guard cp_pipe(&input, 0) == 0 else {
                 let e = errno; [out[0], out[1], err[0], err[1]].forEach { close($0) }
@@ -93,7 +95,53 @@ struct JobLauncher {
             }
             _ = cp_set_nonblocking(input[1], 1)
         }
-        var options = SpawnOptions(fds: [hasInput ? input[0] : devNullFD, out[1], err[1]])
+        let cgroup = jobCgroups.make()
+        let spawned = spawn(path, request, env: env, fds: [hasInput ? input[0] : devNullFD, out[1], err[1]], cgroup: cgroup, tty: false)
+        close(out[1]); close(err[1])
+        if hasInput { close(input[0]) }
+        let pid: pid_t
+        switch spawned {
+        case .success(let p): pid = p
+        case .failure(let failure):
+            close(out[0]); close(err[0])
+            if hasInput { close(input[1]) }
+            if let cgroup { _ = jobCgroups.release(cgroup) }
+            throw .spawn(step: failure.step, errno: failure.errno)
+        }
+        return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil, cgroup: cgroup)
+    }
+
+    /// A job on a pseudo-terminal made here, inside the sandbox: the slave is its stdin, stdout
+    /// and stderr and its controlling terminal; the worker keeps the master (one stream, stdout)
+    /// and a second descriptor of it for input, so that reads and writes are polled apart.
+    private func launchOnTerminal(_ request: RunRequest, path: String, env: [String]) throws(Failure) -> Started {
+        var master: Int32 = -1, slave: Int32 = -1
+        guard cp_pty_open(&master, &slave, request.options.rows, request.options.cols) == 0 else {
+            throw .spawn(step: "open a terminal (/dev/ptmx)", errno: errno)
+        }
+        var input: Int32? = nil
+        if request.options.stdinOpen || !request.stdin.isEmpty {
+            let d = fcntl(master, F_DUPFD_CLOEXEC, 3)
+            guard d >= 0 else { let e = errno; close(master); close(slave); throw .spawn(step: "dup terminal", errno: e) }
+            input = d
+        }
+        let cgroup = jobCgroups.make()
+        let spawned = spawn(path, request, env: env, fds: [slave, slave, slave], cgroup: cgroup, tty: true)
+        close(slave)
+        switch spawned {
+        case .success(let pid):
+            return Started(pid: pid, stdoutFD: master, stderrFD: -1, stdinFD: input, cgroup: cgroup)
+        case .failure(let failure):
+            close(master)
+            if let input { close(input) }
+            if let cgroup { _ = jobCgroups.release(cgroup) }
+            throw .spawn(step: failure.step, errno: failure.errno)
+        }
+    }
+
+    private func spawn(_ path: String, _ request: RunRequest, env: [String], fds: [Int32], cgroup: JobCgroup?, tty: Bool) -> Result<pid_t, StepFailure> {
+        var options = SpawnOptions(fds: fds)
+        options.controllingTTY = tty
         options.cwd = hostPath(request.cwd)
         // Own session and process group: a timeout or cancel kills the whole group.
         options.newSession = true
@@ -107,23 +155,9 @@ struct JobLauncher {
         // The worker installs no signal handlers (SIGCHLD comes through a signalfd) and ignores
         // only SIGPIPE: that is all the job must not inherit.
         options.resetOnlySignals = [SIGPIPE]
-        let cgroup = jobCgroups.make()
         options.cgroupFD = cgroup?.dirFD ?? -1
-        let spawned: Result<pid_t, StepFailure>
-        do { spawned = .success(try SpawnCommand(path: path, arguments: request.argv, environment: env).spawn(options)) } catch {
-            spawned = .failure(error)
+        do { return .success(try SpawnCommand(path: path, arguments: request.argv, environment: env).spawn(options)) } catch {
+            return .failure(error)
         }
-        close(out[1]); close(err[1])
-        if hasInput { close(input[0]) }
-        let pid: pid_t
-        switch spawned {
-        case .success(let p): pid = p
-        case .failure(let failure):
-            close(out[0]); close(err[0])
-            if hasInput { close(input[1]) }
-            if let cgroup { _ = jobCgroups.release(cgroup) }
-            throw .spawn(step: failure.step, errno: failure.errno)
-        }
-        return Started(pid: pid, stdoutFD: out[0], stderrFD: err[0], stdinFD: hasInput ? input[1] : nil, cgroup: cgroup)
     }
 }

@@ -32,7 +32,30 @@ struct RunningJob {
     /// that left the job's process group) before the report is sent anyway.
     var drainDeadline: UInt64 = 0
 
+    // The agent runtime (Worker+Runtime.swift).
+    /// Streamed, stdin open, terminal.
+    var options = RunOptions()
+    /// Someone follows the output: every chunk read is sent to the supervisor.
+    var watched = false
+    /// Output bytes sent and not yet acknowledged: at `Worker.outputWindow` the pipes are not
+    /// read, so the job blocks on its own full pipe.
+    var unacknowledged = 0
+    /// Chunks read so far (both streams): the next chunk's `seq`.
+    var seq: UInt64 = 0
+    var stdoutOffset: UInt64 = 0
+    var stderrOffset: UInt64 = 0
+    /// The terminal's master (tty jobs; it is also `stdoutFD`), for resizes.
+    var ptyMaster: Int32 = -1
+    /// `input` asked for the end of stdin once what is pending is written.
+    var eofRequested = false
+    /// Bytes of `pendingInput` that came with the run request (not reported as taken).
+    var initialInput = 0
+    /// Bytes of input written (or dropped) and not yet reported to the supervisor.
+    var inputToReport = 0
+
     var pipesClosed: Bool { stdoutFD < 0 && stderrFD < 0 }
+    var hasPendingInput: Bool { inputOffset < pendingInput.count }
+    var outputBlocked: Bool { watched && unacknowledged >= Worker.outputWindow }
     var hasExited: Bool { waitStatus != nil }
 }
 

@@ -27,14 +27,14 @@ public final class Worker {
     private var config: WorkerConfig
     private let socketFD: Int32
     private var inbound = FrameSplitter(maxFrameBytes: 64 * 1024 * 1024)
-    private var jobs: [String: RunningJob] = [:]
+    var jobs: [String: RunningJob] = [:]
     /// Suspended without a tenant cgroup: the jobs are stopped (SIGSTOP) and no deadline runs.
     private var paused = false
     private var jobByPID: [Int32: String] = [:]
     private var launcher: JobLauncher
     private var sigchldFD: Int32 = -1
     private var cgroupsToRemove: [JobCgroup] = []
-    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// The tenant's files (FileOps.swift), rooted at the sandbox's `/`; nil if it could not be opened.
     private var files: FileOps?
 
@@ -47,7 +47,7 @@ public final class Worker {
         self.launcher = JobLauncher(rootPrefix: config.root ?? "/", devNullFD: -1, jobLimits: [])
     }
 
-    private func log(_ message: String) {
+    func log(_ message: String) {
         var line = "clawpen-worker[\(config.tenant?.value ?? "spare")]: \(message)\n"
         line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     }
@@ -159,9 +159,13 @@ public final class Worker {
             fds.append(pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: sigchldFD, events: Int16(POLLIN), revents: 0))
             for job in jobs.values {
-                if job.stdoutFD >= 0 { fds.append(pollfd(fd: job.stdoutFD, events: Int16(POLLIN), revents: 0)) }
-                if job.stderrFD >= 0 { fds.append(pollfd(fd: job.stderrFD, events: Int16(POLLIN), revents: 0)) }
-                if job.stdinFD >= 0 { fds.append(pollfd(fd: job.stdinFD, events: Int16(POLLOUT), revents: 0)) }
+                // A followed job whose output window is full is not read: its pipe fills and it
+                // blocks in write until the supervisor's clients have taken what was sent.
+                if !job.outputBlocked {
+                    if job.stdoutFD >= 0 { fds.append(pollfd(fd: job.stdoutFD, events: Int16(POLLIN), revents: 0)) }
+                    if job.stderrFD >= 0 { fds.append(pollfd(fd: job.stderrFD, events: Int16(POLLIN), revents: 0)) }
+                }
+                if job.stdinFD >= 0 && job.hasPendingInput { fds.append(pollfd(fd: job.stdinFD, events: Int16(POLLOUT), revents: 0)) }
             }
             let n = poll(&fds, nfds_t(fds.count), nextTimeoutMillis())
             if n < 0 && errno != EINTR {
@@ -253,6 +257,7 @@ public final class Worker {
             guard !paused else { return }
             paused = true
             for job in jobs.values where !job.hasExited { kill(-job.pid, SIGSTOP) }
+        case .runtime(let command): handle(command)
         case .resume(let pausedMs):
             // A suspended job did not use its time: its deadline moves by the pause.
             let shift = UInt64(pausedMs) * 1_000_000
@@ -294,12 +299,18 @@ public final class Worker {
             return
         }
         let now = Clock.monotonicNanos()
-        let job = RunningJob(
+        var job = RunningJob(
             id: request.jobID, pid: started.pid, startedAt: now,
             deadline: now + UInt64(request.timeoutMs) * 1_000_000,
             outputCap: Int(request.outputCapBytes), cgroup: started.cgroup,
             stdoutFD: started.stdoutFD, stderrFD: started.stderrFD, stdinFD: started.stdinFD ?? -1,
             pendingInput: started.stdinFD == nil ? [] : request.stdin)
+        job.options = request.options
+        job.watched = request.options.stream
+        job.initialInput = job.pendingInput.count
+        job.ptyMaster = request.options.tty ? started.stdoutFD : -1
+        // Input without stdin_open is all there is: stdin closes once it is written.
+        job.eofRequested = !request.options.stdinOpen
         jobs[request.jobID] = job
         jobByPID[started.pid] = request.jobID
         send(.started(jobID: request.jobID, pid: started.pid))
@@ -312,15 +323,15 @@ public final class Worker {
         else { return }
         if fd == job.stdinFD {
             writeInput(&job)
+            reportInput(&job)
         } else {
             let isOut = fd == job.stdoutFD
             var closed = false
             while true {
                 let n = read(fd, scratch.baseAddress, scratch.count)
                 if n > 0 {
-                    let chunk = UnsafeRawBufferPointer(rebasing: scratch[0..<n])
-                    if isOut { job.stdout.append(chunk, cap: job.outputCap) } else { job.stderr.append(chunk, cap: job.outputCap) }
-                    if n < scratch.count { break }
+                    took(UnsafeRawBufferPointer(rebasing: scratch[0..<n]), stdout: isOut, &job)
+                    if n < scratch.count || job.outputBlocked { break }
                     continue
                 }
                 if n < 0 && errno == EINTR { continue }
@@ -334,19 +345,6 @@ public final class Worker {
             }
         }
         jobs[id] = job
-    }
-
-    private func writeInput(_ job: inout RunningJob) {
-        while job.inputOffset < job.pendingInput.count {
-            let n = job.pendingInput[job.inputOffset...].withUnsafeBytes { write(job.stdinFD, $0.baseAddress, $0.count) }
-            if n > 0 { job.inputOffset += n; continue }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && errno == EAGAIN { return }
-            break // EPIPE: the job closed its stdin; the rest is dropped
-        }
-        close(job.stdinFD)
-        job.stdinFD = -1
-        job.pendingInput = []
     }
 
     private func reap() {
@@ -389,8 +387,8 @@ public final class Worker {
         let now = Clock.monotonicNanos()
         for (id, job) in jobs where job.hasExited && (job.pipesClosed || now >= job.drainDeadline) {
             var job = job
-            if job.stdoutFD >= 0 { drainRemaining(fd: job.stdoutFD, into: &job.stdout, cap: job.outputCap); close(job.stdoutFD); job.stdoutFD = -1 }
-            if job.stderrFD >= 0 { drainRemaining(fd: job.stderrFD, into: &job.stderr, cap: job.outputCap); close(job.stderrFD); job.stderrFD = -1 }
+            if job.stdoutFD >= 0 { drainRemaining(&job, stdout: true); close(job.stdoutFD); job.stdoutFD = -1 }
+            if job.stderrFD >= 0 { drainRemaining(&job, stdout: false); close(job.stderrFD); job.stderrFD = -1 }
             jobs[id] = nil
             report(makeReport(job))
             if let cg = job.cgroup, !launcher.jobCgroups.release(cg) { cgroupsToRemove.append(cg) }
@@ -399,11 +397,14 @@ public final class Worker {
         if !cgroupsToRemove.isEmpty { cgroupsToRemove.removeAll { launcher.jobCgroups.release($0) } }
     }
 
-    private func drainRemaining(fd: Int32, into buffer: inout OutputBuffer, cap: Int) {
+    /// What the pipe still holds once the job is over (at most a pipe buffer: the job is gone),
+    /// captured and, for a followed job, sent whatever the window says.
+    private func drainRemaining(_ job: inout RunningJob, stdout: Bool) {
+        let fd = stdout ? job.stdoutFD : job.stderrFD
         while true {
             let n = read(fd, scratch.baseAddress, scratch.count)
             guard n > 0 else { return }
-            buffer.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]), cap: cap)
+            took(UnsafeRawBufferPointer(rebasing: scratch[0..<n]), stdout: stdout, &job)
         }
     }
 
@@ -429,7 +430,7 @@ public final class Worker {
 
     /// Writes one frame, waiting for the socket when it is full. The supervisor (NIO) always
     /// reads, so this cannot deadlock; meanwhile jobs block on their own full pipes.
-    private func send(_ message: WorkerToSupervisor) {
+    func send(_ message: WorkerToSupervisor) {
         let frame = Framing.frame(message.encoded())
         var offset = 0
         while offset < frame.count {

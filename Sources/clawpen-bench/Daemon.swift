@@ -86,6 +86,30 @@ final class Daemon {
         return result
     }
 
+    /// The bench's daemons register their uid range in files of their own, not the host's. An
+    /// older build (compared by scripts/bench-alternate) has no such option and registers nothing.
+    static func uidRangeArguments(_ clawpen: String, root: String) -> [String] {
+        guard servesSubuidFile(clawpen) else { return [] }
+        return ["--subuid-file", root + "/subuid", "--subgid-file", root + "/subgid"]
+    }
+
+    nonisolated(unsafe) private static var subuidOption: [String: Bool] = [:]
+
+    private static func servesSubuidFile(_ clawpen: String) -> Bool {
+        if let known = subuidOption[clawpen] { return known }
+        var help = ""
+        if let pipe = popen("'\(clawpen)' serve --help 2>&1", "r") {
+            var buffer = [CChar](repeating: 0, count: 4096)
+            while fgets(&buffer, Int32(buffer.count), pipe) != nil {
+                help += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            pclose(pipe)
+        }
+        let known = help.contains("--subuid-file")
+        subuidOption[clawpen] = known
+        return known
+    }
+
     static func start(_ setup: Setup, label: String) throws(BenchFailure) -> Daemon {
         var template = Array("/tmp/clawpen-bench-\(label)-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else {
@@ -108,9 +132,7 @@ final class Daemon {
                 "--workspace-root", root + "/workspaces",
                 "--policies", setup.policies,
                 "--idle-timeout", "3600",
-                // The bench's daemons register their uid range in files of their own, not the host's.
-                "--subuid-file", root + "/subuid", "--subgid-file", root + "/subgid",
-            ] + setup.serveArgs
+            ] + uidRangeArguments(setup.clawpen, root: root) + setup.serveArgs
         let cmd = PreparedCommand(
             path: setup.clawpen, arguments: args,
             environment: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])

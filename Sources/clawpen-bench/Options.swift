@@ -5,6 +5,7 @@ import Glibc
 enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case all, warm, throughput, cold, density, fairness
     case hostileFrames = "hostile-frames"
+    case stream, interactive
     case files
 }
 
@@ -65,7 +66,10 @@ struct Bench: ParsableCommand {
             change the exit status; a failed job or a misbehaving daemon does.
             """)
 
-    @Option(help: "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames or files.")
+    @Option(
+        help:
+            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, stream (a line's latency from the job's write to the client, against a plain pipe), interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty) or files (file.put and file.get, against submit and bwrap)."
+    )
     var scenario: Scenario = .all
 
     @Flag(help: "Also print the figures as one JSON object on the last line of standard output.")
@@ -132,6 +136,8 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("fairness-flood-job-ms"), help: "Length of each flood job (`sleep`), in ms.")
     var fairnessFloodJobMs = 100.0
 
+    @Option(name: .customLong("runtime-samples"), help: "Timed lines (stream) or round trips (interactive), each for clawpen and for its floor.")
+    var runtimeSamples: Int = 2000
     @Option(name: .customLong("hostile-senders"), help: "Clients sending 16 MiB frames back to back in the hostile-frames scenario.")
     var hostileSenders = 2
 
@@ -155,7 +161,7 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
-            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1
+            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, runtimeSamples >= 1
         else {
             throw ValidationError("counts must be positive")
         }
@@ -181,6 +187,8 @@ struct Bench: ParsableCommand {
             if scenario == .all || scenario == .density { try scenarios.density(into: &report) }
             if scenario == .fairness { try scenarios.fairness(into: &report) }
             if scenario == .hostileFrames { try scenarios.hostileFrames(into: &report) }
+            if scenario == .stream { try scenarios.stream(into: &report) }
+            if scenario == .interactive { try scenarios.interactive(into: &report) }
             if scenario == .files {
                 let figures = try scenarios.files()
                 print(figures.table(), terminator: "")

@@ -64,8 +64,16 @@ struct Report {
 
     var fairness: [FairnessFigures] = []
     var hostile: HostileFigures?
+    /// `stream` and `interactive` (Runtime.swift).
+    var stream: RuntimeFigures?
+    var interactive: RuntimeFigures?
+    static let streamOverFloorTargetMs = 0.3
+    static let interactiveOverFloorTargetMs = 0.5
 
-    var hasFigures: Bool { warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil || !fairness.isEmpty || hostile != nil }
+    var hasFigures: Bool {
+        warm != nil || throughputJobsPerS != nil || cold != nil || idleWorkerKiB != nil || !fairness.isEmpty || hostile != nil || stream != nil
+            || interactive != nil
+    }
 
     // MARK: Table
 
@@ -129,6 +137,20 @@ struct Report {
             if let b = supervisorBaselineMiB { row("  supervisor private, 0 tenants", fmt(b, 1) + " MiB") }
             if let w = workerKiBAtDensity { row("  worker private at \(n) tenants (median)", fmt(w, 0) + " KiB") }
         }
+        if let s = stream, let o = s.ours, let f = s.floor {
+            row("stream: line write -> client p50 / p99", ms(o.p50) + " / " + ms(o.p99) + "  (\(s.samples) lines)")
+            row("  floor: a plain pipe p50 / p99", ms(f.p50) + " / " + ms(f.p99))
+            if let d = s.p50Over {
+                row("  stream p50 - floor p50", ms(d), "<= \(ms(Self.streamOverFloorTargetMs))", d <= Self.streamOverFloorTargetMs)
+            }
+        }
+        if let s = interactive, let o = s.ours, let f = s.floor {
+            row("interactive: REPL 1+1 round trip p50 / p99", ms(o.p50) + " / " + ms(o.p99) + "  (\(s.samples) round trips)")
+            row("  floor: same REPL on a local pty p50 / p99", ms(f.p50) + " / " + ms(f.p99))
+            if let d = s.p50Over {
+                row("  interactive p50 - floor p50", ms(d), "<= \(ms(Self.interactiveOverFloorTargetMs))", d <= Self.interactiveOverFloorTargetMs)
+            }
+        }
         for f in fairness {
             let tag = f.mode == "fair" ? "fair" : "FIFO"
             if let b = f.quietBaseline { row("\(tag): quiet p50 / p99, no flood", ms(b.p50) + " / " + ms(b.p99) + "  (\(b.count) jobs)") }
@@ -175,6 +197,14 @@ struct Report {
 
     func json() -> JSONValue {
         var o = JSONObjectBuilder()
+        if let s = stream {
+            o.set("stream_p50_ms", r3(s.ours?.p50)); o.set("stream_p99_ms", r3(s.ours?.p99))
+            o.set("stream_floor_p50_ms", r3(s.floor?.p50)); o.set("stream_floor_p99_ms", r3(s.floor?.p99))
+        }
+        if let s = interactive {
+            o.set("interactive_p50_ms", r3(s.ours?.p50)); o.set("interactive_p99_ms", r3(s.ours?.p99))
+            o.set("interactive_floor_p50_ms", r3(s.floor?.p50)); o.set("interactive_floor_p99_ms", r3(s.floor?.p99))
+        }
         o.set("floor_p50_ms", r3(floor?.p50))
         o.set("floor_p99_ms", r3(floor?.p99))
         o.set("warm_p50_ms", r3(warm?.p50))

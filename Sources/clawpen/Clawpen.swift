@@ -1,6 +1,10 @@
 import ArgumentParser
+import ClawpenProtocol
 
 @main
+/// Every command names itself (`commandName:`): without it ArgumentParser derives the name with
+/// `String(describing:)`, whose protocol-conformance scan of the whole static binary cost the
+/// client ~1 ms of its start per command (measured with perf; BENCHMARKS.md).
 struct Clawpen: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clawpen",
@@ -14,11 +18,20 @@ struct Clawpen: ParsableCommand {
             ended it; 124 on timeout; 64 usage or invalid request; 69 daemon unavailable; 75 quota \
             exceeded; 77 denied; 70 internal error.
             """,
-        version: "0.1.0",
+        version: ClawpenVersion.string,
         subcommands: [
-            Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self,
-            Cp.self, Ls.self, Rm.self, Mkdir.self,
+            Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self, MetricsCommand.self, Version.self,
+            Ping.self, Cp.self, Ls.self, Rm.self, Mkdir.self,
         ])
+
+    /// `clawpen serve ...` goes to the daemon binary before any parsing here, so that its own
+    /// `--help` and its errors are the ones shown.
+    static func main() {
+        let args = CommandLine.arguments
+        if args.count > 1, args[1] == "serve" { DaemonBinary.exec(Array(args.dropFirst(2))) }
+        if args.count > 1, args[1] == "submit" { FastSubmit.run(Array(args.dropFirst(2))) }
+        Self.main(nil)
+    }
 }
 
 /// `--socket` for every client command.

@@ -21,13 +21,36 @@ func present(_ job: JobView, json: Bool) -> ExitCode {
     return ExitCode(job.cliExitStatus)
 }
 
+/// How a followed job ended, for the CLI: its output was printed as it came, so only the notes,
+/// the error and the exit status remain.
+func finish(_ end: JobSession.End, json: Bool, printed: [String: Int] = [:]) -> ExitCode {
+    switch end {
+    case .failed(let e): return Output.fail(e)
+    case .detached:
+        Output.writeStderr("\r\nclawpen: detached; the job keeps running (clawpen job attach ID to come back)\r\n")
+        return .success
+    case .finished(let job):
+        if json { Output.json(job.json); return ExitCode(job.cliExitStatus) }
+        // What the job's record holds but never came as output (a job that could not start:
+        // the worker's "No such file or directory", "command not found").
+        if printed["stdout", default: 0] == 0 { Output.writeStdout(job.stdout) }
+        if printed["stderr", default: 0] == 0 { Output.writeStderr(job.stderr) }
+        if let e = job.error {
+            Output.writeStderr("clawpen: \(e.code.rawValue): \(e.message)\n")
+        } else if job.state == .killed || job.state == .canceled {
+            Output.writeStderr("clawpen: job \(job.id) \(job.state.rawValue) by signal \(job.signal ?? 9)\n")
+        }
+        return ExitCode(job.cliExitStatus)
+    }
+}
+
 struct JobCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "job", abstract: "Inspect, wait for and cancel jobs.",
-        subcommands: [Get.self, Wait.self, Cancel.self])
+        commandName: "job", abstract: "Inspect, wait for, cancel, attach to, signal and list jobs; read their logs.",
+        subcommands: [Get.self, Wait.self, Cancel.self, Attach.self, Logs.self, List.self, Signal.self])
 
     struct Get: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a job's state and result (at once, whatever its state).")
+        static let configuration = CommandConfiguration(commandName: "get", abstract: "Show a job's state and result (at once, whatever its state).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The job id.") var id: String
         @Flag(help: "Print the job as JSON.") var json = false
@@ -53,6 +76,7 @@ struct JobCommand: ParsableCommand {
 
     struct Wait: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "wait",
             abstract: "Wait for a job to finish, then print its output and exit with its status (as submit does).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The job id.") var id: String
@@ -66,6 +90,7 @@ struct JobCommand: ParsableCommand {
 
     struct Cancel: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "cancel",
             abstract: "Cancel a job: a queued one is removed, a running one is killed (its whole process group).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The job id.") var id: String

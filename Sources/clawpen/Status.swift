@@ -5,19 +5,27 @@ import Glibc
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Show the supervisor and every tenant's worker at a glance.",
         discussion: "Numbers that cannot be read are shown as - (null in --json), never as 0.")
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Only this tenant.") var tenant: String?
     @Flag(help: "Print the status object as JSON.") var json = false
-    @Flag(help: "Redraw every second until interrupted.") var watch = false
+    @Flag(
+        help: ArgumentHelp(
+            "Show it again every second until interrupted.",
+            discussion:
+                "On a terminal the screen is redrawn; otherwise (a pipe, a file) nothing but the text is written, and with --json one JSON object per line."
+        )) var watch = false
 
     func run() throws {
         let tenantName = try TenantArgument.parse(tenant)
+        // Escapes only for a person at a terminal: a pipe or a log file gets plain text or JSON lines.
+        let redraw = watch && !json && isatty(1) == 1
         repeat {
             let status = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.status(tenant: tenantName) }
-            if watch { Output.writeStdout("\u{1B}[H\u{1B}[2J") }
+            if redraw { Output.writeStdout("\u{1B}[H\u{1B}[2J") }
             if json { Output.json(status) } else { Output.writeStdout(Self.render(status)) }
             if watch { sleep(1) }
         } while watch

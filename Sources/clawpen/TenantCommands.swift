@@ -9,6 +9,7 @@ struct TenantCommand: ParsableCommand {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Create a tenant: its record, its uid and its workspace <workspace-root>/<name>.",
             discussion: "Names match ^[a-z0-9][a-z0-9_-]{0,62}$.")
         @OptionGroup var connection: ConnectionOptions
@@ -28,7 +29,7 @@ struct TenantCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List tenants.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List tenants.")
         @OptionGroup var connection: ConnectionOptions
         @Flag(help: "Print a JSON array.") var json = false
 
@@ -42,7 +43,7 @@ struct TenantCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one tenant.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one tenant.")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The tenant's name.") var name: String
         @Flag(help: "Print JSON.") var json = false
@@ -121,6 +122,7 @@ struct TenantCommand: ParsableCommand {
 
     struct Inspect: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "inspect",
             abstract: "What the tenant's running worker actually has, beside what its policy asks (operators only).",
             discussion: """
                 Read from the kernel, not from the configuration: uid and gid, the five capability \

@@ -5,6 +5,7 @@ import ClawpenProtocol
 extension TenantCommand {
     struct Suspend: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "suspend",
             abstract: "Freeze a tenant (operators only): new jobs refused, queued jobs wait, running jobs stopped.",
             discussion: """
                 New submits are refused with `unavailable` (exit 69), saying the tenant is suspended and by \
@@ -29,6 +30,7 @@ extension TenantCommand {
 
     struct Resume: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "resume",
             abstract: "Undo a suspension and lift a crash-loop quarantine (operators only).",
             discussion: """
                 Frozen jobs continue (their deadlines move by the time they were frozen), queued jobs start, \

@@ -231,11 +231,17 @@ final class LifecycleTests: XCTestCase {
         let d = try make()
         try FileManager.default.createDirectory(atPath: d.dir, withIntermediateDirectories: true)
         let cfg = d.dir + "/clawpen.toml"
-        try "[serve]\nidle_timeout_s = 0.4\nbogus = 1\n".write(toFile: cfg, atomically: true, encoding: .utf8)
-        let r = try runCLI(d.serveArguments + ["--config", cfg], socket: nil)
-        XCTAssertNotEqual(r.status, 0)
+        // A bad config is EX_CONFIG (78), naming the file, the line and the key.
+        try "[serve]\nidle-timeout = 0.4\nbogus = 1\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        var r = try runCLI(d.serveArguments + ["--config", cfg], socket: nil)
+        XCTAssertEqual(r.status, 78, r.stderr)
         XCTAssertTrue(r.stderr.contains("clawpen.toml:3") && r.stderr.contains("bogus"), r.stderr)
-        try "[serve]\nidle_timeout_s = 0.4\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        try "[serve]\nmax-running = \"many\"\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        r = try runCLI(d.serveArguments + ["--config", cfg], socket: nil)
+        XCTAssertEqual(r.status, 78, r.stderr)
+        XCTAssertTrue(r.stderr.contains("clawpen.toml:2: max-running must be"), r.stderr)
+        // The keys are the long flags' names (the first version's snake_case names still work).
+        try "[serve]\nidle-timeout = 0.4\nlog-level = \"debug\"\nshutdown_grace_s = 1\n".write(toFile: cfg, atomically: true, encoding: .utf8)
         let d2 = try make(["--config", cfg], dir: d.dir).start()
         try d2.createTenant("a")
         _ = try d2.run("a", ["true"])

@@ -230,7 +230,7 @@ class ClientTest(DaemonTestCase):
         self.assertCode("unknown_tenant", lambda: self.client.status(name))
 
     def test_unknown_job_id(self) -> None:
-        self.assertCode("unknown_tenant", lambda: self.client.get("0196a0c3e2f1-000000000000dead"))
+        self.assertCode("unknown_job", lambda: self.client.get("0196a0c3e2f1-000000000000dead"))
 
     # -- jobs -------------------------------------------------------------------------------
 

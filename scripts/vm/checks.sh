@@ -3,7 +3,7 @@
 # installs clawpen from the build with scripts/install, starts clawpen.socket and checks, through
 # the activated socket as a service would, what issue 5 asks. One line per check ("ok - ..." or
 # "FAIL - ..."), then "N passed, M failed".
-#   scripts/vm/checks.sh BIN_DIR
+#   scripts/vm/checks.sh BIN_DIR [DEB]   (DEB: the package scripts/package built, installed last)
 set -uo pipefail
 main() {
 bin=${1:?usage: checks.sh BIN_DIR}
@@ -21,7 +21,7 @@ diag() { echo "  --- $*"; }
 # --- install, as an operator would -------------------------------------------------------
 out=$(scripts/install --build-dir "$bin" 2>&1); rc=$?
 echo "$out" | sed 's/^/  | /'
-check "scripts/install installs binaries, units, snippets and policies" test $rc -eq 0 -a -x /usr/local/bin/clawpen -a -x /usr/local/bin/clawpen-worker -a -e /usr/local/lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml
+check "scripts/install installs binaries, units, snippets and policies" test $rc -eq 0 -a -x /usr/local/bin/clawpen -a -x /usr/local/bin/clawpen-serve -a -x /usr/local/bin/clawpen-worker -a -e /usr/local/lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml
 systemd-sysusers /usr/local/lib/sysusers.d/clawpen.conf
 systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/clawpen.conf
 check "sysusers.d made the clawpen group, tmpfiles.d made /workspace and /var/lib/clawpen (0700, root's)" \
@@ -63,6 +63,12 @@ st=$(systemctl show clawpen -p StatusText --value)
 echo "  StatusText: $st"
 check "systemctl show -p StatusText shows the status line" bash -c '[[ $1 == *"tenants 3"*workers*running*queued* ]]' _ "$st"
 journalctl --sync 2>/dev/null
+tp=00-5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e-00f067aa0ba902b7-01
+out=$(clawpen submit --tenant a --traceparent $tp -- sh -c 'echo $TRACEPARENT' 2>&1)
+sleep 1
+tj=$(journalctl TRACE_ID=5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e --no-pager -o cat 2>/dev/null)
+check "a submit's traceparent reaches the job (TRACEPARENT) and the journal (journalctl TRACE_ID=)" \
+  bash -c '[[ $1 == 00-5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e-*-01 && $2 == *"job finished"* ]]' _ "$out" "$tj"
 jl=$(journalctl TENANT=a --no-pager -o verbose 2>/dev/null)
 check "journald has the job's TENANT= field (journalctl TENANT=a, with JOB_ID= and WORKER_PID=)" \
   bash -c "grep -q 'JOB_ID=' <<<\"\$0\" && grep -q 'WORKER_PID=' <<<\"\$0\" && grep -q 'MESSAGE=job finished' <<<\"\$0\"" "$jl"
@@ -75,6 +81,10 @@ echo "  memory hog: exit $rc, state $state, memory.events: $(tr '\n' ' ' < $unit
 check "a job allocating 3x memory_max ends oom_killed (exit 137)" test "$rc" = 137 -a "$state" = oom_killed
 out=$(clawpen submit --tenant a -- echo still-alive 2>&1)
 check "tenant a's worker survived the OOM kill of its job" test "$out" = still-alive
+m=$(clawpen metrics 2>&1)
+echo "  metrics: $(grep -E '^clawpen_(oom_kills_total|jobs_total)\{tenant="a"' <<<"$m" | tr '\n' ' ')"
+check "clawpen metrics counts the OOM kill (clawpen_oom_kills_total, jobs_total state=oom_killed)" \
+  bash -c "grep -qE '^clawpen_oom_kills_total\\{tenant=\"a\"\\} [1-9]' <<<\"\$0\" && grep -qE '^clawpen_jobs_total\\{tenant=\"a\",state=\"oom_killed\"\\} [1-9]' <<<\"\$0\"" "$m"
 
 # Memory that RLIMIT_AS would not see counts against memory.max: several processes, a memfd
 # that is never mapped, SysV shm. Each job tries to hold ~1.5x memory_max and is stopped.
@@ -289,6 +299,36 @@ if [[ -n ${n:-} && ${n:-0} -gt 0 ]]; then
   echo "$( ((f == 0)) && echo ok || echo FAIL ) - escape battery and limit tests inside the VM ($((n - f)) of $n run, $skipped skipped)"
 else
   fail "escape battery inside the VM did not run"; tail -n 20 $esc/escape.log
+fi
+
+# --- the Debian package on a system without the scripts/install copy -----------------------
+deb=${2:-}
+if [[ -n $deb && -f $deb ]]; then
+  systemctl disable --now clawpen.socket clawpen.service >/dev/null 2>&1
+  rm -f /usr/local/bin/clawpen /usr/local/bin/clawpen-serve /usr/local/bin/clawpen-worker \
+    /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service
+  rm -rf /var/lib/clawpen /etc/clawpen
+  systemctl daemon-reload
+  out=$(dpkg -i "$deb" 2>&1); rc=$?
+  echo "$out" | tail -n 3 | sed 's/^/  | /'
+  check "dpkg -i installs the package (client, daemon, worker, units, policies as conffiles, man pages, completions)" \
+    bash -c "[[ $rc -eq 0 ]] && test -x /usr/bin/clawpen -a -x /usr/lib/clawpen/clawpen-serve -a -x /usr/lib/clawpen/clawpen-worker \
+      -a -e /lib/systemd/system/clawpen.socket -a -e /etc/clawpen/policies/tiers/free.toml -a -e /usr/share/man/man1/clawpen.submit.1.gz \
+      -a -e /usr/share/bash-completion/completions/clawpen && dpkg-query -W -f='\${Conffiles}' clawpen | grep -q /etc/clawpen/policies/tiers/free.toml"
+  check "the package starts nothing by itself" bash -c '! systemctl -q is-active clawpen.socket && ! systemctl -q is-active clawpen.service'
+  systemctl enable --now clawpen.socket >/dev/null 2>&1
+  /usr/bin/clawpen tenant create pkg >/dev/null 2>&1
+  out=$(/usr/bin/clawpen submit --tenant pkg -- echo from-the-package 2>&1); rc=$?
+  exe=$(readlink "/proc/$(systemctl show -p MainPID --value clawpen)/exe")
+  check "enabled, the packaged clawpen.socket starts the packaged daemon and a job runs ($exe)" \
+    bash -c '[[ $1 -eq 0 && $2 == from-the-package && $3 == /usr/lib/clawpen/clawpen-serve ]]' _ "$rc" "$out" "$exe"
+  dpkg -r clawpen >/dev/null 2>&1; rc=$?
+  check "dpkg -r stops the units and keeps the state (/var/lib/clawpen)" \
+    bash -c "[[ $rc -eq 0 ]] && ! systemctl -q is-active clawpen.service && ! systemctl -q is-active clawpen.socket && test -e /var/lib/clawpen/clawpen.db -a ! -e /usr/bin/clawpen"
+  dpkg -P clawpen >/dev/null 2>&1; rc=$?
+  check "dpkg -P removes the state and the policies" bash -c "[[ $rc -eq 0 ]] && test ! -e /var/lib/clawpen -a ! -e /etc/clawpen/policies/tiers/free.toml"
+else
+  fail "no package to install (scripts/vm-test builds it with scripts/package): ${deb:-none given}"
 fi
 
 echo "$passed passed, $failed failed"

@@ -13,6 +13,7 @@
 //   cp_quota.h     project quotas: quotactl_fd, FS_IOC_FSSETXATTR, QCMD (not visible to Swift)
 //   cp_inspect.h   interface flags inside a worker's network namespace (ifreq, setns and back)
 //   cp_ipc.h       the IPC namespace's shm limits through a detached procfs (fsopen, no wrappers)
+//   cp_pty.h       pseudo-terminals of interactive jobs, window sizes, raw mode (ioctls, termios)
 //   cp_openat2.h   openat2 with RESOLVE_BENEATH|NO_SYMLINKS for the worker's file operations (no wrapper, O_PATH)
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
@@ -29,6 +30,7 @@
 #include "cp_quota.h"
 #include "cp_inspect.h"
 #include "cp_ipc.h"
+#include "cp_pty.h"
 #include "cp_openat2.h"
 
 #endif

@@ -24,6 +24,12 @@ int cp_sigchld_fd(void);
 /// Drains a signalfd; returns the number of signals read.
 int cp_drain_signalfd(int fd);
 
+/// Blocks the `count` signals of `sigs` and returns a non-blocking signalfd for them (the CLI's
+/// SIGWINCH and the signals it passes on to a job), or -1.
+int cp_signal_fd(const int *sigs, int count);
+/// The next signal waiting on a signalfd (its number), or 0 when none waits.
+int cp_read_signal(int fd);
+
 /// wait4 with the rusage split out. Returns pid, 0 (WNOHANG, none ready), or -1.
 pid_t cp_wait4(pid_t pid, int *status, int options, struct rusage *usage);
 int cp_wifexited(int status);

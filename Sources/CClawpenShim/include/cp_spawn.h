@@ -30,6 +30,7 @@ enum cp_spawn_step {
     CP_STEP_SECCOMP = 10,
     CP_STEP_SETNS = 11,
     CP_STEP_LANDLOCK = 12,
+    CP_STEP_CTTY = 13,
 };
 
 /// Human-readable name of a step ("exec", "chdir", ...), for error messages.
@@ -87,6 +88,10 @@ struct cp_spawn_request {
     /// > 0: a Landlock ruleset (cp_landlock_job_ruleset) the child enters a domain of its own
     /// from, just before exec (cp_landlock_restrict). 0: none (a zeroed request has none).
     int landlock_ruleset_fd;
+
+    /// Non-zero (with new_session): fd 0 is a terminal that becomes the child's controlling
+    /// terminal (TIOCSCTTY), as a shell's job on a terminal has it (job control, ctrl-C).
+    int controlling_tty;
 };
 
 /// Spawns the child: clone(CLONE_VM|CLONE_VFORK) like posix_spawn (no copy of the caller's

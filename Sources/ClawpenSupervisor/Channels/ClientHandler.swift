@@ -58,6 +58,18 @@ final class ClientHandler: ChannelDuplexHandler {
         context.fireChannelActive()
     }
 
+    /// The client went away: whatever it followed keeps running (Streams.swift).
+    func channelInactive(context: ChannelHandlerContext) {
+        supervisor.clientClosed(context.channel)
+        context.fireChannelInactive()
+    }
+
+    /// Its connection took what was queued: a job held back for it may go on (Streams.swift).
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        supervisor.clientWritabilityChanged(context.channel)
+        context.fireChannelWritabilityChanged()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
         let payload = unwrapInboundIn(data)
