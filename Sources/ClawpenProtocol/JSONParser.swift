@@ -142,7 +142,31 @@ struct JSONParser {
     private mutating func string() throws(Failure) -> String {
         i += 1 // opening quote
         let start = i
-        // Fast path: no escapes.
+        // Fast path: no escapes. The scan for the closing quote runs over the raw buffer: a
+        // file chunk's data_b64 is megabytes of plain characters.
+        i = bytes.withUnsafeBufferPointer { buf -> Int in
+            var j = start
+            // Eight bytes at a time while none of them is a quote, a backslash or a control
+            // character (the classic "has zero byte" and "has byte less than" word tests).
+            if let base = buf.baseAddress {
+                let raw = UnsafeRawPointer(base)
+                let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+                while j + 8 <= buf.count {
+                    let w = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: j, as: UInt64.self))
+                    let quote = w ^ (ones &* 0x22), backslash = w ^ (ones &* 0x5C)
+                    let special =
+                        ((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash) | ((w &- ones &* 0x20) & ~w)
+                    if special & highs != 0 { break }
+                    j += 8
+                }
+            }
+            while j < buf.count {
+                let b = buf[j]
+                if b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b < 0x20 { break }
+                j += 1
+            }
+            return j
+        }
         while i < bytes.count {
             let b = bytes[i]
             if b == UInt8(ascii: "\"") {

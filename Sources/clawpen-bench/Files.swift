@@ -15,6 +15,12 @@ struct FileFigures {
     var get4k: Summary?
     var putMBs: [Double] = []
     var getMBs: [Double] = []
+    /// The same to /tmp (tmpfs: the put's fsync costs nothing), to see the transfer without the disk.
+    var tmpPutMBs: [Double] = []
+    var tmpGetMBs: [Double] = []
+    /// This process writing the large file and fsyncing it on the disk /home is on: what a put's
+    /// durability costs here at least.
+    var diskFsyncMBs: [Double] = []
     var submitPut4k: Summary?
     var submitGet4k: Summary?
     let submitLargeNote =
@@ -42,6 +48,15 @@ struct FileFigures {
         rows.append([
             "file.get \(large)", mbs(getMBs), ">= \(Int(Self.largeTargetMBs)) MB/s", met(getMBs.isEmpty ? nil : Summary.median(getMBs) >= Self.largeTargetMBs),
         ])
+        rows.append([
+            "file.put \(large) to /tmp (tmpfs)", mbs(tmpPutMBs), ">= \(Int(Self.largeTargetMBs)) MB/s",
+            met(tmpPutMBs.isEmpty ? nil : Summary.median(tmpPutMBs) >= Self.largeTargetMBs),
+        ])
+        rows.append([
+            "file.get \(large) from /tmp (tmpfs)", mbs(tmpGetMBs), ">= \(Int(Self.largeTargetMBs)) MB/s",
+            met(tmpGetMBs.isEmpty ? nil : Summary.median(tmpGetMBs) >= Self.largeTargetMBs),
+        ])
+        rows.append(["disk floor: write + fsync \(large) (this process)", mbs(diskFsyncMBs), "", ""])
         rows.append(["submit dd of= 4 KiB (put)", ms(submitPut4k), "peer", ""])
         rows.append(["submit cat 4 KiB (get)", ms(submitGet4k), "peer", ""])
         rows.append(["submit \(large)", submitLargeNote, "peer", ""])
@@ -75,6 +90,7 @@ struct FileFigures {
                 .object([
                     ("large_bytes", .int(Int64(largeBytes))), ("chunk_bytes", .int(Int64(chunkBytes))),
                     ("put_4k", s(put4k)), ("get_4k", s(get4k)), ("put_large_mb_s", m(putMBs)), ("get_large_mb_s", m(getMBs)),
+                    ("put_large_tmp_mb_s", m(tmpPutMBs)), ("get_large_tmp_mb_s", m(tmpGetMBs)), ("disk_fsync_mb_s", m(diskFsyncMBs)),
                     ("submit_put_4k", s(submitPut4k)), ("submit_get_4k", s(submitGet4k)),
                     ("bwrap_put_4k", s(bwrapPut4k)), ("bwrap_get_4k", s(bwrapGet4k)),
                     ("bwrap_put_large_mb_s", m(bwrapPutMBs)), ("bwrap_get_large_mb_s", m(bwrapGetMBs)),
@@ -91,6 +107,15 @@ extension Scenarios {
         f.largeBytes = options.fileLargeMiB << 20
         f.chunkBytes = options.fileChunkKiB * 1024
         let smallRuns = options.fileSmallRuns, largeRuns = options.fileLargeRuns
+        // The bench tenant's /tmp must hold the large file: a copy of the policies with a
+        // tenant override (tmp_size), removed afterwards.
+        var template = Array("/tmp/clawpen-bench-policies-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw BenchFailure("mkdtemp: \(String(cString: strerror(errno)))") }
+        let polRoot = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        defer { try? FileManager.default.removeItem(atPath: polRoot) }
+        try FileManager.default.copyItem(atPath: setup.policies, toPath: polRoot + "/policies")
+        try "tmp_size = \"\(2 * options.fileLargeMiB + 16)M\"\n".write(toFile: polRoot + "/policies/tenants/files.toml", atomically: true, encoding: .utf8)
+        let setup = Setup(clawpen: setup.clawpen, policies: polRoot + "/policies", keepTemp: setup.keepTemp, serveArgs: setup.serveArgs)
         try Daemon.with(setup, label: "files") { d in
             let conn = try d.connect()
             let name = try benchTenant("files")
@@ -175,14 +200,49 @@ extension Scenarios {
                 }
                 f.getMBs.append(mb / (Clock.milliseconds(since: t1) / 1000))
                 guard count == large.count, i > 0 || got == large else { throw BenchFailure("get large returned other bytes (\(count))") }
+                let t2 = Clock.nanoseconds()
+                _ = try call("put large to /tmp") { () throws(ClientError) in
+                    try conn.putFile(tenant: name, path: "/tmp/large.bin", size: UInt64(large.count), chunkBytes: f.chunkBytes, read: reader(large))
+                }
+                f.tmpPutMBs.append(mb / (Clock.milliseconds(since: t2) / 1000))
+                var tmpCount = 0
+                let t3 = Clock.nanoseconds()
+                _ = try call("get large from /tmp") { () throws(ClientError) in
+                    try conn.getFile(tenant: name, path: "/tmp/large.bin", chunkBytes: f.chunkBytes) { tmpCount += $0.count }
+                }
+                f.tmpGetMBs.append(mb / (Clock.milliseconds(since: t3) / 1000))
+                guard tmpCount == large.count else { throw BenchFailure("get large from /tmp returned \(tmpCount) bytes") }
+                // The disk's own price of durability, on the same file system as /home.
+                let path = d.root + "/fsync-floor.bin"
+                let t4 = Clock.nanoseconds()
+                let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw BenchFailure("open \(path): \(String(cString: strerror(errno)))") }
+                var off = 0
+                while off < large.count {
+                    let n = large[off...].withUnsafeBytes { write(fd, $0.baseAddress, min($0.count, f.chunkBytes)) }
+                    guard n > 0 else { break }
+                    off += n
+                }
+                fsync(fd)
+                close(fd)
+                f.diskFsyncMBs.append(mb / (Clock.milliseconds(since: t4) / 1000))
+                unlink(path)
             }
 
-            // bwrap on the tenant's home directory (as root: no uid change, no seccomp).
+            // bwrap on a home directory of its own on the same disk, holding the same files (as root:
+            // no uid change, no seccomp; bwrap's user namespace could not write the tenant's 0700 home).
             guard let bwrap = findInPath("bwrap") else {
                 f.bwrapNote = "bwrap not on PATH (Debian package bubblewrap, scripts/install-deps installs it): not measured"
                 return
             }
-            let home = d.root + "/workspaces/files/home"
+            let home = d.root + "/bwrap-home"
+            mkdir(home, 0o755)
+            guard (try? Data(small).write(to: URL(fileURLWithPath: home + "/small.txt"))) != nil,
+                (try? Data(large).write(to: URL(fileURLWithPath: home + "/large.bin"))) != nil
+            else {
+                f.bwrapNote = "could not write the peer's files under \(home): not measured"
+                return
+            }
             let base = [
                 bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/lib", "/lib", "--ro-bind", "/lib64", "/lib64", "--ro-bind", "/bin", "/bin",
                 "--bind", home, "/home", "--proc", "/proc", "--dev", "/dev", "--unshare-all",

@@ -226,6 +226,10 @@ struct Setup: Sendable {
     let keepTemp: Bool
     var serveArgs: [String] = []
 
+    init(clawpen: String, policies: String, keepTemp: Bool, serveArgs: [String] = []) {
+        self.clawpen = clawpen; self.policies = policies; self.keepTemp = keepTemp; self.serveArgs = serveArgs
+    }
+
     static func resolve(clawpen: String?, policies: String?, keepTemp: Bool) throws(BenchFailure) -> Setup {
         let exeDir = dirname(of: selfExecutable())
         let bin = absolute(clawpen ?? exeDir + "/clawpen")

@@ -39,8 +39,6 @@ final class FakeShell {
     var fileOpsStarted: [(TenantName, WorkerRef)] = []
     var fileOpsFailed: [(TenantName, ProtocolError)] = []
     var shutdownComplete = false
-    var fileOpsStarted: [(TenantName, WorkerRef)] = []
-    var fileOpsFailed: [(TenantName, ProtocolError)] = []
     /// Spawns succeed at once (and the socket attaches) unless set to fail.
     var spawnFails: WorkerFailure?
     var nextPID: Int32 = 100

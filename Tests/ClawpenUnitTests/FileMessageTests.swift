@@ -102,4 +102,14 @@ final class FileMessageTests: XCTestCase {
         XCTAssertEqual(Base64.decode("QUI="), Array("AB".utf8))
         XCTAssertEqual(Base64.decode("QQ=="), Array("A".utf8))
     }
+
+    func testLongStringsParseWithAnEscapeOrAControlByteAtAnyPosition() throws {
+        for n in 0..<40 {
+            let plain = String(repeating: "A", count: n)
+            XCTAssertEqual(try JSONValue.parse(Array("\"\(plain)\\nB\"".utf8)), .string(plain + "\nB"), "n=\(n)")
+            XCTAssertEqual(try JSONValue.parse(Array("\"\(plain)é\\\"\"".utf8)), .string(plain + "é\""), "n=\(n)")
+            XCTAssertThrowsError(try JSONValue.parse(Array("\"\(plain)\u{1}x\"".utf8)), "a raw control byte at \(n)")
+            XCTAssertThrowsError(try JSONValue.parse(Array("\"\(plain)".utf8)), "unterminated at \(n)")
+        }
+    }
 }
