@@ -73,6 +73,7 @@ public final class EgressServer: Sendable {
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             // Small writes (a 200 to CONNECT, a TLS flight) must not wait for a delayed ACK.
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.recvAllocator, value: ProxyHandler.bulkReads)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The tenant is this listener's: fixed before the job sends a byte.

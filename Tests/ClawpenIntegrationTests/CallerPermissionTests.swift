@@ -106,6 +106,7 @@ final class CallerPermissionTests: XCTestCase {
         for args in [
             ["status"], ["tenant", "list"], ["tenant", "create", "gamma"], ["policy", "reload"],
             ["audit"], ["tenant", "set-quota", "alpha", "--max-runs", "9"],
+            ["secret", "list", "alpha"], ["secret", "rm", "alpha", "KEY"],
         ] {
             let r = try cliAs(Self.user, args)
             XCTAssertEqual(r.0, 77, "\(args) as a non-operator: \(r.1)")

@@ -610,7 +610,7 @@ final class PolicyQuotaTests: XCTestCase {
         XCTAssertEqual(
             report.problems.map(\.report),
             [
-                "\(dir.quota)/acme.toml:2: network: \"host\" is not a network mode (use \"none\": own network namespace, no interface up; or \"loopback\": only lo, up)"
+                "\(dir.quota)/acme.toml:2: network: \"host\" is not a network mode (use \"none\": own network namespace, no interface up; \"loopback\": only lo, up; or \"egress\": lo and the tenant's egress proxy, [egress] allow)"
             ])
         XCTAssertNil(report.policySet)
         XCTAssertTrue(PolicyLoader.check(directory: dir.path, quotaDirectory: dir.quota + "-absent").ok)

@@ -31,9 +31,8 @@ final class EgressProxyProcess: @unchecked Sendable {
     let pid: Int32
     let controlFD: Int32
     var reports: Channel?
+    /// It said "ready" (control frames written before are read in order anyway).
     var ready = false
-    /// Control frames written before the proxy said ready (it reads them in order anyway; kept
-    /// so that a failed start can say what was lost).
     init(pid: Int32, controlFD: Int32) { self.pid = pid; self.controlFD = controlFD }
 }
 
@@ -74,6 +73,12 @@ extension Supervisor {
         guard uid > 0, !config.uidRange.contains(uid) else {
             throw .egress("--egress-uid \(uid) must be above 0 and outside the tenants' uid range")
         }
+        // Its own uid: sharing one with a host user would let that user signal or trace it.
+        if let pw = getpwuid(uid_t(uid)) {
+            egress.unavailable = "uid \(uid) belongs to the host user \(String(cString: pw.pointee.pw_name)); give the proxy a uid of its own with --egress-uid"
+            logger.error("no egress proxy: egress tenants get no network beyond lo", metadata: ["reason": "\(egress.unavailable ?? "")"])
+            return
+        }
         var control: [Int32] = [-1, -1], reports: [Int32] = [-1, -1]
         guard cp_socketpair(&control) == 0 else { throw .egress("socketpair: \(errnoString(errno))") }
         guard cp_socketpair(&reports) == 0 else { throw .egress("socketpair: \(errnoString(errno))") }
@@ -100,7 +105,10 @@ extension Supervisor {
         let pid: pid_t
         do { pid = try command.spawn(options) } catch {
             close(control[0]); close(control[1]); close(reports[0]); close(reports[1])
-            throw .egress("start \(path): \(error)")
+            // The daemon serves on without egress: egress tenants' jobs get no proxy, status says why.
+            egress.unavailable = "cannot start \(path): \(error)"
+            logger.error("no egress proxy: egress tenants get no network beyond lo", metadata: ["error": "\(error)"])
+            return
         }
         close(control[1])
         close(reports[1])
