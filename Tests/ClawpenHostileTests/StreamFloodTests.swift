@@ -76,7 +76,7 @@ final class StreamFloodTests: XCTestCase {
         let slowEnd = drain(slow, seconds: 3)
         XCTAssertTrue(slowEnd.closed, "the slow client was detached (its connection closed) after \(slowEnd.bytes) bytes")
         let after = drain(submitter, seconds: 1)
-        XCTAssertGreaterThan(after.bytes, 1 << 20, "the job is not held by the client that was detached")
+        XCTAssertGreaterThan(after.bytes, 256 << 10, "the job is not held by the client that was detached")
         _ = try daemon.connect().job(.jobCancel(jobID: jobID))
     }
 
