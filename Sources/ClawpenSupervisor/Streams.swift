@@ -302,14 +302,26 @@ extension Supervisor {
         }
     }
 
+    /// One `output` frame, written directly (it is mostly base64; see Base64): the same
+    /// object as `Reply.make("output", ...)` would serialize.
     static func outputFrame(requestID: JSONValue, jobID: String, stream: String, seq: UInt64?, offset: UInt64, data: ArraySlice<UInt8>) -> [UInt8] {
-        var fields: [(String, JSONValue)] = [
-            ("job_id", .string(jobID)), ("stream", .string(stream)), ("seq", seq.map { .int(Int64($0)) } ?? .null),
-            ("offset", .int(Int64(offset))),
-        ]
-        if seq == nil { fields.append(("replay", .bool(true))) }
-        fields.append(("data_b64", .string(Data(data).base64EncodedString())))
-        return Reply.make("output", id: requestID, fields)
+        var out: [UInt8] = []
+        out.reserveCapacity(Base64.encodedCount(data.count) + 160)
+        out += #"{"type":"output","id":"#.utf8
+        out += requestID.serialized()
+        out += #","job_id":"#.utf8
+        out += JSONValue.string(jobID).serialized()
+        out += #","stream":""#.utf8
+        out += stream.utf8
+        out += #"","seq":"#.utf8
+        if let seq { out += String(seq).utf8 } else { out += "null".utf8 }
+        out += #","offset":"#.utf8
+        out += String(offset).utf8
+        if seq == nil { out += #","replay":true"#.utf8 }
+        out += #","data_b64":""#.utf8
+        Base64.encode(data, appendingTo: &out)
+        out += #""}"#.utf8
+        return out
     }
 
     private func send(_ payload: [UInt8], to channel: Channel) {
