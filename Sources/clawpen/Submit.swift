@@ -29,7 +29,8 @@ struct Submit: ParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "The tenant to run as.") var tenant: String
-    @Option(help: "Kill the job after this many seconds (default: the tier's, 30).") var timeout: Double?
+    @Option(help: "Kill the job after this many seconds (default: the tier's timeout_default_s, 30; with -i or -t its interactive_timeout_max_s).")
+    var timeout: Double?
     @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable of the job (repeatable).", valueName: "K=V"))
     var env: [String] = []
     @Option(help: "Working directory as the job sees it (default /home).") var cwd: String?
@@ -106,6 +107,7 @@ struct Submit: ParsableCommand {
                 connection: c, streamID: c.makeID(), forwardInput: interactiveStdin, terminal: tty,
                 detachKeys: tty && interactiveStdin && isatty(0) == 1, proxySignals: interactive)
             session.printOutput = !json
+            session.completeFromStart = true
             session.queue(.submit(request), id: session.streamID)
             let end = session.run()
             if case .failed(let e) = end { throw e }
