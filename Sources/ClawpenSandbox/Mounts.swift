@@ -162,9 +162,10 @@ public enum Mounts {
         // none of the host's terminals. nodev like every writable mount: /dev/ptmx (a node on
         // the /dev tmpfs) opens the instance at its sibling "pts", and the worker opens a job's
         // end from the master (TIOCGPTPEER), not by a path, so nothing needs a device on it.
-        // Best effort: where the host forbids it (a device policy without ptmx, a kernel without
-        // devpts) the worker still serves, and a terminal job fails with the step and errno of
-        // "open a terminal (/dev/ptmx)".
+        // Best effort: where the host forbids it (a service's device policy without ptmx and
+        // char-pts, as clawpen.service had before it allowed them; a kernel without devpts) the
+        // worker still serves its other jobs, and a terminal job fails with the step and errno
+        // of "open a terminal (/dev/ptmx)".
         let pts = try open(dev, "pts", directory: true, mode: 0o755)
         if cp_mount_at("devpts", -1, pts, "devpts", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0 {
             _ = cp_mknod_char(dev, "ptmx", 0o666, 5, 2)
