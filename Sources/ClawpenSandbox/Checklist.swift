@@ -156,7 +156,7 @@ public enum Checklist {
             defends: "raw disks, kmsg, mem: nothing but the harmless devices exist",
             describe: { _ in
                 "tmpfs at /dev: " + Mounts.devices.map(\.0).joined(separator: ", ")
-                    + ", fd links; devpts /dev/pts (a new instance) and /dev/ptmx; tmpfs /dev/shm; /dev read-only"
+                    + ", fd links; devpts /dev/pts (a new instance, nodev); tmpfs /dev/shm; /dev read-only"
             },
             run: Mounts.mountDev),
         Step(

@@ -139,7 +139,9 @@ public enum Mounts {
     }
 
     /// The only device nodes a tenant sees: (name, major, minor).
-    static let devices: [(String, UInt32, UInt32)] = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    static let devices: [(String, UInt32, UInt32)] = [
+        ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
+    ]
     static let deviceLinks = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
 
     /// A minimal /dev: no disks, no kmsg, no mem.
@@ -157,13 +159,18 @@ public enum Mounts {
             try StepFailure.check("symlink /dev/\(name)") { symlinkat(target, dev, name) }
         }
         // The tenant's own terminals (interactive jobs): a new devpts instance, so that it sees
-        // none of the host's terminals and its ptys count against nobody else's.
+        // none of the host's terminals. nodev like every writable mount: /dev/ptmx (a node on
+        // the /dev tmpfs) opens the instance at its sibling "pts", and the worker opens a job's
+        // end from the master (TIOCGPTPEER), not by a path, so nothing needs a device on it.
+        // Best effort: where the host forbids it (a service's device policy without ptmx and
+        // char-pts, as clawpen.service had before it allowed them; a kernel without devpts) the
+        // worker still serves its other jobs, and a terminal job fails with the step and errno
+        // of "open a terminal (/dev/ptmx)".
         let pts = try open(dev, "pts", directory: true, mode: 0o755)
-        try StepFailure.check("mount /dev/pts") {
-            cp_mount_at("devpts", -1, pts, "devpts", CP_MS_NOSUID | CP_MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        if cp_mount_at("devpts", -1, pts, "devpts", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0 {
+            _ = cp_mknod_char(dev, "ptmx", 0o666, 5, 2)
         }
         close(pts)
-        try StepFailure.check("symlink /dev/ptmx") { symlinkat("pts/ptmx", dev, "ptmx") }
         let shm = try open(dev, "shm", directory: true, mode: 0o1777)
         try StepFailure.check("mount /dev/shm") {
             cp_mount_at("tmpfs", -1, shm, "tmpfs", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "mode=1777,size=\(ctx.plan.tmpSizeBytes)")

@@ -65,6 +65,8 @@ final class JobStream {
     var pausedReaders: [Channel] = []
     /// A check of slow followers is scheduled.
     var slowCheckArmed = false
+    /// Replayed bytes since the last replay ended (bounded by the kept output).
+    var replayBytes = 0
 
     init(jobID: String, tenant: TenantName, options: RunOptions) {
         self.jobID = jobID; self.tenant = tenant; self.options = options
@@ -77,6 +79,8 @@ extension Supervisor {
     static let inputWindow = 256 * 1024
     /// How long an attached client may keep its connection full before it is detached.
     static let slowFollowerGraceSeconds = 2.0
+    /// The worker's output window (Worker.outputWindow; the worker library is not linked here).
+    static let outputWindow = 256 * 1024
     /// Output acknowledged to the worker at once (its window is 256 KiB, Worker.outputWindow).
     static let ackBatchBytes = 64 * 1024
 
@@ -114,7 +118,10 @@ extension Supervisor {
             return
         }
         guard let id = request.jobID else { return }
-        let view = try activeOrStoredJob(id)
+        // A keystroke of an interactive job must not cost a store read: a running job that has
+        // a stream is known from memory.
+        let live = streams.jobs[id].flatMap { core.runningJob(id, tenant: $0.tenant) }
+        let view = try live?.view ?? activeOrStoredJob(id)
         let tenant = try jobTenant(view)
         try authorize(r, .submit(tenant: tenant), request: request.typeName)
         switch request {
@@ -193,14 +200,24 @@ extension Supervisor {
         r.reply("input", [("job_id", .string(id)), ("bytes", .int(Int64(data.count)))])
         // A client that sends faster than the job reads stops being read (its socket fills, and
         // so does its own send buffer): at most the window waits here per job.
-        if stream.inputInFlight + stream.pendingInputBytes > Self.inputWindow, !stream.pausedReaders.contains(where: { $0 === r.channel }) {
+        // The worker's own socket counts too: a worker that claims input was taken but reads
+        // nothing must not make the supervisor buffer the rest.
+        let workerFull = stream.started && !(workerChannel(stream)?.isWritable ?? true)
+        if stream.inputInFlight + stream.pendingInputBytes > Self.inputWindow || workerFull,
+            !stream.pausedReaders.contains(where: { $0 === r.channel })
+        {
             stream.pausedReaders.append(r.channel)
             r.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
         }
     }
 
+    private func workerChannel(_ stream: JobStream) -> Channel? {
+        core.tenants[stream.tenant]?.lifecycle.worker.flatMap { workers[$0.id]?.channel }
+    }
+
     private func resumeReaders(_ stream: JobStream) {
         guard stream.inputInFlight + stream.pendingInputBytes <= Self.inputWindow, !stream.pausedReaders.isEmpty else { return }
+        if stream.started && !stream.stdinClosed, let worker = workerChannel(stream), !worker.isWritable { return }
         let readers = stream.pausedReaders
         stream.pausedReaders.removeAll()
         for channel in readers where channel.isActive {
@@ -285,14 +302,26 @@ extension Supervisor {
         }
     }
 
+    /// One `output` frame, written directly (it is mostly base64; see Base64): the same
+    /// object as `Reply.make("output", ...)` would serialize.
     static func outputFrame(requestID: JSONValue, jobID: String, stream: String, seq: UInt64?, offset: UInt64, data: ArraySlice<UInt8>) -> [UInt8] {
-        var fields: [(String, JSONValue)] = [
-            ("job_id", .string(jobID)), ("stream", .string(stream)), ("seq", seq.map { .int(Int64($0)) } ?? .null),
-            ("offset", .int(Int64(offset))),
-        ]
-        if seq == nil { fields.append(("replay", .bool(true))) }
-        fields.append(("data_b64", .string(Data(data).base64EncodedString())))
-        return Reply.make("output", id: requestID, fields)
+        var out: [UInt8] = []
+        out.reserveCapacity(Base64.encodedCount(data.count) + 160)
+        out += #"{"type":"output","id":"#.utf8
+        out += requestID.serialized()
+        out += #","job_id":"#.utf8
+        out += JSONValue.string(jobID).serialized()
+        out += #","stream":""#.utf8
+        out += stream.utf8
+        out += #"","seq":"#.utf8
+        if let seq { out += String(seq).utf8 } else { out += "null".utf8 }
+        out += #","offset":"#.utf8
+        out += String(offset).utf8
+        if seq == nil { out += #","replay":true"#.utf8 }
+        out += #","data_b64":""#.utf8
+        Base64.encode(data, appendingTo: &out)
+        out += #""}"#.utf8
+        return out
     }
 
     private func send(_ payload: [UInt8], to channel: Channel) {
@@ -318,9 +347,16 @@ extension Supervisor {
     /// The job is on its worker: pending input goes, and followers that came while it was
     /// queued get it from its first byte.
     func streamJobStarted(_ id: String, _ w: WorkerHandle) {
-        guard let stream = streams.jobs[id], stream.tenant == w.tenant, let channel = w.channel else { return }
-        stream.started = true
+        guard let channel = w.channel else { return }
         func send(_ c: RuntimeCommand) { channel.write(channel.allocator.frame(SupervisorToWorker.runtime(c).encoded()), promise: nil) }
+        guard let stream = streams.jobs[id], stream.tenant == w.tenant else {
+            // Streamed, but its client left before it started: nobody would acknowledge its
+            // output, and its window would close for good.
+            if core.runningJob(id, tenant: w.tenant)?.options.stream == true { send(.unwatch(jobID: id)); channel.flush() }
+            return
+        }
+        stream.started = true
+        if stream.options.stream && !stream.watching { send(.unwatch(jobID: id)) }
         for f in stream.followers where f.needsStartReplay {
             f.needsStartReplay = false
             f.replayToken = streams.token()
@@ -357,6 +393,21 @@ extension Supervisor {
         guard let stream = streams.jobs[id] else { return } // nobody follows it any more
         switch event {
         case .output(let c):
+            // The worker keeps to its window; one that does not would have the supervisor
+            // buffer for slow clients without bound. (Twice the window: an unwatch and a new
+            // watch may cross chunks in flight.) A replay is at most the kept output.
+            if c.replayToken == 0 && stream.watching && stream.owed + c.data.count > 2 * Self.outputWindow + OutputChunk.maxBytes {
+                workerMisbehaved(w, "sent more output of job \(id.prefix(80)) than its window allows")
+                return
+            }
+            if c.replayToken != 0 {
+                stream.replayBytes += c.data.count
+                let cap = core.runningJob(id, tenant: w.tenant)?.outputCap ?? 0
+                if stream.replayBytes > 2 * cap + OutputChunk.maxBytes {
+                    workerMisbehaved(w, "replayed more output of job \(id.prefix(80)) than it may keep")
+                    return
+                }
+            }
             for f in stream.followers {
                 if c.replayToken != 0 {
                     guard f.replayToken == c.replayToken else { continue }
@@ -373,6 +424,7 @@ extension Supervisor {
                 settle(stream)
             }
         case .replayed(_, let token):
+            stream.replayBytes = 0
             guard let f = stream.followers.first(where: { $0.replayToken == token }) else { return }
             f.replayToken = 0
             if f.endsAfterReplay {
@@ -439,6 +491,11 @@ extension Supervisor {
         }
         if !dropped.isEmpty { followersChanged(stream) } else { settle(stream) }
         armSlowCheck(stream)
+    }
+
+    /// A worker's socket drained (WorkerChannelHandler): its jobs' senders may be read again.
+    func workerWritable(_ w: WorkerHandle) {
+        for stream in streams.jobs.values where stream.tenant == w.tenant && !stream.pausedReaders.isEmpty { resumeReaders(stream) }
     }
 
     /// A client connection's writability changed (ClientHandler).

@@ -13,6 +13,13 @@ public enum Base64 {
 
     public static func encodedCount(_ n: Int) -> Int { (n + 2) / 3 * 4 }
 
+    /// Appends the encoding of `bytes` to `out` (an `output` frame is written this way: one pass,
+    /// no Data or String in between).
+    public static func encode<C: Collection>(_ bytes: C, appendingTo out: inout [UInt8]) where C.Element == UInt8 {
+        let done: Void? = bytes.withContiguousStorageIfAvailable { src in encode(UnsafeRawBufferPointer(src), into: &out) }
+        if done == nil { Array(bytes).withUnsafeBytes { encode($0, into: &out) } }
+    }
+
     /// Appends the encoding of `input` to `out`.
     public static func encode(_ input: UnsafeRawBufferPointer, into out: inout [UInt8]) {
         let n = input.count

@@ -48,13 +48,15 @@ struct RunningJob {
     var ptyMaster: Int32 = -1
     /// `input` asked for the end of stdin once what is pending is written.
     var eofRequested = false
+    /// A terminal's input has ended (its EOF character was sent); the descriptor stays open.
+    var inputClosed = false
     /// Bytes of `pendingInput` that came with the run request (not reported as taken).
     var initialInput = 0
     /// Bytes of input written (or dropped) and not yet reported to the supervisor.
     var inputToReport = 0
 
     var pipesClosed: Bool { stdoutFD < 0 && stderrFD < 0 }
-    var hasPendingInput: Bool { inputOffset < pendingInput.count }
+    var hasPendingInput: Bool { !inputClosed && inputOffset < pendingInput.count }
     var outputBlocked: Bool { watched && unacknowledged >= Worker.outputWindow }
     var hasExited: Bool { waitStatus != nil }
 }

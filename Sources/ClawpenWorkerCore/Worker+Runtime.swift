@@ -37,7 +37,7 @@ extension Worker {
         case .ack(_, let bytes):
             job.unacknowledged = max(0, job.unacknowledged - Int(bytes))
         case .input(_, let data, let eof):
-            if job.stdinFD < 0 {
+            if job.stdinFD < 0 || job.inputClosed {
                 // Its stdin is closed (the job closed it, or it is over): nothing to write to.
                 if !data.isEmpty { send(.runtime(.inputTaken(jobID: job.id, bytes: UInt32(data.count)))) }
             } else {
@@ -92,13 +92,20 @@ extension Worker {
             taken(job.pendingInput.count - job.inputOffset, &job)
             job.eofRequested = true
         }
-        guard job.eofRequested else { return }
+        guard job.eofRequested, !job.inputClosed else { return }
         if job.options.tty && !dropped {
             // A terminal has no end of its own: the job sees end-of-file when the line
-            // discipline gets its EOF character (ctrl-D) at the start of a line.
+            // discipline gets its EOF character (ctrl-D) at the start of a line. The input
+            // descriptor stays open (it is the terminal's master; it closes with the job):
+            // closing it while the job reads made the kernel hang the terminal up under the
+            // job now and then (SIGHUP instead of its own exit).
             let eof = cp_pty_eof_char(job.stdinFD)
             var c = UInt8(eof > 0 ? eof : 4)
             _ = write(job.stdinFD, &c, 1)
+            job.pendingInput = []
+            job.inputOffset = 0
+            job.inputClosed = true
+            return
         }
         close(job.stdinFD)
         job.stdinFD = -1

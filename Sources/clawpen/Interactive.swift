@@ -25,9 +25,11 @@ final class JobSession {
     var proxySignals: Bool
     /// Print the output frames (not with --json).
     var printOutput = true
-    /// Bytes printed per stream, so that `finish` can print what never came as output (the
-    /// worker's own "command not found" of a job that never started).
-    private(set) var printedBytes: [String: Int] = [:]
+    /// The stream is the job's from its first byte (a streamed submit): what the final JOB
+    /// holds beyond what came as output frames (a start failure's message, written by the
+    /// worker, not by the job) is printed at the end.
+    var completeFromStart = false
+    private var received: [String: Int] = [:]
 
     private var outbound: [UInt8] = []
     private var inputEnded = false
@@ -140,8 +142,8 @@ final class JobSession {
         switch type {
         case "output":
             if printOutput, let out = OutputFrame(frame) {
+                received[out.stream, default: 0] += out.data.count
                 writeAll(fd: out.stream == "stderr" ? 2 : 1, out.data)
-                printedBytes[out.stream, default: 0] += out.data.count
             }
         case "accepted", "attached":
             guard ours, let v = frame["job"], let job = JobView(json: v) else { return nil }
@@ -151,6 +153,12 @@ final class JobSession {
             if terminal { sendWindowSize() }
         case "job":
             guard ours, let v = frame["job"], let job = JobView(json: v) else { return nil }
+            if printOutput && completeFromStart {
+                for (name, fd, bytes) in [("stdout", Int32(1), job.stdoutBytes), ("stderr", 2, job.stderrBytes)] {
+                    let seen = received[name] ?? 0
+                    if bytes.count > seen { writeAll(fd: fd, Array(bytes[seen...])) }
+                }
+            }
             return .finished(job)
         case "error":
             let e = frame["error"].flatMap(ProtocolError.init(json:)) ?? ProtocolError(.internal, "error reply without details")

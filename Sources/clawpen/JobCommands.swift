@@ -23,7 +23,7 @@ func present(_ job: JobView, json: Bool) -> ExitCode {
 
 /// How a followed job ended, for the CLI: its output was printed as it came, so only the notes,
 /// the error and the exit status remain.
-func finish(_ end: JobSession.End, json: Bool, printed: [String: Int] = [:]) -> ExitCode {
+func finish(_ end: JobSession.End, json: Bool) -> ExitCode {
     switch end {
     case .failed(let e): return Output.fail(e)
     case .detached:
@@ -31,10 +31,6 @@ func finish(_ end: JobSession.End, json: Bool, printed: [String: Int] = [:]) -> 
         return .success
     case .finished(let job):
         if json { Output.json(job.json); return ExitCode(job.cliExitStatus) }
-        // What the job's record holds but never came as output (a job that could not start:
-        // the worker's "No such file or directory", "command not found").
-        if printed["stdout", default: 0] == 0 { Output.writeStdout(job.stdout) }
-        if printed["stderr", default: 0] == 0 { Output.writeStderr(job.stderr) }
         if let e = job.error {
             Output.writeStderr("clawpen: \(e.code.rawValue): \(e.message)\n")
         } else if job.state == .killed || job.state == .canceled {

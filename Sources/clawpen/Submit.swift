@@ -30,7 +30,8 @@ struct Submit: ParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "The tenant to run as.") var tenant: String
-    @Option(help: "Kill the job after this many seconds (default: the tier's, 30).") var timeout: Double?
+    @Option(help: "Kill the job after this many seconds (default: the tier's timeout_default_s, 30; with -i or -t its interactive_timeout_max_s).")
+    var timeout: Double?
     @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable of the job (repeatable).", valueName: "K=V"))
     var env: [String] = []
     @Option(help: "Working directory as the job sees it (default /home).") var cwd: String?
@@ -116,19 +117,19 @@ struct Submit: ParsableCommand {
         let request = SubmitRequest(
             tenant: try TenantArgument.parse(tenant), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options, trace: trace)
-        let (end, printed) = try withClient(connection, json: json) {
-            (c: ClawpenConnection) throws(ClientError) -> (JobSession.End, [String: Int]) in
+        let end = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
             let interactive = interactiveStdin || tty
             let session = JobSession(
                 connection: c, streamID: c.makeID(), forwardInput: interactiveStdin, terminal: tty,
                 detachKeys: tty && interactiveStdin && isatty(0) == 1, proxySignals: interactive)
             session.printOutput = !json
+            session.completeFromStart = true
             session.queue(.submit(request), id: session.streamID)
             let end = session.run()
             if case .failed(let e) = end { throw e }
-            return (end, session.printedBytes)
+            return end
         }
-        return finish(end, json: json, printed: printed)
+        return finish(end, json: json)
     }
 
     private func readAll(path: String) -> [UInt8]? {

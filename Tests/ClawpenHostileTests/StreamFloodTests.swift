@@ -55,7 +55,7 @@ final class StreamFloodTests: XCTestCase {
         XCTAssertLessThan(queued.bytes, 16 << 20, "the job was slowed to its reader's pace: \(queued.bytes) bytes waited")
         // Reading again lets it go on.
         let flowing = drain(c, seconds: 1)
-        XCTAssertGreaterThan(flowing.bytes, 1 << 20, "the job runs again when its client reads")
+        XCTAssertGreaterThan(flowing.bytes, 256 << 10, "the job runs again when its client reads")
         // Other tenants were served all along.
         XCTAssertEqual(try daemon.run("b", ["echo", "hi"]).stdout, "hi\n")
         _ = try daemon.connect().job(.jobCancel(jobID: jobID))
@@ -76,7 +76,7 @@ final class StreamFloodTests: XCTestCase {
         let slowEnd = drain(slow, seconds: 3)
         XCTAssertTrue(slowEnd.closed, "the slow client was detached (its connection closed) after \(slowEnd.bytes) bytes")
         let after = drain(submitter, seconds: 1)
-        XCTAssertGreaterThan(after.bytes, 1 << 20, "the job is not held by the client that was detached")
+        XCTAssertGreaterThan(after.bytes, 256 << 10, "the job is not held by the client that was detached")
         _ = try daemon.connect().job(.jobCancel(jobID: jobID))
     }
 

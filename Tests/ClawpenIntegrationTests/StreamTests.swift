@@ -133,7 +133,8 @@ final class StreamTests: XCTestCase {
         let (id, jobID) = c.streamSubmit("a", ["cat"], extra: [("stdin_open", .bool(true)), ("tty", .bool(true))])
         guard let jobID else { return XCTFail("not accepted") }
         _ = c.input(jobID, "", eof: true)
-        XCTAssertEqual(c.until("job", id: id).frame?["job"]?["state"]?.stringValue, "succeeded", "ctrl-D ended cat")
+        let final = c.until("job", id: id).frame?["job"]
+        XCTAssertEqual(final?["state"]?.stringValue, "succeeded", "ctrl-D ended cat: \(final?.text ?? "no final frame")")
     }
 
     func testTwoClientsAttachAndOneComesBack() throws {

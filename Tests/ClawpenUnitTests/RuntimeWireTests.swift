@@ -1,5 +1,7 @@
 import ClawpenProtocol
 import ClawpenWire
+import Foundation
+@testable import ClawpenSupervisor
 import XCTest
 
 /// The runtime's frames: the binary worker messages round-trip and refuse what they must, the
@@ -68,5 +70,35 @@ final class RuntimeWireTests: XCTestCase {
             XCTAssertEqual(e.code, .invalidRequest)
             XCTAssertTrue(e.message.contains(words), "\(json): \(e.message)")
         }
+    }
+}
+
+/// The supervisor's own base64 and output frames agree with Foundation's and with the JSON
+/// builder, for every length's padding.
+final class OutputFrameTests: XCTestCase {
+    func testBase64MatchesFoundation() {
+        var rng = SystemRandomNumberGenerator()
+        for n in [0, 1, 2, 3, 4, 5, 63, 64, 65, 65536] {
+            let bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            var out: [UInt8] = []
+            Base64.encode(bytes[...], appendingTo: &out)
+            XCTAssertEqual(String(decoding: out, as: UTF8.self), Data(bytes).base64EncodedString(), "\(n) bytes")
+        }
+    }
+
+    func testOutputFrameIsTheJSONObject() throws {
+        let frame = Supervisor.outputFrame(requestID: .string("r\"1"), jobID: "j-1", stream: "stderr", seq: 7, offset: 9, data: [0, 255, 10][...])
+        let v = try JSONValue.parse(frame)
+        XCTAssertEqual(v["type"], .string("output"))
+        XCTAssertEqual(v["id"], .string("r\"1"))
+        XCTAssertEqual(v["job_id"], .string("j-1"))
+        XCTAssertEqual(v["stream"], .string("stderr"))
+        XCTAssertEqual(v["seq"], .int(7))
+        XCTAssertEqual(v["offset"], .int(9))
+        XCTAssertEqual(v["data_b64"], .string(Data([0, 255, 10]).base64EncodedString()))
+        XCTAssertNil(v["replay"])
+        let replay = try JSONValue.parse(Supervisor.outputFrame(requestID: .int(3), jobID: "j", stream: "stdout", seq: nil, offset: 0, data: [][...]))
+        XCTAssertEqual(replay["seq"], .null)
+        XCTAssertEqual(replay["replay"], .bool(true))
     }
 }

@@ -59,6 +59,12 @@ final class WorkerChannelHandler: ChannelInboundHandler {
         supervisor.workerMisbehaved(worker, what)
     }
 
+    /// The worker took what was queued for it: input held back for its jobs may go (Streams.swift).
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { supervisor.workerWritable(worker) }
+        context.fireChannelWritabilityChanged()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         supervisor.workerChannelClosed(worker)
     }
