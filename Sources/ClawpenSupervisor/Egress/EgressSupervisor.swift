@@ -214,7 +214,8 @@ extension Supervisor {
                 let value = try vault.open(record)
                 secrets.append(
                     .object([
-                        ("name", .string(b.name)), ("placeholder", .string(record.placeholder)), ("value_b64", .string(String(decoding: Base64.encode(value), as: UTF8.self))),
+                        ("name", .string(b.name)), ("placeholder", .string(record.placeholder)),
+                        ("value_b64", .string(String(decoding: Base64.encode(value), as: UTF8.self))),
                         ("hosts", .array(b.hosts.map { EgressControl.rule(text: $0.text, file: $0.file, line: $0.line) })),
                     ]))
             } catch {
