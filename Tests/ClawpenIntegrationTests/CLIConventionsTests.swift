@@ -45,16 +45,7 @@ final class CLIConventionsTests: XCTestCase {
 
     /// Into a pipe `status --watch --json` writes JSON lines and no terminal escapes.
     func testStatusWatchIntoAPipeIsJSONLinesWithoutEscapes() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p.arguments = ["status", "--watch", "--json", "--socket", daemon.socket]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        usleep(2_300_000)
-        p.terminate()
-        p.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let text = try runCLIFor(2.3, ["status", "--watch", "--json", "--socket", daemon.socket])
         XCTAssertFalse(text.contains("\u{1B}"), "no escape sequences into a pipe")
         let lines = text.split(separator: "\n")
         XCTAssertGreaterThanOrEqual(lines.count, 2, text)
@@ -63,16 +54,7 @@ final class CLIConventionsTests: XCTestCase {
             XCTAssertNotNil(o?["supervisor"], String(line))
         }
         // Plain text into a pipe: no escapes either.
-        let plain = Process()
-        plain.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        plain.arguments = ["status", "--watch", "--socket", daemon.socket]
-        let plainOut = Pipe()
-        plain.standardOutput = plainOut
-        try plain.run()
-        usleep(1_300_000)
-        plain.terminate()
-        plain.waitUntilExit()
-        let plainText = String(decoding: plainOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let plainText = try runCLIFor(1.3, ["status", "--watch", "--socket", daemon.socket])
         XCTAssertTrue(plainText.contains("TENANT"), plainText)
         XCTAssertFalse(plainText.contains("\u{1B}"))
     }

@@ -280,16 +280,7 @@ final class JobTests: XCTestCase {
     }
 
     func testStatusWatchRedraws() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p.arguments = ["status", "--watch", "--socket", daemon.socket]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        usleep(2_300_000)
-        p.terminate()
-        p.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let text = try runCLIFor(2.3, ["status", "--watch", "--socket", daemon.socket])
         // Into a pipe: shown again every second, without terminal escapes (CLIConventionsTests).
         XCTAssertGreaterThanOrEqual(text.components(separatedBy: "TENANT").count - 1, 2, "shown at least twice in 2.3 s")
         XCTAssertFalse(text.contains("\u{1B}"))

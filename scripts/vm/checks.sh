@@ -315,6 +315,9 @@ if [[ -n $deb && -f $deb ]]; then
   rm -f /usr/local/bin/clawpen /usr/local/bin/clawpen-serve /usr/local/bin/clawpen-worker /usr/local/bin/clawpen-egress \
     /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service
   rm -rf /var/lib/clawpen /etc/clawpen
+  # A clean system: no uid range registered either (its claim was in the state dir just removed,
+  # so the packaged daemon would rightly refuse a range another daemon registered).
+  sed -i '/^clawpen:/d' /etc/subuid /etc/subgid
   systemctl daemon-reload
   out=$(dpkg -i "$deb" 2>&1); rc=$?
   echo "$out" | tail -n 3 | sed 's/^/  | /'
@@ -324,15 +327,16 @@ if [[ -n $deb && -f $deb ]]; then
       -a -e /usr/share/bash-completion/completions/clawpen && dpkg-query -W -f='\${Conffiles}' clawpen | grep -q /etc/clawpen/policies/tiers/free.toml"
   check "the package starts nothing by itself" bash -c '! systemctl -q is-active clawpen.socket && ! systemctl -q is-active clawpen.service'
   systemctl enable --now clawpen.socket >/dev/null 2>&1
-  /usr/bin/clawpen tenant create pkg >/dev/null 2>&1
-  out=$(/usr/bin/clawpen submit --tenant pkg -- echo from-the-package 2>&1); rc=$?
+  timeout 120 /usr/bin/clawpen tenant create pkg >/dev/null 2>&1
+  out=$(timeout 120 /usr/bin/clawpen submit --tenant pkg -- echo from-the-package 2>&1); rc=$?
   exe=$(readlink "/proc/$(systemctl show -p MainPID --value clawpen)/exe")
   check "enabled, the packaged clawpen.socket starts the packaged daemon and a job runs ($exe)" \
     bash -c '[[ $1 -eq 0 && $2 == from-the-package && $3 == /usr/lib/clawpen/clawpen-serve ]]' _ "$rc" "$out" "$exe"
-  dpkg -r clawpen >/dev/null 2>&1; rc=$?
+  [[ $rc -eq 0 ]] || journalctl -u clawpen --no-pager -o cat -n 5 2>/dev/null | sed 's/^/  | /'
+  timeout 120 dpkg -r clawpen >/dev/null 2>&1; rc=$?
   check "dpkg -r stops the units and keeps the state (/var/lib/clawpen)" \
     bash -c "[[ $rc -eq 0 ]] && ! systemctl -q is-active clawpen.service && ! systemctl -q is-active clawpen.socket && test -e /var/lib/clawpen/clawpen.db -a ! -e /usr/bin/clawpen"
-  dpkg -P clawpen >/dev/null 2>&1; rc=$?
+  timeout 120 dpkg -P clawpen >/dev/null 2>&1; rc=$?
   check "dpkg -P removes the state and the policies" bash -c "[[ $rc -eq 0 ]] && test ! -e /var/lib/clawpen -a ! -e /etc/clawpen/policies/tiers/free.toml"
 else
   fail "no package to install (scripts/vm-test builds it with scripts/package): ${deb:-none given}"

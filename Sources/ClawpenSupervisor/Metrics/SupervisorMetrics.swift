@@ -120,14 +120,8 @@ final class SupervisorMetrics {
 
     /// A cumulative count as a counter: adds what grew since the last read.
     func syncCounter(_ descriptor: MetricNameDescriptor, labels: [(String, String)], total: Int64, scale: Double = 1) {
-        let key = descriptor.name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-        let counter: Counter
-        if let c = counters[key] {
-            counter = c
-        } else {
-            counter = registry.makeCounter(descriptor: descriptor, labels: labels)
-            counters[key] = counter
-        }
+        let key = Self.seriesKey(descriptor, labels)
+        let counter = Self.cached(&counters, key) { registry.makeCounter(descriptor: descriptor, labels: labels) }
         let before = lastSeen[key] ?? 0
         // Smaller than before: the source started again from zero (a new cgroup).
         let grown = total >= before ? total - before : total
@@ -138,15 +132,20 @@ final class SupervisorMetrics {
     }
 
     func setGauge(_ descriptor: MetricNameDescriptor, labels: [(String, String)], _ value: Double) {
-        let key = descriptor.name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-        let gauge: Gauge
-        if let g = gauges[key] {
-            gauge = g
-        } else {
-            gauge = registry.makeGauge(descriptor: descriptor, labels: labels)
-            gauges[key] = gauge
-        }
-        gauge.set(value)
+        let key = Self.seriesKey(descriptor, labels)
+        Self.cached(&gauges, key) { registry.makeGauge(descriptor: descriptor, labels: labels) }.set(value)
+    }
+
+    private static func seriesKey(_ descriptor: MetricNameDescriptor, _ labels: [(String, String)]) -> String {
+        descriptor.name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+    }
+
+    /// The series of `key`, made (and registered) the first time it is asked for.
+    private static func cached<T>(_ cache: inout [String: T], _ key: String, make: () -> T) -> T {
+        if let found = cache[key] { return found }
+        let made = make()
+        cache[key] = made
+        return made
     }
 
     /// The exposition text (Prometheus text format 0.0.4).
