@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import ClawpenProtocol
 
 @main
@@ -29,8 +30,20 @@ struct Clawpen: ParsableCommand {
     static func main() {
         let args = CommandLine.arguments
         if args.count > 1, args[1] == "serve" { DaemonBinary.exec(Array(args.dropFirst(2))) }
-        if args.count > 1, args[1] == "submit" { FastSubmit.run(Array(args.dropFirst(2))) }
-        Self.main(nil)
+        // CLAWPEN_NO_FAST_SUBMIT=1: ArgumentParser parses every submit (to compare, or to rule
+        // the fast parser out).
+        if args.count > 1, args[1] == "submit", getenv("CLAWPEN_NO_FAST_SUBMIT") == nil { FastSubmit.run(Array(args.dropFirst(2))) }
+        // ArgumentParser's main, but a command's exit status (`job wait`'s, a refusal's whose
+        // message is printed) goes straight out: exit(withError:) builds the help generator by
+        // reflection even for an ExitCode (~1 ms).
+        do {
+            var command = try parseAsRoot(nil)
+            try command.run()
+        } catch let code as ExitCode {
+            Glibc.exit(code.rawValue)
+        } catch {
+            Self.exit(withError: error)
+        }
     }
 }
 

@@ -106,7 +106,23 @@ struct Cp: ParsableCommand {
             }
         }
         if target == "/dev/stdout" { isStdout = true }
-        let fd: Int32 = isStdout ? 1 : open(target, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode_t(0o600))
+        // Into a temporary file beside the target, renamed over it once the whole file is here:
+        // a copy that fails (no such file, too large, the daemon gone) leaves an existing file
+        // as it was.
+        // A device or a pipe (/dev/null, a fifo) is written as it is.
+        var temporary = ""
+        var existing = stat()
+        let special = !isStdout && stat(target, &existing) == 0 && (existing.st_mode & S_IFMT) != S_IFREG
+        let fd: Int32
+        if isStdout {
+            fd = 1
+        } else if special {
+            fd = open(target, O_WRONLY | O_CLOEXEC)
+        } else {
+            var template = Array((target + ".clawpen-XXXXXX").utf8CString)
+            fd = template.withUnsafeMutableBufferPointer { p in p.baseAddress.map { mkstemp($0) } ?? -1 }
+            temporary = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
         guard fd >= 0 else { throw Output.fail(.invalidRequest, "\(target): \(String(cString: strerror(errno)))") }
         let view: FileView
         do {
@@ -116,13 +132,20 @@ struct Cp: ParsableCommand {
         } catch {
             if !isStdout {
                 close(fd)
-                unlink(target) // a failed copy out leaves no partial file behind
+                if !special { unlink(temporary) } // a failed copy out leaves no partial file behind
             }
             throw error
         }
-        if !isStdout {
+        if special {
+            close(fd)
+        } else if !isStdout {
             _ = fchmod(fd, mode_t(view.mode & 0o777))
             close(fd)
+            guard rename(temporary, target) == 0 else {
+                let why = String(cString: strerror(errno))
+                unlink(temporary)
+                throw Output.fail(.invalidRequest, "\(target): cannot put the copy in place: \(why)")
+            }
         }
     }
 

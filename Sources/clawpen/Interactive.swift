@@ -65,7 +65,9 @@ final class JobSession {
             if sigfd >= 0 { close(sigfd) }
             restoreTerminal()
         }
-        if terminal && isatty(0) == 1 { makeRaw() }
+        // Raw only while we forward what is typed: raw mode turns ctrl-C and the detach keys into
+        // input, and without stdin read nobody would see them.
+        if terminal && forwardInput && isatty(0) == 1 { makeRaw() }
         let flags = fcntl(connection.descriptor, F_GETFL)
         _ = fcntl(connection.descriptor, F_SETFL, flags | O_NONBLOCK)
         defer { _ = fcntl(connection.descriptor, F_SETFL, flags) }

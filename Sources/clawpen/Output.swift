@@ -39,8 +39,13 @@ enum Output {
 /// With `json`, a refusal is also printed on stdout as `{"error": {...}}` (code, message, and a
 /// quota's quota/limit/current/retry_after_ms or a rule), for scripts.
 func withClient<T>(_ options: ConnectionOptions, json: Bool = false, _ body: (ClawpenConnection) throws(ClientError) -> T) throws -> T {
+    try withClient(socket: options.socket, json: json, body)
+}
+
+/// The same, for a `--socket` value parsed without ArgumentParser (FastSubmit).
+func withClient<T>(socket: String?, json: Bool = false, _ body: (ClawpenConnection) throws(ClientError) -> T) throws -> T {
     do {
-        let conn = try ClawpenConnection(socketPath: SocketPath.resolve(options.socket))
+        let conn = try ClawpenConnection(socketPath: SocketPath.resolve(socket))
         return try body(conn)
     } catch {
         if json {

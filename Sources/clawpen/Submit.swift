@@ -55,7 +55,38 @@ struct Submit: ParsableCommand {
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "cmd"))
     var command: [String] = []
 
-    func validate() throws {
+    func validate() throws { try arguments.validate() }
+
+    /// What was asked, as plain values (FastSubmit makes the same without ArgumentParser).
+    var arguments: SubmitArguments {
+        SubmitArguments(
+            socket: connection.socket, tenant: tenant, timeout: timeout, env: env, cwd: cwd, stdinFile: stdinFile,
+            interactiveStdin: interactiveStdin, tty: tty, idempotencyKey: idempotencyKey, traceparent: traceparent,
+            detach: detach, json: json, command: command)
+    }
+
+    func run() throws { try arguments.run() }
+}
+
+/// `clawpen submit`'s request, however its command line was parsed: by ArgumentParser
+/// (`Submit`) or by FastSubmit's parser of the common shapes.
+struct SubmitArguments {
+    var socket: String?
+    var tenant: String
+    var timeout: Double?
+    var env: [String] = []
+    var cwd: String?
+    var stdinFile: String?
+    var interactiveStdin = false
+    var tty = false
+    var idempotencyKey: String?
+    var traceparent: String?
+    var detach = false
+    var json = false
+    var command: [String] = []
+
+    /// The checks ArgumentParser runs as `Submit.validate()`.
+    func validate() throws(ValidationError) {
         if stdinFile != nil && interactiveStdin { throw ValidationError("give --stdin-file or -i, not both") }
         for e in env where !e.contains("=") || e.hasPrefix("=") {
             throw ValidationError("--env takes K=V, got '\(e)'")
@@ -74,7 +105,7 @@ struct Submit: ParsableCommand {
     func run() throws {
         // Checked here, not in validate(): ArgumentParser validates before it refuses words left
         // over before `--`, and "unexpected argument 'echo'" says more than "no command".
-        guard !command.isEmpty else { Self.exit(withError: ValidationError("no command given: clawpen submit --tenant NAME -- CMD [ARG...]")) }
+        guard !command.isEmpty else { Submit.exit(withError: ValidationError("no command given: clawpen submit --tenant NAME -- CMD [ARG...]")) }
         let cmd = command
         var stdin: [UInt8] = []
         if let stdinFile {
@@ -95,7 +126,7 @@ struct Submit: ParsableCommand {
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach,
             // Detached (docker run -dit): stdin stays open and the terminal waits for `job attach`.
             options: RunOptions(stdinOpen: interactiveStdin, tty: tty), trace: trace)
-        let (job, _) = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
+        let (job, _) = try withClient(socket: socket, json: json) { (c: ClawpenConnection) throws(ClientError) in try c.submit(request) }
         if detach {
             if json { Output.json(job.json) } else { Output.line(job.id) }
             return
@@ -117,7 +148,7 @@ struct Submit: ParsableCommand {
         let request = SubmitRequest(
             tenant: try TenantArgument.parse(tenant), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options, trace: trace)
-        let end = try withClient(connection, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
+        let end = try withClient(socket: socket, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
             let interactive = interactiveStdin || tty
             let session = JobSession(
                 connection: c, streamID: c.makeID(), forwardInput: interactiveStdin, terminal: tty,

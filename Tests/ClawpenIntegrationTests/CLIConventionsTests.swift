@@ -16,6 +16,65 @@ final class CLIConventionsTests: XCTestCase {
 
     private func cli(_ args: [String]) throws -> CLIResult { try runCLI(args, socket: daemon.socket) }
 
+    /// `clawpen submit`'s hand parser of the common shapes (FastSubmit) against ArgumentParser
+    /// (CLAWPEN_NO_FAST_SUBMIT=1): the same job for every shape, the same message and status for
+    /// every mistake.
+    func testTheFastSubmitParserAgreesWithArgumentParser() throws {
+        func both(_ args: [String]) throws -> (fast: CLIResult, slow: CLIResult) {
+            let fast = try cli(["submit"] + args)
+            setenv("CLAWPEN_NO_FAST_SUBMIT", "1", 1)
+            defer { unsetenv("CLAWPEN_NO_FAST_SUBMIT") }
+            return (fast, try cli(["submit"] + args))
+        }
+        let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        let jobs: [[String]] = [
+            ["--tenant", "a", "--detach", "--json", "--", "sh", "-c", "echo hi"],
+            ["--tenant=a", "--env", "AGENT_A=1", "--env=AGENT_B=2=3", "--cwd", "/tmp", "--timeout", "7.5", "--detach", "--json", "--", "env", "--", "x"],
+            ["-it", "--tenant", "a", "--detach", "--json", "--", "cat"],
+            ["-i", "--tty", "--tenant", "a", "--detach", "--json", "--", "cat"],
+            ["--json", "--traceparent", trace, "--tenant", "a", "--detach", "--", "true"],
+            ["--socket", daemon.socket, "--tenant", "a", "--json", "--detach", "--", "-x", "--json"],
+        ]
+        for args in jobs {
+            let (fast, slow) = try both(args)
+            XCTAssertEqual(fast.status, 0, "\(args): \(fast.stderr)")
+            XCTAssertEqual(slow.status, 0, "\(args): \(slow.stderr)")
+            let f = try JSONSerialization.jsonObject(with: Data(fast.stdout.utf8)) as? [String: Any] ?? [:]
+            let s = try JSONSerialization.jsonObject(with: Data(slow.stdout.utf8)) as? [String: Any] ?? [:]
+            for key in ["tenant", "argv", "cwd", "timeout_s", "stdin_open", "tty"] {
+                XCTAssertEqual("\(f[key] ?? "-")", "\(s[key] ?? "-")", "\(args): \(key)")
+            }
+            if args.contains("--traceparent") { XCTAssertEqual(f["trace_id"] as? String, "0af7651916cd43dd8448eb211c80319c") }
+            // The tier runs two jobs at once: the jobs that wait for input go.
+            for id in [f["id"], s["id"]].compactMap({ $0 as? String }) { _ = try cli(["job", "cancel", id]) }
+        }
+        // A job that runs: its output and exit status, both ways.
+        let (fast, slow) = try both(["--tenant", "a", "--", "sh", "-c", "echo out; exit 3"])
+        XCTAssertEqual(fast.status, 3)
+        XCTAssertEqual(slow.status, 3)
+        XCTAssertEqual(fast.stdout, "out\n")
+        XCTAssertEqual(slow.stdout, "out\n")
+        // Mistakes take ArgumentParser's path either way: the same words, the same status.
+        let mistakes: [[String]] = [
+            ["--tenant", "a", "--timout", "5", "--", "true"],
+            ["--tenant", "a", "--env", "NOEQ", "--", "true"],
+            ["--tenant", "a", "--tenant", "b", "--", "true"],
+            ["--tenant", "a", "--timeout", "soon", "--", "true"],
+            ["--tenant", "--", "true"],
+            ["--tenant", "a", "-i", "--stdin-file", "/etc/hostname", "--", "cat"],
+            ["--tenant", "a", "--traceparent", "00-zz", "--", "true"],
+            ["--tenant", "a", "--"],
+            ["--tenant", "a", "--", "true", "--help"],
+            ["--help", "--", "true"],
+        ]
+        for args in mistakes {
+            let (fast, slow) = try both(args)
+            XCTAssertEqual(fast.status, slow.status, "\(args)")
+            XCTAssertEqual(fast.stderr, slow.stderr, "\(args)")
+            XCTAssertEqual(fast.stdout, slow.stdout, "\(args)")
+        }
+    }
+
     func testPingAnswersZeroAndSixtyNineWhenNobodyListens() throws {
         let up = try cli(["ping"])
         XCTAssertEqual(up.status, 0, up.stderr)

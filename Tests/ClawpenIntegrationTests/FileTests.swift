@@ -89,6 +89,23 @@ final class FileTests: XCTestCase {
         XCTAssertEqual(try Self.sha256(file: daemon.dir + "/blob.bin"), hash)
     }
 
+    func testACopyOutThatFailsLeavesTheLocalFileAsItWas() throws {
+        let local = daemon.dir + "/report.txt"
+        try Data("precious\n".utf8).write(to: URL(fileURLWithPath: local))
+        let missing = try runCLI(["cp", "acme:/home/typo.txt", local], socket: daemon.socket)
+        XCTAssertEqual(missing.status, 66, missing.stderr)
+        XCTAssertEqual(try String(contentsOfFile: local, encoding: .utf8), "precious\n", "the existing file is untouched")
+        let left = try FileManager.default.contentsOfDirectory(atPath: daemon.dir).filter { $0.contains(".clawpen-") }
+        XCTAssertEqual(left, [], "no temporary file left behind")
+        // A device is written as it is (no temporary file beside /dev/null).
+        _ = try daemon.run("acme", ["sh", "-c", "echo hi > /home/hi.txt"])
+        let toNull = try runCLI(["cp", "acme:/home/hi.txt", "/dev/null"], socket: daemon.socket)
+        XCTAssertEqual(toNull.status, 0, toNull.stderr)
+        var st = stat()
+        XCTAssertEqual(stat("/dev/null", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFCHR, "/dev/null is still the device")
+    }
+
     func testCopyFromStdinAndToStdoutThroughTheClient() throws {
         let bytes = Self.randomBytes(3 * 1024 * 1024 + 7)
         let c = try daemon.connect()
