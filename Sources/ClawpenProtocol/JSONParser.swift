@@ -102,8 +102,10 @@ struct JSONParser {
             skipWhitespace()
             let v = try value(depth: depth)
             let duplicate: Bool
-            if seen != nil {
-                duplicate = !seen!.insert(key).inserted
+            if var set = seen.take() {
+                // Taken out, so that the insert does not copy the set.
+                duplicate = !set.insert(key).inserted
+                seen = set
             } else if pairs.count < Self.linearKeyScan {
                 duplicate = pairs.contains(where: { $0.0 == key })
             } else {

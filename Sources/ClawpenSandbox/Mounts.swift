@@ -10,6 +10,9 @@ import Glibc
 /// not do them, /proc when the kernel lacks `pidns=`, then pivot_root. The steps themselves
 /// and their order are the Checklist.
 public enum Mounts {
+    /// Terminals a worker's devpts instance may hold at once (`max=`; see mountDev).
+    public static let maxTerminals = 64
+
     public enum Preparation: Equatable, Sendable {
         case prepared
         /// The supervisor may not join the worker's mount namespace (setns: EPERM without
@@ -165,9 +168,13 @@ public enum Mounts {
         // Best effort: where the host forbids it (a service's device policy without ptmx and
         // char-pts, as clawpen.service had before it allowed them; a kernel without devpts) the
         // worker still serves its other jobs, and a terminal job fails with the step and errno
-        // of "open a terminal (/dev/ptmx)".
+        // of "open a terminal (/dev/ptmx)". `max=`: every devpts instance but the host's draws
+        // on one pool (kernel.pty.max less kernel.pty.reserve, 3,072 by default); without a cap,
+        // one tenant's job opening /dev/ptmx in a loop would leave no terminal for any other.
         let pts = try open(dev, "pts", directory: true, mode: 0o755)
-        if cp_mount_at("devpts", -1, pts, "devpts", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0 {
+        if cp_mount_at("devpts", -1, pts, "devpts", CP_MS_NOSUID | CP_MS_NODEV | CP_MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,max=\(Self.maxTerminals)")
+            == 0
+        {
             _ = cp_mknod_char(dev, "ptmx", 0o666, 5, 2)
         }
         close(pts)

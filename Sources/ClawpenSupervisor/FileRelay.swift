@@ -17,6 +17,8 @@ final class FileOp {
     var worker: WorkerRef?
     /// Answered, failed or abandoned: nothing more is sent for it.
     var ended = false
+    /// How it ended, for the metrics: `ok` or the error code its client was given.
+    var result = "ok"
 
     enum Kind {
         case simple(FileRequest)
@@ -34,6 +36,9 @@ struct GetState {
     let chunk: Int
     let maxBytes: UInt64
     var expectedOffset: UInt64 = 0
+    /// Chunks the worker sent that have not been acknowledged (written to the client) yet: a
+    /// worker may have at most the window it was given in flight (getWindow).
+    var unacknowledged: UInt32 = 0
 }
 
 struct PutState {
@@ -180,6 +185,7 @@ extension Supervisor {
         fileRelay.paused[id] = nil
         for key in fileRelay.puts.keys where key.channel == id { fileRelay.puts[key] = nil }
         for op in fileRelay.ops.values where ObjectIdentifier(op.responder.channel) == id {
+            op.result = "client_gone"
             abandon(op)
         }
     }
@@ -189,6 +195,7 @@ extension Supervisor {
     /// Fails the operation with `error` (the client hears it), tells the worker to drop it.
     func failOp(_ op: FileOp, _ error: ProtocolError, counted: Bool = true) {
         guard !op.ended else { return }
+        op.result = error.code.rawValue
         op.responder.fail(error)
         if case .put(let p) = op.kind { fileRelay.puts[p.key] = p.eofSeen ? nil : .discarding }
         abandon(op, counted: counted)
@@ -208,6 +215,7 @@ extension Supervisor {
     private func end(_ op: FileOp, counted: Bool = true) {
         guard !op.ended else { return }
         op.ended = true
+        runtimeCounters.fileOpEnded(op.tenant, request: op.request, result: op.result)
         fileRelay.ops[op.id] = nil
         release(op)
         if case .put(let p) = op.kind, fileRelay.puts[p.key] == .active(op.id) { fileRelay.puts[p.key] = nil }
@@ -263,8 +271,11 @@ extension Supervisor {
             r.reply("file", [("file", FileView(path: op.path.description, info: info).json)])
             end(op)
         case (.data(_, let offset, let bytes, let eof, let info), .get(var g)):
-            guard offset == g.expectedOffset, bytes.count <= g.chunk, offset + UInt64(bytes.count) <= g.maxBytes, eof || info == nil else {
-                workerMisbehaved(w, "sent a chunk of a get out of order, over its size, or over file_max_bytes")
+            g.unacknowledged += 1
+            guard offset == g.expectedOffset, bytes.count <= g.chunk, offset + UInt64(bytes.count) <= g.maxBytes, eof || info == nil,
+                g.unacknowledged <= Self.getWindow
+            else {
+                workerMisbehaved(w, "sent a chunk of a get out of order, over its size, over file_max_bytes, or beyond its window")
                 failOp(op, ProtocolError(.internal, "\(op.request) \(op.path): the worker sent a malformed chunk"))
                 return
             }
@@ -283,6 +294,7 @@ extension Supervisor {
         var fields: [(String, JSONValue)] = [("offset", .int(Int64(clamping: offset))), ("eof", .bool(eof))]
         if eof, let info { fields.append(("file", FileView(path: op.path.description, info: info).json)) }
         let channel = op.responder.channel
+        runtimeCounters.fileOut(op.tenant, bytes: bytes.count)
         // The small fields as JSON, then `data_b64` encoded straight into the frame (a chunk is
         // never escaped byte by byte as a JSON string).
         let head = Reply.make("file.data", id: op.responder.id, fields)
@@ -306,10 +318,16 @@ extension Supervisor {
             guard !op.ended else { return }
             switch result {
             case .success:
+                if case .get(var g) = op.kind {
+                    g.unacknowledged = g.unacknowledged > 0 ? g.unacknowledged - 1 : 0
+                    op.kind = .get(g)
+                }
                 if let wc = workers[w.ref.id]?.channel, op.worker == w.ref {
                     wc.writeAndFlush(wc.allocator.frame(SupervisorToWorker.file(.getAck(op: op.id)).encoded()), promise: nil)
                 }
-            case .failure: abandon(op)
+            case .failure:
+                op.result = "client_gone"
+                abandon(op)
             }
         }
     }

@@ -71,6 +71,7 @@ extension Supervisor {
         if UInt64(p.data.count) > limit { throw refusePut(key, eof: p.eof, tooLarge(op, t, size: UInt64(p.data.count), exact: false)) }
         var state = PutState(key: key, maxBytes: limit)
         state.received = UInt64(p.data.count)
+        runtimeCounters.fileIn(op.tenant, bytes: p.data.count)
         state.eofSeen = p.eof
         state.pending.append(.put(op: op.id, path: op.path, mode: p.mode, maxBytes: limit, data: p.data, eof: p.eof))
         state.pendingBytes = p.data.count
@@ -124,6 +125,7 @@ extension Supervisor {
                 return
             }
             state.received += UInt64(data.count)
+            runtimeCounters.fileIn(op.tenant, bytes: data.count)
             op.kind = .put(state)
             sendOrHold(op, .putChunk(op: op.id, data: data, eof: eof), bytes: data.count)
             throttle(op)

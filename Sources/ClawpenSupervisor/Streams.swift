@@ -83,6 +83,8 @@ extension Supervisor {
     static let outputWindow = 256 * 1024
     /// Output acknowledged to the worker at once (its window is 256 KiB, Worker.outputWindow).
     static let ackBatchBytes = 64 * 1024
+    /// Clients that may follow one job at once: each is a copy of its output on the way out.
+    static let maxFollowersPerJob = 64
 
     // MARK: Submit
 
@@ -190,6 +192,7 @@ extension Supervisor {
             throw ProtocolError(.invalidRequest, "job.input: the stdin of job \(id) was closed already (an earlier job.input had \"eof\": true)")
         }
         if eof { stream.stdinClosed = true }
+        runtimeCounters.input(stream.tenant, bytes: data.count)
         if stream.started {
             stream.inputInFlight += data.count
             sendRuntime(view, .input(jobID: id, data: data, eof: eof))
@@ -233,6 +236,13 @@ extension Supervisor {
         _ view: JobView, _ r: Responder, kind: JobFollower.Kind, replay: Bool, firstFrame: (String, [(String, JSONValue)])?,
         endsAfterReplay: Bool = false
     ) throws {
+        if let s = streams.jobs[view.id], s.followers.count >= Self.maxFollowersPerJob {
+            let request = kind == .logs ? "job.logs" : kind == .attach ? "job.attach" : "submit"
+            throw ProtocolError(
+                .quotaExceeded,
+                "\(request): job \(view.id) already has \(s.followers.count) clients following its output, the most one job may have; detach one first",
+                details: ["rule": .string("max_followers_per_job"), "limit": .int(Int64(Self.maxFollowersPerJob))])
+        }
         if let (type, fields) = firstFrame { r.reply(type, fields) }
         let id = view.id
         if view.state.isFinal {
@@ -419,13 +429,16 @@ extension Supervisor {
                         requestID: f.requestID, jobID: id, stream: c.stream.name, seq: c.seq, offset: c.offset, data: c.data[...]),
                     to: f.channel)
             }
+            if c.replayToken == 0 { runtimeCounters.output(stream.tenant, bytes: c.data.count) }
             if c.replayToken == 0 && stream.watching {
                 stream.owed += c.data.count
                 settle(stream)
             }
         case .replayed(_, let token):
-            stream.replayBytes = 0
+            // Only the end of a replay somebody asked for resets the budget: a worker that sent
+            // `replayed` for any token could otherwise replay without end.
             guard let f = stream.followers.first(where: { $0.replayToken == token }) else { return }
+            stream.replayBytes = 0
             f.replayToken = 0
             if f.endsAfterReplay {
                 stream.followers.removeAll { $0 === f }
@@ -489,7 +502,12 @@ extension Supervisor {
             // What is already queued for it cannot be taken back: the connection goes.
             f.channel.close(promise: nil)
         }
-        if !dropped.isEmpty { followersChanged(stream) } else { settle(stream) }
+        if !dropped.isEmpty {
+            runtimeCounters.slowFollowersDetached(stream.tenant, count: dropped.count)
+            followersChanged(stream)
+        } else {
+            settle(stream)
+        }
         armSlowCheck(stream)
     }
 

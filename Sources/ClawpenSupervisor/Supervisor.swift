@@ -73,6 +73,7 @@ public final class Supervisor: @unchecked Sendable {
     var workerMountsFallback: String?
     /// Who follows which job, and the output and input windows (Streams.swift).
     var streams = StreamTable()
+    var runtimeCounters = RuntimeCounters()
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
     /// Prometheus metrics (Metrics/).

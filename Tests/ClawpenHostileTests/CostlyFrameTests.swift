@@ -168,8 +168,11 @@ final class CostlyFrameTests: XCTestCase {
         nonisolated(unsafe) let hostile = try RawSocket(daemon.socket)
         nonisolated(unsafe) var ids: [Int64] = []
         let done = DispatchSemaphore(value: 0)
+        // Sent from a thread of its own while this one reads: the daemon stops reading a client
+        // whose replies it has not taken (ClientHandler), so a sender that read nothing until
+        // its last frame was sent would wait forever.
+        Thread.detachNewThread { hostile.send(frames) }
         Thread.detachNewThread {
-            hostile.send(frames)
             for _ in 0..<count { if let id = hostile.readFrame()?["id"]?.intValue { ids.append(id) } else { break } }
             done.signal()
         }

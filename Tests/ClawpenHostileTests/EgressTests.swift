@@ -96,6 +96,10 @@ final class EgressTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(eg?["requests_allowed"]?.intValue ?? 0, 4)
         XCTAssertGreaterThan(eg?["bytes_down"]?.intValue ?? 0, 0)
         XCTAssertGreaterThanOrEqual(eg?["secrets_used"]?.intValue ?? 0, 4)
+        let metrics = try PrometheusText(parsing: try runCLI(["metrics"], socket: daemon.socket).stdout)
+        XCTAssertEqual(metrics.value("clawpen_egress_requests_total", ["tenant": "a", "decision": "allowed"]), eg?["requests_allowed"]?.intValue.map { Double($0) })
+        XCTAssertEqual(metrics.value("clawpen_egress_bytes_total", ["tenant": "a", "direction": "down"]), eg?["bytes_down"]?.intValue.map { Double($0) })
+        XCTAssertEqual(metrics.value("clawpen_egress_secret_uses_total", ["tenant": "a"]), eg?["secrets_used"]?.intValue.map { Double($0) })
         // A running job's environment, read from the host, holds the placeholder too.
         let waiting = try daemon.detach("a", ["sleep", "30"], timeout: 60)
         var environ = ""
@@ -139,6 +143,10 @@ final class EgressTests: XCTestCase {
         let b = try audit("b")
         XCTAssertTrue(b.contains("egress.denied") && b.contains("default deny") && b.contains("host=localhost port=\(up.httpPort)"), b)
         XCTAssertEqual(try daemon.tenantStatus("b")["egress"]?["requests_denied"]?.intValue, 2)
+        let metrics = try PrometheusText(parsing: try runCLI(["metrics"], socket: daemon.socket).stdout)
+        XCTAssertEqual(metrics.value("clawpen_egress_requests_total", ["tenant": "b", "decision": "denied"]), 2)
+        XCTAssertEqual(metrics.value("clawpen_egress_requests_total", ["tenant": "b", "decision": "allowed"]), 0)
+        XCTAssertEqual(metrics.value("clawpen_egress_proxy_up", [:]), 1)
         let explain = try runCLI(["policy", "explain", "--tenant", "b", "--url", "http://localhost:\(up.httpPort)/", "--json"], socket: daemon.socket)
         XCTAssertEqual(explain.status, 77)
         XCTAssertTrue(explain.stdout.contains("\"rule\":\"default deny\""), explain.stdout)

@@ -117,4 +117,61 @@ final class StreamFloodTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(t0), 1)
         _ = try daemon.connect().job(.jobCancel(jobID: jobID))
     }
+
+    /// A client that pipelines requests whose replies are large and never reads them: the
+    /// supervisor stops reading it once its replies wait, instead of making a copy of the
+    /// output per request (1,000 job.gets of a job with 256 KiB of output would be ~350 MB).
+    func testPipelinedRequestsWithLargeRepliesThatAreNeverReadAreNotBuffered() throws {
+        let job = try daemon.run("a", ["sh", "-c", "head -c 262144 /dev/zero | tr '\\0' y"])
+        XCTAssertEqual(job.stdout.utf8.count, 262_144)
+        let before = daemonRSS()
+        let c = try StreamClient(daemon)
+        let flags = fcntl(c.socket.fd, F_GETFL)
+        _ = fcntl(c.socket.fd, F_SETFL, flags | O_NONBLOCK)
+        let payload = JSONValue.object([("type", .string("job.get")), ("id", .int(1)), ("job_id", .string(job.id))]).serialized()
+        let n = UInt32(payload.count)
+        let frame = [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + payload
+        var all: [UInt8] = []
+        for _ in 0..<1000 { all += frame }
+        var sent = 0
+        let end = Date().addingTimeInterval(3)
+        while sent < all.count && Date() < end {
+            let k = all[sent...].withUnsafeBytes { Glibc.send(c.socket.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if k > 0 { sent += k } else { usleep(1000) }
+        }
+        usleep(500_000)
+        XCTAssertLessThan(daemonRSS() - before, 64 * 1024, "replies to a client that does not read are not piled up (RSS grew by KiB)")
+        // Others are served meanwhile.
+        let t0 = Date()
+        XCTAssertNotNil(try daemon.connect().call(.ping))
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 1)
+        // Reading again, the client gets its replies (the first 50 of them are read here).
+        _ = fcntl(c.socket.fd, F_SETFL, flags)
+        var replies = 0
+        while replies < 50, let f = c.next() {
+            XCTAssertEqual(f["type"]?.stringValue, "job", "\(f)".prefix(300).description)
+            replies += 1
+        }
+        XCTAssertEqual(replies, 50)
+    }
+
+    /// One job may have at most 64 clients following it; the 65th is refused by that rule.
+    func testFollowersOfOneJobAreCapped() throws {
+        let c = try StreamClient(daemon)
+        let (_, jobID) = c.streamSubmit("a", ["sleep", "30"])
+        guard let jobID else { return XCTFail("not accepted") }
+        var clients: [StreamClient] = []
+        for _ in 0..<63 {
+            let a = try StreamClient(daemon)
+            let id = a.send("job.attach", [("job_id", .string(jobID))])
+            XCTAssertEqual(a.until("attached", id: id).frame?["type"]?.stringValue, "attached")
+            clients.append(a)
+        }
+        let last = try StreamClient(daemon)
+        let id = last.send("job.attach", [("job_id", .string(jobID))])
+        let refusal = last.until("error", id: id).frame
+        XCTAssertEqual(refusal?["error"]?["code"]?.stringValue, "quota_exceeded")
+        XCTAssertEqual(refusal?["error"]?["rule"]?.stringValue, "max_followers_per_job")
+        _ = try daemon.connect().job(.jobCancel(jobID: jobID))
+    }
 }

@@ -70,6 +70,53 @@ final class MetricsTests: XCTestCase {
         try promtoolCheck(try HTTP.get(port: port, path: "/metrics").body)
     }
 
+    /// The agent runtime's families: streamed output and input, file operations by result and
+    /// their bytes, counted by what really passed.
+    func testRuntimeFamiliesCountStreamedBytesInputAndFileOperations() throws {
+        let (d, port) = try start()
+        try d.createTenant("a", tier: "pro")
+        let c = try StreamClient(d)
+        let streamed = c.streamSubmit("a", ["sh", "-c", "head -c 3000 /dev/zero | tr '\\0' x"])
+        XCTAssertNotNil(streamed.jobID)
+        let out = c.until("job", id: streamed.id)
+        XCTAssertEqual(StreamClient.text(out.before).count, 3000)
+        let talking = c.streamSubmit("a", ["cat"], extra: [("stdin_open", .bool(true))])
+        let talkingID = try XCTUnwrap(talking.jobID)
+        _ = c.input(talkingID, "hello", eof: true)
+        _ = c.until("job", id: talking.id)
+
+        let conn = try d.connect()
+        let content = [UInt8](repeating: 7, count: 10_000)
+        var sent = false
+        _ = try conn.putFile(tenant: .t("a"), path: "/tmp/m.bin") { _ in
+            defer { sent = true }
+            return sent ? [] : content
+        }
+        var got = 0
+        _ = try conn.getFile(tenant: .t("a"), path: "/tmp/m.bin") { got += $0.count }
+        XCTAssertEqual(got, 10_000)
+        XCTAssertThrowsError(try conn.getFile(tenant: .t("a"), path: "/tmp/missing") { _ in })
+
+        let m = try scrape(port)
+        XCTAssertEqual(m.value("clawpen_stream_output_bytes_total", ["tenant": "a"]), 3000 + 5, "the streamed job's bytes and cat's echo")
+        XCTAssertEqual(m.value("clawpen_stream_input_bytes_total", ["tenant": "a"]), 5)
+        XCTAssertEqual(m.value("clawpen_file_bytes_total", ["tenant": "a", "direction": "in"]), 10_000)
+        XCTAssertEqual(m.value("clawpen_file_bytes_total", ["tenant": "a", "direction": "out"]), 10_000)
+        XCTAssertEqual(m.value("clawpen_file_ops_total", ["tenant": "a", "op": "put", "result": "ok"]), 1)
+        XCTAssertEqual(m.value("clawpen_file_ops_total", ["tenant": "a", "op": "get", "result": "ok"]), 1)
+        XCTAssertEqual(m.value("clawpen_file_ops_total", ["tenant": "a", "op": "get", "result": "not_found"]), 1)
+        XCTAssertEqual(m.value("clawpen_file_ops_in_progress", ["tenant": "a"]), 0)
+        XCTAssertEqual(m.value("clawpen_stream_clients", ["tenant": "a"]), 0)
+        XCTAssertEqual(m.value("clawpen_interactive_jobs", ["tenant": "a"]), 0)
+        XCTAssertEqual(m.value("clawpen_egress_proxy_up", [:]) != nil, true)
+        // An interactive job shows while it runs.
+        let open = c.streamSubmit("a", ["sleep", "30"], extra: [("stdin_open", .bool(true))])
+        let openID = try XCTUnwrap(open.jobID)
+        XCTAssertTrue(try d.eventually(5) { try self.scrape(port).value("clawpen_interactive_jobs", ["tenant": "a"]) == 1 })
+        XCTAssertEqual(try scrape(port).value("clawpen_stream_clients", ["tenant": "a"]), 1)
+        _ = try d.connect().job(.jobCancel(jobID: openID))
+    }
+
     /// Prometheus's own linter on the text, where scripts/fetch-promtool could fetch it
     /// ($CLAWPEN_PROMTOOL, else .build/tools/promtool).
     private func promtoolCheck(_ text: String) throws {
@@ -125,7 +172,12 @@ final class MetricsTests: XCTestCase {
         p.standardError = FileHandle.nullDevice
         try p.run()
         defer { if p.isRunning { p.terminate(); p.waitUntilExit() } }
-        XCTAssertTrue(d.eventually(10) { (try? HTTP.get(port: port, path: "/readyz"))?.status == 503 })
+        // First "not open yet", then, once it has tried, why it cannot be opened.
+        XCTAssertTrue(
+            d.eventually(10) {
+                guard let r = try? HTTP.get(port: port, path: "/readyz") else { return false }
+                return r.status == 503 && r.body.contains("cannot be opened")
+            })
         let r = try HTTP.get(port: port, path: "/readyz")
         XCTAssertTrue(r.body.contains("the store cannot be opened"), r.body)
         XCTAssertEqual(try HTTP.get(port: port, path: "/healthz").status, 503, "no supervisor loop yet")
@@ -195,119 +247,5 @@ enum HTTP {
         let head = String(text[..<split.lowerBound])
         let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
         return Response(status: status, headers: head, body: String(text[split.upperBound...]))
-    }
-}
-
-/// The Prometheus text exposition format (0.0.4), parsed strictly enough to catch what a
-/// scraper would reject: every sample's family has a TYPE before it, names and label names are
-/// valid, label values are quoted and escaped, values are numbers, no series repeats, and a
-/// histogram's buckets are cumulative and end in +Inf equal to its _count.
-struct PrometheusText {
-    struct Key: Hashable, CustomStringConvertible {
-        var name: String
-        var labels: [String: String]
-        var description: String { "\(name)\(labels.sorted { $0.key < $1.key })" }
-    }
-    var samples: [Key: Double] = [:]
-    var types: [String: String] = [:]
-
-    func value(_ name: String, _ labels: [String: String]) -> Double? { samples[Key(name: name, labels: labels)] }
-
-    init(parsing text: String) throws {
-        func fail(_ why: String, _ line: Substring) -> Error {
-            NSError(domain: "PrometheusText", code: 0, userInfo: [NSLocalizedDescriptionKey: "\(why): \(line)"])
-        }
-        let nameOK = { (s: Substring) -> Bool in
-            guard let f = s.first, f.isLetter || f == "_" || f == ":" else { return false }
-            return s.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "_" || $0 == ":" }
-        }
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            if line.isEmpty { continue }
-            if line.hasPrefix("#") {
-                let parts = line.split(separator: " ", maxSplits: 3)
-                guard parts.count >= 3, parts[1] == "HELP" || parts[1] == "TYPE" else { continue }
-                guard nameOK(parts[2]) else { throw fail("bad metric name", line) }
-                if parts[1] == "TYPE" {
-                    guard parts.count == 4, ["counter", "gauge", "histogram", "summary", "untyped"].contains(String(parts[3])) else {
-                        throw fail("bad TYPE", line)
-                    }
-                    guard types[String(parts[2])] == nil else { throw fail("TYPE twice", line) }
-                    types[String(parts[2])] = String(parts[3])
-                }
-                continue
-            }
-            // name{labels} value
-            var rest = line[...]
-            let nameEnd = rest.firstIndex { $0 == "{" || $0 == " " } ?? rest.endIndex
-            let name = rest[..<nameEnd]
-            guard nameOK(name) else { throw fail("bad sample name", line) }
-            rest = rest[nameEnd...]
-            var labels: [String: String] = [:]
-            if rest.first == "{" {
-                rest = rest.dropFirst()
-                while rest.first != "}" {
-                    guard let eq = rest.firstIndex(of: "=") else { throw fail("label without =", line) }
-                    let lname = rest[..<eq]
-                    guard nameOK(lname) else { throw fail("bad label name", line) }
-                    rest = rest[rest.index(after: eq)...]
-                    guard rest.first == "\"" else { throw fail("unquoted label value", line) }
-                    rest = rest.dropFirst()
-                    var value = ""
-                    while let c = rest.first, c != "\"" {
-                        rest = rest.dropFirst()
-                        if c == "\\" {
-                            guard let e = rest.first, "\\\"n".contains(e) else { throw fail("bad escape", line) }
-                            value.append(e == "n" ? "\n" : e)
-                            rest = rest.dropFirst()
-                        } else {
-                            value.append(c)
-                        }
-                    }
-                    guard rest.first == "\"" else { throw fail("unterminated label value", line) }
-                    rest = rest.dropFirst()
-                    labels[String(lname)] = value
-                    if rest.first == "," { rest = rest.dropFirst() }
-                }
-                rest = rest.dropFirst()
-            }
-            guard rest.first == " " else { throw fail("no value", line) }
-            let fields = rest.dropFirst().split(separator: " ")
-            guard let raw = fields.first, fields.count <= 2 else { throw fail("bad value", line) }
-            let v: Double
-            switch raw {
-            case "+Inf": v = .infinity
-            case "-Inf": v = -.infinity
-            case "NaN": v = .nan
-            default:
-                guard let d = Double(raw) else { throw fail("value is not a number", line) }
-                v = d
-            }
-            var family = String(name)
-            for suffix in ["_bucket", "_sum", "_count"] where family.hasSuffix(suffix) && types[family] == nil {
-                family = String(family.dropLast(suffix.count))
-            }
-            guard types[family] != nil else { throw fail("sample before its TYPE", line) }
-            let key = Key(name: String(name), labels: labels)
-            guard samples[key] == nil else { throw fail("series repeated", line) }
-            samples[key] = v
-        }
-        // Histograms: cumulative buckets, +Inf == _count.
-        for (family, type) in types where type == "histogram" {
-            var series: [[String: String]: [(Double, Double)]] = [:]
-            for (k, v) in samples where k.name == family + "_bucket" {
-                var rest = k.labels
-                guard let le = rest.removeValue(forKey: "le") else { throw fail("bucket without le", Substring(k.description)) }
-                series[rest, default: []].append((le == "+Inf" ? .infinity : Double(le) ?? .nan, v))
-            }
-            for (labels, buckets) in series {
-                let sorted = buckets.sorted { $0.0 < $1.0 }
-                for (a, b) in zip(sorted, sorted.dropFirst()) where b.1 < a.1 {
-                    throw fail("buckets not cumulative", Substring("\(family)\(labels)"))
-                }
-                guard sorted.last?.0 == .infinity, sorted.last?.1 == samples[Key(name: family + "_count", labels: labels)] else {
-                    throw fail("+Inf bucket missing or not equal to _count", Substring("\(family)\(labels)"))
-                }
-            }
-        }
     }
 }

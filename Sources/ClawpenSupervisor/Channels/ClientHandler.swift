@@ -15,6 +15,12 @@ import NIOPosix
 /// until the parse is back, and frames that were already read wait behind it, so its requests
 /// reach the supervisor in order and a pipelining client cannot queue up work off the loop
 /// faster than it is done.
+///
+/// Replies are bounded the same way: while the connection is not writable (more than NIO's
+/// high-water mark of replies queued for a client that does not read them), it is not read
+/// and the frames already read wait. A client that pipelines `job.get`s of a job with a
+/// megabyte of output and never reads would otherwise make the supervisor hold a copy of that
+/// output per request.
 final class ClientHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -64,16 +70,21 @@ final class ClientHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
-    /// Its connection took what was queued: a job held back for it may go on (Streams.swift).
+    /// Its connection took what was queued: a job held back for it may go on (Streams.swift),
+    /// and its own requests are read again.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         supervisor.clientWritabilityChanged(context.channel)
+        if context.channel.isWritable { drain(context: context) }
         context.fireChannelWritabilityChanged()
     }
+
+    /// Requests wait: one is parsed off the loop, or the client is not reading its replies.
+    private func held(_ context: ChannelHandlerContext) -> Bool { parsing || !context.channel.isWritable }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
         let payload = unwrapInboundIn(data)
-        if parsing { waiting.append(payload); return }
+        if held(context) { waiting.append(payload); return }
         process(payload, context: context)
     }
 
@@ -107,10 +118,10 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// The frames that arrived during a parse, in order, until the next one goes to the pool.
     private func drain(context: ChannelHandlerContext) {
-        while !parsing, !refused, let next = waiting.popFirst() {
+        while !held(context), !refused, let next = waiting.popFirst() {
             process(next, context: context)
         }
-        if !parsing && readHeld {
+        if !held(context) && readHeld {
             readHeld = false
             context.read()
         }
@@ -133,9 +144,10 @@ final class ClientHandler: ChannelDuplexHandler {
         context.fireChannelReadComplete()
     }
 
-    /// Outbound `read`: held while a parse is off the loop (see the type's comment).
+    /// Outbound `read`: held while a parse is off the loop or replies wait (see the type's
+    /// comment).
     func read(context: ChannelHandlerContext) {
-        if parsing { readHeld = true } else { context.read() }
+        if held(context) { readHeld = true } else { context.read() }
     }
 
     /// What FrameDecoder refused is answered, then the connection is closed; it reads nothing

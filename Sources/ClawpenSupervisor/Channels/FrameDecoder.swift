@@ -14,7 +14,9 @@ import NIOCore
 /// - with a `partialTimeout` (client connections), a frame left incomplete that long closes the
 ///   connection, so a client that announces 16 MiB and goes silent holds its buffer for a
 ///   bounded time only. The clock restarts with every complete frame: a client that streams
-///   frames back to back is never cut off.
+///   frames back to back is never cut off. Nor is one whose rest of a frame waits because the
+///   supervisor stopped reading it (ClientHandler holds reads while the client does not read
+///   its replies): the clock starts again once it is read from again.
 final class FrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = ByteBuffer
 
@@ -84,6 +86,10 @@ final class FrameDecoder: ByteToMessageDecoder {
             // The handler behind this one answers and closes the connection.
             let (context, decoder) = bound.value
             decoder.partialTimer = nil
+            if !context.channel.isWritable {
+                decoder.armPartialTimer(context: context)
+                return
+            }
             context.fireErrorCaught(Failure.incomplete(received: decoder.buffered, timeout: timeout))
         }
     }

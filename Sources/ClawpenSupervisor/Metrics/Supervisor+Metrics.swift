@@ -50,6 +50,8 @@ extension Supervisor {
         m.setGauge(name("jobs_queued", "", "Jobs waiting for a slot, all tenants."), labels: [], Double(queued))
         m.setGauge(name("tenants", "", "Tenants known to the daemon."), labels: [], Double(core.tenants.count))
         m.setGauge(name("spare_workers", "", "Workers started ahead of need for new tenants."), labels: [], Double(spares.count))
+        syncRuntimeMetrics()
+        syncEgressMetrics()
         m.setGauge(name("uptime", "seconds", "Seconds since the daemon started."), labels: [], Clock.monotonic() - startedAt)
         return m.text()
     }
