@@ -13,8 +13,8 @@ public final class EgressServer: Sendable {
     let reporter: Reporter
     let controlFD: Int32
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    /// getaddrinfo blocks: names are resolved here, never on the loop.
-    let resolver = NIOThreadPool(numberOfThreads: 2)
+    /// getaddrinfo blocks: names are resolved here, never on the loop, fairly between tenants.
+    let resolver = FairResolver(threads: 2)
     private let listeners = Mutex<[UInt64: Channel]>([:])
 
     public init(controlFD: Int32, reportFD: Int32) {
