@@ -14,6 +14,12 @@ final class Flag: Sendable {
     let done = Atomic<Bool>(false)
 }
 
+final class SendResult: Sendable {
+    let thread = Atomic<UInt>(0)
+    let rc = Atomic<Int>(-2)
+    let done = Atomic<Bool>(false)
+}
+
 /// The sockets between the supervisor and its egress proxy, and the bounds that keep one side
 /// from stalling the other.
 final class EgressChannelTests: XCTestCase {
@@ -23,39 +29,49 @@ final class EgressChannelTests: XCTestCase {
         return (fds[0], fds[1])
     }
 
-    /// A send that the kernel cuts short (here SO_SNDTIMEO while the reader is slow) goes on
-    /// with the rest: the reader gets the whole frame and the fd, not half a frame.
+    /// A send that a signal cuts short (part of the frame is on the socket) goes on with the
+    /// rest: the reader gets the whole frame and the fd once, not half a frame.
     func testAShortSendWithAnFDSendsTheRest() throws {
         let (a, b) = try pair()
         defer { close(a); close(b) }
-        var small: Int32 = 4096
-        setsockopt(a, SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-        var tv = timeval(tv_sec: 0, tv_usec: 50_000)
-        setsockopt(a, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // A handler that does nothing: the signal only interrupts the blocked sendmsg, which then
+        // returns the bytes it had sent.
+        signal(SIGUSR1) { _ in }
         let payload = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         let passed = open("/dev/null", O_RDONLY | O_CLOEXEC)
         defer { close(passed) }
-        nonisolated(unsafe) var got: [UInt8] = []
-        nonisolated(unsafe) var fdsGot: [Int32] = []
-        let reader = Thread {
-            var buf = [UInt8](repeating: 0, count: 16 * 1024)
-            while got.count < payload.count {
-                usleep(2_000)
-                var fd: Int32 = -1
-                let n = buf.withUnsafeMutableBytes { cp_recv_with_fd(b, $0.baseAddress, $0.count, &fd) }
-                if fd >= 0 { fdsGot.append(fd) }
-                if n <= 0 { break }
-                got += buf[0..<n]
-            }
+        let result = SendResult()
+        let sender = Thread {
+            result.thread.store(UInt(pthread_self()), ordering: .releasing)
+            let rc = payload.withUnsafeBytes { cp_send_with_fd(a, $0.baseAddress, $0.count, passed) }
+            result.rc.store(Int(rc), ordering: .releasing)
+            result.done.store(true, ordering: .releasing)
         }
-        reader.start()
-        let rc = payload.withUnsafeBytes { cp_send_with_fd(a, $0.baseAddress, $0.count, passed) }
-        XCTAssertEqual(rc, 0, "errno \(errno)")
-        for _ in 0..<1000 where got.count < payload.count { usleep(10_000) }
+        sender.start()
+        // No one reads yet: the socket buffer fills and sendmsg blocks with part of the frame sent.
+        usleep(200_000)
+        let thread = result.thread.load(ordering: .acquiring)
+        XCTAssertNotEqual(thread, 0)
+        pthread_kill(pthread_t(thread), SIGUSR1)
+        usleep(100_000)
+        var got: [UInt8] = []
+        var fds: [Int32] = []
+        var buf = [UInt8](repeating: 0, count: 64 * 1024)
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(b, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        while got.count < payload.count {
+            var fd: Int32 = -1
+            let n = buf.withUnsafeMutableBytes { cp_recv_with_fd(b, $0.baseAddress, $0.count, &fd) }
+            if fd >= 0 { fds.append(fd) }
+            if n <= 0 { break }
+            got += buf[0..<n]
+        }
+        for _ in 0..<200 where !result.done.load(ordering: .acquiring) { usleep(10_000) }
+        XCTAssertEqual(result.rc.load(ordering: .acquiring), 0, "the send finished the frame")
         XCTAssertEqual(got.count, payload.count)
         XCTAssertTrue(got == payload, "the bytes in order")
-        XCTAssertEqual(fdsGot.count, 1, "the fd once, with the first bytes")
-        for fd in fdsGot { close(fd) }
+        XCTAssertEqual(fds.count, 1, "the fd once, with the first bytes")
+        for fd in fds { close(fd) }
     }
 
     /// The proxy's reports never block its event loop: with no one reading, sends return at
