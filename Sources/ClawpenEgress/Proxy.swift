@@ -456,7 +456,7 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
             // No byte either way for Limits.idleTimeout: both sides close.
             context.close(promise: nil)
             return

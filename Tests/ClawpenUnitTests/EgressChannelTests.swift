@@ -6,6 +6,7 @@ import ClawpenProtocol
 import ClawpenWire
 import Foundation
 import NIOCore
+import NIOEmbedded
 import NIOPosix
 import Synchronization
 import XCTest
@@ -148,6 +149,29 @@ final class EgressChannelTests: XCTestCase {
         XCTAssertEqual(v.record(key, now: 0).count, 1, "another tenant is not affected")
         let summary = v.flush(now: 10).filter { $0.key.host == "*" }
         XCTAssertEqual(summary.map(\.count), [1000 - EgressAuditWindow.keysPerTenant])
+    }
+
+    /// A relay whose IdleStateHandler says it carried no byte for the idle timeout closes both
+    /// sides (a job cannot park connections on the shared proxy). NIO's handler measures real
+    /// time, so the test gives the relay its event directly.
+    func testAnIdleRelayClosesBothSides() throws {
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop), upstream = EmbeddedChannel(loop: loop)
+        let counter = ByteCounter(tenant: "a", reporter: Reporter(fd: -1))
+        let (local, remote) = GlueHandler.matchedPair(counter: counter)
+        try client.pipeline.syncOperations.addHandler(local)
+        try upstream.pipeline.syncOperations.addHandler(remote)
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        try client.writeInbound(client.allocator.buffer(string: "x"))
+        XCTAssertEqual(try upstream.readOutbound(as: ByteBuffer.self)?.readableBytes, 1)
+        client.pipeline.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.write)
+        XCTAssertTrue(client.isActive, "another event than idleness in both directions changes nothing")
+        client.pipeline.fireUserInboundEventTriggered(IdleStateHandler.IdleStateEvent.all)
+        loop.run()
+        XCTAssertFalse(client.isActive, "idle for the timeout: closed")
+        XCTAssertFalse(upstream.isActive, "and its partner with it")
+        XCTAssertEqual(counter.up, 1)
     }
 
     func testTheLeafCacheKeepsTheMostRecentlyUsed() {
