@@ -50,6 +50,10 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     private var admitted = false
     /// What the request was for, once known: refusals are reported with it.
     private var reportTarget: (host: String, port: Int) = ("-", 0)
+    /// After CONNECT to a secret's host: the upstream TLS connection, opened at once so that its
+    /// handshake runs while the job's handshake with the proxy does (one handshake's time saved
+    /// on every intercepted request); taken by `forward`, closed if the request never comes.
+    private var early: EventLoopFuture<Channel>?
 
     public init(tenant: String, state: ProxyState, reporter: Reporter, resolver: FairResolver, limits: Limits = Limits()) {
         tenantName = tenant; self.state = state; self.reporter = reporter; self.resolver = resolver; self.limits = limits
@@ -98,6 +102,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
 
     public func channelInactive(context: ChannelHandlerContext) {
         headDeadline?.cancel()
+        dropEarly()
         phase = .closed
         if admitted {
             admitted = false
@@ -186,13 +191,24 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             decided(context, tenant: tenant, head: head, target: target, addresses: [])
             return
         }
+        // An address needs no lookup, and a name looked up a moment ago none either (ResolverCache).
+        if let literal = IPAddress(host) {
+            decided(context, tenant: tenant, head: head, target: target, addresses: [literal])
+            return
+        }
+        if let kept = state.resolved.lookup(tenant: tenantName, host: host) {
+            decided(context, tenant: tenant, head: head, target: target, addresses: kept)
+            return
+        }
         let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let cache = state.resolved, tenantName = self.tenantName
         guard let lookup = resolver.resolve(tenant: tenantName, host: host, eventLoop: context.eventLoop) else {
             refuse(
                 context, 503, "Service Unavailable", rule: "resolve queue", "tenant \(tenantName) has \(FairResolver.maxQueuedPerTenant) name lookups waiting")
             return
         }
         lookup.whenComplete { [self] r in
+            if case .success(let addresses) = r { cache.store(tenant: tenantName, host: host, addresses) }
             decided(loopContext.value, tenant: tenant, head: head, target: target, addresses: (try? r.get()) ?? [])
         }
     }
@@ -217,7 +233,17 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Tunnel, intercept, forward
 
-    private func connect(_ context: ChannelHandlerContext, address: IPAddress, port: Int, tlsHost: String?) -> EventLoopFuture<Channel> {
+    private func dropEarly() {
+        early?.whenSuccess { $0.close(promise: nil) }
+        early = nil
+    }
+
+    /// `autoRead`: off for a connection whose first bytes are relayed once it is joined; on for
+    /// one opened early, whose TLS handshake must read before anything is joined to it (nothing
+    /// but the handshake arrives before the request is sent).
+    private func connect(_ context: ChannelHandlerContext, address: IPAddress, port: Int, tlsHost: String?, autoRead: Bool = false)
+        -> EventLoopFuture<Channel>
+    {
         let sockaddr: SocketAddress
         do { sockaddr = try SocketAddress(ipAddress: address.description, port: port) } catch {
             return context.eventLoop.makeFailedFuture(error)
@@ -230,7 +256,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         return ClientBootstrap(group: context.eventLoop)
             .connectTimeout(limits.connectTimeout)
-            .channelOption(ChannelOptions.autoRead, value: false)
+            .channelOption(ChannelOptions.autoRead, value: autoRead)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.recvAllocator, value: ProxyHandler.bulkReads)
             .channelInitializer { channel in
@@ -280,6 +306,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         phase = .innerHead(host: host, port: port, address: address)
+        early = connect(context, address: address, port: port, tlsHost: host, autoRead: true)
         armHeadTimer(context)
         // Bytes already read after the CONNECT head are the start of the TLS handshake.
         if let rest = buffer, rest.readableBytes > 0 {
@@ -301,11 +328,16 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             for name in u.used { reporter.used(tenantName, name, host, port) }
         }
         let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-        connect(context, address: address, port: port, tlsHost: tls ? host : nil).whenComplete { [self] result in
+        let upstream = (tls ? early : nil) ?? connect(context, address: address, port: port, tlsHost: tls ? host : nil)
+        early = nil
+        upstream.whenComplete { [self] result in
             let context = ctx.value
             switch result {
             case .failure(let e):
                 refuse(context, 502, "Bad Gateway", rule: "upstream", "cannot reach \(host):\(port) (\(address)): \(e)")
+            case .success(let upstream) where !upstream.isActive:
+                // Opened early and closed by the upstream while the job was still sending.
+                refuse(context, 502, "Bad Gateway", rule: "upstream", "\(host):\(port) (\(address)) closed the connection")
             case .success(let upstream):
                 join(context, upstream, initial: bytes)
             }
@@ -354,6 +386,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         phase = .closed
         headDeadline?.cancel()
         reporter.denied(tenantName, reportTarget.host, reportTarget.port, rule)
+        dropEarly()
         let body = "clawpen egress: \(message)\n"
         var out = context.channel.allocator.buffer(capacity: 256)
         out.writeString("HTTP/1.1 \(status) \(reason)\r\n")

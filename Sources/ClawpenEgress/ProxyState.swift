@@ -128,6 +128,9 @@ public final class ProxyState: Sendable {
             o[tenant] = n > 0 ? n : nil
         }
     }
+
+    /// Names resolved a moment ago, per tenant.
+    let resolved = ResolverCache()
     private let trust = Mutex<[NIOSSLCertificate]>([])
     private let clientContext = Mutex<NIOSSLContext?>(nil)
 
@@ -181,7 +184,10 @@ public final class ProxyState: Sendable {
             let t = Tenant(name: name, allow: allow, secrets: secrets, maxConnections: max(1, cap), caKey: key, caCertificate: cert)
             tenants.withLock { $0[name] = t }
         case "forget":
-            if let name = v["tenant"]?.stringValue { _ = tenants.withLock { $0.removeValue(forKey: name) } }
+            if let name = v["tenant"]?.stringValue {
+                _ = tenants.withLock { $0.removeValue(forKey: name) }
+                resolved.forget(tenant: name)
+            }
         default: break
         }
     }
@@ -198,61 +204,94 @@ public struct ProxyError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-/// Reports to the supervisor, one frame per event. Never blocks its caller (the proxy's one
-/// event loop, or the control thread): frames are queued to a thread of their own that writes
-/// them whole to the (blocking) report socket; over `maxPendingBytes` queued a frame is dropped
-/// and counted, and the count goes with the next frame that is sent (`dropped`), so a
-/// supervisor that reads slowly loses detail, never the proxy's service.
+/// Reports to the supervisor. Never blocks its caller (the proxy's one event loop, or the
+/// control thread): the events of requests (a denial, a secret's use, a connection's counts) are
+/// gathered for `batchDelay` and handed over together, one write and one wake-up of the
+/// supervisor (and one audit transaction there) per batch instead of two per request; `ready`
+/// and log lines go at once. What is handed over goes to a thread of its own that writes it whole
+/// to the (blocking) report socket; over `maxPendingBytes` queued a write is dropped and counted,
+/// and the count goes to the supervisor with the next one (`dropped`), so a supervisor that
+/// reads slowly loses detail, never the proxy's service. A proxy that dies loses at most the
+/// last batch.
 public final class Reporter: Sendable {
     let fd: Int32
+    private let loop: EventLoop?
+    private let batch = Mutex<(frames: [UInt8], scheduled: Bool)>(([], false))
+    static let batchDelay = TimeAmount.milliseconds(10)
+    static let batchBytes = 64 * 1024
     private let writer = NIOThreadPool(numberOfThreads: 1)
     private let pending = Atomic<Int>(0)
     private let dropped = Atomic<Int>(0)
     public static let maxPendingBytes = 1 << 20
 
-    public init(fd: Int32) {
+    /// `loop`: where the batches are timed (nil: every report is handed over at once).
+    public init(fd: Int32, loop: EventLoop? = nil) {
         self.fd = fd
+        self.loop = loop
         writer.start()
     }
 
-    /// Frames dropped since the last one that went out.
+    /// Reports dropped since the last count that went out.
     public var droppedCount: Int { dropped.load(ordering: .relaxed) }
 
-    public func send(_ v: JSONValue) {
-        var value = v
-        let lost = dropped.exchange(0, ordering: .relaxed)
-        if lost > 0, case .object(var fields) = value {
-            fields.append(("dropped", .int(Int64(lost))))
-            value = .object(fields)
+    public func send(_ v: JSONValue) { write(EgressControl.frame(v)) }
+
+    /// A request's event: in the next batch.
+    func report(_ v: JSONValue) {
+        guard let loop else { send(v); return }
+        let frame = EgressControl.frame(v)
+        let (schedule, full) = batch.withLock { p -> (Bool, Bool) in
+            p.frames += frame
+            let first = !p.scheduled
+            p.scheduled = true
+            return (first, p.frames.count >= Self.batchBytes)
         }
-        let bytes = EgressControl.frame(value)
+        if full { flush() } else if schedule { loop.scheduleTask(in: Self.batchDelay) { [self] in flush() } }
+    }
+
+    /// Hands over what is gathered (the timer, a full batch, or the end).
+    public func flush() {
+        let frames = batch.withLock { p -> [UInt8] in
+            defer { p = ([], false) }
+            return p.frames
+        }
+        if !frames.isEmpty { write(frames) }
+    }
+
+    private func write(_ frames: [UInt8]) {
+        var bytes = frames
+        let lost = dropped.exchange(0, ordering: .relaxed)
+        if lost > 0 {
+            bytes = EgressControl.frame(.object([("type", .string("dropped")), ("dropped", .int(Int64(lost)))])) + bytes
+        }
         let queued = pending.add(bytes.count, ordering: .relaxed).newValue
         guard queued <= Self.maxPendingBytes else {
             pending.subtract(bytes.count, ordering: .relaxed)
             dropped.add(1 + lost, ordering: .relaxed)
             return
         }
+        let out = bytes
         writer.submit { [self] state in
-            defer { pending.subtract(bytes.count, ordering: .relaxed) }
+            defer { pending.subtract(out.count, ordering: .relaxed) }
             guard case .active = state else { return }
-            _ = Sockets.sendAll(fd, bytes)
+            _ = Sockets.sendAll(fd, out)
         }
     }
 
     func denied(_ tenant: String, _ host: String, _ port: Int, _ rule: String) {
-        send(
+        report(
             .object([("type", .string("denied")), ("tenant", .string(tenant)), ("host", .string(host)), ("port", .int(Int64(port))), ("rule", .string(rule))]))
     }
 
     func used(_ tenant: String, _ name: String, _ host: String, _ port: Int) {
-        send(
+        report(
             .object([
                 ("type", .string("secret_used")), ("tenant", .string(tenant)), ("name", .string(name)), ("host", .string(host)), ("port", .int(Int64(port))),
             ]))
     }
 
     func done(_ tenant: String, allowed: Bool, up: Int, down: Int) {
-        send(
+        report(
             .object([("type", .string("done")), ("tenant", .string(tenant)), ("allowed", .bool(allowed)), ("up", .int(Int64(up))), ("down", .int(Int64(down)))])
         )
     }

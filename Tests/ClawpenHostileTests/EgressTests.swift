@@ -128,6 +128,78 @@ final class EgressTests: XCTestCase {
         XCTAssertFalse(st.stdout.contains(secret))
     }
 
+    func proxyStatus() throws -> JSONValue { try XCTUnwrap(try daemon.status()["supervisor"]?["egress"]) }
+
+    /// The proxy is killed under a running worker: the supervisor starts it again after a short
+    /// back-off, status says so, and the same worker's jobs get egress again (a new listener in
+    /// its namespace, its tenant's allowlist and secrets pushed again).
+    func testAProxyThatDiesIsRestartedAndEgressComesBack() throws {
+        try start()
+        let h = up.httpPort, s = up.httpsPort
+        let fetch = { (path: String) in
+            "curl --noproxy '' -sS -m 10 -H \"Authorization: Bearer $API_KEY\" http://localhost:\(h)/\(path); curl --noproxy '' -sS -m 10 -H \"Authorization: Bearer $API_KEY\" https://localhost:\(s)/\(path)-tls"
+        }
+        XCTAssertEqual(try sh("a", fetch("before")).state, .succeeded)
+        let worker = try daemon.tenantStatus("a")["worker_pid"]?.intValue
+        let first = try proxyStatus()
+        XCTAssertEqual(first["state"]?.stringValue, "running", "\(first)")
+        XCTAssertEqual(first["restarts"]?.intValue, 0)
+        let pid = try XCTUnwrap(first["pid"]?.intValue)
+        // Only ever the daemon's own proxy: its name and its uid (not root) are checked first.
+        let comm = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+        XCTAssertEqual(comm, "clawpen-egress\n")
+        let statusLine = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8).split(separator: "\n").first { $0.hasPrefix("Uid:") }
+        XCTAssertFalse(statusLine?.split(separator: "\t").dropFirst().contains("0") ?? true, "\(statusLine ?? "")")
+        XCTAssertEqual(kill(pid_t(pid), SIGKILL), 0)
+        var after: JSONValue = .null
+        XCTAssertTrue(
+            try daemon.eventually(20) {
+                after = try proxyStatus()
+                return after["state"]?.stringValue == "running" && after["restarts"]?.intValue == 1
+            }, "the proxy came back: \(after)")
+        XCTAssertNotEqual(after["pid"]?.intValue, pid)
+        XCTAssertTrue(after["last_exit"]?.stringValue?.contains("signal 9") ?? false, "\(after)")
+        let job = try sh("a", fetch("after"))
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("path=/after") && job.stdout.contains("path=/after-tls"), job.stdout + job.stderr)
+        XCTAssertTrue(up.received.contains("/after Bearer \(secret)\n") && up.received.contains("/after-tls Bearer \(secret)\n"), up.received)
+        XCTAssertEqual(try daemon.tenantStatus("a")["worker_pid"]?.intValue, worker, "the same worker: its listener was handed to the new proxy")
+        XCTAssertTrue(daemon.log.contains("egress proxy exited; restarting it"), daemon.log)
+    }
+
+    /// The tenant's CA is kept in the state dir, its key sealed with the tenant's data key: a
+    /// restart of the daemon gives the sandbox the same CA, and HTTPS with substitution works
+    /// with it (the proxy signs with the stored key).
+    func testTheTenantCAOutlivesARestartOfTheDaemon() throws {
+        try start()
+        let s = up.httpsPort
+        let before = try sh("a", "cat /etc/clawpen-egress-ca.pem")
+        XCTAssertTrue(before.stdout.hasPrefix("-----BEGIN CERTIFICATE-----"), before.stdout)
+        let keyFile = daemon.stateDir + "/egress/a-ca.key"
+        let attributes = try FileManager.default.attributesOfItem(atPath: keyFile)
+        XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o600)
+        let sealed = try XCTUnwrap(FileManager.default.contents(atPath: keyFile))
+        XCTAssertTrue(sealed.starts(with: Array("clawpen-egress-ca-key v1 key_version=".utf8)))
+        XCTAssertNil(sealed.range(of: Data("PRIVATE KEY".utf8)), "the key is sealed, not a PEM")
+        daemon.stop()
+        try daemon.start()
+        let after = try sh(
+            "a", "cat /etc/clawpen-egress-ca.pem; curl --noproxy '' -sS -m 10 -H \"Authorization: Bearer $API_KEY\" https://localhost:\(s)/restarted")
+        XCTAssertEqual(after.state, .succeeded, after.stderr)
+        XCTAssertTrue(after.stdout.hasPrefix(before.stdout), "the same CA after the restart:\n\(before.stdout)\n\(after.stdout)")
+        XCTAssertTrue(after.stdout.contains("path=/restarted"), after.stdout + after.stderr)
+        XCTAssertTrue(up.received.contains("/restarted Bearer \(secret)\n"), up.received)
+        // A key file that does not open (here: altered) is replaced by a new CA, and said so.
+        daemon.stop()
+        var altered = [UInt8](sealed)
+        altered[altered.count - 1] ^= 0xFF
+        try Data(altered).write(to: URL(fileURLWithPath: keyFile))
+        try daemon.start()
+        let third = try sh("a", "cat /etc/clawpen-egress-ca.pem")
+        XCTAssertNotEqual(third.stdout, before.stdout, "a new CA")
+        XCTAssertTrue(daemon.log.contains("cannot open the tenant's stored egress CA"), daemon.log)
+    }
+
     func testThePlaceholderSentToAHostNotInTheSecretsListArrivesUnreplaced() throws {
         try start()
         let job = try sh("a", "curl --noproxy '' -sS -H \"Authorization: Bearer $API_KEY\" http://localhost:\(up.otherPort)/other")

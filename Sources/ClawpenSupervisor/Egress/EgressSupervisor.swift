@@ -33,10 +33,12 @@ final class EgressProxyProcess: @unchecked Sendable {
     var reports: Channel?
     /// It said "ready" (control frames written before are read in order anyway).
     var ready = false
+    /// Monotonic seconds when it was started.
+    let startedAt: Double
     /// Writes the control frames without blocking the event loop (nil: the fd could not be duplicated).
     let writer: EgressControlWriter?
-    init(pid: Int32, controlFD: Int32) {
-        self.pid = pid; self.controlFD = controlFD
+    init(pid: Int32, controlFD: Int32, startedAt: Double) {
+        self.pid = pid; self.controlFD = controlFD; self.startedAt = startedAt
         writer = EgressControlWriter(controlFD: controlFD)
     }
 }
@@ -62,6 +64,27 @@ struct EgressState {
     var auditFlushScheduled = false
     /// `policy explain --url` name lookups in flight (ExplainResolver).
     var explainLookups = 0
+    /// Times the proxy was started again after it died, since the daemon started.
+    var restarts = 0
+    /// Deaths in a row of a proxy that did not stay up for `stableSeconds`: the back-off's exponent.
+    var quickDeaths = 0
+    /// A restart is scheduled (the proxy died); nil otherwise.
+    var restartAt: Double?
+    /// How the last proxy ended, for status.
+    var lastExit: String?
+    /// The daemon is stopping: a proxy that dies now is not restarted.
+    var stopping = false
+
+    /// The first restart comes at once (after `firstRestartDelay`), the next ones of a proxy that
+    /// keeps dying at twice the delay each time, up to `maxRestartDelay`; a proxy that stayed up
+    /// for `stableSeconds` starts the count again.
+    static let firstRestartDelay = 0.1
+    static let maxRestartDelay = 30.0
+    static let stableSeconds = 60.0
+
+    static func restartDelay(quickDeaths: Int) -> Double {
+        min(maxRestartDelay, firstRestartDelay * Double(1 << min(max(0, quickDeaths - 1), 16)))
+    }
 }
 
 extension Supervisor {
@@ -125,7 +148,7 @@ extension Supervisor {
         close(control[1])
         close(reports[1])
         let reportFD = reports[0]
-        let proxy = EgressProxyProcess(pid: pid, controlFD: control[0])
+        let proxy = EgressProxyProcess(pid: pid, controlFD: control[0], startedAt: Clock.monotonic())
         egress.proxy = proxy
         egress.unavailable = nil
         logger.notice("egress proxy started", metadata: ["pid": "\(pid)", "uid": "\(uid)"])
@@ -387,21 +410,85 @@ extension Supervisor {
         }
     }
 
-    /// The proxy's reports closed: it died. Status says so; jobs' requests fail to connect.
+    /// The proxy's reports closed: it died. Jobs' requests fail to connect until it is back:
+    /// it is started again after a back-off (EgressState.restartDelay), and every running worker
+    /// of an egress tenant gets a new listener for it. Status says which state it is in.
     func egressProxyGone() {
         guard let proxy = egress.proxy else { return }
-        var status: Int32 = 0
-        var usage = rusage()
-        // Its reports closed: whatever it still does, it serves no one with stale allowlists.
+        // Its reports closed: whatever it still does, it serves no one with stale allowlists
+        // (a zombie's status is kept; the reap below collects it).
         kill(proxy.pid, SIGKILL)
-        _ = cp_wait4(proxy.pid, &status, 0, &usage)
         close(proxy.controlFD)
         egress.proxy = nil
         proxy.writer?.finish()
         egress.configured.removeAll()
         egress.listeners.removeAll()
-        egress.unavailable = "the egress proxy (pid \(proxy.pid)) exited: \(Self.describe(waitStatus: status)); restart the daemon"
-        logger.error("egress proxy exited", metadata: ["pid": "\(proxy.pid)"])
+        egress.unavailable = "the egress proxy (pid \(proxy.pid)) closed its report socket"
+        reapProxy(proxy, attempt: 0)
+    }
+
+    /// Waits for the proxy's exit (its socket closes a moment before it is a zombie; one that
+    /// lingers 2 s is killed), then schedules its restart.
+    private func reapProxy(_ proxy: EgressProxyProcess, attempt: Int) {
+        var status: Int32 = 0
+        var usage = rusage()
+        if cp_wait4(proxy.pid, &status, WNOHANG, &usage) == 0 {
+            if attempt == 200 { kill(proxy.pid, SIGKILL) }
+            loop.scheduleTask(in: .milliseconds(10)) { [self] in reapProxy(proxy, attempt: attempt + 1) }
+            return
+        }
+        let how = Self.describe(waitStatus: status)
+        egress.lastExit = "pid \(proxy.pid) \(how)"
+        guard !egress.stopping else {
+            egress.unavailable = "the egress proxy (pid \(proxy.pid)) \(how); the daemon is stopping"
+            return
+        }
+        let now = Clock.monotonic()
+        egress.quickDeaths = now - proxy.startedAt >= EgressState.stableSeconds ? 1 : egress.quickDeaths + 1
+        let delay = EgressState.restartDelay(quickDeaths: egress.quickDeaths)
+        egress.restartAt = now + delay
+        egress.unavailable = "the egress proxy (pid \(proxy.pid)) \(how); restarting it in \(Self.seconds(delay))"
+        logger.error("egress proxy exited; restarting it", metadata: ["pid": "\(proxy.pid)", "exit": "\(how)", "delay_s": "\(delay)"])
+        loop.scheduleTask(in: .milliseconds(Int64(delay * 1000))) { [self] in restartEgressProxy() }
+    }
+
+    private static func seconds(_ d: Double) -> String { d < 1 ? "\(Int(d * 1000)) ms" : "\(Int(d)) s" }
+
+    /// Starts the proxy again and hands it a listener in every running egress worker's namespace
+    /// (with its tenant's configuration, pushed on the way): jobs keep the same proxy address.
+    private func restartEgressProxy() {
+        egress.restartAt = nil
+        guard !egress.stopping, egress.proxy == nil else { return }
+        do { try startEgressProxy() } catch {
+            egress.unavailable = "cannot restart the egress proxy: \(error)"
+            logger.error("cannot restart the egress proxy", metadata: ["error": "\(error)"])
+        }
+        guard egress.proxy != nil else {
+            // startEgressProxy said why; a spawn that failed is tried again later.
+            egress.quickDeaths += 1
+            let delay = EgressState.restartDelay(quickDeaths: egress.quickDeaths)
+            egress.restartAt = Clock.monotonic() + delay
+            loop.scheduleTask(in: .milliseconds(Int64(delay * 1000))) { [self] in restartEgressProxy() }
+            return
+        }
+        egress.restarts += 1
+        for (id, w) in workers where !w.exited && core.tenants[w.tenant]?.limits.network == "egress" {
+            attachEgress(w.tenant, workerPID: w.pid, workerID: id)
+        }
+    }
+
+    /// `status`' `supervisor.egress`: the proxy process and its restarts.
+    func egressProxyStatus() -> JSONValue {
+        var o = JSONObjectBuilder()
+        let state: String
+        if egress.proxy != nil { state = "running" } else if egress.restartAt != nil { state = "restarting" } else { state = "unavailable" }
+        o.set("state", .string(state))
+        o.set("pid", egress.proxy.map { Int($0.pid) })
+        o.set("uptime_s", egress.proxy.map { ((Clock.monotonic() - $0.startedAt) * 1000).rounded() / 1000 })
+        o.set("restarts", egress.restarts)
+        o.set("last_exit", egress.lastExit)
+        o.set("unavailable", egress.unavailable)
+        return o.value
     }
 
     /// `status`' `egress` of a tenant.
@@ -421,6 +508,7 @@ extension Supervisor {
     }
 
     func stopEgressProxy() {
+        egress.stopping = true
         guard let proxy = egress.proxy else { return }
         kill(proxy.pid, SIGTERM)
         proxy.reports?.close(promise: nil)
