@@ -58,10 +58,20 @@ int cp_send_with_fd(int sock, const void *buf, size_t len, int fd) {
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &fd, sizeof(int));
     }
-    ssize_t n;
-    do { n = sendmsg(sock, &m, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
-    if (n < 0) return -1;
-    if ((size_t)n != len) { errno = EMSGSIZE; return -1; }
+    // The fd goes with the first bytes; a short write (a full socket buffer, a signal) sends
+    // the rest without it. Returning after a partial write would leave half a frame on the
+    // stream, and the reader would take the next bytes for a length.
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = sendmsg(sock, &m, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        off += (size_t)n;
+        iov.iov_base = (char *)buf + off;
+        iov.iov_len = len - off;
+        m.msg_control = NULL;
+        m.msg_controllen = 0;
+    }
     return 0;
 }
 

@@ -37,15 +37,22 @@ extension ClawpenConnection {
                 first
                 ? .put(FilePut(tenant: tenant, path: path, mode: mode, size: size, data: [], eof: eof))
                 : .chunk(data: [], offset: offset, eof: eof)
-            var payload = RequestCodec.encode(.file(command), id: .int(id))
-            if !chunk.isEmpty, payload.last == UInt8(ascii: "}") {
-                payload.removeLast()
-                payload.reserveCapacity(payload.count + Base64.encodedCount(chunk.count) + 16)
-                payload.append(contentsOf: #","data_b64":""#.utf8)
-                chunk.withUnsafeBytes { Base64.encode($0, into: &payload) }
-                payload.append(contentsOf: #""}"#.utf8)
+            // The frame is built whole: its header, the head, the chunk encoded into place.
+            let head = RequestCodec.encode(.file(command), id: .int(id))
+            var frame: [UInt8] = []
+            frame.reserveCapacity(Framing.headerSize + head.count + Base64.encodedCount(chunk.count) + 16)
+            frame.append(contentsOf: [0, 0, 0, 0])
+            if !chunk.isEmpty, head.last == UInt8(ascii: "}") {
+                frame.append(contentsOf: head.dropLast())
+                frame.append(contentsOf: #","data_b64":""#.utf8)
+                chunk.withUnsafeBytes { Base64.encode($0, into: &frame) }
+                frame.append(contentsOf: #""}"#.utf8)
+            } else {
+                frame.append(contentsOf: head)
             }
-            do { try send(payload) } catch {
+            let length = UInt32(frame.count - Framing.headerSize)
+            for i in 0..<4 { frame[i] = UInt8(truncatingIfNeeded: length >> (24 - 8 * i)) }
+            do { try writeAll(frame) } catch {
                 // The daemon may have refused and closed: its answer says why.
                 if let reply = try? awaitReply(id) { return try fileView(reply) }
                 throw error
@@ -79,7 +86,26 @@ extension ClawpenConnection {
         try send(RequestCodec.encode(.file(.get(tenant: tenant, path: path, chunkBytes: chunkBytes)), id: .int(id)))
         var expected: Int64 = 0
         while true {
-            let reply = try awaitReply(id)
+            // Every chunk but the last comes in the fast shape (ChunkFrame): decoded in place.
+            let payload = try receivePayload()
+            let fast: [UInt8]?? = payload.withUnsafeBytes { raw -> [UInt8]?? in
+                guard let f = ChunkFrame.scan(raw, type: "file.data"), f.id == .int(id), !f.eof, f.offset == UInt64(max(0, expected)) else {
+                    return nil
+                }
+                return .some(Base64.decode(f.data(in: raw)))
+            }
+            if let fast {
+                guard let bytes = fast else { throw .badReply("file.data with invalid base64") }
+                expected += Int64(bytes.count)
+                do { try write(bytes) } catch { throw .unavailable("writing the local file failed: \(error)") }
+                continue
+            }
+            let reply: JSONValue
+            do { reply = try JSONValue.parse(payload) } catch { throw .badReply("the daemon sent a frame that is not JSON (\(error))") }
+            if let rid = reply["id"], rid != .int(id), !rid.isNull { continue }
+            if reply["type"]?.stringValue == "error" {
+                throw .server(reply["error"].flatMap(ProtocolError.init(json:)) ?? ProtocolError(.internal, "error reply without details"))
+            }
             guard reply["type"]?.stringValue == "file.data", let offset = reply["offset"]?.intValue, offset == expected else {
                 throw .badReply("expected file.data at offset \(expected), got \(reply.text.prefix(120))")
             }

@@ -12,14 +12,16 @@ public final class EgressServer: Sendable {
     let state = ProxyState()
     let reporter: Reporter
     let controlFD: Int32
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    /// getaddrinfo blocks: names are resolved here, never on the loop.
-    let resolver = NIOThreadPool(numberOfThreads: 2)
+    let group: MultiThreadedEventLoopGroup
+    /// getaddrinfo blocks: names are resolved here, never on the loop, fairly between tenants.
+    let resolver = FairResolver(threads: 2)
     private let listeners = Mutex<[UInt64: Channel]>([:])
 
     public init(controlFD: Int32, reportFD: Int32) {
         self.controlFD = controlFD
-        reporter = Reporter(fd: reportFD)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.group = group
+        reporter = Reporter(fd: reportFD, loop: group.next())
     }
 
     /// Serves until the supervisor closes the control socket, then exits.
@@ -49,6 +51,7 @@ public final class EgressServer: Sendable {
             }
         }
         // The supervisor is gone: so are its tenants' namespaces' reasons to be served.
+        reporter.flush()
         exit(0)
     }
 

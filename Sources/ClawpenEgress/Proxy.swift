@@ -22,6 +22,9 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         /// A client must finish its request head within this long.
         public var headTimeout = TimeAmount.seconds(10)
         public var connectTimeout = TimeAmount.seconds(10)
+        /// A tunnel or forward with no byte either way for this long is closed (a job cannot
+        /// park connections on the shared proxy for ever).
+        public var idleTimeout = TimeAmount.minutes(5)
         public init() {}
     }
 
@@ -37,18 +40,36 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     let tenantName: String
     let state: ProxyState
     let reporter: Reporter
-    let resolver: NIOThreadPool
+    let resolver: FairResolver
     let limits: Limits
     private var phase = Phase.head
     private var buffer: ByteBuffer?
     private var headDeadline: Scheduled<Void>?
     private var glue: GlueHandler?
+    /// Counted against the tenant's egress_max_connections until the connection closes.
+    private var admitted = false
+    /// What the request was for, once known: refusals are reported with it.
+    private var reportTarget: (host: String, port: Int) = ("-", 0)
+    /// After CONNECT to a secret's host: the upstream TLS connection, opened at once so that its
+    /// handshake runs while the job's handshake with the proxy does (one handshake's time saved
+    /// on every intercepted request); taken by `forward`, closed if the request never comes.
+    private var early: EventLoopFuture<Channel>?
 
-    public init(tenant: String, state: ProxyState, reporter: Reporter, resolver: NIOThreadPool, limits: Limits = Limits()) {
+    public init(tenant: String, state: ProxyState, reporter: Reporter, resolver: FairResolver, limits: Limits = Limits()) {
         tenantName = tenant; self.state = state; self.reporter = reporter; self.resolver = resolver; self.limits = limits
     }
 
     public func channelActive(context: ChannelHandlerContext) {
+        if let tenant = state.tenant(tenantName) {
+            guard state.admit(tenantName, limit: tenant.maxConnections) else {
+                refuse(
+                    context, 503, "Service Unavailable", rule: "egress_max_connections",
+                    "tenant \(tenantName) has \(tenant.maxConnections) connections open through the proxy (egress_max_connections)")
+                context.fireChannelActive()
+                return
+            }
+            admitted = true
+        }
         armHeadTimer(context)
         context.fireChannelActive()
     }
@@ -58,7 +79,9 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
         headDeadline = context.eventLoop.scheduleTask(in: limits.headTimeout) { [self] in
             // A slow client holds one connection for the timeout, then nothing.
-            refuse(ctx.value, 408, "Request Timeout", rule: nil, "the request head did not arrive within \(limits.headTimeout.nanoseconds / 1_000_000_000) s")
+            refuse(
+                ctx.value, 408, "Request Timeout", rule: "head timeout",
+                "the request head did not arrive within \(limits.headTimeout.nanoseconds / 1_000_000_000) s")
         }
     }
 
@@ -79,12 +102,34 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
 
     public func channelInactive(context: ChannelHandlerContext) {
         headDeadline?.cancel()
+        dropEarly()
         phase = .closed
+        if admitted {
+            admitted = false
+            state.release(tenantName)
+        }
         context.fireChannelInactive()
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
+    }
+
+    /// A client that ends its side before its head is whole will send nothing more: its
+    /// connection (one of its tenant's egress_max_connections) is closed now, not at the head
+    /// timeout. After the head, a half-close is the client's right (the relay carries it).
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            switch phase {
+            case .head, .innerHead:
+                phase = .closed
+                headDeadline?.cancel()
+                context.close(promise: nil)
+                return
+            case .resolving, .relaying, .closed: break
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     // MARK: The head
@@ -94,12 +139,12 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         let view = buf.readableBytesView
         guard let end = Self.headEnd(view) else {
             if view.count > limits.maxHeadBytes {
-                refuse(context, 431, "Request Header Fields Too Large", rule: nil, "the request head is over \(limits.maxHeadBytes) bytes")
+                refuse(context, 431, "Request Header Fields Too Large", rule: "head too large", "the request head is over \(limits.maxHeadBytes) bytes")
             }
             return
         }
         guard end <= limits.maxHeadBytes else {
-            refuse(context, 431, "Request Header Fields Too Large", rule: nil, "the request head is over \(limits.maxHeadBytes) bytes")
+            refuse(context, 431, "Request Header Fields Too Large", rule: "head too large", "the request head is over \(limits.maxHeadBytes) bytes")
             return
         }
         guard let headBytes = buf.readBytes(length: end) else { return }
@@ -107,7 +152,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         let head: RequestHead
         switch RequestHead.parse(headBytes, maxHeaders: limits.maxHeaders) {
         case .failure(let e):
-            refuse(context, e.status, e.reason, rule: nil, e.message)
+            refuse(context, e.status, e.reason, rule: e.status == 431 ? "head too large" : "malformed request", e.message)
             return
         case .success(let h): head = h
         }
@@ -117,13 +162,8 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         if case .innerHead(let host, let port, let address) = phase {
-            // Inside the tenant's TLS to host: the request must be for that host.
-            if let h = head.header("host"), let (hh, hp) = EgressTarget.splitHostPort(h, defaultPort: port),
-                EgressRule.normalize(hh) != host || hp != port
-            {
-                refuse(context, 421, "Misdirected Request", rule: nil, "this connection is for \(host):\(port), not \(h)")
-                return
-            }
+            // Inside the tenant's TLS to host: the request must be for that host (checked with
+            // its Host and origin form by RequestHead.upstream).
             phase = .resolving
             forward(context, tenant: tenant, head: head, host: host, port: port, address: address, tls: true)
             return
@@ -131,18 +171,19 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         let target: EgressTarget
         if head.method == "CONNECT" {
             guard let (h, p) = EgressTarget.splitHostPort(head.target, defaultPort: nil) else {
-                refuse(context, 400, "Bad Request", rule: nil, "CONNECT needs host:port")
+                refuse(context, 400, "Bad Request", rule: "malformed request", "CONNECT needs host:port")
                 return
             }
             target = EgressTarget(host: EgressRule.normalize(h), port: p, tls: true)
         } else {
             guard head.target.lowercased().hasPrefix("http://"), let t = EgressTarget(url: head.target) else {
-                refuse(context, 400, "Bad Request", rule: nil, "a proxy request names an absolute http:// URL (or is CONNECT host:port)")
+                refuse(context, 400, "Bad Request", rule: "malformed request", "a proxy request names an absolute http:// URL (or is CONNECT host:port)")
                 return
             }
             target = EgressTarget(host: t.host, port: t.port, tls: false)
         }
         phase = .resolving
+        reportTarget = (target.host, target.port)
         let host = target.host
         let allow = tenant.allow
         // A name that no rule names is refused before it is even resolved.
@@ -150,8 +191,24 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             decided(context, tenant: tenant, head: head, target: target, addresses: [])
             return
         }
+        // An address needs no lookup, and a name looked up a moment ago none either (ResolverCache).
+        if let literal = IPAddress(host) {
+            decided(context, tenant: tenant, head: head, target: target, addresses: [literal])
+            return
+        }
+        if let kept = state.resolved.lookup(tenant: tenantName, host: host) {
+            decided(context, tenant: tenant, head: head, target: target, addresses: kept)
+            return
+        }
         let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        resolver.runIfActive(eventLoop: context.eventLoop) { HostResolver.resolve(host) }.whenComplete { [self] r in
+        let cache = state.resolved, tenantName = self.tenantName
+        guard let lookup = resolver.resolve(tenant: tenantName, host: host, eventLoop: context.eventLoop) else {
+            refuse(
+                context, 503, "Service Unavailable", rule: "resolve queue", "tenant \(tenantName) has \(FairResolver.maxQueuedPerTenant) name lookups waiting")
+            return
+        }
+        lookup.whenComplete { [self] r in
+            if case .success(let addresses) = r { cache.store(tenant: tenantName, host: host, addresses) }
             decided(loopContext.value, tenant: tenant, head: head, target: target, addresses: (try? r.get()) ?? [])
         }
     }
@@ -160,12 +217,11 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         guard context.channel.isActive else { return }
         let d = EgressPolicy.decide(host: target.host, port: target.port, addresses: addresses, allow: tenant.allow)
         guard d.allowed, let address = d.address else {
-            reporter.denied(tenantName, target.host, target.port, d.rule)
             refuse(context, 403, "Forbidden", rule: d.rule, d.message)
             return
         }
         if head.method == "CONNECT" {
-            if !tenant.substitutions(host: target.host, port: target.port).isEmpty {
+            if tenant.intercepts(host: target.host, port: target.port) {
                 intercept(context, tenant: tenant, host: target.host, port: target.port, address: address)
             } else {
                 tunnel(context, host: target.host, port: target.port, address: address)
@@ -177,7 +233,17 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Tunnel, intercept, forward
 
-    private func connect(_ context: ChannelHandlerContext, address: IPAddress, port: Int, tlsHost: String?) -> EventLoopFuture<Channel> {
+    private func dropEarly() {
+        early?.whenSuccess { $0.close(promise: nil) }
+        early = nil
+    }
+
+    /// `autoRead`: off for a connection whose first bytes are relayed once it is joined; on for
+    /// one opened early, whose TLS handshake must read before anything is joined to it (nothing
+    /// but the handshake arrives before the request is sent).
+    private func connect(_ context: ChannelHandlerContext, address: IPAddress, port: Int, tlsHost: String?, autoRead: Bool = false)
+        -> EventLoopFuture<Channel>
+    {
         let sockaddr: SocketAddress
         do { sockaddr = try SocketAddress(ipAddress: address.description, port: port) } catch {
             return context.eventLoop.makeFailedFuture(error)
@@ -190,7 +256,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         return ClientBootstrap(group: context.eventLoop)
             .connectTimeout(limits.connectTimeout)
-            .channelOption(ChannelOptions.autoRead, value: false)
+            .channelOption(ChannelOptions.autoRead, value: autoRead)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.recvAllocator, value: ProxyHandler.bulkReads)
             .channelInitializer { channel in
@@ -209,14 +275,19 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             let context = ctx.value
             switch result {
             case .failure(let e):
-                refuse(context, 502, "Bad Gateway", rule: nil, "cannot reach \(host):\(port) (\(address)): \(e)")
+                refuse(context, 502, "Bad Gateway", rule: "upstream", "cannot reach \(host):\(port) (\(address)): \(e)")
             case .success(let upstream):
-                var ok = context.channel.allocator.buffer(capacity: 64)
-                ok.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
-                context.writeAndFlush(Self.wrapOutboundOut(ok), promise: nil)
+                connectionEstablished(context)
                 join(context, upstream, initial: [])
             }
         }
+    }
+
+    /// The answer to a CONNECT the proxy carries out (a tunnel, or an interception).
+    private func connectionEstablished(_ context: ChannelHandlerContext) {
+        var ok = context.channel.allocator.buffer(capacity: 64)
+        ok.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+        context.writeAndFlush(Self.wrapOutboundOut(ok), promise: nil)
     }
 
     /// CONNECT to a secret's host: answer 200, speak TLS to the job with a leaf certificate for
@@ -224,12 +295,10 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     private func intercept(_ context: ChannelHandlerContext, tenant: ProxyState.Tenant, host: String, port: Int, address: IPAddress) {
         let tls: NIOSSLContext
         do { tls = try tenant.serverContext(host: host) } catch {
-            refuse(context, 502, "Bad Gateway", rule: nil, "cannot make a certificate for \(host): \(error)")
+            refuse(context, 502, "Bad Gateway", rule: "upstream", "cannot make a certificate for \(host): \(error)")
             return
         }
-        var ok = context.channel.allocator.buffer(capacity: 64)
-        ok.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
-        context.writeAndFlush(Self.wrapOutboundOut(ok), promise: nil)
+        connectionEstablished(context)
         do {
             try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .before(self))
         } catch {
@@ -237,6 +306,7 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         phase = .innerHead(host: host, port: port, address: address)
+        early = connect(context, address: address, port: port, tlsHost: host, autoRead: true)
         armHeadTimer(context)
         // Bytes already read after the CONNECT head are the start of the TLS handshake.
         if let rest = buffer, rest.readableBytes > 0 {
@@ -248,16 +318,26 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     private func forward(
         _ context: ChannelHandlerContext, tenant: ProxyState.Tenant, head: RequestHead, host: String, port: Int, address: IPAddress, tls: Bool
     ) {
-        let subs = tenant.substitutions(host: host, port: port)
-        var used: [String] = []
-        let bytes = head.forwarded(host: host, port: port, tls: tls, substitutions: subs, used: &used)
-        for name in used { reporter.used(tenantName, name, host, port) }
+        let bytes: [UInt8]
+        switch head.upstream(host: host, port: port, intercepted: tls, substitutions: tenant.secrets) {
+        case .failure(let r):
+            refuse(context, r.status, r.reason, rule: r.rule, r.message)
+            return
+        case .success(let u):
+            bytes = u.bytes
+            for name in u.used { reporter.used(tenantName, name, host, port) }
+        }
         let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-        connect(context, address: address, port: port, tlsHost: tls ? host : nil).whenComplete { [self] result in
+        let upstream = (tls ? early : nil) ?? connect(context, address: address, port: port, tlsHost: tls ? host : nil)
+        early = nil
+        upstream.whenComplete { [self] result in
             let context = ctx.value
             switch result {
             case .failure(let e):
-                refuse(context, 502, "Bad Gateway", rule: nil, "cannot reach \(host):\(port) (\(address)): \(e)")
+                refuse(context, 502, "Bad Gateway", rule: "upstream", "cannot reach \(host):\(port) (\(address)): \(e)")
+            case .success(let upstream) where !upstream.isActive:
+                // Opened early and closed by the upstream while the job was still sending.
+                refuse(context, 502, "Bad Gateway", rule: "upstream", "\(host):\(port) (\(address)) closed the connection")
             case .success(let upstream):
                 join(context, upstream, initial: bytes)
             }
@@ -276,6 +356,9 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         do {
             try context.pipeline.syncOperations.addHandler(local)
             try upstream.pipeline.syncOperations.addHandler(remote)
+            // First in each pipeline, so that it sees every read and write (TLS records too).
+            try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout), position: .first)
+            try upstream.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout), position: .first)
         } catch {
             upstream.close(promise: nil)
             context.close(promise: nil)
@@ -296,15 +379,18 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     /// the proxy's one loop a syscall pair per 64 KiB each way.
     public static let bulkReads = AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20)
 
-    /// An answer of the proxy's own, then close. Every refusal says what and by which rule.
-    func refuse(_ context: ChannelHandlerContext, _ status: Int, _ reason: String, rule: String?, _ message: String) {
+    /// An answer of the proxy's own, then close. Every refusal says what and by which rule
+    /// (X-Clawpen-Rule), and is reported: counted and audited by the supervisor.
+    func refuse(_ context: ChannelHandlerContext, _ status: Int, _ reason: String, rule: String, _ message: String) {
         if case .closed = phase { return }
         phase = .closed
         headDeadline?.cancel()
+        reporter.denied(tenantName, reportTarget.host, reportTarget.port, rule)
+        dropEarly()
         let body = "clawpen egress: \(message)\n"
         var out = context.channel.allocator.buffer(capacity: 256)
         out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
-        if let rule { out.writeString("X-Clawpen-Rule: \(rule.filter { $0 != "\r" && $0 != "\n" })\r\n") }
+        out.writeString("X-Clawpen-Rule: \(rule.filter { $0 != "\r" && $0 != "\n" })\r\n")
         out.writeString("Content-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
         let channel = context.channel
         context.writeAndFlush(Self.wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
@@ -403,6 +489,11 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
+            // No byte either way for Limits.idleTimeout: both sides close.
+            context.close(promise: nil)
+            return
+        }
         if let e = event as? ChannelEvent, case .inputClosed = e { partner?.partnerWriteEOF() }
         context.fireUserInboundEventTriggered(event)
     }

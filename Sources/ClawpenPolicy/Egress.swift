@@ -1,4 +1,5 @@
 import ClawpenTOML
+import ClawpenWire
 import Glibc
 
 /// The egress allowlist and the secrets a tenant's jobs may use, and the one decision the
@@ -165,7 +166,7 @@ public struct EgressRule: Sendable, Equatable, CustomStringConvertible {
         return h
     }
 
-    static func isHostName(_ h: String) -> Bool {
+    public static func isHostName(_ h: String) -> Bool {
         let u = Array(h.utf8)
         guard (1...253).contains(u.count) else { return false }
         for label in h.split(separator: ".", omittingEmptySubsequences: false) {
@@ -205,22 +206,65 @@ public struct SecretBinding: Sendable, Equatable {
         /// `commands` (absolute paths). Weaker: the value is inside the sandbox.
         case env(commands: [String])
     }
+    /// The headers a secret goes in when its binding names none: where API keys travel.
+    /// Proxy-Authorization is not one (the proxy drops it).
+    public static let defaultHeaders = ["authorization", "x-api-key", "api-key"]
+
     public let name: String
     /// `env = "OPENAI_API_KEY"`: the variable that holds the placeholder (or the value).
     public let envVar: String
     /// `hosts = ["api.openai.com:443"]`: where the proxy substitutes the value.
     public let hosts: [EgressRule]
     public let exposure: Exposure
+    /// `headers = ["Authorization"]` (lower case): the only headers the placeholder may be in;
+    /// anywhere else in a request to `hosts` (another header, the target) is refused, so that an
+    /// endpoint that echoes a header cannot hand the value back to the sandbox.
+    public let headers: [String]
+    /// `allow_plain_http = true`: substitute in plain-HTTP requests to a host name too (the value
+    /// then crosses the network in clear text to whatever the name resolved to). Off by default:
+    /// names get the value only inside TLS the proxy verified.
+    public let allowPlainHTTP: Bool
     public let file: String
     public let line: Int
 
-    public init(name: String, envVar: String, hosts: [EgressRule], exposure: Exposure, file: String, line: Int) {
-        self.name = name; self.envVar = envVar; self.hosts = hosts; self.exposure = exposure; self.file = file; self.line = line
+    public init(
+        name: String, envVar: String, hosts: [EgressRule], exposure: Exposure, headers: [String] = SecretBinding.defaultHeaders,
+        allowPlainHTTP: Bool = false, file: String, line: Int
+    ) {
+        self.name = name; self.envVar = envVar; self.hosts = hosts; self.exposure = exposure
+        self.headers = headers.map { $0.lowercased() }; self.allowPlainHTTP = allowPlainHTTP; self.file = file; self.line = line
     }
 
-    public func substitutes(host: String, port: Int) -> Bool {
-        guard case .placeholder = exposure else { return false }
-        return hosts.contains { $0.matches(host: host, port: port) }
+    /// Whether the proxy substitutes this secret in a request to host:port (`tls`: inside TLS
+    /// the proxy terminated and verified upstream; otherwise plain HTTP).
+    public func use(host: String, port: Int, tls: Bool) -> SecretUse {
+        guard case .placeholder = exposure else { return .none }
+        return SecretUse.decide(hosts: hosts, allowPlainHTTP: allowPlainHTTP, host: host, port: port, tls: tls)
+    }
+
+    public func substitutes(host: String, port: Int, tls: Bool) -> Bool { use(host: host, port: port, tls: tls) == .substituted }
+}
+
+/// What a secret does in one request: the one rule the proxy and `policy explain` share.
+public enum SecretUse: Sendable, Equatable {
+    /// Not one of the secret's hosts: its placeholder goes through as it is.
+    case none
+    /// The placeholder is replaced by the value (in the secret's headers only).
+    case substituted
+    /// One of its hosts, but over plain HTTP to a name without `allow_plain_http`: the request is
+    /// refused (rule `secret plain http`), never sent with the value in clear text.
+    case refusedPlainHTTP
+
+    /// A name rule substitutes inside TLS (the proxy verified the upstream's certificate for the
+    /// name), and over plain HTTP only with `allowPlainHTTP`; an address rule (an IP literal,
+    /// no DNS to spoof) substitutes over plain HTTP only (there is no name to make a
+    /// certificate for, so a CONNECT to it is tunneled).
+    public static func decide(hosts: [EgressRule], allowPlainHTTP: Bool, host rawHost: String, port: Int, tls: Bool) -> SecretUse {
+        let host = EgressRule.normalize(rawHost)
+        guard let rule = hosts.first(where: { $0.matches(host: host, port: port) }) else { return .none }
+        if case .range = rule.target { return tls ? .none : .substituted }
+        if tls || allowPlainHTTP { return .substituted }
+        return .refusedPlainHTTP
     }
 }
 
@@ -313,10 +357,11 @@ enum EgressDecoding {
             }
             let line = i < e.elementLines.count ? e.elementLines[i] : e.line
             let rule = try EgressRule(parsing: s, file: origin, line: line)
-            if case .range = rule.target, key.hasSuffix(".hosts") {
-                // A secret is substituted for names, whose TLS certificate the proxy checks; an
-                // address has no name to check against.
-                throw .invalidValue(file: file, line: line, key: key, reason: "\(quoted(s)): a secret's hosts are names (host:port or *.domain:port)")
+            if case .range(let r) = rule.target, key.hasSuffix(".hosts"), r.prefix != r.base.bytes.count * 8 {
+                // A secret goes to names (checked by their TLS certificate) or to one address
+                // (plain HTTP, no DNS in between); a range is neither.
+                throw .invalidValue(
+                    file: file, line: line, key: key, reason: "\(quoted(s)): a secret's hosts are names (host:port or *.domain:port) or one address")
             }
             out.append(rule)
         }
@@ -340,6 +385,8 @@ enum EgressDecoding {
             var hosts: [EgressRule] = []
             var expose = "placeholder"
             var commands: [String] = []
+            var headers = SecretBinding.defaultHeaders
+            var allowPlainHTTP = false
             for e in body.entries {
                 let key = "secrets.\(s.key).\(e.key)"
                 switch e.key {
@@ -368,6 +415,27 @@ enum EgressDecoding {
                         }
                         commands.append(p)
                     }
+                case "headers":
+                    guard let items = e.value.arrayValue, !items.isEmpty else {
+                        throw .wrongType(file: file, line: e.line, key: key, expected: "a non-empty array of header names", found: e.value.shortDescription)
+                    }
+                    headers = []
+                    for item in items {
+                        guard let h = item.stringValue, isHeaderName(h) else {
+                            throw .invalidValue(file: file, line: e.line, key: key, reason: "every entry is a header name (letters, digits, '-')")
+                        }
+                        guard !["proxy-authorization", "host", "content-length", "transfer-encoding", "connection"].contains(h.lowercased()) else {
+                            throw .invalidValue(
+                                file: file, line: e.line, key: key, reason: "\(quoted(h)): the proxy drops or sets that header itself; a secret cannot go in it"
+                            )
+                        }
+                        headers.append(h.lowercased())
+                    }
+                case "allow_plain_http":
+                    guard let v = e.value.boolValue else {
+                        throw .wrongType(file: file, line: e.line, key: key, expected: "true or false", found: e.value.shortDescription)
+                    }
+                    allowPlainHTTP = v
                 default: throw PolicyError.unknownKey(file: file, line: e.line, key: key)
                 }
             }
@@ -387,16 +455,20 @@ enum EgressDecoding {
                 guard commands.isEmpty else {
                     throw .invalidValue(file: file, line: s.line, key: "secrets.\(s.key)", reason: "commands goes with expose = \"env\" only")
                 }
-                out.append(SecretBinding(name: s.key, envVar: envVar, hosts: hosts, exposure: .placeholder, file: origin, line: s.line))
+                out.append(
+                    SecretBinding(
+                        name: s.key, envVar: envVar, hosts: hosts, exposure: .placeholder, headers: headers, allowPlainHTTP: allowPlainHTTP, file: origin,
+                        line: s.line))
             }
         }
         return out
     }
 
-    static func isSecretName(_ n: String) -> Bool {
+    static func isSecretName(_ n: String) -> Bool { SecretName.isValid(n) }
+
+    static func isHeaderName(_ n: String) -> Bool {
         let u = Array(n.utf8)
-        guard (1...64).contains(u.count), let f = u.first, isAlnum(f) else { return false }
-        return u.allSatisfy { isAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }
+        return (1...64).contains(u.count) && u.allSatisfy { isAlnum($0) || $0 == UInt8(ascii: "-") }
     }
 
     static func isEnvName(_ n: String) -> Bool {

@@ -61,6 +61,10 @@ public struct TierLimits: Sendable, Equatable {
     public var interactiveTimeoutMaxSeconds: Double
     /// `file_max_bytes`: the largest file a `file.put` or `file.get` moves.
     public var fileMaxBytes: Int64
+    /// `egress_max_connections`: connections one tenant's jobs may hold open through the shared
+    /// egress proxy at once (one tenant cannot take every descriptor of the proxy).
+    public var egressMaxConnections: Int = TierLimits.defaultEgressMaxConnections
+    public static let defaultEgressMaxConnections = 256
     /// `[egress] allow`: where an `egress` tenant's proxy lets requests go (Egress.swift).
     public var egressAllow: [EgressRule] = []
     /// `[secrets.NAME]`: how each secret reaches the jobs.
@@ -226,6 +230,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var inodesMax: Int?
     public var interactiveTimeoutMaxSeconds: Double?
     public var fileMaxBytes: Int64?
+    public var egressMaxConnections: Int?
     /// `[egress]` and `[secrets.*]` replace the tier's as a whole.
     public var egressAllow: [EgressRule]?
     public var secrets: [SecretBinding]?
@@ -295,6 +300,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.inodesMax { o.inodesMax = v }
         if let v = other.interactiveTimeoutMaxSeconds { o.interactiveTimeoutMaxSeconds = v }
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
+        if let v = other.egressMaxConnections { o.egressMaxConnections = v }
         if let v = other.egressAllow { o.egressAllow = v }
         if let v = other.secrets { o.secrets = v }
         return o
@@ -328,6 +334,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = inodesMax { l.inodesMax = v }
         if let v = interactiveTimeoutMaxSeconds { l.interactiveTimeoutMaxSeconds = v }
         if let v = fileMaxBytes { l.fileMaxBytes = v }
+        if let v = egressMaxConnections { l.egressMaxConnections = v }
         if let v = egressAllow { l.egressAllow = v }
         if let v = secrets { l.secrets = v }
         return l
@@ -346,6 +353,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.inodesMax = inodesMax ?? d.inodesMax
         o.interactiveTimeoutMaxSeconds = interactiveTimeoutMaxSeconds ?? d.interactiveTimeoutMaxSeconds
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
+        o.egressMaxConnections = egressMaxConnections ?? d.egressMaxConnections
         return o
     }
 
@@ -367,6 +375,7 @@ public struct TenantOverride: Sendable, Equatable {
             crashLoopWindowSeconds: crashLoopWindowSeconds, crashBackoffMaxSeconds: crashBackoffMaxSeconds,
             diskMaxBytes: diskMaxBytes, inodesMax: inodesMax, interactiveTimeoutMaxSeconds: interactiveTimeoutMaxSeconds,
             fileMaxBytes: fileMaxBytes)
+        limits.egressMaxConnections = egressMaxConnections ?? TierLimits.defaultEgressMaxConnections
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
         return limits

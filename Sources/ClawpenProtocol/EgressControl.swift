@@ -7,11 +7,12 @@ import ClawpenWire
 ///
 /// Supervisor -> proxy:
 ///   {"type":"trust","pem":...}                      the CA certificates upstream servers are checked against
-///   {"type":"tenant","tenant":T,"allow":[RULE],"secrets":[SECRET],"ca_cert_pem":...,"ca_key_pem":...}
+///   {"type":"tenant","tenant":T,"allow":[RULE],"secrets":[SECRET],"max_connections":N,"ca_cert_pem":...,"ca_key_pem":...}
 ///   {"type":"listener","tenant":T,"listener":N}     + the fd: connections on it are tenant T's
 ///   {"type":"close","listener":N}                   the worker behind it is gone
 ///   {"type":"forget","tenant":T}
-/// RULE = {"text","file","line"}; SECRET = {"name","placeholder","value_b64","hosts":[RULE]}.
+/// RULE = {"text","file","line"}; SECRET = {"name","placeholder","value_b64","hosts":[RULE],
+/// "headers":[lower-case name],"allow_plain_http":B} (without headers: the default ones).
 ///
 /// Proxy -> supervisor:
 ///   {"type":"ready"}
@@ -19,6 +20,8 @@ import ClawpenWire
 ///   {"type":"secret_used","tenant":T,"name":N,"host":H,"port":P}
 ///   {"type":"done","tenant":T,"allowed":B,"up":N,"down":N}
 ///   {"type":"log","level":L,"message":M}
+/// Any report may carry "dropped":N, the reports the proxy dropped before it (its queue to a
+/// supervisor that did not read was full).
 public enum EgressControl {
     /// The largest control frame (a trust store of a few hundred certificates is ~250 KB).
     public static let maxFrameBytes = 4 * 1024 * 1024

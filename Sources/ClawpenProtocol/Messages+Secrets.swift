@@ -3,20 +3,8 @@ import FoundationEssentials
 
 /// The secret requests (docs/protocol.md, "secret.put"): names and values checked at the edge.
 extension RequestCodec {
-    /// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`: a secret's name reaches policy keys (`[secrets.NAME]`),
-    /// audit details and log lines, never a path.
-    public static func isValidSecretName(_ name: String) -> Bool {
-        let u = Array(name.utf8)
-        guard (1...64).contains(u.count) else { return false }
-        func ok(_ c: UInt8, first: Bool) -> Bool {
-            switch c {
-            case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-            case 0x5F, 0x2E, 0x2D: return !first
-            default: return false
-            }
-        }
-        return u.enumerated().allSatisfy { ok($0.element, first: $0.offset == 0) }
-    }
+    /// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$` (SecretName, shared with the policy loader).
+    public static func isValidSecretName(_ name: String) -> Bool { SecretName.isValid(name) }
 
     /// The largest secret value (an API key, a token, a small certificate).
     public static let maxSecretBytes = 64 * 1024

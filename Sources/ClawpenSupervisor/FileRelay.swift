@@ -48,8 +48,8 @@ struct PutState {
     var received: UInt64 = 0
     /// The client sent the last chunk.
     var eofSeen = false
-    /// Messages held until a worker takes the operation.
-    var pending: [FileRequest] = []
+    /// Frames held until a worker takes the operation.
+    var pending: [ByteBuffer] = []
     var pendingBytes = 0
     /// Bytes sent to the worker that it has not acknowledged as written.
     var inFlight = 0
@@ -116,7 +116,7 @@ extension Supervisor {
             case .simple(let m): channel.write(channel.allocator.frame(SupervisorToWorker.file(m).encoded()), promise: nil)
             case .get(let g): channel.write(channel.allocator.frame(SupervisorToWorker.file(g.first).encoded()), promise: nil)
             case .put(var p):
-                for m in p.pending { channel.write(channel.allocator.frame(SupervisorToWorker.file(m).encoded()), promise: nil) }
+                for frame in p.pending { channel.write(frame, promise: nil) }
                 p.inFlight += p.pendingBytes
                 p.pending = []
                 p.pendingBytes = 0
@@ -134,14 +134,14 @@ extension Supervisor {
         }
     }
 
-    /// Sends a put's next message to its worker, or holds it until the operation has one.
-    func sendOrHold(_ op: FileOp, _ message: FileRequest, bytes: Int) {
+    /// Sends a put's next frame to its worker, or holds it until the operation has one.
+    func sendOrHold(_ op: FileOp, _ frame: ByteBuffer, bytes: Int) {
         guard case .put(var p) = op.kind else { return }
         if let w = op.worker, let channel = workers[w.id]?.channel {
-            channel.writeAndFlush(channel.allocator.frame(SupervisorToWorker.file(message).encoded()), promise: nil)
+            channel.writeAndFlush(frame, promise: nil)
             p.inFlight += bytes
         } else {
-            p.pending.append(message)
+            p.pending.append(frame)
             p.pendingBytes += bytes
         }
         op.kind = .put(p)
@@ -270,42 +270,70 @@ extension Supervisor {
         case (.info(_, let info), .put(let p)) where p.eofSeen:
             r.reply("file", [("file", FileView(path: op.path.description, info: info).json)])
             end(op)
-        case (.data(_, let offset, let bytes, let eof, let info), .get(var g)):
-            g.unacknowledged += 1
-            guard offset == g.expectedOffset, bytes.count <= g.chunk, offset + UInt64(bytes.count) <= g.maxBytes, eof || info == nil,
-                g.unacknowledged <= Self.getWindow
-            else {
-                workerMisbehaved(w, "sent a chunk of a get out of order, over its size, over file_max_bytes, or beyond its window")
-                failOp(op, ProtocolError(.internal, "\(op.request) \(op.path): the worker sent a malformed chunk"))
-                return
-            }
-            g.expectedOffset += UInt64(bytes.count)
-            op.kind = .get(g)
-            sendChunk(op, offset: offset, bytes: bytes, eof: eof, info: info, worker: w)
+        case (.data(_, let offset, let bytes, let eof, let info), .get):
+            var buffer = r.channel.allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            fileData(op, offset: offset, bytes: buffer, eof: eof, info: info, w)
         default:
             workerMisbehaved(w, "answered file operation \(reply.op) with the wrong kind of reply")
             failOp(op, ProtocolError(.internal, "\(op.request) \(op.path): the worker sent a wrong answer"))
         }
     }
 
+    /// A chunk of a get that is not the last, read in place from the worker's frame
+    /// (FileFastPath.swift); checked as `fileReplied` checks every answer.
+    func fileDataArrived(_ d: GetDataFrame, _ w: WorkerHandle) {
+        guard let op = fileRelay.ops[d.op] else {
+            if d.op >= fileRelay.nextOpID { workerMisbehaved(w, "answered file operation \(d.op), which it was never given") }
+            return
+        }
+        guard op.worker == w.ref else {
+            workerMisbehaved(w, "answered file operation \(d.op) of another worker")
+            return
+        }
+        guard case .get = op.kind else {
+            workerMisbehaved(w, "answered file operation \(d.op) with the wrong kind of reply")
+            failOp(op, ProtocolError(.internal, "\(op.request) \(op.path): the worker sent a wrong answer"))
+            return
+        }
+        fileData(op, offset: d.offset, bytes: d.data, eof: false, info: nil, w)
+    }
+
+    /// One chunk of a get, in order and within its bounds, goes to the client.
+    private func fileData(_ op: FileOp, offset: UInt64, bytes: ByteBuffer, eof: Bool, info: FileInfo?, _ w: WorkerHandle) {
+        guard case .get(var g) = op.kind else { return }
+        let count = bytes.readableBytes
+        g.unacknowledged += 1
+        guard offset == g.expectedOffset, count <= g.chunk, offset + UInt64(count) <= g.maxBytes, eof || info == nil,
+            g.unacknowledged <= Self.getWindow
+        else {
+            workerMisbehaved(w, "sent a chunk of a get out of order, over its size, over file_max_bytes, or beyond its window")
+            failOp(op, ProtocolError(.internal, "\(op.request) \(op.path): the worker sent a malformed chunk"))
+            return
+        }
+        g.expectedOffset += UInt64(count)
+        op.kind = .get(g)
+        sendChunk(op, offset: offset, bytes: bytes, eof: eof, info: info, worker: w)
+    }
+
     /// Writes one `file.data` frame; once it is in the client's socket, the worker may read
     /// the next chunk (its credit). A client that does not read holds its own transfer only.
-    private func sendChunk(_ op: FileOp, offset: UInt64, bytes: [UInt8], eof: Bool, info: FileInfo?, worker w: WorkerHandle) {
+    private func sendChunk(_ op: FileOp, offset: UInt64, bytes: ByteBuffer, eof: Bool, info: FileInfo?, worker w: WorkerHandle) {
         var fields: [(String, JSONValue)] = [("offset", .int(Int64(clamping: offset))), ("eof", .bool(eof))]
         if eof, let info { fields.append(("file", FileView(path: op.path.description, info: info).json)) }
         let channel = op.responder.channel
-        runtimeCounters.fileOut(op.tenant, bytes: bytes.count)
+        runtimeCounters.fileOut(op.tenant, bytes: bytes.readableBytes)
         // The small fields as JSON, then `data_b64` encoded straight into the frame (a chunk is
         // never escaped byte by byte as a JSON string).
         let head = Reply.make("file.data", id: op.responder.id, fields)
-        let b64Count = Base64.encodedCount(bytes.count)
+        let b64Count = Base64.encodedCount(bytes.readableBytes)
         var frame = channel.allocator.buffer(capacity: Framing.headerSize + head.count + b64Count + 16)
         frame.writeInteger(UInt32(truncatingIfNeeded: head.count + 13 + b64Count + 1))
         frame.writeBytes(head.dropLast())
         frame.writeBytes(#","data_b64":""#.utf8)
         frame.writeWithUnsafeMutableBytes(minimumWritableBytes: b64Count) { out in
             guard let dst = out.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return 0 }
-            bytes.withUnsafeBytes { Base64.encode($0, to: dst) }
+            bytes.withUnsafeReadableBytes { Base64.encode($0, to: dst) }
             return b64Count
         }
         frame.writeBytes(#""}"#.utf8)

@@ -18,7 +18,9 @@ extension Supervisor {
 
     func handleFile(_ c: FileCommand, _ r: Responder) throws {
         if case .chunk(let data, let offset, let eof) = c {
-            putChunk(data, offset: offset, eof: eof, r)
+            putChunk(count: data.count, offset: offset, eof: eof, r) { op, allocator in
+                allocator.frame(SupervisorToWorker.file(.putChunk(op: op, data: data, eof: eof)).encoded())
+            }
             return
         }
         guard let name = c.tenant else { return }
@@ -73,7 +75,9 @@ extension Supervisor {
         state.received = UInt64(p.data.count)
         runtimeCounters.fileIn(op.tenant, bytes: p.data.count)
         state.eofSeen = p.eof
-        state.pending.append(.put(op: op.id, path: op.path, mode: p.mode, maxBytes: limit, data: p.data, eof: p.eof))
+        state.pending.append(
+            r.channel.allocator.frame(
+                SupervisorToWorker.file(.put(op: op.id, path: op.path, mode: p.mode, maxBytes: limit, data: p.data, eof: p.eof)).encoded()))
         state.pendingBytes = p.data.count
         op.kind = .put(state)
         if !p.eof { fileRelay.puts[key] = .active(op.id) }
@@ -92,8 +96,14 @@ extension Supervisor {
         return e
     }
 
-    /// A `file.chunk` frame: the next part of the put with the same id on this connection.
-    private func putChunk(_ data: [UInt8], offset: UInt64, eof: Bool, _ r: Responder) {
+    /// A `file.chunk` in the fast shape, already decoded into its worker frame (FileFastPath.swift).
+    func handlePutChunk(_ chunk: PutChunkFrame, _ r: Responder) {
+        putChunk(count: chunk.count, offset: chunk.offset, eof: chunk.eof, r) { op, _ in chunk.frame(op: op) }
+    }
+
+    /// A `file.chunk` frame: the next part of the put with the same id on this connection, of
+    /// `count` bytes; `frame` makes the message for the worker once the operation is known.
+    private func putChunk(count: Int, offset: UInt64, eof: Bool, _ r: Responder, frame: (UInt32, ByteBufferAllocator) -> ByteBuffer) {
         let key = PutKey(channel: ObjectIdentifier(r.channel), id: r.id.text)
         switch fileRelay.puts[key] {
         case nil:
@@ -115,8 +125,8 @@ extension Supervisor {
                 refusal = ProtocolError(
                     .invalidRequest, "file.chunk: offset \(offset) does not follow the \(state.received) bytes sent so far (chunks go in order)",
                     details: ["path": .string(op.path.description)])
-            } else if state.received + UInt64(data.count) > state.maxBytes, let t = core.tenants[op.tenant] {
-                refusal = tooLarge(op, t, size: state.received + UInt64(data.count), exact: false)
+            } else if state.received + UInt64(count) > state.maxBytes, let t = core.tenants[op.tenant] {
+                refusal = tooLarge(op, t, size: state.received + UInt64(count), exact: false)
             }
             if let refusal {
                 if !eof { fileRelay.puts[key] = .discarding }
@@ -124,10 +134,10 @@ extension Supervisor {
                 failOp(op, refusal)
                 return
             }
-            state.received += UInt64(data.count)
-            runtimeCounters.fileIn(op.tenant, bytes: data.count)
+            state.received += UInt64(count)
+            runtimeCounters.fileIn(op.tenant, bytes: count)
             op.kind = .put(state)
-            sendOrHold(op, .putChunk(op: op.id, data: data, eof: eof), bytes: data.count)
+            sendOrHold(op, frame(op.id, r.channel.allocator), bytes: count)
             throttle(op)
         }
     }

@@ -27,6 +27,7 @@ extension Supervisor {
         cg.set("enabled_controllers", .array((cgroups?.controllers.sorted() ?? []).map(JSONValue.string)))
         sup.set("cgroup", cg.value)
         sup.set("socket", .string(config.socketPath))
+        sup.set("egress", egressProxyStatus())
         sup.set("policies", policySourceDescription)
         sup.set("draining", core.draining)
         sup.set(

@@ -102,6 +102,7 @@ extension Supervisor {
         logger.info("worker started", metadata: ["tenant": "\(name)", "worker_pid": "\(spawned.pid)"])
         let outputCap = t.limits.outputMaxBytes
         ClientBootstrap(group: loop)
+            .channelOption(ChannelOptions.recvAllocator, value: Self.bulkReads)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(WorkerChannelHandler(supervisor: self, worker: w, outputCap: outputCap))

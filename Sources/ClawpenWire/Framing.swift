@@ -73,11 +73,18 @@ public struct FrameSplitter: Sendable {
 
     /// The next complete frame's payload, nil when more bytes are needed.
     public mutating func next() throws(FrameTooLarge) -> [UInt8]? {
+        try withNext { Array($0) }
+    }
+
+    /// Hands the next complete frame's payload to `body` in place (valid only during the call:
+    /// a chunk of a file is written from here, not copied first); nil when more bytes are needed.
+    public mutating func withNext<R>(_ body: (UnsafeRawBufferPointer) -> R) throws(FrameTooLarge) -> R? {
         let available = buffer.count - start
         guard available >= Framing.headerSize else { return nil }
         let n = try Framing.payloadLength(header: buffer[start..<(start + 4)], limit: maxFrameBytes)
         guard available >= Framing.headerSize + n else { return nil }
-        let payload = Array(buffer[(start + 4)..<(start + 4 + n)])
+        let s = start
+        let payload = buffer.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[(s + 4)..<(s + 4 + n)])) }
         start += 4 + n
         if start == buffer.count {
             buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 20)

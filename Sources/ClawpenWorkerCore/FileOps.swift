@@ -73,6 +73,10 @@ struct PathResolver {
 final class FileOps {
     private var resolver: PathResolver
     private let send: (WorkerToSupervisor) -> Void
+    private let sendFrame: (UnsafeRawBufferPointer) -> Void
+    /// A get's frames are built here, the file read straight into place: reused from chunk to
+    /// chunk (a frame is written whole before the next is read), grown to the largest chunk asked.
+    private var frameBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var gets: [UInt32: GetTransfer] = [:]
     private var puts: [UInt32: PutTransfer] = [:]
     private var tempCounter: UInt32 = 0
@@ -97,9 +101,29 @@ final class FileOps {
         var written: UInt64 = 0
     }
 
-    init(rootFD: Int32, send: @escaping (WorkerToSupervisor) -> Void) {
+    init(rootFD: Int32, send: @escaping (WorkerToSupervisor) -> Void, sendFrame: @escaping (UnsafeRawBufferPointer) -> Void) {
         self.resolver = PathResolver(rootFD: rootFD)
         self.send = send
+        self.sendFrame = sendFrame
+    }
+
+    deinit { frameBuffer.deallocate() }
+
+    /// A `putChunk` message (tags 40 and 8, op, length, data, eof), written from the frame it
+    /// came in; false when `payload` is anything else (it is then decoded as usual).
+    func putChunkInPlace(_ payload: UnsafeRawBufferPointer) -> Bool {
+        let n = payload.count
+        guard n >= 11, payload[0] == 40, payload[1] == 8 else { return false }
+        func u32(_ at: Int) -> UInt32 {
+            (UInt32(payload[at]) << 24) | (UInt32(payload[at + 1]) << 16) | (UInt32(payload[at + 2]) << 8) | UInt32(payload[at + 3])
+        }
+        let op = u32(2), length = Int(u32(6))
+        guard 10 + length + 1 == n, payload[n - 1] <= 1 else { return false }
+        do { try putChunk(op, data: UnsafeRawBufferPointer(rebasing: payload[10..<(10 + length)]), eof: payload[n - 1] == 1) } catch {
+            abort(op)
+            reply(.failed(op: op, error))
+        }
+        return true
     }
 
     func handle(_ request: FileRequest) {
@@ -323,18 +347,23 @@ final class FileOps {
         try pump(op, credit: max(1, window))
     }
 
-    /// Sends chunks while the transfer has credit; the last one carries the file's info.
+    /// Sends chunks while the transfer has credit; the last one carries the file's info. Each
+    /// chunk is read straight into its frame (FileReply.data: header, op, offset, length, the
+    /// bytes, eof, no info), written whole, and the buffer reused for the next.
     private func pump(_ op: UInt32, credit: Int) throws(FileFailure) {
         guard var t = gets[op] else { return } // finished or aborted: a late ack
         t.credits += credit
+        let head = Framing.headerSize + FileReply.dataHeaderBytes
+        let size = head + t.chunk + 2
+        if frameBuffer.count < size {
+            frameBuffer.deallocate()
+            frameBuffer = .allocate(byteCount: size, alignment: 16)
+        }
+        guard let frame = frameBuffer.baseAddress else { return }
         while t.credits > 0 {
-            var buffer = [UInt8](repeating: 0, count: t.chunk)
             var n = 0
             while n < t.chunk {
-                let r = buffer.withUnsafeMutableBytes { raw -> Int in
-                    guard let base = raw.baseAddress else { return 0 }
-                    return pread(t.fd, base + n, t.chunk - n, off_t(t.offset) + off_t(n))
-                }
+                let r = pread(t.fd, frame + head + n, t.chunk - n, off_t(t.offset) + off_t(n))
                 if r > 0 { n += r; continue }
                 if r == 0 { break }
                 if errno == EINTR { continue }
@@ -349,7 +378,6 @@ final class FileOps {
             if t.offset + UInt64(n) > t.maxBytes {
                 throw FileFailure(.tooLarge, stage: "read", detail: "at least \(t.offset + UInt64(n))")
             }
-            buffer.removeLast(t.chunk - n)
             let offset = t.offset
             t.offset += UInt64(n)
             t.credits -= 1
@@ -358,13 +386,29 @@ final class FileOps {
                 gets[op] = nil
                 var info = t.info
                 info.size = t.offset
-                reply(.data(op: op, offset: offset, bytes: buffer, eof: true, info: info))
+                let bytes = Array(UnsafeRawBufferPointer(start: frame + head, count: n))
+                reply(.data(op: op, offset: offset, bytes: bytes, eof: true, info: info))
                 return
             }
             gets[op] = t
-            reply(.data(op: op, offset: offset, bytes: buffer, eof: false, info: nil))
+            var w = RawFrameWriter(frame)
+            w.u32(UInt32(FileReply.dataHeaderBytes + n + 2))
+            w.u8(40); w.u8(4); w.u32(op); w.u64(offset); w.u32(UInt32(n))
+            frame.storeBytes(of: UInt8(0), toByteOffset: head + n, as: UInt8.self) // not eof
+            frame.storeBytes(of: UInt8(0), toByteOffset: head + n + 1, as: UInt8.self) // no info
+            sendFrame(UnsafeRawBufferPointer(start: frame, count: head + n + 2))
         }
         gets[op] = t
+    }
+
+    /// Big-endian integers at the start of a frame being built in place.
+    private struct RawFrameWriter {
+        let p: UnsafeMutableRawPointer
+        var i = 0
+        init(_ p: UnsafeMutableRawPointer) { self.p = p }
+        mutating func u8(_ v: UInt8) { p.storeBytes(of: v, toByteOffset: i, as: UInt8.self); i += 1 }
+        mutating func u32(_ v: UInt32) { p.storeBytes(of: v.bigEndian, toByteOffset: i, as: UInt32.self); i += 4 }
+        mutating func u64(_ v: UInt64) { p.storeBytes(of: v.bigEndian, toByteOffset: i, as: UInt64.self); i += 8 }
     }
 
     // MARK: put
@@ -398,16 +442,26 @@ final class FileOps {
     }
 
     private func putChunk(_ op: UInt32, data: [UInt8], eof: Bool) throws(FileFailure) {
+        let failure: FileFailure? = data.withUnsafeBytes { raw -> FileFailure? in
+            do throws(FileFailure) {
+                try putChunk(op, data: raw, eof: eof)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    private func putChunk(_ op: UInt32, data: UnsafeRawBufferPointer, eof: Bool) throws(FileFailure) {
         guard var t = puts[op] else { return } // aborted: the supervisor learns it from the failure
         if t.written + UInt64(data.count) > t.maxBytes {
             throw FileFailure(.tooLarge, stage: "write", detail: "at least \(t.written + UInt64(data.count))")
         }
         var n = 0
         while n < data.count {
-            let r = data.withUnsafeBytes { raw -> Int in
-                guard let base = raw.baseAddress else { return 0 }
-                return pwrite(t.fd, base + n, data.count - n, off_t(t.written) + off_t(n))
-            }
+            guard let base = data.baseAddress else { break }
+            let r = pwrite(t.fd, base + n, data.count - n, off_t(t.written) + off_t(n))
             if r > 0 { n += r; continue }
             if r < 0 && errno == EINTR { continue }
             throw FileFailure(Self.kind(errno), stage: "write", errno: errno, detail: t.path.description)

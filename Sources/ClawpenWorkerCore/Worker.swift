@@ -121,7 +121,7 @@ public final class Worker {
         let root = launcher.rootPrefix.isEmpty ? "/" : launcher.rootPrefix
         let fd = open(root, cp_o_path() | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 { log("cannot open \(root) for file operations: \(errnoString(errno))"); return }
-        files = FileOps(rootFD: fd) { [unowned self] in self.send($0) }
+        files = FileOps(rootFD: fd, send: { [unowned self] in self.send($0) }, sendFrame: { [unowned self] in self.send(frame: $0) })
     }
 
     /// Blocks until the supervisor's first frame has arrived.
@@ -222,11 +222,18 @@ public final class Worker {
     /// Handles every complete frame already read from the supervisor.
     private func handleBufferedFrames() {
         while true {
-            let payload: [UInt8]?
-            do { payload = try inbound.next() } catch {
+            // A chunk of a put is written from the buffer it was read into (nil: done here).
+            let next: [UInt8]??
+            do {
+                next = try inbound.withNext { raw -> [UInt8]? in
+                    if let files, files.putChunkInPlace(raw) { return nil }
+                    return Array(raw)
+                }
+            } catch {
                 log("oversized frame from supervisor"); shutdown(code: 70)
             }
-            guard let payload else { break }
+            guard let next else { break }
+            guard let payload = next else { continue }
             let message: SupervisorToWorker
             do { message = try SupervisorToWorker.decode(payload) } catch {
                 log("undecodable frame from supervisor: \(error)"); shutdown(code: 70)
@@ -431,10 +438,14 @@ public final class Worker {
     /// Writes one frame, waiting for the socket when it is full. The supervisor (NIO) always
     /// reads, so this cannot deadlock; meanwhile jobs block on their own full pipes.
     func send(_ message: WorkerToSupervisor) {
-        let frame = Framing.frame(message.encoded())
+        Framing.frame(message.encoded()).withUnsafeBytes { send(frame: $0) }
+    }
+
+    /// Writes one frame that is already laid out (header and payload), as `send` does.
+    func send(frame: UnsafeRawBufferPointer) {
         var offset = 0
         while offset < frame.count {
-            let n = frame[offset...].withUnsafeBytes { write(socketFD, $0.baseAddress, $0.count) }
+            let n = write(socketFD, frame.baseAddress.map { $0 + offset }, frame.count - offset)
             if n > 0 { offset += n; continue }
             if n < 0 && errno == EINTR { continue }
             if n < 0 && errno == EAGAIN {

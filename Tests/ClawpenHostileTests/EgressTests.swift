@@ -34,6 +34,12 @@ final class EgressTests: XCTestCase {
                 [secrets.KEY]
                 env = "API_KEY"
                 hosts = ["localhost:\(h)", "localhost:\(s)"]
+                # The plain-HTTP upstream is on loopback: clear text is what this test wants.
+                allow_plain_http = true
+
+                [secrets.TLSKEY]
+                env = "TLS_KEY"
+                hosts = ["localhost:\(h)", "localhost:\(s)"]
 
                 [secrets.DB]
                 env = "DB_PASSWORD"
@@ -43,6 +49,7 @@ final class EgressTests: XCTestCase {
                 // A name leading to loopback, with no rule for the address.
                 "r": "network = \"egress\"\n\n[egress]\nallow = [\"localhost:\(h)\"]\n",
                 "l": "network = \"loopback\"\n",
+                "c": "network = \"egress\"\negress_max_connections = 3\n\n[egress]\nallow = [\"localhost:\(h)\", \"127.0.0.1:\(h)\"]\n",
             ])
         daemon = try Daemon(extraArgs: ["--egress-ca-file", up.caFile], dir: dir, policies: pol).start()
         try daemon.createTenant("a", tier: "pro")
@@ -50,8 +57,9 @@ final class EgressTests: XCTestCase {
         try daemon.createTenant("r", tier: "pro")
         try daemon.createTenant("n")
         try daemon.createTenant("l")
+        try daemon.createTenant("c", tier: "pro")
         try daemon.assertSandboxed("a")
-        for (name, value) in [("KEY", secret), ("DB", "db-" + secret)] {
+        for (name, value) in [("KEY", secret), ("DB", "db-" + secret), ("TLSKEY", "tls-" + secret)] {
             let put = try runCLI(["secret", "put", "a", name, "--from-stdin"], socket: daemon.socket, stdin: value)
             XCTAssertEqual(put.status, 0, put.stderr)
         }
@@ -122,6 +130,78 @@ final class EgressTests: XCTestCase {
         XCTAssertFalse(daemon.log.contains(secret), "daemon log")
         let st = try runCLI(["status", "--json"], socket: daemon.socket)
         XCTAssertFalse(st.stdout.contains(secret))
+    }
+
+    func proxyStatus() throws -> JSONValue { try XCTUnwrap(try daemon.status()["supervisor"]?["egress"]) }
+
+    /// The proxy is killed under a running worker: the supervisor starts it again after a short
+    /// back-off, status says so, and the same worker's jobs get egress again (a new listener in
+    /// its namespace, its tenant's allowlist and secrets pushed again).
+    func testAProxyThatDiesIsRestartedAndEgressComesBack() throws {
+        try start()
+        let h = up.httpPort, s = up.httpsPort
+        let fetch = { (path: String) in
+            "curl --noproxy '' -sS -m 10 -H \"Authorization: Bearer $API_KEY\" http://localhost:\(h)/\(path); curl --noproxy '' -sS -m 10 -H \"Authorization: Bearer $API_KEY\" https://localhost:\(s)/\(path)-tls"
+        }
+        XCTAssertEqual(try sh("a", fetch("before")).state, .succeeded)
+        let worker = try daemon.tenantStatus("a")["worker_pid"]?.intValue
+        let first = try proxyStatus()
+        XCTAssertEqual(first["state"]?.stringValue, "running", "\(first)")
+        XCTAssertEqual(first["restarts"]?.intValue, 0)
+        let pid = try XCTUnwrap(first["pid"]?.intValue)
+        // Only ever the daemon's own proxy: its name and its uid (not root) are checked first.
+        let comm = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+        XCTAssertEqual(comm, "clawpen-egress\n")
+        let statusLine = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8).split(separator: "\n").first { $0.hasPrefix("Uid:") }
+        XCTAssertFalse(statusLine?.split(separator: "\t").dropFirst().contains("0") ?? true, "\(statusLine ?? "")")
+        XCTAssertEqual(kill(pid_t(pid), SIGKILL), 0)
+        var after: JSONValue = .null
+        XCTAssertTrue(
+            try daemon.eventually(20) {
+                after = try proxyStatus()
+                return after["state"]?.stringValue == "running" && after["restarts"]?.intValue == 1
+            }, "the proxy came back: \(after)")
+        XCTAssertNotEqual(after["pid"]?.intValue, pid)
+        XCTAssertTrue(after["last_exit"]?.stringValue?.contains("signal 9") ?? false, "\(after)")
+        let job = try sh("a", fetch("after"))
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("path=/after") && job.stdout.contains("path=/after-tls"), job.stdout + job.stderr)
+        XCTAssertTrue(up.received.contains("/after Bearer \(secret)\n") && up.received.contains("/after-tls Bearer \(secret)\n"), up.received)
+        XCTAssertEqual(try daemon.tenantStatus("a")["worker_pid"]?.intValue, worker, "the same worker: its listener was handed to the new proxy")
+        XCTAssertTrue(daemon.log.contains("egress proxy exited; restarting it"), daemon.log)
+    }
+
+    /// The tenant's CA is kept in the state dir, its key sealed with the tenant's data key: a
+    /// restart of the daemon gives the sandbox the same CA, and HTTPS with substitution works
+    /// with it (the proxy signs with the stored key).
+    func testTheTenantCAOutlivesARestartOfTheDaemon() throws {
+        try start()
+        let s = up.httpsPort
+        let before = try sh("a", "cat /etc/clawpen-egress-ca.pem")
+        XCTAssertTrue(before.stdout.hasPrefix("-----BEGIN CERTIFICATE-----"), before.stdout)
+        let keyFile = daemon.stateDir + "/egress/a-ca.key"
+        let attributes = try FileManager.default.attributesOfItem(atPath: keyFile)
+        XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o600)
+        let sealed = try XCTUnwrap(FileManager.default.contents(atPath: keyFile))
+        XCTAssertTrue(sealed.starts(with: Array("clawpen-egress-ca-key v1 key_version=".utf8)))
+        XCTAssertNil(sealed.range(of: Data("PRIVATE KEY".utf8)), "the key is sealed, not a PEM")
+        daemon.stop()
+        try daemon.start()
+        let after = try sh(
+            "a", "cat /etc/clawpen-egress-ca.pem; curl --noproxy '' -sS -m 10 -H \"Authorization: Bearer $API_KEY\" https://localhost:\(s)/restarted")
+        XCTAssertEqual(after.state, .succeeded, after.stderr)
+        XCTAssertTrue(after.stdout.hasPrefix(before.stdout), "the same CA after the restart:\n\(before.stdout)\n\(after.stdout)")
+        XCTAssertTrue(after.stdout.contains("path=/restarted"), after.stdout + after.stderr)
+        XCTAssertTrue(up.received.contains("/restarted Bearer \(secret)\n"), up.received)
+        // A key file that does not open (here: altered) is replaced by a new CA, and said so.
+        daemon.stop()
+        var altered = [UInt8](sealed)
+        altered[altered.count - 1] ^= 0xFF
+        try Data(altered).write(to: URL(fileURLWithPath: keyFile))
+        try daemon.start()
+        let third = try sh("a", "cat /etc/clawpen-egress-ca.pem")
+        XCTAssertNotEqual(third.stdout, before.stdout, "a new CA")
+        XCTAssertTrue(daemon.log.contains("cannot open the tenant's stored egress CA"), daemon.log)
     }
 
     func testThePlaceholderSentToAHostNotInTheSecretsListArrivesUnreplaced() throws {
@@ -272,15 +352,19 @@ final class EgressTests: XCTestCase {
         XCTAssertTrue(try sh("a", "curl --noproxy '' -sS http://localhost:\(up.httpPort)/after").stdout.contains("path=/after"))
     }
 
+    /// The pid of the daemon's clawpen-egress.
+    func proxyPID() -> String? {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { Int($0) != nil }
+        return pids.first { pid in
+            guard let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe") else { return false }
+            guard exe.hasSuffix("/clawpen-egress"), let st = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+            return st.contains("PPid:\t\(daemon.pid)\n")
+        }
+    }
+
     func testTheProxyRunsConfinedAsItsOwnUser() throws {
         try start()
-        let pids = try FileManager.default.contentsOfDirectory(atPath: "/proc").filter { Int($0) != nil }
-        let proxy = try XCTUnwrap(
-            pids.first { pid in
-                guard let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe") else { return false }
-                guard exe.hasSuffix("/clawpen-egress"), let st = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
-                return st.contains("PPid:\t\(daemon.pid)\n")
-            }, "the daemon's clawpen-egress")
+        let proxy = try XCTUnwrap(proxyPID(), "the daemon's clawpen-egress")
         let status = try String(contentsOfFile: "/proc/\(proxy)/status", encoding: .utf8)
         XCTAssertTrue(status.contains("Uid:\t199999\t199999\t199999\t199999"), status)
         XCTAssertTrue(status.contains("NoNewPrivs:\t1"), status)
@@ -297,5 +381,206 @@ final class EgressTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: root + daemon.workspaceRoot))
         XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/proc/self"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/etc/hosts"))
+    }
+
+    // MARK: Hardening (each test fails on the proxy before its fix)
+
+    /// Python in the job: `raw(bytes)` sends bytes to the proxy and returns its first line;
+    /// `inside(host, port, bytes)` does CONNECT, TLS with the sandbox's trust store, then sends
+    /// bytes inside and returns the first line of the answer.
+    func pythonClient(_ body: String) -> String {
+        """
+        import os, socket, ssl
+        def first(out): return out.split(b"\\r\\n")[0].decode(errors="replace") or "<nothing>"
+        def drain(s):
+            out = b""
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b: break
+                    out += b
+            except (ssl.SSLError, ConnectionResetError, socket.timeout, OSError):
+                pass
+            return out
+        def raw(data):
+            s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+            s.sendall(data)
+            return first(drain(s))
+        def inside(host, port, data):
+            s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+            s.sendall(b"CONNECT %s:%d HTTP/1.1\\r\\nHost: %s:%d\\r\\n\\r\\n" % (host.encode(), port, host.encode(), port))
+            head = b""
+            while b"\\r\\n\\r\\n" not in head: head += s.recv(1)
+            t = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]).wrap_socket(s, server_hostname=host)
+            t.sendall(data)
+            return first(drain(t))
+        PH = os.environ.get("API_KEY", "").encode()
+        \(body)
+        """
+    }
+
+    func testASecretGoesOverPlainHTTPToANameOnlyWithAllowPlainHTTP() throws {
+        try start()
+        let (h, s) = (up.httpPort, up.httpsPort)
+        let job = try sh(
+            "a",
+            """
+            curl --noproxy '' -sS -i -H "Authorization: Bearer $TLS_KEY" http://localhost:\(h)/plain-tls-key
+            curl --noproxy '' -sS -H "Authorization: Bearer $TLS_KEY" https://localhost:\(s)/tls-key
+            curl --noproxy '' -sS http://localhost:\(h)/no-placeholder
+            """)
+        XCTAssertTrue(job.stdout.contains("403 Forbidden") && job.stdout.contains("X-Clawpen-Rule: secret plain http"), job.stdout)
+        XCTAssertFalse(up.received.contains("/plain-tls-key"), "nothing went out in clear text: \(up.received)")
+        XCTAssertTrue(up.received.contains("/tls-key Bearer tls-\(secret)\n"), "inside TLS it is substituted: \(up.received)")
+        XCTAssertTrue(job.stdout.contains("path=/no-placeholder"), "a request without the placeholder needs no secret: \(job.stdout)")
+        XCTAssertTrue(try audit("a").contains("secret plain http"))
+        let explain = try runCLI(["policy", "explain", "--tenant", "a", "--url", "http://localhost:\(h)/"], socket: daemon.socket)
+        XCTAssertTrue(explain.stdout.contains("allow_plain_http"), explain.stdout)
+    }
+
+    func testInsideTheInterceptOnlyOriginFormToItsOneHostGetsThrough() throws {
+        try start()
+        let (s, o) = (up.httpsPort, up.otherPort)
+        let script = pythonClient(
+            """
+            print("absolute", inside("localhost", \(s), b"GET http://127.0.0.1:\(o)/abs HTTP/1.1\\r\\nHost: localhost:\(s)\\r\\nAuthorization: Bearer " + PH + b"\\r\\n\\r\\n"))
+            print("two-hosts", inside("localhost", \(s), b"GET /dup HTTP/1.1\\r\\nHost: localhost:\(s)\\r\\nHost: 127.0.0.1:\(o)\\r\\nAuthorization: Bearer " + PH + b"\\r\\n\\r\\n"))
+            print("bad-host", inside("localhost", \(s), b"GET /bad HTTP/1.1\\r\\nHost: localhost:x\\r\\nAuthorization: Bearer " + PH + b"\\r\\n\\r\\n"))
+            print("ok", inside("localhost", \(s), b"GET /ok HTTP/1.1\\r\\nHost: localhost:\(s)\\r\\nAuthorization: Bearer " + PH + b"\\r\\n\\r\\n"))
+            """)
+        let job = try daemon.run("a", ["python3", "-c", script], timeout: 60)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("absolute HTTP/1.1 400"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("two-hosts HTTP/1.1 400"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("bad-host HTTP/1.1 400"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("ok HTTP/1.1 200"), job.stdout)
+        XCTAssertFalse(up.received.contains("/abs") || up.received.contains("/dup") || up.received.contains("/bad"), up.received)
+        XCTAssertTrue(up.received.contains("/ok Bearer \(secret)\n"), up.received)
+        let a = try audit("a")
+        XCTAssertTrue(a.contains("origin form") && a.contains("host header"), a)
+    }
+
+    func testThePlainHTTPHostIsTheCheckedOneAndTheQueryGoesThrough() throws {
+        try start()
+        let o = up.otherPort
+        let script = pythonClient(
+            """
+            print("vhost", raw(b"GET http://localhost:\(o)/vh HTTP/1.1\\r\\nHost: other-vhost.example\\r\\n\\r\\n"))
+            print("query", raw(b"GET http://localhost:\(o)?next=/x HTTP/1.1\\r\\n\\r\\n"))
+            print("query2", raw(b"GET http://localhost:\(o)?q=1 HTTP/1.1\\r\\n\\r\\n"))
+            print("two", raw(b"GET http://localhost:\(o)/two HTTP/1.1\\r\\nHost: localhost:\(o)\\r\\nHost: other-vhost.example\\r\\n\\r\\n"))
+            """)
+        let job = try daemon.run("a", ["python3", "-c", script], timeout: 60)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("vhost HTTP/1.1 200") && job.stdout.contains("query HTTP/1.1 200"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("two HTTP/1.1 400"), job.stdout)
+        let heads = up.receivedHeads
+        XCTAssertTrue(heads.contains("\(o) GET /vh HTTP/1.1\nHost: localhost:\(o)\n"), heads)
+        XCTAssertFalse(heads.contains("other-vhost"), "the job's Host never goes upstream: \(heads)")
+        XCTAssertTrue(heads.contains("\(o) GET /?next=/x HTTP/1.1\n"), "the query is kept, not taken for the path: \(heads)")
+        XCTAssertTrue(heads.contains("\(o) GET /?q=1 HTTP/1.1\n"), heads)
+        XCTAssertFalse(heads.contains("/two"), heads)
+    }
+
+    func testAPlaceholderOutsideItsSecretsHeadersIsRefused() throws {
+        try start()
+        let s = up.httpsPort
+        let job = try sh(
+            "a",
+            """
+            curl --noproxy '' -sS -i -H "OpenAI-Organization: $API_KEY" https://localhost:\(s)/echo
+            curl --noproxy '' -sS -i "https://localhost:\(s)/q?key=$API_KEY"
+            curl --noproxy '' -sS -H "X-Api-Key: $API_KEY" https://localhost:\(s)/api-key
+            """)
+        let rules = job.stdout.split(separator: "\r\n").filter { $0.hasPrefix("X-Clawpen-Rule: ") }
+        XCTAssertEqual(rules, ["X-Clawpen-Rule: secret header", "X-Clawpen-Rule: secret header"], job.stdout)
+        XCTAssertTrue(job.stdout.contains("path=/api-key"), "a default header gets it: \(job.stdout)")
+        XCTAssertFalse(up.received.contains("/echo") || up.received.contains("/q?"), up.received)
+        let heads = up.receivedHeads
+        XCTAssertTrue(heads.contains("X-Api-Key: \(secret)"), heads)
+        XCTAssertFalse(heads.contains("OpenAI-Organization"), heads)
+        XCTAssertEqual(heads.components(separatedBy: secret).count, 2, "the value went in X-Api-Key only: \(heads)")
+    }
+
+    func testOneTenantCannotHoldMoreThanItsEgressMaxConnections() throws {
+        try start()
+        let h = up.httpPort
+        let script = """
+            import socket, time
+            held = []
+            for i in range(3):
+                s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+                s.sendall(b"GET http://localhost:\(h)/held HTTP/1.1\\r\\n")
+                held.append(s)
+            time.sleep(0.3)
+            # Refused as it is accepted: it reads the answer without sending (unread bytes would
+            # make the close a reset).
+            s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+            out = b""
+            try:
+                while True:
+                    b = s.recv(4096)
+                    if not b: break
+                    out += b
+            except OSError:
+                pass
+            print("fourth", out.split(b"\\r\\n")[0].decode(), b"egress_max_connections" in out)
+            held.pop().close()
+            time.sleep(0.5)
+            s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+            s.sendall(b"GET http://localhost:\(h)/after HTTP/1.1\\r\\n\\r\\n")
+            print("after", s.recv(4096).split(b"\\r\\n")[0].decode())
+            """
+        let job = try daemon.run("c", ["python3", "-c", script], timeout: 60)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(job.stdout.contains("fourth HTTP/1.1 503 Service Unavailable True"), job.stdout)
+        XCTAssertTrue(job.stdout.contains("after HTTP/1.1 200"), "a closed connection frees its place: \(job.stdout)")
+        XCTAssertTrue(try audit("c").contains("egress_max_connections"))
+        XCTAssertTrue(try sh("a", "curl --noproxy '' -sS http://localhost:\(h)/other-tenant").stdout.contains("path=/other-tenant"))
+    }
+
+    func testADeniedLoopWritesAFewAuditRowsAndCountsEveryRequest() throws {
+        try start()
+        let script = pythonClient(
+            """
+            for i in range(300): raw(b"GET http://localhost:\(up.httpPort)/denied HTTP/1.1\\r\\n\\r\\n")
+            print("done")
+            """)
+        let job = try daemon.run("b", ["python3", "-c", script], timeout: 60)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        XCTAssertTrue(daemon.eventually(10) { ((try? daemon.tenantStatus("b"))?["egress"]?["requests_denied"]?.intValue ?? 0) == 300 })
+        XCTAssertEqual(try audit("b").components(separatedBy: "egress.denied").count - 1, 1, "one row for the first")
+        // When the 10 s window ends, one summary row counts the rest.
+        XCTAssertTrue(daemon.eventually(15) { ((try? self.audit("b")) ?? "").contains("repeated=299") }, (try? audit("b")) ?? "")
+        XCTAssertEqual(try audit("b").components(separatedBy: "egress.denied").count - 1, 2)
+    }
+
+    func testAStuckProxyCostsTheDaemonNothing() throws {
+        try start()
+        let proxy = try XCTUnwrap(proxyPID().flatMap { Int32($0) })
+        // Stopped, it reads nothing: the control socket fills with the reloads' frames.
+        XCTAssertEqual(kill(proxy, SIGSTOP), 0)
+        var slowest = 0.0
+        let deadline = Date().addingTimeInterval(60)
+        while kill(proxy, 0) == 0 && Date() < deadline {
+            let t0 = Date()
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+            p.arguments = ["policy", "reload"]
+            p.environment = ["CLAWPEN_SOCKET": daemon.socket]
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            while p.isRunning && Date().timeIntervalSince(t0) < 8 { usleep(10_000) }
+            if p.isRunning {
+                p.terminate()
+                XCTFail("the daemon did not answer a reload within 8 s while the proxy was stopped")
+                break
+            }
+            slowest = max(slowest, Date().timeIntervalSince(t0))
+        }
+        XCTAssertNotEqual(kill(proxy, 0), 0, "the stuck proxy was killed (and reaped)")
+        XCTAssertLessThan(slowest, 5, "no request waited for the proxy")
+        XCTAssertTrue(daemon.log.contains("egress proxy is stuck"), daemon.log)
+        XCTAssertEqual(try runCLI(["status"], socket: daemon.socket).status, 0)
     }
 }

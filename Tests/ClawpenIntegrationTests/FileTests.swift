@@ -1,5 +1,6 @@
 import ClawpenClient
 import ClawpenProtocol
+import ClawpenWire
 import ClawpenTestSupport
 import Foundation
 import XCTest
@@ -250,6 +251,42 @@ final class FileTests: XCTestCase {
         let unknown = try runCLI(["ls", "nosuch:/home"], socket: daemon.socket)
         XCTAssertEqual(unknown.status, 64, unknown.stderr)
         XCTAssertTrue(unknown.stderr.contains("unknown_tenant"), unknown.stderr)
+    }
+
+    /// The daemon reads large `file.chunk` frames in a fast path (ChunkFrame): chunks in the fast
+    /// shape, in other key orders, with an escape inside the base64 or a key the fast path does
+    /// not know (both the general parser's) make one file, byte for byte; a chunk whose base64
+    /// is broken is refused as it always was.
+    func testChunksInEveryShapeMakeTheSameFile() throws {
+        let c = try daemon.connect()
+        let parts = (0..<5).map { _ in Self.randomBytes(3 * 1024 + 7 * 3) }
+        func b64(_ b: [UInt8]) -> String { String(decoding: Base64.encode(b), as: UTF8.self) }
+        var offset = 0
+        var frames = [#"{"type":"file.put","id":"p1","tenant":"acme","path":"/home/shapes.bin","data_b64":"\#(b64(parts[0]))","eof":false}"#]
+        offset += parts[0].count
+        frames.append(#"{"type":"file.chunk","id":"p1","offset":\#(offset),"eof":false,"data_b64":"\#(b64(parts[1]))"}"#)
+        offset += parts[1].count
+        frames.append(#" {"data_b64" : "\#(b64(parts[2]))", "eof":false ,"offset":\#(offset), "type":"file.chunk","id":"p1"}"#)
+        offset += parts[2].count
+        let escaped = b64(parts[3]).replacingOccurrences(of: "/", with: #"\/"#)
+        XCTAssertTrue(escaped.contains(#"\/"#), "the random part has a slash to escape")
+        frames.append(#"{"type":"file.chunk","id":"p1","offset":\#(offset),"eof":false,"data_b64":"\#(escaped)"}"#)
+        offset += parts[3].count
+        frames.append(#"{"type":"file.chunk","id":"p1","offset":\#(offset),"eof":true,"data_b64":"\#(b64(parts[4]))","note":"a key of a later version"}"#)
+        for f in frames { try c.send(Array(f.utf8)) }
+        let reply = try c.receive()
+        XCTAssertEqual(reply["type"]?.stringValue, "file", reply.text)
+        var back: [UInt8] = []
+        _ = try c.getFile(tenant: t("acme"), path: "/home/shapes.bin", chunkBytes: 4096) { back += $0 }
+        XCTAssertEqual(back, parts.flatMap { $0 })
+
+        // Broken base64 in the fast shape: the general parser's refusal, and the put is dropped.
+        try c.send(Array(#"{"type":"file.put","id":"p2","tenant":"acme","path":"/home/broken.bin","data_b64":"\#(b64(parts[0]))","eof":false}"#.utf8))
+        let broken = String(b64(parts[1]).dropLast(4)) + "A*A="
+        try c.send(Array(#"{"type":"file.chunk","id":"p2","offset":\#(parts[0].count),"eof":true,"data_b64":"\#(broken)"}"#.utf8))
+        let refused = try c.receive()
+        XCTAssertEqual(refused["error"]?["code"]?.stringValue, "invalid_request", refused.text)
+        XCTAssertTrue(refused["error"]?["message"]?.stringValue?.contains("not valid base64") ?? false, refused.text)
     }
 
     func testRequestShapesAreChecked() throws {

@@ -127,7 +127,7 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.pidsMax), [64, 256, 1024])
         XCTAssertEqual([free, pro, ent].map(\.cpuMaxCores), [0.5, 1, 2])
         XCTAssertEqual([free, pro, ent].map(\.cpuWeight), [1, 4, 16])
-        XCTAssertEqual(TierLimits.keys.count, 25)
+        XCTAssertEqual(TierLimits.keys.count, 26)
         XCTAssertEqual([free, pro, ent].map(\.interactiveTimeoutMaxSeconds), [600, 3600, 14400])
         XCTAssertEqual(TierLimits.requiredKeys.count, 17)
         XCTAssertEqual([free, pro, ent].map(\.maxAttempts), [3, 3, 3])

@@ -94,26 +94,42 @@ final class ClientHandler: ChannelDuplexHandler {
             reply(Reply.error(ProtocolError(.invalidRequest, "empty frame: a frame must hold a JSON object"), id: .null), context: context)
             return
         }
+        let allocator = context.channel.allocator
         if parsedInline + payload.readableBytes <= Self.inlineParseBytes {
             parsedInline += payload.readableBytes
-            deliver(RequestCodec.decode(Array(payload.readableBytesView)), context: context)
+            deliver(Self.parse(payload, allocator), context: context)
             return
         }
         parsing = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         parser.runIfActive(eventLoop: context.eventLoop) {
-            RequestCodec.decode(Array(payload.readableBytesView))
+            Self.parse(payload, allocator)
         }.whenComplete { result in
             let (me, context) = bound.value
             me.parsing = false
             switch result {
-            case .success(let decoded): me.deliver(decoded, context: context)
+            case .success(let parsed): me.deliver(parsed, context: context)
             case .failure:
                 // The pool is gone: the daemon is shutting down.
                 me.reply(Reply.error(ProtocolError(.unavailable, "the supervisor is shutting down"), id: .null), context: context)
             }
             me.drain(context: context)
         }
+    }
+
+    /// A frame as the supervisor takes it: a `file.chunk` in the fast shape is already the frame
+    /// its worker gets (PutChunkFrame); anything else is a request.
+    enum Parsed: Sendable {
+        case request(id: JSONValue, request: Result<Request, ProtocolError>)
+        case chunk(PutChunkFrame)
+    }
+
+    static func parse(_ payload: ByteBuffer, _ allocator: ByteBufferAllocator) -> Parsed {
+        if payload.readableBytes >= PutChunkFrame.minimumBytes, let chunk = PutChunkFrame(payload, allocator: allocator) {
+            return .chunk(chunk)
+        }
+        let decoded = RequestCodec.decode(Array(payload.readableBytesView))
+        return .request(id: decoded.id, request: decoded.request)
     }
 
     /// The frames that arrived during a parse, in order, until the next one goes to the pool.
@@ -127,11 +143,16 @@ final class ClientHandler: ChannelDuplexHandler {
         }
     }
 
-    private func deliver(_ decoded: (id: JSONValue, request: Result<Request, ProtocolError>), context: ChannelHandlerContext) {
-        let responder = Responder(channel: context.channel, id: decoded.id, caller: caller)
-        switch decoded.request {
-        case .failure(let error): responder.fail(error)
-        case .success(let request): supervisor.handle(request, responder)
+    private func deliver(_ parsed: Parsed, context: ChannelHandlerContext) {
+        switch parsed {
+        case .chunk(let chunk):
+            supervisor.handlePutChunk(chunk, Responder(channel: context.channel, id: chunk.id, caller: caller))
+        case .request(let id, let request):
+            let responder = Responder(channel: context.channel, id: id, caller: caller)
+            switch request {
+            case .failure(let error): responder.fail(error)
+            case .success(let request): supervisor.handle(request, responder)
+            }
         }
     }
 

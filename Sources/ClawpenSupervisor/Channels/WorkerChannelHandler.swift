@@ -37,6 +37,10 @@ final class WorkerChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !misbehaved else { return }
         let payload = unwrapInboundIn(data)
+        if let chunk = GetDataFrame(payload) {
+            supervisor.fileDataArrived(chunk, worker)
+            return
+        }
         do {
             let message = try WorkerToSupervisor.decode(Array(payload.readableBytesView), outputCap: outputCap)
             supervisor.workerSent(message, worker)

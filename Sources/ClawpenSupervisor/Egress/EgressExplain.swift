@@ -7,7 +7,19 @@ import NIOPosix
 
 /// `policy explain --tenant T --url URL`: what the tenant's egress proxy would do with a request
 /// there, by the same decision the proxy makes (EgressPolicy.decide), and how each of the
-/// tenant's secrets would reach it.
+/// tenant's secrets would reach it (SecretUse.decide, as the proxy). Names are looked up on a
+/// resolver of explain's own, at most `maxLookups` at a time: a caller that explains many slow
+/// names delays no worker start and no other tenant's proxy; past the bound the answer says what
+/// the rules decide and that the address is checked when the proxy connects.
+enum ExplainResolver {
+    static let maxLookups = 4
+    static let pool: NIOThreadPool = {
+        let p = NIOThreadPool(numberOfThreads: 1)
+        p.start()
+        return p
+    }()
+}
+
 extension Supervisor {
     func explainEgress(_ name: TenantName, _ url: String, _ r: Responder) throws {
         try authorize(r, .submit(tenant: name), request: "policy.explain")
@@ -18,7 +30,11 @@ extension Supervisor {
         let limits = t.limits
         let tier = policies.effectiveTier(name, assigned: t.tier).rawValue
         let stored = Set(((try? store.secrets(name)) ?? []).map(\.name))
-        let finish: ([IPAddress]) -> Void = { [self] addresses in
+        // http:// is a plain proxy request; https:// and host:port are a CONNECT (the port
+        // does not make http://h:443 TLS: the proxy reads it as plain HTTP).
+        let tls = !url.lowercased().hasPrefix("http://")
+        let finish: ([IPAddress]?) -> Void = { [self] looked in
+            let addresses = looked ?? []
             var e = JSONObjectBuilder()
             e.set("network", .string(limits.network))
             e.set("host", .string(target.host))
@@ -32,25 +48,40 @@ extension Supervisor {
                         "tenant '\(name)' has network = \"\(limits.network)\": its jobs have no proxy and no route out (network = \"egress\" and an [egress] allow rule would let this through)"
                     ))
             } else {
-                let d = EgressPolicy.decide(host: target.host, port: target.port, addresses: addresses, allow: limits.egressAllow)
+                var d = EgressPolicy.decide(host: target.host, port: target.port, addresses: addresses, allow: limits.egressAllow)
+                if looked == nil, let rule = limits.egressAllow.first(where: { $0.matches(host: target.host, port: target.port) }) {
+                    // Not looked up (the explain resolver is busy): what the rules say.
+                    d.allowed = true
+                    d.rule = rule.description
+                    d.message =
+                        "\(target.host):\(target.port) is named by \(rule); its address was not looked up now (too many explains at once): the proxy refuses it when it connects if the name resolves into a restricted range"
+                }
+                let uses = limits.secrets.map { ($0, $0.use(host: target.host, port: target.port, tls: tls)) }
+                let plainRefused = uses.filter { $0.1 == .refusedPlainHTTP }.map(\.0.name)
+                if d.allowed, !plainRefused.isEmpty {
+                    d.message =
+                        "\(d.message); but a request that carries secret \(plainRefused.joined(separator: ", "))'s placeholder there is refused: it goes to this host over HTTPS only (allow_plain_http = true lets it go in clear text)"
+                }
                 e.set("allowed", d.allowed)
                 e.set("rule", .string(d.rule))
                 e.set("addresses", .array(addresses.map { .string($0.description) }))
                 e.set("address", d.address.map { .string($0.description) } ?? .null)
                 e.set("refused_address", d.refusedAddress.map { .string($0.description) } ?? .null)
-                let substituted = limits.secrets.filter { $0.substitutes(host: target.host, port: target.port) }
+                let substituted = uses.filter { $0.1 == .substituted }.map(\.0)
                 e.set(
                     "tls",
                     .string(
-                        !target.tls
-                            ? "plain HTTP: the proxy reads the request; secrets are substituted in its headers"
+                        !tls
+                            ? "plain HTTP: the proxy reads the request, sets its Host to \(target.host):\(target.port)\(substituted.isEmpty ? "" : "; secrets are substituted in their headers (clear text on the network: allow_plain_http or an address rule)")"
                             : substituted.isEmpty
                                 ? "tunneled (CONNECT): the proxy does not read the request; the job verifies the server itself"
-                                : "intercepted with the tenant's CA (the sandbox trusts it); the upstream is verified against the host's trust store\(config.egressCAFile != nil ? " (--egress-ca-file)" : ""); secrets are substituted"
+                                : "intercepted with the tenant's CA (the sandbox trusts it); the upstream is verified against the host's trust store\(config.egressCAFile != nil ? " (--egress-ca-file)" : ""); secrets are substituted in their headers"
                     ))
                 e.set("message", .string(d.message))
             }
-            e.set("secrets", .array(limits.secrets.map { secretExplain($0, target: target, stored: stored.contains($0.name), network: limits.network) }))
+            e.set(
+                "secrets",
+                .array(limits.secrets.map { secretExplain($0, target: target, tls: tls, stored: stored.contains($0.name), network: limits.network) }))
             var o = JSONObjectBuilder()
             o.set("tenant", .string(name.value))
             o.set("tier", .string(tier))
@@ -65,15 +96,21 @@ extension Supervisor {
             finish(IPAddress(target.host).map { [$0] } ?? [])
             return
         }
-        // getaddrinfo blocks: on the spawn thread, never on the loop.
+        guard egress.explainLookups < ExplainResolver.maxLookups else {
+            finish(nil)
+            return
+        }
+        // getaddrinfo blocks: on explain's own thread, never on the loop nor the spawn thread.
+        egress.explainLookups += 1
         let host = target.host
         let bound = NIOLoopBound(finish, eventLoop: loop)
-        spawnThread.runIfActive(eventLoop: loop) { HostResolver.resolve(host) }.whenComplete { result in
+        ExplainResolver.pool.runIfActive(eventLoop: loop) { HostResolver.resolve(host) }.whenComplete { [self] result in
+            egress.explainLookups -= 1
             bound.value((try? result.get()) ?? [])
         }
     }
 
-    private func secretExplain(_ b: SecretBinding, target: EgressTarget, stored: Bool, network: String) -> JSONValue {
+    private func secretExplain(_ b: SecretBinding, target: EgressTarget, tls: Bool, stored: Bool, network: String) -> JSONValue {
         var o = JSONObjectBuilder()
         o.set("name", .string(b.name))
         o.set("env", .string(b.envVar))
@@ -83,8 +120,18 @@ extension Supervisor {
         case .placeholder:
             o.set("expose", "placeholder")
             o.set("hosts", .array(b.hosts.map { .string($0.text) }))
-            o.set("substituted", network == "egress" && b.substitutes(host: target.host, port: target.port))
-            o.set("strength", "placeholder: the value never enters the sandbox; the proxy puts it in requests to the listed hosts only")
+            o.set("headers", .array(b.headers.map(JSONValue.string)))
+            o.set("allow_plain_http", b.allowPlainHTTP)
+            let use = b.use(host: target.host, port: target.port, tls: tls)
+            o.set("substituted", network == "egress" && use == .substituted)
+            o.set(
+                "strength",
+                .string(
+                    "placeholder: the value never enters the sandbox; the proxy puts it in the \(b.headers.joined(separator: ", ")) header of requests to the listed hosts only (the placeholder anywhere else in such a request is refused, rule `secret header`), "
+                        + (b.allowPlainHTTP
+                            ? "over plain HTTP too (allow_plain_http = true: in clear text, to whatever the name resolves to)"
+                            : "inside TLS the proxy verified (to an address rule also over plain HTTP; plain HTTP to a name is refused, rule `secret plain http`)")
+                ))
         case .env(let commands):
             o.set("expose", "env")
             o.set("commands", .array(commands.map(JSONValue.string)))

@@ -33,7 +33,14 @@ final class EgressProxyProcess: @unchecked Sendable {
     var reports: Channel?
     /// It said "ready" (control frames written before are read in order anyway).
     var ready = false
-    init(pid: Int32, controlFD: Int32) { self.pid = pid; self.controlFD = controlFD }
+    /// Monotonic seconds when it was started.
+    let startedAt: Double
+    /// Writes the control frames without blocking the event loop (nil: the fd could not be duplicated).
+    let writer: EgressControlWriter?
+    init(pid: Int32, controlFD: Int32, startedAt: Double) {
+        self.pid = pid; self.controlFD = controlFD; self.startedAt = startedAt
+        writer = EgressControlWriter(controlFD: controlFD)
+    }
 }
 
 struct EgressState {
@@ -50,12 +57,40 @@ struct EgressState {
     var nextListener: UInt64 = 1
     /// Tenants whose configuration the proxy has.
     var configured: Set<TenantName> = []
+    /// Report frames the proxy dropped because the daemon read them too slowly.
+    var reportsDropped: Int64 = 0
+    /// Audit rows of the proxy's reports, coalesced (EgressAuditWindow).
+    var auditWindow = EgressAuditWindow()
+    var auditFlushScheduled = false
+    /// `policy explain --url` name lookups in flight (ExplainResolver).
+    var explainLookups = 0
+    /// Times the proxy was started again after it died, since the daemon started.
+    var restarts = 0
+    /// Deaths in a row of a proxy that did not stay up for `stableSeconds`: the back-off's exponent.
+    var quickDeaths = 0
+    /// A restart is scheduled (the proxy died); nil otherwise.
+    var restartAt: Double?
+    /// How the last proxy ended, for status.
+    var lastExit: String?
+    /// The daemon is stopping: a proxy that dies now is not restarted.
+    var stopping = false
+
+    /// The first restart comes at once (after `firstRestartDelay`), the next ones of a proxy that
+    /// keeps dying at twice the delay each time, up to `maxRestartDelay`; a proxy that stayed up
+    /// for `stableSeconds` starts the count again.
+    static let firstRestartDelay = 0.1
+    static let maxRestartDelay = 30.0
+    static let stableSeconds = 60.0
+
+    static func restartDelay(quickDeaths: Int) -> Double {
+        min(maxRestartDelay, firstRestartDelay * Double(1 << min(max(0, quickDeaths - 1), 16)))
+    }
 }
 
 extension Supervisor {
     // MARK: Start
 
-    /// Starts clawpen-egress, confined (docs/egress.md, "The proxy process"). Without it, egress
+    /// Starts clawpen-egress, confined (docs/egress.md, "Why a separate process"). Without it, egress
     /// tenants' jobs have no proxy, and status says why.
     func startEgressProxy() throws(ServeError) {
         guard sandboxEnabled else {
@@ -113,7 +148,7 @@ extension Supervisor {
         close(control[1])
         close(reports[1])
         let reportFD = reports[0]
-        let proxy = EgressProxyProcess(pid: pid, controlFD: control[0])
+        let proxy = EgressProxyProcess(pid: pid, controlFD: control[0], startedAt: Clock.monotonic())
         egress.proxy = proxy
         egress.unavailable = nil
         logger.notice("egress proxy started", metadata: ["pid": "\(pid)", "uid": "\(uid)"])
@@ -163,26 +198,23 @@ extension Supervisor {
 
     // MARK: Control
 
-    /// Writes one control frame (and an fd) to the proxy. The socket is blocking and the proxy
-    /// reads it on its own thread; a proxy that died makes the write fail, which is logged.
+    /// Queues one control frame (and an fd, which the caller keeps) for the proxy; the event
+    /// loop never waits for it (EgressControlWriter). A proxy that has stopped reading is stuck:
+    /// it is killed, and its reports closing does the rest (egressProxyGone).
     @discardableResult
     func sendToProxy(_ message: JSONValue, fd: Int32 = -1) -> Bool {
-        guard let proxy = egress.proxy else { return false }
-        let bytes = EgressControl.frame(message)
-        var ok = true
-        if fd >= 0 {
-            // The fd travels with the first bytes of its frame.
-            ok = bytes.withUnsafeBytes { cp_send_with_fd(proxy.controlFD, $0.baseAddress, $0.count, fd) } == 0
-        } else {
-            var offset = 0
-            while ok && offset < bytes.count {
-                let n = bytes[offset...].withUnsafeBytes { send(proxy.controlFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { ok = false } else { offset += n }
-            }
+        guard let proxy = egress.proxy, let writer = proxy.writer else { return false }
+        switch writer.enqueue(EgressControl.frame(message), passFD: fd) {
+        case .queued: return true
+        case .closed:
+            logger.error("cannot write to the egress proxy: its control socket failed", metadata: ["pid": "\(proxy.pid)"])
+            return false
+        case .stuck(let why):
+            logger.error("the egress proxy is stuck; killing it", metadata: ["pid": "\(proxy.pid)", "reason": "\(why)"])
+            writer.finish()
+            kill(proxy.pid, SIGKILL)
+            return false
         }
-        if !ok { logger.error("cannot write to the egress proxy", metadata: ["errno": "\(errnoString(errno))"]) }
-        return ok
     }
 
     /// The CA certificates the proxy checks upstream servers against.
@@ -217,6 +249,7 @@ extension Supervisor {
                         ("name", .string(b.name)), ("placeholder", .string(record.placeholder)),
                         ("value_b64", .string(String(decoding: Base64.encode(value), as: UTF8.self))),
                         ("hosts", .array(b.hosts.map { EgressControl.rule(text: $0.text, file: $0.file, line: $0.line) })),
+                        ("headers", .array(b.headers.map(JSONValue.string))), ("allow_plain_http", .bool(b.allowPlainHTTP)),
                     ]))
             } catch {
                 logger.error("cannot open a secret for the egress proxy", metadata: ["tenant": "\(name)", "secret": "\(b.name)", "error": "\(error)"])
@@ -225,7 +258,8 @@ extension Supervisor {
         let message = JSONValue.object([
             ("type", .string("tenant")), ("tenant", .string(name.value)),
             ("allow", .array(limits.egressAllow.map { EgressControl.rule(text: $0.text, file: $0.file, line: $0.line) })),
-            ("secrets", .array(secrets)), ("ca_cert_pem", .string(ca.certificatePEM)), ("ca_key_pem", .string(ca.privateKeyPEM)),
+            ("secrets", .array(secrets)), ("max_connections", .int(Int64(limits.egressMaxConnections))), ("ca_cert_pem", .string(ca.certificatePEM)),
+            ("ca_key_pem", .string(ca.privateKeyPEM)),
         ])
         if sendToProxy(message) { egress.configured.insert(name) }
     }
@@ -341,6 +375,11 @@ extension Supervisor {
 
     func egressReport(_ v: JSONValue) {
         guard let type = v["type"]?.stringValue else { return }
+        if let lost = v["dropped"]?.intValue, lost > 0 {
+            // The proxy could not hand these over fast enough (Reporter): counted, not audited.
+            egress.reportsDropped += lost
+            logger.warning("the egress proxy dropped reports the daemon did not read in time", metadata: ["dropped": "\(lost)"])
+        }
         let tenant = v["tenant"]?.stringValue.flatMap { try? TenantName(validating: $0) }
         switch type {
         case "ready":
@@ -351,14 +390,12 @@ extension Supervisor {
             egress.counters[tenant, default: EgressCounters()].requestsDenied += 1
             let host = String((v["host"]?.stringValue ?? "?").prefix(255))
             let port = v["port"]?.intValue ?? 0
-            audit(tenant: tenant, caller: nil, action: "egress.denied", rule: v["rule"]?.stringValue, detail: "host=\(host) port=\(port) job=unknown")
+            egressAudit(tenant, action: "egress.denied", rule: String((v["rule"]?.stringValue ?? "?").prefix(255)), host: host, port: port)
         case "secret_used":
             guard let tenant else { return }
             egress.counters[tenant, default: EgressCounters()].secretsUsed += 1
             let host = String((v["host"]?.stringValue ?? "?").prefix(255))
-            audit(
-                tenant: tenant, caller: nil, action: "secret.used", rule: v["name"]?.stringValue,
-                detail: "host=\(host) port=\(v["port"]?.intValue ?? 0) job=unknown")
+            egressAudit(tenant, action: "secret.used", rule: String((v["name"]?.stringValue ?? "?").prefix(64)), host: host, port: v["port"]?.intValue ?? 0)
         case "done":
             guard let tenant else { return }
             var c = egress.counters[tenant, default: EgressCounters()]
@@ -373,18 +410,85 @@ extension Supervisor {
         }
     }
 
-    /// The proxy's reports closed: it died. Status says so; jobs' requests fail to connect.
+    /// The proxy's reports closed: it died. Jobs' requests fail to connect until it is back:
+    /// it is started again after a back-off (EgressState.restartDelay), and every running worker
+    /// of an egress tenant gets a new listener for it. Status says which state it is in.
     func egressProxyGone() {
         guard let proxy = egress.proxy else { return }
-        var status: Int32 = 0
-        var usage = rusage()
-        _ = cp_wait4(proxy.pid, &status, WNOHANG, &usage)
+        // Its reports closed: whatever it still does, it serves no one with stale allowlists
+        // (a zombie's status is kept; the reap below collects it).
+        kill(proxy.pid, SIGKILL)
         close(proxy.controlFD)
         egress.proxy = nil
+        proxy.writer?.finish()
         egress.configured.removeAll()
         egress.listeners.removeAll()
-        egress.unavailable = "the egress proxy (pid \(proxy.pid)) exited: \(Self.describe(waitStatus: status)); restart the daemon"
-        logger.error("egress proxy exited", metadata: ["pid": "\(proxy.pid)"])
+        egress.unavailable = "the egress proxy (pid \(proxy.pid)) closed its report socket"
+        reapProxy(proxy, attempt: 0)
+    }
+
+    /// Waits for the proxy's exit (its socket closes a moment before it is a zombie; one that
+    /// lingers 2 s is killed), then schedules its restart.
+    private func reapProxy(_ proxy: EgressProxyProcess, attempt: Int) {
+        var status: Int32 = 0
+        var usage = rusage()
+        if cp_wait4(proxy.pid, &status, WNOHANG, &usage) == 0 {
+            if attempt == 200 { kill(proxy.pid, SIGKILL) }
+            loop.scheduleTask(in: .milliseconds(10)) { [self] in reapProxy(proxy, attempt: attempt + 1) }
+            return
+        }
+        let how = Self.describe(waitStatus: status)
+        egress.lastExit = "pid \(proxy.pid) \(how)"
+        guard !egress.stopping else {
+            egress.unavailable = "the egress proxy (pid \(proxy.pid)) \(how); the daemon is stopping"
+            return
+        }
+        let now = Clock.monotonic()
+        egress.quickDeaths = now - proxy.startedAt >= EgressState.stableSeconds ? 1 : egress.quickDeaths + 1
+        let delay = EgressState.restartDelay(quickDeaths: egress.quickDeaths)
+        egress.restartAt = now + delay
+        egress.unavailable = "the egress proxy (pid \(proxy.pid)) \(how); restarting it in \(Self.seconds(delay))"
+        logger.error("egress proxy exited; restarting it", metadata: ["pid": "\(proxy.pid)", "exit": "\(how)", "delay_s": "\(delay)"])
+        loop.scheduleTask(in: .milliseconds(Int64(delay * 1000))) { [self] in restartEgressProxy() }
+    }
+
+    private static func seconds(_ d: Double) -> String { d < 1 ? "\(Int(d * 1000)) ms" : "\(Int(d)) s" }
+
+    /// Starts the proxy again and hands it a listener in every running egress worker's namespace
+    /// (with its tenant's configuration, pushed on the way): jobs keep the same proxy address.
+    private func restartEgressProxy() {
+        egress.restartAt = nil
+        guard !egress.stopping, egress.proxy == nil else { return }
+        do { try startEgressProxy() } catch {
+            egress.unavailable = "cannot restart the egress proxy: \(error)"
+            logger.error("cannot restart the egress proxy", metadata: ["error": "\(error)"])
+        }
+        guard egress.proxy != nil else {
+            // startEgressProxy said why; a spawn that failed is tried again later.
+            egress.quickDeaths += 1
+            let delay = EgressState.restartDelay(quickDeaths: egress.quickDeaths)
+            egress.restartAt = Clock.monotonic() + delay
+            loop.scheduleTask(in: .milliseconds(Int64(delay * 1000))) { [self] in restartEgressProxy() }
+            return
+        }
+        egress.restarts += 1
+        for (id, w) in workers where !w.exited && core.tenants[w.tenant]?.limits.network == "egress" {
+            attachEgress(w.tenant, workerPID: w.pid, workerID: id)
+        }
+    }
+
+    /// `status`' `supervisor.egress`: the proxy process and its restarts.
+    func egressProxyStatus() -> JSONValue {
+        var o = JSONObjectBuilder()
+        let state: String
+        if egress.proxy != nil { state = "running" } else if egress.restartAt != nil { state = "restarting" } else { state = "unavailable" }
+        o.set("state", .string(state))
+        o.set("pid", egress.proxy.map { Int($0.pid) })
+        o.set("uptime_s", egress.proxy.map { ((Clock.monotonic() - $0.startedAt) * 1000).rounded() / 1000 })
+        o.set("restarts", egress.restarts)
+        o.set("last_exit", egress.lastExit)
+        o.set("unavailable", egress.unavailable)
+        return o.value
     }
 
     /// `status`' `egress` of a tenant.
@@ -404,6 +508,7 @@ extension Supervisor {
     }
 
     func stopEgressProxy() {
+        egress.stopping = true
         guard let proxy = egress.proxy else { return }
         kill(proxy.pid, SIGTERM)
         proxy.reports?.close(promise: nil)
@@ -415,6 +520,13 @@ final class EgressReportHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let supervisor: Supervisor
     init(supervisor: Supervisor) { self.supervisor = supervisor }
+
+    /// A framing error leaves the decoder dead: the channel closes, so the proxy is treated as
+    /// gone (and killed) rather than its reports stopping in silence.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        supervisor.logger.error("the egress proxy's reports are unreadable; closing them", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = Self.unwrapInboundIn(data)
