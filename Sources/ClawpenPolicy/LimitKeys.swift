@@ -27,6 +27,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case inodesMax = "inodes_max"
     case interactiveTimeoutMax = "interactive_timeout_max_s"
     case fileMaxBytes = "file_max_bytes"
+    case jobRetentionDays = "job_retention_days"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -36,6 +37,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
+            || self == .jobRetentionDays
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -122,6 +124,8 @@ enum LimitKey: String, CaseIterable, Sendable {
             // At most the worker's RLIMIT_FSIZE (4 GiB, Plan.maxFileBytes): a put can never
             // reach the rlimit, so the worker never gets SIGXFSZ.
             target.fileMaxBytes = try c.size(minimum: 1, maximum: 4 * ByteSize.gibibyte)
+        case .jobRetentionDays:
+            target.jobRetentionDays = try c.integer(1...36_500, note: "days a finished job's record is kept before the purge removes it")
         }
     }
 }
