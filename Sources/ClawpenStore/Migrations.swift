@@ -32,6 +32,11 @@ extension Store {
     ]
 
     static let latestSchemaVersion = 4
+    /// The last step that is idempotent and re-run below version 4 (see `migrate`).
+    static let idempotentHistory = 3
+
+    /// The steps' numbers, in order (a test checks they run 1...latest without a gap).
+    public static var migrationVersions: [Int] { migrations.map(\.version) }
 
     /// The version the database is at: 0 when it is new (no meta table yet).
     func storedSchemaVersion() throws(StoreError) -> Int {
@@ -49,7 +54,10 @@ extension Store {
         guard found < latest else { return }
         try db.exec("BEGIN IMMEDIATE")
         do {
-            for step in Self.migrations where step.version > found { try step.apply(db) }
+            // Steps 1-3 are the history before numbered migrations: those releases ran them,
+            // idempotent, at every open, so a database below 4 may lack any of them (a
+            // version-1 file of only `meta`, say): they run again, whatever it says.
+            for step in Self.migrations where step.version > found || step.version <= Self.idempotentHistory { try step.apply(db) }
             try db.run("INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", [.text(String(latest))])
             try db.exec("PRAGMA user_version=\(latest)")
             try db.exec("COMMIT")

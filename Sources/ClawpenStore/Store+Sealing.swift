@@ -20,6 +20,15 @@ public protocol JobCipher: AnyObject {
 }
 
 extension Store {
+    /// The sealing key version of each tenant (none without a cipher), looked up before a write
+    /// transaction begins: making a tenant's first key commits a transaction of its own.
+    func activeKeys(_ tenants: [TenantName]) throws(StoreError) -> [TenantName: Int] {
+        guard let cipher else { return [:] }
+        var out: [TenantName: Int] = [:]
+        for t in tenants where out[t] == nil { out[t] = try cipher.activeKeyVersion(t) }
+        return out
+    }
+
     /// `key` nil: the store has no cipher, the value is written as it is.
     func sealField(_ plain: [UInt8], _ field: JobField, _ tenant: TenantName, _ job: String, _ key: Int?) throws(StoreError) -> [UInt8] {
         guard let key, let cipher else { return plain }
@@ -45,11 +54,12 @@ extension Store {
                 "SELECT \(Self.jobColumns) FROM jobs WHERE seal_key IS NULL OR (result_key IS NULL AND stdout IS NOT NULL) LIMIT ?",
                 [.int(Int64(batch))], decodeJob)
             guard !rows.isEmpty else { break }
+            let keys = try activeKeys(rows.map(\.tenant))
             try setSynchronousFull()
             try db.run("BEGIN IMMEDIATE")
             do {
                 for job in rows {
-                    let key = try cipher?.activeKeyVersion(job.tenant)
+                    let key = keys[job.tenant]
                     try db.run(
                         "UPDATE jobs SET argv=?, env=?, stdin=?, seal_key=? WHERE id=?",
                         [

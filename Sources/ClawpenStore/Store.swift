@@ -182,9 +182,11 @@ public final class Store: @unchecked Sendable {
     public func insertJobs(_ jobs: [JobRecord]) throws(StoreError) {
         guard !jobs.isEmpty else { return }
         try setSynchronous(full: fsyncAccepts)
+        // Keys first: a tenant's first key is made (and committed) outside this transaction.
+        let keys = try activeKeys(jobs.map(\.tenant))
         try transaction { () throws(StoreError) in
             for job in jobs {
-                let key = try cipher?.activeKeyVersion(job.tenant)
+                let key = keys[job.tenant]
                 try db.run(
                     """
                     INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent, seal_key)
@@ -273,10 +275,11 @@ public final class Store: @unchecked Sendable {
     public func finishJobs(_ items: [Finished]) throws(StoreError) {
         guard !items.isEmpty else { return }
         try setSynchronous(full: false)
+        let keys = try activeKeys(items.map(\.tenant))
         try transaction { () throws(StoreError) in
             for f in items {
                 let r = f.result
-                let key = try cipher?.activeKeyVersion(f.tenant)
+                let key = keys[f.tenant]
                 try db.run(
                     """
                     UPDATE jobs SET state=?, started_at=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?,

@@ -89,9 +89,12 @@ final class TenantKeyring: JobCipher, @unchecked Sendable {
         for row in try store.liveTenantKeys() where row.keyFile == nil {
             guard let wrapped = row.wrapped else { continue }
             guard row.masterKeyID == master.id || row.masterKeyID == new.id else {
-                throw KeyError("key rotate", "tenant '\(row.tenant)' key version \(row.version) is wrapped by master key \(row.masterKeyID), not by the daemon's \(master.id)")
+                throw KeyError(
+                    "key rotate",
+                    "tenant '\(row.tenant)' key version \(row.version) is wrapped by master key \(row.masterKeyID), not by the daemon's \(master.id)")
             }
-            let dataKey = row.masterKeyID == new.id
+            let dataKey =
+                row.masterKeyID == new.id
                 ? try new.unwrap(wrapped, tenant: row.tenant.value, version: row.version)
                 : try master.unwrap(wrapped, tenant: row.tenant.value, version: row.version)
             rewrapped.append((row.tenant, row.version, new.id, try new.wrap(dataKey)))

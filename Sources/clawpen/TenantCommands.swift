@@ -19,7 +19,9 @@ struct TenantCommand: ParsableCommand {
         @Option(help: "free, pro or enterprise.") var tier: String = "free"
         @Option(
             name: .customLong("key-file"),
-            help: "Bring your own key: this file (on the daemon's host, 32 bytes or 64 hex digits, mode 0600) wraps the tenant's data key instead of the master key.")
+            help:
+                "Bring your own key: this file (on the daemon's host, 32 bytes or 64 hex digits, mode 0600) wraps the tenant's data key instead of the master key."
+        )
         var keyFile: String?
         @Flag(help: "Print the tenant as JSON.") var json = false
 

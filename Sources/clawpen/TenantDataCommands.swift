@@ -53,11 +53,14 @@ extension TenantCommand {
             var out = dryRun ? "offboarding \(name) would remove:\n" : ""
             if !dryRun {
                 let o = reply["offboarding"] ?? .null
-                out += now ? "tenant \(name) offboarded: data key destroyed, data removed, uid retired\n"
+                out +=
+                    now
+                    ? "tenant \(name) offboarded: data key destroyed, data removed, uid retired\n"
                     : "tenant \(name) is offboarding (suspended, secrets revoked); its data goes at \(o["deadline"]?.doubleValue.map { String(Int($0)) } ?? "?") (seconds since the epoch) unless restored\n"
                 out += "removed or to be removed:\n"
             }
-            out += "  workspace    \(ws["path"]?.stringValue ?? "") (\(ws["files"]?.intValue ?? 0) files, \(ws["directories"]?.intValue ?? 0) directories, \(Format.bytes(ws["bytes"]?.intValue)))\n"
+            out +=
+                "  workspace    \(ws["path"]?.stringValue ?? "") (\(ws["files"]?.intValue ?? 0) files, \(ws["directories"]?.intValue ?? 0) directories, \(Format.bytes(ws["bytes"]?.intValue)))\n"
             out += "  job records  \(inv["job_records"]?.intValue ?? 0)\n"
             let secrets = inv["secrets"]?.arrayValue?.compactMap(\.stringValue) ?? []
             out += "  secrets      \(secrets.count)\(secrets.isEmpty ? "" : " (" + secrets.joined(separator: ", ") + ")")\n"

@@ -14,7 +14,10 @@ final class TenantDataTests: XCTestCase {
     func sql(_ statement: String) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()", daemon.stateDir + "/clawpen.db", statement]
+        p.arguments = [
+            "python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()", daemon.stateDir + "/clawpen.db",
+            statement,
+        ]
         try p.run()
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
@@ -40,11 +43,13 @@ final class TenantDataTests: XCTestCase {
         var r = try cli(["job", "get", a.id, "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("OUT-7001-q1") && r.stdout.contains("ERR-8002"), r.stdout)
+        let markers = ["ARGV-q1-a", "ENV-q1-v", "STDIN-q1-s", "OUT-7001-q1", "ERR-8002"]
+        // While it runs: the database, its live WAL and shm, the keys.
+        XCTAssertTrue(FileManager.default.fileExists(atPath: daemon.stateDir + "/clawpen.db-wal"))
+        for marker in markers { XCTAssertEqual(filesContain(daemon.stateDir, marker), [], marker) }
         daemon.stop()
-        // None of the markers in clear in any file of the state dir (database, WAL, keys).
-        for marker in ["ARGV-q1-a", "ENV-q1-v", "STDIN-q1-s", "OUT-7001-q1", "ERR-8002"] {
-            XCTAssertEqual(filesContain(daemon.stateDir, marker), [], marker)
-        }
+        // And after the checkpoint at shutdown.
+        for marker in markers { XCTAssertEqual(filesContain(daemon.stateDir, marker), [], marker) }
         // A ciphertext copied onto another row does not open there: that record fails, clearly.
         try sql("UPDATE jobs SET stdout=(SELECT stdout FROM jobs WHERE id='\(a.id)') WHERE id='\(b.id)'")
         daemon = try Daemon(dir: daemon.dir).start()
@@ -226,5 +231,35 @@ final class TenantDataTests: XCTestCase {
         XCTAssertEqual(lines.split(separator: "\n").count, 2)
         r = try cli(["tenant", "export", "acme", "--to", out])
         XCTAssertNotEqual(r.status, 0, "never over an existing file")
+    }
+    /// A state dir of the last release before migrations (Tests/Fixtures/release-85eeac2, made by
+    /// that release's daemon): the new daemon upgrades it in place at start, finds every job with
+    /// its output, seals what was clear, and opens the old release's secret with its master key.
+    func testTheLastReleasesStateDirUpgradesInPlaceAndEveryJobIsFound() throws {
+        let fixture = Daemon.repoRoot + "/Tests/Fixtures/release-85eeac2"
+        let expected = try XCTUnwrap(try JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: fixture + "/jobs.json")))).arrayValue)
+        daemon = try Daemon()
+        try FileManager.default.createDirectory(atPath: daemon.stateDir, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: fixture + "/clawpen.db", toPath: daemon.stateDir + "/clawpen.db")
+        try FileManager.default.copyItem(atPath: fixture + "/master.key", toPath: daemon.stateDir + "/master.key")
+        chmod(daemon.stateDir + "/master.key", 0o600)
+        daemon = try daemon.start()
+        for e in expected {
+            let id = try XCTUnwrap(e["id"]?.stringValue)
+            let r = try cli(["job", "get", id, "--json"])
+            XCTAssertEqual(r.status, 0, "\(id): \(r.stderr)")
+            let v = try JSONValue.parse(Array(r.stdout.utf8))
+            XCTAssertEqual(v["stdout"]?.stringValue, e["stdout"]?.stringValue, id)
+            XCTAssertEqual(v["state"]?.stringValue, e["state"]?.stringValue, id)
+            XCTAssertEqual(v["tenant"]?.stringValue, e["tenant"]?.stringValue, id)
+        }
+        XCTAssertTrue(try cli(["secret", "list", "bob"]).stdout.contains("FIXTURE_SECRET"))
+        XCTAssertEqual(try daemon.run("acme", ["echo", "after-upgrade"]).stdout, "after-upgrade\n")
+        daemon.stop()
+        for e in expected {
+            if let out = e["stdout"]?.stringValue, out.count > 8 {
+                XCTAssertEqual(filesContain(daemon.stateDir, out.trimmingCharacters(in: .newlines)), [], "sealed at the upgrade")
+            }
+        }
     }
 }

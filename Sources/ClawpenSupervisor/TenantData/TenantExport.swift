@@ -36,7 +36,9 @@ extension Supervisor {
         }.whenComplete { [self] result in
             switch result {
             case .success(let s):
-                audit(tenant: name, caller: r, action: "tenant.export", rule: "operator", detail: "\(s.jobs) job record(s), \(s.files) workspace entries, to \(path)")
+                audit(
+                    tenant: name, caller: r, action: "tenant.export", rule: "operator",
+                    detail: "\(s.jobs) job record(s), \(s.files) workspace entries, to \(path)")
                 r.reply(
                     "export",
                     [
