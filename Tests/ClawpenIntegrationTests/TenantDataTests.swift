@@ -243,6 +243,8 @@ final class TenantDataTests: XCTestCase {
         try FileManager.default.copyItem(atPath: fixture + "/clawpen.db", toPath: daemon.stateDir + "/clawpen.db")
         try FileManager.default.copyItem(atPath: fixture + "/master.key", toPath: daemon.stateDir + "/master.key")
         chmod(daemon.stateDir + "/master.key", 0o600)
+        // The tenants' workspaces were on that host; here only acme's directory is made again.
+        try FileManager.default.createDirectory(atPath: daemon.workspaceRoot + "/acme", withIntermediateDirectories: true)
         daemon = try daemon.start()
         for e in expected {
             let id = try XCTUnwrap(e["id"]?.stringValue)

@@ -78,7 +78,11 @@ final class TenantDataStoreTests: XCTestCase {
             XCTAssertEqual(String(decoding: j.result?.stdout ?? [], as: UTF8.self), e["stdout"]?.stringValue, id)
         }
         // The supervisor's start: the keyring seals every clear row, once.
-        let keyring = TenantKeyring(master: try master(), store: store)
+        // That release's master key (it wraps bob's data key, made for bob's secret).
+        let keyPath = dir + "/master.key"
+        try FileManager.default.copyItem(atPath: fixture.appendingPathComponent("master.key").path, toPath: keyPath)
+        chmod(keyPath, 0o600)
+        let keyring = TenantKeyring(master: try MasterKey.fromFile(keyPath), store: store)
         store.cipher = keyring
         XCTAssertEqual(try store.sealClearJobs(batch: 2), expected.count)
         XCTAssertEqual(try store.sealClearJobs(), 0)
