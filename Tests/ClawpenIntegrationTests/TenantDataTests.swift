@@ -264,4 +264,23 @@ final class TenantDataTests: XCTestCase {
             }
         }
     }
+    /// `job_retention_days` (free: 7): records that finished longer ago are purged by the
+    /// daemon's retention pass (five seconds after start, then hourly), the others stay.
+    func testRetentionPurgesOnlyRecordsPastTheTiersDays() throws {
+        daemon = try Daemon().start()
+        try daemon.createTenant("acme")
+        try daemon.createTenant("ent", tier: "enterprise")
+        let old = try daemon.run("acme", ["echo", "old"])
+        let recent = try daemon.run("acme", ["echo", "recent"])
+        let entOld = try daemon.run("ent", ["echo", "kept"])
+        daemon.stop()
+        // Eight days ago: past free's 7, within enterprise's 90.
+        try sql("UPDATE jobs SET finished_at = finished_at - 8*86400, created_at = created_at - 8*86400 WHERE id IN ('\(old.id)', '\(entOld.id)')")
+        daemon = try Daemon(dir: daemon.dir).start()
+        XCTAssertTrue(daemon.eventually(30) { (try? cli(["job", "get", old.id]).status) == 64 }, "purged: \(daemon.log)")
+        XCTAssertEqual(try cli(["job", "get", recent.id]).status, 0)
+        XCTAssertEqual(try cli(["job", "get", entOld.id]).status, 0, "enterprise keeps 90 days")
+        let audit = try cli(["audit", "--tenant", "acme"]).stdout
+        XCTAssertTrue(audit.contains("jobs.purged") && audit.contains("job_retention_days"), audit)
+    }
 }

@@ -59,7 +59,7 @@ extension Supervisor {
         }
         tenantData.book = OffboardingBook(entries)
         loop.execute { [self] in offboardingTick() }
-        scheduleRetention(initialDelaySeconds: 30)
+        scheduleRetention(initialDelaySeconds: 5)
     }
 
     func refuseIfOffboarding(_ name: TenantName, request: String) throws(ProtocolError) {
