@@ -164,6 +164,24 @@ final class TenantDataTests: XCTestCase {
         daemon = try Daemon(dir: daemon.dir).start()
         XCTAssertTrue(try cli(["job", "get", a.id, "--json"]).stdout.contains("OUT-7001-r1"), "after a restart with the new key")
         daemon.stop()
+        // A rotation stopped between its steps is resolved at the next start by which key the
+        // rows name. After the commit, before the rename: the new key is still `.next`.
+        let key = daemon.stateDir + "/master.key", next = key + ".next"
+        try FileManager.default.moveItem(atPath: key, toPath: next)
+        FileManager.default.createFile(atPath: key, contents: Data(before.utf8), attributes: [.posixPermissions: 0o600])
+        daemon = try Daemon(dir: daemon.dir).start()
+        XCTAssertTrue(try cli(["job", "get", b.id, "--json"]).stdout.contains("OUT-7001-r2"), "the rename was finished: \(daemon.log)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: next))
+        XCTAssertNotEqual(try String(contentsOfFile: key, encoding: .utf8), before)
+        daemon.stop()
+        // Before the commit: a `.next` the rows do not name is removed, the key stays.
+        let current = try String(contentsOfFile: key, encoding: .utf8)
+        FileManager.default.createFile(atPath: next, contents: Data(repeating: 0x42, count: 32), attributes: [.posixPermissions: 0o600])
+        daemon = try Daemon(dir: daemon.dir).start()
+        XCTAssertTrue(try cli(["job", "get", a.id, "--json"]).stdout.contains("OUT-7001-r1"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: next))
+        XCTAssertEqual(try String(contentsOfFile: key, encoding: .utf8), current)
+        daemon.stop()
         // The old key is refused at start, and so is no key at all.
         let old = daemon.dir + "/old.key"
         FileManager.default.createFile(atPath: old, contents: Data(before.utf8), attributes: [.posixPermissions: 0o600])
