@@ -20,6 +20,15 @@ public protocol JobCipher: AnyObject {
 }
 
 extension Store {
+    /// `PRAGMA secure_delete`: freed space is overwritten with zeros in the database file. On
+    /// where clear bytes or still-openable ciphertext are freed: sealing an earlier release's
+    /// clear rows, the retention purge, offboarding's deletions. Off on the event loop's ordinary
+    /// writes: what they free is ciphertext the row itself still holds (an UPDATE moves it), and
+    /// zeroing would only cost time there.
+    func setSecureDelete(_ on: Bool) throws(StoreError) {
+        try db.exec("PRAGMA secure_delete=\(on ? "ON" : "OFF")")
+    }
+
     /// The sealing key version of each tenant (none without a cipher), looked up before a write
     /// transaction begins: making a tenant's first key commits a transaction of its own.
     func activeKeys(_ tenants: [TenantName]) throws(StoreError) -> [TenantName: Int] {
@@ -48,6 +57,8 @@ extension Store {
     /// file; the WAL is truncated by the next checkpoint.
     public func sealClearJobs(batch: Int = 500) throws(StoreError) -> Int {
         guard cipher != nil else { return 0 }
+        try setSecureDelete(true)
+        defer { try? setSecureDelete(false) }
         var total = 0
         while true {
             let rows = try db.rows(

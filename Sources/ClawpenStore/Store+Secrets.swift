@@ -80,6 +80,8 @@ extension Store {
     /// the old pages.
     public func destroyTenantKeys(_ tenant: TenantName, now: Double) throws(StoreError) {
         try setSynchronousFull()
+        try setSecureDelete(true)
+        defer { try? setSecureDelete(false) }
         try db.run(
             "UPDATE tenant_keys SET state='destroyed', wrapped=NULL, destroyed_at=? WHERE tenant=? AND state != 'destroyed'",
             [.double(now), .text(tenant.value)])

@@ -76,6 +76,8 @@ extension Store {
     /// Deletes at most `limit` of the tenant's job records (any state); returns how many.
     public func removeJobs(_ tenant: TenantName, limit: Int) throws(StoreError) -> Int {
         try setSynchronous(full: false)
+        try setSecureDelete(true)
+        defer { try? setSecureDelete(false) }
         return try db.run(
             "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE tenant=? LIMIT ?)", [.text(tenant.value), .int(Int64(limit))])
     }
@@ -84,6 +86,8 @@ extension Store {
     /// retired, never given to another tenant: one fsynced transaction.
     public func retireTenant(_ tenant: TenantName, uid: Int, now: Double) throws(StoreError) {
         try setSynchronousFull()
+        try setSecureDelete(true)
+        defer { try? setSecureDelete(false) }
         try transaction { () throws(StoreError) in
             let t: [SQLValue] = [.text(tenant.value)]
             try db.run("INSERT OR IGNORE INTO retired_uids(uid, tenant, retired_at) VALUES(?,?,?)", [.int(Int64(uid)), .text(tenant.value), .double(now)])
@@ -113,6 +117,8 @@ extension Store {
     /// loop with pauses (Retention.swift), never holding the write lock for long.
     public func purgeFinishedJobs(_ tenant: TenantName, before: Double, limit: Int) throws(StoreError) -> Int {
         try setSynchronous(full: false)
+        // A purged record's ciphertext would still open with its tenant's key: zeroed.
+        try setSecureDelete(true)
         return try db.run(
             """
             DELETE FROM jobs WHERE rowid IN (

@@ -31,9 +31,6 @@ public final class Store: @unchecked Sendable {
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=NORMAL")
         try db.exec("PRAGMA foreign_keys=ON")
-        // Deleted rows (a purged job, an offboarded tenant) are overwritten with zeros in the
-        // database file, not left in free pages for a copy of the file to find.
-        try db.exec("PRAGMA secure_delete=ON")
         try migrate()
     }
 
