@@ -80,6 +80,9 @@ public final class Core {
         return t
     }
 
+    /// Offboarding's last step (Offboarding.swift).
+    func removeTenantState(_ name: TenantName) { tenants[name] = nil }
+
     /// Jobs a previous run left queued or running go back to their tenants' queues.
     public func recover(_ jobs: [JobRecord]) -> [Action] {
         for job in jobs {

@@ -28,6 +28,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case interactiveTimeoutMax = "interactive_timeout_max_s"
     case fileMaxBytes = "file_max_bytes"
     case egressMaxConnections = "egress_max_connections"
+    case jobRetentionDays = "job_retention_days"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -38,6 +39,7 @@ enum LimitKey: String, CaseIterable, Sendable {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
             || self == .egressMaxConnections
+            || self == .jobRetentionDays
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -127,6 +129,8 @@ enum LimitKey: String, CaseIterable, Sendable {
         case .egressMaxConnections:
             target.egressMaxConnections = try c.integer(
                 1...65_536, note: "connections one tenant's jobs may hold open through the egress proxy at the same time")
+        case .jobRetentionDays:
+            target.jobRetentionDays = try c.integer(1...36_500, note: "days a finished job's record is kept before the purge removes it")
         }
     }
 }

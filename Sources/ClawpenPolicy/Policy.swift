@@ -65,6 +65,8 @@ public struct TierLimits: Sendable, Equatable {
     /// egress proxy at once (one tenant cannot take every descriptor of the proxy).
     public var egressMaxConnections: Int = TierLimits.defaultEgressMaxConnections
     public static let defaultEgressMaxConnections = 256
+    /// `job_retention_days`: finished job records older than this are purged (Retention.swift).
+    public var jobRetentionDays: Int = 7
     /// `[egress] allow`: where an `egress` tenant's proxy lets requests go (Egress.swift).
     public var egressAllow: [EgressRule] = []
     /// `[secrets.NAME]`: how each secret reaches the jobs.
@@ -128,6 +130,21 @@ public struct TierLimits: Sendable, Equatable {
     /// The compiled-in defaults of `tier` (identical to the shipped `policies/tiers/*.toml`,
     /// down to the line of every list entry: `PolicyTests.testShippedPoliciesEqualEmbedded`).
     public static func defaults(for tier: Tier) -> TierLimits {
+        var l = shippedLimits(for: tier)
+        l.jobRetentionDays = defaultRetentionDays(tier)
+        return l
+    }
+
+    /// `job_retention_days` of the shipped tiers: free 7, pro 30, enterprise 90.
+    public static func defaultRetentionDays(_ tier: Tier) -> Int {
+        switch tier {
+        case .free: return 7
+        case .pro: return 30
+        case .enterprise: return 90
+        }
+    }
+
+    private static func shippedLimits(for tier: Tier) -> TierLimits {
         let file = "tiers/\(tier.rawValue).toml"
         switch tier {
         case .free:
@@ -231,6 +248,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var interactiveTimeoutMaxSeconds: Double?
     public var fileMaxBytes: Int64?
     public var egressMaxConnections: Int?
+    public var jobRetentionDays: Int?
     /// `[egress]` and `[secrets.*]` replace the tier's as a whole.
     public var egressAllow: [EgressRule]?
     public var secrets: [SecretBinding]?
@@ -301,6 +319,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.interactiveTimeoutMaxSeconds { o.interactiveTimeoutMaxSeconds = v }
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
         if let v = other.egressMaxConnections { o.egressMaxConnections = v }
+        if let v = other.jobRetentionDays { o.jobRetentionDays = v }
         if let v = other.egressAllow { o.egressAllow = v }
         if let v = other.secrets { o.secrets = v }
         return o
@@ -335,6 +354,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = interactiveTimeoutMaxSeconds { l.interactiveTimeoutMaxSeconds = v }
         if let v = fileMaxBytes { l.fileMaxBytes = v }
         if let v = egressMaxConnections { l.egressMaxConnections = v }
+        if let v = jobRetentionDays { l.jobRetentionDays = v }
         if let v = egressAllow { l.egressAllow = v }
         if let v = secrets { l.secrets = v }
         return l
@@ -354,6 +374,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.interactiveTimeoutMaxSeconds = interactiveTimeoutMaxSeconds ?? d.interactiveTimeoutMaxSeconds
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
         o.egressMaxConnections = egressMaxConnections ?? d.egressMaxConnections
+        o.jobRetentionDays = jobRetentionDays ?? d.jobRetentionDays
         return o
     }
 
@@ -378,6 +399,7 @@ public struct TenantOverride: Sendable, Equatable {
         limits.egressMaxConnections = egressMaxConnections ?? TierLimits.defaultEgressMaxConnections
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
+        if let jobRetentionDays { limits.jobRetentionDays = jobRetentionDays }
         return limits
     }
 }

@@ -40,6 +40,8 @@ public enum Request: Sendable, Equatable {
     case secretRemove(tenant: TenantName, name: String)
     /// What the tenant's egress proxy would do with a request to `url`.
     case egressExplain(tenant: TenantName, url: String)
+    /// Offboarding, restore, export, key rotation, own keys (Messages+TenantData.swift).
+    case tenantData(TenantDataRequest)
 
     public var typeName: String {
         switch self {
@@ -66,6 +68,7 @@ public enum Request: Sendable, Equatable {
         case .secretList: return "secret.list"
         case .secretRemove: return "secret.rm"
         case .egressExplain: return "policy.explain"
+        case .tenantData(let d): return d.typeName
         }
     }
 }
@@ -162,6 +165,7 @@ public enum RequestCodec {
         case "job.get": return .jobGet(jobID: try f.string("job_id"))
         case "job.wait": return .jobWait(jobID: try f.string("job_id"))
         case "job.cancel": return .jobCancel(jobID: try f.string("job_id"))
+        case "tenant.create" where f.object["key_file"].map({ !$0.isNull }) ?? false: return .tenantData(try TenantDataRequest.parse(f))
         case "tenant.create": return .tenantCreate(name: try f.tenant("name"), tier: try f.optionalString("tier") ?? "free")
         case "tenant.list": return .tenantList
         case "tenant.show": return .tenantShow(name: try f.tenant("name"))
@@ -208,11 +212,12 @@ public enum RequestCodec {
         case "tenant.resume": return .tenantResume(name: try f.tenant("name"))
         case "metrics": return .metrics
         case let t where RuntimeRequest.types.contains(t): return .runtime(try RuntimeRequest.parse(f))
+        case let t where TenantDataRequest.types.contains(t): return .tenantData(try TenantDataRequest.parse(f))
         case _ where type.hasPrefix("file."): return .file(try file(type, f))
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir, secret.put, secret.list, secret.rm)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, tenant.offboard, tenant.restore, tenant.export, key.rotate, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir, secret.put, secret.list, secret.rm)"
             )
         }
     }
@@ -397,6 +402,7 @@ public enum RequestCodec {
         case .egressExplain(let tenant, let url):
             o.set("tenant", .string(tenant.value))
             o.set("url", .string(url))
+        case .tenantData(let d): d.encode(into: &o)
         }
         return o.value.serialized()
     }

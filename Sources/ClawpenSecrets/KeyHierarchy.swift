@@ -117,7 +117,7 @@ public struct MasterKey: Sendable {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw KeyError("master key", errno: errno, "cannot create \(path)") }
         let text = Array(bytes.map { hex2($0) }.joined().utf8) + [0x0A]
-        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let written = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard written == text.count, fchmod(fd, 0o600) == 0, fsync(fd) == 0 else {
             let e = errno
             close(fd)
@@ -131,6 +131,31 @@ public struct MasterKey: Sendable {
         return try MasterKey(bytes: bytes, source: path)
     }
 
+    /// A new random key, in memory only (`write(to:)` stores it).
+    public static func random(source: String) throws(KeyError) -> MasterKey {
+        var bytes = randomBytes(KeyHierarchy.keyBytes)
+        defer { for i in bytes.indices { bytes[i] = 0 } }
+        return try MasterKey(bytes: bytes, source: source)
+    }
+
+    /// Writes this key to `path` as 64 hex digits, mode 0600, O_EXCL (never over an existing
+    /// file), fsync'd with its directory.
+    public func write(to path: String) throws(KeyError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw KeyError("master key", errno: errno, "cannot create \(path)") }
+        var text = key.withUnsafeBytes { raw in Array(raw.map { hex2($0) }.joined().utf8) } + [0x0A]
+        defer { for i in text.indices { text[i] = 0 } }
+        let written = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == text.count, fchmod(fd, 0o600) == 0, fsync(fd) == 0 else {
+            let e = errno
+            close(fd)
+            unlink(path)
+            throw KeyError("master key", errno: e, "cannot write \(path)")
+        }
+        close(fd)
+        syncDirectory(of: path)
+    }
+
     /// A new data key for `tenant`, and its wrapped form to store.
     public func newDataKey(tenant: String, version: Int) throws(KeyError) -> (DataKey, wrapped: [UInt8]) {
         let raw = randomBytes(KeyHierarchy.keyBytes)
@@ -139,6 +164,22 @@ public struct MasterKey: Sendable {
             let box = try AES.GCM.seal(raw, using: self.key, authenticating: KeyHierarchy.wrapAAD(tenant: tenant, version: version))
             guard let combined = box.combined else { throw KeyError("wrap data key", "no combined form") }
             return (key, Array(combined))
+        } catch let e as KeyError {
+            throw e
+        } catch {
+            throw KeyError("wrap data key", "\(error)")
+        }
+    }
+
+    /// An existing data key wrapped by this key (a master key rotation: the data key, and so
+    /// everything it sealed, stays as it is).
+    public func wrap(_ dataKey: DataKey) throws(KeyError) -> [UInt8] {
+        do {
+            let raw = dataKey.key.withUnsafeBytes { Array($0) }
+            let box = try AES.GCM.seal(
+                raw, using: key, authenticating: KeyHierarchy.wrapAAD(tenant: dataKey.tenant, version: dataKey.version))
+            guard let combined = box.combined else { throw KeyError("wrap data key", "no combined form") }
+            return Array(combined)
         } catch let e as KeyError {
             throw e
         } catch {
@@ -236,4 +277,11 @@ func decodeHex(_ text: [UInt8]) -> [UInt8]? {
         i += 2
     }
     return out
+}
+
+/// fsync of the directory holding `path` (a created or renamed file's entry is durable).
+public func syncDirectory(of path: String) {
+    let dir = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+    let dfd = open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dfd >= 0 { _ = fsync(dfd); close(dfd) }
 }

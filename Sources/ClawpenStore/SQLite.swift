@@ -7,6 +7,11 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
     case sql(path: String, statement: String, message: String)
     case constraint(message: String)
     case corrupt(String)
+    /// The database was written by a newer clawpen (its schema version is above this build's).
+    case newerSchema(path: String, found: Int, known: Int)
+    /// A job record's sealed fields did not open (moved to another row, or its tenant's key is
+    /// gone or not loaded): that record only, never the whole store.
+    case unreadable(job: String, message: String)
 
     public var description: String {
         switch self {
@@ -14,6 +19,10 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
         case .sql(let path, let s, let m): return "state database \(path): \(m) (in: \(s.prefix(80)))"
         case .constraint(let m): return "state database constraint: \(m)"
         case .corrupt(let m): return "state database holds unexpected data: \(m)"
+        case .newerSchema(let path, let found, let known):
+            return
+                "state database \(path) has schema version \(found), newer than this clawpen's \(known): refusing to open it (run the clawpen release that wrote it, or a newer one)"
+        case .unreadable(let job, let m): return "job \(job): its record cannot be decrypted: \(m)"
         }
     }
 }

@@ -37,27 +37,69 @@ extension Store {
 
     public func activeTenantKey(_ tenant: TenantName) throws(StoreError) -> TenantKeyRecord? {
         try db.rows(
-            "SELECT tenant, version, state, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant=? AND state='active'",
+            "SELECT \(Self.keyColumns) FROM tenant_keys WHERE tenant=? AND state='active'",
             [.text(tenant.value)], Self.decodeKey
         ).first
     }
 
     public func tenantKey(_ tenant: TenantName, version: Int) throws(StoreError) -> TenantKeyRecord? {
         try db.rows(
-            "SELECT tenant, version, state, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant=? AND version=?",
+            "SELECT \(Self.keyColumns) FROM tenant_keys WHERE tenant=? AND version=?",
             [.text(tenant.value), .int(Int64(version))], Self.decodeKey
         ).first
     }
 
+    static let keyColumns = "tenant, version, state, master_key_id, wrapped, created_at, key_file"
+
+    /// Every key row that still holds its wrapped key (for rotation and the start-up check).
+    public func liveTenantKeys() throws(StoreError) -> [TenantKeyRecord] {
+        try db.rows("SELECT \(Self.keyColumns) FROM tenant_keys WHERE state != 'destroyed' ORDER BY tenant, version", [], Self.decodeKey)
+    }
+
+    /// Replaces the wrapped form of key rows (a master key rotation), all in one fsynced
+    /// transaction: either every row is wrapped by the new key or none is.
+    public func rewrapTenantKeys(_ rows: [(tenant: TenantName, version: Int, masterKeyID: String, wrapped: [UInt8])]) throws(StoreError) {
+        try setSynchronousFull()
+        try db.exec("BEGIN IMMEDIATE")
+        do {
+            for r in rows {
+                try db.run(
+                    "UPDATE tenant_keys SET master_key_id=?, wrapped=? WHERE tenant=? AND version=? AND state != 'destroyed'",
+                    [.text(r.masterKeyID), .blob(r.wrapped), .text(r.tenant.value), .int(Int64(r.version))])
+            }
+            try db.exec("COMMIT")
+        } catch {
+            try? db.exec("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Crypto-shredding: erases the wrapped form of every key of the tenant (fsynced). What they
+    /// sealed (job records, secrets) can no longer be opened by anyone, whatever copy of the
+    /// database they hold, once the WAL is checkpointed (done here) and `secure_delete` zeroed
+    /// the old pages.
+    public func destroyTenantKeys(_ tenant: TenantName, now: Double) throws(StoreError) {
+        try setSynchronousFull()
+        try setSecureDelete(true)
+        defer { try? setSecureDelete(false) }
+        try db.run(
+            "UPDATE tenant_keys SET state='destroyed', wrapped=NULL, destroyed_at=? WHERE tenant=? AND state != 'destroyed'",
+            [.double(now), .text(tenant.value)])
+        try db.exec("PRAGMA wal_checkpoint(TRUNCATE)")
+    }
+
     /// Adds `version` as the tenant's active key; the previous active one becomes `retired`.
-    public func addTenantKey(_ tenant: TenantName, version: Int, masterKeyID: String, wrapped: [UInt8], now: Double) throws(StoreError) {
+    /// `keyFile`: the tenant's own key wraps it (bring your own key), `masterKeyID` names that key.
+    public func addTenantKey(
+        _ tenant: TenantName, version: Int, masterKeyID: String, wrapped: [UInt8], now: Double, keyFile: String? = nil
+    ) throws(StoreError) {
         try setSynchronousFull()
         try db.exec("BEGIN IMMEDIATE")
         do {
             try db.run("UPDATE tenant_keys SET state='retired' WHERE tenant=? AND state='active'", [.text(tenant.value)])
             try db.run(
-                "INSERT INTO tenant_keys(tenant, version, state, master_key_id, wrapped, created_at) VALUES(?,?,'active',?,?,?)",
-                [.text(tenant.value), .int(Int64(version)), .text(masterKeyID), .blob(wrapped), .double(now)])
+                "INSERT INTO tenant_keys(tenant, version, state, master_key_id, wrapped, created_at, key_file) VALUES(?,?,'active',?,?,?,?)",
+                [.text(tenant.value), .int(Int64(version)), .text(masterKeyID), .blob(wrapped), .double(now), .optional(keyFile)])
             try db.exec("COMMIT")
         } catch {
             try? db.exec("ROLLBACK")
@@ -68,7 +110,7 @@ extension Store {
     private static func decodeKey(_ r: SQLiteConnection.Row) throws(StoreError) -> TenantKeyRecord {
         TenantKeyRecord(
             tenant: try tenantName(r.text(0)), version: Int(r.int(1)), state: r.text(2), masterKeyID: r.text(3),
-            wrapped: r.isNull(4) ? nil : r.blob(4), createdAt: r.double(5))
+            wrapped: r.isNull(4) ? nil : r.blob(4), createdAt: r.double(5), keyFile: r.optionalText(6))
     }
 
     // MARK: Secrets
@@ -125,6 +167,8 @@ public struct TenantKeyRecord: Sendable, Equatable {
     public var masterKeyID: String
     public var wrapped: [UInt8]?
     public var createdAt: Double
+    /// Bring your own key: the file (on the daemon's side) of the tenant's key that wraps this one.
+    public var keyFile: String?
 }
 
 /// One row of `secrets`. `sealed` is the value under the tenant's data key `keyVersion`, bound to

@@ -17,9 +17,12 @@ public final class Store: @unchecked Sendable {
     public let fsyncAccepts: Bool
     private var synchronousFull = false
 
-    /// 2: `tenant_keys` and `secrets` (Store+Secrets.swift). A version-1 database gains them at
-    /// its first open by this release; nothing else changed.
-    public static let schemaVersion = 2
+    /// The schema this build writes: the last of `Store.migrations` (Migrations.swift).
+    public static let schemaVersion = Store.latestSchemaVersion
+
+    /// Seals and opens the job records' private fields with the tenants' data keys; nil: they
+    /// are written in clear (tools and tests that do not hold the keys).
+    public var cipher: (any JobCipher)?
 
     public init(path: String, fsyncAccepts: Bool = true) throws(StoreError) {
         self.path = path
@@ -31,74 +34,7 @@ public final class Store: @unchecked Sendable {
         try migrate()
     }
 
-    private func migrate() throws(StoreError) {
-        try db.exec(
-            """
-            CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS tenants(
-                name TEXT PRIMARY KEY,
-                tier TEXT NOT NULL,
-                uid INTEGER NOT NULL UNIQUE,
-                created_at REAL NOT NULL);
-            CREATE TABLE IF NOT EXISTS jobs(
-                id TEXT PRIMARY KEY,
-                tenant TEXT NOT NULL REFERENCES tenants(name),
-                state TEXT NOT NULL,
-                argv BLOB NOT NULL,
-                env BLOB NOT NULL,
-                cwd TEXT NOT NULL,
-                stdin BLOB,
-                timeout_s REAL NOT NULL,
-                output_cap INTEGER NOT NULL,
-                idempotency_key TEXT,
-                attempt INTEGER NOT NULL DEFAULT 1,
-                created_at REAL NOT NULL,
-                started_at REAL,
-                finished_at REAL,
-                exit_code INTEGER,
-                signal INTEGER,
-                stdout BLOB,
-                stderr BLOB,
-                stdout_truncated INTEGER NOT NULL DEFAULT 0,
-                stderr_truncated INTEGER NOT NULL DEFAULT 0,
-                run_ms REAL,
-                cpu_ms REAL,
-                max_rss_kb INTEGER,
-                error_code TEXT,
-                error_message TEXT);
-            CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
-            CREATE INDEX IF NOT EXISTS jobs_tenant_state ON jobs(tenant, state);
-            CREATE TABLE IF NOT EXISTS audit(
-                seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                at REAL NOT NULL,
-                tenant TEXT,
-                caller_uid INTEGER,
-                action TEXT NOT NULL,
-                rule TEXT,
-                detail TEXT);
-            CREATE TABLE IF NOT EXISTS suspensions(
-                tenant TEXT PRIMARY KEY REFERENCES tenants(name),
-                suspended_by TEXT NOT NULL,
-                at REAL NOT NULL);
-            """)
-        try db.exec(Self.secretTables)
-        var found = try db.rows("SELECT value FROM meta WHERE key='schema_version'") { $0.text(0) }.first
-        if found == "1" {
-            // Version 1 lacked only the key and secret tables, which the statement above made.
-            try db.run("UPDATE meta SET value=? WHERE key='schema_version'", [.text(String(Self.schemaVersion))])
-            found = String(Self.schemaVersion)
-        }
-        if let found, Int(found) != Self.schemaVersion {
-            throw .corrupt("schema version \(found), this clawpen understands \(Self.schemaVersion): use the clawpen release that wrote it")
-        }
-        if found == nil { try db.run("INSERT INTO meta(key, value) VALUES('schema_version', ?)", [.text(String(Self.schemaVersion))]) }
-        // Columns that came later, added in place: an older clawpen reads its own columns by
-        // name and never sees them.
-        try addColumnIfMissing(table: "jobs", column: "traceparent", type: "TEXT")
-        try addColumnIfMissing(table: "audit", column: "trace_id", type: "TEXT")
-    }
-
-    private func addColumnIfMissing(table: String, column: String, type: String) throws(StoreError) {
+    static func addColumnIfMissing(_ db: SQLiteConnection, table: String, column: String, type: String) throws(StoreError) {
         let columns = try db.rows("PRAGMA table_info(\(table))") { $0.text(1) }
         guard !columns.contains(column) else { return }
         try db.exec("ALTER TABLE \(table) ADD COLUMN \(column) \(type)")
@@ -106,7 +42,7 @@ public final class Store: @unchecked Sendable {
 
     func setSynchronousFull() throws(StoreError) { try setSynchronous(full: true) }
 
-    private func setSynchronous(full: Bool) throws(StoreError) {
+    func setSynchronous(full: Bool) throws(StoreError) {
         guard full != synchronousFull else { return }
         try db.run(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
         synchronousFull = full
@@ -135,6 +71,7 @@ public final class Store: @unchecked Sendable {
     public enum CreateTenantOutcome: Equatable, Sendable { case created(TenantRecord), duplicate, uidRangeExhausted }
 
     /// Creates a tenant with the lowest free uid of the range (never one a living tenant holds,
+    /// nor an offboarded tenant's (`retired_uids`: files it left anywhere stay nobody else's),
     /// nor one `isUsable` refuses: the supervisor skips uids the host uses).
     public func createTenant(
         name: TenantName, tier: String, uidRange: ClosedRange<Int>, now: Double,
@@ -142,7 +79,7 @@ public final class Store: @unchecked Sendable {
     ) throws(StoreError) -> CreateTenantOutcome {
         if try tenant(named: name) != nil { return .duplicate }
         let used = try db.rows(
-            "SELECT uid FROM tenants WHERE uid BETWEEN ? AND ? ORDER BY uid",
+            "SELECT uid FROM tenants WHERE uid BETWEEN ?1 AND ?2 UNION SELECT uid FROM retired_uids WHERE uid BETWEEN ?1 AND ?2",
             [.int(Int64(uidRange.lowerBound)), .int(Int64(uidRange.upperBound))]
         ) { Int($0.int(0)) }
         let taken = Set(used)
@@ -163,14 +100,20 @@ public final class Store: @unchecked Sendable {
 
     // MARK: Jobs
 
-    private static let jobColumns = """
+    static let jobColumns = """
         id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt,
         created_at, started_at, finished_at, exit_code, signal, stdout, stderr, stdout_truncated,
-        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent
+        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent, seal_key, result_key
         """
 
-    private static func decodeJob(_ r: SQLiteConnection.Row) throws(StoreError) -> JobRecord {
-        guard let state = JobState(rawValue: r.text(2)) else { throw .corrupt("job \(r.text(0)) has state '\(r.text(2))'") }
+    /// A row as a record, its sealed fields opened (Store+Sealing.swift). A field that does not
+    /// open throws `.unreadable` for this record.
+    func decodeJob(_ r: SQLiteConnection.Row) throws(StoreError) -> JobRecord {
+        let id = r.text(0)
+        guard let state = JobState(rawValue: r.text(2)) else { throw .corrupt("job \(id) has state '\(r.text(2))'") }
+        let tenant = try Self.tenantName(r.text(1))
+        let sealKey = r.optionalInt(26).map { Int($0) }
+        let resultKey = r.optionalInt(27).map { Int($0) }
         let finished = state.isFinal
         var result: JobResult?
         if finished {
@@ -181,20 +124,37 @@ public final class Store: @unchecked Sendable {
             result = JobResult(
                 exitCode: r.optionalInt(14).map { Int32(truncatingIfNeeded: $0) },
                 signal: r.optionalInt(15).map { Int32(truncatingIfNeeded: $0) },
-                stdout: r.blob(16), stderr: r.blob(17), stdoutTruncated: r.int(18) != 0, stderrTruncated: r.int(19) != 0,
+                stdout: try openField(r.blob(16), .stdout, tenant, id, resultKey),
+                stderr: try openField(r.blob(17), .stderr, tenant, id, resultKey),
+                stdoutTruncated: r.int(18) != 0, stderrTruncated: r.int(19) != 0,
                 runMs: r.optionalDouble(20), cpuMs: r.optionalDouble(21), maxRSSKiB: r.optionalInt(22), error: error)
         }
+        let stdin = r.isNull(6) ? [] : try openField(r.blob(6), .stdin, tenant, id, sealKey)
         var job = JobRecord(
-            id: r.text(0), tenant: try tenantName(r.text(1)), state: state, argv: splitNUL(r.blob(3)),
-            env: splitNUL(r.blob(4)).map { kv in
+            id: id, tenant: tenant, state: state, argv: Self.splitNUL(try openField(r.blob(3), .argv, tenant, id, sealKey)),
+            env: Self.splitNUL(try openField(r.blob(4), .env, tenant, id, sealKey)).map { kv in
                 let parts = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 return SubmitRequest.EnvVar(name: String(parts[0]), value: parts.count > 1 ? String(parts[1]) : "")
             },
-            cwd: r.text(5), stdin: r.blob(6), timeoutSeconds: r.double(7), outputCap: Int(r.int(8)),
+            cwd: r.text(5), stdin: stdin, timeoutSeconds: r.double(7), outputCap: Int(r.int(8)),
             idempotencyKey: r.optionalText(9), attempt: Int(r.int(10)), createdAt: r.double(11),
             startedAt: r.optionalDouble(12), finishedAt: r.optionalDouble(13), result: result)
         job.trace = r.optionalText(25).flatMap(TraceContext.init(parsing:))
         return job
+    }
+
+    /// For listings: a record whose fields do not open is listed with its clear metadata and the
+    /// reason in its error, instead of failing the whole list.
+    func decodeJobForListing(_ r: SQLiteConnection.Row) throws(StoreError) -> JobRecord {
+        do { return try decodeJob(r) } catch {
+            guard case .unreadable(_, let message) = error, let state = JobState(rawValue: r.text(2)) else { throw error }
+            var job = JobRecord(
+                id: r.text(0), tenant: try Self.tenantName(r.text(1)), state: state, argv: [], env: [], cwd: r.text(5), stdin: [],
+                timeoutSeconds: r.double(7), outputCap: Int(r.int(8)), idempotencyKey: r.optionalText(9), attempt: Int(r.int(10)),
+                createdAt: r.double(11), startedAt: r.optionalDouble(12), finishedAt: r.optionalDouble(13))
+            job.result = JobResult(error: ProtocolError(.internal, "the job's record cannot be decrypted: \(message)"))
+            return job
+        }
     }
 
     /// argv and env are stored NUL-separated: NUL cannot occur inside a C string.
@@ -219,25 +179,30 @@ public final class Store: @unchecked Sendable {
     public func insertJobs(_ jobs: [JobRecord]) throws(StoreError) {
         guard !jobs.isEmpty else { return }
         try setSynchronous(full: fsyncAccepts)
+        // Keys first: a tenant's first key is made (and committed) outside this transaction.
+        let keys = try activeKeys(jobs.map(\.tenant))
         try transaction { () throws(StoreError) in
             for job in jobs {
+                let key = keys[job.tenant]
                 try db.run(
                     """
-                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent)
-                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent, seal_key)
+                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                     """,
                     [
-                        .text(job.id), .text(job.tenant.value), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
-                        .blob(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" })), .text(job.cwd),
-                        job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
+                        .text(job.id), .text(job.tenant.value), .text(job.state.rawValue),
+                        .blob(try sealField(Self.joinNUL(job.argv), .argv, job.tenant, job.id, key)),
+                        .blob(try sealField(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" }), .env, job.tenant, job.id, key)),
+                        .text(job.cwd), job.stdin.isEmpty ? .null : .blob(try sealField(job.stdin, .stdin, job.tenant, job.id, key)),
+                        .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
                         .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
-                        .optional(job.trace?.traceparent),
+                        .optional(job.trace?.traceparent), .optional(key.map { Int64($0) }),
                     ])
             }
         }
     }
 
-    private func transaction(_ body: () throws(StoreError) -> Void) throws(StoreError) {
+    func transaction(_ body: () throws(StoreError) -> Void) throws(StoreError) {
         try db.run("BEGIN IMMEDIATE")
         do {
             try body()
@@ -249,7 +214,7 @@ public final class Store: @unchecked Sendable {
     }
 
     public func job(id: String) throws(StoreError) -> JobRecord? {
-        try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE id=?", [.text(id)], Self.decodeJob).first
+        try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE id=?", [.text(id)], decodeJob).first
     }
 
     /// Jobs newest first (`job.list`): of the given tenants (nil: all), in the given stored
@@ -269,14 +234,14 @@ public final class Store: @unchecked Sendable {
         }
         let filter = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
         bind.append(.int(Int64(limit + excluding.count)))
-        let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs\(filter) ORDER BY created_at DESC, id DESC LIMIT ?", bind, Self.decodeJob)
+        let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs\(filter) ORDER BY created_at DESC, id DESC LIMIT ?", bind, decodeJobForListing)
         return Array(rows.lazy.filter { !excluding.contains($0.id) }.prefix(limit))
     }
 
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {
         try db.rows(
             "SELECT \(Self.jobColumns) FROM jobs WHERE tenant=? AND idempotency_key=?",
-            [.text(tenant.value), .text(idempotencyKey)], Self.decodeJob
+            [.text(tenant.value), .text(idempotencyKey)], decodeJob
         ).first
     }
 
@@ -289,12 +254,14 @@ public final class Store: @unchecked Sendable {
     /// A job's final state and result, as `finishJobs` records it.
     public struct Finished: Sendable {
         public var id: String
+        /// Whose data key seals the output.
+        public var tenant: TenantName
         public var state: JobState
         public var result: JobResult
         public var startedAt: Double?
         public var finishedAt: Double
-        public init(id: String, state: JobState, result: JobResult, startedAt: Double?, finishedAt: Double) {
-            self.id = id; self.state = state; self.result = result; self.startedAt = startedAt; self.finishedAt = finishedAt
+        public init(id: String, tenant: TenantName, state: JobState, result: JobResult, startedAt: Double?, finishedAt: Double) {
+            self.id = id; self.tenant = tenant; self.state = state; self.result = result; self.startedAt = startedAt; self.finishedAt = finishedAt
         }
     }
 
@@ -305,21 +272,25 @@ public final class Store: @unchecked Sendable {
     public func finishJobs(_ items: [Finished]) throws(StoreError) {
         guard !items.isEmpty else { return }
         try setSynchronous(full: false)
+        let keys = try activeKeys(items.map(\.tenant))
         try transaction { () throws(StoreError) in
             for f in items {
                 let r = f.result
+                let key = keys[f.tenant]
                 try db.run(
                     """
                     UPDATE jobs SET state=?, started_at=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?,
-                        stdout_truncated=?, stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?
+                        stdout_truncated=?, stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?,
+                        result_key=?
                     WHERE id=?
                     """,
                     [
                         .text(f.state.rawValue), .optional(f.startedAt), .double(f.finishedAt), .optional(r.exitCode.map { Int64($0) }),
-                        .optional(r.signal.map { Int64($0) }), .blob(r.stdout), .blob(r.stderr),
+                        .optional(r.signal.map { Int64($0) }), .blob(try sealField(r.stdout, .stdout, f.tenant, f.id, key)),
+                        .blob(try sealField(r.stderr, .stderr, f.tenant, f.id, key)),
                         .int(r.stdoutTruncated ? 1 : 0), .int(r.stderrTruncated ? 1 : 0),
                         .optional(r.runMs), .optional(r.cpuMs), .optional(r.maxRSSKiB),
-                        .optional(r.error?.code.rawValue), .optional(r.error?.message), .text(f.id),
+                        .optional(r.error?.code.rawValue), .optional(r.error?.message), .optional(key.map { Int64($0) }), .text(f.id),
                     ])
             }
         }
@@ -338,7 +309,26 @@ public final class Store: @unchecked Sendable {
             throw error
         }
         try setSynchronous(full: false)
-        return try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE state='queued' ORDER BY created_at, id", [], Self.decodeJob)
+        // A job whose record does not open cannot run again: it fails, alone, with the reason.
+        let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs WHERE state='queued' ORDER BY created_at, id", []) {
+            r throws(StoreError) -> Result<JobRecord, StoreError> in
+            do throws(StoreError) { return .success(try decodeJob(r)) } catch {
+                guard case .unreadable = error else { throw error }
+                return .failure(error)
+            }
+        }
+        var out: [JobRecord] = []
+        for row in rows {
+            switch row {
+            case .success(let job): out.append(job)
+            case .failure(let e):
+                guard case .unreadable(let id, _) = e else { continue }
+                try db.run(
+                    "UPDATE jobs SET state='failed', finished_at=?, error_code='internal', error_message=? WHERE id=?",
+                    [.double(Double(time(nil))), .text("not run again: \(e)"), .text(id)])
+            }
+        }
+        return out
     }
 
     /// Job counts per tenant and state (for `status`).

@@ -49,7 +49,7 @@ extension Supervisor {
         metrics.jobFinished(job)
         commit.finishes.append(
             Store.Finished(
-                id: job.id, state: job.state, result: job.result ?? JobResult(),
+                id: job.id, tenant: job.tenant, state: job.state, result: job.result ?? JobResult(),
                 startedAt: job.startedAt, finishedAt: job.finishedAt ?? Clock.now()))
         if let callbacks = waiters.removeValue(forKey: job.id) { commit.notifications.append((callbacks, job.view)) }
         scheduleFlush()

@@ -38,6 +38,7 @@ extension Supervisor {
                 try suspend(try tenant(name), r)
             case .tenantResume(let name):
                 try authorize(r, .operator(command: "tenant resume"), request: "tenant.resume", tenant: name)
+                try refuseIfOffboarding(name, request: "tenant.resume")
                 try resume(try tenant(name), r)
             case .status(let name):
                 try authorize(r, .operator(command: "status"), request: "status", tenant: name)
@@ -65,6 +66,7 @@ extension Supervisor {
             case .file(let c): try handleFile(c, r)
             case .secretPut, .secretList, .secretRemove: try handleSecret(request, r)
             case .egressExplain(let tenant, let url): try explainEgress(tenant, url, r)
+            case .tenantData(let d): try handleTenantData(d, r)
             }
         } catch let e as ProtocolError {
             r.fail(e)
@@ -134,7 +136,7 @@ extension Supervisor {
 
     // MARK: Tenants
 
-    private func createTenant(_ name: TenantName, _ rawTier: String, _ r: Responder) throws -> TenantView {
+    func createTenant(_ name: TenantName, _ rawTier: String, _ r: Responder) throws -> TenantView {
         guard let tier = Tier(rawValue: rawTier) else {
             throw ProtocolError(.invalidRequest, "unknown tier '\(rawTier)' (tiers: free, pro, enterprise)")
         }

@@ -57,17 +57,9 @@ public enum Server {
             metricsServer = try MetricsServer.start(listen: listen, readiness: readiness, supervisor: running)
             logger.notice("metrics, health and readiness over HTTP", metadata: ["listen": "\(metricsServer?.localAddress ?? listen)"])
         }
-        let masterKey: MasterKey
-        do {
-            let (key, generated) = try MasterKey.load(
-                explicitFile: config.masterKeyFile, credentialsDirectory: getenv("CREDENTIALS_DIRECTORY").map { String(cString: $0) },
-                stateDir: config.stateDir)
-            masterKey = key
-            if generated {
-                logger.notice("master key generated (mode 0600); back it up: secrets cannot be read without it", metadata: ["path": "\(key.source)"])
-            }
-        } catch { throw .masterKey(error.description) }
         let store = try openStore(config, readiness: readiness, retry: metricsServer != nil, notifier: notifier, logger: logger)
+        // After the store: which master key is right is decided against the keys it wraps.
+        let keys = try MasterKeySetup.load(config, store: store, logger: logger)
         readiness.storeOpened()
         let cgroup = CgroupInfo.probe()
         let (cgroups, noCgroups) = CgroupTree.setUp(cgroup)
@@ -84,7 +76,7 @@ public enum Server {
             loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
             logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
             cgroups: cgroups)
-        supervisor.vault = SecretVault(master: masterKey, store: store)
+        supervisor.installKeys(keys)
         do {
             try loop.submit { try supervisor.start() }.wait()
             running.withLockedValue { $0 = supervisor }
@@ -230,6 +222,8 @@ public enum Server {
         var lastError = ""
         while true {
             do { return try Store(path: config.stateDir + "/clawpen.db", fsyncAccepts: config.fsyncAccepts) } catch {
+                // A newer schema does not get better by waiting.
+                if case .newerSchema = error { throw .store(error) }
                 guard retry else { throw .store(error) }
                 let why = "\(error)"
                 readiness.storeFailed(why)

@@ -84,6 +84,8 @@ public final class Supervisor: @unchecked Sendable {
     var vault: SecretVault?
     /// The egress proxy, its listeners and counters (Egress/).
     var egress = EgressState()
+    /// Keys, offboarding, retention (TenantData/).
+    var tenantData = TenantDataState()
 
     init(
         loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
@@ -112,6 +114,7 @@ public final class Supervisor: @unchecked Sendable {
             let finished = (counts[record.name] ?? [:]).filter { $0.key.isFinal }
             core.addTenant(record, name: record.name, limits: limits(for: record), finished: finished)
         }
+        try startTenantData()
         let recovered = try store.recoverUnfinishedJobs()
         if !recovered.isEmpty {
             logger.notice("re-queued \(recovered.count) job(s) left queued or running by the previous run")

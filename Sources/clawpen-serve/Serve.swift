@@ -181,6 +181,7 @@ extension ServeError {
     var exitCode: Int32 {
         switch self {
         case .socketInUse: return 69
+        case .store(.newerSchema): return 78 // EX_CONFIG: this binary is older than its state dir
         case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config, .masterKey, .egress:
             return 78 // EX_CONFIG
         default: return 70

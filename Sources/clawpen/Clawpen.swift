@@ -22,7 +22,7 @@ struct Clawpen: ParsableCommand {
         version: ClawpenVersion.string,
         subcommands: [
             Serve.self, TenantCommand.self, Submit.self, JobCommand.self, Status.self, PolicyCommand.self, AuditCommand.self, MetricsCommand.self, Version.self,
-            Ping.self, Cp.self, Ls.self, Rm.self, Mkdir.self, SecretCommand.self,
+            Ping.self, Cp.self, Ls.self, Rm.self, Mkdir.self, SecretCommand.self, KeyCommand.self,
         ])
 
     /// `clawpen serve ...` goes to the daemon binary before any parsing here, so that its own

@@ -5,7 +5,9 @@ import ClawpenProtocol
 struct TenantCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant", abstract: "Create and inspect tenants.",
-        subcommands: [Create.self, List.self, Show.self, SetQuota.self, Suspend.self, Resume.self, Inspect.self])
+        subcommands: [
+            Create.self, List.self, Show.self, SetQuota.self, Suspend.self, Resume.self, Inspect.self, Offboard.self, Restore.self, Export.self,
+        ])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -15,11 +17,20 @@ struct TenantCommand: ParsableCommand {
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The tenant's name.") var name: String
         @Option(help: "free, pro or enterprise.") var tier: String = "free"
+        @Option(
+            name: .customLong("key-file"),
+            help:
+                "Bring your own key: this file (on the daemon's host, 32 bytes or 64 hex digits, mode 0600) wraps the tenant's data key instead of the master key."
+        )
+        var keyFile: String?
         @Flag(help: "Print the tenant as JSON.") var json = false
 
         func run() throws {
             let tenantName = try TenantArgument.parse(name)
-            let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(.tenantCreate(name: tenantName, tier: tier)) }
+            let request: Request =
+                keyFile.map { .tenantData(.createWithKey(name: tenantName, tier: tier, keyFile: PathArgument.absolute($0))) }
+                ?? .tenantCreate(name: tenantName, tier: tier)
+            let t = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.tenant(request) }
             if json {
                 Output.json(t.json)
             } else {

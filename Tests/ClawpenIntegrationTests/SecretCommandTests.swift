@@ -46,15 +46,15 @@ final class SecretCommandTests: XCTestCase {
         XCTAssertFalse(try cli(["status", "--json"]).stdout.contains(value))
         let mode = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: daemon.stateDir + "/master.key")[.posixPermissions] as? Int)
         XCTAssertEqual(mode & 0o777, 0o600, "generated owner-only")
-        // The same state dir with another master key refuses to open the tenant's key, saying why.
+        // The same state dir with another master key: the daemon does not start (exit 78),
+        // saying which key wraps the data keys, instead of failing on every record later.
         daemon.stop()
         let other = daemon.dir + "/other.key"
         FileManager.default.createFile(atPath: other, contents: Data(repeating: 1, count: 32), attributes: [.posixPermissions: 0o600])
-        let again = try Daemon(extraArgs: ["--master-key-file", other], dir: daemon.dir).start()
-        defer { again.stop() }
-        r = try runCLI(["secret", "put", "acme", "GITHUB", "--from-stdin"], socket: again.socket, stdin: "y")
-        XCTAssertEqual(r.status, 70)
-        XCTAssertTrue(r.stderr.contains("wrapped by master key"), r.stderr)
+        let again = try Daemon(extraArgs: ["--master-key-file", other], dir: daemon.dir)
+        r = try runCLI(["serve"] + again.serveArguments.dropFirst(), socket: nil)
+        XCTAssertEqual(r.status, 78, r.stderr)
+        XCTAssertTrue(r.stderr.contains("wrong master key") && r.stderr.contains("wrapped by master key"), r.stderr)
     }
 
     func testAWorldReadableMasterKeyFileIsRefusedAtStart() throws {

@@ -50,7 +50,9 @@ final class StoreTests: XCTestCase {
             XCTAssertNil(try s.job(id: "5"))
             try s.insertJobs([job("3"), job("4")])
             try s.finishJobs([
-                .init(id: "4", state: .failed, result: JobResult(exitCode: 3, stdout: [9], stderr: [], stdoutTruncated: true), startedAt: 2, finishedAt: 3)
+                .init(
+                    id: "4", tenant: .t("a"), state: .failed, result: JobResult(exitCode: 3, stdout: [9], stderr: [], stdoutTruncated: true), startedAt: 2,
+                    finishedAt: 3)
             ])
         }
         let s = try Store(path: dir + "/db")

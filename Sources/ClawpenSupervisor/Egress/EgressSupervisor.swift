@@ -241,7 +241,7 @@ extension Supervisor {
         var secrets: [JSONValue] = []
         let stored = Dictionary(((try? store.secrets(name)) ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for b in limits.secrets {
-            guard case .placeholder = b.exposure, let record = stored[b.name], let vault else { continue }
+            guard case .placeholder = b.exposure, let record = stored[b.name], let vault, !vault.revoked.contains(name) else { continue }
             do {
                 let value = try vault.open(record)
                 secrets.append(

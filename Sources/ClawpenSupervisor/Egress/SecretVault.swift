@@ -3,51 +3,34 @@ import ClawpenSecrets
 import ClawpenStore
 import ClawpenWire
 
-/// The supervisor's side of the key hierarchy: the master key, the tenants' data keys it has
-/// unwrapped (cached for the daemon's life), and the store rows they seal. Values are opened
+/// The supervisor's side of the key hierarchy for secrets: the tenants' data keys (TenantKeyring)
+/// and the store rows they seal. Values are opened
 /// only to be handed to the egress proxy (or, with `expose = "env"`, to the listed commands):
 /// never for a reply, a log line or an audit row.
 /// Loop-confined like the store it uses.
 final class SecretVault: @unchecked Sendable {
-    let master: MasterKey
+    var master: MasterKey { keyring.master }
     private let store: Store
-    private var dataKeys: [TenantName: DataKey] = [:]
+    /// The data keys, shared with the job records' sealing.
+    let keyring: TenantKeyring
+    /// Tenants being offboarded: their secrets open for nobody (nothing is deleted until the
+    /// grace period ends; `tenant restore` lifts it).
+    var revoked: Set<TenantName> = []
 
-    init(master: MasterKey, store: Store) {
-        self.master = master
+    init(keyring: TenantKeyring, store: Store) {
+        self.keyring = keyring
         self.store = store
     }
 
-    /// The tenant's active data key; made (and stored wrapped) at the tenant's first secret.
-    func activeKey(_ tenant: TenantName, now: Double) throws -> DataKey {
-        if let k = dataKeys[tenant] { return k }
-        if let row = try store.activeTenantKey(tenant) {
-            let k = try unwrap(row)
-            dataKeys[tenant] = k
-            return k
-        }
-        let (key, wrapped) = try master.newDataKey(tenant: tenant.value, version: 1)
-        try store.addTenantKey(tenant, version: 1, masterKeyID: master.id, wrapped: wrapped, now: now)
-        dataKeys[tenant] = key
-        return key
-    }
-
-    private func unwrap(_ row: TenantKeyRecord) throws -> DataKey {
-        guard let wrapped = row.wrapped, row.state != "destroyed" else {
-            throw KeyError("data key", "tenant '\(row.tenant)' key version \(row.version) was destroyed")
-        }
-        guard row.masterKeyID == master.id else {
-            throw KeyError(
-                "data key",
-                "tenant '\(row.tenant)' key version \(row.version) is wrapped by master key \(row.masterKeyID), the daemon has \(master.id) (\(master.source)): start it with the master key this state dir was written with"
-            )
-        }
-        return try master.unwrap(wrapped, tenant: row.tenant.value, version: row.version)
-    }
+    /// The tenant's active data key; made (and stored wrapped) at the tenant's first use.
+    func activeKey(_ tenant: TenantName, now: Double) throws -> DataKey { try keyring.activeKey(tenant, now: now) }
 
     /// Seals and stores `value` as the tenant's secret `name` (one version above the stored one;
     /// the placeholder stays, so running jobs' environments stay valid).
     func put(_ tenant: TenantName, name: String, value: [UInt8], now: Double) throws -> SecretRecord {
+        guard !revoked.contains(tenant) else {
+            throw ProtocolError(.invalidRequest, "tenant '\(tenant)' is being offboarded: its secrets are revoked (clawpen tenant restore \(tenant) undoes it)")
+        }
         let key = try activeKey(tenant, now: now)
         let old = try store.secret(tenant, name: name)
         let version = (old?.version ?? 0) + 1
@@ -61,15 +44,8 @@ final class SecretVault: @unchecked Sendable {
 
     /// The clear value of a stored secret, for the proxy or an `expose = "env"` command.
     func open(_ record: SecretRecord) throws -> [UInt8] {
-        let key: DataKey
-        if let k = dataKeys[record.tenant], k.version == record.keyVersion {
-            key = k
-        } else {
-            guard let row = try store.tenantKey(record.tenant, version: record.keyVersion) else {
-                throw KeyError("data key", "tenant '\(record.tenant)' has no key version \(record.keyVersion) for secret '\(record.name)'")
-            }
-            key = try unwrap(row)
-        }
+        guard !revoked.contains(record.tenant) else { throw KeyError("secret", "tenant '\(record.tenant)' is being offboarded: its secrets are revoked") }
+        let key = try keyring.key(record.tenant, version: record.keyVersion)
         return try key.open(record.sealed, purpose: "secret", name: record.name, itemVersion: record.version)
     }
 }
