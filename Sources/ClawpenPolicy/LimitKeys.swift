@@ -27,6 +27,10 @@ enum LimitKey: String, CaseIterable, Sendable {
     case inodesMax = "inodes_max"
     case interactiveTimeoutMax = "interactive_timeout_max_s"
     case fileMaxBytes = "file_max_bytes"
+    case maxDepth = "max_depth"
+    case treeMaxJobs = "tree_max_jobs"
+    case treeCPUSeconds = "tree_cpu_seconds"
+    case treeTimeout = "tree_timeout_s"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -36,6 +40,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
+            || self == .maxDepth || self == .treeMaxJobs || self == .treeCPUSeconds || self == .treeTimeout
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -122,6 +127,16 @@ enum LimitKey: String, CaseIterable, Sendable {
             // At most the worker's RLIMIT_FSIZE (4 GiB, Plan.maxFileBytes): a put can never
             // reach the rlimit, so the worker never gets SIGXFSZ.
             target.fileMaxBytes = try c.size(minimum: 1, maximum: 4 * ByteSize.gibibyte)
+        case .maxDepth:
+            target.maxDepth = try c.integer(0...64, note: "levels of sub-jobs below a job submitted from outside; 0: jobs may not submit")
+        case .treeMaxJobs:
+            target.treeMaxJobs = try c.integer(1...100_000, note: "jobs of one tree (the root and every sub-job it leads to)")
+        case .treeCPUSeconds:
+            target.treeCPUSeconds = try c.number(
+                above: 0, minimum: nil, maximum: 4096 * 86_400, unit: "s", note: "CPU seconds one job tree may use in all")
+        case .treeTimeout:
+            target.treeTimeoutSeconds = try c.number(
+                above: 0, minimum: nil, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds a job tree may live; at most one day")
         }
     }
 }

@@ -61,6 +61,15 @@ public struct TierLimits: Sendable, Equatable {
     public var interactiveTimeoutMaxSeconds: Double
     /// `file_max_bytes`: the largest file a `file.put` or `file.get` moves.
     public var fileMaxBytes: Int64
+    /// `max_depth`: how many levels of sub-jobs a job submitted from outside may lead to (its
+    /// own depth is 0; a sub-job is one deeper than the job that submitted it).
+    public var maxDepth = 3
+    /// `tree_max_jobs`: jobs one tree may have in all (the root, every sub-job, ended or not).
+    public var treeMaxJobs = 50
+    /// `tree_cpu_seconds`: CPU seconds one tree's jobs may use together.
+    public var treeCPUSeconds: Double = 60
+    /// `tree_timeout_s`: how long a tree may live, from its root's acceptance.
+    public var treeTimeoutSeconds: Double = 300
     /// `[egress] allow`: where an `egress` tenant's proxy lets requests go (Egress.swift).
     public var egressAllow: [EgressRule] = []
     /// `[secrets.NAME]`: how each secret reaches the jobs.
@@ -124,6 +133,17 @@ public struct TierLimits: Sendable, Equatable {
     /// The compiled-in defaults of `tier` (identical to the shipped `policies/tiers/*.toml`,
     /// down to the line of every list entry: `PolicyTests.testShippedPoliciesEqualEmbedded`).
     public static func defaults(for tier: Tier) -> TierLimits {
+        var limits = shippedDefaults(for: tier)
+        // Sub-job trees: the same shape for every tier, a budget that grows with it.
+        switch tier {
+        case .free: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (60, 300)
+        case .pro: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (600, 1800)
+        case .enterprise: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (3600, 7200)
+        }
+        return limits
+    }
+
+    private static func shippedDefaults(for tier: Tier) -> TierLimits {
         let file = "tiers/\(tier.rawValue).toml"
         switch tier {
         case .free:
@@ -226,6 +246,10 @@ public struct TenantOverride: Sendable, Equatable {
     public var inodesMax: Int?
     public var interactiveTimeoutMaxSeconds: Double?
     public var fileMaxBytes: Int64?
+    public var maxDepth: Int?
+    public var treeMaxJobs: Int?
+    public var treeCPUSeconds: Double?
+    public var treeTimeoutSeconds: Double?
     /// `[egress]` and `[secrets.*]` replace the tier's as a whole.
     public var egressAllow: [EgressRule]?
     public var secrets: [SecretBinding]?
@@ -295,6 +319,10 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.inodesMax { o.inodesMax = v }
         if let v = other.interactiveTimeoutMaxSeconds { o.interactiveTimeoutMaxSeconds = v }
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
+        if let v = other.maxDepth { o.maxDepth = v }
+        if let v = other.treeMaxJobs { o.treeMaxJobs = v }
+        if let v = other.treeCPUSeconds { o.treeCPUSeconds = v }
+        if let v = other.treeTimeoutSeconds { o.treeTimeoutSeconds = v }
         if let v = other.egressAllow { o.egressAllow = v }
         if let v = other.secrets { o.secrets = v }
         return o
@@ -328,6 +356,10 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = inodesMax { l.inodesMax = v }
         if let v = interactiveTimeoutMaxSeconds { l.interactiveTimeoutMaxSeconds = v }
         if let v = fileMaxBytes { l.fileMaxBytes = v }
+        if let v = maxDepth { l.maxDepth = v }
+        if let v = treeMaxJobs { l.treeMaxJobs = v }
+        if let v = treeCPUSeconds { l.treeCPUSeconds = v }
+        if let v = treeTimeoutSeconds { l.treeTimeoutSeconds = v }
         if let v = egressAllow { l.egressAllow = v }
         if let v = secrets { l.secrets = v }
         return l
@@ -346,6 +378,10 @@ public struct TenantOverride: Sendable, Equatable {
         o.inodesMax = inodesMax ?? d.inodesMax
         o.interactiveTimeoutMaxSeconds = interactiveTimeoutMaxSeconds ?? d.interactiveTimeoutMaxSeconds
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
+        o.maxDepth = maxDepth ?? d.maxDepth
+        o.treeMaxJobs = treeMaxJobs ?? d.treeMaxJobs
+        o.treeCPUSeconds = treeCPUSeconds ?? d.treeCPUSeconds
+        o.treeTimeoutSeconds = treeTimeoutSeconds ?? d.treeTimeoutSeconds
         return o
     }
 
@@ -369,6 +405,10 @@ public struct TenantOverride: Sendable, Equatable {
             fileMaxBytes: fileMaxBytes)
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
+        if let maxDepth { limits.maxDepth = maxDepth }
+        if let treeMaxJobs { limits.treeMaxJobs = treeMaxJobs }
+        if let treeCPUSeconds { limits.treeCPUSeconds = treeCPUSeconds }
+        if let treeTimeoutSeconds { limits.treeTimeoutSeconds = treeTimeoutSeconds }
         return limits
     }
 }

@@ -96,6 +96,17 @@ public final class Store: @unchecked Sendable {
         // name and never sees them.
         try addColumnIfMissing(table: "jobs", column: "traceparent", type: "TEXT")
         try addColumnIfMissing(table: "audit", column: "trace_id", type: "TEXT")
+        try addJobTreeColumns()
+    }
+
+    /// Sub-jobs (one self-contained schema step, ready to become a numbered migration): the
+    /// job's parent, its tree's root and its depth. A job stored before has none of them: it is a
+    /// root (`root_id` NULL reads as its own id, `depth` 0).
+    func addJobTreeColumns() throws(StoreError) {
+        try addColumnIfMissing(table: "jobs", column: "parent_id", type: "TEXT")
+        try addColumnIfMissing(table: "jobs", column: "root_id", type: "TEXT")
+        try addColumnIfMissing(table: "jobs", column: "depth", type: "INTEGER NOT NULL DEFAULT 0")
+        try db.exec("CREATE INDEX IF NOT EXISTS jobs_root ON jobs(root_id) WHERE root_id IS NOT NULL")
     }
 
     private func addColumnIfMissing(table: String, column: String, type: String) throws(StoreError) {
@@ -166,7 +177,8 @@ public final class Store: @unchecked Sendable {
     private static let jobColumns = """
         id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt,
         created_at, started_at, finished_at, exit_code, signal, stdout, stderr, stdout_truncated,
-        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent
+        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent,
+        parent_id, root_id, depth
         """
 
     private static func decodeJob(_ r: SQLiteConnection.Row) throws(StoreError) -> JobRecord {
@@ -194,6 +206,9 @@ public final class Store: @unchecked Sendable {
             idempotencyKey: r.optionalText(9), attempt: Int(r.int(10)), createdAt: r.double(11),
             startedAt: r.optionalDouble(12), finishedAt: r.optionalDouble(13), result: result)
         job.trace = r.optionalText(25).flatMap(TraceContext.init(parsing:))
+        job.parentID = r.optionalText(26)
+        job.rootID = r.optionalText(27)
+        job.depth = Int(r.optionalInt(28) ?? 0)
         return job
     }
 
@@ -223,8 +238,9 @@ public final class Store: @unchecked Sendable {
             for job in jobs {
                 try db.run(
                     """
-                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent)
-                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent,
+                        parent_id, root_id, depth)
+                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                     """,
                     [
                         .text(job.id), .text(job.tenant.value), .text(job.state.rawValue), .blob(Self.joinNUL(job.argv)),
@@ -232,6 +248,7 @@ public final class Store: @unchecked Sendable {
                         job.stdin.isEmpty ? .null : .blob(job.stdin), .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
                         .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
                         .optional(job.trace?.traceparent),
+                        .optional(job.parentID), .optional(job.parentID == nil ? nil : job.rootID), .int(Int64(job.depth)),
                     ])
             }
         }
@@ -271,6 +288,14 @@ public final class Store: @unchecked Sendable {
         bind.append(.int(Int64(limit + excluding.count)))
         let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs\(filter) ORDER BY created_at DESC, id DESC LIMIT ?", bind, Self.decodeJob)
         return Array(rows.lazy.filter { !excluding.contains($0.id) }.prefix(limit))
+    }
+
+    /// Every job of the tree whose root is `rootID`, the root first, then in acceptance order
+    /// (`job.tree`); at most `limit`.
+    public func jobTree(rootID: String, limit: Int = 10_000) throws(StoreError) -> [JobRecord] {
+        try db.rows(
+            "SELECT \(Self.jobColumns) FROM jobs WHERE id=? OR root_id=? ORDER BY depth, created_at, id LIMIT ?",
+            [.text(rootID), .text(rootID), .int(Int64(limit))], Self.decodeJob)
     }
 
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {

@@ -1,4 +1,6 @@
+import CClawpenShim
 import ClawpenProtocol
+import ClawpenWire
 import Glibc
 import NIOCore
 import NIOPosix
@@ -39,12 +41,26 @@ final class ClientHandler: ChannelDuplexHandler {
     /// Bytes parsed on the loop since the last read completed (see `inlineParseBytes`).
     private var parsedInline = 0
 
-    init(supervisor: Supervisor, parser: NIOThreadPool) {
+    /// The agent socket's tenant (nil: the control socket). Its requests may leave the tenant out.
+    private let agentTenant: TenantName?
+    /// Who the agent socket's caller is (set once the kernel's answer is checked); reads are
+    /// held until then.
+    private var agent: AgentCaller?
+    private var identifying = false
+
+    init(supervisor: Supervisor, parser: NIOThreadPool, agentTenant: TenantName? = nil) {
         self.supervisor = supervisor
         self.parser = parser
+        self.agentTenant = agentTenant
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        if let tenant = agentTenant {
+            identifying = true
+            identifyAgent(tenant, context: context)
+            context.fireChannelActive()
+            return
+        }
         // The kernel's word on who connected, not the client's: read once per connection. On
         // this loop the read completes at once, before any frame of the connection is handled.
         if let provider = context.channel as? SocketOptionProvider {
@@ -56,6 +72,35 @@ final class ClientHandler: ChannelDuplexHandler {
             }
         }
         context.fireChannelActive()
+    }
+
+    /// The agent socket: the calling job from the kernel (the connecting process's pid, pidfd and
+    /// cgroup; Agent/AgentSockets.swift), never from what it sends. Nothing is read before.
+    private func identifyAgent(_ tenant: TenantName, context: ChannelHandlerContext) {
+        let me = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let finish: (PeerCredentials?, Int32) -> Void = { cred, pidfd in
+            let (handler, context) = me.value
+            handler.caller = cred
+            handler.supervisor.identifyAgent(tenant: tenant, cred: cred, pidfd: pidfd) { caller in
+                let (handler, context) = me.value
+                handler.agent = caller
+                handler.identifying = false
+                if handler.readHeld && !handler.parsing {
+                    handler.readHeld = false
+                    context.read()
+                }
+            }
+            _ = context
+        }
+        guard let provider = context.channel as? SocketOptionProvider else { finish(nil, -1); return }
+        let credRead: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        credRead.whenComplete { result in
+            let cred = try? result.get()
+            let pidfdRead: EventLoopFuture<Int32> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(CP_SO_PEERPIDFD))
+            pidfdRead.whenComplete { result in finish(cred, (try? result.get()) ?? -1) }
+        }
     }
 
     /// The client went away: whatever it followed keeps running (Streams.swift).
@@ -85,13 +130,14 @@ final class ClientHandler: ChannelDuplexHandler {
         }
         if parsedInline + payload.readableBytes <= Self.inlineParseBytes {
             parsedInline += payload.readableBytes
-            deliver(RequestCodec.decode(Array(payload.readableBytesView)), context: context)
+            deliver(RequestCodec.decode(Array(payload.readableBytesView), defaultTenant: agentTenant), context: context)
             return
         }
         parsing = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let tenant = agentTenant
         parser.runIfActive(eventLoop: context.eventLoop) {
-            RequestCodec.decode(Array(payload.readableBytesView))
+            RequestCodec.decode(Array(payload.readableBytesView), defaultTenant: tenant)
         }.whenComplete { result in
             let (me, context) = bound.value
             me.parsing = false
@@ -117,7 +163,8 @@ final class ClientHandler: ChannelDuplexHandler {
     }
 
     private func deliver(_ decoded: (id: JSONValue, request: Result<Request, ProtocolError>), context: ChannelHandlerContext) {
-        let responder = Responder(channel: context.channel, id: decoded.id, caller: caller)
+        var responder = Responder(channel: context.channel, id: decoded.id, caller: caller)
+        responder.agent = agent
         switch decoded.request {
         case .failure(let error): responder.fail(error)
         case .success(let request): supervisor.handle(request, responder)
@@ -135,7 +182,7 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// Outbound `read`: held while a parse is off the loop (see the type's comment).
     func read(context: ChannelHandlerContext) {
-        if parsing { readHeld = true } else { context.read() }
+        if parsing || identifying { readHeld = true } else { context.read() }
     }
 
     /// What FrameDecoder refused is answered, then the connection is closed; it reads nothing
