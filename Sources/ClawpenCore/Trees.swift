@@ -230,8 +230,10 @@ extension Core {
         }
     }
 
+    /// The error a job canceled by a tree rule ends with. The message names the rule too: the
+    /// store keeps a job's error code and message, not its details.
     static func treeCancel(_ rule: String, _ message: String) -> ProtocolError {
-        ProtocolError(.quotaExceeded, message, details: ["rule": .string(rule), "quota": .string(rule)])
+        ProtocolError(.quotaExceeded, "\(message) (rule \(rule))", details: ["rule": .string(rule), "quota": .string(rule)])
     }
 
     // MARK: Budgets while trees run

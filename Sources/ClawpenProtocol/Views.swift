@@ -109,7 +109,8 @@ public struct JobView: Sendable, Equatable {
         tty = v["tty"]?.boolValue ?? false
         traceID = v["trace_id"]?.stringValue
         parentID = v["parent_id"]?.stringValue
-        rootID = v["root_id"]?.stringValue
+        // A root's root_id is its own id: kept as nil, as the view it was made from.
+        rootID = v["root_id"]?.stringValue.flatMap { $0 == id ? nil : $0 }
         depth = Int(v["depth"]?.intValue ?? 0)
     }
 

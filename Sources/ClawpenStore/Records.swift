@@ -72,7 +72,7 @@ public struct JobRecord: Sendable, Equatable {
         v.tty = options.tty
         v.traceID = trace?.traceID
         v.parentID = parentID
-        v.rootID = treeRoot
+        v.rootID = rootID
         v.depth = depth
         return v
     }
