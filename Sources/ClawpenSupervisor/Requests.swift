@@ -189,6 +189,10 @@ extension Supervisor {
             // A resubmission returns the first job: no quota applies to it again.
             if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
             if let existing = try store.job(tenant: name, idempotencyKey: key) {
+                // From inside a job, a key names a job of the caller's own tree or nothing.
+                if let p = parent, let agent = r.agent, existing.treeRoot != p.treeRoot {
+                    throw agentRefusal(r, agent, "submit", "idempotency key \(key.prefix(80)) belongs to a job of another tree")
+                }
                 let current = try activeOrStoredJob(existing.id)
                 if s.options.stream { try streamExisting(current, r); return }
                 if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } } else { r.job(current, existing: true) }

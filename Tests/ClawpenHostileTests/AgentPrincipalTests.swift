@@ -69,6 +69,14 @@ final class AgentPrincipalTests: XCTestCase {
         XCTAssertEqual(try state(other.id), .running, "the other tree's job is untouched")
     }
 
+    func testAnIdempotencyKeyDoesNotReachAnotherTree() throws {
+        let other = try daemon.detach("a", ["sleep", "60"], timeout: 90, key: "shared-key")
+        let job = try inside("a", "$C submit --detach --idempotency-key shared-key -- /bin/true; echo \"rc=$?\"")
+        XCTAssertTrue(job.stdout.contains("rc=77"), job.stdout)
+        XCTAssertFalse(job.stdout.contains(other.id), "the other tree's job id does not leak: \(job.stdout)")
+        XCTAssertTrue(job.stderr.contains("principal agent") && job.stderr.contains("another tree"), job.stderr)
+    }
+
     func testAJobIsNeverAnOperator() throws {
         let commands = [
             "status", "tenant list", "tenant show a", "tenant create intruder", "tenant suspend b", "tenant set-quota a --max-runs 64",
@@ -78,6 +86,7 @@ final class AgentPrincipalTests: XCTestCase {
         let job = try inside("a", script)
         for c in commands { XCTAssertTrue(job.stdout.contains("\(c)=77"), "\(c): \(job.stdout)") }
         XCTAssertEqual(job.stderr.components(separatedBy: "principal agent").count - 1, commands.count, job.stderr)
+        XCTAssertGreaterThanOrEqual(try auditRows("a").components(separatedBy: "principal agent").count - 1, commands.count, "each refusal is audited")
         XCTAssertEqual(try daemon.connect().call(.tenantList)["tenants"]?.arrayValue?.count, 2, "no tenant was created")
         XCTAssertEqual(try daemon.tenantStatus("b")["suspension"]?.isNull ?? true, true, "b is not suspended")
         XCTAssertEqual(try daemon.tenantStatus("a")["limits"]?["max_concurrent_runs"]?.intValue, 2, "no quota changed")
