@@ -124,8 +124,8 @@ extension Supervisor {
 
     // MARK: Listeners
 
-    /// Before a worker of `name` starts: its socket directory exists and its listener is bound
-    /// (or binding: the directory is what the sandbox mounts, the socket may appear in it later).
+    /// Before a worker of `name` starts: its socket directory exists and its socket is bound and
+    /// listening (connections wait in the backlog until the event loop takes the listener on).
     func prepareAgentSocket(_ name: TenantName) {
         guard agent.listeners[name] == nil, !agent.binding.contains(name), let cfg = agent.config else { return }
         let top = config.stateDir + "/agent"
@@ -147,10 +147,16 @@ extension Supervisor {
             agent.directoryFDs[name] = fd
             path = "/proc/self/fd/\(fd)/" + Self.agentSocketName
         }
+        // Bound here, synchronously: the tenant's first job may look for it a moment after its
+        // worker starts. Only the tenant's jobs see it (its directory is bound into their sandbox
+        // alone); they run as the tenant's uid, so it must let them connect (0666).
+        let fd = cp_unix_listen(path, 256, 0o666)
+        guard fd >= 0 else {
+            logger.error("cannot bind the tenant's agent socket", metadata: ["tenant": "\(name)", "path": "\(path)", "error": "\(errnoString(errno))"])
+            return
+        }
         agent.binding.insert(name)
-        let socketPath = path
         ServerBootstrap(group: loop)
-            .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
@@ -158,17 +164,14 @@ extension Supervisor {
                         ClientHandler(supervisor: self, parser: cfg.parser, agentTenant: name))
                 }
             }
-            .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true)
+            .withBoundSocket(fd)
             .whenComplete { [self] result in
                 agent.binding.remove(name)
                 switch result {
                 case .success(let channel):
-                    // Only the tenant's jobs see it (its directory is bound into their sandbox alone);
-                    // they run as the tenant's uid, so it must let them connect.
-                    chmod(socketPath, 0o666)
                     agent.listeners[name] = channel
                 case .failure(let error):
-                    logger.error("cannot bind the tenant's agent socket", metadata: ["tenant": "\(name)", "path": "\(socketPath)", "error": "\(error)"])
+                    logger.error("cannot serve the tenant's agent socket", metadata: ["tenant": "\(name)", "error": "\(error)"])
                 }
             }
     }
