@@ -102,6 +102,15 @@ extension Scenarios {
         f.rounds = options.subjobRounds
         f.perBlock = options.subjobJobs
         let python = findInPath("python3") ?? "/usr/bin/python3"
+        // One inside client makes all of a block's sub-jobs in one tree: a copy of the policies
+        // with a tenant override lifts tree_max_jobs (50) for the bench tenant.
+        var template = Array("/tmp/clawpen-bench-policies-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw BenchFailure("mkdtemp: \(String(cString: strerror(errno)))") }
+        let polRoot = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        defer { try? FileManager.default.removeItem(atPath: polRoot) }
+        try FileManager.default.copyItem(atPath: setup.policies, toPath: polRoot + "/policies")
+        try "tree_max_jobs = 100000\n".write(toFile: polRoot + "/policies/tenants/subjobs.toml", atomically: true, encoding: .utf8)
+        let setup = Setup(clawpen: setup.clawpen, policies: polRoot + "/policies", keepTemp: setup.keepTemp, serveArgs: setup.serveArgs)
         try Daemon.with(setup, label: "subjobs") { d in
             let conn = try d.connect()
             let tenant = try benchTenant("subjobs")
