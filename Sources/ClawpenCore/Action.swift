@@ -22,6 +22,8 @@ public enum CoreTimer: Hashable, Sendable {
     case stopDeadline(TenantName, worker: UInt64)
     /// Shutdown: running jobs had their grace period.
     case shutdownGrace
+    /// Time to check the job trees' CPU and time budgets (Trees.swift).
+    case treeBudgets
 }
 
 /// How much a log line matters (mapped to swift-log by the shell).

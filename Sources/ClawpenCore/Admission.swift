@@ -27,7 +27,9 @@ extension Core {
     /// stopping), its tool policy, then its quotas in the order a caller can act on. An accepted
     /// job is counted as pending until `accepted` (after its commit) or `withdraw`.
     /// `isExecutable` answers whether a sandbox path is an executable file (tool policy).
-    public func admit(_ s: SubmitRequest, tenant t: TenantState, jobID: String, isExecutable: (String) -> Bool)
+    /// `parent`: the running job that submits this one from inside its sandbox (a sub-job;
+    /// its tree's rules apply first, Trees.swift).
+    public func admit(_ s: SubmitRequest, tenant t: TenantState, jobID: String, parent: JobRecord? = nil, isExecutable: (String) -> Bool)
         -> Result<JobRecord, Refusal>
     {
         let now = clock.monotonic()
@@ -80,7 +82,7 @@ extension Core {
                         details: ["rule": .string(rule), "command": decision.resolvedPath.map(JSONValue.string) ?? .null]),
                     auditAction: "submit.denied", rule: rule, auditDetail: s.argv.first.map { String($0.prefix(200)) }))
         }
-        if let refusal = quotaRefusal(t, timeout: timeout, interactive: interactive, now: now) {
+        if let refusal = (parent.flatMap { treeRefusal(t, parent: $0, now: now) }) ?? quotaRefusal(t, timeout: timeout, interactive: interactive, now: now) {
             t.refusals[refusal.quota, default: 0] += 1
             var details: [String: JSONValue] = [
                 "quota": .string(refusal.quota), "limit": .string(refusal.limit),
@@ -100,6 +102,7 @@ extension Core {
             attempt: 1, createdAt: clock.wall())
         job.options = s.options
         job.trace = s.trace
+        if let parent { reserveInTree(&job, t, parent: parent) }
         return .success(job)
     }
 

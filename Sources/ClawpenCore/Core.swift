@@ -14,6 +14,12 @@ public protocol CoreClock {
 public protocol ResourceProbe {
     func cpuUsageMicros(_ tenant: TenantName) -> Int64?
     func oomKills(_ tenant: TenantName) -> Int64?
+    /// CPU a running job's processes have used so far (its cgroup), nil when it cannot be read.
+    func jobCPUMicros(_ tenant: TenantName, jobID: String) -> Int64?
+}
+
+extension ResourceProbe {
+    public func jobCPUMicros(_ tenant: TenantName, jobID: String) -> Int64? { nil }
 }
 
 /// The supervisor's decisions: tenants, their queues and workers, jobs from acceptance to their
@@ -51,6 +57,8 @@ public final class Core {
     private var withdrawn: Set<String> = []
     /// Actions of the event being handled.
     var out: [Action] = []
+    /// The tree budget timer is armed (Trees.swift).
+    var treeTimerArmed = false
 
     public init(config: Config, clock: CoreClock, probe: ResourceProbe) {
         self.config = config; self.clock = clock; self.probe = probe
@@ -85,8 +93,15 @@ public final class Core {
 
     /// Jobs a previous run left queued or running go back to their tenants' queues.
     public func recover(_ jobs: [JobRecord]) -> [Action] {
+        let orphans = rejoinTrees(jobs)
         for job in jobs {
             guard let t = tenants[job.tenant] else { continue }
+            if orphans.contains(job.id) {
+                finish(
+                    job, t, state: .canceled,
+                    result: JobResult(error: Self.treeCancel("tree_root_ended", "canceled: its tree's root \(job.treeRoot) had ended")))
+                continue
+            }
             t.enqueue(job, router)
         }
         for t in tenants.values where !t.queue.isEmpty { dispatch(t) }
@@ -116,6 +131,7 @@ public final class Core {
         for job in jobs {
             guard let t = tenants[job.tenant] else { continue }
             t.pendingAccepts = max(0, t.pendingAccepts - 1)
+            guard joinTree(job, t) else { continue }
             t.enqueue(job, router)
             touched[t.name] = t
         }
@@ -128,6 +144,7 @@ public final class Core {
     public func withdraw(_ jobs: [JobRecord]) -> [Action] {
         for job in jobs {
             guard let t = tenants[job.tenant] else { continue }
+            unreserveInTree(job, t)
             if t.takeQueued(id: job.id, router) != nil { continue }
             if let w = t.lifecycle.worker, t.inFlight[job.id] != nil {
                 withdrawn.insert(job.id)
@@ -151,6 +168,10 @@ public final class Core {
 
     public func cancel(_ id: String, tenant: TenantName) -> (CancelOutcome, [Action]) {
         guard let t = tenants[tenant] else { return (.notActive, []) }
+        // Canceling a job cancels everything below it in its tree first.
+        if let root = (t.inFlight[id] ?? t.queue.first(where: { $0.id == id }))?.treeRoot {
+            cancelDescendants(of: id, root: root, t)
+        }
         if let job = t.takeQueued(id: id, router) {
             finish(job, t, state: .canceled, result: JobResult(error: nil))
             return (.canceledQueued, take())
@@ -237,8 +258,10 @@ public final class Core {
             return t.lifecycle.misbehaved(w, "reported a result for job \(report.jobID.prefix(64)) it was not given")
         }
         t.cancelRequested.remove(job.id)
-        router.ended()
+        releaseRunSlots(t, [job.id])
         var (state, result) = Outcome.map(report, job)
+        // Canceled by a tree rule (a budget, an ancestor's cancel, the root's end): it says which.
+        if let reason = t.cancelReasons.removeValue(forKey: job.id), state == .canceled { result.error = reason }
         if let ms = result.runMs { t.averageRunMs = 0.9 * t.averageRunMs + 0.1 * ms }
         // Without a cgroup to read, the CPU budget counts what the job's processes used.
         if t.cgroupCPUSeen == nil, let ms = result.cpuMs { t.cpu.record(micros: Int64(ms * 1000), now: clock.monotonic()) }
@@ -264,7 +287,8 @@ public final class Core {
         out.append(.cancel(.stopDeadline(t.name, worker: w.id)))
         let lost = t.inFlight.values.sorted { $0.createdAt < $1.createdAt }
         t.inFlight.removeAll()
-        router.ended(lost.count)
+        releaseRunSlots(t, lost.map(\.id))
+        t.cancelReasons.removeAll()
         let verdict = t.lifecycle.exited(w, how: how, now: now, rule: t.limits.crashLoopRule)
         switch verdict {
         case .stale: break
@@ -334,6 +358,8 @@ public final class Core {
             guard let t = tenants[name], let w = t.lifecycle.worker, w.id == id else { break }
             out.append(.log(LogLine(.warning, "worker did not stop in time, killing it", [("tenant", name.value), ("worker_pid", "\(w.pid)")])))
             out.append(.killWorker(w))
+        case .treeBudgets:
+            checkTreeBudgets()
         case .shutdownGrace:
             guard draining else { break }
             out.append(.log(LogLine(.warning, "grace period over; killing jobs still running (they run again at the next start)")))
@@ -408,7 +434,8 @@ public final class Core {
         router.pump(
             canStart: { t in
                 guard !t.queue.isEmpty, t.lifecycle.dispatchTarget != nil else { return false }
-                return t.inFlight.count < t.limits.maxConcurrentRuns
+                // A job that waits for one of its tree lends its slot (Trees.swift).
+                return t.inFlight.count - t.lentSlots.count < t.limits.maxConcurrentRuns
             },
             start: { t in
                 guard let w = t.lifecycle.dispatchTarget, let job = t.startNext(now: now) else { return }
@@ -466,7 +493,7 @@ public final class Core {
 
     /// Records a final state, counts it, and tells the shell (which records it and answers
     /// whoever waits once it is written).
-    private func finish(_ job: JobRecord, _ t: TenantState, state: JobState, result: JobResult) {
+    func finish(_ job: JobRecord, _ t: TenantState, state: JobState, result: JobResult) {
         if withdrawn.remove(job.id) != nil { return } // never accepted: nothing to record or tell
         t.finishedCounts[state, default: 0] += 1
         var done = job
@@ -474,6 +501,9 @@ public final class Core {
         done.finishedAt = clock.wall()
         done.result = result
         out.append(.finished(done))
+        // Whoever waited for it counts again before anything takes its slot.
+        endLends(for: job.id, t)
+        treeJobEnded(done, t, cpuMs: result.cpuMs)
     }
 
     private func checkDrained() {

@@ -32,6 +32,9 @@ public struct RingBuffer<Element> {
         return items.remove(at: i)
     }
 
+    /// The first element matching `predicate`, left in place: O(n).
+    func first(where predicate: (Element) -> Bool) -> Element? { items[head...].first(where: predicate) }
+
     /// Every element, in order; the buffer is empty afterwards.
     mutating func removeAll() -> [Element] {
         let out = Array(items[head...])

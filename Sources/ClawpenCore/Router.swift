@@ -92,6 +92,10 @@ final class Router<Tenant: RoutedTenant> {
     /// A job started by `start` ended (or was lost with its worker).
     func ended(_ count: Int = 1) { running = max(0, running - count) }
 
+    /// A job that lent its slot while it waited for a job of its tree runs on: it counts again,
+    /// even if that puts the host one over its limit until a job ends (Trees.swift).
+    func reacquired() { running += 1 }
+
     /// Starts jobs while slots are free. `canStart(t)`: t has a queued job and room for one more
     /// (worker ready, under max_concurrent_runs). `start(t)`: starts t's next queued job.
     func pump(canStart: (Tenant) -> Bool, start: (Tenant) -> Void) {

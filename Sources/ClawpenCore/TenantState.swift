@@ -25,6 +25,15 @@ public final class TenantState: RoutedTenant {
     /// Jobs sent to the current worker and not yet reported back.
     public internal(set) var inFlight: [String: JobRecord] = [:]
     var cancelRequested: Set<String> = []
+    /// Why a job was canceled by a tree rule, for its final error (Trees.swift).
+    var cancelReasons: [String: ProtocolError] = [:]
+    /// The tenant's job trees with sub-jobs, by root id (Trees.swift).
+    public internal(set) var trees: [String: JobTree] = [:]
+    /// Running jobs that wait for a job of their tree, and how many waits each: they lend their
+    /// run slot meanwhile (Trees.swift).
+    public internal(set) var lentSlots: [String: Int] = [:]
+    /// Who waits for each job (the lends above end with it).
+    var lendsByTarget: [String: [String]] = [:]
     /// The idle timer armed for this worker id, if any.
     var idleTimerFor: UInt64?
     /// Finished jobs per final state (from the store at start-up, then counted).

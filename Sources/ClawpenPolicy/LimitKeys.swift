@@ -29,6 +29,10 @@ enum LimitKey: String, CaseIterable, Sendable {
     case fileMaxBytes = "file_max_bytes"
     case egressMaxConnections = "egress_max_connections"
     case jobRetentionDays = "job_retention_days"
+    case maxDepth = "max_depth"
+    case treeMaxJobs = "tree_max_jobs"
+    case treeCPUSeconds = "tree_cpu_seconds"
+    case treeTimeout = "tree_timeout_s"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -40,6 +44,7 @@ enum LimitKey: String, CaseIterable, Sendable {
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
             || self == .egressMaxConnections
             || self == .jobRetentionDays
+            || self == .maxDepth || self == .treeMaxJobs || self == .treeCPUSeconds || self == .treeTimeout
     }
 
     /// The keys whose value is a list that an override replaces as a whole.
@@ -131,6 +136,16 @@ enum LimitKey: String, CaseIterable, Sendable {
                 1...65_536, note: "connections one tenant's jobs may hold open through the egress proxy at the same time")
         case .jobRetentionDays:
             target.jobRetentionDays = try c.integer(1...36_500, note: "days a finished job's record is kept before the purge removes it")
+        case .maxDepth:
+            target.maxDepth = try c.integer(0...64, note: "levels of sub-jobs below a job submitted from outside; 0: jobs may not submit")
+        case .treeMaxJobs:
+            target.treeMaxJobs = try c.integer(1...100_000, note: "jobs of one tree (the root and every sub-job it leads to)")
+        case .treeCPUSeconds:
+            target.treeCPUSeconds = try c.number(
+                above: 0, minimum: nil, maximum: 4096 * 86_400, unit: "s", note: "CPU seconds one job tree may use in all")
+        case .treeTimeout:
+            target.treeTimeoutSeconds = try c.number(
+                above: 0, minimum: nil, maximum: Self.maxTimeoutSeconds, unit: "s", note: "seconds a job tree may live; at most one day")
         }
     }
 }

@@ -67,6 +67,15 @@ public struct TierLimits: Sendable, Equatable {
     public static let defaultEgressMaxConnections = 256
     /// `job_retention_days`: finished job records older than this are purged (Retention.swift).
     public var jobRetentionDays: Int = 7
+    /// `max_depth`: how many levels of sub-jobs a job submitted from outside may lead to (its
+    /// own depth is 0; a sub-job is one deeper than the job that submitted it).
+    public var maxDepth = 3
+    /// `tree_max_jobs`: jobs one tree may have in all (the root, every sub-job, ended or not).
+    public var treeMaxJobs = 50
+    /// `tree_cpu_seconds`: CPU seconds one tree's jobs may use together.
+    public var treeCPUSeconds: Double = 60
+    /// `tree_timeout_s`: how long a tree may live, from its root's acceptance.
+    public var treeTimeoutSeconds: Double = 300
     /// `[egress] allow`: where an `egress` tenant's proxy lets requests go (Egress.swift).
     public var egressAllow: [EgressRule] = []
     /// `[secrets.NAME]`: how each secret reaches the jobs.
@@ -145,6 +154,16 @@ public struct TierLimits: Sendable, Equatable {
     }
 
     private static func shippedLimits(for tier: Tier) -> TierLimits {
+        var limits = shippedDefaults(for: tier)
+        // Sub-job trees: the same shape for every tier, a budget that grows with it.
+        case .free: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (60, 300)
+        case .pro: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (600, 1800)
+        case .enterprise: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (3600, 7200)
+        }
+        return limits
+    }
+
+    private static func shippedDefaults(for tier: Tier) -> TierLimits {
         let file = "tiers/\(tier.rawValue).toml"
         switch tier {
         case .free:
@@ -249,6 +268,10 @@ public struct TenantOverride: Sendable, Equatable {
     public var fileMaxBytes: Int64?
     public var egressMaxConnections: Int?
     public var jobRetentionDays: Int?
+    public var maxDepth: Int?
+    public var treeMaxJobs: Int?
+    public var treeCPUSeconds: Double?
+    public var treeTimeoutSeconds: Double?
     /// `[egress]` and `[secrets.*]` replace the tier's as a whole.
     public var egressAllow: [EgressRule]?
     public var secrets: [SecretBinding]?
@@ -320,6 +343,10 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
         if let v = other.egressMaxConnections { o.egressMaxConnections = v }
         if let v = other.jobRetentionDays { o.jobRetentionDays = v }
+        if let v = other.maxDepth { o.maxDepth = v }
+        if let v = other.treeMaxJobs { o.treeMaxJobs = v }
+        if let v = other.treeCPUSeconds { o.treeCPUSeconds = v }
+        if let v = other.treeTimeoutSeconds { o.treeTimeoutSeconds = v }
         if let v = other.egressAllow { o.egressAllow = v }
         if let v = other.secrets { o.secrets = v }
         return o
@@ -355,6 +382,10 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = fileMaxBytes { l.fileMaxBytes = v }
         if let v = egressMaxConnections { l.egressMaxConnections = v }
         if let v = jobRetentionDays { l.jobRetentionDays = v }
+        if let v = maxDepth { l.maxDepth = v }
+        if let v = treeMaxJobs { l.treeMaxJobs = v }
+        if let v = treeCPUSeconds { l.treeCPUSeconds = v }
+        if let v = treeTimeoutSeconds { l.treeTimeoutSeconds = v }
         if let v = egressAllow { l.egressAllow = v }
         if let v = secrets { l.secrets = v }
         return l
@@ -375,6 +406,10 @@ public struct TenantOverride: Sendable, Equatable {
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
         o.egressMaxConnections = egressMaxConnections ?? d.egressMaxConnections
         o.jobRetentionDays = jobRetentionDays ?? d.jobRetentionDays
+        o.maxDepth = maxDepth ?? d.maxDepth
+        o.treeMaxJobs = treeMaxJobs ?? d.treeMaxJobs
+        o.treeCPUSeconds = treeCPUSeconds ?? d.treeCPUSeconds
+        o.treeTimeoutSeconds = treeTimeoutSeconds ?? d.treeTimeoutSeconds
         return o
     }
 
@@ -400,6 +435,10 @@ public struct TenantOverride: Sendable, Equatable {
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
         if let jobRetentionDays { limits.jobRetentionDays = jobRetentionDays }
+        if let maxDepth { limits.maxDepth = maxDepth }
+        if let treeMaxJobs { limits.treeMaxJobs = treeMaxJobs }
+        if let treeCPUSeconds { limits.treeCPUSeconds = treeCPUSeconds }
+        if let treeTimeoutSeconds { limits.treeTimeoutSeconds = treeTimeoutSeconds }
         return limits
     }
 }

@@ -10,6 +10,8 @@ public enum Request: Sendable, Equatable {
     case jobGet(jobID: String)
     case jobWait(jobID: String)
     case jobCancel(jobID: String)
+    /// The tree a job belongs to: its root and every sub-job (docs/subjobs.md).
+    case jobTree(jobID: String)
     case tenantCreate(name: TenantName, tier: String)
     case tenantList
     case tenantShow(name: TenantName)
@@ -50,6 +52,7 @@ public enum Request: Sendable, Equatable {
         case .jobGet: return "job.get"
         case .jobWait: return "job.wait"
         case .jobCancel: return "job.cancel"
+        case .jobTree: return "job.tree"
         case .tenantCreate: return "tenant.create"
         case .tenantList: return "tenant.list"
         case .tenantShow: return "tenant.show"
@@ -120,7 +123,9 @@ public struct SubmitRequest: Sendable, Equatable {
 public enum RequestCodec {
     /// Parses one request payload. The id is returned even when the request is refused, so the
     /// refusal can echo it.
-    public static func decode(_ payload: [UInt8]) -> (id: JSONValue, request: Result<Request, ProtocolError>) {
+    /// `defaultTenant`: the tenant a request that names none is for (the agent socket's: a job
+    /// inside a sandbox need not know its tenant's name; docs/subjobs.md).
+    public static func decode(_ payload: [UInt8], defaultTenant: TenantName? = nil) -> (id: JSONValue, request: Result<Request, ProtocolError>) {
         let value: JSONValue
         do { value = try JSONParser.parse(payload, limits: requestLimits) } catch {
             return (
@@ -138,7 +143,7 @@ public enum RequestCodec {
         case .string, .int, .double, .null: break;
         default: id = .null
         }
-        do { return (id, .success(try request(from: value))) } catch let e as ProtocolError {
+        do { return (id, .success(try request(from: value, defaultTenant: defaultTenant))) } catch let e as ProtocolError {
             return (id, .failure(e))
         } catch {
             return (id, .failure(ProtocolError(.invalidRequest, "\(error)")))
@@ -154,17 +159,19 @@ public enum RequestCodec {
     /// Most keys `tenant.set_quota` takes at once (there are about twenty limit keys).
     public static let maxQuotaChanges = 64
 
-    static func request(from v: JSONValue) throws -> Request {
+    static func request(from v: JSONValue, defaultTenant: TenantName? = nil) throws -> Request {
         guard let type = v["type"]?.stringValue else {
             throw ProtocolError(.invalidRequest, "missing string field \"type\"")
         }
-        let f = Fields(v, type: type)
+        var f = Fields(v, type: type)
+        f.defaultTenant = defaultTenant
         switch type {
         case "ping": return .ping
         case "submit": return .submit(try submit(f))
         case "job.get": return .jobGet(jobID: try f.string("job_id"))
         case "job.wait": return .jobWait(jobID: try f.string("job_id"))
         case "job.cancel": return .jobCancel(jobID: try f.string("job_id"))
+        case "job.tree": return .jobTree(jobID: try f.string("job_id"))
         case "tenant.create" where f.object["key_file"].map({ !$0.isNull }) ?? false: return .tenantData(try TenantDataRequest.parse(f))
         case "tenant.create": return .tenantCreate(name: try f.tenant("name"), tier: try f.optionalString("tier") ?? "free")
         case "tenant.list": return .tenantList
@@ -217,7 +224,7 @@ public enum RequestCodec {
         default:
             throw ProtocolError(
                 .invalidRequest,
-                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, tenant.offboard, tenant.restore, tenant.export, key.rotate, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir, secret.put, secret.list, secret.rm)"
+                "unknown request type \(shown(type)) (known: ping, submit, job.get, job.wait, job.cancel, job.tree, \(RuntimeRequest.types.joined(separator: ", ")), tenant.create, tenant.list, tenant.show, tenant.inspect, tenant.set_quota, tenant.suspend, tenant.resume, tenant.offboard, tenant.restore, tenant.export, key.rotate, status, audit, policy.explain, policy.reload, metrics, file.put, file.chunk, file.get, file.stat, file.list, file.remove, file.mkdir, secret.put, secret.list, secret.rm)"
             )
         }
     }
@@ -309,6 +316,8 @@ public enum RequestCodec {
     struct Fields {
         let object: Index
         let type: String
+        /// Given for a `tenant` field the request leaves out (the agent socket's tenant).
+        var defaultTenant: TenantName? = nil
 
         init(_ value: JSONValue, type: String) {
             self.object = Index(value)
@@ -340,12 +349,13 @@ public enum RequestCodec {
         }
         /// A tenant name, checked here, at the edge: `invalid_tenant` names the rule it breaks.
         func tenant(_ key: String) throws -> TenantName {
+            if key == "tenant", let defaultTenant, object[key] == nil || object[key]?.isNull == true { return defaultTenant }
             do { return try TenantName(validating: try string(key)) } catch let e as TenantName.Invalid {
                 throw ProtocolError(.invalidTenant, e.description)
             }
         }
         func optionalTenant(_ key: String) throws -> TenantName? {
-            guard let raw = try optionalString(key) else { return nil }
+            guard let raw = try optionalString(key) else { return key == "tenant" ? defaultTenant : nil }
             do { return try TenantName(validating: raw) } catch { throw ProtocolError(.invalidTenant, error.description) }
         }
         func optionalString(_ key: String) throws -> String? {
@@ -379,7 +389,7 @@ public enum RequestCodec {
             o.set("wait", s.wait)
             if let t = s.trace { o.set("traceparent", .string(t.traceparent)) }
             RuntimeRequest.encodeOptions(s.options, into: &o)
-        case .jobGet(let id), .jobWait(let id), .jobCancel(let id): o.set("job_id", .string(id))
+        case .jobGet(let id), .jobWait(let id), .jobCancel(let id), .jobTree(let id): o.set("job_id", .string(id))
         case .tenantCreate(let name, let tier): o.set("name", .string(name.value)); o.set("tier", .string(tier))
         case .tenantShow(let name), .tenantSuspend(let name), .tenantResume(let name), .tenantInspect(let name): o.set("name", .string(name.value))
         case .status(let tenant): if let tenant { o.set("tenant", .string(tenant.value)) }

@@ -41,6 +41,12 @@ public struct JobView: Sendable, Equatable {
     public var tty = false
     /// The W3C trace id the job belongs to (32 hex), null for a job from before trace ids.
     public var traceID: String? = nil
+    /// Sub-jobs (docs/subjobs.md): the job that submitted this one from inside its sandbox (null
+    /// for a job submitted from outside), the root of its tree (its own id for a root), and its
+    /// depth below the root (0 for a root).
+    public var parentID: String? = nil
+    public var rootID: String? = nil
+    public var depth = 0
 
     public init(
         id: String, tenant: String, state: JobState, exitCode: Int32? = nil, signal: Int32? = nil,
@@ -73,6 +79,7 @@ public struct JobView: Sendable, Equatable {
         o.set("created_at", createdAt); o.set("started_at", startedAt); o.set("finished_at", finishedAt)
         o.set("stdin_open", stdinOpen); o.set("tty", tty)
         o.set("trace_id", traceID)
+        o.set("parent_id", parentID); o.set("root_id", rootID ?? id); o.set("depth", depth)
         return o.value
     }
 
@@ -101,6 +108,10 @@ public struct JobView: Sendable, Equatable {
         stdinOpen = v["stdin_open"]?.boolValue ?? false
         tty = v["tty"]?.boolValue ?? false
         traceID = v["trace_id"]?.stringValue
+        parentID = v["parent_id"]?.stringValue
+        // A root's root_id is its own id: kept as nil, as the view it was made from.
+        rootID = v["root_id"]?.stringValue.flatMap { $0 == id ? nil : $0 }
+        depth = Int(v["depth"]?.intValue ?? 0)
     }
 
     /// A stream's exact bytes: from `*_b64` when it was not UTF-8, else the text.

@@ -8,8 +8,7 @@
 /// build is refused (`StoreError.newerSchema`; `clawpen serve` exits 78).
 ///
 /// Rules for a new step: append it with the next number, never edit a released one; make it
-/// idempotent where an earlier release added the same thing in place (see step 3); the job
-/// columns of sub-jobs (parent_id, root_id, depth) are step 5.
+/// idempotent where an earlier release added the same thing in place (see step 3).
 extension Store {
     struct Migration: Sendable {
         let version: Int
@@ -28,10 +27,17 @@ extension Store {
         Migration(version: 4, summary: "sealed job records, bring-your-own keys, offboarding, retired uids") { db throws(StoreError) in
             try db.exec(tenantDataTables)
         },
-        // 5: sub-jobs — ALTER TABLE jobs ADD COLUMN parent_id TEXT, root_id TEXT, depth INTEGER.
+        Migration(version: 5, summary: "job trees: parent_id, root_id, depth") { db throws(StoreError) in
+            // A job stored before has none of them: it is a root (root_id NULL reads as its own
+            // id, depth 0).
+            try addColumnIfMissing(db, table: "jobs", column: "parent_id", type: "TEXT")
+            try addColumnIfMissing(db, table: "jobs", column: "root_id", type: "TEXT")
+            try addColumnIfMissing(db, table: "jobs", column: "depth", type: "INTEGER NOT NULL DEFAULT 0")
+            try db.exec("CREATE INDEX IF NOT EXISTS jobs_root ON jobs(root_id) WHERE root_id IS NOT NULL")
+        },
     ]
 
-    static let latestSchemaVersion = 4
+    static let latestSchemaVersion = 5
     /// The last step that is idempotent and re-run below version 4 (see `migrate`).
     static let idempotentHistory = 3
 

@@ -35,6 +35,14 @@ public struct JobRecord: Sendable, Equatable {
     public var options = RunOptions()
     /// The trace the job belongs to (the caller's `traceparent`, or one the supervisor made).
     public var trace: TraceContext?
+    /// Sub-jobs: the job that submitted this one from inside its sandbox (nil: submitted from
+    /// outside, a root), the root of its tree (nil: itself), its depth below the root.
+    public var parentID: String?
+    public var rootID: String?
+    public var depth = 0
+
+    /// The root of the job's tree: its own id for a job submitted from outside.
+    public var treeRoot: String { rootID ?? id }
 
     public init(
         id: String, tenant: TenantName, state: JobState, argv: [String], env: [SubmitRequest.EnvVar], cwd: String,
@@ -63,6 +71,9 @@ public struct JobRecord: Sendable, Equatable {
         v.stdinOpen = options.stdinOpen
         v.tty = options.tty
         v.traceID = trace?.traceID
+        v.parentID = parentID
+        v.rootID = rootID
+        v.depth = depth
         return v
     }
 }

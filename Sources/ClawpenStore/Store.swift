@@ -103,7 +103,8 @@ public final class Store: @unchecked Sendable {
     static let jobColumns = """
         id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt,
         created_at, started_at, finished_at, exit_code, signal, stdout, stderr, stdout_truncated,
-        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent, seal_key, result_key
+        stderr_truncated, run_ms, cpu_ms, max_rss_kb, error_code, error_message, traceparent, seal_key, result_key,
+        parent_id, root_id, depth
         """
 
     /// A row as a record, its sealed fields opened (Store+Sealing.swift). A field that does not
@@ -140,6 +141,9 @@ public final class Store: @unchecked Sendable {
             idempotencyKey: r.optionalText(9), attempt: Int(r.int(10)), createdAt: r.double(11),
             startedAt: r.optionalDouble(12), finishedAt: r.optionalDouble(13), result: result)
         job.trace = r.optionalText(25).flatMap(TraceContext.init(parsing:))
+        job.parentID = r.optionalText(28)
+        job.rootID = r.optionalText(29)
+        job.depth = Int(r.optionalInt(30) ?? 0)
         return job
     }
 
@@ -186,8 +190,9 @@ public final class Store: @unchecked Sendable {
                 let key = keys[job.tenant]
                 try db.run(
                     """
-                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent, seal_key)
-                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent, seal_key,
+                        parent_id, root_id, depth)
+                    VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                     """,
                     [
                         .text(job.id), .text(job.tenant.value), .text(job.state.rawValue),
@@ -197,6 +202,7 @@ public final class Store: @unchecked Sendable {
                         .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
                         .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
                         .optional(job.trace?.traceparent), .optional(key.map { Int64($0) }),
+                        .optional(job.parentID), .optional(job.parentID == nil ? nil : job.rootID), .int(Int64(job.depth)),
                     ])
             }
         }
@@ -236,6 +242,14 @@ public final class Store: @unchecked Sendable {
         bind.append(.int(Int64(limit + excluding.count)))
         let rows = try db.rows("SELECT \(Self.jobColumns) FROM jobs\(filter) ORDER BY created_at DESC, id DESC LIMIT ?", bind, decodeJobForListing)
         return Array(rows.lazy.filter { !excluding.contains($0.id) }.prefix(limit))
+    }
+
+    /// Every job of the tree whose root is `rootID`, the root first, then in acceptance order
+    /// (`job.tree`); at most `limit`.
+    public func jobTree(rootID: String, limit: Int = 10_000) throws(StoreError) -> [JobRecord] {
+        try db.rows(
+            "SELECT \(Self.jobColumns) FROM jobs WHERE id=? OR root_id=? ORDER BY depth, created_at, id LIMIT ?",
+            [.text(rootID), .text(rootID), .int(Int64(limit))], Self.decodeJob)
     }
 
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {

@@ -100,6 +100,7 @@ extension Supervisor {
         }
         metrics.storeCommit.record(Clock.monotonic() - began)
         for p in batch {
+            if p.stream || p.wait { lendWhileAgentWaits(p.responder, for: p.job.id) }
             if p.stream {
                 acceptedStream(p.job, p.responder)
             } else if p.wait {

@@ -10,6 +10,13 @@ import Glibc
 extension Supervisor {
     func handle(_ request: Request, _ r: Responder) {
         loop.preconditionInEventLoop()
+        // A job calling from inside its sandbox is its own principal (Requests+Agent.swift).
+        if let agent = r.agent { handleAgent(request, r, agent); return }
+        handleAny(request, r)
+    }
+
+    /// A request of whoever `authorize` lets make it (an agent's, once Requests+Agent.swift let it through).
+    func handleAny(_ request: Request, _ r: Responder) {
         do {
             switch request {
             case .ping:
@@ -24,6 +31,7 @@ extension Supervisor {
                 try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.wait")
                 if view.state.isFinal { r.job(view) } else { addWaiter(id) { r.job($0) } }
             case .jobCancel(let id): try cancel(id, r)
+            case .jobTree(let id): try jobTree(id, r)
             case .tenantCreate(let name, let tier):
                 try authorize(r, .operator(command: "tenant create"), request: "tenant.create", tenant: name)
                 r.reply("tenant", [("tenant", try createTenant(name, tier, r).json)])
@@ -81,6 +89,7 @@ extension Supervisor {
     /// The caller's right to `action` (SO_PEERCRED against access.toml; root is an operator).
     /// A refusal is audited and thrown as permission_denied naming the rule.
     func authorize(_ r: Responder, _ action: AccessAction, request: String, tenant: TenantName? = nil) throws(ProtocolError) {
+        if let agent = r.agent { try authorizeAgent(r, agent, action, request: request); return }
         guard let cred = r.caller else {
             audit(tenant: tenant, caller: r, action: "permission.denied", rule: "no peer credentials", detail: request)
             throw ProtocolError(
@@ -167,28 +176,37 @@ extension Supervisor {
 
     // MARK: Jobs
 
-    private func submit(_ request: SubmitRequest, _ r: Responder) throws {
+    func submit(_ request: SubmitRequest, _ r: Responder) throws {
         // Every job belongs to a trace: the caller's traceparent, or a new one.
         var s = request
-        if s.trace == nil { s.trace = TraceContext.generate() }
         let name = s.tenant
         try authorize(r, .submit(tenant: name), request: "submit")
         let t = try tenant(name)
+        // From inside a job's sandbox: a sub-job of that job (nil: a root).
+        let parent = try agentParent(r, tenant: name)
+        // A sub-job without a traceparent of its own is a child span of the job that submitted it.
+        if s.trace == nil, let p = parent, let trace = p.trace { s.trace = trace.child(spanID: TraceContext.spanID(forJob: p.id)) }
+        if s.trace == nil { s.trace = TraceContext.generate() }
         if let key = s.idempotencyKey {
             // A resubmission returns the first job: no quota applies to it again.
             if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
             if let existing = try store.job(tenant: name, idempotencyKey: key) {
+                // From inside a job, a key names a job of the caller's own tree or nothing.
+                if let p = parent, let agent = r.agent, existing.treeRoot != p.treeRoot {
+                    throw agentRefusal(r, agent, "submit", "idempotency key \(key.prefix(80)) belongs to a job of another tree")
+                }
                 let current = try activeOrStoredJob(existing.id)
                 if s.options.stream { try streamExisting(current, r); return }
                 if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } } else { r.job(current, existing: true) }
                 return
             }
         }
-        switch core.admit(s, tenant: t, jobID: JobID.make(), isExecutable: PolicyRuntime.isExecutableInSandbox) {
+        switch core.admit(s, tenant: t, jobID: JobID.make(), parent: parent, isExecutable: PolicyRuntime.isExecutableInSandbox) {
         case .failure(let refusal):
             audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail, traceID: s.trace?.traceID)
             throw refusal.error
         case .success(let job):
+            if let parent { auditSubJob(job, parent: parent, r) }
             // Accepted means committed: the reply and the dispatch follow the flush's commit.
             registerStream(job, s, r)
             commit.accepts.append(GroupCommit.PendingAccept(job: job, responder: r, wait: s.wait, stream: s.options.stream))

@@ -15,6 +15,9 @@ struct Responder: Sendable {
     let id: JSONValue
     /// Who is on the other end (SO_PEERCRED, read when the connection was accepted).
     var caller: PeerCredentials? = nil
+    /// Set on the agent socket inside a tenant's sandbox: the principal is that tenant's job,
+    /// never an operator (Agent/AgentSockets.swift).
+    var agent: AgentCaller? = nil
 
     var callerUID: Int? { caller.map { Int($0.uid) } }
 

@@ -77,6 +77,14 @@ public enum Server {
             logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
             cgroups: cgroups)
         supervisor.installKeys(keys)
+        // Large request frames are parsed here, off the loop (ClientHandler): one thread per
+        // core, so that parsing several at once still leaves the loop its own core. Made before
+        // the supervisor starts: the agent sockets of the workers it starts share it.
+        let parser = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
+        parser.start()
+        supervisor.agent.config = AgentListenerConfig(
+            parser: parser, maxFrameBytes: config.maxFrameBytes,
+            partialTimeout: TimeAmount.milliseconds(Int64(config.partialFrameTimeoutSeconds * 1000)))
         do {
             try loop.submit { try supervisor.start() }.wait()
             running.withLockedValue { $0 = supervisor }
@@ -99,11 +107,6 @@ public enum Server {
             try? group.syncShutdownGracefully()
             throw .egress("\(error)")
         }
-
-        // Large request frames are parsed here, off the loop (ClientHandler): one thread per
-        // core, so that parsing several at once still leaves the loop its own core.
-        let parser = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
-        parser.start()
 
         let server: Channel
         let oldMask = umask(0o117) // the socket is created 0660
@@ -204,6 +207,7 @@ public enum Server {
         beat?.cancel()
         for s in sources { s.cancel() }
         try? loop.submit { supervisor.stopEgressProxy() }.wait()
+        try? loop.submit { supervisor.closeAgentListeners() }.wait()
         supervisor.stopSpawnThread()
         // An activated socket belongs to systemd (clawpen.socket keeps listening): never unlinked.
         if activated == nil { unlink(config.socketPath) }

@@ -86,6 +86,10 @@ public final class Supervisor: @unchecked Sendable {
     var egress = EgressState()
     /// Keys, offboarding, retention (TenantData/).
     var tenantData = TenantDataState()
+    /// The agent sockets inside the sandboxes and their callers (Agent/).
+    var agent = AgentState()
+    /// Which job runs in which cgroup slot (the agent socket's lookup, the trees' CPU).
+    let jobSlots: JobSlotIndex
 
     init(
         loop: EventLoop, config: ServeConfig, store: Store, policies: PolicySet, jobSeccompGuard: [UInt8] = [], logger: Logger,
@@ -95,13 +99,15 @@ public final class Supervisor: @unchecked Sendable {
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
         self.seccompPrograms = seccompPrograms; self.cgroups = cgroups
         self.jobSeccompGuard = jobSeccompGuard
+        let jobSlots = JobSlotIndex(cgroups: cgroups)
+        self.jobSlots = jobSlots
         let maxRunning = config.maxRunning ?? Core.defaultMaxRunning(cores: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         self.core = Core(
             config: Core.Config(
                 idleTimeoutMs: Int(config.idleTimeoutSeconds * 1000), shutdownGraceMs: Int(config.shutdownGraceSeconds * 1000),
                 dispatchMode: config.dispatchMode, maxRunning: maxRunning,
                 reservedSlots: config.reservedSlots ?? Core.defaultReserve(maxRunning: maxRunning)),
-            clock: SystemClock(), probe: CgroupProbeReader(cgroups: cgroups))
+            clock: SystemClock(), probe: CgroupProbeReader(cgroups: cgroups, jobs: jobSlots))
     }
 
     // MARK: - Start-up
@@ -142,10 +148,14 @@ public final class Supervisor: @unchecked Sendable {
             perform(core.workerReady(w.ref))
         case .setupFailed(let step, let err, let detail):
             perform(core.workerSetupFailed(w.ref, WorkerFailure(.setup, stage: step, errno: err, errnoText: errnoString(err), detail: detail)))
-        case .started(let id, _):
+        case .started(let id, _, let slot):
             perform(core.workerStarted(w.ref, jobID: id))
+            agentJobStarted(id, slot: slot, w)
             streamJobStarted(id, w)
+        case .synced(let token):
+            agentSynced(token, w)
         case .finished(let report):
+            agentJobEnded(report.jobID, w)
             perform(core.jobReported(w.ref, report))
             streamJobFinished(report.jobID)
         case .runtime(let event):
@@ -164,6 +174,7 @@ public final class Supervisor: @unchecked Sendable {
         guard !w.exited else { return }
         w.exited = true
         fileWorkerGone(w)
+        agentWorkerGone(w)
         reap(w, attempt: 0)
     }
 
@@ -180,10 +191,9 @@ public final class Supervisor: @unchecked Sendable {
                 if case .run(var run) = message, let tenant = workers[w.id]?.tenant {
                     // The proxy variables and secrets' placeholders: at dispatch, never stored.
                     let extra = egressEnvironment(tenant, argv: run.argv)
-                    if !extra.isEmpty {
-                        run.env = extra + run.env
-                        message = .run(run)
-                    }
+                    // The agent socket's variables come last, so that the request's cannot shadow them.
+                    run.env = extra + run.env + agentEnvironment(tenant, jobID: run.jobID)
+                    message = .run(run)
                 }
                 channel.write(channel.allocator.frame(message.encoded()), promise: nil)
                 // Runs are flushed together (the core says when); everything else at once.
@@ -294,6 +304,8 @@ struct SystemClock: CoreClock {
 /// What the core reads of the tenant cgroups.
 struct CgroupProbeReader: ResourceProbe {
     let cgroups: CgroupTree?
+    let jobs: JobSlotIndex
     func cpuUsageMicros(_ tenant: TenantName) -> Int64? { cgroups?.cpuUsageMicros(tenant) }
+    func jobCPUMicros(_ tenant: TenantName, jobID: String) -> Int64? { jobs.cpuMicros(tenant, jobID: jobID) }
     func oomKills(_ tenant: TenantName) -> Int64? { cgroups?.oomKills(tenant) }
 }

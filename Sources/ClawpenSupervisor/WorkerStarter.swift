@@ -22,6 +22,8 @@ extension Supervisor {
                 jobSeccompProgram: jobSeccompGuard, cgroupNode: cgroups?.tenantPath(name) ?? "",
                 jobLandlockABI: UInt32(HostEnforcement.landlockABI)))
         addEgressTrust(&plan, name)
+        prepareAgentSocket(name)
+        addAgentMounts(&plan, name)
         do { try diskQuotas.apply(tenant: name, projectID: t.record.uid, limits: t.limits) } catch {
             perform(
                 core.workerStartFailed(

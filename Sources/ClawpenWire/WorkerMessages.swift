@@ -71,10 +71,16 @@ public enum SupervisorToWorker: Equatable, Sendable {
     case runtime(RuntimeCommand)
     /// A file operation or a step of a transfer (FileMessages.swift).
     case file(FileRequest)
+    /// Answer `synced(token)` once everything sent before it is handled: whatever the worker
+    /// said about its jobs before the answer (started, finished) is then known to the
+    /// supervisor (the agent socket's caller lookup, docs/subjobs.md).
+    case sync(token: UInt32)
 
     public func encoded() -> [UInt8] {
         var w = BinaryWriter()
         switch self {
+        case .sync(let token):
+            w.u8(7); w.u32(token)
         case .file(let f):
             w = BinaryWriter(capacity: f.encodedCapacity)
             w.u8(40); f.encode(into: &w)
@@ -112,6 +118,7 @@ public enum SupervisorToWorker: Equatable, Sendable {
         case 4: msg = .configure(try SandboxPlan.decode(&r))
         case 5: msg = .pause
         case 6: msg = .resume(pausedMs: try r.u32())
+        case 7: msg = .sync(token: try r.u32())
         case 40: msg = .file(try FileRequest.decode(&r))
         case let tag:
             guard let command = try RuntimeCommand.decode(tag: tag, &r) else { throw .badValue }
@@ -127,8 +134,11 @@ public enum WorkerToSupervisor: Equatable, Sendable {
     case ready(pid: Int32)
     /// Setup failed at `step` with `errno`; the worker exits after sending it.
     case setupFailed(step: String, errno: Int32, detail: String)
-    case started(jobID: String, pid: Int32)
+    /// `slot`: the job's cgroup, `job-<slot>` below the tenant's node (0: it has none).
+    case started(jobID: String, pid: Int32, slot: UInt32 = 0)
     case finished(JobReport)
+    /// The answer to `sync(token)`.
+    case synced(token: UInt32)
     /// Output, replay ends and input progress of a running job.
     case runtime(RuntimeEvent)
     /// The answer to a file operation, or a step of a transfer (FileMessages.swift).
@@ -143,8 +153,10 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.u8(1); w.i32(pid)
         case .setupFailed(let step, let errno, let detail):
             w.u8(2); w.string(step); w.i32(errno); w.string(detail)
-        case .started(let id, let pid):
-            w.u8(3); w.string(id); w.i32(pid)
+        case .started(let id, let pid, let slot):
+            w.u8(3); w.string(id); w.i32(pid); w.u32(slot)
+        case .synced(let token):
+            w.u8(5); w.u32(token)
         case .file(let f):
             w = BinaryWriter(capacity: f.encodedCapacity)
             w.u8(40); f.encode(into: &w)
@@ -176,7 +188,8 @@ public enum WorkerToSupervisor: Equatable, Sendable {
         switch try r.u8() {
         case 1: msg = .ready(pid: try r.i32())
         case 2: msg = .setupFailed(step: try r.string(), errno: try r.i32(), detail: try r.string())
-        case 3: msg = .started(jobID: try r.string(), pid: try r.i32())
+        case 3: msg = .started(jobID: try r.string(), pid: try r.i32(), slot: try r.u32())
+        case 5: msg = .synced(token: try r.u32())
         case 4:
             let id = try r.string()
             let outcome: JobOutcome
@@ -202,7 +215,7 @@ public enum WorkerToSupervisor: Equatable, Sendable {
         }
         guard r.isAtEnd else { throw .badValue }
         switch msg {
-        case .started(let id, _) where id.utf8.count > maxJobIDBytes: throw .badValue
+        case .started(let id, _, _) where id.utf8.count > maxJobIDBytes: throw .badValue
         case .finished(let rep) where rep.jobID.utf8.count > maxJobIDBytes: throw .badValue
         case .runtime(let event) where event.jobID.utf8.count > maxJobIDBytes: throw .badValue
         case .setupFailed(let step, _, let detail) where step.utf8.count > 256 || detail.utf8.count > 4096: throw .badValue

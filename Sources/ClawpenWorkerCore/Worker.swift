@@ -252,6 +252,7 @@ public final class Worker {
             if let cg = job.cgroup { launcher.jobCgroups.kill(cg) }
             jobs[id] = job
         case .shutdown: shutdown(code: 0)
+        case .sync(let token): send(.synced(token: token))
         case .configure: log("ignoring a second configure message")
         case .file(let request):
             if let files {
@@ -320,7 +321,9 @@ public final class Worker {
         job.eofRequested = !request.options.stdinOpen
         jobs[request.jobID] = job
         jobByPID[started.pid] = request.jobID
-        send(.started(jobID: request.jobID, pid: started.pid))
+        // The cgroup slot lets the supervisor tell which job a caller of the agent socket is.
+        let slot = started.cgroup.flatMap { UInt32($0.name.dropFirst(4)) } ?? 0
+        send(.started(jobID: request.jobID, pid: started.pid, slot: slot))
     }
 
     /// A readable or writable pipe of some job.

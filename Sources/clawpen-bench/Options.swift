@@ -8,6 +8,7 @@ enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case stream, interactive
     case egress
     case files
+    case subjobs
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -69,7 +70,7 @@ struct Bench: ParsableCommand {
 
     @Option(
         help:
-            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, files, stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
+            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, files, subjobs (a job's submit of /bin/true that waits, from inside the sandbox against from outside), stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
     )
     var scenario: Scenario = .all
 
@@ -139,6 +140,10 @@ struct Bench: ParsableCommand {
 
     @Option(name: .customLong("runtime-samples"), help: "Timed lines (stream) or round trips (interactive), each for clawpen and for its floor.")
     var runtimeSamples: Int = 2000
+    @Option(name: .customLong("subjob-rounds"), help: "Rounds of the subjobs scenario (each: a block inside, a block outside).")
+    var subjobRounds: Int = 10
+    @Option(name: .customLong("subjob-jobs"), help: "Timed submits per block in the subjobs scenario.")
+    var subjobJobs: Int = 100
     @Option(name: .customLong("hostile-senders"), help: "Clients sending 16 MiB frames back to back in the hostile-frames scenario.")
     var hostileSenders = 2
 
@@ -170,7 +175,8 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
-            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, runtimeSamples >= 1
+            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, runtimeSamples >= 1,
+            subjobRounds >= 1, subjobJobs >= 1
         else {
             throw ValidationError("counts must be positive")
         }
@@ -199,6 +205,13 @@ struct Bench: ParsableCommand {
             if scenario == .stream { try scenarios.stream(into: &report) }
             if scenario == .interactive { try scenarios.interactive(into: &report) }
             if scenario == .egress { try scenarios.egress(into: &report) }
+            if scenario == .subjobs {
+                let figures = try scenarios.subjobs()
+                print(figures.table(), terminator: "")
+                if json { print(figures.json().text) }
+                fflush(nil)
+                return
+            }
             if scenario == .files {
                 let figures = try scenarios.files()
                 print(figures.table(), terminator: "")

@@ -43,7 +43,7 @@ func finish(_ end: JobSession.End, json: Bool) -> ExitCode {
 struct JobCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "job", abstract: "Inspect, wait for, cancel, attach to, signal and list jobs; read their logs.",
-        subcommands: [Get.self, Wait.self, Cancel.self, Attach.self, Logs.self, List.self, Signal.self])
+        subcommands: [Get.self, Wait.self, Cancel.self, Attach.self, Logs.self, List.self, Signal.self, JobTreeCommand.self])
 
     struct Get: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "get", abstract: "Show a job's state and result (at once, whatever its state).")

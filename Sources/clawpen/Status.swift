@@ -90,6 +90,14 @@ struct Status: ParsableCommand {
             return nil
         }
         if !held.isEmpty { out += "\nheld back:\n" + held.joined(separator: "\n") + "\n" }
+        // Job trees with sub-jobs: how many live, the deepest, their CPU.
+        let trees = (s["tenants"]?.arrayValue ?? []).compactMap { t -> String? in
+            guard let tr = t["trees"], let live = tr["live"]?.intValue, live > 0 else { return nil }
+            let cpu = tr["cpu_seconds"]?.doubleValue ?? 0
+            return
+                "  \(t["tenant"]?.stringValue ?? "?"): \(live) tree(s), \(tr["live_jobs"]?.intValue ?? 0) live job(s), deepest \(tr["deepest"]?.intValue ?? 0), cpu \(cpu) s"
+        }
+        if !trees.isEmpty { out += "\njob trees:\n" + trees.joined(separator: "\n") + "\n" }
         // Every limit weaker here than the policy says (no controller, no Landlock, no quota).
         let warnings = (sup["warnings"]?.arrayValue ?? []).compactMap(\.stringValue)
         if !warnings.isEmpty { out += "\nwarnings:\n" + warnings.map { "  " + $0 }.joined(separator: "\n") + "\n" }

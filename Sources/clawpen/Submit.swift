@@ -29,7 +29,7 @@ struct Submit: ParsableCommand {
             """)
 
     @OptionGroup var connection: ConnectionOptions
-    @Option(help: "The tenant to run as.") var tenant: String
+    @Option(help: "The tenant to run as (inside a job: its own, which is also the default there).") var tenant: String?
     @Option(help: "Kill the job after this many seconds (default: the tier's timeout_default_s, 30; with -i or -t its interactive_timeout_max_s).")
     var timeout: Double?
     @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable of the job (repeatable).", valueName: "K=V"))
@@ -122,7 +122,7 @@ struct SubmitArguments {
             throw try stream(argv: cmd, env: vars, initialStdin: stdinFile != nil ? stdin : [])
         }
         let request = SubmitRequest(
-            tenant: try TenantArgument.parse(tenant), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
+            tenant: try TenantArgument.resolve(tenant, connection), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach,
             // Detached (docker run -dit): stdin stays open and the terminal waits for `job attach`.
             options: RunOptions(stdinOpen: interactiveStdin, tty: tty), trace: trace)
@@ -146,7 +146,7 @@ struct SubmitArguments {
             vars.append(.init(name: "TERM", value: term))
         }
         let request = SubmitRequest(
-            tenant: try TenantArgument.parse(tenant), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
+            tenant: try TenantArgument.resolve(tenant, connection), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options, trace: trace)
         let end = try withClient(socket: socket, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
             let interactive = interactiveStdin || tty

@@ -48,8 +48,12 @@ struct Ping: ParsableCommand {
             fields.append(("round_trip_ms", .double((ms * 1000).rounded() / 1000)))
             Output.json(.object(fields))
         } else {
-            let pid = pong["pid"]?.intValue.map(String.init) ?? "?"
-            Output.writeStdout("pong from clawpen \(pong["version"]?.stringValue ?? "?") (pid \(pid)) in \(Format.ms(ms))\n")
+            // On a job's agent socket the answer names the caller as the daemon knows it.
+            let who =
+                pong["principal"]?.stringValue == "agent"
+                ? "agent socket: job \(pong["job_id"]?.stringValue ?? "?") of tenant \(pong["tenant"]?.stringValue ?? "?")"
+                : "pid \(pong["pid"]?.intValue.map(String.init) ?? "?")"
+            Output.writeStdout("pong from clawpen \(pong["version"]?.stringValue ?? "?") (\(who)) in \(Format.ms(ms))\n")
         }
     }
 

@@ -15,7 +15,10 @@ final class FakeClock: CoreClock {
 final class FakeProbe: ResourceProbe {
     var cpu: [TenantName: Int64] = [:]
     var oomKills: [TenantName: Int64] = [:]
+    /// Each running job's CPU so far (its cgroup), by job id.
+    var jobCPU: [String: Int64] = [:]
     func cpuUsageMicros(_ tenant: TenantName) -> Int64? { cpu[tenant] }
+    func jobCPUMicros(_ tenant: TenantName, jobID: String) -> Int64? { jobCPU[jobID] }
     func oomKills(_ tenant: TenantName) -> Int64? { oomKills[tenant] }
 }
 

@@ -62,12 +62,17 @@ final class ProcMaskTests: XCTestCase {
     }
 
     /// The root no longer shows the workspace's host path; the /home bind is the one line that
-    /// still does (a bind's root is its path in the host filesystem).
+    /// still does (a bind's root is its path in the host filesystem), and of the daemon's other
+    /// paths only the tenant's agent socket directory, bound at /run/clawpen (docs/sandbox.md).
     func testMountinfoShowsTheWorkspacePathOnlyForHome() throws {
         let mounts = try daemon.run("a", ["cat", "/proc/self/mountinfo"]).stdout
         let leaking = mounts.split(separator: "\n").filter { $0.contains(daemon.workspaceRoot) }
         XCTAssertEqual(leaking.count, 1, "\(leaking)")
         XCTAssertEqual(leaking.first?.split(separator: " ").dropFirst(4).first, "/home", "\(leaking)")
-        XCTAssertEqual(mounts.split(separator: "\n").filter { $0.contains(daemon.dir + "/") }.count, 1, "nothing else of the test's host paths")
+        let hostPaths = mounts.split(separator: "\n").filter { $0.contains(daemon.dir + "/") }
+        XCTAssertEqual(
+            hostPaths.compactMap { $0.split(separator: " ").dropFirst(4).first.map(String.init) }.sorted(), ["/home", "/run/clawpen"],
+            "nothing else of the test's host paths: \(hostPaths)")
+        XCTAssertTrue(hostPaths.contains { $0.contains(daemon.stateDir + "/agent/a ") }, "\(hostPaths)")
     }
 }

@@ -41,9 +41,9 @@ final class UntrustedWorkerTests: XCTestCase {
     }
 
     func testWorkerReportingAJobItWasNotGivenIsKilled() throws {
-        // ready(pid 1), then started("nope", pid 1)
+        // ready(pid 1), then started("nope", pid 1, slot 0)
         try check(
-            #"printf '\000\000\000\005\001\000\000\000\001' >&3; printf '\000\000\000\015\003\000\000\000\004nope\000\000\000\001' >&3; sleep 30"#,
+            #"printf '\000\000\000\005\001\000\000\000\001' >&3; printf '\000\000\000\021\003\000\000\000\004nope\000\000\000\001\000\000\000\000' >&3; sleep 30"#,
             says: "was not given")
     }
 

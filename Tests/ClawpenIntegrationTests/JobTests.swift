@@ -61,10 +61,14 @@ final class JobTests: XCTestCase {
         XCTAssertEqual(lines[1], "/home/sub", "the job sees its workspace as /")
         XCTAssertEqual(lines.last, "from stdin")
         // Nothing of the daemon's environment leaks into the job.
-        let env = try daemon.run("a", ["env"]).stdout
+        let envJob = try daemon.run("a", ["env"])
+        let env = envJob.stdout
         XCTAssertTrue(env.contains("USER=a"))
         XCTAssertTrue(env.contains("PATH=/usr/local/bin:/usr/bin:/bin"))
-        XCTAssertFalse(env.contains("CLAWPEN_"))
+        // Only the job's own agent socket and id (docs/subjobs.md), none of the daemon's CLAWPEN_*.
+        let ours = env.split(separator: "\n").filter { $0.hasPrefix("CLAWPEN_") }.map { String($0.prefix { $0 != "=" }) }
+        XCTAssertEqual(ours.sorted(), ["CLAWPEN_JOB_ID", "CLAWPEN_SOCKET"], env)
+        XCTAssertTrue(env.contains("CLAWPEN_JOB_ID=\(envJob.id)\n"), env)
         // Binary stdin (not UTF-8) round-trips byte for byte.
         let bytes: [UInt8] = [0, 1, 2, 0xFF, 0xFE, 10]
         let od = try daemon.run("a", ["od", "-An", "-tx1"], stdin: bytes)

@@ -127,8 +127,12 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.pidsMax), [64, 256, 1024])
         XCTAssertEqual([free, pro, ent].map(\.cpuMaxCores), [0.5, 1, 2])
         XCTAssertEqual([free, pro, ent].map(\.cpuWeight), [1, 4, 16])
-        XCTAssertEqual(TierLimits.keys.count, 27)
         XCTAssertEqual([free, pro, ent].map(\.jobRetentionDays), [7, 30, 90])
+        XCTAssertEqual(TierLimits.keys.count, 31)
+        XCTAssertEqual([free, pro, ent].map(\.maxDepth), [3, 3, 3])
+        XCTAssertEqual([free, pro, ent].map(\.treeMaxJobs), [50, 50, 50])
+        XCTAssertEqual([free, pro, ent].map(\.treeCPUSeconds), [60, 600, 3600])
+        XCTAssertEqual([free, pro, ent].map(\.treeTimeoutSeconds), [300, 1800, 7200])
         XCTAssertEqual([free, pro, ent].map(\.interactiveTimeoutMaxSeconds), [600, 3600, 14400])
         XCTAssertEqual(TierLimits.requiredKeys.count, 17)
         XCTAssertEqual([free, pro, ent].map(\.maxAttempts), [3, 3, 3])
@@ -340,6 +344,24 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(
             PolicyLoader.check(directory: dir.path),
             [.missingKey(file: file, key: "cpu_weight"), .missingKey(file: file, key: "tmp_size")])
+    }
+
+    func testTierFileWithoutTheTreeKeysGetsTheTiersValues() throws {
+        let dir = try PolicyDir()
+        defer { dir.cleanup() }
+        for key in ["max_depth", "tree_max_jobs", "tree_cpu_seconds", "tree_timeout_s"] {
+            try dir.deleteKey(key, in: .pro)
+        }
+        try dir.setKey("tree_cpu_seconds", to: "2.5", in: .free)
+        let set = try PolicyLoader.load(directory: dir.path)
+        let pro = try XCTUnwrap(set.tiers[.pro])
+        XCTAssertEqual(pro.maxDepth, 3)
+        XCTAssertEqual(pro.treeMaxJobs, 50)
+        XCTAssertEqual(pro.treeCPUSeconds, 600)
+        XCTAssertEqual(pro.treeTimeoutSeconds, 1800)
+        XCTAssertEqual(set.tiers[.free]?.treeCPUSeconds, 2.5)
+        try dir.setKey("max_depth", to: "-1", in: .free)
+        XCTAssertNotNil(loadError(dir.path), "a negative max_depth is refused")
     }
 
     func testSyntaxErrorInTierFile() throws {

@@ -16,6 +16,7 @@
 //   cp_pty.h       pseudo-terminals of interactive jobs, window sizes, raw mode (ioctls, termios)
 //   cp_openat2.h   openat2 with RESOLVE_BENEATH|NO_SYMLINKS for the worker's file operations (no wrapper, O_PATH)
 //   cp_egress.h    listeners in a tenant's netns, SCM_RIGHTS, the egress proxy's read-only root
+//   cp_peer.h      the agent socket's caller: SO_PEERPIDFD and pidfd_send_signal (no glibc names)
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
 
@@ -34,5 +35,6 @@
 #include "cp_pty.h"
 #include "cp_openat2.h"
 #include "cp_egress.h"
+#include "cp_peer.h"
 
 #endif

@@ -1,4 +1,6 @@
+import CClawpenShim
 import ClawpenProtocol
+import ClawpenWire
 import Glibc
 import NIOCore
 import NIOPosix
@@ -45,12 +47,26 @@ final class ClientHandler: ChannelDuplexHandler {
     /// Bytes parsed on the loop since the last read completed (see `inlineParseBytes`).
     private var parsedInline = 0
 
-    init(supervisor: Supervisor, parser: NIOThreadPool) {
+    /// The agent socket's tenant (nil: the control socket). Its requests may leave the tenant out.
+    private let agentTenant: TenantName?
+    /// Who the agent socket's caller is (set once the kernel's answer is checked); reads are
+    /// held until then.
+    private var agent: AgentCaller?
+    private var identifying = false
+
+    init(supervisor: Supervisor, parser: NIOThreadPool, agentTenant: TenantName? = nil) {
         self.supervisor = supervisor
         self.parser = parser
+        self.agentTenant = agentTenant
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        if let tenant = agentTenant {
+            identifying = true
+            identifyAgent(tenant, context: context)
+            context.fireChannelActive()
+            return
+        }
         // The kernel's word on who connected, not the client's: read once per connection. On
         // this loop the read completes at once, before any frame of the connection is handled.
         if let provider = context.channel as? SocketOptionProvider {
@@ -62,6 +78,32 @@ final class ClientHandler: ChannelDuplexHandler {
             }
         }
         context.fireChannelActive()
+    }
+
+    /// The agent socket: the calling job from the kernel (the connecting process's pid, pidfd and
+    /// cgroup; Agent/AgentSockets.swift), never from what it sends. Nothing is read before.
+    private func identifyAgent(_ tenant: TenantName, context: ChannelHandlerContext) {
+        let me = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let finish: (PeerCredentials?, Int32) -> Void = { cred, pidfd in
+            let (handler, context) = me.value
+            handler.caller = cred
+            handler.supervisor.identifyAgent(tenant: tenant, cred: cred, pidfd: pidfd) { caller in
+                let (handler, context) = me.value
+                handler.agent = caller
+                handler.identifying = false
+                handler.drain(context: context)
+            }
+            _ = context
+        }
+        guard let provider = context.channel as? SocketOptionProvider else { finish(nil, -1); return }
+        let credRead: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        credRead.whenComplete { result in
+            let cred = try? result.get()
+            let pidfdRead: EventLoopFuture<Int32> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(CP_SO_PEERPIDFD))
+            pidfdRead.whenComplete { result in finish(cred, (try? result.get()) ?? -1) }
+        }
     }
 
     /// The client went away: whatever it followed keeps running (Streams.swift).
@@ -78,8 +120,9 @@ final class ClientHandler: ChannelDuplexHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    /// Requests wait: one is parsed off the loop, or the client is not reading its replies.
-    private func held(_ context: ChannelHandlerContext) -> Bool { parsing || !context.channel.isWritable }
+    /// Requests wait: the agent socket's caller is being identified, one is parsed off the loop,
+    /// or the client is not reading its replies.
+    private func held(_ context: ChannelHandlerContext) -> Bool { identifying || parsing || !context.channel.isWritable }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
@@ -97,13 +140,14 @@ final class ClientHandler: ChannelDuplexHandler {
         let allocator = context.channel.allocator
         if parsedInline + payload.readableBytes <= Self.inlineParseBytes {
             parsedInline += payload.readableBytes
-            deliver(Self.parse(payload, allocator), context: context)
+            deliver(Self.parse(payload, allocator, defaultTenant: agentTenant), context: context)
             return
         }
         parsing = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let tenant = agentTenant
         parser.runIfActive(eventLoop: context.eventLoop) {
-            Self.parse(payload, allocator)
+            Self.parse(payload, allocator, defaultTenant: tenant)
         }.whenComplete { result in
             let (me, context) = bound.value
             me.parsing = false
@@ -124,11 +168,12 @@ final class ClientHandler: ChannelDuplexHandler {
         case chunk(PutChunkFrame)
     }
 
-    static func parse(_ payload: ByteBuffer, _ allocator: ByteBufferAllocator) -> Parsed {
+    /// `defaultTenant`: an agent socket's tenant (the worker's), whatever the request says.
+    static func parse(_ payload: ByteBuffer, _ allocator: ByteBufferAllocator, defaultTenant: TenantName?) -> Parsed {
         if payload.readableBytes >= PutChunkFrame.minimumBytes, let chunk = PutChunkFrame(payload, allocator: allocator) {
             return .chunk(chunk)
         }
-        let decoded = RequestCodec.decode(Array(payload.readableBytesView))
+        let decoded = RequestCodec.decode(Array(payload.readableBytesView), defaultTenant: defaultTenant)
         return .request(id: decoded.id, request: decoded.request)
     }
 
@@ -146,9 +191,12 @@ final class ClientHandler: ChannelDuplexHandler {
     private func deliver(_ parsed: Parsed, context: ChannelHandlerContext) {
         switch parsed {
         case .chunk(let chunk):
-            supervisor.handlePutChunk(chunk, Responder(channel: context.channel, id: chunk.id, caller: caller))
+            var responder = Responder(channel: context.channel, id: chunk.id, caller: caller)
+            responder.agent = agent
+            supervisor.handlePutChunk(chunk, responder)
         case .request(let id, let request):
-            let responder = Responder(channel: context.channel, id: id, caller: caller)
+            var responder = Responder(channel: context.channel, id: id, caller: caller)
+            responder.agent = agent
             switch request {
             case .failure(let error): responder.fail(error)
             case .success(let request): supervisor.handle(request, responder)

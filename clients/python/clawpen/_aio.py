@@ -709,6 +709,10 @@ class AsyncJobs:
     async def cancel(self, job_id: str) -> Job:
         return await self._job("job.cancel", job_id)
 
+    async def tree(self, job_id: str) -> List[Job]:
+        reply = await self._client.request("job.tree", job_id=job_id)
+        return [Job.from_wire(j) for j in reply_list(reply, "jobs")]
+
     async def list(
         self, tenant: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None
     ) -> List[Job]:

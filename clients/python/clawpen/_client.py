@@ -127,7 +127,7 @@ class Client:
 
     def run(
         self,
-        tenant: str,
+        tenant: Optional[str],
         argv: Sequence[str],
         *,
         env: Optional[Mapping[str, str]] = None,
@@ -142,7 +142,8 @@ class Client:
         """Run ``argv`` as ``tenant`` inside its sandbox and return the finished job.
 
         Args:
-            tenant: the tenant to run as.
+            tenant: the tenant to run as; ``None`` from inside a job (its own tenant: the job's
+                ``$CLAWPEN_SOCKET`` is its tenant's agent socket, and the job is the parent).
             argv: the command and its arguments; ``argv[0]`` without ``/`` is looked up in
                 the job's ``PATH``.
             env: variables added to the job's environment (the tenant's ``env_allow`` decides).
@@ -201,7 +202,7 @@ class Client:
 
     def submit(
         self,
-        tenant: str,
+        tenant: Optional[str],
         argv: Sequence[str],
         *,
         env: Optional[Mapping[str, str]] = None,
@@ -617,6 +618,12 @@ class Jobs:
         """Remove a queued job or kill a running one; returns it once it has stopped (a
         finished job is returned unchanged)."""
         return self._job("job.cancel", job_id)
+
+    def tree(self, job_id: str) -> List[Job]:
+        """The tree ``job_id`` belongs to: its root first, then every sub-job below it (by
+        depth, then acceptance). From inside a job: jobs of its own tree only."""
+        reply = self._client.request("job.tree", job_id=job_id)
+        return [Job.from_wire(j) for j in reply_list(reply, "jobs")]
 
     def list(self, tenant: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None) -> List[Job]:
         """Jobs from the store, newest first, without their output (``get`` has it)."""

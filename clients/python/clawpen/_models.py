@@ -68,6 +68,11 @@ class Job:
     created_at: Optional[float] = None
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
+    #: Sub-jobs: the job that submitted this one from inside its sandbox (``None`` for a job
+    #: submitted from outside), the root of its tree (its own id for a root), its depth below it.
+    parent_id: Optional[str] = None
+    root_id: Optional[str] = None
+    depth: int = 0
     #: ``True`` when an idempotency key matched an earlier job (this is that job).
     existing: bool = False
     #: The JOB object as received.
@@ -105,6 +110,9 @@ class Job:
             created_at=_opt_float(obj.get("created_at")),
             started_at=_opt_float(obj.get("started_at")),
             finished_at=_opt_float(obj.get("finished_at")),
+            parent_id=_opt_str(obj.get("parent_id")),
+            root_id=_opt_str(obj.get("root_id")),
+            depth=_opt_int(obj.get("depth")) or 0,
             existing=existing,
             raw=obj,
         )

@@ -35,7 +35,7 @@ def deadline_for(timeout: Optional[float]) -> Optional[float]:
 
 
 def submit_fields(
-    tenant: str,
+    tenant: Optional[str],
     argv: Sequence[str],
     *,
     env: Optional[Mapping[str, str]] = None,
@@ -53,7 +53,10 @@ def submit_fields(
     """The fields of a ``submit`` request."""
     if isinstance(argv, (str, bytes)):
         raise TypeError("argv is a sequence of strings (the command and its arguments), not a string")
-    fields: Dict[str, Any] = {"tenant": tenant, "argv": [str(a) for a in argv]}
+    # Inside a job (its agent socket, $CLAWPEN_SOCKET) the tenant may be left out: the job's own.
+    fields: Dict[str, Any] = {"argv": [str(a) for a in argv]}
+    if tenant is not None:
+        fields["tenant"] = tenant
     if env:
         fields["env"] = {str(k): str(v) for k, v in env.items()}
     if cwd is not None:
