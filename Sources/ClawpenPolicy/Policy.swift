@@ -156,6 +156,7 @@ public struct TierLimits: Sendable, Equatable {
     private static func shippedLimits(for tier: Tier) -> TierLimits {
         var limits = shippedDefaults(for: tier)
         // Sub-job trees: the same shape for every tier, a budget that grows with it.
+        switch tier {
         case .free: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (60, 300)
         case .pro: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (600, 1800)
         case .enterprise: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (3600, 7200)

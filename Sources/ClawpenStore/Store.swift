@@ -249,7 +249,7 @@ public final class Store: @unchecked Sendable {
     public func jobTree(rootID: String, limit: Int = 10_000) throws(StoreError) -> [JobRecord] {
         try db.rows(
             "SELECT \(Self.jobColumns) FROM jobs WHERE id=? OR root_id=? ORDER BY depth, created_at, id LIMIT ?",
-            [.text(rootID), .text(rootID), .int(Int64(limit))], Self.decodeJob)
+            [.text(rootID), .text(rootID), .int(Int64(limit))], decodeJobForListing)
     }
 
     public func job(tenant: TenantName, idempotencyKey: String) throws(StoreError) -> JobRecord? {

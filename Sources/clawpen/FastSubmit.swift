@@ -32,7 +32,7 @@ enum FastSubmit {
     /// The arguments after `submit`, or nil where ArgumentParser must decide.
     static func parse(_ arguments: [String]) -> SubmitArguments? {
         guard let dash = arguments.firstIndex(of: "--"), dash + 1 < arguments.count else { return nil }
-        var a = SubmitArguments(tenant: "")
+        var a = SubmitArguments()
         var seen: Set<String> = []
         var tenant: String?
         var i = 0
@@ -81,7 +81,6 @@ enum FastSubmit {
         if seen.contains("-it") || seen.contains("-ti") {
             if seen.contains("-i") || seen.contains("-t") || (seen.contains("-it") && seen.contains("-ti")) { return nil }
         }
-        guard let tenant else { return nil }
         a.tenant = tenant
         a.command = Array(arguments[(dash + 1)...])
         do { try a.validate() } catch { return nil }

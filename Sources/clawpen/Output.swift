@@ -111,13 +111,17 @@ enum TenantArgument {
     /// `--tenant`, or inside a job (CLAWPEN_JOB_ID is set) the job's own tenant, which its agent
     /// socket says (`ping`); outside a job the option is required.
     static func resolve(_ raw: String?, _ connection: ConnectionOptions) throws -> TenantName {
+        try resolve(raw, socket: connection.socket)
+    }
+
+    static func resolve(_ raw: String?, socket: String?) throws -> TenantName {
         if let raw { return try parse(raw) }
         guard getenv("CLAWPEN_JOB_ID") != nil else {
             throw Output.fail(.invalidRequest, "--tenant NAME is required (only a job, inside its sandbox, may leave it out)")
         }
-        let reply = try withClient(connection) { (c: ClawpenConnection) throws(ClientError) in try c.call(.ping) }
+        let reply = try withClient(socket: socket) { (c: ClawpenConnection) throws(ClientError) in try c.call(.ping) }
         guard let name = reply["tenant"]?.stringValue else {
-            throw Output.fail(.invalidRequest, "--tenant NAME is required: the socket at \(SocketPath.resolve(connection.socket)) is not a job's agent socket")
+            throw Output.fail(.invalidRequest, "--tenant NAME is required: the socket at \(SocketPath.resolve(socket)) is not a job's agent socket")
         }
         return try parse(name)
     }

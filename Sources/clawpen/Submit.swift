@@ -72,7 +72,8 @@ struct Submit: ParsableCommand {
 /// (`Submit`) or by FastSubmit's parser of the common shapes.
 struct SubmitArguments {
     var socket: String?
-    var tenant: String
+    /// Nil: inside a job, its own tenant (TenantArgument.resolve).
+    var tenant: String?
     var timeout: Double?
     var env: [String] = []
     var cwd: String?
@@ -122,7 +123,7 @@ struct SubmitArguments {
             throw try stream(argv: cmd, env: vars, initialStdin: stdinFile != nil ? stdin : [])
         }
         let request = SubmitRequest(
-            tenant: try TenantArgument.resolve(tenant, connection), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
+            tenant: try TenantArgument.resolve(tenant, socket: socket), argv: cmd, env: vars, cwd: cwd, stdin: stdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: !detach,
             // Detached (docker run -dit): stdin stays open and the terminal waits for `job attach`.
             options: RunOptions(stdinOpen: interactiveStdin, tty: tty), trace: trace)
@@ -146,7 +147,7 @@ struct SubmitArguments {
             vars.append(.init(name: "TERM", value: term))
         }
         let request = SubmitRequest(
-            tenant: try TenantArgument.resolve(tenant, connection), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
+            tenant: try TenantArgument.resolve(tenant, socket: socket), argv: argv, env: vars, cwd: cwd, stdin: initialStdin,
             timeoutSeconds: timeout, idempotencyKey: idempotencyKey, wait: true, options: options, trace: trace)
         let end = try withClient(socket: socket, json: json) { (c: ClawpenConnection) throws(ClientError) -> JobSession.End in
             let interactive = interactiveStdin || tty

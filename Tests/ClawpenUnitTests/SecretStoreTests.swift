@@ -90,7 +90,7 @@ final class SecretStoreTests: XCTestCase {
         proc.waitUntilExit()
         XCTAssertEqual(proc.terminationStatus, 0)
         let store = try Store(path: path, fsyncAccepts: false)
-        XCTAssertEqual(Store.schemaVersion, 4)
+        XCTAssertEqual(Store.schemaVersion, 5)
         _ = try store.createTenant(name: .t("acme"), tier: "pro", uidRange: 100...200, now: 1)
         XCTAssertNil(try store.activeTenantKey(.t("acme")))
         XCTAssertEqual(try store.secrets(.t("acme")), [])

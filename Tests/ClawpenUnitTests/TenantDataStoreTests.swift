@@ -45,7 +45,7 @@ final class TenantDataStoreTests: XCTestCase {
             let s = try Store(path: path, fsyncAccepts: false)
             XCTAssertEqual(try s.debugQuery("SELECT value FROM meta WHERE key='schema_version'"), [String(Store.schemaVersion)])
             XCTAssertEqual(try s.debugQuery("PRAGMA user_version"), [String(Store.schemaVersion)])
-            XCTAssertEqual(Store.schemaVersion, 4)
+            XCTAssertEqual(Store.schemaVersion, 5)
             XCTAssertEqual(Store.migrationVersions, Array(1...Store.schemaVersion), "numbered, in order, none missing")
             _ = try s.debugQuery("UPDATE meta SET value='\(Store.schemaVersion + 1)' WHERE key='schema_version'")
         }
@@ -69,7 +69,7 @@ final class TenantDataStoreTests: XCTestCase {
         let path = dir + "/clawpen.db"
         try FileManager.default.copyItem(atPath: fixture.appendingPathComponent("clawpen.db").path, toPath: path)
         let store = try Store(path: path, fsyncAccepts: false)
-        XCTAssertEqual(try store.debugQuery("SELECT value FROM meta WHERE key='schema_version'"), ["4"])
+        XCTAssertEqual(try store.debugQuery("SELECT value FROM meta WHERE key='schema_version'"), ["5"])
         // Before sealing: the old rows read as they are.
         for e in expected {
             let id = try XCTUnwrap(e["id"]?.stringValue)
