@@ -137,8 +137,9 @@ public enum Server {
             try? group.syncShutdownGracefully()
             throw .bind(path: config.socketPath, message: "\(error)")
         }
+        // The umask made the socket 0660 at bind: no chmod after it, which would race with
+        // whatever an operator (or a test) set once the socket answered.
         umask(oldMask)
-        if activated == nil { chmod(config.socketPath, 0o660) }
         readiness.serving()
         logger.notice(
             "clawpen serving",
