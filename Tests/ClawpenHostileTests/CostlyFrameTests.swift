@@ -160,8 +160,7 @@ final class CostlyFrameTests: XCTestCase {
             var p = Array("{\"type\":\"ping\",\"id\":\(i),\"pad\":[".utf8)
             while p.count + nest.utf8.count + 3 < 4096 { p += Array(nest.utf8) + [UInt8(ascii: ",")] }
             p += Array("0]}".utf8)
-            let n = UInt32(p.count)
-            stream += [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + p
+            stream += Framing.frame(p)
         }
         let other = try daemon.connect()
         let frames = stream
@@ -198,10 +197,7 @@ final class CostlyFrameTests: XCTestCase {
         let raw = try RawSocket(daemon.socket)
         let large = frame("\"pad\":\"", { _ in #"\n\t"# }, "\"")
         var both: [UInt8] = []
-        for p in [large, Array("{\"type\":\"ping\",\"id\":\"second\"}".utf8)] {
-            let n = UInt32(p.count)
-            both += [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + p
-        }
+        for p in [large, Array("{\"type\":\"ping\",\"id\":\"second\"}".utf8)] { both += Framing.frame(p) }
         raw.send(both)
         XCTAssertEqual(raw.readFrame()?["id"]?.stringValue, "hostile")
         XCTAssertEqual(raw.readFrame()?["id"]?.stringValue, "second")

@@ -89,14 +89,11 @@ final class StreamFloodTests: XCTestCase {
         let flags = fcntl(c.socket.fd, F_GETFL)
         _ = fcntl(c.socket.fd, F_SETFL, flags | O_NONBLOCK)
         let chunk = Array(repeating: UInt8(ascii: "x"), count: 48 * 1024)
-        let frame: [UInt8] = {
-            let payload = JSONValue.object([
+        let frame = Framing.frame(
+            JSONValue.object([
                 ("type", .string("job.input")), ("id", .int(1)), ("job_id", .string(jobID)),
                 ("data_b64", .string(Data(chunk).base64EncodedString())),
-            ]).serialized()
-            let n = UInt32(payload.count)
-            return [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + payload
-        }()
+            ]).serialized())
         var sent = 0, offset = 0
         let end = Date().addingTimeInterval(3)
         while Date() < end {
@@ -128,9 +125,7 @@ final class StreamFloodTests: XCTestCase {
         let c = try StreamClient(daemon)
         let flags = fcntl(c.socket.fd, F_GETFL)
         _ = fcntl(c.socket.fd, F_SETFL, flags | O_NONBLOCK)
-        let payload = JSONValue.object([("type", .string("job.get")), ("id", .int(1)), ("job_id", .string(job.id))]).serialized()
-        let n = UInt32(payload.count)
-        let frame = [UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + payload
+        let frame = Framing.frame(JSONValue.object([("type", .string("job.get")), ("id", .int(1)), ("job_id", .string(job.id))]).serialized())
         var all: [UInt8] = []
         for _ in 0..<1000 { all += frame }
         var sent = 0

@@ -18,12 +18,9 @@ extension Supervisor {
             m.syncCounter(
                 name("stream_slow_detached", "total", "Attached clients detached because they stopped reading a job's output."),
                 labels: labels, total: c.slowFollowersDetached)
-            m.syncCounter(
-                name("file", "bytes_total", "File content moved by file.put (direction=in) and file.get (direction=out)."),
-                labels: [("tenant", tenant.value), ("direction", "in")], total: c.fileBytesIn)
-            m.syncCounter(
-                name("file", "bytes_total", "File content moved by file.put (direction=in) and file.get (direction=out)."),
-                labels: [("tenant", tenant.value), ("direction", "out")], total: c.fileBytesOut)
+            let fileBytes = name("file", "bytes_total", "File content moved by file.put (direction=in) and file.get (direction=out).")
+            m.syncCounter(fileBytes, labels: [("tenant", tenant.value), ("direction", "in")], total: c.fileBytesIn)
+            m.syncCounter(fileBytes, labels: [("tenant", tenant.value), ("direction", "out")], total: c.fileBytesOut)
             for (key, n) in c.fileOps {
                 m.syncCounter(
                     name("file_ops", "total", "File operations that ended, by operation and result (ok, or the error code)."),
