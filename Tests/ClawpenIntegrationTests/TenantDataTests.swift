@@ -301,4 +301,84 @@ final class TenantDataTests: XCTestCase {
         let audit = try cli(["audit", "--tenant", "acme"]).stdout
         XCTAssertTrue(audit.contains("jobs.purged") && audit.contains("job_retention_days"), audit)
     }
+
+    /// A large purge never stalls the event loop: 60,000 finished records past retention are
+    /// deleted by the retention thread (in batches, with pauses) while a client pings and
+    /// submits. The figures are printed; the bounds asserted are loose enough for a loaded
+    /// machine and still catch a purge that holds the loop (or SQLite's write lock) for seconds.
+    func testALargePurgeDoesNotStallPingsOrSubmits() throws {
+        daemon = try Daemon().start()
+        try daemon.createTenant("acme")
+        let seed = try daemon.run("acme", ["echo", "seed"])
+        daemon.stop()
+        let count = 60_000
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [
+            "python3", "-c",
+            """
+            import sqlite3, sys
+            c = sqlite3.connect(sys.argv[1])
+            cols = [r[1] for r in c.execute("PRAGMA table_info(jobs)")]
+            pick = ", ".join("id || '-' || n.v" if k == "id" else "NULL" if k == "idempotency_key" else
+                             "finished_at - 8*86400" if k == "finished_at" else "created_at - 8*86400" if k == "created_at" else k
+                             for k in cols)
+            c.execute("WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v+1 FROM n WHERE v < ?) "
+                      "INSERT INTO jobs (" + ", ".join(cols) + ") SELECT " + pick + " FROM jobs, n WHERE jobs.id = ?",
+                      (int(sys.argv[2]), sys.argv[3]))
+            c.commit()
+            """,
+            daemon.stateDir + "/clawpen.db", "\(count)", seed.id,
+        ]
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+
+        daemon = try Daemon(dir: daemon.dir).start()
+        let conn = try daemon.connect()
+        // The retention pass starts five seconds after start: the first 2.5 s are the baseline.
+        var baseline: [Double] = []
+        var baselineSubmits: [Double] = []
+        let quiet = Date().addingTimeInterval(2.5)
+        while Date() < quiet {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try conn.call(.ping)
+            baseline.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            if baseline.count % 20 == 0 {
+                let t1 = DispatchTime.now().uptimeNanoseconds
+                _ = try daemon.run("acme", ["true"])
+                baselineSubmits.append(Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6)
+            }
+            usleep(2_000)
+        }
+        var pings: [Double] = []
+        var submits: [Double] = []
+        var purged = false
+        let deadline = Date().addingTimeInterval(120)
+        while !purged && Date() < deadline {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try conn.call(.ping)
+            pings.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            if pings.count % 20 == 0 {
+                let t1 = DispatchTime.now().uptimeNanoseconds
+                _ = try daemon.run("acme", ["true"])
+                submits.append(Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6)
+                let audit = try cli(["audit", "--tenant", "acme", "--json"]).stdout
+                purged = audit.contains("\(count) finished job record")
+            }
+            usleep(2_000)
+        }
+        XCTAssertTrue(purged, "the purge of \(count) records finished: \(daemon.log)")
+        XCTAssertEqual(try cli(["job", "get", seed.id]).status, 0, "the recent seed record stays")
+        func pct(_ xs: [Double], _ q: Double) -> Double { xs.sorted()[min(xs.count - 1, Int(Double(xs.count) * q))] }
+        print(
+            "before the purge: \(baseline.count) pings p50 \(pct(baseline, 0.5)) ms p99 \(pct(baseline, 0.99)) ms; \(baselineSubmits.count) submits p50 \(pct(baselineSubmits, 0.5)) ms p99 \(pct(baselineSubmits, 0.99)) ms"
+        )
+        print(
+            "purge of \(count): \(pings.count) pings p50 \(pct(pings, 0.5)) ms p99 \(pct(pings, 0.99)) ms max \(pings.max()!) ms; \(submits.count) submits p50 \(pct(submits, 0.5)) ms p99 \(pct(submits, 0.99)) ms"
+        )
+        XCTAssertLessThan(pct(pings, 0.99), 100, "ping p99 during the purge")
+        XCTAssertLessThan(pings.max()!, 1000, "no ping waited a second")
+        XCTAssertLessThan(submits.max() ?? 0, 2000, "no submit waited two seconds")
+    }
 }
