@@ -882,8 +882,8 @@ class AsyncTenants:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def create(self, name: str, tier: str = "free") -> Dict[str, Any]:
-        return reply_dict(await self._client.request("tenant.create", name=name, tier=tier), "tenant")
+    async def create(self, name: str, tier: str = "free", *, key_file: Optional[str] = None) -> Dict[str, Any]:
+        return reply_dict(await self._client.request("tenant.create", name=name, tier=tier, key_file=key_file), "tenant")
 
     async def list(self) -> List[Dict[str, Any]]:
         return reply_list(await self._client.request("tenant.list"), "tenants")
@@ -902,3 +902,23 @@ class AsyncTenants:
 
     async def inspect(self, name: str) -> Dict[str, Any]:
         return reply_dict(await self._client.request("tenant.inspect", name=name), "inspect")
+
+    async def offboard(
+        self,
+        name: str,
+        *,
+        dry_run: bool = False,
+        grace_period_days: Optional[int] = None,
+        now: bool = False,
+        delete_audit: bool = False,
+    ) -> Dict[str, Any]:
+        fields: Dict[str, Any] = {"name": name, "dry_run": dry_run}
+        if not dry_run:
+            fields.update(grace_period_days=grace_period_days, now=now, delete_audit=delete_audit)
+        return strip_envelope(await self._client.request("tenant.offboard", **fields))
+
+    async def restore(self, name: str) -> Dict[str, Any]:
+        return strip_envelope(await self._client.request("tenant.restore", name=name))
+
+    async def export(self, name: str, to: str) -> Dict[str, Any]:
+        return strip_envelope(await self._client.request("tenant.export", name=name, to=to))

@@ -831,10 +831,12 @@ class Tenants:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def create(self, name: str, tier: str = "free") -> Dict[str, Any]:
+    def create(self, name: str, tier: str = "free", *, key_file: Optional[str] = None) -> Dict[str, Any]:
         """Create a tenant (``tier``: ``free``, ``pro`` or ``enterprise``); its TENANT object
-        (``tenant``, ``tier``, ``uid``, ``workspace``, ``created_at``)."""
-        return reply_dict(self._client.request("tenant.create", name=name, tier=tier), "tenant")
+        (``tenant``, ``tier``, ``uid``, ``workspace``, ``created_at``). ``key_file``: an
+        absolute path on the daemon's host to the tenant's own key (32 bytes or 64 hex digits,
+        0600), which then wraps the tenant's data key instead of the host's master key."""
+        return reply_dict(self._client.request("tenant.create", name=name, tier=tier, key_file=key_file), "tenant")
 
     def list(self) -> List[Dict[str, Any]]:
         """Every tenant (TENANT objects)."""
@@ -865,3 +867,36 @@ class Tenants:
         """What the tenant's running worker actually has, read from the kernel, beside what its
         policy asks (``facts``, ``mismatches``)."""
         return reply_dict(self._client.request("tenant.inspect", name=name), "inspect")
+
+    def offboard(
+        self,
+        name: str,
+        *,
+        dry_run: bool = False,
+        grace_period_days: Optional[int] = None,
+        now: bool = False,
+        delete_audit: bool = False,
+    ) -> Dict[str, Any]:
+        """Offboard a tenant. ``dry_run=True`` changes nothing and returns ``would_remove`` (the
+        inventory: workspace files and bytes, job records, secrets, overrides, audit rows).
+        Otherwise the tenant is suspended and its secrets revoked at once, and its data is
+        destroyed at the end of the grace period (``grace_period_days``, default 30) or, with
+        ``now=True``, before the reply (its data key first). ``delete_audit=True`` leaves only
+        the offboarding's own audit record. Returns ``removes`` and ``offboarding`` (``state``,
+        ``deadline``, ``uid``); :class:`~clawpen.InvalidRequest` with ``rule`` ``offboarding
+        in progress`` if it already is."""
+        fields: Dict[str, Any] = {"name": name, "dry_run": dry_run}
+        if not dry_run:
+            fields.update(grace_period_days=grace_period_days, now=now, delete_audit=delete_audit)
+        return strip_envelope(self._client.request("tenant.offboard", **fields))
+
+    def restore(self, name: str) -> Dict[str, Any]:
+        """Call off an offboarding within its grace period: the tenant, its secrets and its
+        data are back (``rule`` ``not offboarding`` or ``grace period over`` otherwise)."""
+        return strip_envelope(self._client.request("tenant.restore", name=name))
+
+    def export(self, name: str, to: str) -> Dict[str, Any]:
+        """Write the tenant's workspace and its decrypted job history (JSON lines) to ``to``, a
+        tar file the daemon creates (an absolute path on its host, never over an existing
+        file). Returns ``path``, ``jobs``, ``workspace_entries`` and ``bytes``."""
+        return strip_envelope(self._client.request("tenant.export", name=name, to=to))

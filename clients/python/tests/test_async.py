@@ -43,6 +43,23 @@ class AsyncClientTest(DaemonTestCase):
 
         self.arun(main())
 
+    def test_offboard_and_restore(self) -> None:
+        async def main() -> None:
+            async with self.aclient() as c:
+                t = unique()
+                await c.tenants.create(t)
+                self.assertTrue((await c.run(t, ["true"])).ok)
+                would = await c.tenants.offboard(t, dry_run=True)
+                self.assertEqual(would["would_remove"]["job_records"], 1)
+                self.assertEqual((await c.tenants.offboard(t, grace_period_days=1))["offboarding"]["state"], "grace")
+                with self.assertRaises(clawpen.Unavailable):
+                    await c.run(t, ["true"])
+                await c.tenants.restore(t)
+                self.assertTrue((await c.run(t, ["true"])).ok)
+                self.assertEqual((await c.tenants.offboard(t, now=True))["offboarding"]["state"], "done")
+
+        asyncio.run(main())
+
     def test_many_tasks_share_one_connection(self) -> None:
         async def main() -> None:
             async with self.aclient() as c:

@@ -4,6 +4,8 @@ admin calls."""
 from __future__ import annotations
 
 import os
+import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -167,6 +169,41 @@ class ClientTest(DaemonTestCase):
             resumed = self.client.tenants.resume(t)
         self.assertIn("lifted", resumed)
         self.assertTrue(self.client.run(t, ["true"]).ok)
+
+    def test_offboard_restore_export(self) -> None:
+        t = self.new_tenant()
+        job = self.client.run(t, ["sh", "-c", "echo kept > /home/f.txt; echo done"])
+        self.assertTrue(job.ok, job.stderr)
+        would = self.client.tenants.offboard(t, dry_run=True)
+        self.assertTrue(would["dry_run"])
+        self.assertEqual(would["would_remove"]["job_records"], 1)
+        self.assertGreaterEqual(would["would_remove"]["workspace"]["files"], 1)
+        self.assertTrue(self.client.run(t, ["true"]).ok, "a dry run changes nothing")
+
+        grace = self.client.tenants.offboard(t, grace_period_days=2)
+        self.assertEqual(grace["offboarding"]["state"], "grace")
+        with self.assertRaises(clawpen.Unavailable):
+            self.client.run(t, ["true"])
+        with self.assertRaises(clawpen.InvalidRequest) as cm:
+            self.client.tenants.offboard(t, now=True)
+        self.assertEqual(cm.exception.rule, "offboarding in progress")
+        self.client.tenants.restore(t)
+        self.assertTrue(self.client.run(t, ["true"]).ok, "restored")
+        self.assertEqual(self.client.jobs.get(job.id).stdout, "done\n")
+
+        with tempfile.TemporaryDirectory() as d:
+            tar_path = os.path.join(d, "export.tar")
+            exported = self.client.tenants.export(t, tar_path)
+            self.assertEqual(exported["path"], tar_path)
+            self.assertGreaterEqual(exported["jobs"], 2)
+            with tarfile.open(tar_path) as tar:
+                names = tar.getnames()
+            self.assertTrue(any(n.endswith("f.txt") for n in names), names)
+
+        gone = self.client.tenants.offboard(t, now=True)
+        self.assertEqual(gone["offboarding"]["state"], "done")
+        with self.assertRaises(clawpen.ClawpenError):
+            self.client.jobs.get(job.id)
 
     def test_status_and_inspect(self) -> None:
         t = self.new_tenant()
