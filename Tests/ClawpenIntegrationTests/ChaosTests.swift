@@ -193,7 +193,7 @@ final class ChaosTests: XCTestCase {
         let fh = try XCTUnwrap(FileHandle(forWritingAtPath: db))
         fh.write(Data((0..<4096).map { _ in UInt8.random(in: 0...255) }))
         try fh.close()
-        for extra in [[], ["--metrics-listen", "127.0.0.1:0"]] {
+        for extra in [[], ["--metrics-listen", "127.0.0.1:\(Int.random(in: 20000...40000))"]] {
             let (status, log) = try serveUntilExit(d, extra: extra, timeout: 30)
             XCTAssertEqual(status, 78, log)
             XCTAssertTrue(log.contains("state database \(db) is corrupt"), log)
