@@ -20,7 +20,7 @@ final class RestartableDaemon {
         var template = Array("/tmp/clawpen-bench-\(label)-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw BenchFailure("mkdtemp under /tmp: \(String(cString: strerror(errno)))") }
         root = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        chmod(root, 0o755)  // the tenants' workers reach their workspaces below it
+        chmod(root, 0o755) // the tenants' workers reach their workspaces below it
         socketPath = root + "/clawpen.sock"
         logPath = root + "/daemon.log"
         self.setup = setup
@@ -199,7 +199,9 @@ struct ChaosFigures {
         if rounds > 0 {
             rows.append(["kill -9 of one tenant's workers, rounds", "\(rounds)", "", ""])
             rows.append(["  worker kills until quarantined (per round)", killsToQuarantine.map { String($0) }.joined(separator: " "), "", ""])
-            rows.append(["  quarantine held (submit refused, rule crash_loop_max)", "\(quarantineHeld)/\(rounds)", "all", quarantineHeld == rounds ? "yes" : "NO"])
+            rows.append([
+                "  quarantine held (submit refused, rule crash_loop_max)", "\(quarantineHeld)/\(rounds)", "all", quarantineHeld == rounds ? "yes" : "NO",
+            ])
             rows.append(["  neighbour submit+wait /bin/true, no kills", ms(neighbourBaseline), "", ""])
             rows.append(["  neighbour submit+wait /bin/true, during the kills", ms(neighbourDuring), "", ""])
             if let b = neighbourBaseline, let d = neighbourDuring {
@@ -453,7 +455,7 @@ extension Scenarios {
                         if let pid = t?["worker_pid"]?.intValue, pid != lastPid {
                             kill(pid_t(pid), SIGKILL)
                             lastPid = pid
-                            stop.lostConnection()  // here: one more worker killed
+                            stop.lostConnection() // here: one more worker killed
                         }
                         Clock.sleep(seconds: 0.02)
                     }

@@ -33,7 +33,8 @@ struct RestartFigures {
         rows.append(["spawn to the first pong", med(pingMs), "", ""])
         let worst = max(acceptMs.max() ?? .infinity, firstJobMs.max() ?? .infinity)
         rows.append([
-            "spawn to the first job running (ready)", med(firstJobMs), "<= \(fmt(Self.target, 0)) ms", firstJobMs.isEmpty ? "" : worst <= Self.target ? "yes" : "NO",
+            "spawn to the first job running (ready)", med(firstJobMs), "<= \(fmt(Self.target, 0)) ms",
+            firstJobMs.isEmpty ? "" : worst <= Self.target ? "yes" : "NO",
         ])
         if let s = drainSeconds {
             rows.append(["then all of them run (last round)", "\(succeeded) succeeded in \(fmt(s, 1)) s (\(fmt(Double(succeeded) / s, 0)) jobs/s)", "", ""])
@@ -48,7 +49,7 @@ struct RestartFigures {
 extension Scenarios {
     func restart() throws -> RestartFigures {
         var f = RestartFigures()
-        let perTenant = 1000  // enterprise's max_queued
+        let perTenant = 1000 // enterprise's max_queued
         let tenantCount = max(1, (options.restartJobs + perTenant - 1) / perTenant)
         f.tenants = tenantCount
         // One slot, held by a long job: everything else stays queued until the kill.
@@ -61,10 +62,12 @@ extension Scenarios {
         for name in ["hold"] + names {
             let t = try benchTenant(name)
             let view = try call("create tenant \(name)") { () throws(ClientError) in try conn.tenant(.tenantCreate(name: t, tier: Scenarios.tier)) }
-            if name != "hold" { workspaces.append(view.workspace + "/home") }  // the sandbox's /home
+            if name != "hold" { workspaces.append(view.workspace + "/home") } // the sandbox's /home
         }
         let hold = try benchTenant("hold")
-        _ = try call("the job that holds the slot") { () throws(ClientError) in try conn.submit(SubmitRequest(tenant: hold, argv: ["/bin/sleep", "300"], timeoutSeconds: 300)) }
+        _ = try call("the job that holds the slot") { () throws(ClientError) in
+            try conn.submit(SubmitRequest(tenant: hold, argv: ["/bin/sleep", "300"], timeoutSeconds: 300))
+        }
         Progress.say("[restart] queueing \(options.restartJobs) jobs over \(tenantCount) tenants behind one held slot")
         var queued = 0
         for (i, name) in names.enumerated() {

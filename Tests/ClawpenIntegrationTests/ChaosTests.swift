@@ -11,8 +11,8 @@ final class ChaosTests: XCTestCase {
     /// What a client was told of one idempotency key.
     final class Ledger: @unchecked Sendable {
         let lock = NSLock()
-        var ids: [String: String] = [:]  // key -> job id acknowledged
-        var outputs: [String: String] = [:]  // key -> stdout of the final job the client saw
+        var ids: [String: String] = [:] // key -> job id acknowledged
+        var outputs: [String: String] = [:] // key -> stdout of the final job the client saw
         var reconnects = 0
         func record(_ key: String, id: String, stdout: String?) {
             lock.lock()
@@ -133,7 +133,7 @@ final class ChaosTests: XCTestCase {
         var chunk = [UInt8](repeating: 0x5a, count: 65536)
         while chunk.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
         chunk = [0x5a]
-        while chunk.withUnsafeBytes({ write(fd, $0.baseAddress, 1) }) == 1 {}  // to the last byte
+        while chunk.withUnsafeBytes({ write(fd, $0.baseAddress, 1) }) == 1 {} // to the last byte
         XCTAssertEqual(errno, ENOSPC)
         close(fd)
 
@@ -156,7 +156,7 @@ final class ChaosTests: XCTestCase {
         XCTAssertEqual(e.details["rule"], .string("disk_full"))
         // Other requests still answer.
         XCTAssertNoThrow(try d.connect().call(.ping))
-        usleep(2_000_000)  // the running job ends now, with nowhere to write its result
+        usleep(2_000_000) // the running job ends now, with nowhere to write its result
 
         let pid = d.pid
         unlink(filler)
