@@ -12,6 +12,15 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
     /// A job record's sealed fields did not open (moved to another row, or its tenant's key is
     /// gone or not loaded): that record only, never the whole store.
     case unreadable(job: String, message: String)
+    /// The file system of the state dir is full (SQLITE_FULL, or an I/O error with ENOSPC or
+    /// EDQUOT): the write was rolled back whole; the same write succeeds once space returns.
+    case full(path: String, statement: String, errno: Int32)
+    /// The file is not a database, or its pages do not hold together (SQLITE_NOTADB,
+    /// SQLITE_CORRUPT): waiting does not mend it.
+    case corruptFile(path: String, message: String)
+    /// Another process holds the database's lock past the busy timeout (SQLITE_BUSY,
+    /// SQLITE_LOCKED).
+    case locked(path: String, message: String)
 
     public var description: String {
         switch self {
@@ -23,7 +32,34 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
             return
                 "state database \(path) has schema version \(found), newer than this clawpen's \(known): refusing to open it (run the clawpen release that wrote it, or a newer one)"
         case .unreadable(let job, let m): return "job \(job): its record cannot be decrypted: \(m)"
+        case .full(let path, let s, let e):
+            let why = e == 0 ? "SQLITE_FULL" : errnoName(e)
+            return
+                "the disk is full: state database \(path) cannot grow (\(why), in: \(s.prefix(40))); free space on the state dir's file system, clawpen resumes by itself"
+        case .corruptFile(let path, let m):
+            return
+                "state database \(path) is corrupt (\(m)): stop clawpen, move the file (with its -wal and -shm) aside and restore it from a backup, or start with an empty state dir"
+        case .locked(let path, let m):
+            return
+                "state database \(path) is locked by another process (\(m)): stop the other clawpen serve or sqlite3 session using it (fuser \(path)), then start again"
         }
+    }
+}
+
+extension StoreError {
+    /// A failure that waiting or retrying does not mend: `clawpen serve` exits 78 (EX_CONFIG)
+    /// on it at start instead of retrying.
+    public var needsOperator: Bool {
+        switch self {
+        case .newerSchema, .corruptFile, .locked: return true
+        default: return false
+        }
+    }
+
+    /// The disk is full: a write to retry once space returns.
+    public var isDiskFull: Bool {
+        if case .full = self { return true }
+        return false
     }
 }
 
@@ -41,8 +77,9 @@ final class SQLiteConnection {
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "error \(rc)"
+            let failure = db.map { SQLiteConnection.classify(rc, $0, path: path, statement: "open") } ?? nil
             sqlite3_close(db)
-            throw .open(path: path, message: message)
+            throw failure ?? .open(path: path, message: message)
         }
         handle = db
         sqlite3_busy_timeout(db, 5000)
@@ -56,12 +93,35 @@ final class SQLiteConnection {
 
     private func message() -> String { String(cString: sqlite3_errmsg(handle)) }
 
+    /// The failures a caller acts on differently, typed by SQLite's result code (and the errno
+    /// of an I/O error); nil: any other failure, reported as `.sql`.
+    static func classify(_ rc: Int32, _ db: OpaquePointer, path: String, statement: String) -> StoreError? {
+        let m = String(cString: sqlite3_errmsg(db))
+        switch rc & 0xFF {
+        case SQLITE_FULL: return .full(path: path, statement: statement, errno: sqlite3_system_errno(db))
+        case SQLITE_IOERR:
+            let e = sqlite3_system_errno(db)
+            return e == ENOSPC || e == EDQUOT ? .full(path: path, statement: statement, errno: e) : nil
+        case SQLITE_CORRUPT, SQLITE_NOTADB: return .corruptFile(path: path, message: m)
+        case SQLITE_BUSY, SQLITE_LOCKED: return .locked(path: path, message: m)
+        default: return nil
+        }
+    }
+
+    private func failure(_ rc: Int32, _ sql: String, _ m: String? = nil) -> StoreError {
+        guard let handle, let typed = Self.classify(rc, handle, path: path, statement: sql) else {
+            return .sql(path: path, statement: sql, message: m ?? message())
+        }
+        return typed
+    }
+
     func exec(_ sql: String) throws(StoreError) {
         var err: UnsafeMutablePointer<CChar>?
-        if sqlite3_exec(handle, sql, nil, nil, &err) != SQLITE_OK {
+        let rc = sqlite3_exec(handle, sql, nil, nil, &err)
+        if rc != SQLITE_OK {
             let m = err.map { String(cString: $0) } ?? message()
             sqlite3_free(err)
-            throw .sql(path: path, statement: sql, message: m)
+            throw failure(rc, sql, m)
         }
     }
 
@@ -72,9 +132,8 @@ final class SQLiteConnection {
             stmt = cached
         } else {
             var s: OpaquePointer?
-            guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil) == SQLITE_OK, let s else {
-                throw .sql(path: path, statement: sql, message: message())
-            }
+            let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil)
+            guard rc == SQLITE_OK, let s else { throw failure(rc, sql) }
             cache[sql] = s
             stmt = s
         }
@@ -126,7 +185,7 @@ final class SQLiteConnection {
             case SQLITE_DONE: return false
             case let rc where rc & 0xFF == SQLITE_CONSTRAINT:
                 throw .constraint(message: connection.message())
-            default: throw .sql(path: connection.path, statement: sql, message: connection.message())
+            case let rc: throw connection.failure(rc, sql)
             }
         }
         func stepDone() throws(StoreError) { _ = try step() }
@@ -150,6 +209,18 @@ final class SQLiteConnection {
             return Array(UnsafeRawBufferPointer(start: p, count: n))
         }
     }
+}
+
+/// "ENOSPC (No space left on device)".
+func errnoName(_ e: Int32) -> String {
+    let name: String
+    switch e {
+    case ENOSPC: name = "ENOSPC"
+    case EDQUOT: name = "EDQUOT"
+    case EIO: name = "EIO"
+    default: name = "errno \(e)"
+    }
+    return "\(name) (\(String(cString: strerror(e))))"
 }
 
 enum SQLValue {

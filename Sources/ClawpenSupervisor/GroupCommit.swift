@@ -2,6 +2,7 @@ import ClawpenCore
 import ClawpenProtocol
 import ClawpenWire
 import ClawpenStore
+import NIOCore
 
 /// Store writes of one event-loop tick, flushed together (`Supervisor.flushWrites`) as at most
 /// three transactions: audit events, results (not fsynced), then accepts (fsynced). Replies and
@@ -19,6 +20,9 @@ struct GroupCommit {
     var notifications: [(callbacks: [(Result<JobView, ProtocolError>) -> Void], view: JobView)] = []
     var audits: [AuditEvent] = []
     var scheduled = false
+    /// A results commit failed (a full disk): they are kept and tried again after
+    /// `Supervisor.storeRetryMs`; their waiters hear once they are recorded.
+    var retryScheduled = false
 
 }
 
@@ -67,16 +71,22 @@ extension Supervisor {
         }
         if !commit.finishes.isEmpty {
             let batch = commit.finishes
-            commit.finishes.removeAll(keepingCapacity: true)
             let began = Clock.monotonic()
-            do { try store.finishJobs(batch) } catch {
+            do {
+                try store.finishJobs(batch)
+                commit.finishes.removeAll(keepingCapacity: true)
+                metrics.storeCommit.record(Clock.monotonic() - began)
+                let notes = commit.notifications
+                commit.notifications.removeAll(keepingCapacity: true)
+                for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
+            } catch {
+                // Kept, not dropped: a waiter told of a result the store does not hold would see
+                // the job run again after a restart (a second result for one idempotency key).
+                metrics.storeCommit.record(Clock.monotonic() - began)
                 logger.error(
-                    "store failure recording job results (they run again at the next start)", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+                    "store failure recording job results; kept, trying again every second", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
+                retryFlushLater()
             }
-            metrics.storeCommit.record(Clock.monotonic() - began)
-            let notes = commit.notifications
-            commit.notifications.removeAll(keepingCapacity: true)
-            for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
         }
         guard !commit.accepts.isEmpty else { return }
         let batch = commit.accepts
@@ -94,7 +104,7 @@ extension Supervisor {
             perform(core.withdraw(jobs))
             for p in batch {
                 dropStream(p.job.id)
-                p.responder.fail(ProtocolError(.internal, "the job could not be recorded, so it was not accepted: \(error)"))
+                p.responder.fail(Self.storeRefusal(error, "the job could not be recorded, so it was not accepted"))
             }
             return
         }
@@ -111,7 +121,32 @@ extension Supervisor {
         }
     }
 
+    private func retryFlushLater() {
+        guard !commit.retryScheduled else { return }
+        commit.retryScheduled = true
+        loop.scheduleTask(in: .milliseconds(Int64(Self.storeRetryMs))) { [self] in
+            commit.retryScheduled = false
+            if !commit.finishes.isEmpty { scheduleFlush() }
+        }
+    }
+
     func addWaiter(_ id: String, _ callback: @escaping (Result<JobView, ProtocolError>) -> Void) {
+        // Ended, but its result is not recorded yet (a full disk): heard with the others once
+        // it is, not never (recordFinished has taken the job's waiters already).
+        if let f = commit.finishes.last(where: { $0.id == id }) {
+            if let i = commit.notifications.firstIndex(where: { $0.view.id == id }) {
+                commit.notifications[i].callbacks.append(callback)
+                return
+            }
+            if var record = try? store.job(id: id) {
+                record.state = f.state
+                record.result = f.result
+                record.startedAt = f.startedAt
+                record.finishedAt = f.finishedAt
+                commit.notifications.append(([callback], record.view))
+                return
+            }
+        }
         waiters[id, default: []].append(callback)
     }
 

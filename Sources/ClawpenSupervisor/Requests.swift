@@ -80,7 +80,7 @@ extension Supervisor {
             r.fail(e)
         } catch let e as StoreError {
             logger.error("store failure", metadata: ["error": "\(e)"])
-            r.fail(ProtocolError(.internal, "\(e)"))
+            r.fail(Self.storeRefusal(e, "the request could not be recorded"))
         } catch {
             r.fail(ProtocolError(.internal, "\(error)"))
         }

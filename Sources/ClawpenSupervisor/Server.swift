@@ -51,7 +51,8 @@ public enum Server {
         if activated == nil { try checkSocketPath(config.socketPath) }
 
         // With --metrics-listen, /readyz answers from here on: a store that cannot be opened
-        // is retried every second (not ready, and why) instead of ending the daemon.
+        // for a reason that may pass is retried every second (not ready, and why) instead of
+        // ending the daemon.
         var metricsServer: MetricsServer?
         if let listen = config.metricsListen {
             metricsServer = try MetricsServer.start(listen: listen, readiness: readiness, supervisor: running)
@@ -227,8 +228,10 @@ public enum Server {
         var lastError = ""
         while true {
             do { return try Store(path: config.stateDir + "/clawpen.db", fsyncAccepts: config.fsyncAccepts) } catch {
-                // A newer schema does not get better by waiting.
-                if case .newerSchema = error { throw .store(error) }
+                // A newer schema, a corrupt file or another process's lock does not get better
+                // by waiting: exit 78 with what to do. The rest (a directory not writable yet,
+                // a full disk, an I/O error) may pass, and is retried when /readyz can say why.
+                if error.needsOperator { throw .store(error) }
                 guard retry else { throw .store(error) }
                 let why = "\(error)"
                 readiness.storeFailed(why)

@@ -9,6 +9,7 @@ enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case egress
     case files
     case subjobs
+    case chaos, restart
 }
 
 /// Something went wrong: the benchmark stops, says what happened and exits 1. A benchmark that
@@ -70,7 +71,7 @@ struct Bench: ParsableCommand {
 
     @Option(
         help:
-            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, files, subjobs (a job's submit of /bin/true that waits, from inside the sandbox against from outside), stream (a line's latency from the job's write to the client, against a plain pipe) or interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty)."
+            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, files, subjobs (a job's submit of /bin/true that waits, from inside the sandbox against from outside), stream (a line's latency from the job's write to the client, against a plain pipe), interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty), chaos (kill -9 of the supervisor under load, restarted on the same state dir, then of one tenant's workers beside a timed neighbour; docs/reliability.md) or restart (10,000 queued jobs left by a killed daemon: the restarted one's time to a socket that accepts and a first job running)."
     )
     var scenario: Scenario = .all
 
@@ -170,6 +171,19 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("file-chunk-kib"), help: "Bytes per frame of the large file's put and get, KiB.")
     var fileChunkKiB = 1024
 
+    @Option(name: .customLong("chaos-cycles"), help: "kill -9 cycles of the supervisor in the chaos scenario (0: none).")
+    var chaosCycles = 100
+    @Option(name: .customLong("chaos-tenants"), help: "Tenants under load (one submitting client each) in the chaos scenario.")
+    var chaosTenants = 8
+    @Option(name: .customLong("chaos-worker-rounds"), help: "Rounds of worker kills until the quarantine in the chaos scenario (0: none).")
+    var chaosWorkerRounds = 5
+    @Option(name: .customLong("chaos-neighbour-jobs"), help: "Timed neighbour jobs per round without kills in the chaos scenario.")
+    var chaosNeighbourJobs = 300
+    @Option(name: .customLong("restart-jobs"), help: "Jobs left queued by the killed daemon in the restart scenario.")
+    var restartJobs = 10_000
+    @Option(name: .customLong("restart-rounds"), help: "Restarts timed in the restart scenario (each on the same 10,000 queued jobs).")
+    var restartRounds = 5
+
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directories (daemon log, store) instead of removing them.")
     var keepTemp = false
 
@@ -209,6 +223,22 @@ struct Bench: ParsableCommand {
                 let figures = try scenarios.subjobs()
                 print(figures.table(), terminator: "")
                 if json { print(figures.json().text) }
+                fflush(nil)
+                return
+            }
+            if scenario == .chaos {
+                let figures = try scenarios.chaos()
+                print(figures.table(), terminator: "")
+                fflush(nil)
+                if !figures.failures.isEmpty {
+                    Progress.say("\nclawpen-bench: chaos: FAILED: " + figures.failures.joined(separator: "; "))
+                    throw ExitCode(1)
+                }
+                return
+            }
+            if scenario == .restart {
+                let figures = try scenarios.restart()
+                print(figures.table(), terminator: "")
                 fflush(nil)
                 return
             }

@@ -181,7 +181,9 @@ extension ServeError {
     var exitCode: Int32 {
         switch self {
         case .socketInUse: return 69
-        case .store(.newerSchema): return 78 // EX_CONFIG: this binary is older than its state dir
+        // EX_CONFIG: this binary is older than its state dir, or the database is corrupt or
+        // another process holds it: an operator must act before a restart can help.
+        case .store(let e) where e.needsOperator: return 78
         case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config, .masterKey, .egress:
             return 78 // EX_CONFIG
         default: return 70
