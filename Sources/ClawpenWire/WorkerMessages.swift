@@ -17,7 +17,11 @@ public struct AdoptedState: Equatable, Sendable {
         public var pid: Int32
         /// Its cgroup slot (`job-<slot>`), 0: none.
         public var slot: UInt32
-        public init(jobID: String, pid: Int32, slot: UInt32) { self.jobID = jobID; self.pid = pid; self.slot = slot }
+        /// As it was run (streamed, stdin open, a terminal): the store does not keep them.
+        public var options: RunOptions
+        public init(jobID: String, pid: Int32, slot: UInt32, options: RunOptions = RunOptions()) {
+            self.jobID = jobID; self.pid = pid; self.slot = slot; self.options = options
+        }
     }
     /// More than a worker could ever run at once (max_concurrent_runs is far below).
     public static let maxJobs: UInt32 = 65_536
@@ -210,7 +214,7 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.u8(6); w.u32(version)
         case .adopted(let state):
             w.u8(7); w.u32(state.version); w.i32(state.pid); w.string(state.tenant); w.u32(UInt32(state.jobs.count))
-            for job in state.jobs { w.string(job.jobID); w.i32(job.pid); w.u32(job.slot) }
+            for job in state.jobs { w.string(job.jobID); w.i32(job.pid); w.u32(job.slot); job.options.encode(into: &w) }
         case .file(let f):
             w = BinaryWriter(capacity: f.encodedCapacity)
             w.u8(40); f.encode(into: &w)
@@ -253,7 +257,7 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             for _ in 0..<count {
                 let id = try r.string()
                 guard id.utf8.count <= maxJobIDBytes else { throw .badValue }
-                jobs.append(AdoptedState.Job(jobID: id, pid: try r.i32(), slot: try r.u32()))
+                jobs.append(AdoptedState.Job(jobID: id, pid: try r.i32(), slot: try r.u32(), options: try RunOptions.decode(&r)))
             }
             guard tenant.utf8.count <= 64 else { throw .badValue }
             msg = .adopted(AdoptedState(version: version, pid: pid, tenant: tenant, jobs: jobs))

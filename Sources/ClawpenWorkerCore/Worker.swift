@@ -306,7 +306,7 @@ public final class Worker {
         let frames = held ?? []
         held = nil
         let running = jobs.values.sorted { $0.startedAt < $1.startedAt }.map {
-            AdoptedState.Job(jobID: $0.id, pid: $0.pid, slot: $0.cgroup.flatMap { UInt32($0.name.dropFirst(4)) } ?? 0)
+            AdoptedState.Job(jobID: $0.id, pid: $0.pid, slot: $0.cgroup.flatMap { UInt32($0.name.dropFirst(4)) } ?? 0, options: $0.options)
         }
         send(.adopted(AdoptedState(version: WorkerProtocol.version, pid: getpid(), tenant: config.tenant?.value ?? "", jobs: running)))
         for frame in frames { frame.withUnsafeBytes { send(frame: $0) } }

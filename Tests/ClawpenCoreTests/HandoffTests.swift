@@ -94,8 +94,8 @@ final class HandoffTests: XCTestCase {
     func testAHandedOffWorkerLeavesWithoutAResultAndTheRestShutsDown() throws {
         let shell = FakeShell()
         let a = shell.addTenant("a"), b = shell.addTenant("b")
-        let ja = try shell.submit(a, ["sleep", "9"])
-        try shell.submit(b, ["sleep", "9"])
+        let ja = try shell.submit(a)
+        try shell.submit(b)
         let wa = try XCTUnwrap(shell.worker(a)), wb = try XCTUnwrap(shell.worker(b))
         shell.ready(wa); shell.ready(wb)
         XCTAssertEqual(shell.core.running, 2)
