@@ -60,3 +60,8 @@ int cp_pidfd_alive(int pidfd) {
     if (pidfd < 0) return 0;
     return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0 ? 1 : 0;
 }
+
+int cp_pidfd_kill(int pidfd, int sig) {
+    if (pidfd < 0) { errno = EBADF; return -1; }
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}

@@ -48,10 +48,10 @@ public final class Core {
     public private(set) var tenants: [TenantName: TenantState] = [:]
     /// Chooses which tenant starts a job next under the global limit (Router.swift).
     let router: Router<TenantState>
-    public private(set) var draining = false
+    public internal(set) var draining = false
     private var stoppingWorkers = false
     /// Which tenant each live worker serves, by worker id.
-    private var workerTenants: [UInt64: TenantName] = [:]
+    var workerTenants: [UInt64: TenantName] = [:]
     private var nextWorkerID: UInt64 = 1
     /// Jobs whose acceptance could not be committed, killed on their worker: their end is not recorded.
     private var withdrawn: Set<String> = []
@@ -402,7 +402,7 @@ public final class Core {
 
     // MARK: Inside
 
-    private func tenant(of w: WorkerRef) -> TenantState? {
+    func tenant(of w: WorkerRef) -> TenantState? {
         guard let name = workerTenants[w.id], let t = tenants[name], t.lifecycle.worker == w else { return nil }
         return t
     }
@@ -506,7 +506,7 @@ public final class Core {
         treeJobEnded(done, t, cpuMs: result.cpuMs)
     }
 
-    private func checkDrained() {
+    func checkDrained() {
         guard draining else { return }
         if !stoppingWorkers {
             if tenants.values.allSatisfy({ $0.runningCount == 0 }) { stopWorkers() }

@@ -133,6 +133,12 @@ public struct WorkerLifecycle: Equatable, Sendable {
         phase = .starting(w, attached: false)
     }
 
+    /// The worker was handed to the next supervisor (an upgrade): it is no longer this one's.
+    mutating func handedOff(_ w: WorkerRef) {
+        guard worker == w else { return }
+        phase = .idle
+    }
+
     /// The worker's socket is registered with the event loop.
     mutating func attached(_ w: WorkerRef) -> Bool {
         guard case .starting(w, attached: false) = phase else { return false }

@@ -62,13 +62,16 @@ public final class CgroupTree: @unchecked Sendable {
     /// - it shares its cgroup with other processes (started from a shell in some service's
     ///   cgroup): `<own>/clawpen-<pid>`, where no controller can be enabled (cgroup v2 lets
     ///   a cgroup with processes hand none down), so the rlimit fallbacks apply.
-    public static func setUp(_ info: CgroupInfo) -> (CgroupTree?, String?) {
+    /// `keeping`: workers adopted from the previous supervisor (an upgrade): their tenants'
+    /// nodes, and any old tree that holds one of their pids, stay.
+    public static func setUp(_ info: CgroupInfo, keeping: Keep = Keep()) -> (CgroupTree?, String?) {
         guard info.mode != .none, let own = info.path else { return (nil, "no cgroup2 mount") }
         let isHierarchyRoot = CgroupInfo.cgroup2MountPoint() == own
         let alone = !isHierarchyRoot && processes(in: own) == [getpid()]
-        removeStale(in: own)
+        removeStale(in: own, keeping: keeping)
         if alone {
             for name in children(of: own) where name.hasPrefix("tenant-") || name.hasPrefix("spare-") {
+                if keeping.tenants.contains(String(name.dropFirst("tenant-".count))) && name.hasPrefix("tenant-") { continue }
                 removeTree(own + "/" + name)
             }
         }
@@ -119,10 +122,24 @@ public final class CgroupTree: @unchecked Sendable {
         return names
     }
 
-    /// Trees of daemons that are gone (killed without a chance to clean up).
-    private static func removeStale(in own: String) {
+    /// What an adopting start keeps: tenant names (of `tenant-<name>` nodes) and worker pids.
+    public struct Keep: Sendable {
+        public var tenants: Set<String> = []
+        public var pids: Set<Int32> = []
+        public init(tenants: Set<String> = [], pids: Set<Int32> = []) { self.tenants = tenants; self.pids = pids }
+    }
+
+    /// Trees of daemons that are gone (killed without a chance to clean up), but for one that
+    /// holds a worker being adopted.
+    private static func removeStale(in own: String, keeping: Keep) {
         for name in children(of: own) {
             guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            let tree = own + "/" + name
+            if !keeping.pids.isEmpty,
+                children(of: tree).contains(where: { !Set(processes(in: tree + "/" + $0)).isDisjoint(with: keeping.pids) })
+            {
+                continue
+            }
             removeTree(own + "/" + name)
         }
     }
@@ -247,8 +264,11 @@ public final class CgroupTree: @unchecked Sendable {
     }
 
     /// At shutdown: every tenant node, then (if the daemon made it) the base.
-    public func removeAll() {
+    /// `keeping`: tenants whose workers were handed to the next supervisor (their nodes stay,
+    /// and so does the base).
+    public func removeAll(keeping: Set<String> = []) {
         for name in Self.children(of: base) where name.hasPrefix("tenant-") || name.hasPrefix("spare-") {
+            if name.hasPrefix("tenant-") && keeping.contains(String(name.dropFirst("tenant-".count))) { continue }
             Self.removeTree(base + "/" + name)
         }
         guard ownsBase else { return }

@@ -1,4 +1,5 @@
 import CClawpenShim
+import ClawpenCore
 import ClawpenPolicy
 import ClawpenSecrets
 import ClawpenStore
@@ -24,8 +25,21 @@ public enum Server {
         let notifier = Notifier()
         var settings = configIn
         // Socket activation first, before anything could start a child that inherits the fd.
+        // With systemd's file descriptor store, the previous run's workers come back with the
+        // listener (an upgrade, Supervisor+Handoff.swift): each is asked what it runs, now,
+        // before anything else could write to its socket.
         let activated: (fd: Int32, path: String)?
-        do { activated = try ListenFDs.takeUnixListener() } catch { throw .bind(path: settings.socketPath, message: error.description) }
+        let handedBack: [(Handoff.Stored, Handoff.Answer)]
+        do {
+            let passed = try FDStore.takePassed()
+            let sorted = Handoff.classify(passed)
+            for stray in sorted.strays {
+                close(stray.fd)
+                FDStore.remove(name: stray.name)
+            }
+            activated = try sorted.listener.map { fd throws(ListenFDs.Failure) in try ListenFDs.unixListener(fd, passed: passed.count) }
+            handedBack = WorkerAdoption.ask(sorted.workers)
+        } catch { throw .bind(path: settings.socketPath, message: error.description) }
         if let activated { settings.socketPath = activated.path }
         let config = settings
 
@@ -63,7 +77,12 @@ public enum Server {
         let keys = try MasterKeySetup.load(config, store: store, logger: logger)
         readiness.storeOpened()
         let cgroup = CgroupInfo.probe()
-        let (cgroups, noCgroups) = CgroupTree.setUp(cgroup)
+        var keep = CgroupTree.Keep()
+        for case (let stored, .answered) in handedBack {
+            keep.tenants.insert(stored.tenant.value)
+            keep.pids.insert(stored.pid)
+        }
+        let (cgroups, noCgroups) = CgroupTree.setUp(cgroup, keeping: keep)
         if let noCgroups { logger.warning("no tenant cgroups: \(noCgroups); limits fall back to rlimits") }
         try StartupChecks.run(config, cgroup: cgroup, cgroups: cgroups, logger: logger)
 
@@ -87,7 +106,7 @@ public enum Server {
             parser: parser, maxFrameBytes: config.maxFrameBytes,
             partialTimeout: TimeAmount.milliseconds(Int64(config.partialFrameTimeoutSeconds * 1000)))
         do {
-            try loop.submit { try supervisor.start() }.wait()
+            try loop.submit { try supervisor.start(adopting: handedBack) }.wait()
             running.withLockedValue { $0 = supervisor }
             // Whatever reports through swift-metrics lands in the same registry as our own series.
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: supervisor.metrics.registry))
@@ -100,7 +119,12 @@ public enum Server {
             throw .bind(path: config.socketPath, message: "\(error)")
         }
 
-        do { try loop.submit { try supervisor.startEgressProxy() }.wait() } catch let e as ServeError {
+        do {
+            try loop.submit {
+                try supervisor.startEgressProxy()
+                supervisor.attachEgressToAdopted()
+            }.wait()
+        } catch let e as ServeError {
             try? group.syncShutdownGracefully()
             cgroups?.removeAll()
             throw e
@@ -187,7 +211,13 @@ public enum Server {
                     notifier.stopping()
                     readiness.draining()
                     server.close(promise: nil) // stop accepting first
-                    supervisor.beginShutdown { finished.succeed(()) }
+                    // With a file descriptor store the workers go on under the next run;
+                    // without one they stop, as they always did.
+                    if FDStore.capacity > 0 {
+                        supervisor.beginHandoff { finished.succeed(()) }
+                    } else {
+                        supervisor.beginShutdown { finished.succeed(()) }
+                    }
                 }
             }
             source.resume()
@@ -213,7 +243,8 @@ public enum Server {
         supervisor.stopSpawnThread()
         // An activated socket belongs to systemd (clawpen.socket keeps listening): never unlinked.
         if activated == nil { unlink(config.socketPath) }
-        cgroups?.removeAll()
+        let handedOff = (try? loop.submit { Set(supervisor.handoff.handedOff.map(\.value)) }.wait()) ?? []
+        cgroups?.removeAll(keeping: handedOff)
         try? loop.submit { store.checkpoint() }.wait()
         try? parser.syncShutdownGracefully()
         try? group.syncShutdownGracefully()

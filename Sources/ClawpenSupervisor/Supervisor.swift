@@ -52,7 +52,9 @@ public final class Supervisor: @unchecked Sendable {
     private var timers: [CoreTimer: Scheduled<Void>] = [:]
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel).
     var waiters: [String: [(Result<JobView, ProtocolError>) -> Void]] = [:]
-    private var shutdownCompletion: (() -> Void)?
+    var shutdownCompletion: (() -> Void)?
+    /// Workers being handed to the next supervisor (Supervisor+Handoff.swift).
+    var handoff = HandoffProgress()
     /// Group commit (GroupCommit.swift).
     var commit = GroupCommit()
     /// Spare workers and network namespaces made ahead of need (WorkerStarter.swift).
@@ -112,8 +114,9 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: - Start-up
 
-    /// Loads tenants and re-queues what a previous run left unfinished.
-    func start() throws(StoreError) {
+    /// Loads tenants and re-queues what a previous run left unfinished, but for the running
+    /// jobs of the workers it adopts from `adopting` (an upgrade, Supervisor+Handoff.swift).
+    func start(adopting: [(Handoff.Stored, Handoff.Answer)] = []) throws(StoreError) {
         loop.preconditionInEventLoop()
         let counts = try store.jobCounts()
         for record in try store.tenants() {
@@ -122,7 +125,7 @@ public final class Supervisor: @unchecked Sendable {
         }
         try startTenantData()
         let began = Clock.monotonic()
-        let recovered = try store.recoverUnfinishedJobs()
+        let recovered = try adoptHandedOff(adopting, unfinished: store.recoverUnfinishedJobs())
         let loaded = Clock.monotonic()
         for (name, by) in try store.suspensions() where core.tenants[name] != nil {
             perform(core.suspend(name, by: by))
@@ -167,6 +170,10 @@ public final class Supervisor: @unchecked Sendable {
             runtimeEvent(event, w)
         case .file(let reply):
             fileReplied(reply, w)
+        case .handoffReady:
+            handoffReady(w)
+        case .adopted:
+            workerMisbehaved(w, "sent an adoption answer it was not asked for")
         }
     }
 

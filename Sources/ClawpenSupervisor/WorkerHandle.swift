@@ -17,6 +17,14 @@ final class WorkerHandle: @unchecked Sendable {
     var startPhases: (cgroup: Double, spawn: Double, mounts: Double) = (0, 0, 0)
     /// Limits the tenant's cgroup enforces for this worker ("memory", "pids", "cpu").
     var cgroupEnforced: Set<String> = []
+    /// Its end of the socketpair (the channel's descriptor), kept for a handoff.
+    var socketFD: Int32 = -1
+    /// Adopted from the previous supervisor (an upgrade): not this process's child, so it is
+    /// watched by `pidFD` instead of wait4.
+    var adopted = false
+    var pidFD: Int32 = -1
+    /// Asked to hand itself over (`handoff` sent), not yet answered.
+    var handoffAsked = false
 
     var pid: Int32 { ref.pid }
 

@@ -100,6 +100,7 @@ extension Supervisor {
         let w = WorkerHandle(ref: ref, tenant: name, startedAt: t0)
         w.startPhases = (cgroup: tCgroup - t0, spawn: tSpawned - tCgroup, mounts: tPrepared - tSpawned)
         w.cgroupEnforced = enforced
+        w.socketFD = spawned.socketFD
         workers[ref.id] = w
         logger.info("worker started", metadata: ["tenant": "\(name)", "worker_pid": "\(spawned.pid)"])
         let outputCap = t.limits.outputMaxBytes
@@ -191,6 +192,7 @@ extension Supervisor {
     // MARK: Reaping
 
     func reap(_ w: WorkerHandle, attempt: Int) {
+        if w.adopted { return reapAdopted(w, attempt: attempt) }
         var status: Int32 = 0
         var usage = rusage()
         let r = cp_wait4(w.pid, &status, WNOHANG, &usage)

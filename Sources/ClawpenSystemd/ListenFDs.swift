@@ -20,6 +20,16 @@ public enum ListenFDs {
         return (fd, socketPath(fd) ?? "(inherited socket)")
     }
 
+    /// `fd`, one of the `passed` descriptors systemd passed, checked to be a listening Unix
+    /// stream socket (the listener among a file descriptor store's descriptors, FDStore).
+    public static func unixListener(_ fd: Int32, passed: Int) throws(Failure) -> (fd: Int32, path: String) {
+        guard sd_is_socket_unix(fd, Int32(SOCK_STREAM.rawValue), 1, nil, 0) > 0 else {
+            throw .notAUnixListener(count: passed)
+        }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return (fd, socketPath(fd) ?? "(inherited socket)")
+    }
+
     /// The path the socket is bound to (getsockname).
     static func socketPath(_ fd: Int32) -> String? {
         var addr = sockaddr_un()

@@ -1,6 +1,39 @@
 /// Messages on the supervisor<->worker socketpair. Each frame payload is one message: a tag byte
 /// and its fields (BinaryCodec). The supervisor treats every `WorkerToSupervisor` as untrusted.
 
+/// The worker protocol's version, exchanged at a handoff (`handoff`/`adopt`): a supervisor
+/// adopts only workers whose version it speaks (docs/reliability.md, "Upgrade without killing
+/// tenants"). Raise it with any change to a message's layout.
+public enum WorkerProtocol {
+    public static let version: UInt32 = 1
+    /// The versions this build's supervisor can adopt.
+    public static let adoptable: ClosedRange<UInt32> = 1...1
+}
+
+/// A worker's answer to `adopt`.
+public struct AdoptedState: Equatable, Sendable {
+    public struct Job: Equatable, Sendable {
+        public var jobID: String
+        public var pid: Int32
+        /// Its cgroup slot (`job-<slot>`), 0: none.
+        public var slot: UInt32
+        /// As it was run (streamed, stdin open, a terminal): the store does not keep them.
+        public var options: RunOptions
+        public init(jobID: String, pid: Int32, slot: UInt32, options: RunOptions = RunOptions()) {
+            self.jobID = jobID; self.pid = pid; self.slot = slot; self.options = options
+        }
+    }
+    /// More than a worker could ever run at once (max_concurrent_runs is far below).
+    public static let maxJobs: UInt32 = 65_536
+    public var version: UInt32
+    public var pid: Int32
+    public var tenant: String
+    public var jobs: [Job]
+    public init(version: UInt32, pid: Int32, tenant: String, jobs: [Job]) {
+        self.version = version; self.pid = pid; self.tenant = tenant; self.jobs = jobs
+    }
+}
+
 /// What a job is asked to run, as the worker receives it.
 public struct RunRequest: Equatable, Sendable {
     public var jobID: String
@@ -75,10 +108,22 @@ public enum SupervisorToWorker: Equatable, Sendable {
     /// said about its jobs before the answer (started, finished) is then known to the
     /// supervisor (the agent socket's caller lookup, docs/subjobs.md).
     case sync(token: UInt32)
+    /// The supervisor is stopping and hands this worker's socket to its successor (an upgrade,
+    /// docs/reliability.md): clear the parent-death signal, answer `handoffReady` after
+    /// everything sent before, then send nothing (hold reports, leave job output in its pipes)
+    /// until the successor's `adopt`. EOF meanwhile: nobody took the socket; stop as ever.
+    case handoff(version: UInt32)
+    /// The successor takes the worker over: answer `adopted` (the running jobs), then send what
+    /// was held, and serve again.
+    case adopt(version: UInt32)
 
     public func encoded() -> [UInt8] {
         var w = BinaryWriter()
         switch self {
+        case .handoff(let version):
+            w.u8(8); w.u32(version)
+        case .adopt(let version):
+            w.u8(9); w.u32(version)
         case .sync(let token):
             w.u8(7); w.u32(token)
         case .file(let f):
@@ -119,6 +164,8 @@ public enum SupervisorToWorker: Equatable, Sendable {
         case 5: msg = .pause
         case 6: msg = .resume(pausedMs: try r.u32())
         case 7: msg = .sync(token: try r.u32())
+        case 8: msg = .handoff(version: try r.u32())
+        case 9: msg = .adopt(version: try r.u32())
         case 40: msg = .file(try FileRequest.decode(&r))
         case let tag:
             guard let command = try RuntimeCommand.decode(tag: tag, &r) else { throw .badValue }
@@ -143,6 +190,12 @@ public enum WorkerToSupervisor: Equatable, Sendable {
     case runtime(RuntimeEvent)
     /// The answer to a file operation, or a step of a transfer (FileMessages.swift).
     case file(FileReply)
+    /// The answer to `handoff`: the last frame before the handoff; `version` is the worker's
+    /// protocol version.
+    case handoffReady(version: UInt32)
+    /// The answer to `adopt`: who the worker is and the jobs it still runs (or has finished and
+    /// holds the report of, which follows).
+    case adopted(AdoptedState)
 
     public static let maxJobIDBytes = 128
 
@@ -157,6 +210,11 @@ public enum WorkerToSupervisor: Equatable, Sendable {
             w.u8(3); w.string(id); w.i32(pid); w.u32(slot)
         case .synced(let token):
             w.u8(5); w.u32(token)
+        case .handoffReady(let version):
+            w.u8(6); w.u32(version)
+        case .adopted(let state):
+            w.u8(7); w.u32(state.version); w.i32(state.pid); w.string(state.tenant); w.u32(UInt32(state.jobs.count))
+            for job in state.jobs { w.string(job.jobID); w.i32(job.pid); w.u32(job.slot); job.options.encode(into: &w) }
         case .file(let f):
             w = BinaryWriter(capacity: f.encodedCapacity)
             w.u8(40); f.encode(into: &w)
@@ -190,6 +248,19 @@ public enum WorkerToSupervisor: Equatable, Sendable {
         case 2: msg = .setupFailed(step: try r.string(), errno: try r.i32(), detail: try r.string())
         case 3: msg = .started(jobID: try r.string(), pid: try r.i32(), slot: try r.u32())
         case 5: msg = .synced(token: try r.u32())
+        case 6: msg = .handoffReady(version: try r.u32())
+        case 7:
+            let version = try r.u32(), pid = try r.i32(), tenant = try r.string()
+            let count = try r.u32()
+            guard count <= AdoptedState.maxJobs else { throw .tooMany }
+            var jobs: [AdoptedState.Job] = []
+            for _ in 0..<count {
+                let id = try r.string()
+                guard id.utf8.count <= maxJobIDBytes else { throw .badValue }
+                jobs.append(AdoptedState.Job(jobID: id, pid: try r.i32(), slot: try r.u32(), options: try RunOptions.decode(&r)))
+            }
+            guard tenant.utf8.count <= 64 else { throw .badValue }
+            msg = .adopted(AdoptedState(version: version, pid: pid, tenant: tenant, jobs: jobs))
         case 4:
             let id = try r.string()
             let outcome: JobOutcome

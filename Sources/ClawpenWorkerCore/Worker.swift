@@ -30,6 +30,10 @@ public final class Worker {
     var jobs: [String: RunningJob] = [:]
     /// Suspended without a tenant cgroup: the jobs are stopped (SIGSTOP) and no deadline runs.
     private var paused = false
+    /// Between `handoff` and `adopt` (an upgrade of the supervisor): every frame is held here,
+    /// in order, and sent once the successor has adopted the worker, so that the old supervisor
+    /// reads nothing after the worker's `handoffReady` and the new one everything after.
+    private var held: [[UInt8]]? = nil
     private var jobByPID: [Int32: String] = [:]
     private var launcher: JobLauncher
     private var sigchldFD: Int32 = -1
@@ -254,6 +258,8 @@ public final class Worker {
         case .shutdown: shutdown(code: 0)
         case .sync(let token): send(.synced(token: token))
         case .configure: log("ignoring a second configure message")
+        case .handoff: handOff()
+        case .adopt: adopted()
         case .file(let request):
             if let files {
                 files.handle(request)
@@ -276,6 +282,35 @@ public final class Worker {
             }
             paused = false
         }
+    }
+
+    /// The supervisor hands this worker to its successor. The parent-death signal goes (the
+    /// supervisor exits, the worker stays); nobody follows a job's output across the handoff
+    /// (a client attaches again: the kept output is replayed), so output is captured only.
+    /// `handoffReady` is the last frame the old supervisor gets: what follows is held.
+    private func handOff() {
+        guard held == nil else { return }
+        _ = cp_set_pdeathsig(0)
+        for (id, var job) in jobs {
+            job.watched = false
+            job.unacknowledged = 0
+            jobs[id] = job
+        }
+        send(.handoffReady(version: WorkerProtocol.version))
+        held = []
+        log("handed off (\(jobs.count) job(s) running); waiting for the next supervisor")
+    }
+
+    /// The successor took the socket: who this is and what runs, then what was held.
+    private func adopted() {
+        let frames = held ?? []
+        held = nil
+        let running = jobs.values.sorted { $0.startedAt < $1.startedAt }.map {
+            AdoptedState.Job(jobID: $0.id, pid: $0.pid, slot: $0.cgroup.flatMap { UInt32($0.name.dropFirst(4)) } ?? 0, options: $0.options)
+        }
+        send(.adopted(AdoptedState(version: WorkerProtocol.version, pid: getpid(), tenant: config.tenant?.value ?? "", jobs: running)))
+        for frame in frames { frame.withUnsafeBytes { send(frame: $0) } }
+        log("adopted by a new supervisor (\(running.count) job(s) running, \(frames.count) frame(s) held)")
     }
 
     private func start(_ request: RunRequest) {
@@ -446,6 +481,10 @@ public final class Worker {
 
     /// Writes one frame that is already laid out (header and payload), as `send` does.
     func send(frame: UnsafeRawBufferPointer) {
+        if held != nil {
+            held?.append(Array(frame))
+            return
+        }
         var offset = 0
         while offset < frame.count {
             let n = write(socketFD, frame.baseAddress.map { $0 + offset }, frame.count - offset)

@@ -30,6 +30,10 @@ int cp_pidfd_open_pid(int pid);
 /// cannot have been reused while the pidfd says it is alive.
 int cp_pidfd_alive(int pidfd);
 
+/// pidfd_send_signal(pidfd, sig): a signal to exactly that process, never to a later one that
+/// reused its pid (an adopted worker, which is not the supervisor's child). -1 with errno.
+int cp_pidfd_kill(int pidfd, int sig);
+
 #ifdef __cplusplus
 }
 #endif
