@@ -144,6 +144,9 @@ public enum RuntimeEvent: Equatable, Sendable {
             let id = try r.string()
             guard let stream = OutputStream(rawValue: try r.u8()) else { throw .badValue }
             let hasSeq = try r.bool(), seq = try r.u64(), offset = try r.u64(), token = try r.u32()
+            // Without a seq the encoder writes 0: anything else is not a frame this release
+            // writes (the reader is strict; one form per message).
+            guard hasSeq || seq == 0 else { throw .badValue }
             let data = try r.bytes()
             guard data.count <= OutputChunk.maxBytes else { throw .tooMany }
             return .output(OutputChunk(jobID: id, stream: stream, seq: hasSeq ? seq : nil, offset: offset, replayToken: token, data: data))

@@ -1,0 +1,1 @@
+../../../Sources/ClawpenEgress/RequestHead.swift
