@@ -223,7 +223,7 @@ func errnoName(_ e: Int32) -> String {
     return "\(name) (\(String(cString: strerror(e))))"
 }
 
-enum SQLValue {
+enum SQLValue: Sendable {
     case null
     case int(Int64)
     case double(Double)

@@ -16,6 +16,9 @@ public final class Store: @unchecked Sendable {
     public let path: String
     public let fsyncAccepts: Bool
     private var synchronousFull = false
+    /// A test hook: every write transaction holds its lock this long before COMMIT, as a disk
+    /// whose fsync is slow would (`CLAWPEN_TEST_STORE_COMMIT_DELAY_MS`, the store writer only).
+    public var commitDelayMicros: UInt32 = 0
 
     /// The schema this build writes: the last of `Store.migrations` (Migrations.swift).
     public static let schemaVersion = Store.latestSchemaVersion
@@ -181,29 +184,43 @@ public final class Store: @unchecked Sendable {
     /// checked by the caller first (`job(tenant:idempotencyKey:)`); a duplicate here is a
     /// constraint error and nothing of the batch is kept.
     public func insertJobs(_ jobs: [JobRecord]) throws(StoreError) {
-        guard !jobs.isEmpty else { return }
-        try setSynchronous(full: fsyncAccepts)
-        // Keys first: a tenant's first key is made (and committed) outside this transaction.
+        try writeAccepts(try sealAccepts(jobs))
+    }
+
+    /// The rows of `insertJobs`, sealed (on the connection that holds the cipher; Store+Writes.swift).
+    public func sealAccepts(_ jobs: [JobRecord]) throws(StoreError) -> SealedRows {
+        // Keys first: a tenant's first key is made (and committed) outside the write transaction.
         let keys = try activeKeys(jobs.map(\.tenant))
+        var rows: [[SQLValue]] = []
+        rows.reserveCapacity(jobs.count)
+        for job in jobs {
+            let key = keys[job.tenant]
+            rows.append([
+                .text(job.id), .text(job.tenant.value), .text(job.state.rawValue),
+                .blob(try sealField(Self.joinNUL(job.argv), .argv, job.tenant, job.id, key)),
+                .blob(try sealField(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" }), .env, job.tenant, job.id, key)),
+                .text(job.cwd), job.stdin.isEmpty ? .null : .blob(try sealField(job.stdin, .stdin, job.tenant, job.id, key)),
+                .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
+                .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
+                .optional(job.trace?.traceparent), .optional(key.map { Int64($0) }),
+                .optional(job.parentID), .optional(job.parentID == nil ? nil : job.rootID), .int(Int64(job.depth)),
+            ])
+        }
+        return SealedRows(rows)
+    }
+
+    /// Commits sealed accepts in one transaction, fsynced when `fsyncAccepts`.
+    public func writeAccepts(_ sealed: SealedRows) throws(StoreError) {
+        guard !sealed.rows.isEmpty else { return }
+        try setSynchronous(full: fsyncAccepts)
         try transaction { () throws(StoreError) in
-            for job in jobs {
-                let key = keys[job.tenant]
+            for row in sealed.rows {
                 try db.run(
                     """
                     INSERT INTO jobs(id, tenant, state, argv, env, cwd, stdin, timeout_s, output_cap, idempotency_key, attempt, created_at, traceparent, seal_key,
                         parent_id, root_id, depth)
                     VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-                    """,
-                    [
-                        .text(job.id), .text(job.tenant.value), .text(job.state.rawValue),
-                        .blob(try sealField(Self.joinNUL(job.argv), .argv, job.tenant, job.id, key)),
-                        .blob(try sealField(Self.joinNUL(job.env.map { "\($0.name)=\($0.value)" }), .env, job.tenant, job.id, key)),
-                        .text(job.cwd), job.stdin.isEmpty ? .null : .blob(try sealField(job.stdin, .stdin, job.tenant, job.id, key)),
-                        .double(job.timeoutSeconds), .int(Int64(job.outputCap)),
-                        .optional(job.idempotencyKey), .int(Int64(job.attempt)), .double(job.createdAt),
-                        .optional(job.trace?.traceparent), .optional(key.map { Int64($0) }),
-                        .optional(job.parentID), .optional(job.parentID == nil ? nil : job.rootID), .int(Int64(job.depth)),
-                    ])
+                    """, row)
             }
         }
     }
@@ -212,6 +229,8 @@ public final class Store: @unchecked Sendable {
         try db.run("BEGIN IMMEDIATE")
         do {
             try body()
+            // The slow-store test hook (Store+Writes.swift): the lock is held as a slow fsync would.
+            if commitDelayMicros > 0 { usleep(commitDelayMicros) }
             try db.run("COMMIT")
         } catch {
             _ = try? db.run("ROLLBACK")
@@ -260,9 +279,14 @@ public final class Store: @unchecked Sendable {
     }
 
     /// A running job goes back to the queue (its worker died): attempt + 1.
-    public func requeue(id: String) throws(StoreError) {
+    public func requeue(id: String) throws(StoreError) { try requeue(ids: [id]) }
+
+    public func requeue(ids: [String]) throws(StoreError) {
+        guard !ids.isEmpty else { return }
         try setSynchronous(full: false)
-        try db.run("UPDATE jobs SET attempt=attempt+1 WHERE id=?", [.text(id)])
+        try transaction { () throws(StoreError) in
+            for id in ids { try db.run("UPDATE jobs SET attempt=attempt+1 WHERE id=?", [.text(id)]) }
+        }
     }
 
     /// A job's final state and result, as `finishJobs` records it.
@@ -284,28 +308,42 @@ public final class Store: @unchecked Sendable {
     /// until it finishes; `running` lives in the supervisor's memory, and a restart re-queues both
     /// alike.
     public func finishJobs(_ items: [Finished]) throws(StoreError) {
-        guard !items.isEmpty else { return }
-        try setSynchronous(full: false)
+        try writeFinishes(try sealFinishes(items))
+    }
+
+    /// The rows of `finishJobs`, sealed.
+    public func sealFinishes(_ items: [Finished]) throws(StoreError) -> SealedRows {
         let keys = try activeKeys(items.map(\.tenant))
+        var rows: [[SQLValue]] = []
+        rows.reserveCapacity(items.count)
+        for f in items {
+            let r = f.result
+            let key = keys[f.tenant]
+            rows.append([
+                .text(f.state.rawValue), .optional(f.startedAt), .double(f.finishedAt), .optional(r.exitCode.map { Int64($0) }),
+                .optional(r.signal.map { Int64($0) }), .blob(try sealField(r.stdout, .stdout, f.tenant, f.id, key)),
+                .blob(try sealField(r.stderr, .stderr, f.tenant, f.id, key)),
+                .int(r.stdoutTruncated ? 1 : 0), .int(r.stderrTruncated ? 1 : 0),
+                .optional(r.runMs), .optional(r.cpuMs), .optional(r.maxRSSKiB),
+                .optional(r.error?.code.rawValue), .optional(r.error?.message), .optional(key.map { Int64($0) }), .text(f.id),
+            ])
+        }
+        return SealedRows(rows)
+    }
+
+    /// Commits sealed results in one transaction (not fsynced).
+    public func writeFinishes(_ sealed: SealedRows) throws(StoreError) {
+        guard !sealed.rows.isEmpty else { return }
+        try setSynchronous(full: false)
         try transaction { () throws(StoreError) in
-            for f in items {
-                let r = f.result
-                let key = keys[f.tenant]
+            for row in sealed.rows {
                 try db.run(
                     """
                     UPDATE jobs SET state=?, started_at=?, finished_at=?, exit_code=?, signal=?, stdout=?, stderr=?,
                         stdout_truncated=?, stderr_truncated=?, run_ms=?, cpu_ms=?, max_rss_kb=?, error_code=?, error_message=?,
                         result_key=?
                     WHERE id=?
-                    """,
-                    [
-                        .text(f.state.rawValue), .optional(f.startedAt), .double(f.finishedAt), .optional(r.exitCode.map { Int64($0) }),
-                        .optional(r.signal.map { Int64($0) }), .blob(try sealField(r.stdout, .stdout, f.tenant, f.id, key)),
-                        .blob(try sealField(r.stderr, .stderr, f.tenant, f.id, key)),
-                        .int(r.stdoutTruncated ? 1 : 0), .int(r.stderrTruncated ? 1 : 0),
-                        .optional(r.runMs), .optional(r.cpuMs), .optional(r.maxRSSKiB),
-                        .optional(r.error?.code.rawValue), .optional(r.error?.message), .optional(key.map { Int64($0) }), .text(f.id),
-                    ])
+                    """, row)
             }
         }
     }
@@ -388,16 +426,26 @@ public final class Store: @unchecked Sendable {
     /// Records audit events in one transaction (not fsynced: the supervisor batches the events
     /// of one event-loop tick, as it does results).
     public func insertAudit(_ events: [AuditEvent]) throws(StoreError) {
-        guard !events.isEmpty else { return }
+        try writeAudit(Self.auditRows(events))
+    }
+
+    /// Audit rows hold nothing sealed: made anywhere.
+    public static func auditRows(_ events: [AuditEvent]) -> SealedRows {
+        SealedRows(
+            events.map { e in
+                [
+                    .double(e.at), .optional(e.tenant), .optional(e.callerUID.map { Int64($0) }), .text(e.action),
+                    .optional(e.rule), .optional(e.detail), .optional(e.traceID),
+                ]
+            })
+    }
+
+    public func writeAudit(_ rows: SealedRows) throws(StoreError) {
+        guard !rows.rows.isEmpty else { return }
         try setSynchronous(full: false)
         try transaction { () throws(StoreError) in
-            for e in events {
-                try db.run(
-                    "INSERT INTO audit(at, tenant, caller_uid, action, rule, detail, trace_id) VALUES(?,?,?,?,?,?,?)",
-                    [
-                        .double(e.at), .optional(e.tenant), .optional(e.callerUID.map { Int64($0) }), .text(e.action),
-                        .optional(e.rule), .optional(e.detail), .optional(e.traceID),
-                    ])
+            for row in rows.rows {
+                try db.run("INSERT INTO audit(at, tenant, caller_uid, action, rule, detail, trace_id) VALUES(?,?,?,?,?,?,?)", row)
             }
         }
     }

@@ -3,10 +3,23 @@ import ClawpenProtocol
 import ClawpenWire
 import ClawpenStore
 import NIOCore
+import Synchronization
 
-/// Store writes of one event-loop tick, flushed together (`Supervisor.flushWrites`) as at most
-/// three transactions: audit events, results (not fsynced), then accepts (fsynced). Replies and
-/// dispatch wait for the commit that makes them true.
+/// Store writes of one event-loop tick, handed together (`Supervisor.flushWrites`) to the store
+/// writer's thread (StoreWriter.swift) as one batch. The loop never waits for a commit; what
+/// would make a commit's outcome visible waits for it instead. The rules that keep this true:
+///
+/// * *Nobody hears of a job before its accept is committed*: the reply, the `accepted` frame of
+///   a stream (with the output that came meanwhile: held, and the job slowed by its output
+///   window, Streams.swift) follow the batch's completion.
+/// * *Nobody hears of a result before it is committed*: a job's waiters are taken when the batch
+///   that records its result completes, not when it ends; so a waiter added at any moment before
+///   (the submitter's, at its accept's completion) hears of it.
+/// * *Batches complete in the order they were made*: one writer thread, one queue; a job's
+///   result is never written before its accept, nor heard of before its `accepted`.
+/// * *A request that reads the store reads what was promised*: while batches are in flight,
+///   `job.get`, `job.wait`, `job.list`, ... wait for the last of them (`afterWrites`), not the
+///   loop (Supervisor.readsCommittedState).
 struct GroupCommit {
     struct PendingAccept {
         let job: JobRecord
@@ -15,16 +28,52 @@ struct GroupCommit {
         /// `"stream": true`: `accepted` now, output, then the final job (Streams.swift).
         var stream = false
     }
+    struct Finished {
+        let record: Store.Finished
+        /// What its waiters hear once it is recorded.
+        let view: JobView
+    }
     var accepts: [PendingAccept] = []
-    var finishes: [Store.Finished] = []
-    var notifications: [(callbacks: [(Result<JobView, ProtocolError>) -> Void], view: JobView)] = []
+    var finishes: [Finished] = []
+    var requeues: [String] = []
     var audits: [AuditEvent] = []
     var scheduled = false
     /// A results commit failed (a full disk): they are kept and tried again after
     /// `Supervisor.storeRetryMs`; their waiters hear once they are recorded.
     var retryScheduled = false
+    /// Batches handed to the writer, oldest first, not yet completed on the loop.
+    var inFlight: [InFlightBatch] = []
 
+    var hasPending: Bool { !accepts.isEmpty || !finishes.isEmpty || !requeues.isEmpty || !audits.isEmpty }
+    /// Something written this tick or earlier is not committed yet.
+    var hasUncommitted: Bool { hasPending || !inFlight.isEmpty }
+    /// An accept with this key is not committed yet (an idempotent resubmission must wait for it).
+    func acceptPending(tenant: TenantName, key: String) -> Bool {
+        accepts.contains { $0.job.tenant == tenant && $0.job.idempotencyKey == key }
+            || inFlight.contains { $0.accepts.contains { $0.job.tenant == tenant && $0.job.idempotencyKey == key } }
+    }
 }
+
+/// One batch on its way through the writer: what it holds for the loop's side of its
+/// completion, and its outcome once the writer has it.
+final class InFlightBatch: Sendable {
+    let accepts: [GroupCommit.PendingAccept]
+    let finishes: [GroupCommit.Finished]
+    let auditCount: Int
+    private let result = Mutex<Store.WriteOutcome?>(nil)
+    /// Run on the loop after the batch's completion (requests that read the store).
+    nonisolated(unsafe) var then: [() -> Void] = []
+
+    init(accepts: [GroupCommit.PendingAccept], finishes: [GroupCommit.Finished], auditCount: Int) {
+        self.accepts = accepts; self.finishes = finishes; self.auditCount = auditCount
+    }
+
+    func set(_ outcome: Store.WriteOutcome) { result.withLock { $0 = outcome } }
+    var outcome: Store.WriteOutcome? { result.withLock { $0 } }
+}
+
+extension GroupCommit.PendingAccept: @unchecked Sendable {}
+extension GroupCommit.Finished: @unchecked Sendable {}
 
 extension Supervisor {
     /// Queues an audit event for this tick's flush.
@@ -52,72 +101,141 @@ extension Supervisor {
             ])
         metrics.jobFinished(job)
         commit.finishes.append(
-            Store.Finished(
-                id: job.id, tenant: job.tenant, state: job.state, result: job.result ?? JobResult(),
-                startedAt: job.startedAt, finishedAt: job.finishedAt ?? Clock.now()))
-        if let callbacks = waiters.removeValue(forKey: job.id) { commit.notifications.append((callbacks, job.view)) }
+            GroupCommit.Finished(
+                record: Store.Finished(
+                    id: job.id, tenant: job.tenant, state: job.state, result: job.result ?? JobResult(),
+                    startedAt: job.startedAt, finishedAt: job.finishedAt ?? Clock.now()),
+                view: job.view))
         scheduleFlush()
     }
 
-    /// Commits what this tick wrote, then tells whoever waited for it.
+    /// A job its worker lost goes back to the queue: its attempt is counted with this tick's writes.
+    func recordRequeued(_ id: String) {
+        commit.requeues.append(id)
+        scheduleFlush()
+    }
+
+    /// Hands what this tick wrote to the store writer; its completion tells whoever waits.
     func flushWrites() {
         commit.scheduled = false
-        if !commit.audits.isEmpty {
-            let events = commit.audits
-            commit.audits.removeAll(keepingCapacity: true)
-            do { try store.insertAudit(events) } catch {
-                logger.error("store failure writing the audit log", metadata: ["events": "\(events.count)", "error": "\(error)"])
-            }
-        }
-        if !commit.finishes.isEmpty {
-            let batch = commit.finishes
-            let began = Clock.monotonic()
-            do {
-                try store.finishJobs(batch)
-                commit.finishes.removeAll(keepingCapacity: true)
-                metrics.storeCommit.record(Clock.monotonic() - began)
-                let notes = commit.notifications
-                commit.notifications.removeAll(keepingCapacity: true)
-                for n in notes { for cb in n.callbacks { cb(.success(n.view)) } }
-            } catch {
-                // Kept, not dropped: a waiter told of a result the store does not hold would see
-                // the job run again after a restart (a second result for one idempotency key).
-                metrics.storeCommit.record(Clock.monotonic() - began)
-                logger.error(
-                    "store failure recording job results; kept, trying again every second", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
-                retryFlushLater()
-            }
-        }
-        guard !commit.accepts.isEmpty else { return }
-        let batch = commit.accepts
+        guard commit.hasPending else { return }
+        let audits = commit.audits
+        let finishes = commit.finishes
+        let accepts = commit.accepts
+        var batch = Store.WriteBatch()
+        batch.requeues = commit.requeues
+        commit.audits.removeAll(keepingCapacity: true)
+        commit.finishes.removeAll(keepingCapacity: true)
         commit.accepts.removeAll(keepingCapacity: true)
-        // The jobs go to their workers before the commit, so the fsync overlaps their start on
-        // the other core. Nobody hears of a job before it is committed; if the commit fails the
-        // jobs are killed and their callers told they were not accepted. (A crash in between is
-        // a crash before the acknowledgement: the caller retries, at-least-once.)
-        let jobs = batch.map(\.job)
-        perform(core.accepted(jobs))
-        let began = Clock.monotonic()
-        do { try store.insertJobs(jobs) } catch {
-            metrics.storeCommit.record(Clock.monotonic() - began)
-            logger.error("store failure accepting jobs", metadata: ["jobs": "\(batch.count)", "error": "\(error)"])
-            perform(core.withdraw(jobs))
-            for p in batch {
-                dropStream(p.job.id)
-                p.responder.fail(Self.storeRefusal(error, "the job could not be recorded, so it was not accepted"))
-            }
-            return
+        commit.requeues.removeAll(keepingCapacity: true)
+        batch.audits = Store.auditRows(audits)
+        // Sealed here: the tenants' keys live on the loop's connection (the keyring's).
+        var keptFinishes = finishes
+        do { batch.finishes = try store.sealFinishes(finishes.map(\.record)) } catch {
+            logger.error("store failure sealing job results; kept, trying again every second", metadata: ["jobs": "\(finishes.count)", "error": "\(error)"])
+            commit.finishes.insert(contentsOf: finishes, at: 0)
+            keptFinishes = []
+            retryFlushLater()
         }
-        metrics.storeCommit.record(Clock.monotonic() - began)
-        for p in batch {
-            if p.stream || p.wait { lendWhileAgentWaits(p.responder, for: p.job.id) }
-            if p.stream {
-                acceptedStream(p.job, p.responder)
-            } else if p.wait {
-                addWaiter(p.job.id) { [r = p.responder] in r.job($0) }
-            } else {
-                p.responder.job(memoryView(p.job))
+        var sealedAccepts = accepts
+        if !accepts.isEmpty {
+            // The jobs go to their workers before the commit, so the fsync overlaps their start on
+            // the other core. Nobody hears of a job before it is committed; if the commit fails the
+            // jobs are killed and their callers told they were not accepted. (A crash in between is
+            // a crash before the acknowledgement: the caller retries, at-least-once.)
+            let jobs = accepts.map(\.job)
+            perform(core.accepted(jobs))
+            do { batch.accepts = try store.sealAccepts(jobs) } catch {
+                refuseAccepts(accepts, error)
+                sealedAccepts = []
             }
+        }
+        guard !batch.isEmpty else { return }
+        let inFlight = InFlightBatch(accepts: sealedAccepts, finishes: keptFinishes, auditCount: audits.count)
+        commit.inFlight.append(inFlight)
+        writer.write(batch) { [self] outcome in
+            inFlight.set(outcome)
+            loop.execute { [self] in completeWrites() }
+        }
+    }
+
+    /// Completes, in order, the batches the writer has written.
+    func completeWrites() {
+        while let first = commit.inFlight.first, let outcome = first.outcome {
+            commit.inFlight.removeFirst()
+            completed(first, outcome)
+        }
+    }
+
+    /// Waits for every write so far to be committed and completes them: for the rare
+    /// operations that read right after writing outside the request path (offboarding, a
+    /// shutdown). It blocks the loop for as long as the disk takes.
+    func drainWrites() {
+        flushWrites()
+        guard !commit.inFlight.isEmpty else { return }
+        writer.waitIdle()
+        completeWrites()
+    }
+
+    /// Runs `body` once every write so far is committed (now, if none is in flight).
+    func afterWrites(_ body: @escaping () -> Void) {
+        flushWrites()
+        guard let last = commit.inFlight.last else { body(); return }
+        last.then.append(body)
+    }
+
+    private func completed(_ b: InFlightBatch, _ outcome: Store.WriteOutcome) {
+        if case .failure(let error) = outcome.audits {
+            logger.error("store failure writing the audit log", metadata: ["events": "\(b.auditCount)", "error": "\(error)"])
+        }
+        if case .failure(let error) = outcome.requeues {
+            logger.error("store failure counting a lost job's attempt (it runs again at the next start)", metadata: ["error": "\(error)"])
+        }
+        switch outcome.finishes {
+        case .success?:
+            metrics.storeCommit.record(outcome.finishSeconds)
+            for f in b.finishes {
+                for cb in waiters.removeValue(forKey: f.record.id) ?? [] { cb(.success(f.view)) }
+            }
+        case .failure(let error)?:
+            // Kept, not dropped: a waiter told of a result the store does not hold would see
+            // the job run again after a restart (a second result for one idempotency key).
+            metrics.storeCommit.record(outcome.finishSeconds)
+            logger.error(
+                "store failure recording job results; kept, trying again every second", metadata: ["jobs": "\(b.finishes.count)", "error": "\(error)"])
+            commit.finishes.insert(contentsOf: b.finishes, at: 0)
+            retryFlushLater()
+        case nil: break
+        }
+        switch outcome.accepts {
+        case .success?:
+            metrics.storeCommit.record(outcome.acceptSeconds)
+            for p in b.accepts {
+                if p.stream || p.wait { lendWhileAgentWaits(p.responder, for: p.job.id) }
+                if p.stream {
+                    acceptedStream(p.job, p.responder)
+                } else if p.wait {
+                    addWaiter(p.job.id) { [r = p.responder] in r.job($0) }
+                } else {
+                    p.responder.job(memoryView(p.job))
+                }
+            }
+        case .failure(let error)?:
+            metrics.storeCommit.record(outcome.acceptSeconds)
+            refuseAccepts(b.accepts, error)
+        case nil: break
+        }
+        for body in b.then { body() }
+    }
+
+    /// Accepts that could not be recorded: the jobs are taken back (killed if they started) and
+    /// their callers told they were not accepted.
+    private func refuseAccepts(_ accepts: [GroupCommit.PendingAccept], _ error: StoreError) {
+        logger.error("store failure accepting jobs", metadata: ["jobs": "\(accepts.count)", "error": "\(error)"])
+        perform(core.withdraw(accepts.map(\.job)))
+        for p in accepts {
+            dropStream(p.job.id)
+            p.responder.fail(Self.storeRefusal(error, "the job could not be recorded, so it was not accepted"))
         }
     }
 
@@ -130,23 +248,10 @@ extension Supervisor {
         }
     }
 
+    /// Hears of the job's end once its result is committed. A job that ended but whose result
+    /// is not recorded yet (in flight, or kept by a full disk) is heard of with the others then.
+    /// The caller has seen the job unfinished (in the store or in memory).
     func addWaiter(_ id: String, _ callback: @escaping (Result<JobView, ProtocolError>) -> Void) {
-        // Ended, but its result is not recorded yet (a full disk): heard with the others once
-        // it is, not never (recordFinished has taken the job's waiters already).
-        if let f = commit.finishes.last(where: { $0.id == id }) {
-            if let i = commit.notifications.firstIndex(where: { $0.view.id == id }) {
-                commit.notifications[i].callbacks.append(callback)
-                return
-            }
-            if var record = try? store.job(id: id) {
-                record.state = f.state
-                record.result = f.result
-                record.startedAt = f.startedAt
-                record.finishedAt = f.finishedAt
-                commit.notifications.append(([callback], record.view))
-                return
-            }
-        }
         waiters[id, default: []].append(callback)
     }
 

@@ -10,9 +10,38 @@ import Glibc
 extension Supervisor {
     func handle(_ request: Request, _ r: Responder) {
         loop.preconditionInEventLoop()
+        // A read of what a commit in flight will make true waits for that commit, not the loop
+        // (GroupCommit.swift); every other request goes on at once.
+        if commit.hasUncommitted && readsCommittedState(request) {
+            afterWrites { [self] in dispatch(request, r) }
+            return
+        }
+        dispatch(request, r)
+    }
+
+    private func dispatch(_ request: Request, _ r: Responder) {
         // A job calling from inside its sandbox is its own principal (Requests+Agent.swift).
         if let agent = r.agent { handleAgent(request, r, agent); return }
         handleAny(request, r)
+    }
+
+    /// The request reads job records or the audit log from the store, so it must see every
+    /// write made before it (a job's accept or result in flight).
+    func readsCommittedState(_ request: Request) -> Bool {
+        switch request {
+        case .jobGet, .jobWait, .jobCancel, .jobTree, .audit:
+            return true
+        case .submit(let s):
+            guard let key = s.idempotencyKey else { return false }
+            return commit.acceptPending(tenant: s.tenant, key: key)
+        case .runtime(let runtime):
+            if case .list = runtime { return true }
+            // A keystroke of a live interactive job is answered from memory.
+            guard let id = runtime.jobID, let stream = streams.jobs[id] else { return true }
+            return core.runningJob(id, tenant: stream.tenant) == nil
+        default:
+            return false
+        }
     }
 
     /// A request of whoever `authorize` lets make it (an agent's, once Requests+Agent.swift let it through).
@@ -53,7 +82,6 @@ extension Supervisor {
                 r.reply("status", [("status", try status(tenant: name))])
             case .audit(let name, let since, let limit):
                 try authorize(r, .operator(command: "audit"), request: "audit", tenant: name)
-                if !commit.audits.isEmpty { flushWrites() }
                 let events = try store.auditEvents(tenant: name?.value, since: since, limit: limit)
                 r.reply("audit", [("events", .array(events.map(Self.auditJSON)))])
             case .policyExplain(let tenant, let argv, let env, let cwd): try explain(tenant, argv, env, cwd, r)
@@ -189,7 +217,6 @@ extension Supervisor {
         if s.trace == nil { s.trace = TraceContext.generate() }
         if let key = s.idempotencyKey {
             // A resubmission returns the first job: no quota applies to it again.
-            if commit.accepts.contains(where: { $0.job.tenant == name && $0.job.idempotencyKey == key }) { flushWrites() }
             if let existing = try store.job(tenant: name, idempotencyKey: key) {
                 // From inside a job, a key names a job of the caller's own tree or nothing.
                 if let p = parent, let agent = r.agent, existing.treeRoot != p.treeRoot {
@@ -216,7 +243,6 @@ extension Supervisor {
 
     /// A job's current view: from memory while it is queued or running, else from the store.
     func activeOrStoredJob(_ id: String) throws -> JobView {
-        if !commit.accepts.isEmpty || !commit.finishes.isEmpty { flushWrites() }
         guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
             throw ProtocolError(.unknownJob, "no job with id '\(id.prefix(80))'")
         }
@@ -232,7 +258,9 @@ extension Supervisor {
         if outcome == .cancelSent { addWaiter(id) { r.job($0) } }
         perform(actions)
         switch outcome {
-        case .canceledQueued: r.job(try activeOrStoredJob(id))
+        case .canceledQueued:
+            // Its end is recorded with this tick's writes: heard once committed.
+            addWaiter(id) { r.job($0) }
         case .cancelSent: break
         case .notActive: r.job(view)
         }

@@ -245,7 +245,12 @@ public enum Server {
         if activated == nil { unlink(config.socketPath) }
         let handedOff = (try? loop.submit { Set(supervisor.handoff.handedOff.map(\.value)) }.wait()) ?? []
         cgroups?.removeAll(keeping: handedOff)
-        try? loop.submit { store.checkpoint() }.wait()
+        // What the last ticks wrote is committed before the WAL is merged (a handoff does not
+        // pass through finishShutdown).
+        try? loop.submit {
+            supervisor.drainWrites()
+            store.checkpoint()
+        }.wait()
         try? parser.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
         metricsServer?.stop()

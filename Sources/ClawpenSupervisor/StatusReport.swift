@@ -27,6 +27,14 @@ extension Supervisor {
         cg.set("enabled_controllers", .array((cgroups?.controllers.sorted() ?? []).map(JSONValue.string)))
         sup.set("cgroup", cg.value)
         sup.set("socket", .string(config.socketPath))
+        var st = JSONObjectBuilder()
+        st.set("path", store.path)
+        // Group commits handed to the writer thread and not completed yet: above a few, the
+        // disk is slow and submits wait for it (GroupCommit.swift).
+        st.set("commits_in_flight", commit.inFlight.count)
+        st.set("results_kept_uncommitted", commit.finishes.count)
+        if writer.commitDelayMicros > 0 { st.set("test_commit_delay_ms", Int(writer.commitDelayMicros / 1000)) }
+        sup.set("store", st.value)
         sup.set("egress", egressProxyStatus())
         sup.set("policies", policySourceDescription)
         sup.set("draining", core.draining)

@@ -67,6 +67,11 @@ final class JobStream {
     var slowCheckArmed = false
     /// Replayed bytes since the last replay ended (bounded by the kept output).
     var replayBytes = 0
+    /// A streamed submit whose accept is not committed yet: its output is held here, not sent
+    /// and not acknowledged, so the job stops at its output window until it is (nobody hears of
+    /// a job before its commit; GroupCommit.swift).
+    var committed = true
+    var heldOutput: [[UInt8]] = []
 
     init(jobID: String, tenant: TenantName, options: RunOptions) {
         self.jobID = jobID; self.tenant = tenant; self.options = options
@@ -93,14 +98,23 @@ extension Supervisor {
     func registerStream(_ job: JobRecord, _ s: SubmitRequest, _ r: Responder) {
         guard s.options.stream || s.options.isInteractive else { return }
         let stream = JobStream(jobID: job.id, tenant: job.tenant, options: s.options)
-        if s.options.stream { stream.followers.append(JobFollower(channel: r.channel, requestID: r.id, kind: .submitter)) }
+        if s.options.stream {
+            stream.followers.append(JobFollower(channel: r.channel, requestID: r.id, kind: .submitter))
+            stream.committed = false
+        }
         streams.jobs[job.id] = stream
     }
 
     /// The streamed submit is committed: `accepted` now, the final `job` when it ends.
     func acceptedStream(_ job: JobRecord, _ r: Responder) {
         r.reply("accepted", [("job", memoryView(job).json), ("existing", .bool(false))])
-        guard let stream = streams.jobs[job.id], let f = stream.followers.first(where: { $0.kind == .submitter }) else { return }
+        guard let stream = streams.jobs[job.id] else { return }
+        stream.committed = true
+        let held = stream.heldOutput
+        stream.heldOutput = []
+        for frame in held { send(frame, to: r.channel) }
+        guard let f = stream.followers.first(where: { $0.kind == .submitter }) else { return }
+        settle(stream)
         finalFrame(for: f, of: stream)
     }
 
@@ -424,10 +438,13 @@ extension Supervisor {
                 } else if f.replayToken != 0 || f.needsStartReplay {
                     continue
                 }
-                send(
-                    Self.outputFrame(
-                        requestID: f.requestID, jobID: id, stream: c.stream.name, seq: c.seq, offset: c.offset, data: c.data[...]),
-                    to: f.channel)
+                let frame = Self.outputFrame(
+                    requestID: f.requestID, jobID: id, stream: c.stream.name, seq: c.seq, offset: c.offset, data: c.data[...])
+                if !stream.committed && f.kind == .submitter {
+                    stream.heldOutput.append(frame)
+                    continue
+                }
+                send(frame, to: f.channel)
             }
             if c.replayToken == 0 { runtimeCounters.output(stream.tenant, bytes: c.data.count) }
             if c.replayToken == 0 && stream.watching {
@@ -462,7 +479,7 @@ extension Supervisor {
         // Acknowledged in batches of a quarter of the worker's window: a job that writes a line
         // now and then never comes near the window, and each ack is a write and a wake-up of the
         // worker, on the path of the next line.
-        guard stream.owed >= Self.ackBatchBytes else { return }
+        guard stream.owed >= Self.ackBatchBytes, stream.committed else { return }
         var blocked = false
         let now = Clock.monotonic()
         for f in stream.followers where f.channel.isActive && !f.channel.isWritable {
@@ -551,7 +568,6 @@ extension Supervisor {
             let caller = callers.caller(cred)
             tenants = core.tenants.keys.sorted().filter { policies.access.decide(caller, .submit(tenant: $0)).allowed }
         }
-        if !commit.accepts.isEmpty || !commit.finishes.isEmpty { flushWrites() }
         // `running` lives in memory; the store has such jobs as queued.
         var running: [String: JobRecord] = [:]
         for (name, t) in core.tenants where tenants?.contains(name) ?? true {

@@ -57,6 +57,8 @@ public final class Supervisor: @unchecked Sendable {
     var handoff = HandoffProgress()
     /// Group commit (GroupCommit.swift).
     var commit = GroupCommit()
+    /// Commits the group commits on a thread and connection of its own (StoreWriter.swift).
+    lazy var writer = StoreWriter(path: store.path, fsyncAccepts: store.fsyncAccepts)
     /// Spare workers and network namespaces made ahead of need (WorkerStarter.swift).
     var spares: [WorkerSpawner.Spawned] = []
     var refilling = false
@@ -226,9 +228,7 @@ public final class Supervisor: @unchecked Sendable {
             case .finished(let job):
                 recordFinished(job)
             case .requeued(let id):
-                do { try store.requeue(id: id) } catch {
-                    logger.error("store failure re-queuing a job (it runs again at the next start)", metadata: ["job_id": "\(id)", "error": "\(error)"])
-                }
+                recordRequeued(id)
             case .audit(let event):
                 if event.action == "tenant.quarantined", let name = event.tenant.flatMap({ try? TenantName(validating: $0) }) { metrics.quarantined(name) }
                 commit.audits.append(event)
@@ -288,7 +288,7 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func finishShutdown() {
-        flushWrites()
+        drainWrites()
         // Whoever still waits hears why: the job itself is safe in the store.
         let pending = waiters
         waiters.removeAll()

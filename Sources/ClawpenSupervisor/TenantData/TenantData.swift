@@ -128,7 +128,7 @@ extension Supervisor {
 
     private func offboard(_ name: TenantName, dryRun: Bool, graceDays: Double?, now: Bool, deleteAudit: Bool, _ r: Responder) throws {
         let t = try tenant(name)
-        if !commit.audits.isEmpty || !commit.finishes.isEmpty || !commit.accepts.isEmpty { flushWrites() }
+        drainWrites()
         let inventory = try offboardingInventory(name)
         if dryRun {
             // Read-only, like `tenant show`: nothing is written, not even an audit row.
@@ -259,7 +259,7 @@ extension Supervisor {
                     try store.retireTenant(name, uid: e.uid, now: Clock.now())
                     _ = cgroups?.tryRemove(tenant: name)
                 case .removeAudit:
-                    flushWrites()
+                    drainWrites()
                     _ = try store.removeAudit(name)
                 }
                 done.append(step.rawValue)
@@ -281,7 +281,7 @@ extension Supervisor {
         audit(
             tenant: name, caller: nil, action: "tenant.offboarded", rule: "offboarding",
             detail: "uid \(e.uid) retired; \(done.joined(separator: ", ")) (requested by \(e.requestedBy) at \(e.requestedAt))")
-        flushWrites()
+        drainWrites()
         logger.notice("tenant offboarded", metadata: ["tenant": "\(name)", "uid": "\(e.uid)"])
         for w in tenantData.shredWaiters.removeValue(forKey: name) ?? [] { w() }
     }
