@@ -64,8 +64,9 @@ public final class CgroupTree: @unchecked Sendable {
     ///   a cgroup with processes hand none down), so the rlimit fallbacks apply.
     /// `keeping`: workers adopted from the previous supervisor (an upgrade): their tenants'
     /// nodes, and any old tree that holds one of their pids, stay.
-    public static func setUp(_ info: CgroupInfo, keeping: Keep = Keep()) -> (CgroupTree?, String?) {
+    public static func setUp(_ info: CgroupInfo, workerBase: String? = nil, keeping: Keep = Keep()) -> (CgroupTree?, String?) {
         guard info.mode != .none, let own = info.path else { return (nil, "no cgroup2 mount") }
+        if let workerBase { return setUp(in: workerBase, own: own, keeping: keeping) }
         let isHierarchyRoot = CgroupInfo.cgroup2MountPoint() == own
         let alone = !isHierarchyRoot && processes(in: own) == [getpid()]
         removeStale(in: own, keeping: keeping)
@@ -92,6 +93,49 @@ public final class CgroupTree: @unchecked Sendable {
         // daemon sits in its `supervisor` leaf), so this is allowed.
         let enabled = enable(["cpu", "memory", "pids"], in: base)
         return (CgroupTree(root: own, base: base, controllers: enabled, ownsBase: ownsBase), nil)
+    }
+
+    /// `--worker-cgroup`: the tenant nodes go under `base`, a cgroup another unit was delegated
+    /// (clawpen-workers.service, whose only process sits in a leaf of it), and the daemon stays
+    /// where it was started. The daemon's own cgroup then hands no controller down, so systemd
+    /// can start the next daemon in it while the workers live on (docs/systemd.md, "Upgrades").
+    private static func setUp(in base: String, own: String, keeping: Keep) -> (CgroupTree?, String?) {
+        guard let mount = CgroupInfo.cgroup2MountPoint() else { return (nil, "no cgroup2 mount for --worker-cgroup \(base)") }
+        // No symlinks in cgroupfs; a path that leaves the mount ("..") or names a file is refused.
+        let parts = base.split(separator: "/")
+        guard base.hasPrefix(mount + "/"), !parts.contains(".."), !parts.contains("."),
+            access(base + "/" + CgroupFile.controllers, F_OK) == 0
+        else {
+            return (nil, "--worker-cgroup \(base) is not a cgroup v2 directory under \(mount)")
+        }
+        let inside = processes(in: base)
+        guard inside.isEmpty else {
+            return (
+                nil,
+                "--worker-cgroup \(base) holds processes of its own (\(inside.prefix(5).map(String.init).joined(separator: " "))), so cgroup v2 lets it hand no controller to the tenant nodes: its unit's process must sit in a leaf below it (clawpen-workers.service moves itself into holder/)"
+            )
+        }
+        guard base != own, !own.hasPrefix(base + "/") else {
+            return (nil, "--worker-cgroup \(base) is the daemon's own cgroup or holds it: name another unit's delegated cgroup")
+        }
+        removeStale(in: base, keeping: keeping)
+        for name in children(of: base) where name.hasPrefix("tenant-") || name.hasPrefix("spare-") {
+            if name.hasPrefix("tenant-") && keeping.tenants.contains(String(name.dropFirst("tenant-".count))) { continue }
+            removeTree(base + "/" + name)
+        }
+        let enabled = enable(["cpu", "memory", "pids"], in: base)
+        return (CgroupTree(root: own, base: base, controllers: enabled, ownsBase: false), nil)
+    }
+
+    /// clawpen-workers.service's process: it moves itself into `<own>/holder`, leaving its
+    /// unit's cgroup free to hand controllers down. nil: done; else why not.
+    public static func holdDelegated(_ info: CgroupInfo) -> String? {
+        guard info.mode != .none, let own = info.path else { return "no cgroup2 mount" }
+        guard CgroupInfo.cgroup2MountPoint() != own else { return "this process runs in the cgroup2 root, not in a delegated unit (Delegate=yes)" }
+        let leaf = own + "/holder"
+        guard mkdir(leaf, 0o755) == 0 || errno == EEXIST else { return "cannot create \(leaf): \(errnoString(errno))" }
+        guard write(leaf + "/" + CgroupFile.procs, "\(getpid())") else { return "cannot move into \(leaf): \(errnoString(errno))" }
+        return nil
     }
 
     /// Enables those of `wanted` that `path` has in its subtree; returns what is enabled there.

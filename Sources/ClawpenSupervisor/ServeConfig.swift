@@ -38,6 +38,10 @@ public struct ServeConfig: Sendable {
     /// Refuse to start unless the tenant cgroups get real memory, pids and cpu controllers
     /// (`--require-cgroup-limits`; the systemd unit sets it): no rlimit fallback in production.
     public var requireCgroupLimits = false
+    /// `--worker-cgroup DIR`: the tenants' cgroups go under this delegated cgroup of another
+    /// unit (clawpen-workers.service) instead of the daemon's own, so that a restart of the
+    /// daemon's unit (an upgrade with the descriptor store) leaves them, and their workers, be.
+    public var workerCgroup: String?
     /// `--metrics-listen HOST:PORT`: the HTTP server of /metrics, /healthz and /readyz; nil: none.
     public var metricsListen: String?
     /// Where the host registers subordinate uid and gid ranges (UIDRange). Other paths are for

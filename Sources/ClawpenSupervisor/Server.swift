@@ -82,7 +82,9 @@ public enum Server {
             keep.tenants.insert(stored.tenant.value)
             keep.pids.insert(stored.pid)
         }
-        let (cgroups, noCgroups) = CgroupTree.setUp(cgroup, keeping: keep)
+        let (cgroups, noCgroups) = CgroupTree.setUp(cgroup, workerBase: config.workerCgroup, keeping: keep)
+        // A cgroup the operator named and cannot be used is a configuration error, not a fallback.
+        if let noCgroups, config.workerCgroup != nil { throw .config(noCgroups) }
         if let noCgroups { logger.warning("no tenant cgroups: \(noCgroups); limits fall back to rlimits") }
         try StartupChecks.run(config, cgroup: cgroup, cgroups: cgroups, logger: logger)
 

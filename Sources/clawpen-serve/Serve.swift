@@ -53,6 +53,16 @@ struct ServeCommand: ParsableCommand {
         help:
             "Refuse to start (exit 78) unless the tenant cgroups get the memory, pids and cpu controllers: no per-process rlimit fallback (the systemd unit sets it)."
     ) var requireCgroupLimits = false
+    @Option(
+        name: .customLong("worker-cgroup"),
+        help:
+            "A delegated cgroup v2 directory of another unit (clawpen-workers.service) to put the tenants' cgroups in, instead of this daemon's own cgroup: workers outside the daemon's unit outlive its restart (docs/systemd.md, \"Upgrades\")."
+    ) var workerCgroup: String?
+    @Flag(
+        name: .customLong("hold-worker-cgroup"),
+        help:
+            "Run as clawpen-workers.service's only process: move into a holder/ leaf of this unit's delegated cgroup (so that the cgroup can hand controllers to the tenant nodes clawpen serve --worker-cgroup makes in it), then wait for SIGTERM."
+    ) var holdWorkerCgroup = false
     @Option(name: .customLong("subuid-file"), help: "For tests only: the file the tenants' uid range is registered in instead of /etc/subuid.") var subuidFile:
         String?
     @Option(name: .customLong("subgid-file"), help: "For tests only: the file the tenants' gid range is registered in instead of /etc/subgid.") var subgidFile:
@@ -77,6 +87,14 @@ struct ServeCommand: ParsableCommand {
         )) var metricsListen: String?
 
     func run() throws {
+        if holdWorkerCgroup {
+            if let failure = CgroupTree.holdDelegated(CgroupInfo.probe()) {
+                ServeExit.writeStderr("clawpen: serve --hold-worker-cgroup: \(failure)\n")
+                throw ExitCode(78)
+            }
+            // Nothing else to do: the cgroup lives while this process does. SIGTERM ends it.
+            while true { pause() }
+        }
         var cfg = ServeConfig()
         var configLevel: Logger.Level?
         if let path = config {
@@ -103,6 +121,7 @@ struct ServeCommand: ParsableCommand {
         if let v = maxRunning { cfg.maxRunning = v }
         if let v = reservedSlots { cfg.reservedSlots = v }
         if requireCgroupLimits { cfg.requireCgroupLimits = true }
+        if let v = workerCgroup { cfg.workerCgroup = absolute(v) }
         if let v = metricsListen { cfg.metricsListen = v }
         // For tests only: where the uid range is registered instead of /etc/subuid and /etc/subgid.
         if let v = subuidFile { cfg.subuidPath = absolute(v) }
@@ -259,6 +278,7 @@ enum ConfigFile {
                 guard let i = e.value.integerValue, (1...100_000).contains(i) else { throw bad("an integer from 1 to 100000") }; cfg.maxRunning = Int(i)
             case "reserved_slots": guard let i = e.value.integerValue, i >= 0 else { throw bad("an integer >= 0") }; cfg.reservedSlots = Int(i)
             case "require_cgroup_limits": guard let b = e.value.boolValue else { throw bad("true or false") }; cfg.requireCgroupLimits = b
+            case "worker_cgroup": guard let s = e.value.stringValue else { throw bad("a string, a cgroup v2 directory") }; cfg.workerCgroup = s
             case "master_key_file": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.masterKeyFile = s
             case "egress_ca_file": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.egressCAFile = s
             case "metrics_listen": guard let s = e.value.stringValue else { throw bad("a string, HOST:PORT") }; cfg.metricsListen = s

@@ -278,6 +278,77 @@ final class LifecycleTests: XCTestCase {
         if base.hasSuffix("/clawpen-\(d.pid)") { XCTAssertFalse(FileManager.default.fileExists(atPath: base)) }
     }
 
+    /// `--worker-cgroup`: the tenant nodes go under another unit's cgroup, whose own process
+    /// (`serve --hold-worker-cgroup`) sits in a holder/ leaf, and the daemon stays where it was
+    /// started, handing nothing down (so that systemd can start the next daemon there). A
+    /// cgroup with a process of its own, or one outside the cgroup2 mount, is refused by name.
+    func testAWorkerCgroupOfAnotherUnitHoldsTheTenantNodes() throws {
+        let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        var mount: String?
+        for line in mounts.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            if fields.count > 2 && fields[2] == "cgroup2" { mount = String(fields[1]); break }
+        }
+        guard let mount else { throw XCTSkip("no cgroup2 mount here") }
+        func processes(in path: String) -> [Int32] {
+            ((try? String(contentsOfFile: path + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int32($0) }
+        }
+        func removeTree(_ path: String) {
+            _ = try? "1".write(toFile: path + "/cgroup.kill", atomically: false, encoding: .utf8)
+            for child in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: path + "/" + child, isDirectory: &isDir), isDir.boolValue { removeTree(path + "/" + child) }
+            }
+            for _ in 0..<100 where rmdir(path) != 0 && errno != ENOENT { usleep(20_000) }
+        }
+        let unit = mount + "/clawpen-test-workers-\(getpid())"
+        XCTAssertEqual(mkdir(unit, 0o755), 0, String(cString: strerror(errno)))
+        defer { removeTree(unit) }
+        // The holder, as clawpen-workers.service runs it: started in `unit`, it moves into holder/.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/bin/sh")
+        holder.arguments = ["-c", "echo $$ > \(unit)/cgroup.procs && exec \(Daemon.buildDir)/clawpen-serve --hold-worker-cgroup"]
+        try holder.run()
+        let holderPID = holder.processIdentifier
+        defer { holder.terminate() }
+        XCTAssertTrue(
+            waitFor(5) { processes(in: unit + "/holder").contains(holderPID) && processes(in: unit).isEmpty },
+            "the holder moved into holder/: \(processes(in: unit)) \(processes(in: unit + "/holder"))")
+
+        let d = try make(["--worker-cgroup", unit]).start()
+        let cg = try d.status()["supervisor"]?["cgroup"] ?? .null
+        XCTAssertEqual(cg["tenants_base"]?.stringValue, unit, "\(cg)")
+        try d.createTenant("a")
+        let job = try d.run("a", ["sh", "-c", "grep '^0::' /proc/self/cgroup"])
+        XCTAssertTrue(job.stdout.hasPrefix("0::/job-"), job.stdout)
+        let worker = try XCTUnwrap(try d.tenantStatus("a")["worker_pid"]?.intValue)
+        XCTAssertTrue(processes(in: unit + "/tenant-a").contains(Int32(worker)), "the worker is in the other unit's tenant-a")
+        let own = try String(contentsOfFile: "/proc/\(d.pid)/cgroup", encoding: .utf8)
+        XCTAssertFalse(own.contains("/supervisor\n"), "the daemon did not move into a leaf of its own: \(own)")
+        XCTAssertEqual(d.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: unit + "/tenant-a"), "its nodes go at a stop")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: unit), "the other unit's cgroup stays")
+
+        // Refusals: a cgroup that holds a process itself, a path outside the mount.
+        let busy = unit + "/busy"
+        XCTAssertEqual(mkdir(busy, 0o755), 0)
+        _ = try? "\(holderPID)".write(toFile: busy + "/cgroup.procs", atomically: false, encoding: .utf8)
+        for (arg, why) in [(busy, "holds processes of its own"), ("/tmp", "is not a cgroup v2 directory")] {
+            let r = try runCLI(d.serveArguments + ["--worker-cgroup", arg, "--require-cgroup-limits"], socket: nil)
+            XCTAssertEqual(r.status, 78, r.stderr)
+            XCTAssertTrue(r.stderr.contains(why), "\(arg): \(r.stderr)")
+        }
+    }
+
+    private func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+
     func testCgroupsOfADaemonThatWasKilledAreCleanedAtTheNextStart() throws {
         let d = try make().start()
         guard let base = try d.status()["supervisor"]?["cgroup"]?["tenants_base"]?.stringValue, base.contains("/clawpen-") else {

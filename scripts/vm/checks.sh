@@ -14,6 +14,8 @@ check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi;
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 unit_cg=/sys/fs/cgroup/system.slice/clawpen.service
+# The tenants' cgroups: clawpen-workers.service's delegated cgroup, outside the daemon's unit.
+tenant_cg=/sys/fs/cgroup/system.slice/clawpen-workers.service
 export CLAWPEN_SOCKET=/run/clawpen/clawpen.sock
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 diag() { echo "  --- $*"; }
@@ -27,7 +29,7 @@ systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/clawpen.conf
 check "sysusers.d made the clawpen group, tmpfiles.d made /workspace and /var/lib/clawpen (0700, root's)" \
   bash -c 'getent group clawpen >/dev/null && test "$(stat -c %a:%u /workspace)" = 700:0 && test "$(stat -c %a /var/lib/clawpen)" = 700'
 systemctl daemon-reload
-v=$(systemd-analyze verify /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service 2>&1); rc=$?
+v=$(systemd-analyze verify /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service /usr/local/lib/systemd/system/clawpen-workers.service 2>&1); rc=$?
 [[ -n $v ]] && echo "$v" | sed 's/^/  | /'
 check "systemd-analyze verify passes on the installed units" test $rc -eq 0
 
@@ -48,8 +50,10 @@ echo "  first submit through the activated socket: $(secs "$t" "$(now)") s"
 check "the first submit starts the service (socket activation) and the job succeeds" \
   bash -c '[[ $1 -eq 0 && $2 == hello ]] && systemctl -q is-active clawpen.service' _ "$rc" "$out"
 journalctl -u clawpen --no-pager -o cat | grep -q 'socket_activated=true' ; check "the service took its socket from systemd (sd_listen_fds)" test $? -eq 0
-check "supervisor sits in its supervisor/ leaf of the delegated cgroup" \
-  bash -c "grep -qx '0::/system.slice/clawpen.service/supervisor' /proc/\$(systemctl show -p MainPID --value clawpen)/cgroup"
+check "the supervisor sits in its unit's cgroup, which hands no controller down (the next start can go there)" \
+  bash -c "grep -qx '0::/system.slice/clawpen.service' /proc/\$(systemctl show -p MainPID --value clawpen)/cgroup && test -z \"\$(cat $unit_cg/cgroup.subtree_control)\""
+check "clawpen-workers.service holds the tenant cgroups: its process in holder/, memory pids cpu handed down" \
+  bash -c "systemctl -q is-active clawpen-workers.service && grep -qx '0::/system.slice/clawpen-workers.service/holder' /proc/\$(systemctl show -p MainPID --value clawpen-workers)/cgroup && [[ \$(cat $tenant_cg/cgroup.subtree_control) == *memory*pids* ]] && test -d $tenant_cg/tenant-a"
 
 main_pid=$(systemctl show -p MainPID --value clawpen)
 hard=$(awk '$1 == "NoNewPrivs:" || $1 == "Seccomp:" || $1 == "CapBnd:" { printf "%s %s ", $1, $2 }' /proc/$main_pid/status)
@@ -84,7 +88,7 @@ check "journald has the job's TENANT= field (journalctl TENANT=a, with JOB_ID= a
 # tenant a, tier free: memory_max 256 MiB, pids_max 64, cpu_max 0.5 core
 out=$(clawpen submit --tenant a --json -- python3 -c 'x = b"x" * (768 << 20); print("ALLOCATED")' 2>/dev/null); rc=$?
 state=$(echo "$out" | json 'd["state"]' 2>/dev/null)
-echo "  memory hog: exit $rc, state $state, memory.events: $(tr '\n' ' ' < $unit_cg/tenant-a/memory.events 2>/dev/null)"
+echo "  memory hog: exit $rc, state $state, memory.events: $(tr '\n' ' ' < $tenant_cg/tenant-a/memory.events 2>/dev/null)"
 check "a job allocating 3x memory_max ends oom_killed (exit 137)" test "$rc" = 137 -a "$state" = oom_killed
 out=$(clawpen submit --tenant a -- echo still-alive 2>&1)
 check "tenant a's worker survived the OOM kill of its job" test "$out" = still-alive
@@ -95,14 +99,14 @@ check "clawpen metrics counts the OOM kill (clawpen_oom_kills_total, jobs_total 
 
 # Memory that RLIMIT_AS would not see counts against memory.max: several processes, a memfd
 # that is never mapped, SysV shm. Each job tries to hold ~1.5x memory_max and is stopped.
-ooms() { awk '$1 == "oom_kill" { print $2 }' $unit_cg/tenant-a/memory.events 2>/dev/null || echo 0; }
+ooms() { awk '$1 == "oom_kill" { print $2 }' $tenant_cg/tenant-a/memory.events 2>/dev/null || echo 0; }
 mem_job() { # name, python code that prints FILLED only if it got all of it
   local name=$1 code=$2 before after out
   before=$(ooms)
   out=$(clawpen submit --tenant a --timeout 40 -- python3 -c "$code" 2>&1)
   after=$(ooms)
   local peak max
-  peak=$(cat $unit_cg/tenant-a/memory.peak 2>/dev/null || echo '?'); max=$(cat $unit_cg/tenant-a/memory.max 2>/dev/null || echo '?')
+  peak=$(cat $tenant_cg/tenant-a/memory.peak 2>/dev/null || echo '?'); max=$(cat $tenant_cg/tenant-a/memory.max 2>/dev/null || echo '?')
   echo "  $name: $(echo "$out" | tail -n 1 | cut -c1-80); oom_kill $before -> $after; memory.peak $peak of memory.max $max"
   # Stopped: not filled, and the kernel's OOM killer acted (its count rose; or the worker went
   # too, with its cgroup and the count: a memfd no process maps is charged to the cgroup but
@@ -155,11 +159,11 @@ clawpen submit --tenant a -- ipcrm --all=shm >/dev/null 2>&1 # the killed job's 
 id=$(clawpen submit --tenant a --detach --timeout 6 -- sh -c 'f() { f | f & }; f; sleep 4')
 maxp=0
 for _ in $(seq 1 20); do
-  p=$(cat $unit_cg/tenant-a/pids.current 2>/dev/null || echo 0); ((p > maxp)) && maxp=$p; sleep 0.2
+  p=$(cat $tenant_cg/tenant-a/pids.current 2>/dev/null || echo 0); ((p > maxp)) && maxp=$p; sleep 0.2
 done
 clawpen job wait "$id" >/dev/null 2>&1
-ev=$(awk '$1 == "max" { print $2 }' $unit_cg/tenant-a/pids.events 2>/dev/null)
-echo "  fork bomb: highest pids.current seen $maxp, pids.max $(cat $unit_cg/tenant-a/pids.max 2>/dev/null), forks refused (pids.events max) $ev"
+ev=$(awk '$1 == "max" { print $2 }' $tenant_cg/tenant-a/pids.events 2>/dev/null)
+echo "  fork bomb: highest pids.current seen $maxp, pids.max $(cat $tenant_cg/tenant-a/pids.max 2>/dev/null), forks refused (pids.events max) $ev"
 check "a fork bomb stays under pids_max (64)" bash -c "(( $maxp <= 64 && ${ev:-0} > 0 ))"
 check "tenant a still runs jobs after the fork bomb" bash -c '[[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
 
@@ -185,14 +189,14 @@ clawpen submit --tenant b -- true >/dev/null 2>&1 # b's worker is up
 before=$(latency)
 id=$(clawpen submit --tenant a --detach --timeout 12 -- sh -c 'while :; do :; done')
 sleep 1
-u0=$(awk '$1 == "usage_usec" { print $2 }' $unit_cg/tenant-a/cpu.stat); t0=$(now)
+u0=$(awk '$1 == "usage_usec" { print $2 }' $tenant_cg/tenant-a/cpu.stat); t0=$(now)
 during=$(latency)
 sleep 3
-u1=$(awk '$1 == "usage_usec" { print $2 }' $unit_cg/tenant-a/cpu.stat); t1=$(now)
+u1=$(awk '$1 == "usage_usec" { print $2 }' $tenant_cg/tenant-a/cpu.stat); t1=$(now)
 cores=$(awk -v a="$u0" -v b="$u1" -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.2f", (b - a) / 1e6 / s }')
 stat_json=$(clawpen status --tenant a --json)
 clawpen job cancel "$id" >/dev/null 2>&1
-echo "  cpu spinner: $cores core (cpu.max $(cat $unit_cg/tenant-a/cpu.max 2>/dev/null), throttled $(awk '$1 == "nr_throttled" { print $2 }' $unit_cg/tenant-a/cpu.stat) periods); tenant b's submit round trip before $before s, during $during s"
+echo "  cpu spinner: $cores core (cpu.max $(cat $tenant_cg/tenant-a/cpu.max 2>/dev/null), throttled $(awk '$1 == "nr_throttled" { print $2 }' $tenant_cg/tenant-a/cpu.stat) periods); tenant b's submit round trip before $before s, during $during s"
 check "a CPU spinner on a 0.5-core tier gets <= 0.6 core (cpu.stat)" awk -v c="$cores" 'BEGIN { exit !(c > 0.05 && c <= 0.6) }'
 check "tenant b's jobs keep their latency while a spins (submit round trip <= 2x + 50 ms)" awk -v a="$before" -v b="$during" 'BEGIN { exit !(b > 0 && b <= 2 * a + 0.05) }'
 enf=$(echo "$stat_json" | json '" ".join(d["tenants"][0]["enforcement"][k] for k in ("memory","pids","cpu"))' 2>/dev/null)
@@ -244,21 +248,60 @@ check "a job accepted before the stop completes after the restart" bash -c '[[ $
 clawpen submit --tenant a --detach -- sleep 60 >/dev/null
 clawpen submit --tenant c --detach -- sleep 60 >/dev/null
 sleep 1
-echo "  before stop: $(pgrep -c -f clawpen-worker) worker(s), cgroups: $(cd $unit_cg 2>/dev/null && ls -d tenant-* | tr '\n' ' ')"
+echo "  before stop: $(pgrep -c -f clawpen-worker) worker(s), cgroups: $(cd $tenant_cg 2>/dev/null && ls -d tenant-* | tr '\n' ' ')"
 systemctl stop clawpen.service
+# The workers were handed to the descriptor store, which a stop releases: each sees its socket's
+# end, stops its jobs and exits (within a few seconds). Their empty nodes go at the next start.
+for _ in $(seq 50); do [[ $(pgrep -f 'clawpen-worker|sleep 60' | wc -l) == 0 ]] && break; sleep 0.2; done
 left=$(pgrep -f 'clawpen-worker|sleep 60' | wc -l)
-cgs=$(find /sys/fs/cgroup -name 'tenant-*' -type d | wc -l)
-echo "  after stop: $left tenant process(es), $cgs tenant cgroup(s)"
-check "systemctl stop clawpen leaves no worker or job process and no tenant-* cgroup" test "$left" = 0 -a "$cgs" = 0
+busy=$(for c in $(find /sys/fs/cgroup -name 'tenant-*' -type d); do cat "$c/cgroup.procs"; find "$c" -mindepth 1 -name cgroup.procs -exec cat {} +; done | wc -l)
+echo "  after stop: $left tenant process(es), $busy process(es) in tenant cgroups"
+check "systemctl stop clawpen leaves no worker or job process, in or out of the tenant cgroups" test "$left" = 0 -a "$busy" = 0
 
 # --- restart cleans the cgroups of an old run -----------------------------------------
 clawpen submit --tenant a -- true >/dev/null 2>&1      # activation again
-mkdir -p $unit_cg/tenant-ghost 2>/dev/null             # as a run killed mid-flight could leave it
+mkdir -p $tenant_cg/tenant-ghost 2>/dev/null             # as a run killed mid-flight could leave it
 systemctl restart clawpen.service
 clawpen submit --tenant a -- true >/dev/null 2>&1
-check "a restart removes tenant cgroups of the old run" test ! -e $unit_cg/tenant-ghost
+check "a restart removes tenant cgroups of the old run" test ! -e $tenant_cg/tenant-ghost
 check "systemctl reload (SIGHUP: RELOADING=1, policies re-read, READY=1) keeps the service serving" \
   bash -c 'systemctl reload clawpen.service && sleep 1 && journalctl -u clawpen --no-pager -o cat | grep -q "policies reloaded" && [[ $(clawpen submit --tenant a -- echo up 2>&1) == up ]]'
+
+# --- upgrade: systemctl restart keeps the workers, their jobs and sessions ------------------
+# The workers' sockets go to the descriptor store on SIGTERM and the next supervisor adopts
+# them (docs/reliability.md, "Upgrade without killing tenants"); twice: the same binary, then a
+# new one put in place (a new inode, as a package upgrade does).
+wpid() { clawpen status --json | json "[t['worker_pid'] for t in d['tenants'] if t['tenant'] == '$1'][0]" 2>/dev/null; }
+for round in same-binary new-binary; do
+  if [[ $round == new-binary ]]; then
+    cp /usr/local/bin/clawpen-serve /tmp/clawpen-serve.next && install -m 0755 /tmp/clawpen-serve.next /usr/local/bin/clawpen-serve
+  fi
+  long=$(clawpen submit --tenant a --detach -- sh -c 'sleep 6; echo long-done' 2>&1)
+  session=$(python3 scripts/vm/session.py start /run/clawpen/clawpen.sock b 2>&1)
+  for _ in $(seq 50); do [[ $(clawpen job get "$long" --json 2>/dev/null | json 'd["state"]') == running ]] && break; sleep 0.2; done
+  pa=$(wpid a) pb=$(wpid b) old=$(systemctl show -p MainPID --value clawpen)
+  t=$(now)
+  systemctl restart clawpen.service; rc=$?
+  until clawpen ping >/dev/null 2>&1 || (( $(awk -v a="$t" -v b="$(now)" 'BEGIN { print (b - a > 60) }') )); do sleep 0.1; done
+  took=$(secs "$t" "$(now)")
+  new=$(systemctl show -p MainPID --value clawpen)
+  na=$(wpid a) nb=$(wpid b)
+  adopted=$(journalctl -u clawpen --no-pager -o cat _PID="$new" | grep -c 'worker adopted')
+  echo "  upgrade ($round): supervisor $old -> $new (restart rc $rc, serving after $took s), worker a $pa -> $na, b $pb -> $nb, $adopted adopted"
+  check "upgrade ($round): systemctl restart serves again with the same worker processes" \
+    bash -c '[[ $1 == 0 && $2 != "$3" && -n $4 && $4 == "$5" && -n $6 && $6 == "$7" ]]' _ "$rc" "$new" "$old" "$pa" "$na" "$pb" "$nb"
+  out=$(clawpen job wait "$long" --json 2>&1)
+  st=$(echo "$out" | json 'd["state"], d["stdout"].strip(), d["attempt"]' 2>/dev/null)
+  echo "  upgrade ($round): long job $long: $st"
+  check "upgrade ($round): a job running across the restart finishes once, its result recorded (attempt 1)" \
+    test "$st" = "('succeeded', 'long-done', 1)"
+  res=$(python3 scripts/vm/session.py resume /run/clawpen/clawpen.sock "$session" 2>&1)
+  echo "  upgrade ($round): session $session: $(echo "$res" | tr '\r\n' '  ' | cut -c1-160)"
+  check "upgrade ($round): an interactive session keeps its terminal: re-attached, replayed, answers new input" \
+    bash -c 'python3 -c "import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if \"ready\" in r[\"text\"] and \"got-hello\" in r[\"text\"] and r[\"state\"] == \"succeeded\" else 1)" "$1"' _ "$res"
+  check "upgrade ($round): new jobs run on the adopted worker" \
+    bash -c '[[ $(clawpen submit --tenant a -- echo after 2>&1) == after && $(clawpen status --json | python3 -c "import json,sys; d=json.load(sys.stdin); print([t[\"worker_pid\"] for t in d[\"tenants\"] if t[\"tenant\"] == \"a\"][0])") == "$1" ]]' _ "$pa"
+done
 
 # --- suspend and resume: the tenant's cgroup frozen, its job's timeout not used up ---------
 # 20 ticks (about 4 s in this emulated VM) under a 10 s timeout, frozen for 9 s: it is resumed
@@ -268,7 +311,7 @@ id=$(clawpen submit --tenant a --detach --timeout 10 -- sh -c 'for i in $(seq 1 
 sleep 1.5
 clawpen tenant suspend a >/dev/null
 frozen=$(clawpen status --tenant a --json | json 'd["tenants"][0]["suspension"]["frozen_by"]')
-sleep 0.5; t1=$(wc -l < /workspace/a/home/vm-ticks); ev=$(grep '^frozen' $unit_cg/tenant-a/cgroup.events)
+sleep 0.5; t1=$(wc -l < /workspace/a/home/vm-ticks); ev=$(grep '^frozen' $tenant_cg/tenant-a/cgroup.events)
 sleep 8.5; t2=$(wc -l < /workspace/a/home/vm-ticks)
 clawpen tenant resume a >/dev/null
 clawpen job wait "$id" >/dev/null 2>&1; rc=$?
