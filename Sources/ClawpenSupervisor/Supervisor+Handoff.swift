@@ -166,29 +166,13 @@ extension Supervisor {
             streams.jobs[job.id] = stream
         }
         logger.info("worker adopted", metadata: ["tenant": "\(name)", "worker_pid": "\(stored.pid)", "jobs": "\(jobs.count)"])
-        let outputCap = t.limits.outputMaxBytes
-        ClientBootstrap(group: loop)
-            .channelOption(ChannelOptions.recvAllocator, value: Self.bulkReads)
-            .channelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(WorkerChannelHandler(supervisor: self, worker: w, outputCap: outputCap))
-                }
-            }
-            .withConnectedSocket(stored.socketFD)
-            .whenComplete { [self] result in
-                switch result {
-                case .success(let channel):
-                    if w.exited { channel.close(promise: nil); return }
-                    w.channel = channel
-                    perform(core.workerAttached(ref))
-                    perform(core.workerReady(ref))
-                case .failure(let error):
-                    close(stored.socketFD)
-                    _ = cp_pidfd_kill(w.pidFD, SIGKILL)
-                    logger.error("cannot attach to an adopted worker's socket", metadata: ["tenant": "\(name)", "error": "\(error)"])
-                    workerChannelClosed(w)
-                }
-            }
+        attachWorkerChannel(stored.socketFD, w, outputCap: t.limits.outputMaxBytes) { [self] in
+            perform(core.workerAttached(ref))
+            perform(core.workerReady(ref))
+        } failed: { [self] error in
+            _ = cp_pidfd_kill(w.pidFD, SIGKILL)
+            logger.error("cannot attach to an adopted worker's socket", metadata: ["tenant": "\(name)", "error": "\(error)"])
+        }
     }
 
     /// The egress proxy starts after the recovery: the adopted workers' listeners (in their

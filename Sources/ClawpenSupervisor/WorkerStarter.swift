@@ -103,7 +103,20 @@ extension Supervisor {
         w.socketFD = spawned.socketFD
         workers[ref.id] = w
         logger.info("worker started", metadata: ["tenant": "\(name)", "worker_pid": "\(spawned.pid)"])
-        let outputCap = t.limits.outputMaxBytes
+        attachWorkerChannel(spawned.socketFD, w, outputCap: t.limits.outputMaxBytes) { [self] in
+            perform(core.workerAttached(ref))
+        } failed: { [self] error in
+            kill(w.pid, SIGKILL)
+            perform(core.workerSetupFailed(ref, WorkerFailure(.start, stage: "attach to the worker socket", detail: "\(error)")))
+        }
+    }
+
+    /// Puts a worker's socket on the loop, framed and read by its WorkerChannelHandler (a
+    /// worker just started, or one adopted from the previous supervisor). On failure the socket
+    /// is closed, `failed` ends the worker, and its channel counts as closed.
+    func attachWorkerChannel(
+        _ fd: Int32, _ w: WorkerHandle, outputCap: Int, attached: @escaping () -> Void, failed: @escaping (any Error) -> Void
+    ) {
         ClientBootstrap(group: loop)
             .channelOption(ChannelOptions.recvAllocator, value: Self.bulkReads)
             .channelInitializer { [self] channel in
@@ -111,17 +124,16 @@ extension Supervisor {
                     try channel.pipeline.syncOperations.addHandler(WorkerChannelHandler(supervisor: self, worker: w, outputCap: outputCap))
                 }
             }
-            .withConnectedSocket(spawned.socketFD)
+            .withConnectedSocket(fd)
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
                     if w.exited { channel.close(promise: nil); return }
                     w.channel = channel
-                    perform(core.workerAttached(ref))
+                    attached()
                 case .failure(let error):
-                    close(spawned.socketFD)
-                    kill(w.pid, SIGKILL)
-                    perform(core.workerSetupFailed(ref, WorkerFailure(.start, stage: "attach to the worker socket", detail: "\(error)")))
+                    close(fd)
+                    failed(error)
                     workerChannelClosed(w)
                 }
             }

@@ -77,6 +77,49 @@ final class UpgradeTests: XCTestCase {
         (try? d.tenantStatus(tenant))?["worker_pid"]?.intValue
     }
 
+    /// Restarts one after another, as upgrades come: a worker adopted once is handed over and
+    /// adopted again, runs jobs in between, and a job running across the second restart
+    /// finishes once.
+    func testAWorkerAdoptedOnceIsHandedOverAgainAtTheNextRestart() throws {
+        let d = try Daemon()
+        defer { try? FileManager.default.removeItem(atPath: d.dir) }
+        let store = try Store(dir: d.dir)
+        defer { store.stop() }
+        d.environment = ["NOTIFY_SOCKET": store.notify, "FDSTORE": "64"]
+        try d.start()
+        try d.createTenant("a")
+        XCTAssertEqual(try d.run("a", ["echo", "first"]).stdout, "first\n")
+        let pidA = try XCTUnwrap(workerPID(d, "a"))
+        XCTAssertEqual(d.stop(), 0, d.log)
+        var current = try store.startAgain(d)
+        XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, d.log)
+        XCTAssertEqual(workerPID(d, "a"), pidA, "adopted: \(d.log)")
+        XCTAssertEqual(try d.run("a", ["echo", "between"]).stdout, "between\n", d.log)
+        XCTAssertEqual(workerPID(d, "a"), pidA)
+        for round in 1...2 {
+            let long = try d.detach("a", ["sh", "-c", "sleep 2; echo long-\(round)"])
+            XCTAssertTrue(d.eventually(10) { (try? d.connect().job(.jobGet(jobID: long.id)).job.state) == .running })
+            kill(current, SIGTERM)
+            XCTAssertTrue(waitGone(current, 20), d.log)
+            XCTAssertTrue(store.names.contains("worker.\(pidA).a"), "handed over again in round \(round): \(store.names) \(d.log)")
+            current = try store.startAgain(d)
+            XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, d.log)
+            XCTAssertEqual(workerPID(d, "a"), pidA, "round \(round)")
+            if workerPID(d, "a") != pidA {
+                print("DEBUG alive \(alive(Int32(pidA))) cgroup: \((try? String(contentsOfFile: "/proc/\(pidA)/cgroup", encoding: .utf8)) ?? "gone")")
+                print("DEBUG status: \((try? String(contentsOfFile: "/proc/\(pidA)/status", encoding: .utf8))?.split(separator: "\n").filter { $0.hasPrefix("State") || $0.hasPrefix("PPid") } ?? [])")
+            }
+            let done = try d.connect().job(.jobWait(jobID: long.id)).job
+            XCTAssertEqual(done.state, .succeeded, d.log)
+            XCTAssertEqual(done.stdout, "long-\(round)\n")
+            XCTAssertEqual(done.attempt, long.attempt, "not run again")
+            XCTAssertEqual(try d.run("a", ["echo", "after-\(round)"]).stdout, "after-\(round)\n", d.log)
+            XCTAssertEqual(workerPID(d, "a"), pidA)
+        }
+        kill(current, SIGTERM)
+        XCTAssertTrue(waitGone(current, 20))
+    }
+
     func testARestartWithTheStoreKeepsTheWorkerItsLongJobAndAnInteractiveSession() throws {
         let d = try Daemon()
         defer { try? FileManager.default.removeItem(atPath: d.dir) }
