@@ -19,17 +19,29 @@ struct Responder: Sendable {
     /// never an operator (Agent/AgentSockets.swift).
     var agent: AgentCaller? = nil
 
+    /// The connection's budget state (ClientBudgetHandler): once it is being disconnected over a
+    /// budget, nothing more is built for it.
+    var link: ClientLink? = nil
+
     var callerUID: Int? { caller.map { Int($0.uid) } }
 
+    /// The reply would reach the client: its connection is open and not being disconnected. A
+    /// thousand `job.wait`s of one job by a client that does not read must not cost a thousand
+    /// serialized views once the first few put it over its budget.
+    var wanted: Bool { channel.isActive && link?.closing == nil }
+
     func reply(_ type: String, _ fields: [(String, JSONValue)]) {
+        guard wanted else { return }
         send(Reply.make(type, id: id, fields))
     }
 
     func fail(_ error: ProtocolError) {
+        guard wanted else { return }
         send(Reply.error(error, id: id))
     }
 
     func job(_ view: JobView, existing: Bool = false) {
+        guard wanted else { return }
         reply("job", [("job", view.json), ("existing", .bool(existing))])
     }
 
