@@ -42,7 +42,24 @@ struct Responder: Sendable {
 
     func job(_ view: JobView, existing: Bool = false) {
         guard wanted else { return }
-        reply("job", [("job", view.json), ("existing", .bool(existing))])
+        guard let views = link?.views else {
+            reply("job", [("job", view.json), ("existing", .bool(existing))])
+            return
+        }
+        send(Self.jobReply(id: id, view: views.serialized(view), existing: existing))
+    }
+
+    /// `Reply.make("job", id: id, [("job", view.json), ("existing", .bool(existing))])` around a
+    /// view serialized already.
+    static func jobReply(id: JSONValue, view: [UInt8], existing: Bool) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(view.count + 64)
+        out += #"{"type":"job","id":"#.utf8
+        id.write(to: &out)
+        out += #","job":"#.utf8
+        out += view
+        out += (existing ? #","existing":true}"# : #","existing":false}"#).utf8
+        return out
     }
 
     func job(_ result: Result<JobView, ProtocolError>, existing: Bool = false) {
@@ -55,5 +72,23 @@ struct Responder: Sendable {
     private func send(_ payload: [UInt8]) {
         guard channel.isActive else { return }
         channel.writeAndFlush(channel.allocator.frame(payload), promise: nil)
+    }
+}
+
+/// The last job view serialized for a reply, kept for the next reply of the same view: when a
+/// job ends, every `job.wait` of it gets the same view, and a view with a megabyte of output
+/// takes a millisecond or more to serialize. Its waiters may be hundreds (a client that piles
+/// them up and never reads is cut off at its budget, but only after its budget's worth). The
+/// comparison is cheap for the same view: its strings share their storage. Confined to the
+/// supervisor's event loop.
+final class JobViewBytes: @unchecked Sendable {
+    private var view: JobView?
+    private var bytes: [UInt8] = []
+
+    func serialized(_ v: JobView) -> [UInt8] {
+        if let view, view == v { return bytes }
+        view = v
+        bytes = v.json.serialized()
+        return bytes
     }
 }

@@ -15,6 +15,8 @@ final class ClientTable {
     private var handlers: [UInt64: ClientBudgetHandler] = [:]
     private var lastID: UInt64 = 0
     let logger: Logger
+    /// The last job view serialized for a reply (Responder.job).
+    let views = JobViewBytes()
 
     init(budget: ClientBudget, logger: Logger) {
         ledger = ClientLedger(budget: budget)
@@ -52,6 +54,10 @@ final class ClientTable {
 /// Responder, which is Sendable, carries it).
 final class ClientLink: @unchecked Sendable {
     fileprivate(set) var closing: ClientDisconnectReason?
+    /// Shared by every connection (ClientTable).
+    let views: JobViewBytes
+
+    init(views: JobViewBytes) { self.views = views }
 }
 
 /// Counts what the supervisor holds for one client connection (ClientTable) and closes the
@@ -77,10 +83,13 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
     private let table: ClientTable
     private var id: UInt64 = 0
     private var context: ChannelHandlerContext?
-    let link = ClientLink()
+    let link: ClientLink
     private var evicted: ClientDisconnectReason? { link.closing }
 
-    init(table: ClientTable) { self.table = table }
+    init(table: ClientTable) {
+        self.table = table
+        link = ClientLink(views: table.views)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
