@@ -65,8 +65,9 @@ public enum ClientDisconnectReason: String, Sendable, CaseIterable {
 
 /// What the supervisor holds for each client connection, and whom to disconnect. Pure: the
 /// caller tells it what was queued, written and buffered, and carries out the evictions it
-/// returns (closing those connections). An evicted connection's bytes leave the accounting at
-/// once (they go when it is closed, in the same tick); later reports for it are ignored.
+/// returns by closing those connections at once, which frees what was queued for them; so an
+/// evicted connection's bytes leave the accounting at once, and later reports for it are
+/// ignored.
 public struct ClientLedger: Sendable {
     public struct Entry: Sendable, Equatable {
         /// Bytes written to the connection that its socket has not taken yet.

@@ -46,20 +46,26 @@ struct Responder: Sendable {
             reply("job", [("job", view.json), ("existing", .bool(existing))])
             return
         }
-        send(Self.jobReply(id: id, view: views.serialized(view), existing: existing))
+        // Three writes, one frame: the view's bytes are the same buffer for every reply that
+        // carries it (NIO writes it with writev, without a copy).
+        let shared = views.serialized(view, allocator: channel.allocator)
+        let (head, tail) = Self.jobReplyParts(id: id, viewBytes: shared.readableBytes, existing: existing, allocator: channel.allocator)
+        channel.write(head, promise: nil)
+        channel.write(shared, promise: nil)
+        channel.writeAndFlush(tail, promise: nil)
     }
 
-    /// `Reply.make("job", id: id, [("job", view.json), ("existing", .bool(existing))])` around a
-    /// view serialized already.
-    static func jobReply(id: JSONValue, view: [UInt8], existing: Bool) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(view.count + 64)
-        out += #"{"type":"job","id":"#.utf8
-        id.write(to: &out)
-        out += #","job":"#.utf8
-        out += view
-        out += (existing ? #","existing":true}"# : #","existing":false}"#).utf8
-        return out
+    /// The frame of `Reply.make("job", id: id, [("job", view.json), ("existing", .bool(existing))])`
+    /// but for the view's `viewBytes` bytes, which go between the two parts.
+    static func jobReplyParts(id: JSONValue, viewBytes: Int, existing: Bool, allocator: ByteBufferAllocator) -> (ByteBuffer, ByteBuffer) {
+        var open: [UInt8] = Array(#"{"type":"job","id":"#.utf8)
+        id.write(to: &open)
+        open += #","job":"#.utf8
+        let close = Array((existing ? #","existing":true}"# : #","existing":false}"#).utf8)
+        var head = allocator.buffer(capacity: 4 + open.count)
+        head.writeInteger(UInt32(truncatingIfNeeded: open.count + viewBytes + close.count))
+        head.writeBytes(open)
+        return (head, allocator.buffer(bytes: close))
     }
 
     func job(_ result: Result<JobView, ProtocolError>, existing: Bool = false) {
@@ -75,7 +81,8 @@ struct Responder: Sendable {
     }
 }
 
-/// The last job view serialized for a reply, kept for the next reply of the same view: when a
+/// The last job view serialized for a reply, kept for the next reply of the same view (the
+/// same buffer, sent to each): when a
 /// job ends, every `job.wait` of it gets the same view, and a view with a megabyte of output
 /// takes a millisecond or more to serialize. Its waiters may be hundreds (a client that piles
 /// them up and never reads is cut off at its budget, but only after its budget's worth). The
@@ -83,12 +90,12 @@ struct Responder: Sendable {
 /// supervisor's event loop.
 final class JobViewBytes: @unchecked Sendable {
     private var view: JobView?
-    private var bytes: [UInt8] = []
+    private var bytes = ByteBuffer()
 
-    func serialized(_ v: JobView) -> [UInt8] {
+    func serialized(_ v: JobView, allocator: ByteBufferAllocator) -> ByteBuffer {
         if let view, view == v { return bytes }
         view = v
-        bytes = v.json.serialized()
+        bytes = allocator.buffer(bytes: v.json.serialized())
         return bytes
     }
 }

@@ -154,6 +154,95 @@ final class ClientBudgetDaemonTests: XCTestCase {
         XCTAssertTrue(try daemon.eventually(5) { try clients()["inbound_bytes"]?.intValue == 0 }, "\(clientsText())")
     }
 
+    /// Idle, never-reading and flooding clients at once (the bench's `hostile-clients` at a
+    /// smaller scale; CLAWPEN_HEAVY_TESTS=1 runs it at the full 1,000 / 100 / 10). Each wait pile
+    /// asks for 100 views of a job with 1 MB of output: four times its budget, so it is cut off
+    /// whatever the kernel's socket buffers absorb (about 200 KiB each). The job.get spammers and
+    /// the streams hold far less (one reply, or the output window): they are held, not cut. An
+    /// ordinary client is served all along, the daemon's peak stays within the all-clients
+    /// budget plus what it holds anyway, and the piled-up job succeeds.
+    func testHostileClientsLeaveOthersServedAndMemoryBounded() throws {
+        let heavy = ProcessInfo.processInfo.environment["CLAWPEN_HEAVY_TESTS"] == "1"
+        let (idleCount, pilerCount, spammerCount, streamerCount, flooderCount) = heavy ? (1000, 40, 30, 30, 10) : (200, 8, 6, 6, 4)
+        try start()
+        // The streams' own tenant: they hold its slots while their clients do not read (a
+        // submitter that does not read holds its own job), so the ordinary client uses b.
+        try daemon.createTenant("c")
+        let big = try daemon.run("a", ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"])
+        XCTAssertEqual(big.stdout.count, 1_000_000)
+        let rssBefore = daemonMemory("VmRSS")
+        var idle: [RawSocket] = []
+        for _ in 0..<idleCount { idle.append(try RawSocket(daemon.socket)) }
+        for (i, s) in idle.enumerated() { s.sendFrame(JSONValue.object([("type", .string("ping")), ("id", .int(Int64(i)))]).serialized()) }
+        for s in idle { XCTAssertEqual(s.readFrame()?["type"]?.stringValue, "pong") }
+        let slow = try daemon.detach("a", ["sh", "-c", "sleep 2; head -c 1000000 /dev/zero | tr '\\0' x"], timeout: 60)
+        func frames(_ n: Int, _ make: (Int) -> [(String, JSONValue)]) -> [UInt8] { (0..<n).flatMap { frame(make($0)) } }
+        let waits = frames(100) { [("type", .string("job.wait")), ("id", .int(Int64($0))), ("job_id", .string(slow.id))] }
+        let gets = frames(200) { [("type", .string("job.get")), ("id", .int(Int64($0))), ("job_id", .string(big.id))] }
+        let stream = frame([
+            ("type", .string("submit")), ("id", .int(1)), ("tenant", .string("c")),
+            ("argv", .array(["head", "-c", "20000000", "/dev/zero"].map(JSONValue.string))), ("stream", .bool(true)), ("timeout_s", .int(120)),
+        ])
+        var pilers: [RawSocket] = [], spammers: [RawSocket] = [], streamers: [RawSocket] = []
+        for _ in 0..<pilerCount { let s = try RawSocket(daemon.socket); s.send(waits); pilers.append(s) }
+        for _ in 0..<spammerCount { let s = try RawSocket(daemon.socket); s.send(gets); spammers.append(s) }
+        for _ in 0..<streamerCount { let s = try RawSocket(daemon.socket); s.send(stream); streamers.append(s) }
+        let stop = NSLock()
+        nonisolated(unsafe) var stopped = false
+        nonisolated(unsafe) var floodErrors: [String] = []
+        let group = DispatchGroup()
+        let socket = daemon.socket
+        for _ in 0..<flooderCount {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                do {
+                    let c = try ClawpenConnection(socketPath: socket)
+                    while !stop.withLock({ stopped }) { _ = try c.call(.ping) }
+                } catch { stop.withLock { floodErrors.append("\(error)") } }
+            }.start()
+        }
+        // The ordinary client, through the burst when the piled-up job ends (2 s from its start).
+        let ordinary = try daemon.connect()
+        var times: [Double] = []
+        let until = Date().addingTimeInterval(4)
+        var submits = 0
+        while Date() < until {
+            let t0 = Date()
+            _ = try ordinary.call(.ping)
+            times.append(Date().timeIntervalSince(t0))
+            if times.count % 50 == 0 {
+                XCTAssertEqual(try daemon.run("b", ["echo", "ok"]).stdout, "ok\n")
+                submits += 1
+            }
+            usleep(2000)
+        }
+        stop.withLock { stopped = true }
+        group.wait()
+        XCTAssertEqual(floodErrors, [], "the flooders were served, not cut off")
+        let sorted = times.sorted()
+        let p99 = sorted[min(sorted.count - 1, sorted.count * 99 / 100)]
+        XCTAssertGreaterThan(times.count, 300, "the ordinary client's pings in 4 s: \(times.count)")
+        XCTAssertGreaterThan(submits, 5)
+        XCTAssertLessThan(p99, 0.5, "the ordinary client's ping p99 under load: \(p99) s (max \(sorted.last ?? 0))")
+        XCTAssertEqual(try daemon.connect().job(.jobWait(jobID: slow.id)).job.state, .succeeded)
+        XCTAssertTrue(try daemon.eventually(10) { pilers.allSatisfy(isClosed) }, "every wait pile was cut off: \(clientsText())")
+        XCTAssertTrue(spammers.allSatisfy { !isClosed($0) }, "a job.get spammer holds one reply and is held, not cut: \(clientsText())")
+        XCTAssertTrue(streamers.allSatisfy { !isClosed($0) }, "a stream holds its output window and is held, not cut: \(clientsText())")
+        let peak = daemonMemory("VmHWM")
+        XCTAssertLessThan(peak - rssBefore, 192 * 1024, "the daemon's peak: \(rssBefore) -> \(peak) KiB")
+        let c = try clients()
+        XCTAssertEqual((c["disconnects"]?["client_budget"]?.intValue ?? 0) + (c["disconnects"]?["all_clients_budget"]?.intValue ?? 0), Int64(pilerCount), "\(c)")
+        XCTAssertLessThanOrEqual(c["peak_bytes"]?.intValue ?? .max, (128 << 20) + (4 << 20), "\(c)")
+        _ = idle
+    }
+
+    /// The daemon closed the connection (POLLHUP), whatever it left unread.
+    func isClosed(_ s: RawSocket) -> Bool {
+        var p = pollfd(fd: s.fd, events: 0x2000 /* POLLRDHUP */, revents: 0)
+        return poll(&p, 1, 0) >= 0 && p.revents & Int16(POLLHUP) != 0
+    }
+
     func testBudgetsThatCannotWorkAreRefusedAtStart() throws {
         let bad = try runCLI(["serve", "--client-buffer-bytes", "1000", "--subuid-file", "/nonexistent", "--subgid-file", "/nonexistent"], socket: nil)
         XCTAssertEqual(bad.status, 64, bad.stderr)

@@ -1,4 +1,5 @@
 import ClawpenProtocol
+import NIOCore
 @testable import ClawpenSupervisor
 import XCTest
 
@@ -12,22 +13,30 @@ final class JobReplyTests: XCTestCase {
     }
 
     func testTheSplicedReplyIsReplyMakesReply() {
+        let allocator = ByteBufferAllocator()
         for id: JSONValue in [.int(7), .string("req \"1\""), .null] {
             for existing in [false, true] {
                 let v = view(String(repeating: "x\n", count: 1000))
-                let expected = Reply.make("job", id: id, [("job", v.json), ("existing", .bool(existing))])
-                XCTAssertEqual(Responder.jobReply(id: id, view: v.json.serialized(), existing: existing), expected)
+                let expected = allocator.frame(Reply.make("job", id: id, [("job", v.json), ("existing", .bool(existing))]))
+                let viewBytes = JobViewBytes().serialized(v, allocator: allocator)
+                var (frame, tail) = Responder.jobReplyParts(id: id, viewBytes: viewBytes.readableBytes, existing: existing, allocator: allocator)
+                var shared = viewBytes
+                frame.writeBuffer(&shared)
+                frame.writeBuffer(&tail)
+                XCTAssertEqual(frame, expected)
             }
         }
     }
 
     func testTheCacheServesOnlyTheSameView() {
         let cache = JobViewBytes()
+        let allocator = ByteBufferAllocator()
         let a = view("one"), b = view("two"), running = view("one", state: .running)
-        XCTAssertEqual(cache.serialized(a), a.json.serialized())
-        XCTAssertEqual(cache.serialized(a), a.json.serialized())
-        XCTAssertEqual(cache.serialized(b), b.json.serialized())
-        XCTAssertEqual(cache.serialized(running), running.json.serialized())
-        XCTAssertEqual(cache.serialized(a), a.json.serialized())
+        func bytes(_ v: JobView) -> [UInt8] { Array(cache.serialized(v, allocator: allocator).readableBytesView) }
+        XCTAssertEqual(bytes(a), a.json.serialized())
+        XCTAssertEqual(bytes(a), a.json.serialized())
+        XCTAssertEqual(bytes(b), b.json.serialized())
+        XCTAssertEqual(bytes(running), running.json.serialized())
+        XCTAssertEqual(bytes(a), a.json.serialized())
     }
 }

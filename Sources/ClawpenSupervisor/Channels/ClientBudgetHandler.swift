@@ -37,14 +37,20 @@ final class ClientTable {
         ledger.close(id)
     }
 
-    func queued(_ id: UInt64, bytes: Int) { carryOut(ledger.queued(id, bytes: bytes)) }
+    func queued(_ id: UInt64, bytes: Int) { carryOut(ledger.queued(id, bytes: bytes), trigger: id, inDecoder: false) }
     func written(_ id: UInt64, bytes: Int) { ledger.written(id, bytes: bytes) }
-    func inbound(_ id: UInt64, bytes: Int) { carryOut(ledger.inbound(id, bytes: bytes)) }
+    func inbound(_ id: UInt64, bytes: Int) { carryOut(ledger.inbound(id, bytes: bytes), trigger: id, inDecoder: true) }
 
-    private func carryOut(_ evictions: [ClientLedger.Eviction]) {
+    /// Closes the evicted connections now, so that what was queued for them is freed before
+    /// anything more is built: when a job with a thousand waiters ends, the replies for forty
+    /// clients that never read are made in one turn of the loop, and with the closes put off to
+    /// the next turn each of them would hold its whole budget at once (a gigabyte, measured).
+    /// Only the connection whose own decoder reported is closed on the next turn (its decoder is
+    /// in the middle of a read); what it holds is its unfinished frame, which no reply adds to.
+    private func carryOut(_ evictions: [ClientLedger.Eviction], trigger: UInt64, inDecoder: Bool) {
         for e in evictions {
             guard let handler = handlers.removeValue(forKey: e.id) else { continue }
-            handler.evict(e, budget: ledger.budget, logger: logger)
+            handler.evict(e, budget: ledger.budget, logger: logger, now: !(inDecoder && e.id == trigger))
         }
     }
 }
@@ -67,7 +73,7 @@ final class ClientLink: @unchecked Sendable {
 ///
 /// A write's bytes count from the moment it is queued until its promise completes (the socket
 /// took them, or the connection closed and they were dropped). An evicted connection is closed
-/// in the next turn of the loop; until then what is written to it is dropped.
+/// at once (ClientTable.carryOut); what is still written to it is dropped.
 final class ClientBudgetHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -132,8 +138,8 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
     }
 
     /// ClientTable: a budget says this connection goes. Logged with the kernel's word on who it
-    /// is, then closed on the next turn of the loop (it may be in the middle of a write now).
-    func evict(_ e: ClientLedger.Eviction, budget: ClientBudget, logger: Logger) {
+    /// is, then closed, `now` or on the next turn of the loop.
+    func evict(_ e: ClientLedger.Eviction, budget: ClientBudget, logger: Logger, now: Bool) {
         guard evicted == nil, let context else { return }
         link.closing = e.reason
         let channel = context.channel
@@ -160,6 +166,12 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
         // Nothing of ours waits ahead of it (the connection held only the frame it was sending):
         // the client is told the rule. Behind queued replies it would never be read.
         let answer: ByteBuffer? = e.queued > 0 ? nil : channel.allocator.frame(Reply.error(Self.refusal(e, budget: budget, flag: flag), id: .null))
+        if now {
+            // Pending writes are failed and freed by the close, at once.
+            if let answer { context.writeAndFlush(NIOAny(answer), promise: nil) }
+            context.close(promise: nil)
+            return
+        }
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.eventLoop.execute {
             if let answer { bound.value.writeAndFlush(NIOAny(answer), promise: nil) }
