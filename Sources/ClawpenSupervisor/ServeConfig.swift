@@ -1,4 +1,5 @@
 @_exported import enum ClawpenCore.DispatchMode
+@_exported import struct ClawpenCore.ClientBudget
 import ClawpenCore
 /// Everything `clawpen serve` is configured with, after flags, environment and config file have
 /// been merged (flag > environment > config file > default).
@@ -23,6 +24,17 @@ public struct ServeConfig: Sendable {
     public var fsyncAccepts = true
     /// A client that leaves a frame half-sent this long is disconnected.
     public var partialFrameTimeoutSeconds = 30.0
+    /// Bytes of replies and output queued for one client connection before it is disconnected
+    /// (`--client-buffer-bytes`; ClientBudget).
+    public var clientBufferBytes = ClientBudget.defaultPerClient
+    /// The same for all connections together, with their half-received frames
+    /// (`--all-clients-buffer-bytes`); nil: ClientBudget.defaultAllClients(perClient:maxFrameBytes:).
+    public var allClientsBufferBytes: Int?
+    public var clientBudget: ClientBudget {
+        ClientBudget(
+            perClient: clientBufferBytes,
+            allClients: allClientsBufferBytes ?? ClientBudget.defaultAllClients(perClient: clientBufferBytes, maxFrameBytes: maxFrameBytes))
+    }
     /// Spare workers kept cloned and waiting, so that a new tenant's first job skips the clone,
     /// the namespaces and the exec (0: none). nil: automatic: 2 without tenant cgroups; 0 with
     /// them, because a spare must then be migrated into its tenant's cgroup, which waits for an

@@ -44,6 +44,12 @@ public enum Server {
         let config = settings
 
         let policies = try loadPolicies(config, logger: logger)
+        let largestReply = ClientBudget.largestReply(outputMaxBytes: policies.largestOutputMaxBytes)
+        if largestReply > config.clientBudget.perClient {
+            logger.warning(
+                "a job's view may be larger than --client-buffer-bytes: a client fetching it may be disconnected",
+                metadata: ["largest_reply_bytes": "\(largestReply)", "client_buffer_bytes": "\(config.clientBudget.perClient)"])
+        }
         let seccomp = try PolicyRuntime.compileSeccomp(policies)
         let readiness = Readiness()
         readiness.policiesLoaded()
@@ -147,9 +153,7 @@ public enum Server {
                 .childChannelOption(ChannelOptions.recvAllocator, value: Supervisor.bulkReads)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandlers(
-                            ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrame, partialTimeout: partialTimeout)),
-                            ClientHandler(supervisor: supervisor, parser: parser))
+                        try supervisor.addClientHandlers(channel, parser: parser, maxFrameBytes: maxFrame, partialTimeout: partialTimeout)
                     }
                 }
             if let activated {

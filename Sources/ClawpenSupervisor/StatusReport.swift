@@ -74,7 +74,33 @@ extension Supervisor {
         var states = JSONObjectBuilder()
         for state in WorkerState.allCases { states.set(state.rawValue, core.tenants.values.filter { $0.state == state }.count) }
         sup.set("tenant_states", states.value)
+        sup.set("clients", clientsJSON())
         return sup.value
+    }
+
+    /// The client connections and what is held for them against the budgets (ClientBudget).
+    private func clientsJSON() -> JSONValue {
+        let ledger = clients.ledger
+        var o = JSONObjectBuilder()
+        o.set("connected", ledger.connections)
+        o.set("queued_bytes", ledger.queuedTotal)
+        o.set("inbound_bytes", ledger.inboundTotal)
+        o.set("peak_bytes", ledger.peakTotal)
+        o.set("client_budget_bytes", ledger.budget.perClient)
+        o.set("all_clients_budget_bytes", ledger.budget.allClients)
+        // The largest reply the policies allow (a job's view with both streams full): a client
+        // fetching it must fit in its budget.
+        let largest = ClientBudget.largestReply(outputMaxBytes: policies.largestOutputMaxBytes)
+        o.set("largest_reply_bytes", largest)
+        if largest > ledger.budget.perClient {
+            o.set(
+                "warning",
+                "a job's view may reach \(largest) bytes (output_max_bytes), more than --client-buffer-bytes (\(ledger.budget.perClient)): a client fetching it may be disconnected")
+        }
+        var d = JSONObjectBuilder()
+        for reason in ClientDisconnectReason.allCases { d.set(reason.rawValue, ledger.disconnects[reason] ?? 0) }
+        o.set("disconnects", d.value)
+        return o.value
     }
 
     private func tenantJSON(_ t: TenantState, now: Double) -> JSONValue {
@@ -207,5 +233,14 @@ extension Supervisor {
         o.set("failures_in_window", q.failuresInWindow)
         o.set("lift", .string("clawpen tenant resume \(t.name)"))
         return o.value
+    }
+}
+
+extension PolicySet {
+    /// The largest output_max_bytes of any tier, tenant policy or set-quota override.
+    var largestOutputMaxBytes: Int {
+        let tiers = [free, pro, enterprise].map(\.outputMaxBytes)
+        let overrides = (Array(tenantOverrides.values) + Array(quotaOverrides.values)).compactMap(\.outputMaxBytes)
+        return (tiers + overrides).max() ?? 0
     }
 }

@@ -77,6 +77,8 @@ public final class Supervisor: @unchecked Sendable {
     var workerMountsFallback: String?
     /// Who follows which job, and the output and input windows (Streams.swift).
     var streams = StreamTable()
+    /// Every client connection and the bytes held for it, against the budgets (ClientBudgetHandler.swift).
+    lazy var clients = ClientTable(budget: config.clientBudget, logger: logger)
     var runtimeCounters = RuntimeCounters()
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]

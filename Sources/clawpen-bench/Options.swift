@@ -5,6 +5,7 @@ import Glibc
 enum Scenario: String, ExpressibleByArgument, CaseIterable, Sendable {
     case all, warm, throughput, cold, density, fairness
     case hostileFrames = "hostile-frames"
+    case hostileClients = "hostile-clients"
     case stream, interactive
     case egress
     case files
@@ -59,6 +60,13 @@ struct Bench: ParsableCommand {
             it was due); its p50/p99 with the senders paused and running, in alternating blocks. Also the slowest shape of a 4 KiB frame (what the daemon \
             parses on its event loop per connection and read) parsed in this process.
 
+            hostile-clients (not part of `all`): with the daemon's default client budgets, an \
+            ordinary client's paced pings and submits alone, then beside --hostile-idle idle \
+            connections, --hostile-never-readers that never read (job.wait piles on a job that ends \
+            with 1 MB of output, job.get spam, streamed submits) and --hostile-flooders pinging back \
+            to back: its p50/p99 both ways, the daemon's RSS peak, and the disconnects by budget. \
+            Targets: RSS <= 256 MiB; p99 loaded within 2x unloaded.
+
             files (not part of `all`): file.put and file.get of a 4 KiB file (p50 latency, \
             alternating in blocks with the same done by `submit` of dd of= and cat in the sandbox) \
             and of a --file-large-mib file (MB/s), and both through `bwrap ... cat` on the tenant's \
@@ -71,7 +79,7 @@ struct Bench: ParsableCommand {
 
     @Option(
         help:
-            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, egress, files, subjobs (a job's submit of /bin/true that waits, from inside the sandbox against from outside), stream (a line's latency from the job's write to the client, against a plain pipe), interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty), chaos (kill -9 of the supervisor under load, restarted on the same state dir, then of one tenant's workers beside a timed neighbour; docs/reliability.md) or restart (10,000 queued jobs left by a killed daemon: the restarted one's time to a socket that accepts and a first job running)."
+            "Run one scenario: all (warm, throughput, cold, density), warm, throughput, cold, density, fairness, hostile-frames, hostile-clients, egress, files, subjobs (a job's submit of /bin/true that waits, from inside the sandbox against from outside), stream (a line's latency from the job's write to the client, against a plain pipe), interactive (a Python REPL's `1+1` round trip on a tty job, against a local pty), chaos (kill -9 of the supervisor under load, restarted on the same state dir, then of one tenant's workers beside a timed neighbour; docs/reliability.md) or restart (10,000 queued jobs left by a killed daemon: the restarted one's time to a socket that accepts and a first job running)."
     )
     var scenario: Scenario = .all
 
@@ -148,8 +156,21 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("hostile-senders"), help: "Clients sending 16 MiB frames back to back in the hostile-frames scenario.")
     var hostileSenders = 2
 
-    @Option(name: .customLong("hostile-pings"), help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames scenario.")
+    @Option(
+        name: .customLong("hostile-pings"),
+        help: "Timed pings of the other client, per phase (unloaded and loaded), in the hostile-frames and hostile-clients scenarios.")
     var hostilePings = 2000
+
+    @Option(name: .customLong("hostile-idle"), help: "Idle connections in the hostile-clients scenario.")
+    var hostileIdle = 1000
+    @Option(name: .customLong("hostile-never-readers"), help: "Connections that never read, in the hostile-clients scenario (4 in 10 pile up job.waits, 3 spam job.get, 3 stream).")
+    var hostileNeverReaders = 100
+    @Option(name: .customLong("hostile-flooders"), help: "Clients sending pings back to back in the hostile-clients scenario.")
+    var hostileFlooders = 10
+    @Option(name: .customLong("hostile-waits"), help: "job.waits each wait pile sends in the hostile-clients scenario (each a 1 MB view when the job ends).")
+    var hostileWaits = 100
+    @Option(name: .customLong("hostile-submits"), help: "Timed submits of /bin/true per phase in the hostile-clients scenario.")
+    var hostileSubmits = 300
 
     @Option(
         name: .customLong("egress-requests"),
@@ -189,7 +210,8 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
-            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, runtimeSamples >= 1,
+            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, hostileIdle >= 0, hostileNeverReaders >= 0, hostileFlooders >= 0,
+            hostileWaits >= 1, hostileSubmits >= 1, runtimeSamples >= 1,
             subjobRounds >= 1, subjobJobs >= 1
         else {
             throw ValidationError("counts must be positive")
@@ -239,6 +261,13 @@ struct Bench: ParsableCommand {
             if scenario == .restart {
                 let figures = try scenarios.restart()
                 print(figures.table(), terminator: "")
+                fflush(nil)
+                return
+            }
+            if scenario == .hostileClients {
+                let figures = try scenarios.hostileClients()
+                print(figures.table(), terminator: "")
+                if json { print(figures.json().text) }
                 fflush(nil)
                 return
             }

@@ -38,6 +38,19 @@ struct ServeCommand: ParsableCommand {
     var prespawn: Int?
     @Option(name: .customLong("partial-frame-timeout"), help: "Seconds a client may leave a frame half-sent before it is disconnected (default 30).")
     var partialFrameTimeout: Double?
+    @Option(
+        name: .customLong("client-buffer-bytes"),
+        help: ArgumentHelp(
+            "Bytes of replies and streamed output queued for one client connection before it is disconnected (default 25165824, 24 MiB).",
+            discussion:
+                "Bytes the client's socket has not taken yet. A client over it is disconnected (its jobs go on); the log names its pid and uid. Keep it above the largest reply a job's view can be: 12 times the policies' largest output_max_bytes."
+        )) var clientBufferBytes: Int?
+    @Option(
+        name: .customLong("all-clients-buffer-bytes"),
+        help: ArgumentHelp(
+            "The same for all client connections together, with the frames they are in the middle of sending (default 134217728, 128 MiB, or more when --client-buffer-bytes plus --max-frame-bytes is more).",
+            discussion: "Over it, the connections holding the most are disconnected, the biggest first, until the rest fit."
+        )) var allClientsBufferBytes: Int?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(
         name: .customLong("dispatch"),
@@ -113,6 +126,8 @@ struct ServeCommand: ParsableCommand {
         if let v = shutdownGrace { cfg.shutdownGraceSeconds = v }
         if let v = fsyncAccepts { cfg.fsyncAccepts = v }
         if let v = partialFrameTimeout { cfg.partialFrameTimeoutSeconds = v }
+        if let v = clientBufferBytes { cfg.clientBufferBytes = v }
+        if let v = allClientsBufferBytes { cfg.allClientsBufferBytes = v }
         if let v = prespawn { cfg.prespawnWorkers = v }
         if let v = dispatch {
             guard let mode = DispatchMode(rawValue: v) else { throw ServeExit.usage("--dispatch must be fair or fifo, not '\(v)'") }
@@ -140,6 +155,7 @@ struct ServeCommand: ParsableCommand {
             throw ServeExit.usage(
                 "out of range: --idle-timeout must be > 0, --shutdown-grace >= 0, --prespawn 0...64, --max-frame-bytes 1024...1073741824")
         }
+        if let problem = cfg.clientBudget.problem(maxFrameBytes: cfg.maxFrameBytes) { throw ServeExit.usage(problem) }
         cfg.socketPath = absolute(cfg.socketPath)
         cfg.stateDir = absolute(cfg.stateDir)
         cfg.workspaceRoot = absolute(cfg.workspaceRoot)
@@ -221,7 +237,7 @@ enum ConfigFile {
     static let knownKeys = [
         "socket", "state-dir", "workspace-root", "policies", "worker-path", "idle-timeout", "max-frame-bytes", "shutdown-grace", "prespawn",
         "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "metrics-listen",
-        "master-key-file", "egress-ca-file", "uid-min",
+        "client-buffer-bytes", "all-clients-buffer-bytes", "master-key-file", "egress-ca-file", "uid-min",
         "uid-max",
     ]
 
@@ -282,6 +298,12 @@ enum ConfigFile {
             case "master_key_file": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.masterKeyFile = s
             case "egress_ca_file": guard let s = e.value.stringValue else { throw bad("a string") }; cfg.egressCAFile = s
             case "metrics_listen": guard let s = e.value.stringValue else { throw bad("a string, HOST:PORT") }; cfg.metricsListen = s
+            case "client_buffer_bytes":
+                guard let i = e.value.integerValue, i >= ClientBudget.minimumPerClient else { throw bad("an integer >= \(ClientBudget.minimumPerClient)") }
+                cfg.clientBufferBytes = Int(i)
+            case "all_clients_buffer_bytes":
+                guard let i = e.value.integerValue, i >= ClientBudget.minimumPerClient else { throw bad("an integer >= \(ClientBudget.minimumPerClient)") }
+                cfg.allClientsBufferBytes = Int(i)
             case "partial_frame_timeout_s":
                 guard let d = e.value.numberValue, d > 0 else { throw bad("a positive number") }; cfg.partialFrameTimeoutSeconds = d
             case "log_level":

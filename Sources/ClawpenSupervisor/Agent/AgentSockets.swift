@@ -159,9 +159,8 @@ extension Supervisor {
         ServerBootstrap(group: loop)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(FrameDecoder(maxFrameBytes: cfg.maxFrameBytes, partialTimeout: cfg.partialTimeout)),
-                        ClientHandler(supervisor: self, parser: cfg.parser, agentTenant: name))
+                    try addClientHandlers(
+                        channel, parser: cfg.parser, maxFrameBytes: cfg.maxFrameBytes, partialTimeout: cfg.partialTimeout, agentTenant: name)
                 }
             }
             .withBoundSocket(fd)

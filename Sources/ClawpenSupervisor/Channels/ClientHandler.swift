@@ -54,10 +54,14 @@ final class ClientHandler: ChannelDuplexHandler {
     private var agent: AgentCaller?
     private var identifying = false
 
-    init(supervisor: Supervisor, parser: NIOThreadPool, agentTenant: TenantName? = nil) {
+    /// The connection's budget state, handed to every Responder (ClientBudgetHandler).
+    private let link: ClientLink?
+
+    init(supervisor: Supervisor, parser: NIOThreadPool, agentTenant: TenantName? = nil, link: ClientLink? = nil) {
         self.supervisor = supervisor
         self.parser = parser
         self.agentTenant = agentTenant
+        self.link = link
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -193,10 +197,12 @@ final class ClientHandler: ChannelDuplexHandler {
         case .chunk(let chunk):
             var responder = Responder(channel: context.channel, id: chunk.id, caller: caller)
             responder.agent = agent
+            responder.link = link
             supervisor.handlePutChunk(chunk, responder)
         case .request(let id, let request):
             var responder = Responder(channel: context.channel, id: id, caller: caller)
             responder.agent = agent
+            responder.link = link
             switch request {
             case .failure(let error): responder.fail(error)
             case .success(let request): supervisor.handle(request, responder)

@@ -16,7 +16,11 @@ import NIOCore
 ///   bounded time only. The clock restarts with every complete frame: a client that streams
 ///   frames back to back is never cut off. Nor is one whose rest of a frame waits because the
 ///   supervisor stopped reading it (ClientHandler holds reads while the client does not read
-///   its replies): the clock starts again once it is read from again.
+///   its replies): the clock starts again once it is read from again;
+/// - with `onBuffered` (client connections), it tells how many bytes of an incomplete frame it
+///   holds whenever that changes, so that they count toward the all-clients budget
+///   (ClientBudgetHandler): a thousand clients each sending most of a 16 MiB frame and no more
+///   cannot make the daemon hold 16 GB.
 final class FrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = ByteBuffer
 
@@ -39,6 +43,9 @@ final class FrameDecoder: ByteToMessageDecoder {
     private var partialTimer: Scheduled<Void>?
     /// Bytes of the incomplete frame so far, for the timeout's message.
     private var buffered = 0
+    /// Told the bytes of the incomplete frame held (0: none) when that changes.
+    var onBuffered: ((Int) -> Void)?
+    private var reported = 0
 
     init(maxFrameBytes: Int, partialTimeout: TimeAmount? = nil) {
         self.maxFrameBytes = maxFrameBytes
@@ -49,6 +56,7 @@ final class FrameDecoder: ByteToMessageDecoder {
         buffered = buffer.readableBytes
         guard let header = buffer.viewBytes(at: buffer.readerIndex, length: Framing.headerSize) else {
             armPartialTimer(context: context)
+            report(buffer.readableBytes)
             return .needMoreData
         }
         let length: Int
@@ -58,12 +66,14 @@ final class FrameDecoder: ByteToMessageDecoder {
         }
         guard buffer.readableBytes >= Framing.headerSize + length else {
             armPartialTimer(context: context)
+            report(buffer.readableBytes)
             return .needMoreData
         }
         buffer.moveReaderIndex(forwardBy: Framing.headerSize)
         // readSlice cannot fail: the bytes were counted above.
         guard let payload = buffer.readSlice(length: length) else { return .needMoreData }
         cancelPartialTimer()
+        report(buffer.readableBytes)
         context.fireChannelRead(Self.wrapInboundOut(payload))
         return .continue
     }
@@ -71,12 +81,22 @@ final class FrameDecoder: ByteToMessageDecoder {
     func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         // Whole frames that came before the end are still delivered; a partial one is dropped.
         let state = try decode(context: context, buffer: &buffer)
-        if state == .needMoreData { cancelPartialTimer() }
+        if state == .needMoreData {
+            cancelPartialTimer()
+            report(0)
+        }
         return state
     }
 
     func decoderRemoved(context: ChannelHandlerContext) {
         cancelPartialTimer()
+        report(0)
+    }
+
+    private func report(_ bytes: Int) {
+        guard bytes != reported, let onBuffered else { return }
+        reported = bytes
+        onBuffered(bytes)
     }
 
     private func armPartialTimer(context: ChannelHandlerContext) {

@@ -50,6 +50,18 @@ extension Supervisor {
         m.setGauge(name("jobs_queued", "", "Jobs waiting for a slot, all tenants."), labels: [], Double(queued))
         m.setGauge(name("tenants", "", "Tenants known to the daemon."), labels: [], Double(core.tenants.count))
         m.setGauge(name("spare_workers", "", "Workers started ahead of need for new tenants."), labels: [], Double(spares.count))
+        let ledger = clients.ledger
+        for reason in ClientDisconnectReason.allCases {
+            m.syncCounter(
+                name("client_disconnects", "total", "Client connections closed by the daemon for holding too many bytes, by the budget they broke."),
+                labels: [("reason", reason.rawValue)], total: Int64(ledger.disconnects[reason] ?? 0))
+        }
+        m.setGauge(name("clients_connected", "", "Client connections open now (control and agent sockets)."), labels: [], Double(ledger.connections))
+        m.setGauge(
+            name("client_queued", "bytes", "Bytes of replies and output queued for clients that their sockets have not taken yet."), labels: [],
+            Double(ledger.queuedTotal))
+        m.setGauge(
+            name("client_inbound", "bytes", "Bytes of the request frames clients are in the middle of sending."), labels: [], Double(ledger.inboundTotal))
         syncRuntimeMetrics()
         syncEgressMetrics()
         m.setGauge(name("uptime", "seconds", "Seconds since the daemon started."), labels: [], Clock.monotonic() - startedAt)
