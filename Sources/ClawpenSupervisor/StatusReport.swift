@@ -95,7 +95,8 @@ extension Supervisor {
         if largest > ledger.budget.perClient {
             o.set(
                 "warning",
-                "a job's view may reach \(largest) bytes (output_max_bytes), more than --client-buffer-bytes (\(ledger.budget.perClient)): a client fetching it may be disconnected")
+                "a job's view may reach \(largest) bytes (output_max_bytes), more than --client-buffer-bytes (\(ledger.budget.perClient)): a client fetching it may be disconnected"
+            )
         }
         var d = JSONObjectBuilder()
         for reason in ClientDisconnectReason.allCases { d.set(reason.rawValue, ledger.disconnects[reason] ?? 0) }

@@ -163,7 +163,9 @@ struct Bench: ParsableCommand {
 
     @Option(name: .customLong("hostile-idle"), help: "Idle connections in the hostile-clients scenario.")
     var hostileIdle = 1000
-    @Option(name: .customLong("hostile-never-readers"), help: "Connections that never read, in the hostile-clients scenario (4 in 10 pile up job.waits, 3 spam job.get, 3 stream).")
+    @Option(
+        name: .customLong("hostile-never-readers"),
+        help: "Connections that never read, in the hostile-clients scenario (4 in 10 pile up job.waits, 3 spam job.get, 3 stream).")
     var hostileNeverReaders = 100
     @Option(name: .customLong("hostile-flooders"), help: "Clients sending pings back to back in the hostile-clients scenario.")
     var hostileFlooders = 10
@@ -210,7 +212,8 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
-            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, hostileIdle >= 0, hostileNeverReaders >= 0, hostileFlooders >= 0,
+            throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, hostileIdle >= 0, hostileNeverReaders >= 0,
+            hostileFlooders >= 0,
             hostileWaits >= 1, hostileSubmits >= 1, runtimeSamples >= 1,
             subjobRounds >= 1, subjobJobs >= 1
         else {

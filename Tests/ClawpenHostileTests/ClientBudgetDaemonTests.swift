@@ -232,7 +232,8 @@ final class ClientBudgetDaemonTests: XCTestCase {
         let peak = daemonMemory("VmHWM")
         XCTAssertLessThan(peak - rssBefore, 192 * 1024, "the daemon's peak: \(rssBefore) -> \(peak) KiB")
         let c = try clients()
-        XCTAssertEqual((c["disconnects"]?["client_budget"]?.intValue ?? 0) + (c["disconnects"]?["all_clients_budget"]?.intValue ?? 0), Int64(pilerCount), "\(c)")
+        XCTAssertEqual(
+            (c["disconnects"]?["client_budget"]?.intValue ?? 0) + (c["disconnects"]?["all_clients_budget"]?.intValue ?? 0), Int64(pilerCount), "\(c)")
         XCTAssertLessThanOrEqual(c["peak_bytes"]?.intValue ?? .max, (128 << 20) + (4 << 20), "\(c)")
         _ = idle
     }

@@ -136,7 +136,8 @@ final class SlowStoreTests: XCTestCase {
 
         // A streamed submit: `accepted` first, then its output, then the final job.
         let s = try StreamClient(d)
-        let sid = s.send("submit", [("tenant", .string("slow-r")), ("argv", .array(["sh", "-c", "echo one; echo two"].map(JSONValue.string))), ("stream", .bool(true))])
+        let sid = s.send(
+            "submit", [("tenant", .string("slow-r")), ("argv", .array(["sh", "-c", "echo one; echo two"].map(JSONValue.string))), ("stream", .bool(true))])
         var frames: [JSONValue] = []
         while let f = s.next() {
             frames.append(f)

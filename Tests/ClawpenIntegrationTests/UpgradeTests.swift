@@ -106,8 +106,10 @@ final class UpgradeTests: XCTestCase {
             XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, d.log)
             XCTAssertEqual(workerPID(d, "a"), pidA, "round \(round)")
             if workerPID(d, "a") != pidA {
-                print("DEBUG alive \(alive(Int32(pidA))) cgroup: \((try? String(contentsOfFile: "/proc/\(pidA)/cgroup", encoding: .utf8)) ?? "gone")")
-                print("DEBUG status: \((try? String(contentsOfFile: "/proc/\(pidA)/status", encoding: .utf8))?.split(separator: "\n").filter { $0.hasPrefix("State") || $0.hasPrefix("PPid") } ?? [])")
+                print("upgrade: the adopted worker alive \(alive(Int32(pidA))) cgroup: \((try? String(contentsOfFile: "/proc/\(pidA)/cgroup", encoding: .utf8)) ?? "gone")")
+                print(
+                    "DEBUG status: \((try? String(contentsOfFile: "/proc/\(pidA)/status", encoding: .utf8))?.split(separator: "\n").filter { $0.hasPrefix("State") || $0.hasPrefix("PPid") } ?? [])"
+                )
             }
             let done = try d.connect().job(.jobWait(jobID: long.id)).job
             XCTAssertEqual(done.state, .succeeded, d.log)

@@ -53,7 +53,12 @@ final class WorkerChannelHandler: ChannelInboundHandler {
         switch error as? FrameDecoder.Failure {
         case .tooLarge(let e)?: misbehave("sent a frame of \(e.announced) bytes (limit \(e.limit))", context: context)
         case .incomplete?, nil:
-            if !misbehaved { context.close(promise: nil) }
+            // Said, not swallowed: a worker lost to a socket error is otherwise only "died".
+            if !misbehaved {
+                supervisor.logger.warning(
+                    "worker socket error; closing it", metadata: ["tenant": "\(worker.tenant)", "worker_pid": "\(worker.pid)", "error": "\(error)"])
+                context.close(promise: nil)
+            }
         }
     }
 
