@@ -36,7 +36,14 @@ public enum Framing {
     /// before it buffers any of the payload, so an announced 4 GiB costs nothing.
     public static func payloadLength<C: Collection>(header: C, limit: Int) throws(FrameTooLarge) -> Int
     where C.Element == UInt8 {
-        let n = readLength(header)
+        try payloadLength(announced: UInt32(truncatingIfNeeded: readLength(header)), limit: limit)
+    }
+
+    /// The same check on a header already read as a big-endian UInt32 (the supervisor's NIO
+    /// decoder reads it with `ByteBuffer.getInteger`: the generic form above, called across
+    /// modules on a ByteBufferView, costs a metadata lookup and an iterator per frame).
+    public static func payloadLength(announced: UInt32, limit: Int) throws(FrameTooLarge) -> Int {
+        let n = Int(announced)
         guard n <= limit else { throw FrameTooLarge(announced: n, limit: limit) }
         return n
     }

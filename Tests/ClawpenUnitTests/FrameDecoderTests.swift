@@ -1,5 +1,6 @@
 @testable import ClawpenSupervisor
 import ClawpenWire
+import Dispatch
 import NIOCore
 import NIOEmbedded
 import XCTest
@@ -83,6 +84,51 @@ final class FrameDecoderTests: XCTestCase {
         XCTAssertEqual(sink.payloads.count, 10)
         XCTAssertTrue(sink.errors.isEmpty, "\(sink.errors)")
         _ = try? channel.finish()
+    }
+
+    /// The decoder reads the header as a big-endian UInt32 (ByteBuffer.getInteger), the client and
+    /// the worker through the generic Framing.payloadLength(header:): the two agree on every
+    /// header, the top bit and the limit's edges included.
+    func testTheHeaderIsReadAsTheSplitterReadsIt() throws {
+        let limit = 1000
+        for header: [UInt8] in [[0, 0, 3, 0xE8], [0, 0, 3, 0xE9], [0x80, 0, 0, 0], [0xFF, 0xFF, 0xFF, 0xFF], [0, 0, 0, 0], [1, 0, 0, 0]] {
+            let (channel, sink) = try channel(limit: limit)
+            let announced = Framing.readLength(header)
+            try channel.writeInbound(buffer(header + Array(repeating: 7, count: min(announced, limit))))
+            var splitter = FrameSplitter(maxFrameBytes: limit)
+            splitter.append(header + Array(repeating: 7, count: min(announced, limit)))
+            let expected = Result { () throws(FrameTooLarge) in try splitter.next() }
+            switch expected {
+            case .success(let frame):
+                XCTAssertEqual(sink.payloads, [frame!], "header \(header)")
+                XCTAssertTrue(sink.errors.isEmpty, "header \(header)")
+            case .failure(let e):
+                guard case .tooLarge(let got)? = sink.errors.first as? FrameDecoder.Failure else { return XCTFail("header \(header): \(sink.errors)") }
+                XCTAssertEqual(got, e, "header \(header)")
+                XCTAssertEqual(got.announced, announced)
+                XCTAssertTrue(sink.payloads.isEmpty)
+            }
+            _ = try? channel.finish()
+        }
+    }
+
+    /// A stream of empty frames costs the decoder a constant per frame (no cost that grows with
+    /// what came before): 16 times the frames in one read take about 16 times as long, not 256.
+    func testManyEmptyFramesCostLinearTime() throws {
+        func seconds(_ frames: Int) throws -> Double {
+            let (channel, sink) = try channel(limit: 1 << 20)
+            let stream = buffer(Array(repeating: 0, count: 4 * frames))
+            let start = DispatchTime.now().uptimeNanoseconds
+            try channel.writeInbound(stream)
+            let end = DispatchTime.now().uptimeNanoseconds
+            XCTAssertEqual(sink.payloads.count, frames)
+            _ = try channel.finish()
+            return Double(end - start) / 1e9
+        }
+        _ = try seconds(500)
+        let small = (0..<3).map { _ in try! seconds(2000) }.min()!
+        let large = (0..<3).map { _ in try! seconds(32000) }.min()!
+        XCTAssertLessThan(large / small, 16 * 4, "2,000 empty frames: \(small) s, 32,000: \(large) s")
     }
 
     func testNoTimeoutWithoutAPartialFrame() throws {

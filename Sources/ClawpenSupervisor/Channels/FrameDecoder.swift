@@ -54,13 +54,13 @@ final class FrameDecoder: ByteToMessageDecoder {
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         buffered = buffer.readableBytes
-        guard let header = buffer.viewBytes(at: buffer.readerIndex, length: Framing.headerSize) else {
+        guard let header = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else {
             armPartialTimer(context: context)
             report(buffer.readableBytes)
             return .needMoreData
         }
         let length: Int
-        do { length = try Framing.payloadLength(header: header, limit: maxFrameBytes) } catch {
+        do { length = try Framing.payloadLength(announced: header, limit: maxFrameBytes) } catch {
             cancelPartialTimer()
             throw Failure.tooLarge(error)
         }

@@ -13,15 +13,20 @@ public struct Harness: Sendable {
     /// Valid inputs made by the project's own encoders, the start of the corpus
     /// (CLAWPEN_FUZZ_WRITE_SEEDS); the first is the harness's typical input.
     public let seeds: @Sendable () -> [[UInt8]]
+    /// How many times `bytes` makes the decoder pay its fixed cost: 1 for a decoder called once
+    /// per input; the frame splitters' frames (each is a call of the handler behind). The corpus
+    /// timing charges a unit at least that many typical calls' worth of bytes (CorpusTiming).
+    public let calls: @Sendable ([UInt8]) -> Int
 
     public init(
         name: String, seeds: @escaping @Sendable () -> [[UInt8]], decode: @escaping @Sendable ([UInt8]) -> Void,
-        check: @escaping @Sendable ([UInt8]) -> Void
+        check: @escaping @Sendable ([UInt8]) -> Void, calls: @escaping @Sendable ([UInt8]) -> Int = { _ in 1 }
     ) {
         self.name = name
         self.seeds = seeds
         self.decode = decode
         self.check = check
+        self.calls = calls
     }
 
     /// The body of LLVMFuzzerTestOneInput.

@@ -15,6 +15,10 @@ struct Split: Equatable {
     var frames: [[UInt8]] = []
     var refused: FrameTooLarge?
     var buffered = 0
+    /// Frames and payload bytes seen; the corpus timing (which measures the decoders, not this
+    /// harness's bookkeeping) counts frames instead of copying them into `frames`.
+    var count = 0
+    var bytes = 0
 }
 
 struct Input {
@@ -44,21 +48,28 @@ struct Input {
     }
 }
 
-func viaSplitter(_ input: Input) -> Split {
+func viaSplitter(_ input: Input, keep: Bool = true) -> Split {
     var out = Split()
     var s = FrameSplitter(maxFrameBytes: input.limit)
     reading: for chunk in input.chunks {
         s.append(chunk)
         do {
             while true {
-                // Both ways out of the splitter: a copy (next) and in place (withNext).
-                if out.frames.count % 2 == 0 {
+                // Both ways out of the splitter: a copy (next) and in place (withNext), which is
+                // how the worker takes a file's chunk (and the timing, which does not keep it).
+                if keep && out.count % 2 == 0 {
                     guard let f = try s.next() else { break }
                     out.frames.append(f)
-                } else {
+                    out.bytes += f.count
+                } else if keep {
                     guard let f = try s.withNext({ Array($0) }) else { break }
                     out.frames.append(f)
+                    out.bytes += f.count
+                } else {
+                    guard let n = try s.withNext({ $0.count }) else { break }
+                    out.bytes += n
                 }
+                out.count += 1
             }
         } catch {
             out.refused = error
@@ -80,10 +91,15 @@ final class Grab: ChannelInboundHandler {
 
 final class Collect: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
+    var keep = true
     var frames: [[UInt8]] = []
+    var count = 0
+    var bytes = 0
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var b = Self.unwrapInboundIn(data)
-        frames.append(b.readBytes(length: b.readableBytes) ?? [])
+        count += 1
+        bytes += b.readableBytes
+        if keep { frames.append(b.readBytes(length: b.readableBytes) ?? []) }
     }
 }
 
@@ -102,11 +118,14 @@ nonisolated(unsafe) var pipeline: Pipeline?
 
 /// What ByteToMessageHandler does with the decoder: each read appended to one buffer, decode
 /// until it needs more, and at the end decodeLast.
-func viaDecoder(_ input: Input) -> Split {
+func viaDecoder(_ input: Input, keep: Bool = true) -> Split {
     if pipeline == nil { pipeline = Pipeline() }
     let p = pipeline!
     let context = p.grab.context!
     p.collect.frames.removeAll(keepingCapacity: true)
+    p.collect.keep = keep
+    p.collect.count = 0
+    p.collect.bytes = 0
     let decoder = FrameDecoder(maxFrameBytes: input.limit, partialTimeout: input.timeout ? .seconds(30) : nil)
     var buffer = p.channel.allocator.buffer(capacity: 0)
     var out = Split()
@@ -123,6 +142,8 @@ func viaDecoder(_ input: Input) -> Split {
     }
     decoder.decoderRemoved(context: context)
     out.frames = p.collect.frames
+    out.count = p.collect.count
+    out.bytes = p.collect.bytes
     out.buffered = buffer.readableBytes
     return out
 }
@@ -147,12 +168,15 @@ let harness = Harness(
     },
     decode: { bytes in
         let input = Input(bytes)
-        blackHole(viaSplitter(input))
-        blackHole(viaDecoder(input))
+        blackHole(viaSplitter(input, keep: false))
+        blackHole(viaDecoder(input, keep: false))
     },
     check: { bytes in
         let input = Input(bytes)
         let a = viaSplitter(input), b = viaDecoder(input)
+        // What the timing runs (the frames counted, not kept) splits the same way.
+        let counted = viaDecoder(input, keep: false)
+        require(counted.count == b.count && counted.bytes == b.bytes && counted.refused == b.refused, "counting the frames changed the split")
         require(
             a == b,
             "FrameSplitter and FrameDecoder disagree: \(a.frames.count) vs \(b.frames.count) frames, \(String(describing: a.refused)) vs \(String(describing: b.refused))"
@@ -178,7 +202,9 @@ let harness = Harness(
                 require(n <= input.limit && rest.count < 4 + n, "a complete frame was left unsplit")
             }
         }
-    })
+    },
+    // Each frame is a call of the handler behind the decoder (CorpusTiming).
+    calls: { bytes in viaSplitter(Input(bytes), keep: false).count })
 
 // libFuzzer's entry points (it supplies main).
 @_cdecl("LLVMFuzzerTestOneInput")
