@@ -141,6 +141,51 @@ public enum Server {
             throw .egress("\(error)")
         }
 
+        // Signals: SIGTERM/SIGINT start the shutdown on the loop. Set up before the socket is
+        // bound: a dispatch source is armed asynchronously, and a SIGTERM sent as soon as the
+        // socket answered (a test's stop, systemd's) would otherwise be ignored for good. One
+        // that comes before the socket serves is kept and acted on once it does.
+        let finished = loop.makePromise(of: Void.self)
+        let stopping = StopRequest()
+        let signalQueue = DispatchQueue(label: "clawpen.signals")
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
+            source.setEventHandler {
+                loop.execute {
+                    logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
+                    stopping.request { server in
+                        notifier.stopping()
+                        readiness.draining()
+                        server.close(promise: nil) // stop accepting first
+                        // With a file descriptor store the workers go on under the next run;
+                        // without one they stop, as they always did.
+                        if FDStore.capacity > 0 {
+                            supervisor.beginHandoff { finished.succeed(()) }
+                        } else {
+                            supervisor.beginShutdown { finished.succeed(()) }
+                        }
+                    }
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+
+        // SIGHUP (systemctl reload): the same reload as `clawpen policy reload`; a broken set is
+        // refused with the error logged, and the running policies stay.
+        signal(SIGHUP, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
+        hup.setEventHandler {
+            loop.execute {
+                logger.notice("SIGHUP: reloading policies")
+                try? supervisor.reloadPolicies(caller: nil)
+            }
+        }
+        hup.resume()
+        sources.append(hup)
+
         let server: Channel
         let oldMask = umask(0o117) // the socket is created 0660
         do {
@@ -204,43 +249,8 @@ public enum Server {
             }
         }
 
-        // Signals: SIGTERM/SIGINT start the shutdown on the loop.
-        let finished = loop.makePromise(of: Void.self)
-        let signalQueue = DispatchQueue(label: "clawpen.signals")
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
-            source.setEventHandler {
-                loop.execute {
-                    logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
-                    notifier.stopping()
-                    readiness.draining()
-                    server.close(promise: nil) // stop accepting first
-                    // With a file descriptor store the workers go on under the next run;
-                    // without one they stop, as they always did.
-                    if FDStore.capacity > 0 {
-                        supervisor.beginHandoff { finished.succeed(()) }
-                    } else {
-                        supervisor.beginShutdown { finished.succeed(()) }
-                    }
-                }
-            }
-            source.resume()
-            sources.append(source)
-        }
-        // SIGHUP (systemctl reload): the same reload as `clawpen policy reload`; a broken set is
-        // refused with the error logged, and the running policies stay.
-        signal(SIGHUP, SIG_IGN)
-        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
-        hup.setEventHandler {
-            loop.execute {
-                logger.notice("SIGHUP: reloading policies")
-                try? supervisor.reloadPolicies(caller: nil)
-            }
-        }
-        hup.resume()
-        sources.append(hup)
+        // A SIGTERM that came while starting is acted on now.
+        loop.execute { stopping.serving(server) }
         try? finished.futureResult.wait()
         beat?.cancel()
         for s in sources { s.cancel() }
@@ -319,6 +329,33 @@ public enum Server {
             let fd = cp_unix_connect(path)
             if fd >= 0 { close(fd); throw .socketInUse(path: path) }
             unlink(path) // ECONNREFUSED: nobody listens, it is stale
+        }
+    }
+}
+
+/// A stop asked for by a signal, on the loop: carried out at once once the socket serves, or as
+/// soon as it does when the signal came while starting.
+final class StopRequest: @unchecked Sendable {
+    private var server: Channel?
+    private var pending: ((Channel) -> Void)?
+    private var done = false
+
+    func request(_ stop: @escaping (Channel) -> Void) {
+        guard !done else { return }
+        if let server {
+            done = true
+            stop(server)
+        } else {
+            pending = stop
+        }
+    }
+
+    func serving(_ channel: Channel) {
+        server = channel
+        if let stop = pending, !done {
+            done = true
+            pending = nil
+            stop(channel)
         }
     }
 }

@@ -349,6 +349,29 @@ final class LifecycleTests: XCTestCase {
         return condition()
     }
 
+    /// A SIGTERM sent the moment the socket first answers stops the daemon: the signal sources
+    /// are armed before the socket is bound (they arm asynchronously; a signal in between was
+    /// ignored for good, and the daemon served on).
+    func testASigtermAsSoonAsTheSocketAnswersStopsTheDaemon() throws {
+        for round in 0..<10 {
+            let d = try make()
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+            p.arguments = d.serveArguments
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, "round \(round): serving")
+            kill(p.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(15)
+            while p.isRunning && Date() < deadline { usleep(10_000) }
+            let stopped = !p.isRunning
+            if !stopped { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+            XCTAssertTrue(stopped, "round \(round): SIGTERM right after the socket answered stopped the daemon")
+            if !stopped { break }
+        }
+    }
+
     func testCgroupsOfADaemonThatWasKilledAreCleanedAtTheNextStart() throws {
         let d = try make().start()
         guard let base = try d.status()["supervisor"]?["cgroup"]?["tenants_base"]?.stringValue, base.contains("/clawpen-") else {

@@ -106,7 +106,9 @@ final class UpgradeTests: XCTestCase {
             XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, d.log)
             XCTAssertEqual(workerPID(d, "a"), pidA, "round \(round)")
             if workerPID(d, "a") != pidA {
-                print("upgrade: the adopted worker alive \(alive(Int32(pidA))) cgroup: \((try? String(contentsOfFile: "/proc/\(pidA)/cgroup", encoding: .utf8)) ?? "gone")")
+                print(
+                    "upgrade: the adopted worker alive \(alive(Int32(pidA))) cgroup: \((try? String(contentsOfFile: "/proc/\(pidA)/cgroup", encoding: .utf8)) ?? "gone")"
+                )
                 print(
                     "DEBUG status: \((try? String(contentsOfFile: "/proc/\(pidA)/status", encoding: .utf8))?.split(separator: "\n").filter { $0.hasPrefix("State") || $0.hasPrefix("PPid") } ?? [])"
                 )
