@@ -75,13 +75,7 @@ struct HostileClientsFigures: Sendable {
         ])
         rows.append(["flood answers", "\(floodAnswers) in \(fmt(floodSeconds, 1)) s", "", ""])
         rows.append(["the piled-up job", slowJobState, "succeeded", met(slowJobState == "succeeded")])
-        let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
-        var out = ""
-        for (i, r) in rows.enumerated() {
-            out += r.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ") + "\n"
-            if i == 0 { out += widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n" }
-        }
-        return out
+        return renderTable(rows)
     }
 
     func json() -> JSONValue {
@@ -151,11 +145,11 @@ extension Scenarios {
             }
             for i in 0..<20 { _ = try runJob(conn, tenant: "ordinary", what: "warm-up job \(i + 1)") }
             let pinger = try d.connect()
-            for _ in 0..<50 { _ = try timedPing(pinger, due: Clock.nanoseconds()) }
+            for _ in 0..<50 { _ = try ping(pinger, due: Clock.nanoseconds()) }
 
             let pings = options.hostilePings, submits = options.hostileSubmits
             Progress.say("[hostile-clients] unloaded: \(pings) paced pings, \(submits) submits of /bin/true")
-            f.pingUnloaded = Summary(try pacedClientPings(pinger, count: pings))
+            f.pingUnloaded = Summary(try pacedPings(pinger, count: pings))
             f.submitUnloaded = Summary(try (0..<submits).map { i throws(BenchFailure) in try runJob(conn, tenant: "ordinary", what: "unloaded submit \(i)") })
             f.rssBeforeKiB = procStatusKiB(d.pid, "VmRSS")
 
@@ -214,7 +208,7 @@ extension Scenarios {
             }
             let floodStart = Clock.nanoseconds()
             Progress.say("[hostile-clients] loaded: \(pings) paced pings, \(submits) submits (the piled-up job ends during the pings)")
-            f.pingLoaded = Summary(try pacedClientPings(pinger, count: pings))
+            f.pingLoaded = Summary(try pacedPings(pinger, count: pings))
             f.submitLoaded = Summary(try (0..<submits).map { i throws(BenchFailure) in try runJob(conn, tenant: "ordinary", what: "loaded submit \(i)") })
             flood.stop()
             f.floodSeconds = Clock.milliseconds(since: floodStart) / 1000
@@ -239,23 +233,6 @@ extension Scenarios {
         return f
     }
 
-    private func pacedClientPings(_ conn: ClawpenConnection, count: Int) throws(BenchFailure) -> [Double] {
-        var out: [Double] = []
-        out.reserveCapacity(count)
-        let start = Clock.nanoseconds()
-        for i in 0..<count {
-            let due = start + UInt64(Double(i) * Self.pingIntervalMs * 1_000_000)
-            let now = Clock.nanoseconds()
-            if due > now { Clock.sleep(seconds: Double(due - now) / 1e9) }
-            out.append(try timedPing(conn, due: due))
-        }
-        return out
-    }
-
-    private func timedPing(_ conn: ClawpenConnection, due: UInt64) throws(BenchFailure) -> Double {
-        _ = try call("ping") { () throws(ClientError) in try conn.call(.ping) }
-        return Clock.milliseconds(since: due)
-    }
 }
 
 /// A line of /proc/PID/status in KiB (VmRSS, VmHWM); 0 if unreadable.

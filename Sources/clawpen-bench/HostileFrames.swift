@@ -97,7 +97,9 @@ extension Scenarios {
     /// it would delay a service's requests (timing from the send would count the stall once).
     static let pingIntervalMs = 1.0
 
-    private func pacedPings(_ conn: ClawpenConnection, count: Int) throws(BenchFailure) -> [Double] {
+    /// Pings one every `pingIntervalMs`, each timed from when it was due (a stall delays the
+    /// ones behind it too, as it would a client's). Shared by hostile-frames and hostile-clients.
+    func pacedPings(_ conn: ClawpenConnection, count: Int) throws(BenchFailure) -> [Double] {
         var out: [Double] = []
         out.reserveCapacity(count)
         let start = Clock.nanoseconds()
@@ -110,7 +112,7 @@ extension Scenarios {
         return out
     }
 
-    private func ping(_ conn: ClawpenConnection, due: UInt64) throws(BenchFailure) -> Double {
+    func ping(_ conn: ClawpenConnection, due: UInt64) throws(BenchFailure) -> Double {
         _ = try call("ping") { () throws(ClientError) in try conn.call(.ping) }
         return Clock.milliseconds(since: due)
     }

@@ -39,13 +39,7 @@ struct SubJobFigures {
             "  inside p50 / outside p50 (median of rounds)", ratio.map { fmt($0, 3) } ?? "-", "<= \(fmt(Self.ratioTarget, 1))",
             ratio.map { $0 <= Self.ratioTarget ? "yes" : "NO" } ?? "",
         ])
-        let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
-        var out = ""
-        for (i, r) in rows.enumerated() {
-            out += r.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ") + "\n"
-            if i == 0 { out += widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n" }
-        }
-        return out
+        return renderTable(rows)
     }
 
     func json() -> JSONValue {

@@ -55,12 +55,7 @@ final class UIDRangeTests: XCTestCase {
         // With a range of its own it starts, and registers beside the first.
         let cfg = second.dir + "/serve.toml"
         try "[serve]\nuid_min = 300000\nuid_max = 300999\n".write(toFile: cfg, atomically: true, encoding: .utf8)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p.arguments = args + ["--config", cfg]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
+        let p = try Daemon.launch(args + ["--config", cfg])
         defer { p.terminate(); p.waitUntilExit() }
         XCTAssertTrue(
             first.eventually(10) { (try? ClawpenConnection(socketPath: second.socket).call(.ping)) != nil }, "the second daemon with its own range serves")

@@ -355,12 +355,7 @@ final class LifecycleTests: XCTestCase {
     func testASigtermAsSoonAsTheSocketAnswersStopsTheDaemon() throws {
         for round in 0..<10 {
             let d = try make()
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-            p.arguments = d.serveArguments
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
+            let p = try Daemon.launch(d.serveArguments)
             XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, "round \(round): serving")
             kill(p.processIdentifier, SIGTERM)
             let deadline = Date().addingTimeInterval(15)

@@ -165,12 +165,7 @@ final class MetricsTests: XCTestCase {
         daemon = d
         // A directory where the database file goes: SQLite cannot open it.
         try FileManager.default.createDirectory(atPath: d.stateDir + "/clawpen.db", withIntermediateDirectories: true)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
-        p.arguments = d.serveArguments
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
+        let p = try Daemon.launch(d.serveArguments)
         defer { if p.isRunning { p.terminate(); p.waitUntilExit() } }
         // First "not open yet", then, once it has tried, why it cannot be opened.
         XCTAssertTrue(

@@ -77,16 +77,22 @@ final class UpgradeTests: XCTestCase {
         (try? d.tenantStatus(tenant))?["worker_pid"]?.intValue
     }
 
+    /// A daemon started with the store stand-in as its NOTIFY_SOCKET (both removed after the test).
+    private func startWithStore() throws -> (Daemon, Store) {
+        let d = try Daemon()
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d.dir) }
+        let store = try Store(dir: d.dir)
+        addTeardownBlock { store.stop() }
+        d.environment = ["NOTIFY_SOCKET": store.notify, "FDSTORE": "64"]
+        try d.start()
+        return (d, store)
+    }
+
     /// Restarts one after another, as upgrades come: a worker adopted once is handed over and
     /// adopted again, runs jobs in between, and a job running across the second restart
     /// finishes once.
     func testAWorkerAdoptedOnceIsHandedOverAgainAtTheNextRestart() throws {
-        let d = try Daemon()
-        defer { try? FileManager.default.removeItem(atPath: d.dir) }
-        let store = try Store(dir: d.dir)
-        defer { store.stop() }
-        d.environment = ["NOTIFY_SOCKET": store.notify, "FDSTORE": "64"]
-        try d.start()
+        let (d, store) = try startWithStore()
         try d.createTenant("a")
         XCTAssertEqual(try d.run("a", ["echo", "first"]).stdout, "first\n")
         let pidA = try XCTUnwrap(workerPID(d, "a"))
@@ -125,12 +131,7 @@ final class UpgradeTests: XCTestCase {
     }
 
     func testARestartWithTheStoreKeepsTheWorkerItsLongJobAndAnInteractiveSession() throws {
-        let d = try Daemon()
-        defer { try? FileManager.default.removeItem(atPath: d.dir) }
-        let store = try Store(dir: d.dir)
-        defer { store.stop() }
-        d.environment = ["NOTIFY_SOCKET": store.notify, "FDSTORE": "64"]
-        try d.start()
+        let (d, store) = try startWithStore()
         try d.createTenant("a")
         try d.createTenant("b")
         // A long job on a, an interactive one on b (a terminal; its client leaves with the daemon).
