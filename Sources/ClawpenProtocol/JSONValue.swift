@@ -104,20 +104,39 @@ public enum JSONValue: Equatable, Sendable {
 
     static func writeString(_ s: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "\""): out.append(UInt8(ascii: "\\")); out.append(b)
-            case UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(b)
-            case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
-            case 0..<0x20, 0x7F:
-                out.append(contentsOf: "\\u00".utf8)
-                out.append(hex[Int(b >> 4)]); out.append(hex[Int(b & 0xF)])
-            default: out.append(b)
+        // Runs of bytes that need no escape go in with one memcpy each: a job's output of a
+        // megabyte is one run, and byte by byte it cost milliseconds of the event loop.
+        let done: Void? = s.utf8.withContiguousStorageIfAvailable { bytes in
+            var run = 0
+            for i in 0..<bytes.count where Self.needsEscape(bytes[i]) {
+                if i > run { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<i])) }
+                writeEscaped(bytes[i], to: &out)
+                run = i + 1
             }
+            if bytes.count > run { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<bytes.count])) }
+        }
+        if done == nil {
+            for b in s.utf8 { if needsEscape(b) { writeEscaped(b, to: &out) } else { out.append(b) } }
         }
         out.append(UInt8(ascii: "\""))
+    }
+
+    @inline(__always) private static func needsEscape(_ b: UInt8) -> Bool {
+        b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b == 0x7F
+    }
+
+    private static func writeEscaped(_ b: UInt8, to out: inout [UInt8]) {
+        switch b {
+        case UInt8(ascii: "\""): out.append(UInt8(ascii: "\\")); out.append(b)
+        case UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(b)
+        case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
+        case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
+        case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
+        case 0..<0x20, 0x7F:
+            out.append(contentsOf: "\\u00".utf8)
+            out.append(hex[Int(b >> 4)]); out.append(hex[Int(b & 0xF)])
+        default: out.append(b)
+        }
     }
 }
 
