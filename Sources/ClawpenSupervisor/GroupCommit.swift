@@ -172,9 +172,12 @@ extension Supervisor {
     /// shutdown). It blocks the loop for as long as the disk takes.
     func drainWrites() {
         flushWrites()
-        guard !commit.inFlight.isEmpty else { return }
-        writer.waitIdle()
-        completeWrites()
+        if !commit.inFlight.isEmpty {
+            writer.waitIdle()
+            completeWrites()
+        }
+        // Whoever drains (a shutdown, offboarding) goes on as if every waiter had heard.
+        while let next = wakeups.pending.popFirst() { next() }
     }
 
     /// Runs `body` once every write so far is committed (now, if none is in flight).
@@ -195,7 +198,8 @@ extension Supervisor {
         case .success?:
             metrics.storeCommit.record(outcome.finishSeconds)
             for f in b.finishes {
-                for cb in waiters.removeValue(forKey: f.record.id) ?? [] { cb(.success(f.view)) }
+                guard let heard = waiters.removeValue(forKey: f.record.id) else { continue }
+                wake(heard.map { cb in { cb(.success(f.view)) } })
             }
         case .failure(let error)?:
             // Kept, not dropped: a waiter told of a result the store does not hold would see
@@ -225,7 +229,10 @@ extension Supervisor {
             refuseAccepts(b.accepts, error)
         case nil: break
         }
-        for body in b.then { body() }
+        // The requests that waited for this batch: as many in a tick as its budget allows, like
+        // the waiters (a hundred clients' pipelined job.waits that came during one commit were
+        // ten milliseconds of the loop at once, measured).
+        wake(b.then)
     }
 
     /// Accepts that could not be recorded: the jobs are taken back (killed if they started) and
@@ -248,6 +255,37 @@ extension Supervisor {
         }
     }
 
+    /// Replies to waiters and requests that waited for a commit, in order, at most
+    /// `Wakeups.perTurn` in one tick of the loop and no more than its budget allows
+    /// (LoopTicks.swift): a job with four thousand `job.wait`s (a client that piles them up)
+    /// would otherwise build every reply, and cut every client that goes over its budget on the
+    /// way, before the loop serves anyone else.
+    func wake(_ calls: [() -> Void]) {
+        wakeups.pending.append(contentsOf: calls)
+        runWakeups()
+    }
+
+    private func runWakeups() {
+        guard !wakeups.scheduled else { return }
+        var n = 0
+        while n < Wakeups.perTurn, let next = wakeups.pending.popFirst() {
+            guard let ticks = loopTicks else { next(); n += 1; continue }
+            let start = LoopTicks.now()
+            next()
+            n += 1
+            ticks.spend(LoopTicks.now() &- start)
+            if ticks.overBudget { break }
+        }
+        guard !wakeups.pending.isEmpty else { return }
+        wakeups.scheduled = true
+        // In the next tick, not this one (LoopTicks.swift: an `execute` would run before the
+        // loop reads anyone's requests again).
+        loop.scheduleTask(in: LoopTicks.yieldDelay) { [self] in
+            wakeups.scheduled = false
+            runWakeups()
+        }
+    }
+
     /// Hears of the job's end once its result is committed. A job that ended but whose result
     /// is not recorded yet (in flight, or kept by a full disk) is heard of with the others then.
     /// The caller has seen the job unfinished (in the store or in memory).
@@ -260,4 +298,11 @@ extension Supervisor {
         if let running = core.runningJob(job.id, tenant: job.tenant) { return running.view }
         return job.view
     }
+}
+
+/// Waiters' replies not made yet (Supervisor.wake).
+struct Wakeups {
+    static let perTurn = 64
+    var pending = CircularBuffer<() -> Void>()
+    var scheduled = false
 }

@@ -243,11 +243,18 @@ extension Supervisor {
 
     /// A job's current view: from memory while it is queued or running, else from the store.
     func activeOrStoredJob(_ id: String) throws -> JobView {
+        if let finished = recentJobs.finishedView(id) { return finished }
+        if let tenant = recentJobs.tenant(id), let running = core.runningJob(id, tenant: tenant) { return running.view }
         guard JobID.isWellFormed(id), let stored = try store.job(id: id) else {
             throw ProtocolError(.unknownJob, "no job with id '\(id.prefix(80))'")
         }
-        if let running = core.runningJob(id, tenant: stored.tenant) { return running.view }
-        return stored.view
+        if let running = core.runningJob(id, tenant: stored.tenant) {
+            recentJobs.keep(running.view, tenant: stored.tenant)
+            return running.view
+        }
+        let view = stored.view
+        recentJobs.keep(view, tenant: stored.tenant)
+        return view
     }
 
     private func cancel(_ id: String, _ r: Responder) throws {

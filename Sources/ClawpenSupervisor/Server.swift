@@ -96,7 +96,8 @@ public enum Server {
 
         // One event loop for everything: clients, workers, the store. The supervisor's state is
         // confined to it, and two cores gain nothing from a second loop hopping state across.
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let ticks = LoopTicks()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1, metricsDelegate: ticks)
         let loop = group.next()
         let jobGuard: [UInt8]
         do { jobGuard = try SeccompCompiler.jobGuard() } catch { throw .seccomp(error.description) }
@@ -104,6 +105,7 @@ public enum Server {
             loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
             logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
             cgroups: cgroups)
+        supervisor.loopTicks = ticks
         supervisor.installKeys(keys)
         // Large request frames are parsed here, off the loop (ClientHandler): one thread per
         // core, so that parsing several at once still leaves the loop its own core. Made before

@@ -101,6 +101,18 @@ extension Supervisor {
         var d = JSONObjectBuilder()
         for reason in ClientDisconnectReason.allCases { d.set(reason.rawValue, ledger.disconnects[reason] ?? 0) }
         o.set("disconnects", d.value)
+        // Fairness between clients (LoopTicks.swift): how often a tick's budget ran out (clients
+        // gave way) and how many connections wait in line now.
+        if let ticks = loopTicks {
+            var f = JSONObjectBuilder()
+            f.set("tick_budget_us", Int(LoopTicks.budgetNanos / 1000))
+            f.set("ticks_over_budget", Int(ticks.exhaustedTicks))
+            f.set("connections_waiting_turn", clientTurns?.count ?? 0)
+            let recent = recentJobs.counts
+            f.set("recent_finished_jobs", recent.finished)
+            f.set("recent_finished_bytes", recent.finishedBytes)
+            o.set("fairness", f.value)
+        }
         return o.value
     }
 

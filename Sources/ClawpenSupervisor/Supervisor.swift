@@ -52,6 +52,17 @@ public final class Supervisor: @unchecked Sendable {
     private var timers: [CoreTimer: Scheduled<Void>] = [:]
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel).
     var waiters: [String: [(Result<JobView, ProtocolError>) -> Void]] = [:]
+    /// Waiters' replies due, made a few at a time (GroupCommit.swift, `wake`).
+    var wakeups = Wakeups()
+    /// The loop's ticks, for fairness between clients (LoopTicks.swift); nil when the loop was
+    /// not made with it (tests).
+    var loopTicks: LoopTicks? {
+        didSet { clientTurns = loopTicks.map { ClientTurns(ticks: $0, loop: loop) } }
+    }
+    /// Client connections that gave way, taken up in turn (LoopTicks.swift).
+    private(set) var clientTurns: ClientTurns?
+    /// Jobs read lately (RecentJobs.swift).
+    let recentJobs = RecentJobs()
     var shutdownCompletion: (() -> Void)?
     /// Workers being handed to the next supervisor (Supervisor+Handoff.swift).
     var handoff = HandoffProgress()

@@ -213,6 +213,7 @@ extension Supervisor {
         let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, partialTimeout: partialTimeout)
         decoder.onBuffered = { [weak budget] bytes in budget?.inboundBuffered(bytes) }
         try channel.pipeline.syncOperations.addHandlers(
-            ByteToMessageHandler(decoder), budget, ClientHandler(supervisor: self, parser: parser, agentTenant: agentTenant, link: budget.link))
+            ByteToMessageHandler(decoder), budget,
+            ClientHandler(supervisor: self, parser: parser, agentTenant: agentTenant, link: budget.link, turns: clientTurns))
     }
 }

@@ -34,6 +34,14 @@ final class ClientHandler: ChannelDuplexHandler {
     /// per frame, so that many small costly frames sent back to back cannot add up on the loop.
     static let inlineParseBytes = 4 * 1024
 
+    /// Requests of one connection handled in one tick of the loop (LoopTicks.swift); the rest
+    /// of what it sent waits for the next tick, after every other connection that is ready. The
+    /// tick's budget of request handling is shared by every connection: past it, each gives way
+    /// after the frame it is in. A client that pipelines two hundred requests that each read a
+    /// record held the loop for all of them at once before (a fifth of a second, measured, for
+    /// every other client).
+    static let framesPerTurn = 16
+
     private let supervisor: Supervisor
     private let parser: NIOThreadPool
     /// The peer's pid, uid and gid as the kernel saw them at connect time; nil until read.
@@ -46,6 +54,21 @@ final class ClientHandler: ChannelDuplexHandler {
     private var refused = false
     /// Bytes parsed on the loop since the last read completed (see `inlineParseBytes`).
     private var parsedInline = 0
+    /// The loop's ticks and its line of connections that gave way (nil: no fairness between
+    /// connections, as in tests on a loop of their own).
+    private let turns: ClientTurns?
+    /// Frames handled in tick `turnTick` (see `framesPerTurn`).
+    private var framesThisTurn = 0
+    private var turnTick: UInt64 = 0
+    /// It has given way: what it sent waits for the next tick.
+    private var yielded = false
+    /// Taken up again after giving way: its next frame goes whatever the budget says, so that
+    /// every turn makes progress.
+    private var resumeFree = false
+    /// Frames the current read brought, and whether the last read brought one: a client that
+    /// sends one request at a time (and waits for its answer) is served ahead of the budget.
+    private var framesThisRead = 0
+    private var interactive = false
 
     /// The agent socket's tenant (nil: the control socket). Its requests may leave the tenant out.
     private let agentTenant: TenantName?
@@ -57,9 +80,10 @@ final class ClientHandler: ChannelDuplexHandler {
     /// The connection's budget state, handed to every Responder (ClientBudgetHandler).
     private let link: ClientLink?
 
-    init(supervisor: Supervisor, parser: NIOThreadPool, agentTenant: TenantName? = nil, link: ClientLink? = nil) {
+    init(supervisor: Supervisor, parser: NIOThreadPool, agentTenant: TenantName? = nil, link: ClientLink? = nil, turns: ClientTurns? = nil) {
         self.supervisor = supervisor
         self.parser = parser
+        self.turns = turns
         self.agentTenant = agentTenant
         self.link = link
     }
@@ -126,17 +150,67 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// Requests wait: the agent socket's caller is being identified, one is parsed off the loop,
     /// or the client is not reading its replies.
-    private func held(_ context: ChannelHandlerContext) -> Bool { identifying || parsing || !context.channel.isWritable }
+    private func held(_ context: ChannelHandlerContext) -> Bool { identifying || parsing || yielded || !context.channel.isWritable }
+
+    /// This connection has had its share of the tick, or the tick its budget.
+    private func mustYield() -> Bool {
+        guard let ticks = turns?.ticks else { return false }
+        if ticks.tick != turnTick {
+            turnTick = ticks.tick
+            framesThisTurn = 0
+        }
+        if resumeFree {
+            resumeFree = false
+            return false
+        }
+        // The first frame in a tick of a connection that sends one request at a time goes
+        // whatever the budget says: it is served in the tick it arrives, ahead of the line of
+        // those with many queued (the sparse-flow rule of fair queuing). One whose last read
+        // brought many, or a new one, waits for the budget like the rest.
+        if framesThisTurn == 0 && interactive { return false }
+        return framesThisTurn >= Self.framesPerTurn || ticks.overBudget
+    }
+
+    /// Gives way to the other connections (ClientTurns); what it sent waits in `waiting`.
+    private func yieldTurn(_ context: ChannelHandlerContext) {
+        guard !yielded, let turns else { return }
+        yielded = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        turns.giveWay {
+            let (me, context) = bound.value
+            me.yielded = false
+            me.resumeFree = true
+            me.framesThisTurn = 0
+            if let ticks = me.turns?.ticks { me.turnTick = ticks.tick }
+            // A new turn: its own allowance of parsing on the loop, as after a read.
+            me.parsedInline = 0
+            me.drain(context: context)
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
         let payload = unwrapInboundIn(data)
+        framesThisRead += 1
         if held(context) { waiting.append(payload); return }
+        if mustYield() {
+            waiting.append(payload)
+            yieldTurn(context)
+            return
+        }
         process(payload, context: context)
     }
 
     /// Parses one frame (here or on the pool) and hands the request to the supervisor.
     private func process(_ payload: ByteBuffer, context: ChannelHandlerContext) {
+        framesThisTurn += 1
+        guard let ticks = turns?.ticks else { handle(payload, context: context); return }
+        let start = LoopTicks.now()
+        handle(payload, context: context)
+        ticks.spend(LoopTicks.now() &- start)
+    }
+
+    private func handle(_ payload: ByteBuffer, context: ChannelHandlerContext) {
         if payload.readableBytes == 0 {
             reply(Reply.error(ProtocolError(.invalidRequest, "empty frame: a frame must hold a JSON object"), id: .null), context: context)
             return
@@ -183,7 +257,12 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// The frames that arrived during a parse, in order, until the next one goes to the pool.
     private func drain(context: ChannelHandlerContext) {
-        while !held(context), !refused, let next = waiting.popFirst() {
+        while !held(context), !refused, let next = waiting.first {
+            if mustYield() {
+                yieldTurn(context)
+                return
+            }
+            waiting.removeFirst()
             process(next, context: context)
         }
         if !held(context) && readHeld {
@@ -216,6 +295,8 @@ final class ClientHandler: ChannelDuplexHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         parsedInline = 0
+        if framesThisRead > 0 { interactive = framesThisRead == 1 }
+        framesThisRead = 0
         context.fireChannelReadComplete()
     }
 

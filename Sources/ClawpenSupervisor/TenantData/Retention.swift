@@ -45,6 +45,9 @@ extension Supervisor {
             tenantData.retention.pool = pool
         }
         tenantData.retention.running = true
+        // Records past retention are not served from memory either (emptied again at the end,
+        // for views read while the purge ran).
+        recentJobs.removeAll()
         let path = store.path
         pool.runIfActive(eventLoop: loop) { () throws -> [(TenantName, Int)] in
             // The store's own connection is the loop's; this thread opens one of its own.
@@ -63,6 +66,7 @@ extension Supervisor {
             return removed
         }.whenComplete { [self] result in
             tenantData.retention.running = false
+            recentJobs.removeAll()
             tenantData.retention.lastRunAt = now
             switch result {
             case .success(let removed):

@@ -230,6 +230,8 @@ extension Supervisor {
         do {
             try store.putOffboarding(record(e))
             for step in OffboardingBook.steps(for: e) {
+                // Nothing of the tenant's is served from memory once its keys or records go.
+                recentJobs.removeAll()
                 switch step {
                 case .destroyKey:
                     try store.destroyTenantKeys(name, now: Clock.now())
