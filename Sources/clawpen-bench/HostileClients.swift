@@ -24,6 +24,9 @@ struct HostileClientsFigures: Sendable {
     var pilers = 0, spammers = 0, streamers = 0
     var floodAnswers = 0, floodSeconds = 0.0
     var slowJobState = ""
+    /// The loaded pings' longest stalls: when each began (ms after the piled-up job was
+    /// submitted) and how long it lasted.
+    var pingStalls: [Stall] = []
 
     /// What the scenario promises (docs/reliability.md): the daemon's peak within this, and the
     /// ordinary client's p99 within twice the unloaded one.
@@ -74,6 +77,12 @@ struct HostileClientsFigures: Sendable {
             "", "",
         ])
         rows.append(["flood answers", "\(floodAnswers) in \(fmt(floodSeconds, 1)) s", "", ""])
+        rows.append([
+            "longest ping stalls (start after the pile's job, ms: length)",
+            pingStalls.isEmpty
+                ? "none over \(fmt(Stall.thresholdMs, 0)) ms" : pingStalls.map { "\(fmt($0.startMs, 0)): \(fmt($0.lengthMs, 1))" }.joined(separator: ", "),
+            "", "",
+        ])
         rows.append(["the piled-up job", slowJobState, "succeeded", met(slowJobState == "succeeded")])
         return renderTable(rows)
     }
@@ -95,6 +104,10 @@ struct HostileClientsFigures: Sendable {
                     ("vm_hwm_kib", .int(Int64(hwmKiB))), ("peak_held_bytes", .int(Int64(peakHeldBytes))),
                     ("disconnects", .object(disconnects.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
                     ("flood_answers", .int(Int64(floodAnswers))),
+                    (
+                        "ping_stalls",
+                        .array(pingStalls.map { .object([("start_ms", .double($0.startMs)), ("length_ms", .double($0.lengthMs))]) })
+                    ),
                 ])
             )
         ])
@@ -120,9 +133,14 @@ extension Scenarios {
         f.neverReaders = options.hostileNeverReaders
         f.flooders = options.hostileFlooders
         f.waitsPerPiler = options.hostileWaits
-        f.pilers = f.neverReaders * 4 / 10
-        f.spammers = f.neverReaders * 3 / 10
-        f.streamers = f.neverReaders - f.pilers - f.spammers
+        // 4 in 10 wait piles, 3 get spam, 3 streams; of only the kinds asked for, as many each.
+        let kinds = Set(options.hostileKinds.split(separator: ",").map(String.init))
+        let share: [String: Int] = ["piles": 4, "spam": 3, "streams": 3].filter { kinds.contains($0.key) }
+        let parts = share.values.reduce(0, +)
+        f.pilers = parts == 0 ? 0 : f.neverReaders * (share["piles"] ?? 0) / parts
+        f.spammers = parts == 0 ? 0 : f.neverReaders * (share["spam"] ?? 0) / parts
+        f.streamers = kinds.contains("streams") ? f.neverReaders - f.pilers - f.spammers : 0
+        f.neverReaders = f.pilers + f.spammers + f.streamers
         let raised = cp_raise_nofile_limit()
         let needed = f.idle + f.neverReaders + f.flooders + 64
         if raised >= 0 && raised < needed {
@@ -169,6 +187,7 @@ extension Scenarios {
             for fd in idle { guard rawReadFrame(fd) != nil else { throw BenchFailure("an idle client's ping was not answered") } }
 
             // The job the wait piles wait for: it ends 2 s from now with 1 MB of output.
+            let slowSubmitted = Clock.nanoseconds()
             let slow = try call("the slow 1 MB job") { () throws(ClientError) in
                 try conn.submit(
                     SubmitRequest(tenant: hostile, argv: ["sh", "-c", "sleep 2; head -c 1000000 /dev/zero | tr '\\0' x"], timeoutSeconds: 60, wait: false)
@@ -208,7 +227,11 @@ extension Scenarios {
             }
             let floodStart = Clock.nanoseconds()
             Progress.say("[hostile-clients] loaded: \(pings) paced pings, \(submits) submits (the piled-up job ends during the pings)")
-            f.pingLoaded = Summary(try pacedPings(pinger, count: pings))
+            let loadedStart = Clock.nanoseconds()
+            let loadedPings = try pacedPings(pinger, count: pings)
+            f.pingLoaded = Summary(loadedPings)
+            f.pingStalls = Stall.longest(
+                loadedPings, intervalMs: Self.pingIntervalMs, offsetMs: Double(loadedStart - slowSubmitted) / 1e6)
             f.submitLoaded = Summary(try (0..<submits).map { i throws(BenchFailure) in try runJob(conn, tenant: "ordinary", what: "loaded submit \(i)") })
             flood.stop()
             f.floodSeconds = Clock.milliseconds(since: floodStart) / 1000
@@ -233,6 +256,31 @@ extension Scenarios {
         return f
     }
 
+}
+
+/// A stretch of time in which paced pings went unanswered (each ping timed from when it was
+/// due: a stall of L ms makes the pings due in it late by up to L).
+struct Stall: Sendable {
+    var startMs: Double
+    var lengthMs: Double
+
+    static let thresholdMs = 5.0
+
+    /// The three longest stalls over `thresholdMs` in pings due `intervalMs` apart, with their
+    /// start shifted by `offsetMs`.
+    static func longest(_ latencies: [Double], intervalMs: Double, offsetMs: Double) -> [Stall] {
+        var merged: [Stall] = []
+        for (i, l) in latencies.enumerated() where l > thresholdMs {
+            let due = Double(i) * intervalMs
+            if var last = merged.last, due <= last.startMs + last.lengthMs {
+                last.lengthMs = max(last.lengthMs, due + l - last.startMs)
+                merged[merged.count - 1] = last
+            } else {
+                merged.append(Stall(startMs: due, lengthMs: l))
+            }
+        }
+        return merged.sorted { $0.lengthMs > $1.lengthMs }.prefix(3).map { Stall(startMs: $0.startMs + offsetMs, lengthMs: $0.lengthMs) }
+    }
 }
 
 /// A line of /proc/PID/status in KiB (VmRSS, VmHWM); 0 if unreadable.

@@ -167,6 +167,10 @@ struct Bench: ParsableCommand {
         name: .customLong("hostile-never-readers"),
         help: "Connections that never read, in the hostile-clients scenario (4 in 10 pile up job.waits, 3 spam job.get, 3 stream).")
     var hostileNeverReaders = 100
+    @Option(
+        name: .customLong("hostile-kinds"),
+        help: "Which kinds of never-readers the hostile-clients scenario makes, comma-separated: piles, spam, streams (default all three).")
+    var hostileKinds = "piles,spam,streams"
     @Option(name: .customLong("hostile-flooders"), help: "Clients sending pings back to back in the hostile-clients scenario.")
     var hostileFlooders = 10
     @Option(name: .customLong("hostile-waits"), help: "job.waits each wait pile sends in the hostile-clients scenario (each a 1 MB view when the job ends).")
@@ -213,6 +217,7 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard warmJobs >= 1, warmupJobs >= 0, bwrapRuns >= 1, throughputJobs >= 1, throughputThreads >= 1,
             throughputTenants >= 1, coldTenants >= 1, idleTenants >= 1, hostileSenders >= 1, hostilePings >= 1, hostileIdle >= 0, hostileNeverReaders >= 0,
+            Set(hostileKinds.split(separator: ",").map(String.init)).isSubset(of: ["piles", "spam", "streams"]),
             hostileFlooders >= 0,
             hostileWaits >= 1, hostileSubmits >= 1, runtimeSamples >= 1,
             subjobRounds >= 1, subjobJobs >= 1
