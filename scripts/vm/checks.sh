@@ -360,7 +360,10 @@ fi
 # --- the Debian package on a system without the scripts/install copy -----------------------
 deb=${2:-}
 if [[ -n $deb && -f $deb ]]; then
-  systemctl disable --now clawpen.socket clawpen.service >/dev/null 2>&1
+  # The workers' unit too: left running, the packaged unit of the same name would take over
+  # its cgroup and whatever the earlier checks left in it.
+  systemctl disable --now clawpen.socket clawpen.service clawpen-workers.service >/dev/null 2>&1
+  rm -f /usr/local/lib/systemd/system/clawpen-workers.service
   rm -f /usr/local/bin/clawpen /usr/local/bin/clawpen-serve /usr/local/bin/clawpen-worker /usr/local/bin/clawpen-egress \
     /usr/local/lib/systemd/system/clawpen.socket /usr/local/lib/systemd/system/clawpen.service
   rm -rf /var/lib/clawpen /etc/clawpen
@@ -382,9 +385,17 @@ if [[ -n $deb && -f $deb ]]; then
   check "enabled, the packaged clawpen.socket starts the packaged daemon and a job runs ($exe)" \
     bash -c '[[ $1 -eq 0 && $2 == from-the-package && $3 == /usr/lib/clawpen/clawpen-serve ]]' _ "$rc" "$out" "$exe"
   [[ $rc -eq 0 ]] || journalctl -u clawpen --no-pager -o cat -n 5 2>/dev/null | sed 's/^/  | /'
-  timeout 120 dpkg -r clawpen >/dev/null 2>&1; rc=$?
-  check "dpkg -r stops the units and keeps the state (/var/lib/clawpen)" \
-    bash -c "[[ $rc -eq 0 ]] && ! systemctl -q is-active clawpen.service && ! systemctl -q is-active clawpen.socket && test -e /var/lib/clawpen/clawpen.db -a ! -e /usr/bin/clawpen"
+  t0=$(now)
+  out=$(timeout 150 dpkg -r clawpen 2>&1); rc=$?
+  t1=$(now)
+  check "dpkg -r stops the units and keeps the state (/var/lib/clawpen; took $(secs "$t0" "$t1") s)" \
+    bash -c "[[ $rc -eq 0 ]] && ! systemctl -q is-active clawpen.service clawpen.socket clawpen-workers.service && test -e /var/lib/clawpen/clawpen.db -a ! -e /usr/bin/clawpen"
+  if ! [[ $rc -eq 0 ]] || systemctl -q is-active clawpen.service clawpen.socket clawpen-workers.service || ! test -e /var/lib/clawpen/clawpen.db; then
+    diag "dpkg -r: rc $rc; units: $(systemctl is-active clawpen.service clawpen.socket clawpen-workers.service | tr '\n' ' ')"
+    diag "state: $(ls /var/lib/clawpen 2>&1 | tr '\n' ' ')"
+    echo "$out" | tail -n 5 | sed 's/^/  | /'
+    journalctl -u clawpen -u clawpen-workers --no-pager -o cat -n 15 2>/dev/null | sed 's/^/  | /'
+  fi
   timeout 120 dpkg -P clawpen >/dev/null 2>&1; rc=$?
   check "dpkg -P removes the state and the policies" bash -c "[[ $rc -eq 0 ]] && test ! -e /var/lib/clawpen -a ! -e /etc/clawpen/policies/tiers/free.toml"
 else
