@@ -385,8 +385,10 @@ if [[ -n $deb && -f $deb ]]; then
   check "enabled, the packaged clawpen.socket starts the packaged daemon and a job runs ($exe)" \
     bash -c '[[ $1 -eq 0 && $2 == from-the-package && $3 == /usr/lib/clawpen/clawpen-serve ]]' _ "$rc" "$out" "$exe"
   [[ $rc -eq 0 ]] || journalctl -u clawpen --no-pager -o cat -n 5 2>/dev/null | sed 's/^/  | /'
+  # It takes about 100 s in this VM (96 and 102 s measured; why is not known yet): the timeout
+  # leaves room on a slower machine.
   t0=$(now)
-  out=$(timeout 150 dpkg -r clawpen 2>&1); rc=$?
+  out=$(timeout 240 dpkg -r clawpen 2>&1); rc=$?
   t1=$(now)
   check "dpkg -r stops the units and keeps the state (/var/lib/clawpen; took $(secs "$t0" "$t1") s)" \
     bash -c "[[ $rc -eq 0 ]] && ! systemctl -q is-active clawpen.service clawpen.socket clawpen-workers.service && test -e /var/lib/clawpen/clawpen.db -a ! -e /usr/bin/clawpen"
