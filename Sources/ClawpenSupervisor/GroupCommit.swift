@@ -269,11 +269,9 @@ extension Supervisor {
         guard !wakeups.scheduled else { return }
         var n = 0
         while n < Wakeups.perTurn, let next = wakeups.pending.popFirst() {
-            guard let ticks = loopTicks else { next(); n += 1; continue }
-            let start = LoopTicks.now()
-            next()
             n += 1
-            ticks.spend(LoopTicks.now() &- start)
+            guard let ticks = loopTicks else { next(); continue }
+            ticks.charge(next)
             if ticks.overBudget { break }
         }
         guard !wakeups.pending.isEmpty else { return }

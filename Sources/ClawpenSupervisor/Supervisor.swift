@@ -54,13 +54,10 @@ public final class Supervisor: @unchecked Sendable {
     var waiters: [String: [(Result<JobView, ProtocolError>) -> Void]] = [:]
     /// Waiters' replies due, made a few at a time (GroupCommit.swift, `wake`).
     var wakeups = Wakeups()
-    /// The loop's ticks, for fairness between clients (LoopTicks.swift); nil when the loop was
-    /// not made with it (tests).
-    var loopTicks: LoopTicks? {
-        didSet { clientTurns = loopTicks.map { ClientTurns(ticks: $0, loop: loop) } }
-    }
-    /// Client connections that gave way, taken up in turn (LoopTicks.swift).
-    private(set) var clientTurns: ClientTurns?
+    /// Client connections that gave way, taken up in turn, and the loop's ticks they go by
+    /// (LoopTicks.swift); nil when the loop was not made with the ticks (tests).
+    var clientTurns: ClientTurns?
+    var loopTicks: LoopTicks? { clientTurns?.ticks }
     /// Jobs read lately (RecentJobs.swift).
     let recentJobs = RecentJobs()
     var shutdownCompletion: (() -> Void)?

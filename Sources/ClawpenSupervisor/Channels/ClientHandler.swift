@@ -205,9 +205,7 @@ final class ClientHandler: ChannelDuplexHandler {
     private func process(_ payload: ByteBuffer, context: ChannelHandlerContext) {
         framesThisTurn += 1
         guard let ticks = turns?.ticks else { handle(payload, context: context); return }
-        let start = LoopTicks.now()
-        handle(payload, context: context)
-        ticks.spend(LoopTicks.now() &- start)
+        ticks.charge { handle(payload, context: context) }
     }
 
     private func handle(_ payload: ByteBuffer, context: ChannelHandlerContext) {

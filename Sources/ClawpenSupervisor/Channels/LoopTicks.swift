@@ -46,7 +46,12 @@ final class LoopTicks: NIOEventLoopMetricsDelegate, @unchecked Sendable {
         exhausted = false
     }
 
-    static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+    /// Runs `body` and counts its time against this tick's budget.
+    func charge(_ body: () -> Void) {
+        let start = NIODeadline.now().uptimeNanoseconds
+        body()
+        spend(NIODeadline.now().uptimeNanoseconds &- start)
+    }
 }
 
 /// The connections that gave way (ClientHandler), taken up again in turn, one quantum each, by
