@@ -241,6 +241,37 @@ final class FileTests: XCTestCase {
         }
     }
 
+    /// A put hands its file to the worker's one thread to be flushed every 8 MiB, and the file a
+    /// put replaces (or a remove removes) to be closed there (cp_writeback.h): the files are
+    /// byte for byte right, the worker has exactly that one thread more, and it still runs jobs,
+    /// sees them end and times them out (its signalfd is not disturbed by the thread).
+    func testFlushingAndFreeingOnTheWorkersThreadKeepsFilesAndJobsRight() throws {
+        let c = try daemon.connect()
+        let large = Self.randomBytes((9 << 20) + 7) // crosses one flush
+        let small = Self.randomBytes(3 << 20)
+        for bytes in [large, small, large] {
+            _ = try c.putFile(tenant: t("acme"), path: "/home/data.bin", size: UInt64(bytes.count), read: Self.once(bytes))
+            var got: [UInt8] = []
+            _ = try c.getFile(tenant: t("acme"), path: "/home/data.bin") { got += $0 }
+            XCTAssertEqual(got.count, bytes.count)
+            XCTAssertTrue(got == bytes, "the file is what was put")
+        }
+        guard let pid = try daemon.tenantStatus("acme")["worker_pid"]?.intValue else { return XCTFail("no worker") }
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+        XCTAssertEqual(tasks.count, 2, "the worker and its one file thread: \(tasks)")
+
+        XCTAssertEqual(try c.removeFile(tenant: t("acme"), path: "/home/data.bin"), 1)
+        XCTAssertThrowsError(try c.statFile(tenant: t("acme"), path: "/home/data.bin")) { error in
+            XCTAssertEqual((error as? ClientError)?.code, .notFound)
+        }
+        let ls = try daemon.run("acme", ["ls", "-a", "/home"])
+        XCTAssertEqual(ls.state, .succeeded, ls.stderr)
+        XCTAssertFalse(ls.stdout.contains(".clawpen-put"), "no temporary file is left behind: \(ls.stdout)")
+        let slow = try daemon.run("acme", ["sleep", "30"], timeout: 1)
+        XCTAssertEqual(slow.state, .timedOut, "the worker still times out and reaps its jobs")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").count, 2, "still one thread more, not one per put")
+    }
+
     func testAFileOperationStartsTheTenantsWorkerAndKeepsItFromIdling() throws {
         try daemon.createTenant("fresh")
         XCTAssertNil(try daemon.tenantStatus("fresh")["worker_pid"]?.intValue, "no worker before the first request")

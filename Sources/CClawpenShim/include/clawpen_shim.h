@@ -17,6 +17,7 @@
 //   cp_openat2.h   openat2 with RESOLVE_BENEATH|NO_SYMLINKS for the worker's file operations (no wrapper, O_PATH)
 //   cp_egress.h    listeners in a tenant's netns, SCM_RIGHTS, the egress proxy's read-only root
 //   cp_peer.h      the agent socket's caller: SO_PEERPIDFD and pidfd_send_signal (no glibc names)
+//   cp_writeback.h writeback started per chunk (sync_file_range), replaced files closed on a thread
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
 
@@ -36,5 +37,6 @@
 #include "cp_openat2.h"
 #include "cp_egress.h"
 #include "cp_peer.h"
+#include "cp_writeback.h"
 
 #endif
