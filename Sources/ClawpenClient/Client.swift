@@ -94,9 +94,18 @@ public final class ClawpenConnection {
 
     /// Writes raw bytes (tests use it to send broken frames).
     public func writeAll(_ bytes: [UInt8]) throws(ClientError) {
+        let failure: ClientError? = bytes.withUnsafeBytes { raw in
+            do throws(ClientError) { try writeAll(raw); return nil } catch { return error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Writes raw bytes from memory the caller owns (a put's frame buffer, reused per chunk).
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(ClientError) {
+        guard let base = bytes.baseAddress else { return }
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = Glibc.send(fd, base + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw .unavailable("lost the connection to \(socketPath) while sending: \(String(cString: strerror(errno)))") }
             offset += n

@@ -135,13 +135,16 @@ extension Supervisor {
     }
 
     /// Sends a put's next frame to its worker, or holds it until the operation has one.
-    func sendOrHold(_ op: FileOp, _ frame: ByteBuffer, bytes: Int) {
+    /// `frame`: one message for the worker, in one buffer or more (written in order, flushed
+    /// together).
+    func sendOrHold(_ op: FileOp, _ frame: [ByteBuffer], bytes: Int) {
         guard case .put(var p) = op.kind else { return }
         if let w = op.worker, let channel = workers[w.id]?.channel {
-            channel.writeAndFlush(frame, promise: nil)
+            for part in frame { channel.write(part, promise: nil) }
+            channel.flush()
             p.inFlight += bytes
         } else {
-            p.pending.append(frame)
+            p.pending.append(contentsOf: frame)
             p.pendingBytes += bytes
         }
         op.kind = .put(p)

@@ -19,7 +19,7 @@ extension Supervisor {
     func handleFile(_ c: FileCommand, _ r: Responder) throws {
         if case .chunk(let data, let offset, let eof) = c {
             putChunk(count: data.count, offset: offset, eof: eof, r) { op, allocator in
-                allocator.frame(SupervisorToWorker.file(.putChunk(op: op, data: data, eof: eof)).encoded())
+                [allocator.frame(SupervisorToWorker.file(.putChunk(op: op, data: data, eof: eof)).encoded())]
             }
             return
         }
@@ -75,9 +75,10 @@ extension Supervisor {
         state.received = UInt64(p.data.count)
         runtimeCounters.fileIn(op.tenant, bytes: p.data.count)
         state.eofSeen = p.eof
-        state.pending.append(
+        state.pending.append(contentsOf: [
             r.channel.allocator.frame(
-                SupervisorToWorker.file(.put(op: op.id, path: op.path, mode: p.mode, maxBytes: limit, data: p.data, eof: p.eof)).encoded()))
+                SupervisorToWorker.file(.put(op: op.id, path: op.path, mode: p.mode, maxBytes: limit, data: p.data, eof: p.eof)).encoded())
+        ])
         state.pendingBytes = p.data.count
         op.kind = .put(state)
         if !p.eof { fileRelay.puts[key] = .active(op.id) }
@@ -98,12 +99,13 @@ extension Supervisor {
 
     /// A `file.chunk` in the fast shape, already decoded into its worker frame (FileFastPath.swift).
     func handlePutChunk(_ chunk: PutChunkFrame, _ r: Responder) {
-        putChunk(count: chunk.count, offset: chunk.offset, eof: chunk.eof, r) { op, _ in chunk.frame(op: op) }
+        putChunk(count: chunk.count, offset: chunk.offset, eof: chunk.eof, r) { op, allocator in chunk.frame(op: op, allocator: allocator) }
     }
 
     /// A `file.chunk` frame: the next part of the put with the same id on this connection, of
-    /// `count` bytes; `frame` makes the message for the worker once the operation is known.
-    private func putChunk(count: Int, offset: UInt64, eof: Bool, _ r: Responder, frame: (UInt32, ByteBufferAllocator) -> ByteBuffer) {
+    /// `count` bytes; `frame` makes the message for the worker (in one buffer or more) once the
+    /// operation is known.
+    private func putChunk(count: Int, offset: UInt64, eof: Bool, _ r: Responder, frame: (UInt32, ByteBufferAllocator) -> [ByteBuffer]) {
         let key = PutKey(channel: ObjectIdentifier(r.channel), id: r.id.text)
         switch fileRelay.puts[key] {
         case nil:

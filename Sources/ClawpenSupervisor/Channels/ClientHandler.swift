@@ -13,9 +13,10 @@ import NIOPosix
 /// event loop for every client and worker. So the loop parses at most `inlineParseBytes` of a
 /// connection's frames per read (nearly every request is far smaller: for them the hop to
 /// another thread and back would cost more than parsing), and every frame beyond that goes to
-/// the `parser` thread pool while the loop serves everyone else. The connection stops reading
-/// until the parse is back, and frames that were already read wait behind it, so its requests
-/// reach the supervisor in order and a pipelining client cannot queue up work off the loop
+/// the `parser` thread pool while the loop serves everyone else. Frames read meanwhile wait
+/// behind it, so its requests reach the supervisor in order; the connection is still read until
+/// `readAheadBytes` of them wait (the next chunk of a put arrives while this one is decoded),
+/// then not until the parse is back, so a pipelining client cannot queue up work off the loop
 /// faster than it is done.
 ///
 /// Replies are bounded the same way: while the connection is not writable (more than NIO's
@@ -42,13 +43,21 @@ final class ClientHandler: ChannelDuplexHandler {
     /// every other client).
     static let framesPerTurn = 16
 
+    /// Bytes of frames read and waiting behind a parse off the loop before the connection is no
+    /// longer read. Two 1 MiB put chunks (base64: 1.4 MiB each): with reads held for every parse
+    /// the client's next chunk sat in its socket while this one was decoded, and a put in 1 MiB
+    /// chunks moved at 250 MB/s against 330 in 256 KiB ones (BENCHMARKS.md, "Files").
+    static let readAheadBytes = 3 * 1024 * 1024
+
     private let supervisor: Supervisor
     private let parser: NIOThreadPool
     /// The peer's pid, uid and gid as the kernel saw them at connect time; nil until read.
     private var caller: PeerCredentials?
-    /// A frame is being parsed off the loop: later frames wait in `waiting`, reads are held.
+    /// A frame is being parsed off the loop: later frames wait in `waiting`.
     private var parsing = false
     private var waiting = CircularBuffer<ByteBuffer>()
+    /// Bytes of the frames in `waiting`.
+    private var waitingBytes = 0
     private var readHeld = false
     /// The connection was refused (frame too large, frame left incomplete): nothing more is read.
     private var refused = false
@@ -152,6 +161,17 @@ final class ClientHandler: ChannelDuplexHandler {
     /// or the client is not reading its replies.
     private func held(_ context: ChannelHandlerContext) -> Bool { identifying || parsing || yielded || !context.channel.isWritable }
 
+    /// The socket is not read: requests are held for anything but a parse, or one is and enough
+    /// read frames wait behind it.
+    private func readsHeld(_ context: ChannelHandlerContext) -> Bool {
+        identifying || yielded || !context.channel.isWritable || (parsing && waitingBytes >= Self.readAheadBytes)
+    }
+
+    private func wait(_ payload: ByteBuffer) {
+        waiting.append(payload)
+        waitingBytes += payload.readableBytes
+    }
+
     /// This connection has had its share of the tick, or the tick its budget.
     private func mustYield() -> Bool {
         guard let ticks = turns?.ticks else { return false }
@@ -192,9 +212,9 @@ final class ClientHandler: ChannelDuplexHandler {
         guard !refused else { return }
         let payload = unwrapInboundIn(data)
         framesThisRead += 1
-        if held(context) { waiting.append(payload); return }
+        if held(context) { wait(payload); return }
         if mustYield() {
-            waiting.append(payload)
+            wait(payload)
             yieldTurn(context)
             return
         }
@@ -261,9 +281,10 @@ final class ClientHandler: ChannelDuplexHandler {
                 return
             }
             waiting.removeFirst()
+            waitingBytes -= next.readableBytes
             process(next, context: context)
         }
-        if !held(context) && readHeld {
+        if !readsHeld(context) && readHeld {
             readHeld = false
             context.read()
         }
@@ -301,7 +322,7 @@ final class ClientHandler: ChannelDuplexHandler {
     /// Outbound `read`: held while a parse is off the loop or replies wait (see the type's
     /// comment).
     func read(context: ChannelHandlerContext) {
-        if held(context) { readHeld = true } else { context.read() }
+        if readsHeld(context) { readHeld = true } else { context.read() }
     }
 
     /// What FrameDecoder refused is answered, then the connection is closed; it reads nothing
@@ -310,6 +331,7 @@ final class ClientHandler: ChannelDuplexHandler {
         guard !refused else { return }
         refused = true
         waiting.removeAll()
+        waitingBytes = 0
         let answer: ProtocolError?
         switch error as? FrameDecoder.Failure {
         case .tooLarge(let e)?:
