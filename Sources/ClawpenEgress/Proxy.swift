@@ -437,6 +437,10 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var partner: GlueHandler?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// This side's peer has ended its input (FIN; the channel allows half-closure).
+    private var inputEnded = false
+    /// The other side has gone: this one closes once its queued writes are out.
+    private var partnerGone = false
     private let counter: ByteCounter
     private let isClientSide: Bool
 
@@ -464,8 +468,27 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
     private func partnerCloseFull() {
         guard let context else { return }
+        partnerGone = true
         let channel = context.channel
-        context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+        let hard = inputEnded
+        context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            if hard { Self.closeBelowTLS(channel) } else { channel.close(promise: nil) }
+        }
+    }
+
+    /// Closes the socket itself, under a TLS handler if there is one. A TLS close sends
+    /// close_notify and waits for the peer's (NIOSSL's shutdown timeout: 5 s), which a peer
+    /// whose input has ended can never send: every intercepted request from a client that closes
+    /// without close_notify (Python's ssl, many others) kept its connection, and its place in
+    /// the tenant's egress_max_connections, 5 s after the exchange; 256 requests within 5 s and
+    /// the next was refused (503, a reset for the client). What was written is out by then: this
+    /// runs once the queued writes have completed, or when nothing more can be relayed.
+    static func closeBelowTLS(_ channel: Channel) {
+        if let first = try? channel.pipeline.syncOperations.context(handlerType: IdleStateHandler.self) {
+            first.close(promise: nil) // IdleStateHandler is first in the pipeline (join): next is the socket
+        } else {
+            channel.close(promise: nil)
+        }
     }
     private var partnerWritable: Bool { context?.channel.isWritable ?? false }
     private func partnerBecameWritable() {
@@ -494,7 +517,15 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
             context.close(promise: nil)
             return
         }
-        if let e = event as? ChannelEvent, case .inputClosed = e { partner?.partnerWriteEOF() }
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            inputEnded = true
+            // Nothing more can come in, and the other side has gone: nothing is left to relay.
+            if partnerGone || partner == nil {
+                Self.closeBelowTLS(context.channel)
+                return
+            }
+            partner?.partnerWriteEOF()
+        }
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -50,6 +50,18 @@ final class EgressTests: XCTestCase {
                 "r": "network = \"egress\"\n\n[egress]\nallow = [\"localhost:\(h)\"]\n",
                 "l": "network = \"loopback\"\n",
                 "c": "network = \"egress\"\negress_max_connections = 3\n\n[egress]\nallow = [\"localhost:\(h)\", \"127.0.0.1:\(h)\"]\n",
+                // Few connections, and a secret for the HTTPS host: its requests are intercepted.
+                "d": """
+                network = "egress"
+                egress_max_connections = 4
+
+                [egress]
+                allow = [\(allowed)]
+
+                [secrets.KEY]
+                env = "API_KEY"
+                hosts = ["localhost:\(s)"]
+                """,
             ])
         daemon = try Daemon(extraArgs: ["--egress-ca-file", up.caFile], dir: dir, policies: pol).start()
         try daemon.createTenant("a", tier: "pro")
@@ -58,6 +70,7 @@ final class EgressTests: XCTestCase {
         try daemon.createTenant("n")
         try daemon.createTenant("l")
         try daemon.createTenant("c", tier: "pro")
+        try daemon.createTenant("d", tier: "pro")
         try daemon.assertSandboxed("a")
         for (name, value) in [("KEY", secret), ("DB", "db-" + secret), ("TLSKEY", "tls-" + secret)] {
             let put = try runCLI(["secret", "put", "a", name, "--from-stdin"], socket: daemon.socket, stdin: value)
@@ -543,6 +556,68 @@ final class EgressTests: XCTestCase {
         XCTAssertTrue(job.stdout.contains("after HTTP/1.1 200"), "a closed connection frees its place: \(job.stdout)")
         XCTAssertTrue(try audit("c").contains("egress_max_connections"))
         XCTAssertTrue(try sh("a", "curl --noproxy '' -sS http://localhost:\(h)/other-tenant").stdout.contains("path=/other-tenant"))
+    }
+
+    /// A connection ends when its exchange does, however the two sides close: the next
+    /// request never waits for (or is refused because of) one that is over. Each way of ending
+    /// an intercepted HTTPS request (the client reads to the end and closes without
+    /// close_notify, as Python's ssl does; it closes as soon as it has the head; it sends
+    /// close_notify) and a plain HTTP one, ten times each in a row, under an
+    /// egress_max_connections of 4: a connection left open after its exchange (NIOSSL waited
+    /// 5 s for a close_notify a closed input cannot bring) fails the fifth. Then none of the
+    /// tenant's connections is left in the proxy.
+    func testEveryWayOfEndingARequestFreesItsConnectionAtOnce() throws {
+        try start()
+        let (h, s) = (up.httpPort, up.httpsPort)
+        let put = try runCLI(["secret", "put", "d", "KEY", "--from-stdin"], socket: daemon.socket, stdin: secret)
+        XCTAssertEqual(put.status, 0, put.stderr)
+        let script = pythonClient(
+            """
+            import time
+            ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+            def tls():
+                c = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+                c.sendall(b"CONNECT localhost:\(s) HTTP/1.1\\r\\nHost: localhost:\(s)\\r\\n\\r\\n")
+                head = b""
+                while b"\\r\\n\\r\\n" not in head: head += c.recv(1)
+                t = ctx.wrap_socket(c, server_hostname="localhost")
+                t.sendall(b"GET /end HTTP/1.1\\r\\nHost: localhost:\(s)\\r\\nConnection: close\\r\\n\\r\\n")
+                return t
+            results = {}
+            for way in ["read-to-eof", "close-after-head", "close-notify", "plain-http"]:
+                got = []
+                for i in range(10):
+                    if way == "plain-http":
+                        c = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+                        c.sendall(b"GET http://localhost:\(h)/end HTTP/1.1\\r\\nHost: localhost:\(h)\\r\\nConnection: close\\r\\n\\r\\n")
+                        got.append(first(drain(c))); c.close(); continue
+                    t = tls()
+                    if way == "close-after-head":
+                        got.append(first(t.recv(65536))); t.close(); continue
+                    got.append(first(drain(t)))
+                    if way == "close-notify":
+                        try: t.unwrap()
+                        except (ssl.SSLError, OSError): pass
+                    t.close()
+                results[way] = got
+            for way, got in results.items():
+                print(way, sum(1 for g in got if g.startswith("HTTP/1.1 200")), "of", len(got), sorted(set(got)))
+            """)
+        let job = try daemon.run("d", ["python3", "-c", script], timeout: 120)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        for way in ["read-to-eof", "close-after-head", "close-notify", "plain-http"] {
+            XCTAssertTrue(job.stdout.contains("\(way) 10 of 10"), "every request of \(way) got its 200: \(job.stdout)")
+        }
+        XCTAssertFalse(try audit("d").contains("egress_max_connections"), "no request was refused for connections that were over")
+        // And no connection to the proxy is left in the tenant's namespace, in any state but
+        // TIME-WAIT (the client's side of a connection that ended properly).
+        guard let worker = try daemon.tenantStatus("d")["worker_pid"]?.intValue else { return XCTFail("no worker for d") }
+        var left = ""
+        XCTAssertTrue(
+            daemon.eventually(3) {
+                left = (try? runHostCommand(["/usr/bin/nsenter", "-t", "\(worker)", "-n", "/usr/bin/ss", "-Htan", "state", "all"])) ?? "ss failed"
+                return !left.split(separator: "\n").contains { $0.contains(":3128") && !$0.hasPrefix("LISTEN") && !$0.hasPrefix("TIME-WAIT") }
+            }, "the proxy holds no connection of the finished requests: \(left)")
     }
 
     func testADeniedLoopWritesAFewAuditRowsAndCountsEveryRequest() throws {
