@@ -58,6 +58,8 @@ public final class Supervisor: @unchecked Sendable {
     /// (LoopTicks.swift); nil when the loop was not made with the ticks (tests).
     var clientTurns: ClientTurns?
     var loopTicks: LoopTicks? { clientTurns?.ticks }
+    /// Frames waiting in the client handlers, all connections together (ReadAhead.swift).
+    let readAhead = ReadAhead()
     /// Jobs read lately (RecentJobs.swift).
     let recentJobs = RecentJobs()
     var shutdownCompletion: (() -> Void)?

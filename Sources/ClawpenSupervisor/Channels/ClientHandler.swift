@@ -44,7 +44,7 @@ final class ClientHandler: ChannelDuplexHandler {
     static let framesPerTurn = 16
 
     /// Bytes of frames read and waiting behind a parse off the loop before the connection is no
-    /// longer read. Two 1 MiB put chunks (base64: 1.4 MiB each): with reads held for every parse
+    /// longer read (and all connections together: `ReadAhead`). Two 1 MiB put chunks (base64: 1.4 MiB each): with reads held for every parse
     /// the client's next chunk sat in its socket while this one was decoded, and a put in 1 MiB
     /// chunks moved at 250 MB/s against 330 in 256 KiB ones (BENCHMARKS.md, "Files").
     static let readAheadBytes = 3 * 1024 * 1024
@@ -145,6 +145,7 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// The client went away: whatever it followed keeps running (Streams.swift).
     func channelInactive(context: ChannelHandlerContext) {
+        dropWaiting()
         supervisor.clientClosed(context.channel)
         context.fireChannelInactive()
     }
@@ -164,12 +165,27 @@ final class ClientHandler: ChannelDuplexHandler {
     /// The socket is not read: requests are held for anything but a parse, or one is and enough
     /// read frames wait behind it.
     private func readsHeld(_ context: ChannelHandlerContext) -> Bool {
-        identifying || yielded || !context.channel.isWritable || (parsing && waitingBytes >= Self.readAheadBytes)
+        identifying || yielded || !context.channel.isWritable
+            || (parsing && (waitingBytes >= Self.readAheadBytes || !supervisor.readAhead.hasRoom))
     }
 
     private func wait(_ payload: ByteBuffer) {
         waiting.append(payload)
         waitingBytes += payload.readableBytes
+        supervisor.readAhead.add(payload.readableBytes)
+    }
+
+    private func takeWaiting() -> ByteBuffer? {
+        guard let next = waiting.popFirst() else { return nil }
+        waitingBytes -= next.readableBytes
+        supervisor.readAhead.remove(next.readableBytes)
+        return next
+    }
+
+    private func dropWaiting() {
+        waiting.removeAll()
+        supervisor.readAhead.remove(waitingBytes)
+        waitingBytes = 0
     }
 
     /// This connection has had its share of the tick, or the tick its budget.
@@ -275,13 +291,12 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// The frames that arrived during a parse, in order, until the next one goes to the pool.
     private func drain(context: ChannelHandlerContext) {
-        while !held(context), !refused, let next = waiting.first {
+        while !held(context), !refused, !waiting.isEmpty {
             if mustYield() {
                 yieldTurn(context)
                 return
             }
-            waiting.removeFirst()
-            waitingBytes -= next.readableBytes
+            guard let next = takeWaiting() else { break }
             process(next, context: context)
         }
         if !readsHeld(context) && readHeld {
@@ -330,8 +345,7 @@ final class ClientHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard !refused else { return }
         refused = true
-        waiting.removeAll()
-        waitingBytes = 0
+        dropWaiting()
         let answer: ProtocolError?
         switch error as? FrameDecoder.Failure {
         case .tooLarge(let e)?:
