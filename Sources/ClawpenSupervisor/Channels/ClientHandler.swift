@@ -44,9 +44,9 @@ final class ClientHandler: ChannelDuplexHandler {
     static let framesPerTurn = 16
 
     /// Bytes of frames read and waiting behind a parse off the loop before the connection is no
-    /// longer read (and all connections together: `ReadAhead`). Two 1 MiB put chunks (base64: 1.4 MiB each): with reads held for every parse
-    /// the client's next chunk sat in its socket while this one was decoded, and a put in 1 MiB
-    /// chunks moved at 250 MB/s against 330 in 256 KiB ones (BENCHMARKS.md, "Files").
+    /// longer read (all connections together: `ReadAhead`). Two 1 MiB put chunks (base64: 1.4 MiB
+    /// each): with reads held for every parse the client's next chunk sat in its socket while
+    /// this one was decoded (BENCHMARKS.md, "Files, session 11").
     static let readAheadBytes = 3 * 1024 * 1024
 
     private let supervisor: Supervisor

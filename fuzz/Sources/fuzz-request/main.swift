@@ -78,7 +78,8 @@ func checkPutChunkFrame(_ bytes: [UInt8]) {
         return
     }
     require(id == chunk.id && offset == chunk.offset && eof == chunk.eof && data.count == chunk.count, "PutChunkFrame read the head wrong")
-    var frame = chunk.frame(op: 77)
+    var frame = allocator.buffer(capacity: 0)
+    for var part in chunk.frame(op: 77, allocator: allocator) { frame.writeBuffer(&part) }
     let length = frame.readInteger(as: UInt32.self)
     require(length.map(Int.init) == frame.readableBytes, "PutChunkFrame's frame length is not its payload's")
     let worker = try? SupervisorToWorker.decode(frame.readBytes(length: frame.readableBytes) ?? [])
