@@ -31,21 +31,16 @@ extension Daemon {
 /// Runs a host command as `nobody` (uid and gid 65534, no groups): a host user with no claim on
 /// any workspace.
 func runAsNobody(_ argv: [String]) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
     // Through sh: setpriv looks up its own command before it is nobody's, sh's lookups are nobody's.
-    p.arguments = ["--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "/bin/sh", "-c", "exec \"$0\" \"$@\""] + argv
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    try runCapturing(
+        ["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "/bin/sh", "-c", "exec \"$0\" \"$@\""] + argv)
 }
 
 /// Runs a host command as root and returns what it wrote (stdout and stderr together).
-func runHostCommand(_ argv: [String]) throws -> String {
+func runHostCommand(_ argv: [String]) throws -> String { try runCapturing(argv).output }
+
+/// Runs `argv` (an absolute path first) and waits for it: its status and its stdout and stderr together.
+func runCapturing(_ argv: [String]) throws -> (status: Int32, output: String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: argv[0])
     p.arguments = Array(argv.dropFirst())
@@ -55,5 +50,5 @@ func runHostCommand(_ argv: [String]) throws -> String {
     try p.run()
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
 }
