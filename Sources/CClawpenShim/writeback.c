@@ -1,5 +1,4 @@
 // Writeback started early and deferred closes. See cp_writeback.h for why this is C.
-#define _GNU_SOURCE
 #include "cp_writeback.h"
 
 #include <errno.h>

@@ -15,6 +15,8 @@ public final class EgressServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     /// getaddrinfo blocks: names are resolved here, never on the loop, fairly between tenants.
     let resolver = FairResolver(threads: 2)
+    /// Plain relays in the kernel; nil if its thread cannot start (then on the loop, as TLS ones).
+    let splice: SpliceRelays?
     private let listeners = Mutex<[UInt64: Channel]>([:])
 
     public init(controlFD: Int32, reportFD: Int32) {
@@ -22,6 +24,7 @@ public final class EgressServer: Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
         reporter = Reporter(fd: reportFD, loop: group.next())
+        splice = SpliceRelays(loop: group.next(), state: state, reporter: reporter)
     }
 
     /// Serves until the supervisor closes the control socket, then exits.
@@ -71,7 +74,7 @@ public final class EgressServer: Sendable {
     }
 
     private func serve(fd: Int32, tenant: String, id: UInt64) {
-        let state = self.state, reporter = self.reporter, resolver = self.resolver
+        let state = self.state, reporter = self.reporter, resolver = self.resolver, splice = self.splice
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             // Small writes (a 200 to CONNECT, a TLS flight) must not wait for a delayed ACK.
@@ -80,7 +83,7 @@ public final class EgressServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The tenant is this listener's: fixed before the job sends a byte.
-                    try channel.pipeline.syncOperations.addHandler(ProxyHandler(tenant: tenant, state: state, reporter: reporter, resolver: resolver))
+                    try channel.pipeline.syncOperations.addHandler(ProxyHandler(tenant: tenant, state: state, reporter: reporter, resolver: resolver, splice: splice))
                 }
             }
         do {

@@ -42,6 +42,8 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     let reporter: Reporter
     let resolver: FairResolver
     let limits: Limits
+    /// The kernel relay for what the proxy carries without reading; nil: the event loop's.
+    let splice: SpliceRelays?
     private var phase = Phase.head
     private var buffer: ByteBuffer?
     private var headDeadline: Scheduled<Void>?
@@ -55,8 +57,11 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     /// on every intercepted request); taken by `forward`, closed if the request never comes.
     private var early: EventLoopFuture<Channel>?
 
-    public init(tenant: String, state: ProxyState, reporter: Reporter, resolver: FairResolver, limits: Limits = Limits()) {
+    init(
+        tenant: String, state: ProxyState, reporter: Reporter, resolver: FairResolver, limits: Limits = Limits(), splice: SpliceRelays? = nil
+    ) {
         tenantName = tenant; self.state = state; self.reporter = reporter; self.resolver = resolver; self.limits = limits
+        self.splice = splice
     }
 
     public func channelActive(context: ChannelHandlerContext) {
@@ -270,6 +275,8 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func tunnel(_ context: ChannelHandlerContext, host: String, port: Int, address: IPAddress) {
+        // The 200 goes once the upstream is connected; after it, what either side sends is the tunnel's.
+        if relayInKernel(context, host: host, port: port, address: address, toUpstream: [], toClient: Self.established) { return }
         let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
         connect(context, address: address, port: port, tlsHost: nil).whenComplete { [self] result in
             let context = ctx.value
@@ -286,9 +293,10 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
     /// The answer to a CONNECT the proxy carries out (a tunnel, or an interception).
     private func connectionEstablished(_ context: ChannelHandlerContext) {
         var ok = context.channel.allocator.buffer(capacity: 64)
-        ok.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+        ok.writeBytes(Self.established)
         context.writeAndFlush(Self.wrapOutboundOut(ok), promise: nil)
     }
+    static let established = Array("HTTP/1.1 200 Connection Established\r\n\r\n".utf8)
 
     /// CONNECT to a secret's host: answer 200, speak TLS to the job with a leaf certificate for
     /// the host from the tenant's CA, then read the request inside it.
@@ -327,6 +335,9 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
             bytes = u.bytes
             for name in u.used { reporter.used(tenantName, name, host, port) }
         }
+        // Plain HTTP: after its head the proxy reads nothing of the exchange. Inside TLS every
+        // byte goes through the proxy's TLS on both sides.
+        if !tls, relayInKernel(context, host: host, port: port, address: address, toUpstream: bytes, toClient: []) { return }
         let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
         let upstream = (tls ? early : nil) ?? connect(context, address: address, port: port, tlsHost: tls ? host : nil)
         early = nil
@@ -344,7 +355,32 @@ public final class ProxyHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// Both sides relay to each other from now on, with back-pressure (GlueHandler).
+    /// The connection goes to the kernel relay (SpliceRelays), which connects to the upstream,
+    /// sends `toUpstream` (and what the client sent after its head) there and `toClient` to the
+    /// client. False if there is none or it cannot take this one: then the loop relays it.
+    private func relayInKernel(
+        _ context: ChannelHandlerContext, host: String, port: Int, address: IPAddress, toUpstream: [UInt8], toClient: [UInt8]
+    ) -> Bool {
+        guard let splice else { return false }
+        var first = context.channel.allocator.buffer(capacity: toUpstream.count + (buffer?.readableBytes ?? 0))
+        first.writeBytes(toUpstream)
+        if let rest = buffer, rest.readableBytes > 0 { first.writeImmutableBuffer(rest) }
+        // The slot and the counts become the relay's: the channel's close (inside relay) must
+        // not release the slot as well.
+        let slot = admitted
+        admitted = false
+        if splice.relay(
+            client: context.channel, address: address, host: host, port: port, toUpstream: first, toClient: toClient, tenant: tenantName,
+            admitted: slot, connectTimeout: limits.connectTimeout, idle: limits.idleTimeout)
+        {
+            buffer = nil
+            return true
+        }
+        admitted = slot
+        return false
+    }
+
+    /// Both sides relay to each other from now on, with back-pressure, on the loop (GlueHandler).
     private func join(_ context: ChannelHandlerContext, _ upstream: Channel, initial: [UInt8]) {
         guard context.channel.isActive else {
             upstream.close(promise: nil)

@@ -1,3 +1,4 @@
+import CClawpenShim
 import ClawpenClient
 import ClawpenProtocol
 import Foundation
@@ -17,16 +18,22 @@ struct EgressFigures {
     var downloadBytes = 0
     var downloadDirectMBps: Double?
     var downloadProxiedMBps: Double?
+    /// The same download through a bare relay on the host: the proxy's kernel relay with nothing
+    /// around it (no parsing, no policy, no event loop, no namespaces), a peer measured in the
+    /// same run.
+    var downloadRelayMBps: Double?
 
     var httpAddedMs: Double? { httpProxied.flatMap { p in httpDirect.map { p.p50 - $0.p50 } } }
     var httpsAddedMs: Double? { httpsProxied.flatMap { p in httpsDirect.map { p.p50 - $0.p50 } } }
     var downloadRatio: Double? { downloadProxiedMBps.flatMap { p in downloadDirectMBps.map { $0 > 0 ? p / $0 : 0 } } }
+    var relayRatio: Double? { downloadRelayMBps.flatMap { p in downloadDirectMBps.map { $0 > 0 ? p / $0 : 0 } } }
 }
 
 extension Scenarios {
     static let egressClient = """
         import json, os, socket, ssl, sys, time
         mode, ph, ps, big, n, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+        relay = int(sys.argv[7]) if len(sys.argv) > 7 else 0
         key = os.environ.get("API_KEY", "none")
         ctx = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") if mode == "proxy" else cafile)
         def conn(port):
@@ -45,6 +52,8 @@ extension Scenarios {
         def http(path):
             if mode == "proxy":
                 s = conn(3128); target = "http://localhost:%d%s" % (ph, path)
+            elif mode == "relay":
+                s = conn(relay); target = path
             else:
                 s = conn(ph); target = path
             s.sendall(("GET %s HTTP/1.1\\r\\nHost: localhost:%d\\r\\nAuthorization: Bearer %s\\r\\nConnection: close\\r\\n\\r\\n" % (target, ph, key)).encode())
@@ -62,7 +71,8 @@ extension Scenarios {
             t.sendall(("GET %s HTTP/1.1\\r\\nHost: localhost:%d\\r\\nAuthorization: Bearer %s\\r\\nConnection: close\\r\\n\\r\\n" % (path, ps, key)).encode())
             n = read_all(t); t.close(); return n
         out = {"http": [], "https": []}
-        for _ in range(5): http("/"); https("/")
+        if mode == "relay": n = 0
+        for _ in range(5 if n else 0): http("/"); https("/")
         for _ in range(n):
             t0 = time.perf_counter(); http("/"); out["http"].append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter(); https("/"); out["https"].append((time.perf_counter() - t0) * 1000)
@@ -109,8 +119,8 @@ extension Scenarios {
             _ = try call("put the secret") { () throws(ClientError) in
                 try conn.call(.secretPut(tenant: tenant, name: "KEY", value: Array("sk-bench-secret-value".utf8)))
             }
-            var direct: [[String: Any]] = [], proxied: [[String: Any]] = []
-            let args = { (mode: String) in [mode, "\(ph)", "\(ps)", "\(big)", "\(n / 2)", server.caFile] }
+            var direct: [[String: Any]] = [], proxied: [[String: Any]] = [], relayed: [[String: Any]] = []
+            let args = { (mode: String) in [mode, "\(ph)", "\(ps)", "\(big)", "\(n / 2)", server.caFile, "\(server.relayPort)"] }
             // Alternated: direct, proxied, direct, proxied; each half of the requests.
             for round in 0..<2 {
                 Progress.say("[egress] round \(round + 1)/2: \(n / 2) HTTP and \(n / 2) HTTPS requests direct, then through the proxy")
@@ -124,6 +134,7 @@ extension Scenarios {
                     throw BenchFailure("proxied client printed \(job.stdout.prefix(200))")
                 }
                 proxied.append(o)
+                relayed.append(try Self.runPython(Self.egressClient, args("relay")))
             }
             func samples(_ runs: [[String: Any]], _ key: String) -> [Double] { runs.flatMap { ($0[key] as? [Double]) ?? [] } }
             func rate(_ runs: [[String: Any]]) -> Double? {
@@ -136,6 +147,7 @@ extension Scenarios {
             figures.httpsProxied = Summary(samples(proxied, "https"))
             figures.downloadDirectMBps = rate(direct)
             figures.downloadProxiedMBps = rate(proxied)
+            figures.downloadRelayMBps = rate(relayed)
             if let got = proxied.first?["got"] as? Int, got < big { throw BenchFailure("the proxied download got \(got) of \(big) bytes") }
         }
         report.egress = figures
@@ -162,6 +174,7 @@ final class EgressBenchServer {
     let caFile: String
     private(set) var httpPort = 0
     private(set) var httpsPort = 0
+    private(set) var relayPort = 0
     private let process = Process()
 
     static let script = """
@@ -186,6 +199,7 @@ final class EgressBenchServer {
         threading.Event().wait()
         """
 
+
     init(dir: String) throws {
         caFile = dir + "/ca.pem"
         let sh = """
@@ -209,14 +223,64 @@ final class EgressBenchServer {
         for _ in 0..<250 {
             if let t = try? String(contentsOfFile: dir + "/ports", encoding: .utf8) {
                 let p = t.split(separator: " ").compactMap { Int($0) }
-                if p.count == 2 { (httpPort, httpsPort) = (p[0], p[1]); return }
+                if p.count == 2 {
+                    (httpPort, httpsPort) = (p[0], p[1])
+                    try startRelay(dir: dir)
+                    return
+                }
             }
             usleep(20_000)
         }
         throw BenchFailure("the bench's upstream servers did not start")
     }
 
+    /// A bare relay to the HTTP upstream in this process: accept, then the proxy's own kernel
+    /// relay (cp_splice.h) connects and splices, with no parsing, policy or event loop around
+    /// it: what the relay alone achieves here, beside the proxy.
+    private func startRelay(dir: String) throws {
+        guard let engine = cp_relay_engine_start() else { throw BenchFailure("the bare relay's thread did not start") }
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) == 0 && listen(listener, 64) == 0 && getsockname(listener, $0, &len) == 0 }
+        }
+        guard ok else { throw BenchFailure("the bare relay cannot listen: \(String(cString: strerror(errno)))") }
+        relayPort = Int(UInt16(bigEndian: addr.sin_port))
+        let upstreamPort = UInt16(httpPort)
+        let relayEngine = RelayEngine(engine)
+        let thread = Thread {
+            var id: UInt64 = 0
+            while true {
+                let c = accept(listener, nil, nil)
+                if c < 0 { if errno == EINTR { continue } else { return } }
+                _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
+                var one: Int32 = 1
+                setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                id += 1
+                let address: [UInt8] = [127, 0, 0, 1]
+                _ = address.withUnsafeBufferPointer { a in
+                    var spec = cp_relay_spec(
+                        id: id, client_fd: c, upstream_fd: -1, address: a.baseAddress, address_len: 4, port: upstreamPort, to_upstream: nil,
+                        to_upstream_len: 0, to_client: nil, to_client_len: 0, fail_status_lines: nil, fail_message: nil, connect_ms: 10000,
+                        idle_ms: 60000)
+                    return cp_relay_start(relayEngine.pointer, &spec)
+                }
+                // The ends are not read: the bench's process is gone before they matter.
+            }
+        }
+        thread.start()
+    }
+
     func stop() {
         if process.isRunning { process.terminate(); process.waitUntilExit() }
     }
+}
+
+/// The bare relay's engine, handed to its accept thread.
+private final class RelayEngine: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
 }

@@ -178,6 +178,9 @@ struct Report {
                 "egress download \(e.downloadBytes >> 20) MiB: direct / proxied",
                 (e.downloadDirectMBps.map { fmt($0, 0) } ?? "-") + " / " + (e.downloadProxiedMBps.map { fmt($0, 0) } ?? "-") + " MB/s")
             row("egress download proxied / direct", e.downloadRatio.map { fmt($0, 2) } ?? "-", ">= 0.80", e.downloadRatio.map { $0 >= 0.8 })
+            row(
+                "egress download, bare relay (peer) / direct", (e.relayRatio.map { fmt($0, 2) } ?? "-")
+                    + (e.downloadRelayMBps.map { " (\(fmt($0, 0)) MB/s: the same kernel relay on the host, no proxy, no namespaces)" } ?? ""), "", nil)
         }
         if let h = hostile {
             if let u = h.pingUnloaded { row("ping p50 / p99 / max, unloaded", ms(u.p50) + " / " + ms(u.p99) + " / " + ms(u.max) + "  (\(u.count) pings)") }
@@ -277,6 +280,8 @@ struct Report {
             o.set("egress_https_proxied_p50_ms", r3(e.httpsProxied?.p50))
             o.set("egress_download_direct_mbps", r3(e.downloadDirectMBps))
             o.set("egress_download_proxied_mbps", r3(e.downloadProxiedMBps))
+            o.set("egress_download_relay_mbps", r3(e.downloadRelayMBps))
+            o.set("egress_download_relay_ratio", r3(e.relayRatio))
         }
         if let h = hostile {
             o.set("hostile_senders", h.senders)

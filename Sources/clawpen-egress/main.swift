@@ -51,6 +51,14 @@ if geteuid() == 0 {
     var idStep: Int32 = 0
     if cp_drop_identity(uid, gid, &idStep) != 0 { fail(String(cString: cp_identity_step_name(idStep)), errno) }
 }
+// Every relayed connection holds two sockets and, relayed in the kernel, two pipes (four fds): a
+// soft limit of 1024 (systemd's default for services) would cap the proxy far below the tenants'
+// egress_max_connections. The hard limit is the operator's; the soft one goes up to it.
+var files = rlimit()
+if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0, files.rlim_cur < files.rlim_max {
+    files.rlim_cur = files.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+}
 // 4. Seccomp last: from here on the process is what it will be while it serves.
 if !program.isEmpty {
     let rc = program.withUnsafeBytes { cp_install_seccomp($0.baseAddress, $0.count) }

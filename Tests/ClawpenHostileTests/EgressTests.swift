@@ -10,6 +10,8 @@ final class EgressTests: XCTestCase {
     var daemon: Daemon!
     var up: EgressUpstreams!
     let secret = "sk-test-0123456789-REAL-VALUE-abcdef"
+    /// A port on 127.0.0.1 where nothing listens (bound once, then closed).
+    var closedPort = 0
 
     override func tearDown() {
         daemon?.cleanup()
@@ -21,6 +23,8 @@ final class EgressTests: XCTestCase {
         let dir = try Daemon.tempDir()
         up = try EgressUpstreams(dir: dir)
         let (h, s, o) = (up.httpPort, up.httpsPort, up.otherPort)
+        closedPort = try Self.unusedPort()
+        let z = closedPort
         let allowed = [h, s, o].flatMap { ["\"localhost:\($0)\"", "\"127.0.0.1:\($0)\""] }.joined(separator: ", ")
         let pol = try Daemon.policiesWithOverrides(
             in: dir,
@@ -46,6 +50,8 @@ final class EgressTests: XCTestCase {
                 expose = "env"
                 commands = ["/usr/bin/printenv"]
                 """,
+                // Allowed to a port where nothing listens; two connections at most.
+                "u": "network = \"egress\"\negress_max_connections = 2\n\n[egress]\nallow = [\"localhost:\(z)\", \"127.0.0.1:\(z)\"]\n",
                 // A name leading to loopback, with no rule for the address.
                 "r": "network = \"egress\"\n\n[egress]\nallow = [\"localhost:\(h)\"]\n",
                 "l": "network = \"loopback\"\n",
@@ -71,11 +77,47 @@ final class EgressTests: XCTestCase {
         try daemon.createTenant("l")
         try daemon.createTenant("c", tier: "pro")
         try daemon.createTenant("d", tier: "pro")
+        try daemon.createTenant("u", tier: "pro")
         try daemon.assertSandboxed("a")
         for (name, value) in [("KEY", secret), ("DB", "db-" + secret), ("TLSKEY", "tls-" + secret)] {
             let put = try runCLI(["secret", "put", "a", name, "--from-stdin"], socket: daemon.socket, stdin: value)
             XCTAssertEqual(put.status, 0, put.stderr)
         }
+    }
+
+    static func unusedPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard ok else { throw POSIXError(.EADDRINUSE) }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// An allowed upstream that cannot be reached: the job hears a 502 that says why and by
+    /// which rule, for a plain request and a CONNECT alike (no 200 first); each is audited as
+    /// a refusal, and none keeps its connection slot (more attempts than the tenant's
+    /// egress_max_connections all get the 502, none a 503).
+    func testAnUpstreamThatCannotBeReachedIsA502ThatSaysWhy() throws {
+        try start()
+        let z = closedPort
+        let job = try sh(
+            "u",
+            "for i in 1 2 3 4 5; do curl --noproxy '' -sS -i http://localhost:\(z)/x; echo; done; curl --noproxy '' -sS https://localhost:\(z)/ 2>&1; echo rc=$?")
+        XCTAssertEqual(job.stdout.components(separatedBy: "HTTP/1.1 502 Bad Gateway").count - 1, 5, job.stdout)
+        XCTAssertEqual(job.stdout.components(separatedBy: "X-Clawpen-Rule: upstream").count - 1, 5, job.stdout)
+        XCTAssertTrue(job.stdout.contains("clawpen egress: cannot reach localhost:\(z) (127.0.0.1): Connection refused"), job.stdout)
+        XCTAssertFalse(job.stdout.contains("503"), "a failed connection kept its slot: \(job.stdout)")
+        XCTAssertTrue(job.stdout.contains("CONNECT tunnel failed, response 502") && job.stdout.contains("rc=56"), "CONNECT answered 502, not 200: \(job.stdout)")
+        let audit = try audit("u")
+        // Denials are coalesced per window in the audit; the counter has each of them.
+        XCTAssertTrue(audit.contains("egress.denied") && audit.contains("upstream") && audit.contains("port=\(z)"), audit)
+        XCTAssertEqual(try daemon.tenantStatus("u")["egress"]?["requests_denied"]?.intValue, 6)
     }
 
     func sh(_ tenant: String, _ script: String) throws -> JobView { try daemon.run(tenant, ["sh", "-c", script], timeout: 60) }

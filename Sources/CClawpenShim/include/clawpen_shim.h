@@ -18,6 +18,7 @@
 //   cp_egress.h    listeners in a tenant's netns, SCM_RIGHTS, the egress proxy's read-only root
 //   cp_peer.h      the agent socket's caller: SO_PEERPIDFD and pidfd_send_signal (no glibc names)
 //   cp_writeback.h writeback started per chunk (sync_file_range), replaced files closed on a thread
+//   cp_splice.h    the egress proxy's zero-copy relay: splice through pipes on an epoll thread
 #ifndef CLAWPEN_SHIM_H
 #define CLAWPEN_SHIM_H
 
@@ -38,5 +39,6 @@
 #include "cp_egress.h"
 #include "cp_peer.h"
 #include "cp_writeback.h"
+#include "cp_splice.h"
 
 #endif
