@@ -156,7 +156,8 @@ let package = Package(
             name: "ClawpenUnitTests",
             dependencies: [
                 "ClawpenWire", "ClawpenProtocol", "ClawpenPolicy", "ClawpenStore", "ClawpenCore", "ClawpenSupervisor", "ClawpenSandbox", "ClawpenSystem",
-                "CClawpenShim", "ClawpenSystemd", "ClawpenSecrets", "ClawpenEgress", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "CClawpenShim", "ClawpenSystemd", "ClawpenSecrets", "ClawpenEgress", "ClawpenTestSupport",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: strict),
         .testTarget(name: "ClawpenTOMLTests", dependencies: ["ClawpenTOML"], swiftSettings: strict),

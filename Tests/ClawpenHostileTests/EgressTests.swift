@@ -23,7 +23,7 @@ final class EgressTests: XCTestCase {
         let dir = try Daemon.tempDir()
         up = try EgressUpstreams(dir: dir)
         let (h, s, o) = (up.httpPort, up.httpsPort, up.otherPort)
-        closedPort = try Self.unusedPort()
+        closedPort = try XCTUnwrap(Loopback.unusedPort())
         let z = closedPort
         let allowed = [h, s, o].flatMap { ["\"localhost:\($0)\"", "\"127.0.0.1:\($0)\""] }.joined(separator: ", ")
         let pol = try Daemon.policiesWithOverrides(
@@ -85,19 +85,6 @@ final class EgressTests: XCTestCase {
         }
     }
 
-    static func unusedPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        guard ok else { throw POSIXError(.EADDRINUSE) }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
 
     /// An allowed upstream that cannot be reached: the job hears a 502 that says why and by
     /// which rule, for a plain request and a CONNECT alike (no 200 first); each is audited as

@@ -1,5 +1,6 @@
 import CClawpenShim
 @testable import ClawpenEgress
+import ClawpenTestSupport
 import Foundation
 import Glibc
 import NIOCore
@@ -23,20 +24,10 @@ final class SpliceRelayTests: XCTestCase {
     }
 
     func connection() throws -> Connection {
-        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (l, port) = try XCTUnwrap(Loopback.listener(backlog: 4))
         defer { close(l) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &addr) { p in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                guard bind(l, sa, len) == 0, listen(l, 4) == 0, getsockname(l, sa, &len) == 0 else { throw POSIXError(.EADDRINUSE) }
-            }
-        }
-        let outer = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        let rc = withUnsafePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(outer, $0, len) } }
-        XCTAssertEqual(rc, 0)
+        let outer = Loopback.connect(port: port)
+        XCTAssertGreaterThanOrEqual(outer, 0)
         let inner = accept(l, nil, nil)
         XCTAssertGreaterThanOrEqual(inner, 0)
         XCTAssertEqual(fcntl(inner, F_SETFL, fcntl(inner, F_GETFL) | O_NONBLOCK), 0)
@@ -116,20 +107,11 @@ final class SpliceRelayTests: XCTestCase {
         }
     }
 
-    /// A listener on 127.0.0.1 with `backlog`; returns its fd and port.
+    /// A listener on 127.0.0.1 with `backlog`, closed at the end of the test.
     func listener(backlog: Int32 = 8) throws -> (Int32, UInt16) {
-        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &addr) { p in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                guard bind(l, sa, len) == 0, listen(l, backlog) == 0, getsockname(l, sa, &len) == 0 else { throw POSIXError(.EADDRINUSE) }
-            }
-        }
-        opened.append(l)
-        return (l, UInt16(bigEndian: addr.sin_port))
+        let (fd, port) = try XCTUnwrap(Loopback.listener(backlog: backlog))
+        opened.append(fd)
+        return (fd, port)
     }
 
     /// The engine's own connection: the request head goes once it is made, the 200 of a
@@ -182,12 +164,8 @@ final class SpliceRelayTests: XCTestCase {
         // Fill the accept queue: later SYNs are dropped, the connect hangs.
         var fillers: [Int32] = []
         for _ in 0..<3 {
-            let f = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            addr.sin_port = port.bigEndian
-            _ = withUnsafePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(f, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            let f = Loopback.connect(port: port, nonBlocking: true)
+            XCTAssertGreaterThanOrEqual(f, 0)
             fillers.append(f)
         }
         opened += fillers
