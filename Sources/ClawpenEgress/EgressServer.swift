@@ -83,7 +83,8 @@ public final class EgressServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The tenant is this listener's: fixed before the job sends a byte.
-                    try channel.pipeline.syncOperations.addHandler(ProxyHandler(tenant: tenant, state: state, reporter: reporter, resolver: resolver, splice: splice))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProxyHandler(tenant: tenant, state: state, reporter: reporter, resolver: resolver, splice: splice))
                 }
             }
         do {

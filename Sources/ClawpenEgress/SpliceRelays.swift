@@ -95,7 +95,8 @@ final class SpliceRelays: @unchecked Sendable {
             if refused & (refused - 1) == 0 {
                 reporter.log(
                     "warning",
-                    "kernel relay refused (\(String(cString: strerror(errno))); \(refused) so far, \(active) running): such connections are relayed by the event loop, with a copy of every byte")
+                    "kernel relay refused (\(String(cString: strerror(errno))); \(refused) so far, \(active) running): such connections are relayed by the event loop, with a copy of every byte"
+                )
             }
             return false
         }

@@ -199,7 +199,6 @@ final class EgressBenchServer {
         threading.Event().wait()
         """
 
-
     init(dir: String) throws {
         caFile = dir + "/ca.pem"
         let sh = """
@@ -245,7 +244,9 @@ final class EgressBenchServer {
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         let ok = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) == 0 && listen(listener, 64) == 0 && getsockname(listener, $0, &len) == 0 }
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, len) == 0 && listen(listener, 64) == 0 && getsockname(listener, $0, &len) == 0
+            }
         }
         guard ok else { throw BenchFailure("the bare relay cannot listen: \(String(cString: strerror(errno)))") }
         relayPort = Int(UInt16(bigEndian: addr.sin_port))

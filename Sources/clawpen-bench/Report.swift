@@ -179,7 +179,8 @@ struct Report {
                 (e.downloadDirectMBps.map { fmt($0, 0) } ?? "-") + " / " + (e.downloadProxiedMBps.map { fmt($0, 0) } ?? "-") + " MB/s")
             row("egress download proxied / direct", e.downloadRatio.map { fmt($0, 2) } ?? "-", ">= 0.80", e.downloadRatio.map { $0 >= 0.8 })
             row(
-                "egress download, bare relay (peer) / direct", (e.relayRatio.map { fmt($0, 2) } ?? "-")
+                "egress download, bare relay (peer) / direct",
+                (e.relayRatio.map { fmt($0, 2) } ?? "-")
                     + (e.downloadRelayMBps.map { " (\(fmt($0, 0)) MB/s: the same kernel relay on the host, no proxy, no namespaces)" } ?? ""), "", nil)
         }
         if let h = hostile {

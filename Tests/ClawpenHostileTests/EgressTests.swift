@@ -85,7 +85,6 @@ final class EgressTests: XCTestCase {
         }
     }
 
-
     /// An allowed upstream that cannot be reached: the job hears a 502 that says why and by
     /// which rule, for a plain request and a CONNECT alike (no 200 first); each is audited as
     /// a refusal, and none keeps its connection slot (more attempts than the tenant's
@@ -95,12 +94,14 @@ final class EgressTests: XCTestCase {
         let z = closedPort
         let job = try sh(
             "u",
-            "for i in 1 2 3 4 5; do curl --noproxy '' -sS -i http://localhost:\(z)/x; echo; done; curl --noproxy '' -sS https://localhost:\(z)/ 2>&1; echo rc=$?")
+            "for i in 1 2 3 4 5; do curl --noproxy '' -sS -i http://localhost:\(z)/x; echo; done; curl --noproxy '' -sS https://localhost:\(z)/ 2>&1; echo rc=$?"
+        )
         XCTAssertEqual(job.stdout.components(separatedBy: "HTTP/1.1 502 Bad Gateway").count - 1, 5, job.stdout)
         XCTAssertEqual(job.stdout.components(separatedBy: "X-Clawpen-Rule: upstream").count - 1, 5, job.stdout)
         XCTAssertTrue(job.stdout.contains("clawpen egress: cannot reach localhost:\(z) (127.0.0.1): Connection refused"), job.stdout)
         XCTAssertFalse(job.stdout.contains("503"), "a failed connection kept its slot: \(job.stdout)")
-        XCTAssertTrue(job.stdout.contains("CONNECT tunnel failed, response 502") && job.stdout.contains("rc=56"), "CONNECT answered 502, not 200: \(job.stdout)")
+        XCTAssertTrue(
+            job.stdout.contains("CONNECT tunnel failed, response 502") && job.stdout.contains("rc=56"), "CONNECT answered 502, not 200: \(job.stdout)")
         let audit = try audit("u")
         // Denials are coalesced per window in the audit; the counter has each of them.
         XCTAssertTrue(audit.contains("egress.denied") && audit.contains("upstream") && audit.contains("port=\(z)"), audit)

@@ -13,8 +13,8 @@ import XCTest
 /// outer end) and the upstream (the upstream's outer end).
 final class SpliceRelayTests: XCTestCase {
     struct Connection {
-        let outer: Int32  // the test's end, blocking, with a receive timeout
-        let inner: Int32  // the relay's end, non-blocking
+        let outer: Int32 // the test's end, blocking, with a receive timeout
+        let inner: Int32 // the relay's end, non-blocking
     }
 
     var opened: [Int32] = []
@@ -82,7 +82,9 @@ final class SpliceRelayTests: XCTestCase {
         return ends
     }
 
-    func relay(_ engine: OpaquePointer, id: UInt64, _ client: Connection, _ upstream: Connection, toUpstream: String = "", toClient: String = "", idleMs: Int32 = 60000)
+    func relay(
+        _ engine: OpaquePointer, id: UInt64, _ client: Connection, _ upstream: Connection, toUpstream: String = "", toClient: String = "", idleMs: Int32 = 60000
+    )
         -> Int32
     {
         start(engine, id: id, client: client.inner, upstreamFD: upstream.inner, toUpstream: toUpstream, toClient: toClient, idleMs: idleMs)
