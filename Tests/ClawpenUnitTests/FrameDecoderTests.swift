@@ -131,6 +131,27 @@ final class FrameDecoderTests: XCTestCase {
         XCTAssertLessThan(large / small, 16 * 4, "2,000 empty frames: \(small) s, 32,000: \(large) s")
     }
 
+    /// The one timer outlives complete frames: when it fires for a frame that was completed,
+    /// it waits for what is left of the timeout of the frame incomplete now, and reports that
+    /// one only when its own timeout is over.
+    func testTheTimerCountsFromTheFrameIncompleteNow() throws {
+        let (channel, sink) = try channel(limit: 1 << 20, partialTimeout: .seconds(30))
+        try channel.writeInbound(buffer([0, 0, 0, 2, 0xAA]))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(20))
+        try channel.writeInbound(buffer([0xBB, 0, 0, 0, 3, 1])) // completes the first, starts a second
+        channel.embeddedEventLoop.advanceTime(by: .seconds(11)) // the first frame's 30 s are over
+        XCTAssertTrue(sink.errors.isEmpty, "the second frame has been incomplete for 11 s only: \(sink.errors)")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(18)) // 29 s
+        XCTAssertTrue(sink.errors.isEmpty, "\(sink.errors)")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2)) // 31 s
+        guard case .incomplete(let received, _)? = sink.errors.first as? FrameDecoder.Failure else {
+            return XCTFail("\(sink.errors)")
+        }
+        XCTAssertEqual(received, 5)
+        XCTAssertEqual(sink.payloads, [[0xAA, 0xBB]])
+        _ = try? channel.finish()
+    }
+
     func testNoTimeoutWithoutAPartialFrame() throws {
         let (channel, sink) = try channel(limit: 1 << 20, partialTimeout: .seconds(1))
         try channel.writeInbound(buffer([0, 0, 0, 1, 9]))

@@ -40,7 +40,14 @@ final class FrameDecoder: ByteToMessageDecoder {
 
     let maxFrameBytes: Int
     let partialTimeout: TimeAmount?
+    /// The one timer of the partial-frame clock, armed when a frame is first left incomplete
+    /// and kept across complete ones: when it fires it looks at `partialSince` and either
+    /// reports, or waits for what is left of the timeout. Scheduling and cancelling a task per
+    /// frame (as a client streaming frames in small reads makes the decoder do) cost more than
+    /// the rest of the decoding of a small frame: 0.6 µs against 0.3 µs.
     private var partialTimer: Scheduled<Void>?
+    /// Since when the current frame has been incomplete (nil: none is).
+    private var partialSince: NIODeadline?
     /// Bytes of the incomplete frame so far, for the timeout's message.
     private var buffered = 0
     /// Told the bytes of the incomplete frame held (0: none) when that changes.
@@ -72,7 +79,8 @@ final class FrameDecoder: ByteToMessageDecoder {
         buffer.moveReaderIndex(forwardBy: Framing.headerSize)
         // readSlice cannot fail: the bytes were counted above.
         guard let payload = buffer.readSlice(length: length) else { return .needMoreData }
-        cancelPartialTimer()
+        // The clock restarts with every complete frame; the timer stays (see partialTimer).
+        partialSince = nil
         report(buffer.readableBytes)
         context.fireChannelRead(Self.wrapInboundOut(payload))
         return .continue
@@ -100,16 +108,33 @@ final class FrameDecoder: ByteToMessageDecoder {
     }
 
     private func armPartialTimer(context: ChannelHandlerContext) {
-        guard let timeout = partialTimeout, buffered > 0, partialTimer == nil else { return }
+        guard let timeout = partialTimeout, buffered > 0 else { return }
+        if partialSince == nil { partialSince = context.eventLoop.now }
+        guard partialTimer == nil else { return }
+        schedulePartialCheck(context: context, in: timeout)
+    }
+
+    private func schedulePartialCheck(context: ChannelHandlerContext, in delay: TimeAmount) {
+        guard let timeout = partialTimeout else { return }
         let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
-        partialTimer = context.eventLoop.scheduleTask(in: timeout) {
-            // The handler behind this one answers and closes the connection.
+        partialTimer = context.eventLoop.scheduleTask(in: delay) {
             let (context, decoder) = bound.value
             decoder.partialTimer = nil
-            if !context.channel.isWritable {
-                decoder.armPartialTimer(context: context)
+            // No frame incomplete now: the next one arms the clock again.
+            guard let since = decoder.partialSince else { return }
+            let left = since + timeout - context.eventLoop.now
+            if left > .zero {
+                decoder.schedulePartialCheck(context: context, in: left)
                 return
             }
+            // Reads are held while the client does not read its replies: the rest of its frame
+            // may be waiting for that; the clock starts again.
+            if !context.channel.isWritable {
+                decoder.partialSince = context.eventLoop.now
+                decoder.schedulePartialCheck(context: context, in: timeout)
+                return
+            }
+            // The handler behind this one answers and closes the connection.
             context.fireErrorCaught(Failure.incomplete(received: decoder.buffered, timeout: timeout))
         }
     }
@@ -117,6 +142,7 @@ final class FrameDecoder: ByteToMessageDecoder {
     private func cancelPartialTimer() {
         partialTimer?.cancel()
         partialTimer = nil
+        partialSince = nil
     }
 }
 
