@@ -1,5 +1,6 @@
 // The egress proxy's zero-copy relay. See cp_splice.h for why this is C.
 #include "cp_splice.h"
+#include "cp_proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -338,19 +339,9 @@ cp_relay_engine *cp_relay_engine_start(void) {
     e->donefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (e->epfd < 0 || e->donefd < 0) goto fail;
     pthread_mutex_init(&e->mu, NULL);
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0) goto fail;
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     // A splice into a socket whose peer has gone raises SIGPIPE in this thread: blocked, it is
     // an EPIPE. Every other signal is the process's business, not this thread's.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t thread;
-    int rc = pthread_create(&thread, &attr, engine_main, e);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
+    int rc = cp_start_quiet_thread(engine_main, e, 256 * 1024);
     if (rc != 0) { errno = rc; goto fail; }
     return e;
 fail:;

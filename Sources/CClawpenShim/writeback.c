@@ -1,5 +1,6 @@
 // Writeback started early and deferred closes. See cp_writeback.h for why this is C.
 #include "cp_writeback.h"
+#include "cp_proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,18 +44,8 @@ static void release_start(void) {
     if (pipe2(release_pipe, O_CLOEXEC) != 0) return;
     int flags = fcntl(release_pipe[1], F_GETFL);
     if (flags < 0 || fcntl(release_pipe[1], F_SETFL, flags | O_NONBLOCK) != 0) goto fail;
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0) goto fail;
-    pthread_attr_setstacksize(&attr, 64 * 1024);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    // The thread inherits this mask: it must never take a signal meant for the worker's signalfd.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t thread;
-    int rc = pthread_create(&thread, &attr, releaser, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
+    // All signals blocked: it must never take a signal meant for the worker's signalfd.
+    int rc = cp_start_quiet_thread(releaser, NULL, 64 * 1024);
     if (rc != 0) goto fail;
     release_ready = 1;
     return;

@@ -46,6 +46,12 @@ int cp_set_name(const char *name);
 /// Sets the calling process's parent-death signal.
 int cp_set_pdeathsig(int sig);
 
+/// Starts a detached thread of `stack_bytes` running fn(arg) with every signal blocked: a
+/// helper thread of a process that reads its signals through a signalfd (the worker), or whose
+/// splices into a peer that has gone must be EPIPE rather than SIGPIPE (the proxy's relay),
+/// must never take one. 0, or an errno.
+int cp_start_quiet_thread(void *(*fn)(void *), void *arg, size_t stack_bytes);
+
 #ifdef __cplusplus
 }
 #endif
