@@ -23,8 +23,10 @@
 // are spent) keeps its size: slower, not wrong.
 enum { PIPE_BYTES = 1 << 20 };
 // One relay moves at most this much per direction before the others get their turn (the thread
-// serves every tenant's relays; a fast download must not hold up a neighbour's request).
-enum { TURN_BYTES = 4 << 20 };
+// serves every tenant's relays; a fast download must not hold up a neighbour's request): one
+// pipe's worth, a few hundred microseconds, which is also the longest the proxy's loop can wait
+// for the engine's lock to hand over a new relay.
+enum { TURN_BYTES = 1 << 20 };
 
 // Direction d carries what side d reads to side 1 - d: 0 client -> upstream, 1 upstream -> client.
 struct direction {
