@@ -25,6 +25,9 @@ public final class EgressServer: Sendable {
         self.group = group
         reporter = Reporter(fd: reportFD, loop: group.next())
         splice = SpliceRelays(loop: group.next(), state: state, reporter: reporter)
+        if splice == nil {
+            reporter.log("warning", "no kernel relay (its thread did not start): every connection is relayed by the event loop, with a copy of every byte")
+        }
     }
 
     /// Serves until the supervisor closes the control socket, then exits.

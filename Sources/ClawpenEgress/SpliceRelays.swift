@@ -48,8 +48,9 @@ final class SpliceRelays: @unchecked Sendable {
                 }
                 .takingOwnershipOfDescriptor(input: doneFD).wait()
         } catch {
-            reporter.log("error", "the splice relay's end notices cannot be read (\(error)): relays run on the event loop")
-            close(doneFD)
+            // Not closed here: NIO may have taken the descriptor before it failed, and a second
+            // close could end another fd of the same number.
+            reporter.log("error", "the kernel relay's end notices cannot be read (\(error)): relays run on the event loop")
             return nil
         }
     }
