@@ -27,6 +27,10 @@ public struct ServeConfig: Sendable {
     /// Bytes of replies and output queued for one client connection before it is disconnected
     /// (`--client-buffer-bytes`; ClientBudget).
     public var clientBufferBytes = ClientBudget.defaultPerClient
+    /// Requests a second one client connection may send while others are served
+    /// (`--client-requests-per-second`; ClientPacing); 0: no limit.
+    public var clientRequestsPerSecond = ClientPacing.defaultRequestsPerSecond
+    public var clientPacing: ClientPacing? { clientRequestsPerSecond > 0 ? ClientPacing(requestsPerSecond: clientRequestsPerSecond) : nil }
     /// The same for all connections together, with their half-received frames
     /// (`--all-clients-buffer-bytes`); nil: ClientBudget.defaultAllClients(perClient:maxFrameBytes:).
     public var allClientsBufferBytes: Int?

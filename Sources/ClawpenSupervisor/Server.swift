@@ -105,7 +105,7 @@ public enum Server {
             loop: loop, config: config, store: store, policies: policies, jobSeccompGuard: jobGuard,
             logger: logger, workerPath: workerPath, cgroup: cgroup, seccompPrograms: seccomp,
             cgroups: cgroups)
-        supervisor.clientTurns = ClientTurns(ticks: ticks, loop: loop)
+        supervisor.clientTurns = ClientTurns(ticks: ticks, loop: loop, pacing: config.clientPacing)
         supervisor.installKeys(keys)
         // Large request frames are parsed here, off the loop (ClientHandler): one thread per
         // core, so that parsing several at once still leaves the loop its own core. Made before

@@ -108,6 +108,9 @@ extension Supervisor {
             f.set("tick_budget_us", Int(LoopTicks.budgetNanos / 1000))
             f.set("ticks_over_budget", Int(ticks.exhaustedTicks))
             f.set("connections_waiting_turn", clientTurns?.count ?? 0)
+            // ClientPacing.swift: 0 when there is no limit.
+            f.set("client_requests_per_second", Int(clientTurns?.pacing?.requestsPerSecond ?? 0))
+            f.set("paced_requests", Int(ticks.pacedRequests))
             let recent = recentJobs.counts
             f.set("recent_finished_jobs", recent.finished)
             f.set("recent_finished_bytes", recent.finishedBytes)

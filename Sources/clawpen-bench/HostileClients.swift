@@ -23,6 +23,8 @@ struct HostileClientsFigures: Sendable {
     var closedPilers = 0, closedSpammers = 0, closedStreamers = 0
     var pilers = 0, spammers = 0, streamers = 0
     var floodAnswers = 0, floodSeconds = 0.0
+    /// Requests the daemon held back to its per-connection rate (status, ClientPacing).
+    var pacedRequests = 0, requestsPerSecond = 0
     var slowJobState = ""
     /// The loaded pings' longest stalls: when each began (ms after the piled-up job was
     /// submitted) and how long it lasted.
@@ -78,6 +80,9 @@ struct HostileClientsFigures: Sendable {
         ])
         rows.append(["flood answers", "\(floodAnswers) in \(fmt(floodSeconds, 1)) s", "", ""])
         rows.append([
+            "requests held to the rate (per connection)", "\(pacedRequests) (\(requestsPerSecond == 0 ? "no limit" : "\(requestsPerSecond)/s"))", "", "",
+        ])
+        rows.append([
             "longest ping stalls (start after the pile's job, ms: length)",
             pingStalls.isEmpty
                 ? "none over \(fmt(Stall.thresholdMs, 0)) ms" : pingStalls.map { "\(fmt($0.startMs, 0)): \(fmt($0.lengthMs, 1))" }.joined(separator: ", "),
@@ -103,7 +108,8 @@ struct HostileClientsFigures: Sendable {
                     ("rss_before_kib", .int(Int64(rssBeforeKiB))), ("rss_peak_sampled_kib", .int(Int64(rssPeakSampledKiB))),
                     ("vm_hwm_kib", .int(Int64(hwmKiB))), ("peak_held_bytes", .int(Int64(peakHeldBytes))),
                     ("disconnects", .object(disconnects.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
-                    ("flood_answers", .int(Int64(floodAnswers))),
+                    ("flood_answers", .int(Int64(floodAnswers))), ("paced_requests", .int(Int64(pacedRequests))),
+                    ("client_requests_per_second", .int(Int64(requestsPerSecond))),
                     (
                         "ping_stalls",
                         .array(pingStalls.map { .object([("start_ms", .double($0.startMs)), ("length_ms", .double($0.lengthMs))]) })
@@ -248,6 +254,8 @@ extension Scenarios {
             f.clientBudget = Int(clients["client_budget_bytes"]?.intValue ?? 0)
             f.allClientsBudget = Int(clients["all_clients_budget_bytes"]?.intValue ?? 0)
             f.peakHeldBytes = Int(clients["peak_bytes"]?.intValue ?? 0)
+            f.pacedRequests = Int(clients["fairness"]?["paced_requests"]?.intValue ?? 0)
+            f.requestsPerSecond = Int(clients["fairness"]?["client_requests_per_second"]?.intValue ?? 0)
             for reason in ["client_budget", "all_clients_budget"] { f.disconnects[reason] = Int(clients["disconnects"]?[reason]?.intValue ?? 0) }
             sampler.stop()
             f.rssPeakSampledKiB = sampler.peakKiB

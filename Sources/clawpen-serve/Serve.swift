@@ -51,6 +51,13 @@ struct ServeCommand: ParsableCommand {
             "The same for all client connections together, with the frames they are in the middle of sending (default 134217728, 128 MiB, or more when --client-buffer-bytes plus --max-frame-bytes is more).",
             discussion: "Over it, the connections holding the most are disconnected, the biggest first, until the rest fit."
         )) var allClientsBufferBytes: Int?
+    @Option(
+        name: .customLong("client-requests-per-second"),
+        help: ArgumentHelp(
+            "Requests a second one client connection may send while other connections are being served (default 1000; 0: no limit).",
+            discussion:
+                "Past it, with a burst of a quarter second's worth, the connection is not read until its next request may go: it is slowed, never refused. A connection alone on the socket is not limited. status --json counts the requests held back (supervisor.clients.fairness.paced_requests)."
+        )) var clientRequestsPerSecond: Double?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(
         name: .customLong("dispatch"),
@@ -127,6 +134,10 @@ struct ServeCommand: ParsableCommand {
         if let v = fsyncAccepts { cfg.fsyncAccepts = v }
         if let v = partialFrameTimeout { cfg.partialFrameTimeoutSeconds = v }
         if let v = clientBufferBytes { cfg.clientBufferBytes = v }
+        if let v = clientRequestsPerSecond {
+            guard v >= 0, v.isFinite else { throw ServeExit.usage("--client-requests-per-second must be a number >= 0 (0: no limit), not \(v)") }
+            cfg.clientRequestsPerSecond = v
+        }
         if let v = allClientsBufferBytes { cfg.allClientsBufferBytes = v }
         if let v = prespawn { cfg.prespawnWorkers = v }
         if let v = dispatch {
@@ -237,7 +248,7 @@ enum ConfigFile {
     static let knownKeys = [
         "socket", "state-dir", "workspace-root", "policies", "worker-path", "idle-timeout", "max-frame-bytes", "shutdown-grace", "prespawn",
         "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "metrics-listen",
-        "client-buffer-bytes", "all-clients-buffer-bytes", "master-key-file", "egress-ca-file", "uid-min",
+        "client-buffer-bytes", "all-clients-buffer-bytes", "client-requests-per-second", "master-key-file", "egress-ca-file", "uid-min",
         "uid-max",
     ]
 
@@ -301,6 +312,9 @@ enum ConfigFile {
             case "client_buffer_bytes":
                 guard let i = e.value.integerValue, i >= ClientBudget.minimumPerClient else { throw bad("an integer >= \(ClientBudget.minimumPerClient)") }
                 cfg.clientBufferBytes = Int(i)
+            case "client_requests_per_second":
+                guard let d = e.value.numberValue, d >= 0 else { throw bad("a number >= 0 (0: no limit)") }
+                cfg.clientRequestsPerSecond = d
             case "all_clients_buffer_bytes":
                 guard let i = e.value.integerValue, i >= ClientBudget.minimumPerClient else { throw bad("an integer >= \(ClientBudget.minimumPerClient)") }
                 cfg.allClientsBufferBytes = Int(i)

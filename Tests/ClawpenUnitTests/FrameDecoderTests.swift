@@ -19,11 +19,11 @@ final class FrameDecoderTests: XCTestCase {
         func errorCaught(context: ChannelHandlerContext, error: any Error) { errors.append(error) }
     }
 
-    private func channel(limit: Int, partialTimeout: TimeAmount? = nil) throws -> (EmbeddedChannel, Sink) {
+    private func channel(limit: Int, partialTimeout: TimeAmount? = nil, runs: Bool = false) throws -> (EmbeddedChannel, Sink) {
         let sink = Sink()
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandlers(
-            ByteToMessageHandler(FrameDecoder(maxFrameBytes: limit, partialTimeout: partialTimeout)), sink)
+            ByteToMessageHandler(FrameDecoder(maxFrameBytes: limit, partialTimeout: partialTimeout, runs: runs)), sink)
         return (channel, sink)
     }
 
@@ -44,6 +44,57 @@ final class FrameDecoderTests: XCTestCase {
             XCTAssertTrue(sink.errors.isEmpty)
             _ = try channel.finish()
         }
+    }
+
+    /// Runs (client connections): each read's whole frames come as one message, headers
+    /// included, and split back into the same payloads, whatever the read sizes.
+    func testRunsCarryTheSameFramesAsSinglePayloads() throws {
+        let payloads: [[UInt8]] = [Array("a".utf8), [], Array(repeating: 7, count: 70_000), Array("{\"x\":1}".utf8), [1, 2]]
+        var stream: [UInt8] = []
+        for p in payloads { Framing.append(payload: p, to: &stream) }
+        for chunk in [3, 4, 5, 7, 1000, stream.count] {
+            let (channel, sink) = try channel(limit: 1 << 20, runs: true)
+            var i = 0
+            while i < stream.count {
+                try channel.writeInbound(buffer(Array(stream[i..<min(i + chunk, stream.count)])))
+                i += chunk
+            }
+            var split: [[UInt8]] = []
+            for bytes in sink.payloads {
+                var run = FrameRun(ByteBufferAllocator().buffer(bytes: bytes))
+                XCTAssertFalse(run.isEmpty, "no empty runs")
+                while let next = run.next() { split.append(Array(next.payload.readableBytesView)) }
+                XCTAssertTrue(run.isEmpty, "a run holds whole frames only")
+            }
+            XCTAssertEqual(split, payloads, "chunk size \(chunk)")
+            if chunk == stream.count { XCTAssertEqual(sink.payloads.count, 1, "one read, one run") }
+            XCTAssertTrue(sink.errors.isEmpty)
+            _ = try channel.finish()
+        }
+    }
+
+    /// In a run, the frames before an oversized header are passed on, then the refusal.
+    func testARunStopsAtAnOversizedHeader() throws {
+        let (channel, sink) = try channel(limit: 100, runs: true)
+        var stream: [UInt8] = []
+        Framing.append(payload: Array("ok".utf8), to: &stream)
+        stream += [0, 0, 0, 101]
+        try? channel.writeInbound(buffer(stream))
+        XCTAssertEqual(sink.payloads, [[0, 0, 0, 2] + Array("ok".utf8)])
+        guard case .tooLarge? = sink.errors.first as? FrameDecoder.Failure else { return XCTFail("\(sink.errors)") }
+        _ = try? channel.finish()
+    }
+
+    func testARunLeftIncompleteIsReportedAfterTheTimeout() throws {
+        let (channel, sink) = try channel(limit: 1 << 20, partialTimeout: .seconds(30), runs: true)
+        try channel.writeInbound(buffer([0, 0, 0, 1, 9, 0, 0, 0, 10, 1, 2, 3]))
+        XCTAssertEqual(sink.payloads.count, 1)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(29))
+        XCTAssertTrue(sink.errors.isEmpty, "not yet")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        guard case .incomplete(let received, _)? = sink.errors.first as? FrameDecoder.Failure else { return XCTFail("\(sink.errors)") }
+        XCTAssertEqual(received, 7)
+        _ = try? channel.finish()
     }
 
     func testAnOversizedHeaderIsRefusedBeforeAnyPayload() throws {

@@ -210,7 +210,7 @@ extension Supervisor {
         _ channel: Channel, parser: NIOThreadPool, maxFrameBytes: Int, partialTimeout: TimeAmount, agentTenant: TenantName? = nil
     ) throws {
         let budget = ClientBudgetHandler(table: clients)
-        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, partialTimeout: partialTimeout)
+        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, partialTimeout: partialTimeout, runs: true)
         decoder.onBuffered = { [weak budget] bytes in budget?.inboundBuffered(bytes) }
         try channel.pipeline.syncOperations.addHandlers(
             ByteToMessageHandler(decoder), budget,

@@ -55,8 +55,9 @@ final class ClientHandler: ChannelDuplexHandler {
     private var caller: PeerCredentials?
     /// A frame is being parsed off the loop: later frames wait in `waiting`.
     private var parsing = false
-    private var waiting = CircularBuffer<ByteBuffer>()
-    /// Bytes of the frames in `waiting`.
+    /// Runs of frames as FrameDecoder passes them on, split only as they are taken up.
+    private var waiting = CircularBuffer<FrameRun>()
+    /// Bytes of the frames in `waiting`, headers included.
     private var waitingBytes = 0
     private var readHeld = false
     /// The connection was refused (frame too large, frame left incomplete): nothing more is read.
@@ -74,10 +75,16 @@ final class ClientHandler: ChannelDuplexHandler {
     /// Taken up again after giving way: its next frame goes whatever the budget says, so that
     /// every turn makes progress.
     private var resumeFree = false
-    /// Frames the current read brought, and whether the last read brought one: a client that
-    /// sends one request at a time (and waits for its answer) is served ahead of the budget.
+    /// Frames the current read brought (1, or 2 for more than one: only that is asked), and
+    /// whether the last read brought one: a client that sends one request at a time (and waits
+    /// for its answer) is served ahead of the budget.
     private var framesThisRead = 0
     private var interactive = false
+    /// Its rate while others are served (ClientPacing.swift), and whether it waits for it now.
+    private var pacer: RequestPacer?
+    private var paced = false
+    /// The window of ActiveClients it was last counted in.
+    private var activeWindow: UInt64?
 
     /// The agent socket's tenant (nil: the control socket). Its requests may leave the tenant out.
     private let agentTenant: TenantName?
@@ -93,6 +100,7 @@ final class ClientHandler: ChannelDuplexHandler {
         self.supervisor = supervisor
         self.parser = parser
         self.turns = turns
+        pacer = turns?.pacing.map(RequestPacer.init)
         self.agentTenant = agentTenant
         self.link = link
     }
@@ -160,26 +168,35 @@ final class ClientHandler: ChannelDuplexHandler {
 
     /// Requests wait: the agent socket's caller is being identified, one is parsed off the loop,
     /// or the client is not reading its replies.
-    private func held(_ context: ChannelHandlerContext) -> Bool { identifying || parsing || yielded || !context.channel.isWritable }
+    private func held(_ context: ChannelHandlerContext) -> Bool { identifying || parsing || yielded || paced || !context.channel.isWritable }
 
     /// The socket is not read: requests are held for anything but a parse, or one is and enough
     /// read frames wait behind it.
     private func readsHeld(_ context: ChannelHandlerContext) -> Bool {
-        identifying || yielded || !context.channel.isWritable
+        identifying || yielded || paced || !context.channel.isWritable
             || (parsing && (waitingBytes >= Self.readAheadBytes || !supervisor.readAhead.hasRoom))
     }
 
-    private func wait(_ payload: ByteBuffer) {
-        waiting.append(payload)
-        waitingBytes += payload.readableBytes
-        supervisor.readAhead.add(payload.readableBytes)
+    private func wait(_ run: FrameRun) {
+        waiting.append(run)
+        waitingBytes += run.readableBytes
+        supervisor.readAhead.add(run.readableBytes)
     }
 
+    /// The next waiting frame's payload, split from the first run.
     private func takeWaiting() -> ByteBuffer? {
-        guard let next = waiting.popFirst() else { return nil }
-        waitingBytes -= next.readableBytes
-        supervisor.readAhead.remove(next.readableBytes)
-        return next
+        while var run = waiting.popFirst() {
+            let before = run.readableBytes
+            let next = run.next()
+            // A run that does not split (FrameDecoder checked every header: it cannot happen)
+            // is dropped whole rather than taken up again and again.
+            let taken = next == nil ? before : before - run.readableBytes
+            waitingBytes -= taken
+            supervisor.readAhead.remove(taken)
+            if next != nil, !run.isEmpty { waiting.prepend(run) }
+            if let next { return next.payload }
+        }
+        return nil
     }
 
     private func dropWaiting() {
@@ -224,17 +241,55 @@ final class ClientHandler: ChannelDuplexHandler {
         }
     }
 
+    /// A run of whole frames (FrameDecoder): handled one by one until the connection must wait
+    /// or give way; the rest waits as it came, unsplit.
+    /// Nanoseconds until this connection's next request may go (0: now), counting it among
+    /// those that asked to be served.
+    private func paceDelay() -> UInt64 {
+        guard var p = pacer, let ticks = turns?.ticks else { return 0 }
+        let now = NIODeadline.now().uptimeNanoseconds
+        ticks.active.request(now: now, seen: &activeWindow)
+        let delay = p.delay(now: now, contended: ticks.active.count(now: now) >= 2)
+        pacer = p
+        return delay
+    }
+
+    /// Holds the connection (nothing more is read or handled) until its next request may go.
+    private func pause(_ delay: UInt64, _ context: ChannelHandlerContext) {
+        guard !paced else { return }
+        paced = true
+        turns?.ticks.pacedRequests &+= 1
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: .nanoseconds(Int64(delay))) {
+            let (me, context) = bound.value
+            me.paced = false
+            me.drain(context: context)
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
-        let payload = unwrapInboundIn(data)
-        framesThisRead += 1
-        if held(context) { wait(payload); return }
-        if mustYield() {
-            wait(payload)
-            yieldTurn(context)
-            return
+        var run = FrameRun(unwrapInboundIn(data))
+        framesThisRead += run.isSingleFrame ? 1 : 2
+        while !run.isEmpty, !refused {
+            if held(context) || !waiting.isEmpty {
+                wait(run)
+                return
+            }
+            if mustYield() {
+                wait(run)
+                yieldTurn(context)
+                return
+            }
+            let delay = paceDelay()
+            if delay > 0 {
+                wait(run)
+                pause(delay, context)
+                return
+            }
+            guard let next = run.next() else { return }
+            process(next.payload, context: context)
         }
-        process(payload, context: context)
     }
 
     /// Parses one frame (here or on the pool) and hands the request to the supervisor.
@@ -294,6 +349,11 @@ final class ClientHandler: ChannelDuplexHandler {
         while !held(context), !refused, !waiting.isEmpty {
             if mustYield() {
                 yieldTurn(context)
+                return
+            }
+            let delay = paceDelay()
+            if delay > 0 {
+                pause(delay, context)
                 return
             }
             guard let next = takeWaiting() else { break }

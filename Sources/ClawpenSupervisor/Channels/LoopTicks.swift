@@ -27,6 +27,10 @@ final class LoopTicks: NIOEventLoopMetricsDelegate, @unchecked Sendable {
     /// Ticks in which the budget ran out (connections gave way), since start.
     private(set) var exhaustedTicks: UInt64 = 0
     private var exhausted = false
+    /// The connections that asked to be served lately, and the requests held back since start
+    /// (ClientPacing.swift).
+    var active = ActiveClients()
+    var pacedRequests: UInt64 = 0
 
     var overBudget: Bool { spentNanos >= Self.budgetNanos }
 
@@ -61,13 +65,16 @@ final class LoopTicks: NIOEventLoopMetricsDelegate, @unchecked Sendable {
 /// connections always make progress. Confined to the loop.
 final class ClientTurns: @unchecked Sendable {
     let ticks: LoopTicks
+    /// Each connection's rate while others are served (nil: none).
+    let pacing: ClientPacing?
     private let loop: EventLoop
     private var waiting = CircularBuffer<() -> Void>()
     private var scheduled = false
 
-    init(ticks: LoopTicks, loop: EventLoop) {
+    init(ticks: LoopTicks, loop: EventLoop, pacing: ClientPacing? = nil) {
         self.ticks = ticks
         self.loop = loop
+        self.pacing = pacing
     }
 
     var count: Int { waiting.count }

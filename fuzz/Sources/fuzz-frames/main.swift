@@ -5,8 +5,10 @@ import NIOEmbedded
 
 // The frame splitters: FrameSplitter (the worker's poll loop, the blocking client) and the
 // supervisor's NIO FrameDecoder (linked here from Sources/ClawpenSupervisor/Channels), fed the
-// same byte stream in the same chunks. They must agree frame for frame and refuse the same
-// header, and what they return must be exactly the stream they were given, reframed.
+// same byte stream in the same chunks, the decoder both ways (a payload per frame, as on worker
+// sockets, and runs of whole frames split by FrameRun, as on client connections). They must agree
+// frame for frame and refuse the same header, and what they return must be exactly the stream
+// they were given, reframed.
 //
 // Input: byte 0 picks the frame limit (n * 8 bytes; 255: the daemon's 16 MiB), byte 1 seeds the
 // chunk sizes (0: the stream in one read), the rest is the stream.
@@ -92,11 +94,20 @@ final class Grab: ChannelInboundHandler {
 final class Collect: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     var keep = true
+    /// The decoder emits runs of whole frames (FrameRun), split here.
+    var runs = false
     var frames: [[UInt8]] = []
     var count = 0
     var bytes = 0
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var b = Self.unwrapInboundIn(data)
+        guard runs else { return take(&b) }
+        var run = FrameRun(b)
+        require(!run.isEmpty, "an empty run")
+        while var next = run.next()?.payload { take(&next) }
+        require(run.isEmpty, "a run that does not split into whole frames")
+    }
+    private func take(_ b: inout ByteBuffer) {
         count += 1
         bytes += b.readableBytes
         if keep { frames.append(b.readBytes(length: b.readableBytes) ?? []) }
@@ -118,7 +129,7 @@ nonisolated(unsafe) var pipeline: Pipeline?
 
 /// What ByteToMessageHandler does with the decoder: each read appended to one buffer, decode
 /// until it needs more, and at the end decodeLast.
-func viaDecoder(_ input: Input, keep: Bool = true) -> Split {
+func viaDecoder(_ input: Input, keep: Bool = true, runs: Bool = false) -> Split {
     if pipeline == nil { pipeline = Pipeline() }
     let p = pipeline!
     let context = p.grab.context!
@@ -126,7 +137,8 @@ func viaDecoder(_ input: Input, keep: Bool = true) -> Split {
     p.collect.keep = keep
     p.collect.count = 0
     p.collect.bytes = 0
-    let decoder = FrameDecoder(maxFrameBytes: input.limit, partialTimeout: input.timeout ? .seconds(30) : nil)
+    p.collect.runs = runs
+    let decoder = FrameDecoder(maxFrameBytes: input.limit, partialTimeout: input.timeout ? .seconds(30) : nil, runs: runs)
     var buffer = p.channel.allocator.buffer(capacity: 0)
     var out = Split()
     do {
@@ -170,16 +182,21 @@ let harness = Harness(
         let input = Input(bytes)
         blackHole(viaSplitter(input, keep: false))
         blackHole(viaDecoder(input, keep: false))
+        blackHole(viaDecoder(input, keep: false, runs: true))
     },
     check: { bytes in
         let input = Input(bytes)
-        let a = viaSplitter(input), b = viaDecoder(input)
+        let a = viaSplitter(input), b = viaDecoder(input), c = viaDecoder(input, runs: true)
         // What the timing runs (the frames counted, not kept) splits the same way.
         let counted = viaDecoder(input, keep: false)
         require(counted.count == b.count && counted.bytes == b.bytes && counted.refused == b.refused, "counting the frames changed the split")
         require(
             a == b,
             "FrameSplitter and FrameDecoder disagree: \(a.frames.count) vs \(b.frames.count) frames, \(String(describing: a.refused)) vs \(String(describing: b.refused))"
+        )
+        require(
+            b == c,
+            "FrameDecoder's payloads and its runs disagree: \(b.frames.count) vs \(c.frames.count) frames, \(String(describing: b.refused)) vs \(String(describing: c.refused))"
         )
         // The frames are the stream, reframed, up to where the splitter stopped.
         var reframed: [UInt8] = []
