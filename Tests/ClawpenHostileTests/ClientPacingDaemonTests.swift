@@ -96,11 +96,11 @@ final class ClientPacingDaemonTests: XCTestCase {
     }
 
     func testTheFlagIsCheckedAndZeroTurnsItOff() throws {
-        let bad = try Daemon(extraArgs: ["--client-requests-per-second", "-1"])
+        let bad = try Daemon(extraArgs: ["--client-requests-per-second=-1"])
         defer { bad.cleanup() }
         let r = try runCLI(bad.serveArguments, socket: nil)
         XCTAssertEqual(r.status, 64)
-        XCTAssertTrue(r.stderr.contains("--client-requests-per-second"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("--client-requests-per-second must be a number >= 0"), r.stderr)
         let off = try Daemon(extraArgs: ["--client-requests-per-second", "0"]).start()
         defer { off.cleanup() }
         XCTAssertEqual(try off.status()["supervisor"]?["clients"]?["fairness"]?["client_requests_per_second"]?.intValue, 0)
