@@ -63,7 +63,7 @@ final class FrameDecoderTests: XCTestCase {
             for bytes in sink.payloads {
                 var run = FrameRun(ByteBufferAllocator().buffer(bytes: bytes))
                 XCTAssertFalse(run.isEmpty, "no empty runs")
-                while let next = run.next() { split.append(Array(next.payload.readableBytesView)) }
+                while let next = run.next() { split.append(Array(next.readableBytesView)) }
                 XCTAssertTrue(run.isEmpty, "a run holds whole frames only")
             }
             XCTAssertEqual(split, payloads, "chunk size \(chunk)")

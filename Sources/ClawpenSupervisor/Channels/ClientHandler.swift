@@ -194,7 +194,7 @@ final class ClientHandler: ChannelDuplexHandler {
             waitingBytes -= taken
             supervisor.readAhead.remove(taken)
             if next != nil, !run.isEmpty { waiting.prepend(run) }
-            if let next { return next.payload }
+            if let next { return next }
         }
         return nil
     }
@@ -241,8 +241,6 @@ final class ClientHandler: ChannelDuplexHandler {
         }
     }
 
-    /// A run of whole frames (FrameDecoder): handled one by one until the connection must wait
-    /// or give way; the rest waits as it came, unsplit.
     /// Nanoseconds until this connection's next request may go (0: now), counting it among
     /// those that asked to be served.
     private func paceDelay() -> UInt64 {
@@ -267,6 +265,8 @@ final class ClientHandler: ChannelDuplexHandler {
         }
     }
 
+    /// A run of whole frames (FrameDecoder): handled one by one until the connection must wait
+    /// or give way; the rest waits as it came, unsplit.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
         var run = FrameRun(unwrapInboundIn(data))
@@ -288,7 +288,7 @@ final class ClientHandler: ChannelDuplexHandler {
                 return
             }
             guard let next = run.next() else { return }
-            process(next.payload, context: context)
+            process(next, context: context)
         }
     }
 

@@ -205,10 +205,10 @@ struct FrameRun {
         return Int(length) + Framing.headerSize == bytes.readableBytes
     }
 
-    /// The next frame's payload (a slice, no copy), and its size with the header.
-    mutating func next() -> (payload: ByteBuffer, size: Int)? {
-        guard let length = bytes.readInteger(as: UInt32.self), let payload = bytes.readSlice(length: Int(length)) else { return nil }
-        return (payload, Int(length) + Framing.headerSize)
+    /// The next frame's payload (a slice, no copy).
+    mutating func next() -> ByteBuffer? {
+        guard let length = bytes.readInteger(as: UInt32.self) else { return nil }
+        return bytes.readSlice(length: Int(length))
     }
 }
 

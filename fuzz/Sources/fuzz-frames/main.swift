@@ -104,7 +104,7 @@ final class Collect: ChannelInboundHandler {
         guard runs else { return take(&b) }
         var run = FrameRun(b)
         require(!run.isEmpty, "an empty run")
-        while var next = run.next()?.payload { take(&next) }
+        while var next = run.next() { take(&next) }
         require(run.isEmpty, "a run that does not split into whole frames")
     }
     private func take(_ b: inout ByteBuffer) {
