@@ -198,8 +198,8 @@ extension Supervisor {
         case .success?:
             metrics.storeCommit.record(outcome.finishSeconds)
             for f in b.finishes {
-                guard let heard = waiters.removeValue(forKey: f.record.id) else { continue }
-                wake(heard.map { cb in { cb(.success(f.view)) } })
+                let heard = waiters.take(f.record.id)
+                if !heard.isEmpty { wake(heard.map { cb in { cb(.success(f.view)) } }) }
             }
         case .failure(let error)?:
             // Kept, not dropped: a waiter told of a result the store does not hold would see
@@ -219,7 +219,8 @@ extension Supervisor {
                 if p.stream {
                     acceptedStream(p.job, p.responder)
                 } else if p.wait {
-                    addWaiter(p.job.id) { [r = p.responder] in r.job($0) }
+                    // Counted against the connection, never refused: the job is accepted.
+                    addWaiter(p.job.id, for: p.responder, limited: false) { [r = p.responder] in r.job($0) }
                 } else {
                     p.responder.job(memoryView(p.job))
                 }
@@ -288,7 +289,37 @@ extension Supervisor {
     /// is not recorded yet (in flight, or kept by a full disk) is heard of with the others then.
     /// The caller has seen the job unfinished (in the store or in memory).
     func addWaiter(_ id: String, _ callback: @escaping (Result<JobView, ProtocolError>) -> Void) {
-        waiters[id, default: []].append(callback)
+        _ = waiters.add(id, owner: nil, callback)
+    }
+
+    /// The same for a client's request: the wait is the connection's, let go when it closes, and
+    /// refused past its limit or all connections' (`serve --client-waits`, `--all-clients-waits`):
+    /// then `refused` runs, or else `r` hears why, and false is returned. The job is untouched
+    /// either way.
+    @discardableResult
+    func addWaiter(
+        _ id: String, for r: Responder, limited: Bool = true, refused: (() -> Void)? = nil,
+        _ callback: @escaping (Result<JobView, ProtocolError>) -> Void
+    ) -> Bool {
+        guard let refusal = waiters.add(id, owner: ObjectIdentifier(r.channel), limited: limited, callback) else { return true }
+        if let refused { refused(); return false }
+        r.fail(Self.waitRefusal(refusal, current: waiters.waits(of: ObjectIdentifier(r.channel)), all: waiters.clientWaits))
+        return false
+    }
+
+    static func waitRefusal(_ refusal: WaitRefusal, current: Int, all: Int) -> ProtocolError {
+        switch refusal {
+        case .client(let limit):
+            return ProtocolError(
+                .quotaExceeded,
+                "wait refused: this connection already waits for \(current) job results, its limit (serve --client-waits \(limit)); the job is untouched: wait for fewer at once, or ask with job.get",
+                details: ["quota": .string("client_waits"), "limit": .string(String(limit)), "current": .string(String(current))])
+        case .allClients(let limit):
+            return ProtocolError(
+                .quotaExceeded,
+                "wait refused: client connections already wait for \(all) job results, the daemon's limit (serve --all-clients-waits \(limit)); the job is untouched: try again when fewer are waited for, or ask with job.get",
+                details: ["quota": .string("all_clients_waits"), "limit": .string(String(limit)), "current": .string(String(all))])
+        }
     }
 
     /// The view of an accepted, unfinished job from memory (no store read).

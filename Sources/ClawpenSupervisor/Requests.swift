@@ -58,7 +58,7 @@ extension Supervisor {
             case .jobWait(let id):
                 let view = try activeOrStoredJob(id)
                 try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.wait")
-                if view.state.isFinal { r.job(view) } else { addWaiter(id) { r.job($0) } }
+                if view.state.isFinal { r.job(view) } else { addWaiter(id, for: r) { r.job($0) } }
             case .jobCancel(let id): try cancel(id, r)
             case .jobTree(let id): try jobTree(id, r)
             case .tenantCreate(let name, let tier):
@@ -224,7 +224,7 @@ extension Supervisor {
                 }
                 let current = try activeOrStoredJob(existing.id)
                 if s.options.stream { try streamExisting(current, r); return }
-                if s.wait && !current.state.isFinal { addWaiter(existing.id) { r.job($0, existing: true) } } else { r.job(current, existing: true) }
+                if s.wait && !current.state.isFinal { addWaiter(existing.id, for: r) { r.job($0, existing: true) } } else { r.job(current, existing: true) }
                 return
             }
         }
@@ -262,12 +262,15 @@ extension Supervisor {
         try authorize(r, .submit(tenant: try jobTenant(view)), request: "job.cancel")
         if view.state.isFinal { r.job(view); return }
         let (outcome, actions) = core.cancel(id, tenant: try jobTenant(view))
-        if outcome == .cancelSent { addWaiter(id) { r.job($0) } }
+        // The cancel is sent whether or not its caller may wait for the end: past the waits'
+        // limits it hears the job as it is now (running, the cancel on its way), not an error.
+        if outcome == .cancelSent { addWaiter(id, for: r, refused: { r.job(view) }) { r.job($0) } }
         perform(actions)
         switch outcome {
         case .canceledQueued:
-            // Its end is recorded with this tick's writes: heard once committed.
-            addWaiter(id) { r.job($0) }
+            // Its end is recorded with this tick's writes: heard once committed (a queued job
+            // is canceled once, so this wait is never refused).
+            addWaiter(id, for: r, limited: false) { r.job($0) }
         case .cancelSent: break
         case .notActive: r.job(view)
         }

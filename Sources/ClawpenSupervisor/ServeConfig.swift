@@ -31,6 +31,9 @@ public struct ServeConfig: Sendable {
     /// (`--client-requests-per-second`; ClientPacing); 0: no limit.
     public var clientRequestsPerSecond = ClientPacing.defaultRequestsPerSecond
     public var clientPacing: ClientPacing? { clientRequestsPerSecond > 0 ? ClientPacing(requestsPerSecond: clientRequestsPerSecond) : nil }
+    /// Waits (`job.wait`, ...) one connection and all of them may hold (`--client-waits`,
+    /// `--all-clients-waits`; JobWaiters).
+    public var waitLimits = WaitLimits.default
     /// The same for all connections together, with their half-received frames
     /// (`--all-clients-buffer-bytes`); nil: ClientBudget.defaultAllClients(perClient:maxFrameBytes:).
     public var allClientsBufferBytes: Int?

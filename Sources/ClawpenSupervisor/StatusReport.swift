@@ -101,6 +101,13 @@ extension Supervisor {
         var d = JSONObjectBuilder()
         for reason in ClientDisconnectReason.allCases { d.set(reason.rawValue, ledger.disconnects[reason] ?? 0) }
         o.set("disconnects", d.value)
+        // JobWaiters.swift: the waits client connections hold, their limits, and the refusals.
+        var w = JSONObjectBuilder()
+        w.set("held", waiters.clientWaits)
+        w.set("client_limit", waiters.limits.perClient)
+        w.set("all_clients_limit", waiters.limits.allClients)
+        w.set("refused", waiters.refusals)
+        o.set("waits", w.value)
         // Fairness between clients (LoopTicks.swift): how often a tick's budget ran out (clients
         // gave way) and how many connections wait in line now.
         if let ticks = loopTicks {

@@ -50,8 +50,9 @@ public final class Supervisor: @unchecked Sendable {
     /// The live workers' processes and sockets, by worker id.
     var workers: [UInt64: WorkerHandle] = [:]
     private var timers: [CoreTimer: Scheduled<Void>] = [:]
-    /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel).
-    var waiters: [String: [(Result<JobView, ProtocolError>) -> Void]] = [:]
+    /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel),
+    /// with each connection's count against its limit (JobWaiters.swift).
+    lazy var waiters = JobWaiters<(Result<JobView, ProtocolError>) -> Void>(limits: config.waitLimits)
     /// Waiters' replies due, made a few at a time (GroupCommit.swift, `wake`).
     var wakeups = Wakeups()
     /// Client connections that gave way, taken up in turn, and the loop's ticks they go by
@@ -302,9 +303,7 @@ public final class Supervisor: @unchecked Sendable {
     private func finishShutdown() {
         drainWrites()
         // Whoever still waits hears why: the job itself is safe in the store.
-        let pending = waiters
-        waiters.removeAll()
-        for (id, callbacks) in pending {
+        for (id, callbacks) in waiters.takeAll() {
             for cb in callbacks {
                 cb(
                     .failure(

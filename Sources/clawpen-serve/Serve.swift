@@ -58,6 +58,16 @@ struct ServeCommand: ParsableCommand {
             discussion:
                 "Past it, with a burst of a quarter second's worth, the connection is not read until its next request may go: it is slowed, never refused. A connection alone on the socket is not limited. status --json counts the requests held back (supervisor.clients.fairness.paced_requests)."
         )) var clientRequestsPerSecond: Double?
+    @Option(
+        name: .customLong("client-waits"),
+        help: ArgumentHelp(
+            "Job results one client connection may wait for at once: job.wait, a resubmission's or a cancel's wait (default 4096).",
+            discussion:
+                "A wait holds memory for as long as its job runs. Past it a wait is refused with quota_exceeded (quota client_waits) and the job is untouched; a submit's own wait is counted but never refused. A connection's waits go when it closes."
+        )) var clientWaits: Int?
+    @Option(
+        name: .customLong("all-clients-waits"),
+        help: "The same for all client connections together (default 65536; quota all_clients_waits).") var allClientsWaits: Int?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(
         name: .customLong("dispatch"),
@@ -139,6 +149,14 @@ struct ServeCommand: ParsableCommand {
             cfg.clientRequestsPerSecond = v
         }
         if let v = allClientsBufferBytes { cfg.allClientsBufferBytes = v }
+        if let v = clientWaits {
+            guard v >= 1 else { throw ServeExit.usage("--client-waits must be an integer >= 1, not \(v)") }
+            cfg.waitLimits.perClient = v
+        }
+        if let v = allClientsWaits {
+            guard v >= 1 else { throw ServeExit.usage("--all-clients-waits must be an integer >= 1, not \(v)") }
+            cfg.waitLimits.allClients = v
+        }
         if let v = prespawn { cfg.prespawnWorkers = v }
         if let v = dispatch {
             guard let mode = DispatchMode(rawValue: v) else { throw ServeExit.usage("--dispatch must be fair or fifo, not '\(v)'") }
@@ -248,8 +266,8 @@ enum ConfigFile {
     static let knownKeys = [
         "socket", "state-dir", "workspace-root", "policies", "worker-path", "idle-timeout", "max-frame-bytes", "shutdown-grace", "prespawn",
         "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "metrics-listen",
-        "client-buffer-bytes", "all-clients-buffer-bytes", "client-requests-per-second", "master-key-file", "egress-ca-file", "uid-min",
-        "uid-max",
+        "client-buffer-bytes", "all-clients-buffer-bytes", "client-requests-per-second", "client-waits", "all-clients-waits",
+        "master-key-file", "egress-ca-file", "uid-min", "uid-max",
     ]
 
     /// A flag's name, or an older snake_case name, as the one spelling `apply` switches on.
@@ -315,6 +333,12 @@ enum ConfigFile {
             case "client_requests_per_second":
                 guard let d = e.value.numberValue, d >= 0 else { throw bad("a number >= 0 (0: no limit)") }
                 cfg.clientRequestsPerSecond = d
+            case "client_waits":
+                guard let i = e.value.integerValue, i >= 1 else { throw bad("an integer >= 1") }
+                cfg.waitLimits.perClient = Int(i)
+            case "all_clients_waits":
+                guard let i = e.value.integerValue, i >= 1 else { throw bad("an integer >= 1") }
+                cfg.waitLimits.allClients = Int(i)
             case "all_clients_buffer_bytes":
                 guard let i = e.value.integerValue, i >= ClientBudget.minimumPerClient else { throw bad("an integer >= \(ClientBudget.minimumPerClient)") }
                 cfg.allClientsBufferBytes = Int(i)

@@ -51,8 +51,7 @@ extension Supervisor {
                     if view.state.isFinal {
                         r.job(view)
                     } else {
-                        lendWhileAgentWaits(r, for: id)
-                        addWaiter(id) { r.job($0) }
+                        if addWaiter(id, for: r, { r.job($0) }) { lendWhileAgentWaits(r, for: id) }
                     }
                     return
                 }
