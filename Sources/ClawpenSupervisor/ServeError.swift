@@ -23,6 +23,10 @@ public enum ServeError: Error, CustomStringConvertible {
     case masterKey(String)
     /// The egress proxy could not be started.
     case egress(String)
+    /// Another process holds the state directory's lock (StateDirLock).
+    case stateDirInUse(stateDir: String, lockFile: String, holder: Int32?)
+    /// The state directory's lock file cannot be opened or locked.
+    case stateLock(path: String, problem: String)
 
     public var description: String {
         switch self {
@@ -43,6 +47,12 @@ public enum ServeError: Error, CustomStringConvertible {
         case .masterKey(let m):
             return "\(m) (secrets need a master key: --master-key-file, the systemd credential clawpen-master-key, or <state-dir>/master.key)"
         case .egress(let m): return "egress proxy: \(m)"
+        case .stateDirInUse(let dir, let file, let holder):
+            let who = holder.map { "another process (pid \($0), by \(file))" } ?? "another process (by \(file))"
+            return
+                "state directory \(dir) is in use: \(who) holds its lock, most likely another clawpen serve; stop it first, or give this daemon its own --state-dir (two daemons on one state directory would run the same jobs twice)"
+        case .stateLock(let path, let problem):
+            return "state directory lock \(path): \(problem) (it must be a regular file in the state directory, not a link)"
         }
     }
 }

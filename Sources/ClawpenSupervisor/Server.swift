@@ -69,6 +69,9 @@ public enum Server {
         if activated == nil, !socketDir.isEmpty { try ServeError.makeDirectories(socketDir, mode: 0o755) }
         let workerPath = try resolveWorkerPath(config)
         if activated == nil { try checkSocketPath(config.socketPath) }
+        // Before the store, the uid range, any worker or the proxy: one daemon per state dir.
+        let stateLock = try StateDirLock.acquire(stateDir: config.stateDir)
+        defer { withExtendedLifetime(stateLock) {} }
 
         // With --metrics-listen, /readyz answers from here on: a store that cannot be opened
         // for a reason that may pass is retried every second (not ready, and why) instead of

@@ -248,7 +248,8 @@ extension ServeError {
         // EX_CONFIG: this binary is older than its state dir, or the database is corrupt or
         // another process holds it: an operator must act before a restart can help.
         case .store(let e) where e.needsOperator: return 78
-        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config, .masterKey, .egress:
+        case .policy, .policiesDirectoryMissing, .workerMissing, .socketPathOccupied, .seccomp, .cgroupLimitsMissing, .uidRange, .config, .masterKey, .egress,
+            .stateDirInUse, .stateLock:
             return 78 // EX_CONFIG
         default: return 70
         }

@@ -61,6 +61,43 @@ final class LifecycleTests: XCTestCase {
         XCTAssertNoThrow(try d.connect().call(.ping))
     }
 
+    /// A second daemon on the same state directory, listening elsewhere, would take the first
+    /// one's running job for a crash's leftover and run it again: it must refuse to start.
+    func testASecondDaemonOnTheSameStateDirExits78AndTouchesNothing() throws {
+        let first = try make().start()
+        try first.createTenant("one")
+        let job = try first.detach("one", ["/bin/sleep", "30"], timeout: 60)
+        XCTAssertTrue(try first.eventually { try first.connect().job(.jobGet(jobID: job.id)).job.state == .running })
+        let other = try make(["--socket", first.dir + "/other.sock"], dir: first.dir)
+        XCTAssertEqual(other.stateDir, first.stateDir)
+        // Run with a deadline: without the lock the second daemon would serve, not exit.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Daemon.clawpen)
+        p.arguments = other.serveArguments
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        XCTAssertTrue(first.eventually(20) { !p.isRunning }, "a second daemon on the same state directory kept running")
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        let second = (status: p.terminationStatus, stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        XCTAssertEqual(second.status, 78, second.stderr)
+        XCTAssertTrue(second.stderr.contains("state directory \(first.stateDir) is in use"), second.stderr)
+        XCTAssertTrue(second.stderr.contains("pid \(first.pid)"), "names the holder: \(second.stderr)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: first.dir + "/other.sock"), "the refused daemon never listened")
+        // The first daemon's job is its own still: attempt 1, running, one worker.
+        let view = try first.connect().job(.jobGet(jobID: job.id)).job
+        XCTAssertEqual(view.state, .running)
+        XCTAssertEqual(view.attempt, 1)
+        XCTAssertFalse(first.log.contains("re-queued"), first.log)
+        // A crash leaves no stale lock: killed with SIGKILL, the daemon starts again on the same
+        // state directory at once, and only now is the job taken up again (attempt 2).
+        XCTAssertEqual(first.stop(signal: SIGKILL), SIGKILL)
+        try first.start()
+        XCTAssertTrue(try first.eventually { try first.connect().job(.jobGet(jobID: job.id)).job.attempt == 2 })
+    }
+
     func testNonSocketAtSocketPathIsNotReplaced() throws {
         let d = try make()
         try FileManager.default.createDirectory(atPath: d.dir, withIntermediateDirectories: true)
