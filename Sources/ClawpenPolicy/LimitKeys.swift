@@ -33,6 +33,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case treeMaxJobs = "tree_max_jobs"
     case treeCPUSeconds = "tree_cpu_seconds"
     case treeTimeout = "tree_timeout_s"
+    case agentMaxConnections = "agent_max_connections"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -42,7 +43,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
-            || self == .egressMaxConnections
+            || self == .egressMaxConnections || self == .agentMaxConnections
             || self == .jobRetentionDays
             || self == .maxDepth || self == .treeMaxJobs || self == .treeCPUSeconds || self == .treeTimeout
     }
@@ -134,6 +135,9 @@ enum LimitKey: String, CaseIterable, Sendable {
         case .egressMaxConnections:
             target.egressMaxConnections = try c.integer(
                 1...65_536, note: "connections one tenant's jobs may hold open through the egress proxy at the same time")
+        case .agentMaxConnections:
+            target.agentMaxConnections = try c.integer(
+                1...65_536, note: "connections one tenant's jobs may hold open to its agent socket at the same time")
         case .jobRetentionDays:
             target.jobRetentionDays = try c.integer(1...36_500, note: "days a finished job's record is kept before the purge removes it")
         case .maxDepth:

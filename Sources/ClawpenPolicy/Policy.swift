@@ -65,6 +65,11 @@ public struct TierLimits: Sendable, Equatable {
     /// egress proxy at once (one tenant cannot take every descriptor of the proxy).
     public var egressMaxConnections: Int = TierLimits.defaultEgressMaxConnections
     public static let defaultEgressMaxConnections = 256
+    /// `agent_max_connections`: connections one tenant's jobs may hold open to its agent socket
+    /// at once; past it the socket is not accepted from until one closes (the supervisor's
+    /// descriptors are shared by every tenant).
+    public var agentMaxConnections: Int = TierLimits.defaultAgentMaxConnections
+    public static let defaultAgentMaxConnections = 64
     /// `job_retention_days`: finished job records older than this are purged (Retention.swift).
     public var jobRetentionDays: Int = 7
     /// `max_depth`: how many levels of sub-jobs a job submitted from outside may lead to (its
@@ -161,6 +166,8 @@ public struct TierLimits: Sendable, Equatable {
         case .pro: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (600, 1800)
         case .enterprise: (limits.treeCPUSeconds, limits.treeTimeoutSeconds) = (3600, 7200)
         }
+        // Agent socket connections: about 32 per job the tier may run at once.
+        limits.agentMaxConnections = [.free: 64, .pro: 256, .enterprise: 1024][tier]!
         return limits
     }
 
@@ -268,6 +275,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var interactiveTimeoutMaxSeconds: Double?
     public var fileMaxBytes: Int64?
     public var egressMaxConnections: Int?
+    public var agentMaxConnections: Int?
     public var jobRetentionDays: Int?
     public var maxDepth: Int?
     public var treeMaxJobs: Int?
@@ -343,6 +351,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.interactiveTimeoutMaxSeconds { o.interactiveTimeoutMaxSeconds = v }
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
         if let v = other.egressMaxConnections { o.egressMaxConnections = v }
+        if let v = other.agentMaxConnections { o.agentMaxConnections = v }
         if let v = other.jobRetentionDays { o.jobRetentionDays = v }
         if let v = other.maxDepth { o.maxDepth = v }
         if let v = other.treeMaxJobs { o.treeMaxJobs = v }
@@ -382,6 +391,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = interactiveTimeoutMaxSeconds { l.interactiveTimeoutMaxSeconds = v }
         if let v = fileMaxBytes { l.fileMaxBytes = v }
         if let v = egressMaxConnections { l.egressMaxConnections = v }
+        if let v = agentMaxConnections { l.agentMaxConnections = v }
         if let v = jobRetentionDays { l.jobRetentionDays = v }
         if let v = maxDepth { l.maxDepth = v }
         if let v = treeMaxJobs { l.treeMaxJobs = v }
@@ -406,6 +416,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.interactiveTimeoutMaxSeconds = interactiveTimeoutMaxSeconds ?? d.interactiveTimeoutMaxSeconds
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
         o.egressMaxConnections = egressMaxConnections ?? d.egressMaxConnections
+        o.agentMaxConnections = agentMaxConnections ?? d.agentMaxConnections
         o.jobRetentionDays = jobRetentionDays ?? d.jobRetentionDays
         o.maxDepth = maxDepth ?? d.maxDepth
         o.treeMaxJobs = treeMaxJobs ?? d.treeMaxJobs
@@ -433,6 +444,7 @@ public struct TenantOverride: Sendable, Equatable {
             diskMaxBytes: diskMaxBytes, inodesMax: inodesMax, interactiveTimeoutMaxSeconds: interactiveTimeoutMaxSeconds,
             fileMaxBytes: fileMaxBytes)
         limits.egressMaxConnections = egressMaxConnections ?? TierLimits.defaultEgressMaxConnections
+        limits.agentMaxConnections = agentMaxConnections ?? TierLimits.defaultAgentMaxConnections
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
         if let jobRetentionDays { limits.jobRetentionDays = jobRetentionDays }

@@ -62,6 +62,7 @@ extension Supervisor {
         callers.forget()
         perform(core.limitsChanged { [self] t in limits(for: t.record) })
         egressPoliciesReloaded()
+        refreshAgentListeners(nil)
         audit(tenant: nil, caller: caller, action: "policy.reload", rule: "operator", detail: "\(policySummary().text)")
         logger.notice("policies reloaded", metadata: ["policies": "\(policySourceDescription.stringValue ?? "")"])
     }

@@ -108,6 +108,13 @@ extension Supervisor {
         w.set("all_clients_limit", waiters.limits.allClients)
         w.set("refused", waiters.refusals)
         o.set("waits", w.value)
+        // AgentConnections: what tenants' jobs hold on their agent sockets.
+        var a = JSONObjectBuilder()
+        a.set("held", agent.connections.total)
+        a.set("all_limit", agent.connections.allLimit)
+        a.set("paused_tenants", agent.paused.count)
+        a.set("refused", agent.connections.refused)
+        o.set("agent_connections", a.value)
         // Fairness between clients (LoopTicks.swift): how often a tick's budget ran out (clients
         // gave way) and how many connections wait in line now.
         if let ticks = loopTicks {
@@ -173,6 +180,7 @@ extension Supervisor {
         lim.set("tree_max_jobs", t.limits.treeMaxJobs)
         lim.set("tree_cpu_seconds", t.limits.treeCPUSeconds)
         lim.set("tree_timeout_s", t.limits.treeTimeoutSeconds)
+        lim.set("agent_max_connections", t.limits.agentMaxConnections)
         o.set("limits", lim.value)
         // Its live job trees (those with sub-jobs; docs/subjobs.md).
         let trees = core.treeSummary(t)
@@ -190,6 +198,7 @@ extension Supervisor {
         q.set("jobs_per_minute_available", core.tokensAvailable(t))
         q.set("cpu_seconds_last_hour", (Double(t.cpu.usedMicros(now: now)) / 1000).rounded() / 1000)
         q.set("cpu_measured_by", .string(t.cgroupCPUSeen != nil ? "cgroup" : "rusage"))
+        q.set("agent_connections", agent.connections.held(by: t.name.value))
         o.set("quotas", q.value)
         // Submits refused since the daemon started, by quota or rule kind: who is in trouble.
         o.set("refused", .object(t.refusals.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))

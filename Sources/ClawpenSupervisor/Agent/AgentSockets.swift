@@ -1,5 +1,6 @@
 import CClawpenShim
 import ClawpenCore
+import ClawpenPolicy
 import ClawpenProtocol
 import ClawpenSandbox
 import ClawpenStore
@@ -96,6 +97,17 @@ struct AgentState {
     var cgroupMount: String?
     /// The client executable bound into sandboxes, when it is not under a path they see already.
     var clientToBind: String??
+    /// Connections held per tenant and for all (AgentConnections), and the listeners paused at
+    /// a limit.
+    var connections = AgentConnections(allLimit: AgentConnections.allLimit(descriptors: Self.descriptorLimit()))
+    var paused: Set<TenantName> = []
+    var allWereHeld = false
+
+    static func descriptorLimit() -> Int {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0, rl.rlim_cur != rlim_t.max else { return 65_536 }
+        return Int(clamping: rl.rlim_cur)
+    }
 
     struct PendingLookup {
         let caller: AgentCaller
@@ -159,6 +171,11 @@ extension Supervisor {
         ServerBootstrap(group: loop)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    guard agentConnectionOpened(name) else {
+                        try channel.pipeline.syncOperations.addHandler(CloseWithError(frame: agentConnectionRefusal(name)))
+                        return
+                    }
+                    channel.closeFuture.whenComplete { [self] _ in agentConnectionClosed(name) }
                     try addClientHandlers(
                         channel, parser: cfg.parser, maxFrameBytes: cfg.maxFrameBytes, partialTimeout: cfg.partialTimeout, agentTenant: name)
                 }
@@ -202,6 +219,76 @@ extension Supervisor {
     /// The variables every job gets (after the request's own, so that they win).
     func agentEnvironment(_ name: TenantName, jobID: String) -> [String] {
         ["CLAWPEN_SOCKET=" + agentSocketPathForJobs(name), "CLAWPEN_JOB_ID=" + jobID]
+    }
+
+    // MARK: Connections per tenant
+
+    func agentConnectionLimit(_ name: TenantName) -> Int {
+        core.tenants[name]?.limits.agentMaxConnections ?? TierLimits.defaultAgentMaxConnections
+    }
+
+    /// Counts a connection accepted on `name`'s socket; false when it came past a limit (a
+    /// listener takes a few in one read before it is paused).
+    func agentConnectionOpened(_ name: TenantName) -> Bool {
+        let accepted = agent.connections.opened(name.value, limit: agentConnectionLimit(name))
+        refreshAgentListeners(name)
+        return accepted
+    }
+
+    func agentConnectionClosed(_ name: TenantName) {
+        agent.connections.closed(name.value)
+        refreshAgentListeners(name)
+    }
+
+    /// Pauses or resumes listeners to match the counts: `name`'s, or every one when the common
+    /// limit was reached or left (or `name` is nil: after a policy reload changed the limits).
+    /// A paused listener does not accept: further connections wait in the kernel's backlog
+    /// (256) and cost the supervisor no descriptor.
+    func refreshAgentListeners(_ name: TenantName?) {
+        let allHeld = agent.connections.allHeld
+        let names = name == nil || allHeld != agent.allWereHeld ? Array(agent.listeners.keys) : [name!]
+        if allHeld && !agent.allWereHeld {
+            logger.warning(
+                "agent sockets: all tenants' connections reached the common limit; no agent socket accepts until some close",
+                metadata: ["all_limit": "\(agent.connections.allLimit)"])
+        }
+        agent.allWereHeld = allHeld
+        for n in names {
+            guard let listener = agent.listeners[n] else { continue }
+            let limit = agentConnectionLimit(n)
+            let accepts = agent.connections.accepts(n.value, limit: limit)
+            guard accepts == agent.paused.contains(n) else { continue }
+            if accepts {
+                agent.paused.remove(n)
+            } else {
+                agent.paused.insert(n)
+                if !allHeld {
+                    logger.warning(
+                        "agent socket: the tenant's jobs hold agent_max_connections connections; it accepts no more until one closes",
+                        metadata: ["tenant": "\(n)", "rule": "agent_max_connections", "limit": "\(limit)"])
+                }
+            }
+            try? listener.syncOptions?.setOption(ChannelOptions.autoRead, value: accepts)
+        }
+    }
+
+    func agentConnectionRefusal(_ name: TenantName) -> [UInt8] {
+        let limit = agentConnectionLimit(name)
+        let held = agent.connections.held(by: name.value)
+        let e: ProtocolError
+        if held >= limit {
+            e = ProtocolError(
+                .quotaExceeded,
+                "tenant '\(name)' holds \(held) connections to its agent socket, its limit (quota agent_max_connections): close one first",
+                details: ["quota": .string("agent_max_connections"), "limit": .string(String(limit)), "current": .string(String(held))])
+        } else {
+            let all = agent.connections.allLimit
+            e = ProtocolError(
+                .quotaExceeded,
+                "the supervisor holds \(agent.connections.total) agent socket connections, its limit for all tenants (half its RLIMIT_NOFILE): try again when some close",
+                details: ["quota": .string("all_agent_connections"), "limit": .string(String(all)), "current": .string(String(agent.connections.total))])
+        }
+        return Reply.error(e, id: .null)
     }
 
     func closeAgentListeners() {
@@ -310,4 +397,20 @@ extension Supervisor {
             agentLookupFailed(token, "the tenant's worker stopped")
         }
     }
+}
+
+/// On a connection that came past a limit: the refusal, then the close.
+final class CloseWithError: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    let frame: [UInt8]
+
+    init(frame: [UInt8]) { self.frame = frame }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let buffer = context.channel.allocator.frame(frame)
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }

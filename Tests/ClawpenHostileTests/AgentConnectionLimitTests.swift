@@ -1,0 +1,78 @@
+import ClawpenTestSupport
+import Foundation
+import XCTest
+
+/// A tenant's jobs opening connections to its agent socket without end (docs/subjobs.md,
+/// "Connections"). Every accepted connection is a descriptor of the supervisor, shared by all
+/// tenants; before agent_max_connections one tenant's jobs took the supervisor to its
+/// RLIMIT_NOFILE and another tenant's submit took 100 s. The attack is harmless if it works:
+/// it only holds connections of the test's own daemon.
+final class AgentConnectionLimitTests: XCTestCase {
+    var daemon: Daemon!
+    static let client = "/opt/clawpen/bin/clawpen"
+    static let limit: Int64 = 20
+
+    override func setUpWithError() throws {
+        let dir = try Daemon.tempDir()
+        let policies = try Daemon.policiesWithOverrides(in: dir, ["flood": "agent_max_connections = \(Self.limit)\n"])
+        daemon = try Daemon(dir: dir, policies: policies).start()
+        try daemon.createTenant("flood")
+        try daemon.createTenant("good")
+        try daemon.assertSandboxed("flood")
+        _ = try daemon.run("good", ["true"])
+    }
+
+    override func tearDown() { daemon?.cleanup() }
+
+    func descriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon.pid)/fd").count) ?? -1 }
+
+    /// Non-blocking connects: past the listener's backlog one fails at once instead of waiting.
+    static let holder = """
+        import socket, os, sys, time
+        path = os.environ["CLAWPEN_SOCKET"]; held = []; failed = 0
+        for i in range(int(sys.argv[1])):
+            s = socket.socket(socket.AF_UNIX); s.setblocking(False)
+            try:
+                s.connect(path); held.append(s)
+            except OSError:
+                failed += 1; s.close()
+        print(len(held), failed, flush=True)
+        time.sleep(float(sys.argv[2]))
+        """
+
+    func testATenantsJobsCannotTakeTheSupervisorsDescriptors() throws {
+        XCTAssertEqual(try runCLI(["cp", "-", "flood:/home/hold.py"], socket: daemon.socket, stdin: Self.holder).status, 0)
+        _ = try daemon.run("flood", ["true"])
+        let before = descriptors()
+        XCTAssertEqual(try daemon.tenantStatus("flood")["limits"]?["agent_max_connections"]?.intValue, Self.limit)
+
+        // 400 connections from one job, held for 15 s.
+        let job = try daemon.detach("flood", ["python3", "/home/hold.py", "400", "15"], timeout: 60)
+        XCTAssertTrue(
+            try daemon.eventually(10) { try daemon.tenantStatus("flood")["quotas"]?["agent_connections"]?.intValue == Self.limit },
+            "the tenant holds its limit: \(String(describing: try? daemon.tenantStatus("flood")["quotas"]))")
+        usleep(500_000)
+        XCTAssertLessThanOrEqual(descriptors() - before, Int(Self.limit) + 8, "the supervisor took no more than the limit's descriptors")
+        let clients = try daemon.status()["supervisor"]?["clients"]?["agent_connections"]
+        XCTAssertEqual(clients?["held"]?.intValue, Self.limit)
+        XCTAssertEqual(clients?["paused_tenants"]?.intValue, 1)
+        XCTAssertTrue(daemon.log.contains("agent_max_connections"), "the pause is logged, naming the rule")
+
+        // The neighbour is served as usual, on the control socket and on its own agent socket.
+        let started = Date()
+        let echo = try daemon.run("good", ["echo", "hi"])
+        XCTAssertEqual(echo.stdout, "hi\n")
+        let ping = try daemon.run("good", ["sh", "-c", Self.client + " ping"], timeout: 20)
+        XCTAssertEqual(ping.exitCode, 0, ping.stderr)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10)
+
+        // When the holder ends, its connections go and the tenant's socket serves again.
+        XCTAssertTrue(try daemon.eventually(40) { try daemon.connect().job(.jobGet(jobID: job.id)).job.state.isFinal })
+        let counts = try daemon.connect().job(.jobGet(jobID: job.id)).job.stdout.split(separator: " ")
+        XCTAssertEqual(counts.count, 2, "the holder reported: \(counts)")
+        XCTAssertTrue(try daemon.eventually(10) { try daemon.tenantStatus("flood")["quotas"]?["agent_connections"]?.intValue == 0 })
+        let again = try daemon.run("flood", ["sh", "-c", Self.client + " ping"], timeout: 20)
+        XCTAssertEqual(again.exitCode, 0, again.stderr)
+        XCTAssertEqual(try daemon.status()["supervisor"]?["clients"]?["agent_connections"]?["paused_tenants"]?.intValue, 0)
+    }
+}
