@@ -318,17 +318,30 @@ extension Core {
         return (true, take())
     }
 
+    /// A wait that lent `waiter`'s slot was given up before `target` ended (the agent's
+    /// connection closed): the waiter counts again, as if its target had ended. Without this a
+    /// job could wait, hang up and go on running in a slot it lent until the target ended.
+    /// Nothing happens when that lend is gone already (the target or the waiter ended).
+    public func agentWaitEnded(_ tenant: TenantName, waiter: String, target: String) {
+        guard let t = tenants[tenant], var waiters = t.lendsByTarget[target], let i = waiters.firstIndex(of: waiter) else { return }
+        waiters.remove(at: i)
+        t.lendsByTarget[target] = waiters.isEmpty ? nil : waiters
+        returnLend(of: waiter, t)
+    }
+
     /// `target` ended: the jobs that waited for it count again (those still running).
     func endLends(for target: String, _ t: TenantState) {
         guard let waiters = t.lendsByTarget.removeValue(forKey: target) else { return }
-        for waiter in waiters {
-            guard let n = t.lentSlots[waiter] else { continue }
-            if n > 1 {
-                t.lentSlots[waiter] = n - 1
-            } else {
-                t.lentSlots[waiter] = nil
-                if t.inFlight[waiter] != nil { router.reacquired() }
-            }
+        for waiter in waiters { returnLend(of: waiter, t) }
+    }
+
+    private func returnLend(of waiter: String, _ t: TenantState) {
+        guard let n = t.lentSlots[waiter] else { return }
+        if n > 1 {
+            t.lentSlots[waiter] = n - 1
+        } else {
+            t.lentSlots[waiter] = nil
+            if t.inFlight[waiter] != nil { router.reacquired() }
         }
     }
 

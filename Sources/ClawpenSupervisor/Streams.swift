@@ -546,6 +546,7 @@ extension Supervisor {
     func clientClosed(_ channel: Channel) {
         // Its waits go with it (JobWaiters.swift): nobody is left to hear them.
         waiters.drop(owner: ObjectIdentifier(channel))
+        agentConnectionGone(ObjectIdentifier(channel))
         for stream in Array(streams.jobs.values) {
             stream.pausedReaders.removeAll { $0 === channel }
             guard stream.followers.contains(where: { $0.channel === channel }) else { continue }

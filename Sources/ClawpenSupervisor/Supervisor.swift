@@ -53,6 +53,9 @@ public final class Supervisor: @unchecked Sendable {
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel),
     /// with each connection's count against its limit (JobWaiters.swift).
     lazy var waiters = JobWaiters<(Result<JobView, ProtocolError>) -> Void>(limits: config.waitLimits)
+    /// Agent waits that lent their job's run slot, by connection, until answered: a connection
+    /// that closes first takes its lends back (Requests+Agent.swift).
+    var agentLends: [ObjectIdentifier: [AgentLend]] = [:]
     /// Waiters' replies due, made a few at a time (GroupCommit.swift, `wake`).
     var wakeups = Wakeups()
     /// Client connections that gave way, taken up in turn, and the loop's ticks they go by

@@ -223,6 +223,28 @@ final class TreeTests: XCTestCase {
         XCTAssertEqual(shell.core.running, 0)
     }
 
+    func testAWaitGivenUpTakesTheLentSlotBack() throws {
+        setUp { $0.maxConcurrentRuns = 1 }
+        let root = try runningRoot()
+        let w = try XCTUnwrap(shell.worker(t))
+        let child = try sub(root, "child")
+        shell.perform(shell.core.agentWaitBegan(t, waiter: root.id, target: child.id).1)
+        XCTAssertNotNil(shell.core.runningJob(child.id, tenant: t))
+        // The agent hangs up: the root counts again while its child runs on.
+        shell.core.agentWaitEnded(t, waiter: root.id, target: child.id)
+        XCTAssertEqual(shell.tenant(t).lentSlots, [:])
+        XCTAssertEqual(shell.core.running, 2, "both count: the root took its slot back")
+        let second = try sub(root, "second")
+        XCTAssertNil(shell.core.runningJob(second.id, tenant: t), "no slot is free for another child")
+        // Given up twice, or after the target's end: nothing more changes.
+        shell.core.agentWaitEnded(t, waiter: root.id, target: child.id)
+        shell.report(w, child.id)
+        XCTAssertEqual(shell.core.running, 1)
+        shell.core.agentWaitEnded(t, waiter: root.id, target: child.id)
+        XCTAssertEqual(shell.core.running, 1, "a lend already returned is not returned twice")
+        XCTAssertNotNil(shell.core.runningJob(root.id, tenant: t))
+    }
+
     func testAChainOfWaitingParentsDoesNotDeadlock() throws {
         setUp {
             $0.maxConcurrentRuns = 1; $0.maxDepth = 10

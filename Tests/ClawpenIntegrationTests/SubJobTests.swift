@@ -96,6 +96,37 @@ final class SubJobTests: XCTestCase {
         XCTAssertTrue(job.stdout.contains("refused:") && job.stdout.contains("principal agent"), job.stdout)
     }
 
+    /// A job waiting for its child lends it its run slot; if the wait is given up (the client
+    /// killed, its connection closed) before the child ends, the job counts again at once:
+    /// otherwise it would go on running in a slot it lent.
+    func testAWaitGivenUpTakesTheLentSlotBack() throws {
+        let dir = try Daemon.tempDir()
+        let pol = try Daemon.policiesWithOverrides(in: dir, ["acme": "max_concurrent_runs = 1\n"])
+        daemon = try Daemon(extraArgs: ["--max-running", "4", "--reserved-slots", "0"], dir: dir, policies: pol).start()
+        try daemon.createTenant("acme")
+        func routerRunning() throws -> Int64? { try daemon.status()["supervisor"]?["router"]?["running"]?.intValue }
+        let script = """
+            C=\(Self.client)
+            CHILD=$($C submit --detach -- /bin/sleep 20)
+            echo child=$CHILD
+            timeout -s KILL 2 $C job wait $CHILD
+            echo gave up
+            sleep 20
+            """
+        let root = try daemon.detach("acme", ["sh", "-c", script], timeout: 60)
+        // While the root waits, it and its child hold one slot of the host's between them.
+        XCTAssertTrue(
+            try daemon.eventually(10) { try daemon.tenantStatus("acme")["jobs"]?["running"]?.intValue == 2 && routerRunning() == 1 },
+            "the waiting root lends its slot: \(String(describing: try? daemon.status()["supervisor"]?["router"]))")
+        // The client is killed: its wait is given up, and the root counts again.
+        XCTAssertTrue(
+            try daemon.eventually(10) { try routerRunning() == 2 },
+            "the root took its slot back: \(String(describing: try? daemon.status()["supervisor"]?["router"]))")
+        XCTAssertEqual(try daemon.tenantStatus("acme")["jobs"]?["running"]?.intValue, 2)
+        _ = try daemon.connect().call(.jobCancel(jobID: root.id))
+        XCTAssertTrue(try daemon.eventually(10) { try routerRunning() == 0 }, "nothing counted twice")
+    }
+
     func testATreeThatTriesToGrowTenDeepStopsAtMaxDepth() throws {
         try start()
         try daemon.createTenant("acme")

@@ -51,7 +51,11 @@ extension Supervisor {
                     if view.state.isFinal {
                         r.job(view)
                     } else {
-                        if addWaiter(id, for: r, { r.job($0) }) { lendWhileAgentWaits(r, for: id) }
+                        let answered = { [self] (result: Result<JobView, ProtocolError>) in
+                            agentWaitAnswered(r, target: id)
+                            r.job(result)
+                        }
+                        if addWaiter(id, for: r, answered) { lendWhileAgentWaits(r, for: id) }
                     }
                     return
                 }
@@ -129,7 +133,24 @@ extension Supervisor {
     /// its run slot until that job ends (the core's rule: no deadlock on max_concurrent_runs).
     func lendWhileAgentWaits(_ r: Responder, for target: String) {
         guard let agent = r.agent, let waiter = agent.jobID else { return }
-        perform(core.agentWaitBegan(agent.tenant, waiter: waiter, target: target).1)
+        let (lent, actions) = core.agentWaitBegan(agent.tenant, waiter: waiter, target: target)
+        if lent { agentLends[ObjectIdentifier(r.channel), default: []].append(AgentLend(tenant: agent.tenant, waiter: waiter, target: target)) }
+        perform(actions)
+    }
+
+    /// The wait was answered (its target ended, which returned the lend): forget it.
+    func agentWaitAnswered(_ r: Responder, target: String) {
+        let key = ObjectIdentifier(r.channel)
+        guard var lends = agentLends[key], let i = lends.firstIndex(where: { $0.target == target }) else { return }
+        lends.remove(at: i)
+        agentLends[key] = lends.isEmpty ? nil : lends
+    }
+
+    /// The connection closed with waits unanswered: their jobs count again (ClawpenCore,
+    /// `agentWaitEnded`), so that a job cannot wait, hang up and run on in a lent slot.
+    func agentConnectionGone(_ key: ObjectIdentifier) {
+        guard let lends = agentLends.removeValue(forKey: key) else { return }
+        for l in lends { core.agentWaitEnded(l.tenant, waiter: l.waiter, target: l.target) }
     }
 
     // MARK: job.tree
@@ -150,4 +171,11 @@ extension Supervisor {
         }
         r.reply("tree", fields)
     }
+}
+
+/// A run slot lent by an agent's wait: `waiter`'s, while it waits for `target`.
+struct AgentLend {
+    let tenant: TenantName
+    let waiter: String
+    let target: String
 }
