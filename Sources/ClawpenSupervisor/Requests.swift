@@ -119,7 +119,7 @@ extension Supervisor {
     func authorize(_ r: Responder, _ action: AccessAction, request: String, tenant: TenantName? = nil) throws(ProtocolError) {
         if let agent = r.agent { try authorizeAgent(r, agent, action, request: request); return }
         guard let cred = r.caller else {
-            audit(tenant: tenant, caller: r, action: "permission.denied", rule: "no peer credentials", detail: request)
+            auditRefusal(tenant: tenant, caller: r, action: "permission.denied", rule: "no peer credentials", request: request, detail: request)
             throw ProtocolError(
                 .permissionDenied, "\(request): the caller's credentials (SO_PEERCRED) could not be read, so nothing but ping is allowed",
                 details: ["rule": .string("no peer credentials")])
@@ -128,7 +128,7 @@ extension Supervisor {
         guard decision.allowed else {
             var target = tenant
             if case .submit(let t) = action { target = t }
-            audit(tenant: target, caller: r, action: "permission.denied", rule: decision.rule, detail: request)
+            auditRefusal(tenant: target, caller: r, action: "permission.denied", rule: decision.rule, request: request, detail: request)
             throw ProtocolError(.permissionDenied, "\(request): \(decision.message)", details: ["rule": .string(decision.rule)])
         }
     }
@@ -230,7 +230,9 @@ extension Supervisor {
         }
         switch core.admit(s, tenant: t, jobID: JobID.make(), parent: parent, isExecutable: PolicyRuntime.isExecutableInSandbox) {
         case .failure(let refusal):
-            audit(tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, detail: refusal.auditDetail, traceID: s.trace?.traceID)
+            auditRefusal(
+                tenant: name, caller: r, action: refusal.auditAction, rule: refusal.rule, request: "submit", detail: refusal.auditDetail,
+                traceID: s.trace?.traceID)
             throw refusal.error
         case .success(let job):
             if let parent { auditSubJob(job, parent: parent, r) }

@@ -56,6 +56,9 @@ public final class Supervisor: @unchecked Sendable {
     /// Agent waits that lent their job's run slot, by connection, until answered: a connection
     /// that closes first takes its lends back (Requests+Agent.swift).
     var agentLends: [ObjectIdentifier: [AgentLend]] = [:]
+    /// Audit rows of refusals and of the proxy's reports, coalesced (AuditWindow.swift).
+    var auditWindow = AuditWindow()
+    var auditFlushScheduled = false
     /// Waiters' replies due, made a few at a time (GroupCommit.swift, `wake`).
     var wakeups = Wakeups()
     /// Client connections that gave way, taken up in turn, and the loop's ticks they go by

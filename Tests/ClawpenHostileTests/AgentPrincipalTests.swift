@@ -1,3 +1,4 @@
+import ClawpenProtocol
 import ClawpenTestSupport
 import Foundation
 import XCTest
@@ -109,6 +110,54 @@ final class AgentPrincipalTests: XCTestCase {
         let child = try XCTUnwrap(
             job.stdout.split(separator: "\n").compactMap { try? JSONValue.parse(Array($0.utf8)) }.compactMap(JobView.init(json:)).first)
         XCTAssertEqual(child.parentID, job.id, "the sub-job's parent is the real caller, not the forged id")
+    }
+
+    /// A job that loops on a refused request (an operator's `status`, pipelined on its agent
+    /// socket) is refused every time, but its audit rows are coalesced: one at once, one
+    /// summary when the window ends. Before, one such job wrote 114,500 rows (32 MB) in 10 s
+    /// into the store every tenant shares.
+    func testARefusalLoopWritesBoundedAuditRows() throws {
+        let spam = """
+            import socket, os, struct, time, json
+            s = socket.socket(socket.AF_UNIX); s.connect(os.environ["CLAWPEN_SOCKET"])
+            req = b'{"type":"status","id":1}'; frame = struct.pack(">I", len(req)) + req
+            end = time.time() + 3; n = 0; buf = b''; denied = 0
+            while time.time() < end:
+                s.sendall(frame * 50); n += 50; got = 0
+                while got < 50:
+                    buf += s.recv(65536)
+                    while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                        l = struct.unpack(">I", buf[:4])[0]
+                        if json.loads(buf[4:4 + l])["error"]["code"] == "permission_denied": denied += 1
+                        buf = buf[4 + l:]; got += 1
+            print(n, denied)
+            """
+        try put("a", "/home/spam.py", spam)
+        let dbBefore = try fileSize(daemon.stateDir + "/clawpen.db")
+        let job = try daemon.run("a", ["python3", "/home/spam.py"], timeout: 60)
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        let counts = job.stdout.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        XCTAssertEqual(counts.count, 2, job.stdout)
+        let sent = counts.first ?? 0
+        XCTAssertGreaterThan(sent, 500, "the loop ran: \(job.stdout)")
+        XCTAssertEqual(counts.last, sent, "every one was refused")
+        func rows() throws -> [JSONValue] {
+            let out = try runCLI(["audit", "--tenant", "a", "--json", "--limit", "100000"], socket: daemon.socket).stdout
+            return (try JSONValue.parse(Array(out.utf8)).arrayValue ?? []).filter {
+                $0["action"]?.stringValue == "permission.denied" && $0["detail"]?.stringValue?.hasPrefix("status") == true
+            }
+        }
+        // One row at once; the rest as one summary when the window (10 s) ends.
+        XCTAssertTrue(try daemon.eventually(20) { try rows().count == 2 }, "rows: \(String(describing: try? rows().count))")
+        let summary = try rows().compactMap { $0["detail"]?.stringValue }.first { $0.contains("repeated=") } ?? ""
+        XCTAssertTrue(summary.contains("repeated=\(sent - 1)"), summary)
+        XCTAssertLessThan(try fileSize(daemon.stateDir + "/clawpen.db") - dbBefore, 1 << 20, "the store did not grow with the loop")
+    }
+
+    func fileSize(_ path: String) throws -> Int {
+        let a = try FileManager.default.attributesOfItem(atPath: path)
+        let wal = (try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? Int ?? 0
+        return (a[.size] as? Int ?? 0) + wal
     }
 
     func testAConnectionFromOutsideAnyJobGetsOnlyRefusals() throws {

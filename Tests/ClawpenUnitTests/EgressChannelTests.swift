@@ -126,8 +126,8 @@ final class EgressChannelTests: XCTestCase {
     }
 
     func testDeniedAuditRowsAreCoalescedPerWindow() {
-        var w = EgressAuditWindow()
-        let key = EgressAuditWindow.Key(tenant: .t("a"), action: "egress.denied", rule: "default deny", host: "x.com", port: 80)
+        var w = AuditWindow()
+        let key = AuditWindow.Key(tenant: .t("a"), kind: .egress, action: "egress.denied", rule: "default deny", subject: "x.com", port: 80)
         XCTAssertEqual(w.record(key, now: 0).map(\.summary), [false], "the first at once")
         for i in 1...500 { XCTAssertEqual(w.record(key, now: Double(i) / 100), [], "then counted") }
         XCTAssertEqual(w.flush(now: 5), [], "the window is still open")
@@ -140,15 +140,33 @@ final class EgressChannelTests: XCTestCase {
         _ = w.record(key, now: 21)
         XCTAssertEqual(w.record(key, now: 31).map(\.summary), [true, false])
         // Invented host names: past keysPerTenant, one shared key.
-        var v = EgressAuditWindow()
+        var v = AuditWindow()
         var written = 0
         for i in 0..<1000 {
-            written += v.record(.init(tenant: .t("b"), action: "egress.denied", rule: "default deny", host: "h\(i).com", port: 80), now: 0).count
+            written +=
+                v.record(.init(tenant: .t("b"), kind: .egress, action: "egress.denied", rule: "default deny", subject: "h\(i).com", port: 80), now: 0).count
         }
-        XCTAssertEqual(written, EgressAuditWindow.keysPerTenant)
+        XCTAssertEqual(written, AuditWindow.keysPerTenant)
         XCTAssertEqual(v.record(key, now: 0).count, 1, "another tenant is not affected")
-        let summary = v.flush(now: 10).filter { $0.key.host == "*" }
-        XCTAssertEqual(summary.map(\.count), [1000 - EgressAuditWindow.keysPerTenant])
+        let summary = v.flush(now: 10).filter { $0.key.subject == "*" }
+        XCTAssertEqual(summary.map(\.count), [1000 - AuditWindow.keysPerTenant])
+    }
+
+    func testRefusalRowsAreCoalescedPerTenantRuleAndRequest() {
+        var w = AuditWindow()
+        let status = AuditWindow.Key(tenant: .t("a"), kind: .refusal, action: "permission.denied", rule: "principal agent", subject: "status")
+        XCTAssertEqual(w.record(status, now: 0).count, 1, "the first at once (with the caller's detail)")
+        for i in 1...1000 { XCTAssertEqual(w.record(status, now: Double(i) / 1000), []) }
+        // Another request, another tenant, a caller with no tenant: each has its own first row.
+        XCTAssertEqual(
+            w.record(.init(tenant: .t("a"), kind: .refusal, action: "permission.denied", rule: "principal agent", subject: "audit"), now: 1).count, 1)
+        XCTAssertEqual(
+            w.record(.init(tenant: .t("b"), kind: .refusal, action: "permission.denied", rule: "principal agent", subject: "status"), now: 1).count, 1)
+        XCTAssertEqual(w.record(.init(tenant: nil, kind: .refusal, action: "permission.denied", rule: "operator", subject: "status"), now: 1).count, 1)
+        let rows = w.flush(now: 11)
+        XCTAssertEqual(rows.map(\.count), [1000])
+        let detail = rows.first?.detail ?? ""
+        XCTAssertTrue(detail.hasPrefix("status: 1000 more refused within 10 s") && detail.contains("repeated=1000"), detail)
     }
 
     /// A relay whose IdleStateHandler says it carried no byte for the idle timeout closes both

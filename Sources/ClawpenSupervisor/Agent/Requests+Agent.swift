@@ -114,7 +114,8 @@ extension Supervisor {
     /// A refusal of the agent principal: audited, and thrown as permission_denied.
     func agentRefusal(_ r: Responder, _ agent: AgentCaller, _ request: String, _ why: String) -> ProtocolError {
         let job = agent.jobID.map { "job \($0)" } ?? "an unidentified caller"
-        audit(tenant: agent.tenant, caller: r, action: "permission.denied", rule: "principal agent", detail: "\(request) by \(job): \(why)")
+        auditRefusal(
+            tenant: agent.tenant, caller: r, action: "permission.denied", rule: "principal agent", request: request, detail: "\(request) by \(job): \(why)")
         return ProtocolError(
             .permissionDenied, "\(request): refused for principal agent (\(job) of tenant '\(agent.tenant)'): \(why)",
             details: ["rule": .string("principal agent"), "principal": .string("agent")])

@@ -59,9 +59,6 @@ struct EgressState {
     var configured: Set<TenantName> = []
     /// Report frames the proxy dropped because the daemon read them too slowly.
     var reportsDropped: Int64 = 0
-    /// Audit rows of the proxy's reports, coalesced (EgressAuditWindow).
-    var auditWindow = EgressAuditWindow()
-    var auditFlushScheduled = false
     /// `policy explain --url` name lookups in flight (ExplainResolver).
     var explainLookups = 0
     /// Times the proxy was started again after it died, since the daemon started.
