@@ -34,6 +34,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case treeCPUSeconds = "tree_cpu_seconds"
     case treeTimeout = "tree_timeout_s"
     case agentMaxConnections = "agent_max_connections"
+    case jobRecordsMax = "job_records_max"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -43,7 +44,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     var isOptionalInTierFile: Bool {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
-            || self == .egressMaxConnections || self == .agentMaxConnections
+            || self == .egressMaxConnections || self == .agentMaxConnections || self == .jobRecordsMax
             || self == .jobRetentionDays
             || self == .maxDepth || self == .treeMaxJobs || self == .treeCPUSeconds || self == .treeTimeout
     }
@@ -135,6 +136,8 @@ enum LimitKey: String, CaseIterable, Sendable {
         case .egressMaxConnections:
             target.egressMaxConnections = try c.integer(
                 1...65_536, note: "connections one tenant's jobs may hold open through the egress proxy at the same time")
+        case .jobRecordsMax:
+            target.jobRecordsMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: 1 << 50)
         case .agentMaxConnections:
             target.agentMaxConnections = try c.integer(
                 1...65_536, note: "connections one tenant's jobs may hold open to its agent socket at the same time")

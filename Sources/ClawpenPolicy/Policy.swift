@@ -70,6 +70,10 @@ public struct TierLimits: Sendable, Equatable {
     /// descriptors are shared by every tenant).
     public var agentMaxConnections: Int = TierLimits.defaultAgentMaxConnections
     public static let defaultAgentMaxConnections = 64
+    /// `job_records_max`: bytes of finished job records (output, request) the store keeps for
+    /// the tenant; past it the oldest are purged, as retention would (RecordsBudget.swift).
+    public var jobRecordsMaxBytes: Int64 = TierLimits.defaultJobRecordsMaxBytes
+    public static let defaultJobRecordsMaxBytes: Int64 = 256 * ByteSize.mebibyte
     /// `job_retention_days`: finished job records older than this are purged (Retention.swift).
     public var jobRetentionDays: Int = 7
     /// `max_depth`: how many levels of sub-jobs a job submitted from outside may lead to (its
@@ -168,6 +172,8 @@ public struct TierLimits: Sendable, Equatable {
         }
         // Agent socket connections: about 32 per job the tier may run at once.
         limits.agentMaxConnections = [.free: 64, .pro: 256, .enterprise: 1024][tier]!
+        // Finished job records kept per tenant: the disk every tenant's store shares.
+        limits.jobRecordsMaxBytes = [.free: 256 * ByteSize.mebibyte, .pro: 4 * ByteSize.gibibyte, .enterprise: 32 * ByteSize.gibibyte][tier]!
         return limits
     }
 
@@ -276,6 +282,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var fileMaxBytes: Int64?
     public var egressMaxConnections: Int?
     public var agentMaxConnections: Int?
+    public var jobRecordsMaxBytes: Int64?
     public var jobRetentionDays: Int?
     public var maxDepth: Int?
     public var treeMaxJobs: Int?
@@ -352,6 +359,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.fileMaxBytes { o.fileMaxBytes = v }
         if let v = other.egressMaxConnections { o.egressMaxConnections = v }
         if let v = other.agentMaxConnections { o.agentMaxConnections = v }
+        if let v = other.jobRecordsMaxBytes { o.jobRecordsMaxBytes = v }
         if let v = other.jobRetentionDays { o.jobRetentionDays = v }
         if let v = other.maxDepth { o.maxDepth = v }
         if let v = other.treeMaxJobs { o.treeMaxJobs = v }
@@ -392,6 +400,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = fileMaxBytes { l.fileMaxBytes = v }
         if let v = egressMaxConnections { l.egressMaxConnections = v }
         if let v = agentMaxConnections { l.agentMaxConnections = v }
+        if let v = jobRecordsMaxBytes { l.jobRecordsMaxBytes = v }
         if let v = jobRetentionDays { l.jobRetentionDays = v }
         if let v = maxDepth { l.maxDepth = v }
         if let v = treeMaxJobs { l.treeMaxJobs = v }
@@ -417,6 +426,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.fileMaxBytes = fileMaxBytes ?? d.fileMaxBytes
         o.egressMaxConnections = egressMaxConnections ?? d.egressMaxConnections
         o.agentMaxConnections = agentMaxConnections ?? d.agentMaxConnections
+        o.jobRecordsMaxBytes = jobRecordsMaxBytes ?? d.jobRecordsMaxBytes
         o.jobRetentionDays = jobRetentionDays ?? d.jobRetentionDays
         o.maxDepth = maxDepth ?? d.maxDepth
         o.treeMaxJobs = treeMaxJobs ?? d.treeMaxJobs
@@ -445,6 +455,7 @@ public struct TenantOverride: Sendable, Equatable {
             fileMaxBytes: fileMaxBytes)
         limits.egressMaxConnections = egressMaxConnections ?? TierLimits.defaultEgressMaxConnections
         limits.agentMaxConnections = agentMaxConnections ?? TierLimits.defaultAgentMaxConnections
+        limits.jobRecordsMaxBytes = jobRecordsMaxBytes ?? TierLimits.defaultJobRecordsMaxBytes
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
         if let jobRetentionDays { limits.jobRetentionDays = jobRetentionDays }

@@ -127,6 +127,42 @@ extension Store {
             [.text(tenant.value), .double(before), .int(Int64(limit))])
     }
 
+    // MARK: Size of the records (job_records_max)
+
+    /// What one job's record holds in bytes, as SQLite stores it (the sealed output, request,
+    /// argv and environment; length() of a blob reads no overflow page).
+    static let recordBytes =
+        "IFNULL(length(stdout),0)+IFNULL(length(stderr),0)+IFNULL(length(stdin),0)+IFNULL(length(argv),0)+IFNULL(length(env),0)"
+
+    /// Bytes of the tenant's finished job records.
+    public func finishedRecordBytes(_ tenant: TenantName) throws(StoreError) -> Int64 {
+        try db.rows(
+            "SELECT IFNULL(SUM(\(Self.recordBytes)),0) FROM jobs WHERE tenant=? AND finished_at IS NOT NULL", [.text(tenant.value)]
+        ) { $0.int(0) }.first ?? 0
+    }
+
+    /// Deletes the tenant's oldest finished records, at most `limit` of them, until `bytes` are
+    /// gone (or no finished record is left). Returns what went.
+    public func purgeOldestFinishedJobs(_ tenant: TenantName, bytes: Int64, limit: Int) throws(StoreError) -> (jobs: Int, bytes: Int64) {
+        guard bytes > 0 else { return (0, 0) }
+        try setSynchronous(full: false)
+        try setSecureDelete(true)
+        let oldest = try db.rows(
+            "SELECT rowid, \(Self.recordBytes) FROM jobs WHERE tenant=? AND finished_at IS NOT NULL ORDER BY finished_at LIMIT ?",
+            [.text(tenant.value), .int(Int64(limit))]
+        ) { ($0.int(0), $0.int(1)) }
+        var chosen: [Int64] = []
+        var freed: Int64 = 0
+        for (rowid, size) in oldest where freed < bytes {
+            chosen.append(rowid)
+            freed += size
+        }
+        guard !chosen.isEmpty else { return (0, 0) }
+        let marks = Array(repeating: "?", count: chosen.count).joined(separator: ",")
+        let n = try db.run("DELETE FROM jobs WHERE rowid IN (\(marks))", chosen.map { .int($0) })
+        return (n, freed)
+    }
+
     // MARK: Export
 
     /// The tenant's job records, oldest first, `limit` from `offset` (export pages through them).

@@ -200,6 +200,10 @@ extension Supervisor {
             for f in b.finishes {
                 let heard = waiters.take(f.record.id)
                 if !heard.isEmpty { wake(heard.map { cb in { cb(.success(f.view)) } }) }
+                // Its size against job_records_max (RecordsBudget.swift): the output, sealed
+                // (28 bytes more each), and about as much again for the request.
+                let size = Int64(f.record.result.stdout.count + f.record.result.stderr.count + 512)
+                recordsFinished(f.record.tenant, size: size)
             }
         case .failure(let error)?:
             // Kept, not dropped: a waiter told of a result the store does not hold would see

@@ -181,6 +181,7 @@ extension Supervisor {
         lim.set("tree_cpu_seconds", t.limits.treeCPUSeconds)
         lim.set("tree_timeout_s", t.limits.treeTimeoutSeconds)
         lim.set("agent_max_connections", t.limits.agentMaxConnections)
+        lim.set("job_records_max", t.limits.jobRecordsMaxBytes)
         o.set("limits", lim.value)
         // Its live job trees (those with sub-jobs; docs/subjobs.md).
         let trees = core.treeSummary(t)
@@ -199,6 +200,8 @@ extension Supervisor {
         q.set("cpu_seconds_last_hour", (Double(t.cpu.usedMicros(now: now)) / 1000).rounded() / 1000)
         q.set("cpu_measured_by", .string(t.cgroupCPUSeen != nil ? "cgroup" : "rusage"))
         q.set("agent_connections", agent.connections.held(by: t.name.value))
+        // RecordsBudget.swift: measured by the last pass, plus what finished since.
+        q.set("job_records_bytes", tenantData.records.ledger.held(by: t.name.value))
         o.set("quotas", q.value)
         // Submits refused since the daemon started, by quota or rule kind: who is in trouble.
         o.set("refused", .object(t.refusals.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))

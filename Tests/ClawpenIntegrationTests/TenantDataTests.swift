@@ -302,6 +302,46 @@ final class TenantDataTests: XCTestCase {
         XCTAssertTrue(audit.contains("jobs.purged") && audit.contains("job_retention_days"), audit)
     }
 
+    /// `job_records_max`: a tenant whose finished records pass it loses its oldest ones, down to
+    /// 90 % of it, while its newest stay and a neighbour's records are untouched; a restart
+    /// measures the store again (the size is not kept in memory only).
+    func testATenantOverJobRecordsMaxLosesItsOldestRecordsOnly() throws {
+        let dir = try Daemon.tempDir()
+        let pol = try Daemon.policiesWithOverrides(in: dir, ["big": "job_records_max = \"1M\"\n"])
+        daemon = try Daemon(dir: dir, policies: pol).start()
+        try daemon.createTenant("big")
+        try daemon.createTenant("calm")
+        let calm = try daemon.run("calm", ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' c"])
+        XCTAssertEqual(calm.stdout.count, 300_000)
+        // Twelve jobs of 200 kB each: 2.4 MB against 1 MiB.
+        var ids: [String] = []
+        for i in 0..<12 {
+            let job = try daemon.run("big", ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' \(i % 10)"])
+            XCTAssertEqual(job.state, .succeeded, job.stderr)
+            ids.append(job.id)
+        }
+        func exists(_ id: String) throws -> Bool { try cli(["job", "get", id]).status == 0 }
+        XCTAssertTrue(try daemon.eventually(20) { try !exists(ids[0]) }, "the oldest went: \(daemon.log)")
+        let kept = try ids.filter { try exists($0) }
+        XCTAssertEqual(kept, Array(ids.suffix(kept.count)), "the newest are the ones kept")
+        XCTAssertTrue((3...5).contains(kept.count), "about 0.9 MiB of 200 kB records: \(kept.count)")
+        XCTAssertEqual(try daemon.connect().job(.jobGet(jobID: ids[11])).job.stdout.count, 200_000)
+        XCTAssertTrue(try exists(calm.id), "a neighbour's records are not touched")
+        let held = try XCTUnwrap(try daemon.tenantStatus("big")["quotas"]?["job_records_bytes"]?.intValue)
+        XCTAssertLessThanOrEqual(held, 1 << 20)
+        XCTAssertEqual(try daemon.tenantStatus("big")["limits"]?["job_records_max"]?.intValue, 1 << 20)
+        let audit = try cli(["audit", "--tenant", "big"]).stdout
+        XCTAssertTrue(audit.contains("jobs.purged") && audit.contains("job_records_max"), audit)
+        // After a restart the store is measured again, and the next record over the limit purges.
+        daemon.stop()
+        daemon = try Daemon(dir: dir, policies: pol).start()
+        XCTAssertTrue(
+            try daemon.eventually(20) { (try daemon.tenantStatus("big")["quotas"]?["job_records_bytes"]?.intValue ?? 0) > 600_000 },
+            "measured at start")
+        for i in 0..<2 { _ = try daemon.run("big", ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' \(i)"]) }
+        XCTAssertTrue(try daemon.eventually(20) { try !exists(kept[0]) }, "the oldest kept one goes next")
+    }
+
     /// A large purge never stalls the event loop: 60,000 finished records past retention are
     /// deleted by the retention thread (in batches, with pauses) while a client pings and
     /// submits. The figures are printed; the bounds asserted are loose enough for a loaded

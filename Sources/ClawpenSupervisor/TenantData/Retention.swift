@@ -28,6 +28,15 @@ extension Supervisor {
         }
     }
 
+    /// The thread the purges run on (retention's and RecordsBudget's, one after the other).
+    func purgePool() -> NIOThreadPool {
+        if let p = tenantData.retention.pool { return p }
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        tenantData.retention.pool = pool
+        return pool
+    }
+
     /// One purge pass: the cut-offs are decided here, on the loop, from the tenants' current
     /// limits; the deleting happens on the retention thread. `completion` hears the count.
     func runRetention(now: Double = Clock.now(), completion: ((Int) -> Void)? = nil) {
@@ -36,14 +45,7 @@ extension Supervisor {
             .filter { !tenantData.book.isOffboarding($0.name) }
             .map { ($0.name, now - Double($0.limits.jobRetentionDays) * 86_400) }
         guard !cutoffs.isEmpty else { completion?(0); return }
-        let pool: NIOThreadPool
-        if let p = tenantData.retention.pool {
-            pool = p
-        } else {
-            pool = NIOThreadPool(numberOfThreads: 1)
-            pool.start()
-            tenantData.retention.pool = pool
-        }
+        let pool = purgePool()
         tenantData.retention.running = true
         // Records past retention are not served from memory either (emptied again at the end,
         // for views read while the purge ran).

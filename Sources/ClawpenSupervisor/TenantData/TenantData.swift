@@ -21,6 +21,7 @@ struct TenantDataState {
     /// Callers of `offboard --now` waiting for the shredding to end.
     var shredWaiters: [TenantName: [() -> Void]] = [:]
     var retention = RetentionState()
+    var records = RecordsBudgetState()
 }
 
 /// Keys, offboarding and the requests of TenantDataRequest.
@@ -60,6 +61,7 @@ extension Supervisor {
         tenantData.book = OffboardingBook(entries)
         loop.execute { [self] in offboardingTick() }
         scheduleRetention(initialDelaySeconds: 5)
+        scheduleRecordsMeasure(initialDelaySeconds: 6)
     }
 
     func refuseIfOffboarding(_ name: TenantName, request: String) throws(ProtocolError) {
