@@ -2,6 +2,7 @@
 #include "cp_proc.h"
 
 #include <errno.h>
+#include <string.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -52,6 +53,48 @@ int cp_signal_fd(const int *sigs, int count) {
     for (int i = 0; i < count; i++) sigaddset(&set, sigs[i]);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) return -1;
     return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+// The daemon's stop and reload signals: a handler installed here, synchronously, writes the
+// signal's number into a pipe. (A dispatch signal source is armed asynchronously: a SIGTERM
+// sent the moment the socket answered could come before it was, and was lost.)
+static int signal_pipe_write = -1;
+
+static void signal_to_pipe(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    (void)!write(signal_pipe_write, &b, 1); // non-blocking: a full pipe already holds a stop
+    errno = saved;
+}
+
+int cp_signal_pipe(const int *sigs, int count) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    if (cp_set_nonblocking(fds[1], 1) != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    signal_pipe_write = fds[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = signal_to_pipe;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < count; i++) {
+        if (sigaction(sigs[i], &sa, NULL) != 0) return -1;
+    }
+    return fds[0];
+}
+
+int cp_read_signal_pipe(int fd) {
+    unsigned char b;
+    for (;;) {
+        ssize_t n = read(fd, &b, 1);
+        if (n == 1) return b;
+        if (n < 0 && errno == EINTR) continue;
+        return 0;
+    }
 }
 
 int cp_read_signal(int fd) {

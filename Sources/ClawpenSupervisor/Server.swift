@@ -146,50 +146,40 @@ public enum Server {
             throw .egress("\(error)")
         }
 
-        // Signals: SIGTERM/SIGINT start the shutdown on the loop. Set up before the socket is
-        // bound: a dispatch source is armed asynchronously, and a SIGTERM sent as soon as the
-        // socket answered (a test's stop, systemd's) would otherwise be ignored for good. One
-        // that comes before the socket serves is kept and acted on once it does.
+        // Signals: SIGTERM/SIGINT start the shutdown on the loop, SIGHUP (systemctl reload)
+        // the same reload as `clawpen policy reload` (a broken set is refused with the error
+        // logged, and the running policies stay). The handler is installed here, before the
+        // socket is bound, and synchronously (cp_signal_pipe): a dispatch signal source is armed
+        // asynchronously, and on a loaded machine a SIGTERM sent as soon as the socket answered
+        // (a test's stop, systemd's) came before it was and was lost for good (seen: a daemon
+        // that served on after its stop). One that comes before the socket serves is kept and
+        // acted on once it does.
         let finished = loop.makePromise(of: Void.self)
         let stopping = StopRequest()
-        let signalQueue = DispatchQueue(label: "clawpen.signals")
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
-            source.setEventHandler {
-                loop.execute {
-                    logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
-                    stopping.request { server in
-                        notifier.stopping()
-                        readiness.draining()
-                        server.close(promise: nil) // stop accepting first
-                        // With a file descriptor store the workers go on under the next run;
-                        // without one they stop, as they always did.
-                        if FDStore.capacity > 0 {
-                            supervisor.beginHandoff { finished.succeed(()) }
-                        } else {
-                            supervisor.beginShutdown { finished.succeed(()) }
-                        }
+        let signalFD = [SIGTERM, SIGINT, SIGHUP].withUnsafeBufferPointer { cp_signal_pipe($0.baseAddress, Int32($0.count)) }
+        guard signalFD >= 0 else { throw .config("cannot install the signal handlers: \(errnoString(errno))") }
+        SignalReader.start(fd: signalFD) { sig in
+            loop.execute {
+                if sig == SIGHUP {
+                    logger.notice("SIGHUP: reloading policies")
+                    try? supervisor.reloadPolicies(caller: nil)
+                    return
+                }
+                logger.notice("signal received, shutting down", metadata: ["signal": "\(sig)"])
+                stopping.request { server in
+                    notifier.stopping()
+                    readiness.draining()
+                    server.close(promise: nil) // stop accepting first
+                    // With a file descriptor store the workers go on under the next run;
+                    // without one they stop, as they always did.
+                    if FDStore.capacity > 0 {
+                        supervisor.beginHandoff { finished.succeed(()) }
+                    } else {
+                        supervisor.beginShutdown { finished.succeed(()) }
                     }
                 }
             }
-            source.resume()
-            sources.append(source)
         }
-
-        // SIGHUP (systemctl reload): the same reload as `clawpen policy reload`; a broken set is
-        // refused with the error logged, and the running policies stay.
-        signal(SIGHUP, SIG_IGN)
-        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
-        hup.setEventHandler {
-            loop.execute {
-                logger.notice("SIGHUP: reloading policies")
-                try? supervisor.reloadPolicies(caller: nil)
-            }
-        }
-        hup.resume()
-        sources.append(hup)
 
         let server: Channel
         let oldMask = umask(0o117) // the socket is created 0660
@@ -258,7 +248,6 @@ public enum Server {
         loop.execute { stopping.serving(server) }
         try? finished.futureResult.wait()
         beat?.cancel()
-        for s in sources { s.cancel() }
         try? loop.submit { supervisor.stopEgressProxy() }.wait()
         try? loop.submit { supervisor.closeAgentListeners() }.wait()
         supervisor.stopSpawnThread()
@@ -361,6 +350,21 @@ final class StopRequest: @unchecked Sendable {
             done = true
             pending = nil
             stop(channel)
+        }
+    }
+}
+
+/// Reads the signal pipe (cp_signal_pipe) for as long as the daemon runs, on a queue of its
+/// own (its blocking read holds that one thread), and hands each signal to `handle`. The
+/// signals wait in the pipe until it reads, so when the queue starts does not matter.
+enum SignalReader {
+    static func start(fd: Int32, _ handle: @escaping @Sendable (Int32) -> Void) {
+        DispatchQueue(label: "clawpen.signals").async {
+            while true {
+                let sig = cp_read_signal_pipe(fd)
+                if sig == 0 { return }
+                handle(Int32(sig))
+            }
         }
     }
 }

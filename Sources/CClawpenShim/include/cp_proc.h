@@ -29,6 +29,12 @@ int cp_drain_signalfd(int fd);
 int cp_signal_fd(const int *sigs, int count);
 /// The next signal waiting on a signalfd (its number), or 0 when none waits.
 int cp_read_signal(int fd);
+/// Installs, now, a handler for the `count` signals of `sigs` that writes each one's number
+/// into a pipe, and returns the pipe's (blocking) read end, or -1. For the daemon's SIGTERM,
+/// SIGINT and SIGHUP: nothing is lost between the call and the first read.
+int cp_signal_pipe(const int *sigs, int count);
+/// Blocks until a signal comes through `cp_signal_pipe`'s pipe; its number, or 0 at its end.
+int cp_read_signal_pipe(int fd);
 
 /// wait4 with the rusage split out. Returns pid, 0 (WNOHANG, none ready), or -1.
 pid_t cp_wait4(pid_t pid, int *status, int options, struct rusage *usage);
