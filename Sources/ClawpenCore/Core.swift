@@ -131,6 +131,7 @@ public final class Core {
         for job in jobs {
             guard let t = tenants[job.tenant] else { continue }
             t.pendingAccepts = max(0, t.pendingAccepts - 1)
+            t.pendingBytes = max(0, t.pendingBytes - job.stdin.count)
             guard joinTree(job, t) else { continue }
             t.enqueue(job, router)
             touched[t.name] = t

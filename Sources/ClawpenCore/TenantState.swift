@@ -55,6 +55,10 @@ public final class TenantState: RoutedTenant {
     var oomKillsSeen: Int64 = 0
     /// Jobs of this tenant accepted in the current tick, not yet in `queue` (max_queued counts them).
     public internal(set) var pendingAccepts = 0
+    /// Bytes of stdin the queued jobs hold in memory (`max_queued_bytes`), and those of the
+    /// jobs accepted this tick: kept by the queue verbs below.
+    public internal(set) var queuedBytes = 0
+    public internal(set) var pendingBytes = 0
     /// Moving average of the tenant's job run time, for retry_after_ms estimates.
     var averageRunMs = 10.0
     /// File operations waiting for a worker, and those on the worker (Core+Files.swift): the
@@ -78,22 +82,26 @@ public final class TenantState: RoutedTenant {
 
     func enqueue(_ job: JobRecord, _ router: Router<TenantState>) {
         queue.append(job)
+        queuedBytes += job.stdin.count
         router.accepted(self)
     }
 
     func requeueFront(_ job: JobRecord, _ router: Router<TenantState>) {
         queue.pushFront(job)
+        queuedBytes += job.stdin.count
         router.accepted(self)
     }
 
     func takeQueued(id: String, _ router: Router<TenantState>) -> JobRecord? {
         guard let job = queue.remove(id: id) else { return nil }
+        queuedBytes -= job.stdin.count
         router.removedQueued(self)
         return job
     }
 
     func takeAllQueued(_ router: Router<TenantState>) -> [JobRecord] {
         let jobs = queue.removeAll()
+        queuedBytes = 0
         router.removedQueued(self, count: jobs.count)
         return jobs
     }
@@ -101,6 +109,7 @@ public final class TenantState: RoutedTenant {
     /// Takes the next queued job and puts it on the worker.
     func startNext(now: Double) -> JobRecord? {
         guard var job = queue.popFirst() else { return nil }
+        queuedBytes -= job.stdin.count
         job.state = .running
         job.startedAt = now
         inFlight[job.id] = job

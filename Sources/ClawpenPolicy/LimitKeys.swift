@@ -35,6 +35,7 @@ enum LimitKey: String, CaseIterable, Sendable {
     case treeTimeout = "tree_timeout_s"
     case agentMaxConnections = "agent_max_connections"
     case jobRecordsMax = "job_records_max"
+    case maxQueuedBytes = "max_queued_bytes"
 
     static let networkModes = ["none", "loopback", "egress"]
     /// The longest timeout a policy may allow: one day.
@@ -45,6 +46,7 @@ enum LimitKey: String, CaseIterable, Sendable {
         self == .maxAttempts || self == .crashLoopMax || self == .crashLoopWindow || self == .crashBackoffMax
             || self == .diskMax || self == .inodesMax || self == .interactiveTimeoutMax || self == .fileMaxBytes
             || self == .egressMaxConnections || self == .agentMaxConnections || self == .jobRecordsMax
+            || self == .maxQueuedBytes
             || self == .jobRetentionDays
             || self == .maxDepth || self == .treeMaxJobs || self == .treeCPUSeconds || self == .treeTimeout
     }
@@ -136,6 +138,8 @@ enum LimitKey: String, CaseIterable, Sendable {
         case .egressMaxConnections:
             target.egressMaxConnections = try c.integer(
                 1...65_536, note: "connections one tenant's jobs may hold open through the egress proxy at the same time")
+        case .maxQueuedBytes:
+            target.maxQueuedBytes = Int(try c.size(minimum: ByteSize.mebibyte, maximum: 1 << 40))
         case .jobRecordsMax:
             target.jobRecordsMaxBytes = try c.size(minimum: ByteSize.mebibyte, maximum: 1 << 50)
         case .agentMaxConnections:

@@ -74,6 +74,10 @@ public struct TierLimits: Sendable, Equatable {
     /// the tenant; past it the oldest are purged, as retention would (RecordsBudget.swift).
     public var jobRecordsMaxBytes: Int64 = TierLimits.defaultJobRecordsMaxBytes
     public static let defaultJobRecordsMaxBytes: Int64 = 256 * ByteSize.mebibyte
+    /// `max_queued_bytes`: bytes of stdin the tenant's queued jobs may hold in the
+    /// supervisor's memory until they start.
+    public var maxQueuedBytes: Int = TierLimits.defaultMaxQueuedBytes
+    public static let defaultMaxQueuedBytes = 64 * 1024 * 1024
     /// `job_retention_days`: finished job records older than this are purged (Retention.swift).
     public var jobRetentionDays: Int = 7
     /// `max_depth`: how many levels of sub-jobs a job submitted from outside may lead to (its
@@ -174,6 +178,8 @@ public struct TierLimits: Sendable, Equatable {
         limits.agentMaxConnections = [.free: 64, .pro: 256, .enterprise: 1024][tier]!
         // Finished job records kept per tenant: the disk every tenant's store shares.
         limits.jobRecordsMaxBytes = [.free: 256 * ByteSize.mebibyte, .pro: 4 * ByteSize.gibibyte, .enterprise: 32 * ByteSize.gibibyte][tier]!
+        // Queued jobs' stdin in the supervisor's memory.
+        limits.maxQueuedBytes = [.free: 64, .pro: 256, .enterprise: 1024][tier]! * 1024 * 1024
         return limits
     }
 
@@ -283,6 +289,7 @@ public struct TenantOverride: Sendable, Equatable {
     public var egressMaxConnections: Int?
     public var agentMaxConnections: Int?
     public var jobRecordsMaxBytes: Int64?
+    public var maxQueuedBytes: Int?
     public var jobRetentionDays: Int?
     public var maxDepth: Int?
     public var treeMaxJobs: Int?
@@ -360,6 +367,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = other.egressMaxConnections { o.egressMaxConnections = v }
         if let v = other.agentMaxConnections { o.agentMaxConnections = v }
         if let v = other.jobRecordsMaxBytes { o.jobRecordsMaxBytes = v }
+        if let v = other.maxQueuedBytes { o.maxQueuedBytes = v }
         if let v = other.jobRetentionDays { o.jobRetentionDays = v }
         if let v = other.maxDepth { o.maxDepth = v }
         if let v = other.treeMaxJobs { o.treeMaxJobs = v }
@@ -401,6 +409,7 @@ public struct TenantOverride: Sendable, Equatable {
         if let v = egressMaxConnections { l.egressMaxConnections = v }
         if let v = agentMaxConnections { l.agentMaxConnections = v }
         if let v = jobRecordsMaxBytes { l.jobRecordsMaxBytes = v }
+        if let v = maxQueuedBytes { l.maxQueuedBytes = v }
         if let v = jobRetentionDays { l.jobRetentionDays = v }
         if let v = maxDepth { l.maxDepth = v }
         if let v = treeMaxJobs { l.treeMaxJobs = v }
@@ -427,6 +436,7 @@ public struct TenantOverride: Sendable, Equatable {
         o.egressMaxConnections = egressMaxConnections ?? d.egressMaxConnections
         o.agentMaxConnections = agentMaxConnections ?? d.agentMaxConnections
         o.jobRecordsMaxBytes = jobRecordsMaxBytes ?? d.jobRecordsMaxBytes
+        o.maxQueuedBytes = maxQueuedBytes ?? d.maxQueuedBytes
         o.jobRetentionDays = jobRetentionDays ?? d.jobRetentionDays
         o.maxDepth = maxDepth ?? d.maxDepth
         o.treeMaxJobs = treeMaxJobs ?? d.treeMaxJobs
@@ -456,6 +466,7 @@ public struct TenantOverride: Sendable, Equatable {
         limits.egressMaxConnections = egressMaxConnections ?? TierLimits.defaultEgressMaxConnections
         limits.agentMaxConnections = agentMaxConnections ?? TierLimits.defaultAgentMaxConnections
         limits.jobRecordsMaxBytes = jobRecordsMaxBytes ?? TierLimits.defaultJobRecordsMaxBytes
+        limits.maxQueuedBytes = maxQueuedBytes ?? TierLimits.defaultMaxQueuedBytes
         limits.egressAllow = egressAllow ?? []
         limits.secrets = secrets ?? []
         if let jobRetentionDays { limits.jobRetentionDays = jobRetentionDays }

@@ -182,6 +182,7 @@ extension Supervisor {
         lim.set("tree_timeout_s", t.limits.treeTimeoutSeconds)
         lim.set("agent_max_connections", t.limits.agentMaxConnections)
         lim.set("job_records_max", t.limits.jobRecordsMaxBytes)
+        lim.set("max_queued_bytes", t.limits.maxQueuedBytes)
         o.set("limits", lim.value)
         // Its live job trees (those with sub-jobs; docs/subjobs.md).
         let trees = core.treeSummary(t)
@@ -195,6 +196,7 @@ extension Supervisor {
         core.sampleCPUForStatus(t)
         var q = JSONObjectBuilder()
         q.set("queued", t.queue.count + t.pendingAccepts)
+        q.set("queued_bytes", t.queuedBytes + t.pendingBytes)
         q.set("running", t.runningCount)
         q.set("jobs_per_minute_available", core.tokensAvailable(t))
         q.set("cpu_seconds_last_hour", (Double(t.cpu.usedMicros(now: now)) / 1000).rounded() / 1000)

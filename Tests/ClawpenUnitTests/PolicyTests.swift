@@ -128,7 +128,7 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual([free, pro, ent].map(\.cpuMaxCores), [0.5, 1, 2])
         XCTAssertEqual([free, pro, ent].map(\.cpuWeight), [1, 4, 16])
         XCTAssertEqual([free, pro, ent].map(\.jobRetentionDays), [7, 30, 90])
-        XCTAssertEqual(TierLimits.keys.count, 33)
+        XCTAssertEqual(TierLimits.keys.count, 34)
         XCTAssertEqual([free, pro, ent].map(\.agentMaxConnections), [64, 256, 1024])
         XCTAssertEqual([free, pro, ent].map(\.maxDepth), [3, 3, 3])
         XCTAssertEqual([free, pro, ent].map(\.treeMaxJobs), [50, 50, 50])
