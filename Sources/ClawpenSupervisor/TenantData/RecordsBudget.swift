@@ -8,15 +8,13 @@ import NIOPosix
 
 /// The size retention (tier key `job_records_max`; the decisions are ClawpenCore's
 /// RecordsLedger): a tenant over its limit loses its oldest finished job records on the purge
-/// thread, in batches with a pause between, as retention's purge does.
+/// thread, in retention's batches with its pause between (RetentionState.batch, pauseMicros).
 struct RecordsBudgetState {
     var ledger = RecordsLedger()
     var timer: Scheduled<Void>?
     /// Records removed for size since the daemon started.
     var purged = 0
     var lastPassAt: Double?
-    static let batch = 200
-    static let pauseMicros: UInt32 = 20_000
     /// A pass waits this long after a tenant goes over, so that the jobs ending together are
     /// handled by one pass.
     static let debounceMillis: Int64 = 200
@@ -71,12 +69,12 @@ extension Supervisor {
                 var excess = RecordsLedger.excess(total: total, limit: limit)
                 var removed = 0
                 while excess > 0 {
-                    let (jobs, freed) = try purger.purgeOldestFinishedJobs(tenant, bytes: excess, limit: RecordsBudgetState.batch)
+                    let (jobs, freed) = try purger.purgeOldestFinishedJobs(tenant, bytes: excess, limit: RetentionState.batch)
                     if jobs == 0 { break }
                     removed += jobs
                     total -= freed
                     excess -= freed
-                    if excess > 0 { usleep(RecordsBudgetState.pauseMicros) }
+                    if excess > 0 { usleep(RetentionState.pauseMicros) }
                 }
                 out.append((tenant, max(0, total), removed))
             }
