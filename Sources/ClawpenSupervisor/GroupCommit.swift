@@ -305,14 +305,23 @@ extension Supervisor {
         _ id: String, for r: Responder, limited: Bool = true, refused: (() -> Void)? = nil,
         _ callback: @escaping (Result<JobView, ProtocolError>) -> Void
     ) -> Bool {
-        guard let refusal = waiters.add(id, owner: ObjectIdentifier(r.channel), limited: limited, callback) else { return true }
+        let tenant = r.agent?.tenant.value
+        guard let refusal = waiters.add(id, owner: ObjectIdentifier(r.channel), agentTenant: tenant, limited: limited, callback) else {
+            return true
+        }
         if let refused { refused(); return false }
-        r.fail(Self.waitRefusal(refusal, current: waiters.waits(of: ObjectIdentifier(r.channel)), all: waiters.clientWaits))
+        let all = tenant.map { waiters.waits(ofTenant: $0) } ?? waiters.clientWaits
+        r.fail(Self.waitRefusal(refusal, current: waiters.waits(of: ObjectIdentifier(r.channel)), all: all, tenant: tenant))
         return false
     }
 
-    static func waitRefusal(_ refusal: WaitRefusal, current: Int, all: Int) -> ProtocolError {
+    static func waitRefusal(_ refusal: WaitRefusal, current: Int, all: Int, tenant: String? = nil) -> ProtocolError {
         switch refusal {
+        case .tenant(let limit):
+            return ProtocolError(
+                .quotaExceeded,
+                "wait refused: tenant '\(tenant ?? "?")'s jobs already wait for \(all) job results on its agent socket, its limit (serve --client-waits \(limit), per tenant for agent sockets); the job is untouched: wait for fewer at once",
+                details: ["quota": .string("tenant_waits"), "limit": .string(String(limit)), "current": .string(String(all))])
         case .client(let limit):
             return ProtocolError(
                 .quotaExceeded,

@@ -24,10 +24,16 @@ struct JobWaiters<Callback> {
 
     let limits: WaitLimits
     private var byJob: [String: [Entry]] = [:]
-    /// Per connection: how many waits, and of which jobs (to let them go when it closes).
-    private var owned: [Owner: (count: Int, jobs: Set<String>)] = [:]
-    /// Waits held for client connections (the supervisor's own are not counted).
+    /// Per connection: how many waits, of which jobs (to let them go when it closes), and for
+    /// an agent socket's connection, its tenant.
+    private var owned: [Owner: (count: Int, jobs: Set<String>, tenant: String?)] = [:]
+    /// Waits held for control socket connections (the supervisor's own are not counted).
     private(set) var clientWaits = 0
+    /// Waits held for agent socket connections, by tenant. Their own limit, per tenant, and not
+    /// the control clients' common one: a tenant's jobs must not be able to take the waits a
+    /// service needs (nor another tenant's).
+    private var agentWaits: [String: Int] = [:]
+    var agentWaitsHeld: Int { agentWaits.values.reduce(0, +) }
     /// Waits refused over a limit since the start.
     private(set) var refusals = 0
 
@@ -40,7 +46,7 @@ struct JobWaiters<Callback> {
     /// limit when `limited` (a `job.wait`, a resubmission's wait, a cancel's); an accepted
     /// submit's own wait is counted but never refused (its job is already accepted, and the
     /// tenant's queue quota bounds how many there are).
-    mutating func add(_ id: String, owner: Owner?, limited: Bool = true, _ callback: Callback) -> WaitRefusal? {
+    mutating func add(_ id: String, owner: Owner?, agentTenant: String? = nil, limited: Bool = true, _ callback: Callback) -> WaitRefusal? {
         if let owner {
             let mine = owned[owner]?.count ?? 0
             if limited {
@@ -48,16 +54,21 @@ struct JobWaiters<Callback> {
                     refusals += 1
                     return .client(limit: limits.perClient)
                 }
-                if clientWaits >= limits.allClients {
+                if let agentTenant {
+                    if agentWaits[agentTenant, default: 0] >= limits.perClient {
+                        refusals += 1
+                        return .tenant(limit: limits.perClient)
+                    }
+                } else if clientWaits >= limits.allClients {
                     refusals += 1
                     return .allClients(limit: limits.allClients)
                 }
             }
-            var o = owned[owner] ?? (0, [])
+            var o = owned[owner] ?? (0, [], agentTenant)
             o.count += 1
             o.jobs.insert(id)
             owned[owner] = o
-            clientWaits += 1
+            count(o.tenant, +1)
         }
         byJob[id, default: []].append(Entry(owner: owner, callback: callback))
         return nil
@@ -79,8 +90,19 @@ struct JobWaiters<Callback> {
             entries.removeAll { $0.owner == owner }
             byJob[id] = entries.isEmpty ? nil : entries
         }
-        clientWaits -= o.count
+        count(o.tenant, -o.count)
         return o.count
+    }
+
+    func waits(ofTenant tenant: String) -> Int { agentWaits[tenant] ?? 0 }
+
+    private mutating func count(_ tenant: String?, _ delta: Int) {
+        guard let tenant else {
+            clientWaits += delta
+            return
+        }
+        let n = agentWaits[tenant, default: 0] + delta
+        agentWaits[tenant] = n > 0 ? n : nil
     }
 
     /// Every wait, by job (the daemon is stopping); none is held after.
@@ -89,6 +111,7 @@ struct JobWaiters<Callback> {
         byJob.removeAll()
         owned.removeAll()
         clientWaits = 0
+        agentWaits.removeAll()
         return all
     }
 
@@ -96,7 +119,7 @@ struct JobWaiters<Callback> {
         guard var o = owned[owner] else { return }
         o.count -= count
         if jobDone { o.jobs.remove(id) }
-        clientWaits -= count
+        self.count(o.tenant, -count)
         owned[owner] = o.count > 0 ? o : nil
     }
 }
@@ -122,4 +145,6 @@ public struct WaitLimits: Sendable, Equatable {
 enum WaitRefusal: Equatable {
     case client(limit: Int)
     case allClients(limit: Int)
+    /// An agent socket's connections of one tenant together (the same number as per client).
+    case tenant(limit: Int)
 }

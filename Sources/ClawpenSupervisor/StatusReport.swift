@@ -107,6 +107,7 @@ extension Supervisor {
         w.set("client_limit", waiters.limits.perClient)
         w.set("all_clients_limit", waiters.limits.allClients)
         w.set("refused", waiters.refusals)
+        w.set("agent_held", waiters.agentWaitsHeld)
         o.set("waits", w.value)
         // AgentConnections: what tenants' jobs hold on their agent sockets.
         var a = JSONObjectBuilder()

@@ -27,6 +27,32 @@ final class JobWaitersTests: XCTestCase {
         XCTAssertEqual(w.clientWaits, 6)
     }
 
+    /// An agent socket's connections count per tenant, not against the control clients' common
+    /// limit: a tenant's jobs cannot take the waits a service needs, nor another tenant's.
+    func testAgentWaitsAreBoundedPerTenantAndLeaveTheCommonLimitAlone() {
+        let c = Conn(), d = Conn()
+        var w = JobWaiters<Int>(limits: WaitLimits(perClient: 3, allClients: 4))
+        // Two connections of tenant t: three waits between them.
+        XCTAssertNil(w.add("j", owner: ida, agentTenant: "t", 1))
+        XCTAssertNil(w.add("j", owner: ida, agentTenant: "t", 2))
+        XCTAssertNil(w.add("k", owner: idb, agentTenant: "t", 3))
+        XCTAssertEqual(w.add("k", owner: idb, agentTenant: "t", 4), .tenant(limit: 3))
+        XCTAssertEqual(w.waits(ofTenant: "t"), 3)
+        XCTAssertEqual(w.clientWaits, 0, "not the control clients' count")
+        // Another tenant and a service are not held by it.
+        XCTAssertNil(w.add("j", owner: ObjectIdentifier(c), agentTenant: "u", 5))
+        for i in 0..<3 { XCTAssertNil(w.add("j", owner: ObjectIdentifier(d), 10 + i)) }
+        XCTAssertEqual(w.clientWaits, 3)
+        XCTAssertEqual(w.agentWaitsHeld, 4)
+        // Closing and the job's end let them go.
+        XCTAssertEqual(w.drop(owner: idb), 1)
+        XCTAssertEqual(w.waits(ofTenant: "t"), 2)
+        XCTAssertEqual(w.take("j").count, 6)
+        XCTAssertEqual(w.waits(ofTenant: "t"), 0)
+        XCTAssertEqual(w.agentWaitsHeld, 0)
+        XCTAssertEqual(w.clientWaits, 0)
+    }
+
     func testWaitersHearInOrderAndAreLetGo() {
         var w = JobWaiters<Int>(limits: WaitLimits(perClient: 10, allClients: 10))
         _ = w.add("j", owner: ida, 1)
