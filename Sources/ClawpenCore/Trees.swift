@@ -329,6 +329,12 @@ extension Core {
         returnLend(of: waiter, t)
     }
 
+    /// Whether `waiter` still lends its slot while it waits for `target` (the lend ends with
+    /// the target, the waiter, or `agentWaitEnded`).
+    public func isLending(_ tenant: TenantName, waiter: String, target: String) -> Bool {
+        tenants[tenant]?.lendsByTarget[target]?.contains(waiter) ?? false
+    }
+
     /// `target` ended: the jobs that waited for it count again (those still running).
     func endLends(for target: String, _ t: TenantState) {
         guard let waiters = t.lendsByTarget.removeValue(forKey: target) else { return }

@@ -53,8 +53,9 @@ public final class Supervisor: @unchecked Sendable {
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel),
     /// with each connection's count against its limit (JobWaiters.swift).
     lazy var waiters = JobWaiters<(Result<JobView, ProtocolError>) -> Void>(limits: config.waitLimits)
-    /// Agent waits that lent their job's run slot, by connection, until answered: a connection
-    /// that closes first takes its lends back (Requests+Agent.swift).
+    /// Agent waits that lent their job's run slot, by connection (those whose lend ended are
+    /// dropped as new ones come): a connection that closes takes its lends back
+    /// (Requests+Agent.swift).
     var agentLends: [ObjectIdentifier: [AgentLend]] = [:]
     /// Audit rows of refusals and of the proxy's reports, coalesced (AuditWindow.swift).
     var auditWindow = AuditWindow()

@@ -230,8 +230,10 @@ final class TreeTests: XCTestCase {
         let child = try sub(root, "child")
         shell.perform(shell.core.agentWaitBegan(t, waiter: root.id, target: child.id).1)
         XCTAssertNotNil(shell.core.runningJob(child.id, tenant: t))
+        XCTAssertTrue(shell.core.isLending(t, waiter: root.id, target: child.id))
         // The agent hangs up: the root counts again while its child runs on.
         shell.core.agentWaitEnded(t, waiter: root.id, target: child.id)
+        XCTAssertFalse(shell.core.isLending(t, waiter: root.id, target: child.id))
         XCTAssertEqual(shell.tenant(t).lentSlots, [:])
         XCTAssertEqual(shell.core.running, 2, "both count: the root took its slot back")
         let second = try sub(root, "second")

@@ -51,11 +51,7 @@ extension Supervisor {
                     if view.state.isFinal {
                         r.job(view)
                     } else {
-                        let answered = { [self] (result: Result<JobView, ProtocolError>) in
-                            agentWaitAnswered(r, target: id)
-                            r.job(result)
-                        }
-                        if addWaiter(id, for: r, answered) { lendWhileAgentWaits(r, for: id) }
+                        if addWaiter(id, for: r, { r.job($0) }) { lendWhileAgentWaits(r, for: id) }
                     }
                     return
                 }
@@ -135,16 +131,16 @@ extension Supervisor {
     func lendWhileAgentWaits(_ r: Responder, for target: String) {
         guard let agent = r.agent, let waiter = agent.jobID else { return }
         let (lent, actions) = core.agentWaitBegan(agent.tenant, waiter: waiter, target: target)
-        if lent { agentLends[ObjectIdentifier(r.channel), default: []].append(AgentLend(tenant: agent.tenant, waiter: waiter, target: target)) }
+        if lent {
+            // The core says which lends still stand (each ends with its target, whichever way
+            // the connection heard of it): those that ended are forgotten here as new ones come.
+            let key = ObjectIdentifier(r.channel)
+            var lends = agentLends[key] ?? []
+            lends.removeAll { !core.isLending($0.tenant, waiter: $0.waiter, target: $0.target) }
+            lends.append(AgentLend(tenant: agent.tenant, waiter: waiter, target: target))
+            agentLends[key] = lends
+        }
         perform(actions)
-    }
-
-    /// The wait was answered (its target ended, which returned the lend): forget it.
-    func agentWaitAnswered(_ r: Responder, target: String) {
-        let key = ObjectIdentifier(r.channel)
-        guard var lends = agentLends[key], let i = lends.firstIndex(where: { $0.target == target }) else { return }
-        lends.remove(at: i)
-        agentLends[key] = lends.isEmpty ? nil : lends
     }
 
     /// The connection closed with waits unanswered: their jobs count again (ClawpenCore,
