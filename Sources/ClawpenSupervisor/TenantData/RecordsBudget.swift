@@ -12,9 +12,6 @@ import NIOPosix
 struct RecordsBudgetState {
     var ledger = RecordsLedger()
     var timer: Scheduled<Void>?
-    /// Records removed for size since the daemon started.
-    var purged = 0
-    var lastPassAt: Double?
     /// A pass waits this long after a tenant goes over, so that the jobs ending together are
     /// handled by one pass.
     static let debounceMillis: Int64 = 200
@@ -47,16 +44,15 @@ extension Supervisor {
     }
 
     /// One pass: measures the due tenants (or all), purges the oldest finished records of each
-    /// one over its limit until 90 % of it is left. `completion` hears the records removed.
-    func runRecordsPass(all: Bool, completion: ((Int) -> Void)? = nil) {
-        guard !tenantData.records.ledger.passRunning else { completion?(0); return }
+    /// one over its limit until 90 % of it is left.
+    func runRecordsPass(all: Bool) {
+        guard !tenantData.records.ledger.passRunning else { return }
         let due = tenantData.records.ledger.passStarted()
         let tenants: [(TenantName, Int64)] = core.tenants.values
             .filter { (all || due.contains($0.name.value)) && !tenantData.book.isOffboarding($0.name) }
             .map { ($0.name, $0.limits.jobRecordsMaxBytes) }
         guard !tenants.isEmpty else {
             _ = tenantData.records.ledger.passEnded()
-            completion?(0)
             return
         }
         recentJobs.removeAll()
@@ -81,14 +77,11 @@ extension Supervisor {
             return out
         }.whenComplete { [self] result in
             recentJobs.removeAll()
-            tenantData.records.lastPassAt = Clock.now()
-            var total = 0
             switch result {
             case .success(let measured):
                 for (tenant, bytes, removed) in measured {
                     tenantData.records.ledger.measured(tenant.value, bytes: bytes)
                     guard removed > 0 else { continue }
-                    total += removed
                     let limit = core.tenants[tenant]?.limits.jobRecordsMaxBytes ?? 0
                     audit(
                         tenant: tenant, caller: nil, action: "jobs.purged", rule: "job_records_max",
@@ -97,12 +90,10 @@ extension Supervisor {
                         "finished job records purged for size",
                         metadata: ["tenant": "\(tenant)", "jobs": "\(removed)", "rule": "job_records_max", "limit": "\(limit)"])
                 }
-                tenantData.records.purged += total
             case .failure(let error):
                 logger.error("size purge of job records failed; tried again when a tenant next goes over", metadata: ["error": "\(error)"])
             }
             if tenantData.records.ledger.passEnded() { scheduleRecordsPass() }
-            completion?(total)
         }
     }
 }
