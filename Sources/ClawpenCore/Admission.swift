@@ -127,8 +127,9 @@ extension Core {
             )
         }
         let queued = t.queue.count + t.pendingAccepts
+        // What one queued job adds to the wait for a slot, for retry_after_ms.
+        let perSlot = max(1.0, t.averageRunMs) / Double(max(1, limits.maxConcurrentRuns))
         if queued >= limits.maxQueued {
-            let perSlot = max(1.0, t.averageRunMs) / Double(max(1, limits.maxConcurrentRuns))
             let wait = max(100, Int((Double(queued - limits.maxQueued + 1) * perSlot).rounded(.up)))
             return QuotaRefusal(
                 quota: "max_queued", limit: "\(limits.maxQueued)", current: "\(queued)", retryAfterMs: wait,
@@ -141,7 +142,6 @@ extension Core {
         let held = t.queuedBytes + t.pendingBytes
         if stdinBytes > 0, held + stdinBytes > limits.maxQueuedBytes {
             let alone = stdinBytes > limits.maxQueuedBytes
-            let perSlot = max(1.0, t.averageRunMs) / Double(max(1, limits.maxConcurrentRuns))
             let wait = alone ? nil : max(100, Int((Double(max(1, t.queue.count)) * perSlot).rounded(.up)))
             let advice =
                 alone

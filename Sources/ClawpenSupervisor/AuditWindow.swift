@@ -106,9 +106,17 @@ extension Supervisor {
     /// A refused request's audit row, through the window: the first of its kind at once with
     /// `detail`, the repeats within the window as one summary row.
     func auditRefusal(tenant: TenantName?, caller: Responder?, action: String, rule: String, request: String, detail: String?, traceID: String? = nil) {
-        let key = AuditWindow.Key(tenant: tenant, kind: .refusal, action: action, rule: rule, subject: request)
+        auditCoalesced(
+            AuditWindow.Key(tenant: tenant, kind: .refusal, action: action, rule: rule, subject: request), caller: caller,
+            firstDetail: detail, traceID: traceID)
+    }
+
+    /// One report through the window: the rows it makes due now (a first row carries
+    /// `firstDetail` when given, else the window's own), and the flush of the rest later.
+    func auditCoalesced(_ key: AuditWindow.Key, caller: Responder? = nil, firstDetail: String? = nil, traceID: String? = nil) {
         for row in auditWindow.record(key, now: Clock.monotonic()) {
-            audit(tenant: tenant, caller: caller, action: action, rule: rule, detail: row.summary ? row.detail : detail, traceID: traceID)
+            let detail = row.summary ? row.detail : firstDetail ?? row.detail
+            audit(tenant: key.tenant, caller: caller, action: key.action, rule: key.rule, detail: detail, traceID: traceID)
         }
         scheduleAuditWindowFlush()
     }

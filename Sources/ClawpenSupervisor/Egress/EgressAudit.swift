@@ -1,13 +1,8 @@
-import ClawpenSystem
 import ClawpenWire
 
 extension Supervisor {
     /// One `egress.denied` or `secret.used` report, through the window (AuditWindow).
     func egressAudit(_ tenant: TenantName, action: String, rule: String, host: String, port: Int64) {
-        let key = AuditWindow.Key(tenant: tenant, kind: .egress, action: action, rule: rule, subject: host, port: port)
-        for row in auditWindow.record(key, now: Clock.monotonic()) {
-            audit(tenant: tenant, caller: nil, action: action, rule: rule, detail: row.detail)
-        }
-        scheduleAuditWindowFlush()
+        auditCoalesced(AuditWindow.Key(tenant: tenant, kind: .egress, action: action, rule: rule, subject: host, port: port))
     }
 }
