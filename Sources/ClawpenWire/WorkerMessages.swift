@@ -3,14 +3,18 @@
 
 /// The worker protocol's version, exchanged at a handoff (`handoff`/`adopt`): a supervisor
 /// adopts only workers whose version it speaks (docs/reliability.md, "Upgrade without killing
-/// tenants"). Raise it with any change to a message's layout.
+/// tenants"). Raise it with any change to a message's layout or meaning.
+/// 2: the adoption answer also lists the jobs that ended while the worker was between two
+/// supervisors (their results are among the frames it held); a version 1 worker left them out.
 public enum WorkerProtocol {
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     /// The versions this build's supervisor can adopt.
-    public static let adoptable: ClosedRange<UInt32> = 1...1
+    public static let adoptable: ClosedRange<UInt32> = 2...2
 }
 
-/// A worker's answer to `adopt`.
+/// A worker's answer to `adopt`. `jobs`: every job it owes a result for, in the order they
+/// started: those running and those that ended after `handoff` (whose `finished` frames follow
+/// the answer, with whatever else it held).
 public struct AdoptedState: Equatable, Sendable {
     public struct Job: Equatable, Sendable {
         public var jobID: String

@@ -34,6 +34,10 @@ public final class Worker {
     /// in order, and sent once the successor has adopted the worker, so that the old supervisor
     /// reads nothing after the worker's `handoffReady` and the new one everything after.
     private var held: [[UInt8]]? = nil
+    /// Jobs that ended while frames were held: their results are among the held frames, so the
+    /// adoption answer lists them with the running ones (the successor must take them as in
+    /// flight, or it would run them again and take the held result for the new run's).
+    private var endedWhileHeld: [(startedAt: UInt64, job: AdoptedState.Job)] = []
     private var jobByPID: [Int32: String] = [:]
     private var launcher: JobLauncher
     private var sigchldFD: Int32 = -1
@@ -301,16 +305,20 @@ public final class Worker {
         log("handed off (\(jobs.count) job(s) running); waiting for the next supervisor")
     }
 
-    /// The successor took the socket: who this is and what runs, then what was held.
+    /// The successor took the socket: who this is and every job it owes a result for (running,
+    /// or ended with the result held), then what was held.
     private func adopted() {
         let frames = held ?? []
         held = nil
-        let running = jobs.values.sorted { $0.startedAt < $1.startedAt }.map {
-            AdoptedState.Job(jobID: $0.id, pid: $0.pid, slot: $0.cgroup.flatMap { UInt32($0.name.dropFirst(4)) } ?? 0, options: $0.options)
+        let running = jobs.values.map {
+            ($0.startedAt, AdoptedState.Job(jobID: $0.id, pid: $0.pid, slot: $0.cgroup.flatMap { UInt32($0.name.dropFirst(4)) } ?? 0, options: $0.options))
         }
-        send(.adopted(AdoptedState(version: WorkerProtocol.version, pid: getpid(), tenant: config.tenant?.value ?? "", jobs: running)))
+        let owed = (running + endedWhileHeld).sorted { $0.0 < $1.0 }.map(\.1)
+        let ended = endedWhileHeld.count
+        endedWhileHeld = []
+        send(.adopted(AdoptedState(version: WorkerProtocol.version, pid: getpid(), tenant: config.tenant?.value ?? "", jobs: owed)))
         for frame in frames { frame.withUnsafeBytes { send(frame: $0) } }
-        log("adopted by a new supervisor (\(running.count) job(s) running, \(frames.count) frame(s) held)")
+        log("adopted by a new supervisor (\(running.count) job(s) running, \(ended) ended meanwhile, \(frames.count) frame(s) held)")
     }
 
     private func start(_ request: RunRequest) {
@@ -435,6 +443,8 @@ public final class Worker {
             if job.stdoutFD >= 0 { drainRemaining(&job, stdout: true); close(job.stdoutFD); job.stdoutFD = -1 }
             if job.stderrFD >= 0 { drainRemaining(&job, stdout: false); close(job.stderrFD); job.stderrFD = -1 }
             jobs[id] = nil
+            // No cgroup slot: it is released below and may go to a job the successor starts.
+            if held != nil { endedWhileHeld.append((job.startedAt, AdoptedState.Job(jobID: job.id, pid: job.pid, slot: 0, options: job.options))) }
             report(makeReport(job))
             if let cg = job.cgroup, !launcher.jobCgroups.release(cg) { cgroupsToRemove.append(cg) }
         }
