@@ -10,8 +10,11 @@
 ///   of its streams at output_max_bytes = 1 MiB, each escaped up to six-fold as JSON) with room to
 ///   spare, so a client that reads is never cut off in the middle of a reply.
 /// * `allClients` (`--all-clients-buffer-bytes`): bytes queued for all connections together, plus
-///   every connection's half-received frame. Over it, the connections holding the most are
-///   disconnected, the biggest first, until the rest fit.
+///   every connection's half-received frame. Over it, the holder of the most goes first, until
+///   the rest fit: a holder is one control connection, or all the agent connections of one
+///   tenant together (so that a tenant that opens many connections, each under its own budget,
+///   pays for what they hold together, and not a service with one large reply); of a tenant's,
+///   its biggest connection goes.
 ///
 /// A connection's half-received frame counts toward `allClients` only: one frame is already
 /// bounded by `--max-frame-bytes`, and is what an ordinary upload of a large file chunk looks
@@ -74,6 +77,9 @@ public struct ClientLedger: Sendable {
         public var queued = 0
         /// Bytes of the frame it is sending, received so far.
         public var inbound = 0
+        /// The tenant whose agent socket it came through (nil: a control connection, a holder
+        /// of its own).
+        public var group: String?
         public var held: Int { queued + inbound }
     }
 
@@ -85,6 +91,10 @@ public struct ClientLedger: Sendable {
         public var inbound: Int
         /// All connections' bytes when the rule was broken (this one's included).
         public var total: Int
+        /// Over `allClients`, for an agent connection: its tenant, and what all that tenant's
+        /// agent connections held together (this one's included).
+        public var group: String? = nil
+        public var groupHeld: Int? = nil
     }
 
     public var budget: ClientBudget
@@ -101,7 +111,8 @@ public struct ClientLedger: Sendable {
     public var queuedTotal: Int { entries.values.reduce(0) { $0 + $1.queued } }
     public var inboundTotal: Int { entries.values.reduce(0) { $0 + $1.inbound } }
 
-    public mutating func open(_ id: UInt64) { entries[id] = entries[id] ?? Entry() }
+    /// A new connection; `group`: the tenant of an agent socket's connection.
+    public mutating func open(_ id: UInt64, group: String? = nil) { entries[id] = entries[id] ?? Entry(group: group) }
 
     /// The connection is gone: what it held is released.
     public mutating func close(_ id: UInt64) {
@@ -141,26 +152,49 @@ public struct ClientLedger: Sendable {
         return overAll(trigger: id)
     }
 
-    /// Over the all-clients budget: the connections holding the most go, the biggest first,
-    /// until the rest fit. Among equals, `trigger` (whose bytes broke the budget) goes first,
-    /// then the newest, so that the decision does not depend on the dictionary's order.
-    /// (As bytes come one report at a time, one eviction is always enough: what went over is at
-    /// most what the trigger added, and the biggest holds at least that.)
+    /// Over the all-clients budget: holders go, the one holding the most first, until the rest
+    /// fit (a holder: a control connection, or one tenant's agent connections together; of a
+    /// tenant's, the biggest). Among equals, the one with `trigger` (whose bytes broke the
+    /// budget) goes first, then the newest, so that the decision does not depend on the
+    /// dictionary's order.
     private mutating func overAll(trigger: UInt64) -> [Eviction] {
         var out: [Eviction] = []
         while total > budget.allClients {
-            // One pass for the biggest (not a sort: there may be thousands of connections).
-            var best: (id: UInt64, held: Int)?
+            // One pass for each holder's bytes and its biggest connection (not a sort: there may
+            // be thousands of connections).
+            var holders: [String: (held: Int, biggest: UInt64, biggestHeld: Int)] = [:]
+            // `key`: the id it is compared by among equals (a tenant's: the trigger if it is
+            // one of them, else its biggest); `id`: the connection that goes.
+            var best: (key: UInt64, held: Int, id: UInt64, group: String?)?
+            func better(_ key: UInt64, _ held: Int, than b: (key: UInt64, held: Int, id: UInt64, group: String?)?) -> Bool {
+                guard let b else { return true }
+                if held != b.held { return held > b.held }
+                return b.key != trigger && (key == trigger || key > b.key)
+            }
             for (id, e) in entries where e.held > 0 {
-                guard let b = best else { best = (id, e.held); continue }
-                if e.held != b.held {
-                    if e.held > b.held { best = (id, e.held) }
-                } else if b.id != trigger && (id == trigger || id > b.id) {
-                    best = (id, e.held)
+                guard let g = e.group else {
+                    if better(id, e.held, than: best) { best = (id, e.held, id, nil) }
+                    continue
                 }
+                var h = holders[g] ?? (0, id, e.held)
+                h.held += e.held
+                if e.held > h.biggestHeld || (e.held == h.biggestHeld && h.biggest != trigger && (id == trigger || id > h.biggest)) {
+                    h.biggest = id; h.biggestHeld = e.held
+                }
+                holders[g] = h
+            }
+            let triggerGroup = entries[trigger]?.group
+            for (g, h) in holders {
+                let key = triggerGroup == g ? trigger : h.biggest
+                if better(key, h.held, than: best) { best = (key, h.held, h.biggest, g) }
             }
             guard let best else { break }
-            out.append(evict(best.id, .allClientsBudget))
+            var eviction = evict(best.id, .allClientsBudget)
+            if let g = best.group {
+                eviction.group = g
+                eviction.groupHeld = best.held
+            }
+            out.append(eviction)
         }
         return out
     }

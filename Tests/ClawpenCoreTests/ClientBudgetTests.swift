@@ -83,6 +83,52 @@ final class ClientBudgetTests: XCTestCase {
         XCTAssertEqual(l.total, 0)
     }
 
+    /// A tenant's agent connections hold together: many of them, each under its own budget
+    /// and each smaller than a service's one large reply, are what goes over the all-clients
+    /// budget, not the service.
+    func testATenantsAgentConnectionsAreOneHolderAndGoBeforeAServiceWithLess() {
+        var l = ClientLedger(budget: ClientBudget(perClient: 16 * MiB, allClients: 40 * MiB))
+        l.open(1) // a service
+        for id: UInt64 in 2...11 { l.open(id, group: "flood") }
+        l.open(12, group: "quiet")
+        XCTAssertEqual(l.queued(1, bytes: 12 * MiB), [], "the service's one large reply")
+        XCTAssertEqual(l.queued(12, bytes: 1 * MiB), [])
+        for id: UInt64 in 2...10 { XCTAssertEqual(l.queued(id, bytes: 3 * MiB), []) }
+        // 12 + 1 + 27 = 40: at the budget. 3 more on 11: 43 > 40; the flooding tenant holds 30,
+        // more than the service's 12: its biggest (11, the one that went over, among equals) goes.
+        let out = l.queued(11, bytes: 3 * MiB)
+        XCTAssertEqual(out.map(\.id), [11])
+        XCTAssertEqual(out.first?.group, "flood")
+        XCTAssertEqual(out.first?.groupHeld, 30 * MiB)
+        XCTAssertEqual(l.total, 40 * MiB)
+        // Its biggest goes first, and as many as it takes: 7 more on 2 (10 MiB): 47, flood 34.
+        XCTAssertEqual(l.queued(2, bytes: 7 * MiB).map(\.id), [2], "the tenant's biggest")
+        XCTAssertEqual(l.queued(3, bytes: 9 * MiB).map(\.id), [3], "flood holds 33 of 46")
+        XCTAssertNotNil(l.entries[1], "the service is never the one that goes")
+        XCTAssertNotNil(l.entries[12], "nor the quiet tenant")
+        // A control connection is its own holder: once it holds the most, it goes.
+        XCTAssertEqual(l.queued(1, bytes: 13 * MiB).map(\.id), [1], "25 MiB, more than flood's 21")
+        XCTAssertNil(l.entries[1])
+    }
+
+    func testAmongEqualHoldersTheOneWithTheTriggerGoesFirst() {
+        var l = ClientLedger(budget: ClientBudget(perClient: 16 * MiB, allClients: 8 * MiB - 1))
+        l.open(1)
+        l.open(2, group: "t")
+        l.open(3, group: "t")
+        XCTAssertEqual(l.queued(1, bytes: 4 * MiB), [])
+        XCTAssertEqual(l.queued(2, bytes: 2 * MiB), [])
+        // t holds 4 with 3's 2 more, as much as the service; 3 went over, so t goes (3 of it).
+        XCTAssertEqual(l.queued(3, bytes: 2 * MiB).map(\.id), [3])
+        XCTAssertEqual(l.total, 6 * MiB)
+        // Equal (t 4, a service 4) when the service went over: the service goes.
+        var m = ClientLedger(budget: ClientBudget(perClient: 16 * MiB, allClients: 8 * MiB - 1))
+        m.open(1)
+        m.open(2, group: "t")
+        XCTAssertEqual(m.queued(2, bytes: 4 * MiB), [])
+        XCTAssertEqual(m.queued(1, bytes: 4 * MiB).map(\.id), [1])
+    }
+
     func testHalfReceivedFramesCountTowardAllClientsOnly() {
         var l = ledger(perClient: 1 * MiB, allClients: 40 * MiB, connections: 1000)
         // A frame of 15.9 MiB in the making is not over the per-client budget (that is replies'),

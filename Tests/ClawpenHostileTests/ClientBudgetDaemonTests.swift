@@ -154,6 +154,52 @@ final class ClientBudgetDaemonTests: XCTestCase {
         XCTAssertTrue(try daemon.eventually(5) { try clients()["inbound_bytes"]?.intValue == 0 }, "\(clientsText())")
     }
 
+    /// One tenant's job holding many agent connections, each under its own budget, cannot make
+    /// the common budget cut a service's connection that holds more than any one of them: a
+    /// tenant's agent connections hold together, and the tenant pays. Before, the biggest single
+    /// connection went first: the service's. The attack is harmless if it works: it only holds
+    /// bytes of the test's own daemon.
+    func testATenantsAgentConnectionsPayForWhatTheyHoldTogetherNotAService() throws {
+        try start(["--max-frame-bytes", "1048576", "--client-buffer-bytes", "262144", "--all-clients-buffer-bytes", "4194304"])
+        try daemon.assertSandboxed("a")
+        // The service: 900,000 bytes of a 1,000,000-byte request (a ping behind spaces).
+        let request = Array(#"{"type":"ping","id":7}"#.utf8)
+        let payload = [UInt8](repeating: 0x20, count: 1_000_000 - request.count) + request
+        let service = try RawSocket(daemon.socket)
+        service.send(Framing.frame(payload).prefix(4 + 900_000).map { $0 })
+        XCTAssertTrue(try daemon.eventually(5) { (try clients()["inbound_bytes"]?.intValue ?? 0) >= 900_000 }, clientsText())
+
+        // The tenant's job: 12 agent connections of 400,000 bytes each (4.8 MB together).
+        let holder = """
+            import socket, os, time
+            held = []
+            for i in range(12):
+                s = socket.socket(socket.AF_UNIX); s.connect(os.environ["CLAWPEN_SOCKET"])
+                try:
+                    s.sendall(bytes([0x00, 0x0F, 0x42, 0x40]) + b" " * 400000)
+                except OSError:
+                    pass  # this one was cut already
+                held.append(s); time.sleep(0.05)
+            time.sleep(3)
+            """
+        XCTAssertEqual(try runCLI(["cp", "-", "a:/home/hold.py"], socket: daemon.socket, stdin: holder).status, 0)
+        let job = try daemon.detach("a", ["python3", "/home/hold.py"], timeout: 60)
+        XCTAssertTrue(try daemon.eventually(20) { try disconnects("all_clients_budget") >= 1 }, clientsText())
+        XCTAssertTrue(try daemon.eventually(20) { try daemon.connect().job(.jobGet(jobID: job.id)).job.state.isFinal })
+        let c = try clients()
+        XCTAssertLessThanOrEqual(c["peak_bytes"]?.intValue ?? .max, (4 << 20) + 1_000_000, "\(c)")
+        XCTAssertTrue(daemon.log.contains("its tenant's agent connections together held the most"), daemon.log)
+        XCTAssertTrue(daemon.log.contains("tenant_agent_bytes="), daemon.log)
+
+        // The service was not cut: the rest of its request is answered.
+        XCTAssertFalse(service.isClosedByPeer(), "the service's connection is kept: \(daemon.log)")
+        service.send(Framing.frame(payload).suffix(from: 4 + 900_000).map { $0 })
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(service.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let reply = service.readFrame()
+        XCTAssertEqual(reply?["type"]?.stringValue, "pong", "\(String(describing: reply)) \(daemon.log)")
+    }
+
     /// Idle, never-reading and flooding clients at once (the bench's `hostile-clients` at a
     /// smaller scale; CLAWPEN_HEAVY_TESTS=1 runs it at the full 1,000 / 100 / 10). Each wait pile
     /// asks for 100 views of a job with 1 MB of output: four times its budget, so it is cut off

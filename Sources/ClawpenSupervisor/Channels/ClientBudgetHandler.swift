@@ -25,10 +25,11 @@ final class ClientTable {
 
     var budget: ClientBudget { ledger.budget }
 
-    func open(_ handler: ClientBudgetHandler) -> UInt64 {
+    /// `group`: the tenant of an agent socket's connection (its connections hold together).
+    func open(_ handler: ClientBudgetHandler, group: String?) -> UInt64 {
         lastID += 1
         handlers[lastID] = handler
-        ledger.open(lastID)
+        ledger.open(lastID, group: group)
         return lastID
     }
 
@@ -87,19 +88,22 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
     }
 
     private let table: ClientTable
+    /// The tenant whose agent socket this connection came through (nil: the control socket).
+    private let group: String?
     private var id: UInt64 = 0
     private var context: ChannelHandlerContext?
     let link: ClientLink
     private var evicted: ClientDisconnectReason? { link.closing }
 
-    init(table: ClientTable) {
+    init(table: ClientTable, group: String? = nil) {
         self.table = table
+        self.group = group
         link = ClientLink(views: table.views)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        id = table.open(self)
+        id = table.open(self, group: group)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -155,12 +159,19 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
         case .allClientsBudget:
             flag = "--all-clients-buffer-bytes"
             metadata["budget_bytes"] = "\(budget.allClients)"
+            if let g = e.group, let held = e.groupHeld {
+                metadata["tenant"] = "\(g)"
+                metadata["tenant_agent_bytes"] = "\(held)"
+            }
         }
         if let cred = Self.peer(channel) {
             metadata["peer_pid"] = "\(cred.pid)"
             metadata["peer_uid"] = "\(cred.uid)"
         }
-        let what = e.reason == .clientBudget ? "its own replies queued unread" : "the most of all clients' queued bytes"
+        let what =
+            e.reason == .clientBudget
+            ? "its own replies queued unread"
+            : e.group == nil ? "the most of all clients' queued bytes" : "its tenant's agent connections together held the most of all clients' queued bytes"
         logger.warning(
             "disconnected a client over its buffer budget (\(flag)): \(what); its jobs go on", metadata: metadata)
         // Nothing of ours waits ahead of it (the connection held only the frame it was sending):
@@ -186,8 +197,12 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
         case .clientBudget:
             message = "this connection has \(e.queued) bytes of replies queued unread, over \(flag) (\(limit)); closing the connection"
         case .allClientsBudget:
+            let holder =
+                e.groupHeld.map {
+                    "this tenant's agent connections held the most together (\($0) bytes), this one the most of them"
+                } ?? "this connection held the most"
             message =
-                "the supervisor holds \(e.total) bytes for its clients, over \(flag) (\(limit)), and this connection held the most (\(e.inbound) bytes of an unfinished frame, \(e.queued) of replies); closing the connection"
+                "the supervisor holds \(e.total) bytes for its clients, over \(flag) (\(limit)), and \(holder) (\(e.inbound) bytes of an unfinished frame, \(e.queued) of replies); closing the connection"
         }
         return ProtocolError(.quotaExceeded, message, details: ["rule": .string(e.reason.rawValue), "limit": .int(Int64(limit))])
     }
@@ -209,7 +224,7 @@ extension Supervisor {
     func addClientHandlers(
         _ channel: Channel, parser: NIOThreadPool, maxFrameBytes: Int, partialTimeout: TimeAmount, agentTenant: TenantName? = nil
     ) throws {
-        let budget = ClientBudgetHandler(table: clients)
+        let budget = ClientBudgetHandler(table: clients, group: agentTenant?.value)
         let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, partialTimeout: partialTimeout, runs: true)
         decoder.onBuffered = { [weak budget] bytes in budget?.inboundBuffered(bytes) }
         try channel.pipeline.syncOperations.addHandlers(
