@@ -37,6 +37,14 @@ public struct ServeConfig: Sendable {
     /// The same for all connections together, with their half-received frames
     /// (`--all-clients-buffer-bytes`); nil: ClientBudget.defaultAllClients(perClient:maxFrameBytes:).
     public var allClientsBufferBytes: Int?
+    /// Control socket connections from one peer uid and from all (`--max-clients-per-uid`,
+    /// `--max-clients`; ControlConnections); nil: derived from RLIMIT_NOFILE.
+    public var maxClientsPerUID: Int?
+    public var maxClients: Int?
+    public func controlConnections(descriptors: Int) -> ControlConnections {
+        let all = maxClients ?? ControlConnections.defaultAll(descriptors: descriptors)
+        return ControlConnections(all: all, perUID: maxClientsPerUID ?? ControlConnections.defaultPerUID(all: all))
+    }
     public var clientBudget: ClientBudget {
         ClientBudget(
             perClient: clientBufferBytes,

@@ -193,6 +193,13 @@ public enum Server {
                 .childChannelOption(ChannelOptions.recvAllocator, value: Supervisor.bulkReads)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        // --max-clients-per-uid and --max-clients (ControlConnectionLimit.swift).
+                        let (refusal, uid) = supervisor.controlConnectionOpened(channel)
+                        if let refusal {
+                            try channel.pipeline.syncOperations.addHandler(CloseWithError(frame: refusal))
+                            return
+                        }
+                        channel.closeFuture.whenComplete { _ in supervisor.controlConnectionClosed(uid: uid) }
                         try supervisor.addClientHandlers(channel, parser: parser, maxFrameBytes: maxFrame, partialTimeout: partialTimeout)
                     }
                 }
@@ -211,6 +218,7 @@ public enum Server {
         // The umask made the socket 0660 at bind: no chmod after it, which would race with
         // whatever an operator (or a test) set once the socket answered.
         umask(oldMask)
+        loop.execute { supervisor.controlListenerBound(server) }
         readiness.serving()
         logger.notice(
             "clawpen serving",

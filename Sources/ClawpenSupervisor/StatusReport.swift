@@ -116,6 +116,19 @@ extension Supervisor {
         a.set("paused_tenants", agent.paused.count)
         a.set("refused", agent.connections.refused)
         o.set("agent_connections", a.value)
+        // ControlConnections: the control socket's connections, per peer uid and for all.
+        var c = JSONObjectBuilder()
+        c.set("held", control.connections.total)
+        c.set("limit", control.connections.all)
+        c.set("per_uid_limit", control.connections.perUID)
+        c.set("listener_paused", control.paused)
+        c.set("refused_per_uid", control.connections.refusedPerUID)
+        c.set("refused_all", control.connections.refusedAll)
+        c.set(
+            "top_uids",
+            JSONValue.array(
+                control.connections.topHolders(3).map { JSONValue.object([("uid", .int(Int64($0.uid))), ("held", .int(Int64($0.held)))]) }))
+        o.set("control_connections", c.value)
         // Fairness between clients (LoopTicks.swift): how often a tick's budget ran out (clients
         // gave way) and how many connections wait in line now.
         if let ticks = loopTicks {

@@ -97,6 +97,8 @@ public final class Supervisor: @unchecked Sendable {
     var streams = StreamTable()
     /// Every client connection and the bytes held for it, against the budgets (ClientBudgetHandler.swift).
     lazy var clients = ClientTable(budget: config.clientBudget, logger: logger)
+    /// The control socket's connections against their limits (ControlConnectionLimit.swift).
+    lazy var control = ControlSocketState(connections: config.controlConnections(descriptors: AgentState.descriptorLimit()))
     var runtimeCounters = RuntimeCounters()
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]

@@ -68,6 +68,20 @@ struct ServeCommand: ParsableCommand {
     @Option(
         name: .customLong("all-clients-waits"),
         help: "The same for all client connections together (default 65536; quota all_clients_waits).") var allClientsWaits: Int?
+    @Option(
+        name: .customLong("max-clients"),
+        help: ArgumentHelp(
+            "Connections the control socket holds at once (default: a quarter of the raised RLIMIT_NOFILE, at least 256).",
+            discussion:
+                "At the limit the socket stops accepting until one closes; further connections wait in the kernel's backlog. Each connection is a descriptor the supervisor shares with its workers and store."
+        )) var maxClients: Int?
+    @Option(
+        name: .customLong("max-clients-per-uid"),
+        help: ArgumentHelp(
+            "Control socket connections one peer uid (SO_PEERCRED) may hold at once (default: half of --max-clients).",
+            discussion:
+                "One more from that uid is accepted and closed at once with quota_exceeded (quota client_connections_per_uid), so that a service that leaks connections is told and other uids are still served."
+        )) var maxClientsPerUID: Int?
     @Option(name: .customLong("fsync-accepts"), help: "fsync each accepted job before acknowledging it: true or false (default true).") var fsyncAccepts: Bool?
     @Option(
         name: .customLong("dispatch"),
@@ -156,6 +170,14 @@ struct ServeCommand: ParsableCommand {
         if let v = allClientsWaits {
             guard v >= 1 else { throw ServeExit.usage("--all-clients-waits must be an integer >= 1, not \(v)") }
             cfg.waitLimits.allClients = v
+        }
+        if let v = maxClients {
+            guard v >= 1 else { throw ServeExit.usage("--max-clients must be an integer >= 1, not \(v)") }
+            cfg.maxClients = v
+        }
+        if let v = maxClientsPerUID {
+            guard v >= 1 else { throw ServeExit.usage("--max-clients-per-uid must be an integer >= 1, not \(v)") }
+            cfg.maxClientsPerUID = v
         }
         if let v = prespawn { cfg.prespawnWorkers = v }
         if let v = dispatch {
@@ -267,7 +289,8 @@ enum ConfigFile {
     static let knownKeys = [
         "socket", "state-dir", "workspace-root", "policies", "worker-path", "idle-timeout", "max-frame-bytes", "shutdown-grace", "prespawn",
         "partial-frame-timeout", "fsync-accepts", "dispatch", "max-running", "reserved-slots", "require-cgroup-limits", "log-level", "metrics-listen",
-        "client-buffer-bytes", "all-clients-buffer-bytes", "client-requests-per-second", "client-waits", "all-clients-waits",
+        "client-buffer-bytes", "all-clients-buffer-bytes", "client-requests-per-second", "client-waits", "all-clients-waits", "max-clients",
+        "max-clients-per-uid",
         "master-key-file", "egress-ca-file", "uid-min", "uid-max",
     ]
 
@@ -340,6 +363,12 @@ enum ConfigFile {
             case "all_clients_waits":
                 guard let i = e.value.integerValue, i >= 1 else { throw bad("an integer >= 1") }
                 cfg.waitLimits.allClients = Int(i)
+            case "max_clients":
+                guard let i = e.value.integerValue, i >= 1 else { throw bad("an integer >= 1") }
+                cfg.maxClients = Int(i)
+            case "max_clients_per_uid":
+                guard let i = e.value.integerValue, i >= 1 else { throw bad("an integer >= 1") }
+                cfg.maxClientsPerUID = Int(i)
             case "all_clients_buffer_bytes":
                 guard let i = e.value.integerValue, i >= ClientBudget.minimumPerClient else { throw bad("an integer >= \(ClientBudget.minimumPerClient)") }
                 cfg.allClientsBufferBytes = Int(i)

@@ -208,7 +208,7 @@ final class ClientBudgetHandler: ChannelDuplexHandler {
     }
 
     /// SO_PEERCRED of the connection, read now (it is open: the kernel still knows).
-    private static func peer(_ channel: Channel) -> PeerCredentials? {
+    static func peer(_ channel: Channel) -> PeerCredentials? {
         guard let provider = channel as? SocketOptionProvider else { return nil }
         let read: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
             level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
