@@ -31,6 +31,29 @@ struct Status: ParsableCommand {
         } while watch
     }
 
+    /// The supervisor's clients in one line: what the control and agent sockets hold against
+    /// their limits, and what was refused or cut (only when something was).
+    static func clientsLine(_ c: JSONValue) -> String {
+        func n(_ v: JSONValue?) -> Int64 { v?.intValue ?? 0 }
+        let control = c["control_connections"] ?? .null, agent = c["agent_connections"] ?? .null
+        var out = "clients: control \(n(control["held"]))/\(n(control["limit"])) connections"
+        if control["listener_paused"]?.boolValue == true { out += " (AT ITS LIMIT: not accepting)" }
+        let refusedUID = n(control["refused_per_uid"]), refusedAll = n(control["refused_all"])
+        if refusedUID + refusedAll > 0 {
+            out += ", \(refusedUID + refusedAll) refused"
+            if let top = control["top_uids"]?.arrayValue?.first, n(top["held"]) >= n(control["per_uid_limit"]) {
+                out += " (uid \(n(top["uid"])) holds its \(n(control["per_uid_limit"])))"
+            }
+        }
+        out += "; agent sockets \(n(agent["held"]))/\(n(agent["all_limit"]))"
+        if n(agent["paused_tenants"]) > 0 { out += " (\(n(agent["paused_tenants"])) tenant(s) at their limit)" }
+        if case .object(let byReason)? = c["disconnects"] {
+            let cut = byReason.reduce(Int64(0)) { $0 + ($1.1.intValue ?? 0) }
+            if cut > 0 { out += "; \(cut) disconnected over buffer budgets" }
+        }
+        return out
+    }
+
     static func render(_ s: JSONValue) -> String {
         let sup = s["supervisor"] ?? .null
         let cg = sup["cgroup"] ?? .null
@@ -48,6 +71,7 @@ struct Status: ParsableCommand {
             out += "\nrouter: \(r["dispatch"]?.stringValue ?? "?") dispatch, running \(r["running"]?.intValue ?? 0)/\(r["max_running"]?.intValue ?? 0)"
             out += " (\(r["reserved_slots"]?.intValue ?? 0) kept for tenants with nothing running), queued \(r["queued"]?.intValue ?? 0)"
         }
+        if let c = sup["clients"], case .object = c { out += "\n" + Self.clientsLine(c) }
         out += "\n\n"
         var rows = [
             ["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REFUSED", "MEMORY", "CPU", "ENFORCED"]

@@ -98,6 +98,13 @@ final class ControlConnectionLimitTests: XCTestCase {
         // One closed: the uid is served again.
         held.removeLast()
         XCTAssertTrue(daemon.eventually(5) { (try? daemon.connect().call(.ping))?["type"]?.stringValue == "pong" })
+        // The operator's view names it (root holds 11, the status request the 12th).
+        var table = ""
+        XCTAssertTrue(
+            daemon.eventually(5) {
+                table = (try? runCLI(["status"], socket: daemon.socket).stdout) ?? ""
+                return table.contains("clients: control 12/100 connections, 200 refused (uid 0 holds its 12)")
+            }, table)
         XCTAssertTrue(
             daemon.eventually(5) { (try? daemon.status())?["supervisor"]?["clients"]?["control_connections"]?["refused_per_uid"]?.intValue ?? 0 >= 200 },
             daemon.log)
