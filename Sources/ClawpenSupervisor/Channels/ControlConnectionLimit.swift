@@ -11,8 +11,11 @@ struct ControlSocketState {
     /// The listening channel, once bound: paused (autoRead off) while all connections are held.
     var listener: Channel?
     var paused = false
-    /// Uids told in the log that they are at their limit (once until they go below it).
-    var warnedUIDs: Set<UInt32> = []
+    /// When each uid was last logged at its limit, and the common limit: at most one warning
+    /// per `warnEverySeconds` each, since a client can go to its limit and back without end.
+    var warnedUIDs: [UInt32: Double] = [:]
+    var warnedAll: Double = -.infinity
+    static let warnEverySeconds = 10.0
 }
 
 extension Supervisor {
@@ -32,30 +35,44 @@ extension Supervisor {
         refreshControlListener()
         switch verdict {
         case .accepted:
-            if control.connections.held(by: uid) == control.connections.perUID, control.warnedUIDs.insert(uid).inserted {
+            if control.connections.held(by: uid) == control.connections.perUID, shouldWarn(&control.warnedUIDs[uid, default: -.infinity]) {
+                if control.warnedUIDs.count > 1024 { control.warnedUIDs = [uid: Clock.monotonic()] }
                 logger.warning(
                     "control socket: a peer uid holds its limit of connections (--max-clients-per-uid); more from it are refused until some close",
                     metadata: ["peer_uid": "\(uid)", "limit": "\(control.connections.perUID)"])
             }
             return (nil, uid)
         case .overUID(let held):
-            let e = ProtocolError(
-                .quotaExceeded,
-                "peer uid \(uid) holds \(held) connections to the control socket, its limit (--max-clients-per-uid \(control.connections.perUID)): close one first",
-                details: ["quota": .string("client_connections_per_uid"), "limit": .int(Int64(control.connections.perUID)), "current": .int(Int64(held))])
-            return (Reply.error(e, id: .null), uid)
+            return (
+                controlRefusal(
+                    "peer uid \(uid) holds \(held) connections to the control socket, its limit (--max-clients-per-uid \(control.connections.perUID)): close one first",
+                    quota: "client_connections_per_uid", limit: control.connections.perUID, held: held), uid
+            )
         case .overAll(let held):
-            let e = ProtocolError(
-                .quotaExceeded,
-                "the control socket holds \(held) connections, its limit (--max-clients \(control.connections.all)): try again when some close",
-                details: ["quota": .string("client_connections"), "limit": .int(Int64(control.connections.all)), "current": .int(Int64(held))])
-            return (Reply.error(e, id: .null), uid)
+            return (
+                controlRefusal(
+                    "the control socket holds \(held) connections, its limit (--max-clients \(control.connections.all)): try again when some close",
+                    quota: "client_connections", limit: control.connections.all, held: held), uid
+            )
         }
+    }
+
+    private func controlRefusal(_ message: String, quota: String, limit: Int, held: Int) -> [UInt8] {
+        let e = ProtocolError(
+            .quotaExceeded, message, details: ["quota": .string(quota), "limit": .int(Int64(limit)), "current": .int(Int64(held))])
+        return Reply.error(e, id: .null)
+    }
+
+    /// True (and `last` set to now) when the last warning of its kind is old enough.
+    private func shouldWarn(_ last: inout Double) -> Bool {
+        let now = Clock.monotonic()
+        guard now - last >= ControlSocketState.warnEverySeconds else { return false }
+        last = now
+        return true
     }
 
     func controlConnectionClosed(uid: UInt32) {
         control.connections.closed(uid: uid)
-        if control.connections.held(by: uid) < control.connections.perUID { control.warnedUIDs.remove(uid) }
         refreshControlListener()
     }
 
@@ -65,7 +82,7 @@ extension Supervisor {
         let accepts = control.connections.accepts
         guard accepts == control.paused, let listener = control.listener else { return }
         control.paused = !accepts
-        if control.paused {
+        if control.paused, shouldWarn(&control.warnedAll) {
             logger.warning(
                 "control socket: all connections reached --max-clients; it accepts again when some close",
                 metadata: ["limit": "\(control.connections.all)"])
