@@ -40,6 +40,30 @@ final class AgentConnectionLimitTests: XCTestCase {
         time.sleep(float(sys.argv[2]))
         """
 
+    /// A job at its limit that closes one connection and opens another, over and over: each
+    /// time the listener is paused again. Before, each pause was a warning in the journal all
+    /// tenants share (300 cycles, 300 lines); now one per 10 s.
+    func testGoingToTheLimitAndBackIsLoggedOncePerWindow() throws {
+        let cycler = """
+            import socket, os, time
+            path = os.environ["CLAWPEN_SOCKET"]; held = []
+            for i in range(\(Self.limit)):
+                s = socket.socket(socket.AF_UNIX); s.connect(path); held.append(s)
+            time.sleep(0.5)
+            for i in range(300):
+                held.pop(0).close()
+                s = socket.socket(socket.AF_UNIX); s.connect(path); held.append(s)
+                time.sleep(0.005)
+            print("cycled", flush=True)
+            """
+        XCTAssertEqual(try runCLI(["cp", "-", "flood:/home/cycle.py"], socket: daemon.socket, stdin: cycler).status, 0)
+        let done = try daemon.run("flood", ["python3", "/home/cycle.py"], timeout: 60)
+        XCTAssertEqual(done.stdout, "cycled\n", done.stderr)
+        let lines = daemon.log.components(separatedBy: "the tenant's jobs hold agent_max_connections").count - 1
+        XCTAssertEqual(lines, 1, "one warning for the window, not one per pause: \(lines)")
+        XCTAssertEqual(try daemon.run("good", ["echo", "hi"]).stdout, "hi\n")
+    }
+
     func testATenantsJobsCannotTakeTheSupervisorsDescriptors() throws {
         XCTAssertEqual(try runCLI(["cp", "-", "flood:/home/hold.py"], socket: daemon.socket, stdin: Self.holder).status, 0)
         _ = try daemon.run("flood", ["true"])

@@ -102,6 +102,12 @@ struct AgentState {
     var connections = AgentConnections(allLimit: AgentConnections.allLimit(descriptors: Self.descriptorLimit()))
     var paused: Set<TenantName> = []
     var allWereHeld = false
+    /// When each tenant's pause and the common one were last logged: a job can go to its limit
+    /// and back without end (close one, open one), and each pause would be a line in the
+    /// journal every tenant shares. At most one per `warnEverySeconds` each.
+    var pauseWarnedAt: [TenantName: Double] = [:]
+    var allHeldWarnedAt = -Double.infinity
+    static let warnEverySeconds = 10.0
 
     static func descriptorLimit() -> Int {
         var rl = rlimit()
@@ -247,7 +253,9 @@ extension Supervisor {
     func refreshAgentListeners(_ name: TenantName?) {
         let allHeld = agent.connections.allHeld
         let names = name == nil || allHeld != agent.allWereHeld ? Array(agent.listeners.keys) : [name!]
-        if allHeld && !agent.allWereHeld {
+        let now = Clock.monotonic()
+        if allHeld && !agent.allWereHeld && now - agent.allHeldWarnedAt >= AgentState.warnEverySeconds {
+            agent.allHeldWarnedAt = now
             logger.warning(
                 "agent sockets: all tenants' connections reached the common limit; no agent socket accepts until some close",
                 metadata: ["all_limit": "\(agent.connections.allLimit)"])
@@ -262,7 +270,8 @@ extension Supervisor {
                 agent.paused.remove(n)
             } else {
                 agent.paused.insert(n)
-                if !allHeld {
+                if !allHeld && now - agent.pauseWarnedAt[n, default: -.infinity] >= AgentState.warnEverySeconds {
+                    agent.pauseWarnedAt[n] = now
                     logger.warning(
                         "agent socket: the tenant's jobs hold agent_max_connections connections; it accepts no more until one closes",
                         metadata: ["tenant": "\(n)", "rule": "agent_max_connections", "limit": "\(limit)"])
