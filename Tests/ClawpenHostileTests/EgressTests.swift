@@ -586,7 +586,10 @@ final class EgressTests: XCTestCase {
         XCTAssertTrue(job.stdout.contains("fourth HTTP/1.1 503 Service Unavailable True"), job.stdout)
         XCTAssertTrue(job.stdout.contains("after HTTP/1.1 200"), "a closed connection frees its place: \(job.stdout)")
         XCTAssertTrue(try audit("c").contains("egress_max_connections"))
-        XCTAssertTrue(try sh("a", "curl --noproxy '' -sS http://localhost:\(h)/other-tenant").stdout.contains("path=/other-tenant"))
+        // Failed once in a full run under load (empty output, cause not found): what curl said
+        // and the daemon's log, for the next time.
+        let other = try sh("a", "curl --noproxy '' -sS http://localhost:\(h)/other-tenant")
+        XCTAssertTrue(other.stdout.contains("path=/other-tenant"), "stdout \(other.stdout) stderr \(other.stderr) \(daemon.log.suffix(3000))")
     }
 
     /// A connection ends when its exchange does, however the two sides close: the next
