@@ -109,7 +109,11 @@ static void child_main(const struct cp_spawn_request *req, const struct cp_child
 
     if (req->cwd != NULL && chdir(req->cwd) != 0) child_fail(report, CP_STEP_CHDIR);
     for (int i = 0; i < req->rlimit_count; i++) {
-        struct rlimit rl = {(rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard};
+        // No higher than what was inherited (raising a hard limit is not ours to do; lower is
+        // only stricter).
+        struct rlimit cur, rl = {(rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard};
+        if (getrlimit(req->rlimits[i].resource, &cur) == 0 && cur.rlim_max < rl.rlim_max) rl.rlim_max = cur.rlim_max;
+        if (rl.rlim_cur > rl.rlim_max) rl.rlim_cur = rl.rlim_max;
         if (setrlimit(req->rlimits[i].resource, &rl) != 0) child_fail(report, CP_STEP_RLIMIT);
     }
     umask(req->umask_value);

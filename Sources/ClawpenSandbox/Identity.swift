@@ -10,9 +10,16 @@ enum Identity {
         try StepFailure.check("sethostname") { cp_sethostname(ctx.plan.tenant) }
     }
 
+    /// The plan's ceilings, each no higher than the hard limit the worker was started with:
+    /// raising a hard limit needs CAP_SYS_RESOURCE in the first user namespace, so a host (or a
+    /// unit's LimitNOFILE=) below the plan's 4096 descriptors would otherwise fail every
+    /// worker's setup. A lower limit is only stricter.
     static func rlimits(_ ctx: SetupContext) throws(StepFailure) {
         for l in ctx.plan.workerLimits {
-            var rl = rlimit(rlim_cur: rlim_t(l.soft), rlim_max: rlim_t(l.hard))
+            var current = rlimit()
+            let inherited = getrlimit(__rlimit_resource_t(UInt32(l.resource)), &current) == 0 ? UInt64(current.rlim_max) : UInt64.max
+            let hard = min(l.hard, inherited)
+            var rl = rlimit(rlim_cur: rlim_t(min(l.soft, hard)), rlim_max: rlim_t(hard))
             try StepFailure.check("setrlimit \(SandboxPlan.limitName(l.resource))") { setrlimit(__rlimit_resource_t(UInt32(l.resource)), &rl) }
         }
     }
