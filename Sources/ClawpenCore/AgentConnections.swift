@@ -11,6 +11,11 @@
 public struct AgentConnections: Sendable {
     /// All tenants' agent connections together (derived from the supervisor's descriptor limit).
     public let allLimit: Int
+    /// Connections every tenant may hold whatever the others hold (at most its own limit): the
+    /// common limit does not let some tenants' jobs shut every other tenant's agent socket. What
+    /// this adds above `allLimit` is bounded by the tenants with running jobs (connections come
+    /// from jobs and close with them), at most `floor` each.
+    public let floor: Int
     public private(set) var total = 0
     private var byTenant: [String: Int] = [:]
     /// Connections closed at once because they came past a limit (a listener accepts a few in
@@ -19,7 +24,12 @@ public struct AgentConnections: Sendable {
     /// Times a tenant's listener was paused at its own limit, or all were at `allLimit`.
     public private(set) var pauses = 0
 
-    public init(allLimit: Int) { self.allLimit = max(1, allLimit) }
+    public static let defaultFloor = 16
+
+    public init(allLimit: Int, floor: Int = Self.defaultFloor) {
+        self.allLimit = max(1, allLimit)
+        self.floor = max(0, floor)
+    }
 
     public func held(by tenant: String) -> Int { byTenant[tenant] ?? 0 }
 
@@ -27,7 +37,7 @@ public struct AgentConnections: Sendable {
     /// closed now (it is not counted).
     public mutating func opened(_ tenant: String, limit: Int) -> Bool {
         let mine = held(by: tenant)
-        guard mine < limit, total < allLimit else {
+        guard mine < limit, total < allLimit || mine < floor else {
             refused += 1
             return false
         }
@@ -44,9 +54,13 @@ public struct AgentConnections: Sendable {
     }
 
     /// Whether `tenant`'s listener should take connections now.
-    public func accepts(_ tenant: String, limit: Int) -> Bool { held(by: tenant) < limit && total < allLimit }
+    public func accepts(_ tenant: String, limit: Int) -> Bool {
+        let mine = held(by: tenant)
+        return mine < limit && (total < allLimit || mine < floor)
+    }
 
-    /// Whether every listener is held at the common limit.
+    /// Whether the common limit is reached (every listener of a tenant at its floor or above is
+    /// held).
     public var allHeld: Bool { total >= allLimit }
 
     /// The common limit for a supervisor allowed `descriptors` open files: half of them, so

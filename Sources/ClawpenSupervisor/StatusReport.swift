@@ -113,6 +113,7 @@ extension Supervisor {
         var a = JSONObjectBuilder()
         a.set("held", agent.connections.total)
         a.set("all_limit", agent.connections.allLimit)
+        a.set("tenant_floor", agent.connections.floor)
         a.set("paused_tenants", agent.paused.count)
         a.set("refused", agent.connections.refused)
         o.set("agent_connections", a.value)

@@ -20,7 +20,7 @@ final class AgentConnectionsTests: XCTestCase {
     }
 
     func testTheCommonLimitHoldsEveryTenantAndLetsGoWhenOneCloses() {
-        var c = AgentConnections(allLimit: 4)
+        var c = AgentConnections(allLimit: 4, floor: 0)
         XCTAssertTrue(c.opened("a", limit: 10))
         XCTAssertTrue(c.opened("a", limit: 10))
         XCTAssertTrue(c.opened("b", limit: 10))
@@ -31,6 +31,27 @@ final class AgentConnectionsTests: XCTestCase {
         c.closed("b")
         XCTAssertFalse(c.allHeld)
         XCTAssertTrue(c.accepts("d", limit: 10))
+    }
+
+    /// Tenants that fill the common limit do not shut everyone else's socket: a tenant below
+    /// the floor is still taken, up to it (and never past its own limit).
+    func testATenantBelowTheFloorIsTakenWhenOthersHoldTheCommonLimit() {
+        var c = AgentConnections(allLimit: 6, floor: 2)
+        for _ in 0..<3 { XCTAssertTrue(c.opened("big1", limit: 100)) }
+        for _ in 0..<3 { XCTAssertTrue(c.opened("big2", limit: 100)) }
+        XCTAssertTrue(c.allHeld)
+        XCTAssertFalse(c.accepts("big1", limit: 100), "above its floor: held at the common limit")
+        XCTAssertFalse(c.opened("big2", limit: 100))
+        XCTAssertTrue(c.accepts("small", limit: 100), "below the floor: taken")
+        XCTAssertTrue(c.opened("small", limit: 100))
+        XCTAssertTrue(c.opened("small", limit: 100))
+        XCTAssertFalse(c.accepts("small", limit: 100), "at the floor: held like the others")
+        XCTAssertFalse(c.opened("small", limit: 100))
+        XCTAssertEqual(c.total, 8, "the common limit plus the floor of one tenant")
+        XCTAssertTrue(c.opened("tiny", limit: 1))
+        XCTAssertFalse(c.accepts("tiny", limit: 1), "never past its own limit")
+        c.closed("small")
+        XCTAssertTrue(c.accepts("small", limit: 100), "below its floor again")
     }
 
     func testAClosedConnectionNobodyCountedChangesNothing() {

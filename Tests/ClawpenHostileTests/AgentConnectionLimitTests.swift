@@ -64,6 +64,36 @@ final class AgentConnectionLimitTests: XCTestCase {
         XCTAssertEqual(try daemon.run("good", ["echo", "hi"]).stdout, "hi\n")
     }
 
+    /// Tenants that fill the common limit (half the supervisor's descriptors) do not shut every
+    /// other tenant's agent socket: each keeps its floor (16). The supervisor runs with 256
+    /// descriptors here, so that one tenant fills the common limit (128) alone.
+    func testATenantKeepsItsFloorWhenOthersHoldTheCommonLimit() throws {
+        daemon.cleanup()
+        let dir = try Daemon.tempDir()
+        let policies = try Daemon.policiesWithOverrides(in: dir, ["flood": "agent_max_connections = 1000\n"])
+        let d = try Daemon(dir: dir, policies: policies)
+        d.launcher = ["/usr/bin/prlimit", "--nofile=256:256", "--"]
+        daemon = try d.start()
+        try daemon.createTenant("flood")
+        try daemon.createTenant("good")
+        try daemon.assertSandboxed("flood")
+        let clients = try daemon.status()["supervisor"]?["clients"]?["agent_connections"]
+        XCTAssertEqual(clients?["all_limit"]?.intValue, 128, "\(String(describing: clients))")
+        XCTAssertEqual(clients?["tenant_floor"]?.intValue, 16)
+        XCTAssertEqual(try runCLI(["cp", "-", "flood:/home/hold.py"], socket: daemon.socket, stdin: Self.holder).status, 0)
+        let job = try daemon.detach("flood", ["python3", "/home/hold.py", "300", "20"], timeout: 60)
+        XCTAssertTrue(
+            try daemon.eventually(10) { try daemon.tenantStatus("flood")["quotas"]?["agent_connections"]?.intValue == 128 },
+            "flood holds the common limit: \(String(describing: try? daemon.tenantStatus("flood")["quotas"]))")
+        // The neighbour's job reaches its own agent socket at once, within its floor.
+        let started = Date()
+        let ping = try daemon.run("good", ["sh", "-c", Self.client + " ping"], timeout: 20)
+        XCTAssertEqual(ping.exitCode, 0, ping.stderr + daemon.log.suffix(2000))
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10, "not held until the flood ends")
+        XCTAssertEqual(try daemon.tenantStatus("flood")["quotas"]?["agent_connections"]?.intValue, 128, "flood got no more meanwhile")
+        _ = try? daemon.connect().job(.jobCancel(jobID: job.id))
+    }
+
     func testATenantsJobsCannotTakeTheSupervisorsDescriptors() throws {
         XCTAssertEqual(try runCLI(["cp", "-", "flood:/home/hold.py"], socket: daemon.socket, stdin: Self.holder).status, 0)
         _ = try daemon.run("flood", ["true"])

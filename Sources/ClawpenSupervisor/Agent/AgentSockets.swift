@@ -294,7 +294,7 @@ extension Supervisor {
             let all = agent.connections.allLimit
             e = ProtocolError(
                 .quotaExceeded,
-                "the supervisor holds \(agent.connections.total) agent socket connections, its limit for all tenants (half its RLIMIT_NOFILE): try again when some close",
+                "the supervisor holds \(agent.connections.total) agent socket connections, its limit for all tenants (half its RLIMIT_NOFILE), and tenant '\(name)' holds \(held), its floor of \(agent.connections.floor) or more: try again when some close",
                 details: ["quota": .string("all_agent_connections"), "limit": .string(String(all)), "current": .string(String(agent.connections.total))])
         }
         return Reply.error(e, id: .null)
