@@ -76,7 +76,9 @@ final class AgentConnectionLimitTests: XCTestCase {
         daemon = try d.start()
         try daemon.createTenant("flood")
         try daemon.createTenant("good")
+        // A hard limit below the sandbox's 4096 stays (before, every worker's setup failed).
         try daemon.assertSandboxed("flood")
+        XCTAssertEqual(try daemon.run("good", ["sh", "-c", "ulimit -Hn"]).stdout, "256\n")
         let clients = try daemon.status()["supervisor"]?["clients"]?["agent_connections"]
         XCTAssertEqual(clients?["all_limit"]?.intValue, 128, "\(String(describing: clients))")
         XCTAssertEqual(clients?["tenant_floor"]?.intValue, 16)
