@@ -99,6 +99,14 @@ final class TenantDataTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: daemon.workspaceRoot + "/acme"), "workspace removed")
         XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "keep me", "the link was removed, not followed")
         XCTAssertEqual(try cli(["secret", "list", "acme"]).status, 64, "the tenant and its secrets are gone")
+        // Its agent socket too: the listener (a descriptor of the daemon) and its directory.
+        XCTAssertFalse(FileManager.default.fileExists(atPath: daemon.stateDir + "/agent/acme"), "agent socket directory removed")
+        // A bound socket keeps its path in /proc/net/unix until it is closed, unlinked or not.
+        let unixSockets = (try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8)) ?? ""
+        XCTAssertTrue(
+            daemon.eventually(5) { !((try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8)) ?? "").contains(daemon.stateDir + "/agent/acme/") },
+            "acme's agent listener is closed: \(unixSockets.split(separator: "\n").filter { $0.contains("/agent/") })")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: daemon.stateDir + "/agent/bob/clawpen.sock"), "bob's is kept")
         // Not one job marker, secret or key of acme left in the state dir.
         daemon.stop()
         for marker in ["OUT-7001-o1", "secret-o1"] { XCTAssertEqual(filesContain(daemon.stateDir, marker), [], marker) }

@@ -300,6 +300,22 @@ extension Supervisor {
         return Reply.error(e, id: .null)
     }
 
+    /// The tenant is gone (offboarded): its listener closes, and its socket and directory go.
+    /// Before, each offboarded tenant left its listener open (a descriptor) and its directory
+    /// in the state dir until the daemon stopped: a platform that churns tenants ran out.
+    func agentTenantRemoved(_ name: TenantName) {
+        agent.listeners.removeValue(forKey: name)?.close(promise: nil)
+        agent.paused.remove(name)
+        agent.pauseWarnedAt[name] = nil
+        if let fd = agent.directoryFDs.removeValue(forKey: name) { close(fd) }
+        // Root's, in the state dir; the sandbox had it read-only, so nothing in it is the tenant's.
+        let dir = agentDirectory(name)
+        if unlink(dir + "/" + Self.agentSocketName) != 0 && errno != ENOENT {
+            logger.warning("cannot remove the tenant's agent socket", metadata: ["tenant": "\(name)", "error": "\(errnoString(errno))"])
+        }
+        _ = rmdir(dir)
+    }
+
     func closeAgentListeners() {
         for channel in agent.listeners.values { channel.close(promise: nil) }
         agent.listeners.removeAll()

@@ -260,6 +260,7 @@ extension Supervisor {
                     while try store.removeJobs(name, limit: 1000) > 0 {}
                 case .retireUID:
                     _ = core.removeTenant(name)
+                    agentTenantRemoved(name)
                     try store.retireTenant(name, uid: e.uid, now: Clock.now())
                     _ = cgroups?.tryRemove(tenant: name)
                 case .removeAudit:
