@@ -552,6 +552,26 @@ final class EgressTests: XCTestCase {
         XCTAssertEqual(heads.components(separatedBy: secret).count, 2, "the value went in X-Api-Key only: \(heads)")
     }
 
+    /// An offboarded tenant's CA goes with it: from the state dir and from memory, so that a
+    /// tenant created later under the same name, in the same run of the daemon, gets a new one.
+    func testOffboardingRemovesTheTenantsCAAndTheNextOfTheNameGetsANewOne() throws {
+        try start()
+        XCTAssertEqual(try sh("u", "true").state, .succeeded)
+        let pem = daemon.stateDir + "/egress/u-ca.pem", key = daemon.stateDir + "/egress/u-ca.key"
+        XCTAssertTrue(FileManager.default.fileExists(atPath: key))
+        let before = try String(contentsOfFile: pem, encoding: .utf8)
+        let r = try runCLI(["tenant", "offboard", "u", "--now"], socket: daemon.socket)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pem), "the CA certificate is removed")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: key), "the CA key is removed")
+        try daemon.createTenant("u", tier: "pro")
+        let job = try sh("u", "cat \"$SSL_CERT_FILE\"")
+        XCTAssertEqual(job.state, .succeeded, job.stderr)
+        let after = try String(contentsOfFile: pem, encoding: .utf8)
+        XCTAssertNotEqual(before, after, "a new CA for the new tenant of the name")
+        XCTAssertFalse(job.stdout.contains(before.trimmingCharacters(in: .whitespacesAndNewlines)), "its sandbox does not trust the old one")
+    }
+
     func testOneTenantCannotHoldMoreThanItsEgressMaxConnections() throws {
         try start()
         let h = up.httpPort

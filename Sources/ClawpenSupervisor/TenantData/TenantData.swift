@@ -261,6 +261,7 @@ extension Supervisor {
                 case .retireUID:
                     _ = core.removeTenant(name)
                     agentTenantRemoved(name)
+                    egressTenantRemoved(name)
                     try store.retireTenant(name, uid: e.uid, now: Clock.now())
                     _ = cgroups?.tryRemove(tenant: name)
                 case .removeAudit:
