@@ -51,6 +51,14 @@ public struct RecordsLedger: Sendable {
         bytes[tenant] = total + (addedDuringPass[tenant] ?? 0)
     }
 
+    /// The tenant's records were removed (offboarding): nothing is counted for the name, so a
+    /// tenant created later under it starts at 0.
+    public mutating func forget(_ tenant: String) {
+        bytes[tenant] = nil
+        addedDuringPass[tenant] = nil
+        due.remove(tenant)
+    }
+
     /// The pass ended. True: more became due while it ran.
     public mutating func passEnded() -> Bool {
         passRunning = false

@@ -30,4 +30,14 @@ final class RecordsLedgerTests: XCTestCase {
         XCTAssertTrue(l.passEnded(), "due again: another pass follows")
         XCTAssertEqual(l.passStarted(), ["a"])
     }
+
+    func testAForgottenTenantStartsAtNothing() {
+        var l = RecordsLedger()
+        XCTAssertTrue(l.finished("a", size: 2000, limit: 1000))
+        l.forget("a")
+        XCTAssertEqual(l.held(by: "a"), 0)
+        XCTAssertEqual(l.passStarted(), [], "no longer due")
+        _ = l.passEnded()
+        XCTAssertFalse(l.finished("a", size: 500, limit: 1000), "a new tenant of the name counts from 0")
+    }
 }

@@ -258,6 +258,7 @@ extension Supervisor {
                 case .removeJobs:
                     // Batches: a tenant with many records does not hold the write lock long.
                     while try store.removeJobs(name, limit: 1000) > 0 {}
+                    tenantData.records.ledger.forget(name.value)
                 case .retireUID:
                     _ = core.removeTenant(name)
                     agentTenantRemoved(name)
