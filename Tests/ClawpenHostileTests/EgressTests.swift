@@ -556,7 +556,9 @@ final class EgressTests: XCTestCase {
     /// tenant created later under the same name, in the same run of the daemon, gets a new one.
     func testOffboardingRemovesTheTenantsCAAndTheNextOfTheNameGetsANewOne() throws {
         try start()
-        XCTAssertEqual(try sh("u", "true").state, .succeeded)
+        // A denied request, so that the tenant has counters to forget.
+        _ = try sh("u", "curl --noproxy '' -sS http://localhost:1/ >/dev/null 2>&1; true")
+        XCTAssertTrue(try daemon.eventually { (try daemon.tenantStatus("u")["egress"]?["requests_denied"]?.intValue ?? 0) >= 1 })
         let pem = daemon.stateDir + "/egress/u-ca.pem", key = daemon.stateDir + "/egress/u-ca.key"
         XCTAssertTrue(FileManager.default.fileExists(atPath: key))
         let before = try String(contentsOfFile: pem, encoding: .utf8)
@@ -570,6 +572,7 @@ final class EgressTests: XCTestCase {
         let after = try String(contentsOfFile: pem, encoding: .utf8)
         XCTAssertNotEqual(before, after, "a new CA for the new tenant of the name")
         XCTAssertFalse(job.stdout.contains(before.trimmingCharacters(in: .whitespacesAndNewlines)), "its sandbox does not trust the old one")
+        XCTAssertEqual(try daemon.tenantStatus("u")["egress"]?["requests_denied"]?.intValue ?? 0, 0, "the old tenant's counters are not the new one's")
     }
 
     func testOneTenantCannotHoldMoreThanItsEgressMaxConnections() throws {

@@ -89,11 +89,13 @@ extension Supervisor {
         return ca
     }
 
-    /// The tenant is gone (offboarded): its CA leaves memory and the state dir, and the proxy
-    /// forgets the tenant. Before, a tenant created later under the same name in the same run
+    /// The tenant is gone (offboarded): its CA leaves memory and the state dir, its counters
+    /// go, and the proxy forgets the tenant. Before, a tenant created later under the same name in the same run
     /// got the offboarded one's CA from memory, and the files stayed until a start replaced them.
     func egressTenantRemoved(_ name: TenantName) {
         egress.cas[name] = nil
+        // Its counters too: status would show them for a new tenant of the name.
+        egress.counters[name] = nil
         if egress.configured.remove(name) != nil { sendToProxy(.object([("type", .string("forget")), ("tenant", .string(name.value))])) }
         for path in [caCertPath(name), caKeyPath(name)] where unlink(path) != 0 && errno != ENOENT {
             logger.warning("cannot remove the tenant's egress CA", metadata: ["tenant": "\(name)", "path": "\(path)", "error": "\(errnoString(errno))"])

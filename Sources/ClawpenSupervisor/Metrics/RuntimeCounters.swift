@@ -30,6 +30,8 @@ struct RuntimeCounters {
 
     private(set) var tenants: [TenantName: Tenant] = [:]
 
+    /// The tenant was offboarded: a tenant created later under the name starts from nothing.
+    mutating func forget(_ t: TenantName) { tenants[t] = nil }
     mutating func output(_ t: TenantName, bytes: Int) { tenants[t, default: Tenant()].outputBytes += Int64(bytes) }
     mutating func input(_ t: TenantName, bytes: Int) { tenants[t, default: Tenant()].inputBytes += Int64(bytes) }
     mutating func slowFollowersDetached(_ t: TenantName, count: Int) {

@@ -263,6 +263,8 @@ extension Supervisor {
                     _ = core.removeTenant(name)
                     agentTenantRemoved(name)
                     egressTenantRemoved(name)
+                    runtimeCounters.forget(name)
+                    freezeMethods[name] = nil
                     try store.retireTenant(name, uid: e.uid, now: Clock.now())
                     _ = cgroups?.tryRemove(tenant: name)
                 case .removeAudit:
