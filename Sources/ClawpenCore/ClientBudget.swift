@@ -166,27 +166,26 @@ public struct ClientLedger: Sendable {
             // `key`: the id it is compared by among equals (a tenant's: the trigger if it is
             // one of them, else its biggest); `id`: the connection that goes.
             var best: (key: UInt64, held: Int, id: UInt64, group: String?)?
-            func better(_ key: UInt64, _ held: Int, than b: (key: UInt64, held: Int, id: UInt64, group: String?)?) -> Bool {
-                guard let b else { return true }
-                if held != b.held { return held > b.held }
-                return b.key != trigger && (key == trigger || key > b.key)
+            /// The one rule among connections and among holders alike: more bytes, then the
+            /// trigger, then the newest.
+            func goesBefore(_ key: UInt64, _ held: Int, _ otherKey: UInt64, _ otherHeld: Int) -> Bool {
+                if held != otherHeld { return held > otherHeld }
+                return otherKey != trigger && (key == trigger || key > otherKey)
             }
             for (id, e) in entries where e.held > 0 {
                 guard let g = e.group else {
-                    if better(id, e.held, than: best) { best = (id, e.held, id, nil) }
+                    if best.map({ goesBefore(id, e.held, $0.key, $0.held) }) ?? true { best = (id, e.held, id, nil) }
                     continue
                 }
                 var h = holders[g] ?? (0, id, e.held)
                 h.held += e.held
-                if e.held > h.biggestHeld || (e.held == h.biggestHeld && h.biggest != trigger && (id == trigger || id > h.biggest)) {
-                    h.biggest = id; h.biggestHeld = e.held
-                }
+                if goesBefore(id, e.held, h.biggest, h.biggestHeld) { h.biggest = id; h.biggestHeld = e.held }
                 holders[g] = h
             }
             let triggerGroup = entries[trigger]?.group
             for (g, h) in holders {
                 let key = triggerGroup == g ? trigger : h.biggest
-                if better(key, h.held, than: best) { best = (key, h.held, h.biggest, g) }
+                if best.map({ goesBefore(key, h.held, $0.key, $0.held) }) ?? true { best = (key, h.held, h.biggest, g) }
             }
             guard let best else { break }
             var eviction = evict(best.id, .allClientsBudget)

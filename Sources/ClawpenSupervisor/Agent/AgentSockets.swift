@@ -102,12 +102,9 @@ struct AgentState {
     var connections = AgentConnections(allLimit: AgentConnections.allLimit(descriptors: Self.descriptorLimit()))
     var paused: Set<TenantName> = []
     var allWereHeld = false
-    /// When each tenant's pause and the common one were last logged: a job can go to its limit
-    /// and back without end (close one, open one), and each pause would be a line in the
-    /// journal every tenant shares. At most one per `warnEverySeconds` each.
-    var pauseWarnedAt: [TenantName: Double] = [:]
-    var allHeldWarnedAt = -Double.infinity
-    static let warnEverySeconds = 10.0
+    /// The pause warnings, per tenant and (nil) for the common limit: a job can go to its limit
+    /// and back without end (close one, open one).
+    var pauseWarnings = WarningThrottle<TenantName?>()
 
     static func descriptorLimit() -> Int {
         var rl = rlimit()
@@ -253,9 +250,7 @@ extension Supervisor {
     func refreshAgentListeners(_ name: TenantName?) {
         let allHeld = agent.connections.allHeld
         let names = name == nil || allHeld != agent.allWereHeld ? Array(agent.listeners.keys) : [name!]
-        let now = Clock.monotonic()
-        if allHeld && !agent.allWereHeld && now - agent.allHeldWarnedAt >= AgentState.warnEverySeconds {
-            agent.allHeldWarnedAt = now
+        if allHeld && !agent.allWereHeld && agent.pauseWarnings.allows(nil) {
             logger.warning(
                 "agent sockets: all tenants' connections reached the common limit; no agent socket accepts until some close",
                 metadata: ["all_limit": "\(agent.connections.allLimit)"])
@@ -270,8 +265,7 @@ extension Supervisor {
                 agent.paused.remove(n)
             } else {
                 agent.paused.insert(n)
-                if !allHeld && now - agent.pauseWarnedAt[n, default: -.infinity] >= AgentState.warnEverySeconds {
-                    agent.pauseWarnedAt[n] = now
+                if !allHeld && agent.pauseWarnings.allows(n) {
                     logger.warning(
                         "agent socket: the tenant's jobs hold agent_max_connections connections; it accepts no more until one closes",
                         metadata: ["tenant": "\(n)", "rule": "agent_max_connections", "limit": "\(limit)"])
@@ -306,7 +300,7 @@ extension Supervisor {
     func agentTenantRemoved(_ name: TenantName) {
         agent.listeners.removeValue(forKey: name)?.close(promise: nil)
         agent.paused.remove(name)
-        agent.pauseWarnedAt[name] = nil
+        agent.pauseWarnings.forget(name)
         if let fd = agent.directoryFDs.removeValue(forKey: name) { close(fd) }
         // Root's, in the state dir; the sandbox had it read-only, so nothing in it is the tenant's.
         let dir = agentDirectory(name)

@@ -11,11 +11,9 @@ struct ControlSocketState {
     /// The listening channel, once bound: paused (autoRead off) while all connections are held.
     var listener: Channel?
     var paused = false
-    /// When each uid was last logged at its limit, and the common limit: at most one warning
-    /// per `warnEverySeconds` each, since a client can go to its limit and back without end.
-    var warnedUIDs: [UInt32: Double] = [:]
-    var warnedAll: Double = -.infinity
-    static let warnEverySeconds = 10.0
+    /// The limit warnings, per uid and (nil) for the common limit: a client can go to its limit
+    /// and back without end.
+    var warnings = WarningThrottle<UInt32?>()
 }
 
 extension Supervisor {
@@ -35,8 +33,7 @@ extension Supervisor {
         refreshControlListener()
         switch verdict {
         case .accepted:
-            if control.connections.held(by: uid) == control.connections.perUID, shouldWarn(&control.warnedUIDs[uid, default: -.infinity]) {
-                if control.warnedUIDs.count > 1024 { control.warnedUIDs = [uid: Clock.monotonic()] }
+            if control.connections.held(by: uid) == control.connections.perUID, control.warnings.allows(uid) {
                 logger.warning(
                     "control socket: a peer uid holds its limit of connections (--max-clients-per-uid); more from it are refused until some close",
                     metadata: ["peer_uid": "\(uid)", "limit": "\(control.connections.perUID)"])
@@ -63,14 +60,6 @@ extension Supervisor {
         return Reply.error(e, id: .null)
     }
 
-    /// True (and `last` set to now) when the last warning of its kind is old enough.
-    private func shouldWarn(_ last: inout Double) -> Bool {
-        let now = Clock.monotonic()
-        guard now - last >= ControlSocketState.warnEverySeconds else { return false }
-        last = now
-        return true
-    }
-
     func controlConnectionClosed(uid: UInt32) {
         control.connections.closed(uid: uid)
         refreshControlListener()
@@ -82,7 +71,7 @@ extension Supervisor {
         let accepts = control.connections.accepts
         guard accepts == control.paused, let listener = control.listener else { return }
         control.paused = !accepts
-        if control.paused, shouldWarn(&control.warnedAll) {
+        if control.paused, control.warnings.allows(nil) {
             logger.warning(
                 "control socket: all connections reached --max-clients; it accepts again when some close",
                 metadata: ["limit": "\(control.connections.all)"])
