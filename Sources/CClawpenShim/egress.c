@@ -31,7 +31,11 @@ int cp_netns_listen_tcp(int netns_fd, uint16_t port) {
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(sock, (struct sockaddr *)&a, sizeof a) != 0 || listen(sock, 1024) != 0) {
+    int bound = bind(sock, (struct sockaddr *)&a, sizeof a);
+    // The worker brings lo up at the same moment (its sandbox's first step): this side can see
+    // IFF_UP a moment before the kernel has given lo its address. Wait for it, once.
+    if (bound != 0 && errno == EADDRNOTAVAIL && cp_loopback_settle() == 0) bound = bind(sock, (struct sockaddr *)&a, sizeof a);
+    if (bound != 0 || listen(sock, 1024) != 0) {
         e = errno; close(sock); sock = -1;
     }
 back:

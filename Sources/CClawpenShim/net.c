@@ -58,3 +58,23 @@ int cp_loopback_up(void) {
     errno = e;
     return rc;
 }
+
+int cp_loopback_settle(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+    // Unconditional: SIOCSIFFLAGS takes the rtnl lock, which whoever is bringing lo up holds
+    // until the kernel has given it 127.0.0.1 (the NETDEV_UP notifier). Once it returns, the
+    // address is there.
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc;
+}

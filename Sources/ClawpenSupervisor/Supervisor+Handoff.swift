@@ -71,7 +71,7 @@ extension Supervisor {
             w.exited = true // its channel closes here; the worker goes on
             fileWorkerGone(w)
             agentWorkerGone(w)
-            detachEgress(workerID: w.ref.id)
+            egressWorkerGone(w)
             workers[w.ref.id] = nil
             handoff.handedOff.insert(w.tenant)
             perform(core.workerHandedOff(w.ref))
@@ -193,7 +193,7 @@ extension Supervisor {
         }
         if w.pidFD >= 0 { close(w.pidFD); w.pidFD = -1 }
         workers[w.ref.id] = nil
-        detachEgress(workerID: w.ref.id)
+        egressWorkerGone(w)
         freezeMethods[w.tenant] = nil
         let how = WorkerFailure(.exited, stage: "exit", detail: "exited (adopted at an upgrade: its exit status went to its new parent)")
         perform(core.workerExited(w.ref, how: how))

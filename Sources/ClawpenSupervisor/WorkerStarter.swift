@@ -215,7 +215,7 @@ extension Supervisor {
             return
         }
         workers[w.ref.id] = nil
-        detachEgress(workerID: w.ref.id)
+        egressWorkerGone(w)
         freezeMethods[w.tenant] = nil
         let how =
             r < 0

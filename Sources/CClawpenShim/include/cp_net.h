@@ -24,7 +24,15 @@ uint64_t cp_sandbox_clone_flags_without_net(void);
 int cp_netns_create(void);
 
 /// Brings up `lo` in the current network namespace (nothing to do when it is up already).
+/// "Up already" is read without the kernel's rtnl lock: when another thread or process is
+/// bringing `lo` up at the same moment, this can return before `lo` has 127.0.0.1 (a bind to it
+/// fails with EADDRNOTAVAIL). cp_loopback_settle waits for that.
 int cp_loopback_up(void);
+
+/// Brings up `lo` under the rtnl lock even when it looks up: returns once whoever was bringing
+/// it up is done and 127.0.0.1 is on it. Slower than cp_loopback_up (it waits for the lock);
+/// for the case where that one was not enough.
+int cp_loopback_settle(void);
 
 #ifdef __cplusplus
 }

@@ -55,6 +55,9 @@ struct EgressState {
     /// The listener of each worker that has one, by worker id.
     var listeners: [UInt64: UInt64] = [:]
     var nextListener: UInt64 = 1
+    /// Tenants whose running worker has no listener, and why (status' `egress.unavailable`):
+    /// its jobs' requests are refused at connect until its next worker.
+    var listenerFailures: [TenantName: String] = [:]
     /// Tenants whose configuration the proxy has.
     var configured: Set<TenantName> = []
     /// Report frames the proxy dropped because the daemon read them too slowly.
@@ -298,14 +301,17 @@ extension Supervisor {
         if !egress.configured.contains(name) { pushEgressConfig(name) }
         let ns = open("/proc/\(workerPID)/ns/net", O_RDONLY | O_CLOEXEC)
         guard ns >= 0 else {
-            logger.error(
-                "cannot open the worker's network namespace for its egress listener", metadata: ["tenant": "\(name)", "errno": "\(errnoString(errno))"])
+            let why = errnoString(errno)
+            egress.listenerFailures[name] = "cannot open the worker's network namespace (\(why)); its next worker tries again"
+            logger.error("cannot open the worker's network namespace for its egress listener", metadata: ["tenant": "\(name)", "errno": "\(why)"])
             return
         }
         defer { close(ns) }
         let fd = cp_netns_listen_tcp(ns, EgressState.proxyPort)
         guard fd >= 0 else {
-            logger.error("cannot listen on 127.0.0.1:3128 in the worker's namespace", metadata: ["tenant": "\(name)", "errno": "\(errnoString(errno))"])
+            let why = errnoString(errno)
+            egress.listenerFailures[name] = "cannot listen on 127.0.0.1:3128 in the worker's network namespace (\(why)); its next worker tries again"
+            logger.error("cannot listen on 127.0.0.1:3128 in the worker's namespace", metadata: ["tenant": "\(name)", "errno": "\(why)"])
             return
         }
         defer { close(fd) }
@@ -313,7 +319,15 @@ extension Supervisor {
         egress.nextListener += 1
         if sendToProxy(.object([("type", .string("listener")), ("tenant", .string(name.value)), ("listener", .int(Int64(id)))]), fd: fd) {
             egress.listeners[workerID] = id
+            egress.listenerFailures[name] = nil
         }
+    }
+
+    /// A worker ended (or was handed to the next supervisor): its listener goes, and so does
+    /// the record of one it could not get.
+    func egressWorkerGone(_ w: WorkerHandle) {
+        detachEgress(workerID: w.ref.id)
+        egress.listenerFailures[w.tenant] = nil
     }
 
     func detachEgress(workerID: UInt64) {
@@ -494,7 +508,7 @@ extension Supervisor {
         let c = egress.counters[t.name] ?? EgressCounters()
         var o = JSONObjectBuilder()
         o.set("proxy", egress.proxy != nil ? JSONValue.string(EgressState.proxyURL) : JSONValue.null)
-        o.set("unavailable", egress.unavailable)
+        o.set("unavailable", egress.unavailable ?? egress.listenerFailures[t.name])
         o.set("allow", .array(t.limits.egressAllow.map { .string($0.text) }))
         o.set("requests_allowed", c.requestsAllowed)
         o.set("requests_denied", c.requestsDenied)

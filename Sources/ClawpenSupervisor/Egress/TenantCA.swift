@@ -96,6 +96,7 @@ extension Supervisor {
         egress.cas[name] = nil
         // Its counters too: status would show them for a new tenant of the name.
         egress.counters[name] = nil
+        egress.listenerFailures[name] = nil
         if egress.configured.remove(name) != nil { sendToProxy(.object([("type", .string("forget")), ("tenant", .string(name.value))])) }
         for path in [caCertPath(name), caKeyPath(name)] where unlink(path) != 0 && errno != ENOENT {
             logger.warning("cannot remove the tenant's egress CA", metadata: ["tenant": "\(name)", "path": "\(path)", "error": "\(errnoString(errno))"])
