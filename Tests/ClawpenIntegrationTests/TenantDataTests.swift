@@ -92,6 +92,7 @@ final class TenantDataTests: XCTestCase {
         XCTAssertEqual(try daemon.run("acme", ["true"]).state, .succeeded, "not suspended")
         XCTAssertEqual(try cli(["job", "get", job.id]).status, 0)
 
+        XCTAssertTrue(try cli(["metrics"]).stdout.contains("tenant=\"acme\""), "acme has series before")
         r = try cli(["tenant", "offboard", "acme", "--now", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr + daemon.log)
         XCTAssertEqual(try JSONValue.parse(Array(r.stdout.utf8))["offboarding"]?["state"]?.stringValue, "done")
@@ -107,6 +108,10 @@ final class TenantDataTests: XCTestCase {
             daemon.eventually(5) { !((try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8)) ?? "").contains(daemon.stateDir + "/agent/acme/") },
             "acme's agent listener is closed: \(unixSockets.split(separator: "\n").filter { $0.contains("/agent/") })")
         XCTAssertTrue(FileManager.default.fileExists(atPath: daemon.stateDir + "/agent/bob/clawpen.sock"), "bob's is kept")
+        // Its metric series leave the exposition; bob's stay.
+        let metrics = try cli(["metrics"]).stdout
+        XCTAssertFalse(metrics.contains("tenant=\"acme\""), metrics.split(separator: "\n").filter { $0.contains("acme") }.joined(separator: "\n"))
+        XCTAssertTrue(metrics.contains("clawpen_jobs_total{tenant=\"bob\""), "bob's series are kept")
         // Not one job marker, secret or key of acme left in the state dir.
         daemon.stop()
         for marker in ["OUT-7001-o1", "secret-o1"] { XCTAssertEqual(filesContain(daemon.stateDir, marker), [], marker) }

@@ -107,6 +107,28 @@ final class SupervisorMetrics {
         }
     }
 
+    /// The tenant was offboarded: its series leave the exposition (a tenant created later under
+    /// the name starts from nothing, which Prometheus reads as a counter reset).
+    func forget(_ t: TenantName) {
+        if let s = tenants.removeValue(forKey: t) {
+            for h in [s.queueWait, s.runTime, s.workerStartTime] { registry.unregisterValueHistogram(h) }
+            for c in [s.workerStarts, s.quarantines, s.oomKills] + Array(s.jobs.values) { registry.unregisterCounter(c) }
+        }
+        // State-derived series: their keys hold the labels as `tenant=NAME` (a name has no `,`).
+        let label = "tenant=\(t.value)"
+        func isTenants(_ key: String) -> Bool {
+            guard let bar = key.firstIndex(of: "|") else { return false }
+            return key[key.index(after: bar)...].split(separator: ",").contains { $0 == label }
+        }
+        for key in counters.keys where isTenants(key) {
+            if let c = counters.removeValue(forKey: key) { registry.unregisterCounter(c) }
+            lastSeen[key] = nil
+        }
+        for key in gauges.keys where isTenants(key) {
+            if let g = gauges.removeValue(forKey: key) { registry.unregisterGauge(g) }
+        }
+    }
+
     func workerStarted(_ t: TenantName) { series(t).workerStarts.increment() }
     func workerReady(_ t: TenantName, seconds: Double) { series(t).workerStartTime.record(max(0, seconds)) }
     func quarantined(_ t: TenantName) { series(t).quarantines.increment() }

@@ -264,6 +264,7 @@ extension Supervisor {
                     agentTenantRemoved(name)
                     egressTenantRemoved(name)
                     runtimeCounters.forget(name)
+                    metrics.forget(name)
                     freezeMethods[name] = nil
                     try store.retireTenant(name, uid: e.uid, now: Clock.now())
                     _ = cgroups?.tryRemove(tenant: name)
