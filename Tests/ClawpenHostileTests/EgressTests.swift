@@ -221,6 +221,53 @@ final class EgressTests: XCTestCase {
         XCTAssertTrue(daemon.log.contains("egress proxy exited; restarting it"), daemon.log)
     }
 
+    /// While the proxy is down, a job may take 127.0.0.1:3128 in its own namespace (it only
+    /// fools itself: the namespace is its tenant's). The restarted proxy's listener cannot be
+    /// made then (EADDRINUSE); it is tried again every 100 ms, status says so meanwhile, and
+    /// once the job lets go the tenant's requests go through the real proxy again, from the
+    /// same worker.
+    func testAProxyPortHeldByAJobIsTriedAgainUntilItIsFree() throws {
+        try start()
+        let h = up.httpPort
+        XCTAssertEqual(try sh("c", "curl --noproxy '' -sS http://localhost:\(h)/before").state, .succeeded)
+        let worker = try daemon.tenantStatus("c")["worker_pid"]?.intValue
+        let squatter = try daemon.detach(
+            "c",
+            [
+                "python3", "-c",
+                """
+                import socket, time
+                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                deadline = time.time() + 20
+                while True:
+                    try:
+                        s.bind(("127.0.0.1", 3128)); s.listen(1); break
+                    except OSError:
+                        if time.time() > deadline: raise
+                        time.sleep(0.002)
+                print("held", flush=True)
+                time.sleep(1.5)
+                s.close()
+                """,
+            ])
+        XCTAssertTrue(try daemon.eventually(10) { try daemon.connect().job(.jobGet(jobID: squatter.id)).job.state == .running })
+        let pid = try XCTUnwrap(try proxyStatus()["pid"]?.intValue)
+        XCTAssertEqual(try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), "clawpen-egress\n")
+        XCTAssertEqual(kill(pid_t(pid), SIGKILL), 0)
+        let held = try daemon.connect().job(.jobWait(jobID: squatter.id)).job
+        XCTAssertEqual(held.state, .succeeded, held.stderr)
+        XCTAssertEqual(held.stdout, "held\n", "the job took the port while the proxy was down")
+        XCTAssertTrue(daemon.log.contains("Address already in use"), daemon.log.suffix(3000).description)
+        var job: JobView?
+        XCTAssertTrue(
+            try daemon.eventually(10) {
+                job = try sh("c", "curl --noproxy '' -sS http://localhost:\(h)/after")
+                return job?.stdout.contains("path=/after") ?? false
+            }, "\(job?.stdout ?? "") \(job?.stderr ?? "") \(daemon.log.suffix(3000))")
+        XCTAssertNil(try daemon.tenantStatus("c")["egress"]?["unavailable"]?.stringValue)
+        XCTAssertEqual(try daemon.tenantStatus("c")["worker_pid"]?.intValue, worker, "the same worker")
+    }
+
     /// The tenant's CA is kept in the state dir, its key sealed with the tenant's data key: a
     /// restart of the daemon gives the sandbox the same CA, and HTTPS with substitution works
     /// with it (the proxy signs with the stored key).

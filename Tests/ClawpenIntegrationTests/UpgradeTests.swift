@@ -78,8 +78,8 @@ final class UpgradeTests: XCTestCase {
     }
 
     /// A daemon started with the store stand-in as its NOTIFY_SOCKET (both removed after the test).
-    private func startWithStore() throws -> (Daemon, Store) {
-        let d = try Daemon()
+    private func startWithStore(_ d: Daemon? = nil) throws -> (Daemon, Store) {
+        let d = try d ?? Daemon()
         addTeardownBlock { try? FileManager.default.removeItem(atPath: d.dir) }
         let store = try Store(dir: d.dir)
         addTeardownBlock { store.stop() }
@@ -224,6 +224,38 @@ final class UpgradeTests: XCTestCase {
         XCTAssertFalse(d.log.contains("misbehaved"), d.log)
         XCTAssertEqual(try d.run("a", ["echo", "after"]).stdout, "after\n")
         XCTAssertEqual(workerPID(d, "a"), pidA)
+        kill(next, SIGTERM)
+        XCTAssertTrue(waitGone(next, 20), d.log)
+    }
+
+    /// An egress tenant's worker kept across a restart keeps its way out: the listener in its
+    /// network namespace went with the previous supervisor's proxy, and the next supervisor
+    /// makes one for its own proxy, so the same worker's next job reaches the upstream (a
+    /// listener that could not be made is in the tenant's `egress.unavailable`).
+    func testAnAdoptedEgressWorkerReachesTheUpstreamThroughTheNextProxy() throws {
+        try XCTSkipUnless(geteuid() == 0, "the sandbox (and a network namespace per worker) needs root")
+        let dir = try Daemon.tempDir()
+        let up = try EgressUpstreams(dir: dir)
+        defer { up.stop() }
+        let h = up.httpPort
+        let pol = try Daemon.policiesWithOverrides(in: dir, ["e": "network = \"egress\"\n\n[egress]\nallow = [\"localhost:\(h)\", \"127.0.0.1:\(h)\"]\n"])
+        let (d, store) = try startWithStore(try Daemon(dir: dir, policies: pol))
+        try d.createTenant("e", tier: "pro")
+        let get = "curl --noproxy '' -sS http://localhost:\(h)/"
+        let before = try d.run("e", ["sh", "-c", get + "before"])
+        XCTAssertTrue(before.stdout.contains("path=/before"), before.stdout + before.stderr + d.log)
+        let pid = try XCTUnwrap(workerPID(d, "e"))
+        XCTAssertEqual(d.stop(), 0, d.log)
+        XCTAssertTrue(store.names.contains("worker.\(pid).e"), store.messages + d.log)
+        let next = try store.startAgain(d)
+        defer { if kill(next, 0) == 0 { kill(next, SIGKILL) } }
+        XCTAssertTrue(d.eventually(20) { (try? d.connect().call(.ping)) != nil }, d.log)
+        for round in 1...3 {
+            let after = try d.run("e", ["sh", "-c", get + "after-\(round)"])
+            XCTAssertTrue(after.stdout.contains("path=/after-\(round)"), "\(after.stdout) \(after.stderr) \(d.log.suffix(3000))")
+        }
+        XCTAssertEqual(workerPID(d, "e"), pid, "the same worker: \(d.log)")
+        XCTAssertNil(try d.tenantStatus("e")["egress"]?["unavailable"]?.stringValue)
         kill(next, SIGTERM)
         XCTAssertTrue(waitGone(next, 20), d.log)
     }

@@ -55,6 +55,8 @@ struct EgressState {
     /// The listener of each worker that has one, by worker id.
     var listeners: [UInt64: UInt64] = [:]
     var nextListener: UInt64 = 1
+    /// A listener that cannot be made is tried again every 100 ms this many times (3 s).
+    static let listenAttempts = 30
     /// Tenants whose running worker has no listener, and why (status' `egress.unavailable`):
     /// its jobs' requests are refused at connect until its next worker.
     var listenerFailures: [TenantName: String] = [:]
@@ -296,7 +298,7 @@ extension Supervisor {
     // MARK: Listeners
 
     /// A new worker of an `egress` tenant: a listener in its network namespace, for the proxy.
-    func attachEgress(_ name: TenantName, workerPID: Int32, workerID: UInt64) {
+    func attachEgress(_ name: TenantName, workerPID: Int32, workerID: UInt64, attempt: Int = 0) {
         guard sandboxEnabled, egress.proxy != nil, core.tenants[name]?.limits.network == "egress" else { return }
         if !egress.configured.contains(name) { pushEgressConfig(name) }
         let ns = open("/proc/\(workerPID)/ns/net", O_RDONLY | O_CLOEXEC)
@@ -310,8 +312,21 @@ extension Supervisor {
         let fd = cp_netns_listen_tcp(ns, EgressState.proxyPort)
         guard fd >= 0 else {
             let why = errnoString(errno)
-            egress.listenerFailures[name] = "cannot listen on 127.0.0.1:3128 in the worker's network namespace (\(why)); its next worker tries again"
-            logger.error("cannot listen on 127.0.0.1:3128 in the worker's namespace", metadata: ["tenant": "\(name)", "errno": "\(why)"])
+            // EADDRINUSE: the previous proxy (an upgrade's, or one that just died) still holds the
+            // old listener for a moment. Tried again for a few seconds while the worker runs.
+            let retry = attempt < EgressState.listenAttempts
+            egress.listenerFailures[name] =
+                "cannot listen on 127.0.0.1:3128 in the worker's network namespace (\(why)); "
+                + (retry ? "trying again" : "its next worker tries again")
+            logger.error(
+                "cannot listen on 127.0.0.1:3128 in the worker's namespace",
+                metadata: ["tenant": "\(name)", "errno": "\(why)", "attempt": "\(attempt + 1)"])
+            if retry {
+                loop.scheduleTask(in: .milliseconds(100)) { [self] in
+                    guard let w = workers[workerID], !w.exited, w.pid == workerPID, egress.listeners[workerID] == nil else { return }
+                    attachEgress(name, workerPID: workerPID, workerID: workerID, attempt: attempt + 1)
+                }
+            }
             return
         }
         defer { close(fd) }
