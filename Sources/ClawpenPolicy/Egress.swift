@@ -96,6 +96,9 @@ public enum RestrictedRanges {
         ("192.0.0.0/24", "IETF protocol assignments"), ("198.18.0.0/15", "benchmarking"), ("224.0.0.0/4", "multicast"),
         ("240.0.0.0/4", "reserved and broadcast"), ("::/128", "unspecified"), ("::1/128", "loopback"), ("fc00::/7", "unique local (ULA)"),
         ("fe80::/10", "link-local"), ("fec0::/10", "site-local"), ("ff00::/8", "multicast"), ("64:ff9b::/96", "NAT64 (reaches IPv4 ranges)"),
+        // IPv6 forms that carry an IPv4 address a translator or tunnel on the host may reach.
+        ("64:ff9b:1::/48", "local-use NAT64 (reaches IPv4 ranges)"), ("2002::/16", "6to4 (carries an IPv4 address)"),
+        ("::/96", "IPv4-compatible (deprecated; carries an IPv4 address)"),
     ].compactMap { text, name in IPRange(text).map { ($0, name) } }
 
     /// The first restricted range holding `a`, if any.
@@ -133,7 +136,12 @@ public struct EgressRule: Sendable, Equatable, CustomStringConvertible {
         guard let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
             throw bad("the port must be a number from 1 to 65535")
         }
-        if hostPart.hasPrefix("[") && hostPart.hasSuffix("]") { hostPart = String(hostPart.dropFirst().dropLast()) }
+        if hostPart.hasPrefix("[") && hostPart.hasSuffix("]") {
+            hostPart = String(hostPart.dropFirst().dropLast())
+        } else if hostPart.contains(":") {
+            // "fd00::1:443" could be fd00::1 port 443 or fd00::1:443 with the port forgotten.
+            throw bad("an IPv6 address or range takes brackets before its port, as in \"[fd00::1]:443\" or \"[fd00::/8]:443\"")
+        }
         if let addr = IPAddress(hostPart) {
             guard let single = IPRange(addr, prefix: addr.bytes.count * 8) else { throw bad("not an address") }
             target = .range(single)
@@ -327,7 +335,7 @@ public enum EgressPolicy {
         return EgressDecision(
             allowed: false, rule: "ssrf \(range)", refusedAddress: a,
             message:
-                "\(host) resolves to \(a), which is in \(range) (\(name)); a name may not lead there unless an allow rule names the address itself (e.g. \"\(a):\(port)\")"
+                "\(host) resolves to \(a), which is in \(range) (\(name)); a name may not lead there unless an allow rule names the address itself (e.g. \"\(a.isV4 ? "\(a)" : "[\(a)]"):\(port)\")"
         )
     }
 }

@@ -31,11 +31,16 @@ final class EgressPolicyTests: XCTestCase {
             ("127.0.0.1", "127.0.0.0/8"), ("10.1.2.3", "10.0.0.0/8"), ("172.20.0.1", "172.16.0.0/12"), ("192.168.1.1", "192.168.0.0/16"),
             ("169.254.169.254", "169.254.0.0/16"), ("100.64.0.1", "100.64.0.0/10"), ("0.0.0.0", "0.0.0.0/8"), ("224.0.0.1", "224.0.0.0/4"),
             ("::1", "::1/128"), ("fd00::1", "fc00::/7"), ("fe80::1", "fe80::/10"), ("::ffff:127.0.0.1", "127.0.0.0/8"), ("::", "::/128"),
+            ("64:ff9b:1::a00:1", "64:ff9b:1::/48"), ("2002:7f00:1::1", "2002::/16"), ("::7f00:1", "::/96"),
         ] {
             let d = EgressPolicy.decide(host: "internal.example.com", port: 443, addresses: [ip(address)], allow: allow)
             XCTAssertFalse(d.allowed, address)
             XCTAssertEqual(d.rule, "ssrf \(range)", address)
-            XCTAssertTrue(d.message.contains(address) || address.hasPrefix("::ffff"), d.message)
+            XCTAssertTrue(d.message.contains(address) || address.hasPrefix("::ffff") || address == "::7f00:1", d.message)
+            // The rule the message suggests is one the policy loader takes.
+            if let suggested = d.message.split(separator: "\"").dropFirst().first {
+                XCTAssertNoThrow(try rules([String(suggested)]), "\(suggested)")
+            }
         }
         // A public address among private ones is the one used.
         let mixed = EgressPolicy.decide(host: "internal.example.com", port: 443, addresses: [ip("10.0.0.1"), ip("93.184.215.14")], allow: allow)
@@ -49,6 +54,10 @@ final class EgressPolicyTests: XCTestCase {
 
     func testAddressLiteralsNeedAnAddressRule() throws {
         let allow = try rules(["127.0.0.1:8080", "[::1]:9000", "10.0.0.0/8:443"])
+        // Without brackets the port of an IPv6 address is a guess: refused, with the form to use.
+        for text in ["::1:9000", "fd00::/8:443"] {
+            XCTAssertThrowsError(try rules([text]), text) { XCTAssertTrue("\($0)".contains("takes brackets"), "\($0)") }
+        }
         XCTAssertTrue(EgressPolicy.decide(host: "127.0.0.1", port: 8080, addresses: [ip("127.0.0.1")], allow: allow).allowed)
         XCTAssertFalse(EgressPolicy.decide(host: "127.0.0.1", port: 8081, addresses: [ip("127.0.0.1")], allow: allow).allowed)
         XCTAssertTrue(EgressPolicy.decide(host: "[::1]", port: 9000, addresses: [ip("::1")], allow: allow).allowed)
