@@ -54,6 +54,29 @@ struct Status: ParsableCommand {
         return out
     }
 
+    /// The egress proxy in one line, and each egress tenant that has no way out while it runs
+    /// (its worker's listener could not be made). Nil when no tenant shown is `egress` and the
+    /// proxy runs (or was never meant to).
+    static func egressLine(_ e: JSONValue, tenants: [JSONValue]) -> String? {
+        let egressTenants = tenants.filter { if case .object = $0["egress"] ?? .null { return true } else { return false } }
+        let state = e["state"]?.stringValue ?? "-"
+        guard !egressTenants.isEmpty || state == "restarting" else { return nil }
+        var out = "egress: "
+        if state == "running" {
+            out += "proxy running (pid \(e["pid"]?.intValue.map(String.init) ?? "-"), up \(Format.duration(e["uptime_s"]?.doubleValue))"
+            out += ", \(e["restarts"]?.intValue ?? 0) restart(s)), \(egressTenants.count) egress tenant(s)"
+        } else {
+            out += "proxy \(state.uppercased()): \(e["unavailable"]?.stringValue ?? "?")"
+            out += "; \(egressTenants.count) egress tenant(s) have no way out"
+        }
+        guard state == "running" else { return out }
+        for t in egressTenants {
+            guard let why = t["egress"]?["unavailable"]?.stringValue else { continue }
+            out += "\n  \(t["tenant"]?.stringValue ?? "?"): NO EGRESS: \(why)"
+        }
+        return out
+    }
+
     static func render(_ s: JSONValue) -> String {
         let sup = s["supervisor"] ?? .null
         let cg = sup["cgroup"] ?? .null
@@ -72,6 +95,7 @@ struct Status: ParsableCommand {
             out += " (\(r["reserved_slots"]?.intValue ?? 0) kept for tenants with nothing running), queued \(r["queued"]?.intValue ?? 0)"
         }
         if let c = sup["clients"], case .object = c { out += "\n" + Self.clientsLine(c) }
+        if let line = Self.egressLine(sup["egress"] ?? .null, tenants: s["tenants"]?.arrayValue ?? []) { out += "\n" + line }
         out += "\n\n"
         var rows = [
             ["TENANT", "TIER", "STATE", "PID", "UPTIME", "RESTARTS", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "REFUSED", "MEMORY", "CPU", "ENFORCED"]

@@ -254,6 +254,13 @@ final class EgressTests: XCTestCase {
         let pid = try XCTUnwrap(try proxyStatus()["pid"]?.intValue)
         XCTAssertEqual(try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8), "clawpen-egress\n")
         XCTAssertEqual(kill(pid_t(pid), SIGKILL), 0)
+        // The operator's view meanwhile: which tenant has no way out, and why.
+        var text = ""
+        XCTAssertTrue(
+            daemon.eventually(5) {
+                text = (try? runCLI(["status"], socket: daemon.socket).stdout) ?? ""
+                return text.contains("c: NO EGRESS: cannot listen on 127.0.0.1:3128 in the worker's network namespace (Address already in use)")
+            }, text)
         let held = try daemon.connect().job(.jobWait(jobID: squatter.id)).job
         XCTAssertEqual(held.state, .succeeded, held.stderr)
         XCTAssertEqual(held.stdout, "held\n", "the job took the port while the proxy was down")
@@ -266,6 +273,9 @@ final class EgressTests: XCTestCase {
             }, "\(job?.stdout ?? "") \(job?.stderr ?? "") \(daemon.log.suffix(3000))")
         XCTAssertNil(try daemon.tenantStatus("c")["egress"]?["unavailable"]?.stringValue)
         XCTAssertEqual(try daemon.tenantStatus("c")["worker_pid"]?.intValue, worker, "the same worker")
+        text = try runCLI(["status"], socket: daemon.socket).stdout
+        XCTAssertTrue(text.contains("egress: proxy running (pid ") && text.contains(", 1 restart(s)), 6 egress tenant(s)"), text)
+        XCTAssertFalse(text.contains("NO EGRESS"), text)
     }
 
     /// The tenant's CA is kept in the state dir, its key sealed with the tenant's data key: a
