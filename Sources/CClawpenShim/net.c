@@ -40,16 +40,15 @@ int cp_netns_create(void) {
     return fresh;
 }
 
-int cp_loopback_up(void) {
+/// Brings lo up; with `always`, sets the flags even when lo looks up already (see below).
+static int loopback_up(int always) {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return -1;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
     strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
     int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
-    // Already up (a namespace from the supervisor's pool): no SIOCSIFFLAGS, which would wait for
-    // the kernel's rtnl lock, held meanwhile by the pool making the next namespace.
-    if (rc == 0 && !(ifr.ifr_flags & IFF_UP)) {
+    if (rc == 0 && (always || !(ifr.ifr_flags & IFF_UP))) {
         ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
         rc = ioctl(s, SIOCSIFFLAGS, &ifr);
     }
@@ -59,22 +58,12 @@ int cp_loopback_up(void) {
     return rc;
 }
 
-int cp_loopback_settle(void) {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return -1;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
-    // Unconditional: SIOCSIFFLAGS takes the rtnl lock, which whoever is bringing lo up holds
-    // until the kernel has given it 127.0.0.1 (the NETDEV_UP notifier). Once it returns, the
-    // address is there.
-    if (rc == 0) {
-        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
-    }
-    int e = errno;
-    close(s);
-    errno = e;
-    return rc;
-}
+// Already up (the worker's namespace, its listener made by the supervisor): no SIOCSIFFLAGS,
+// which would wait for the kernel's rtnl lock, held meanwhile by the pool making the next
+// namespace.
+int cp_loopback_up(void) { return loopback_up(0); }
+
+// Unconditional: SIOCSIFFLAGS takes the rtnl lock, which whoever is bringing lo up holds until
+// the kernel has given it 127.0.0.1 (the NETDEV_UP notifier). Once it returns, the address is
+// there.
+int cp_loopback_settle(void) { return loopback_up(1); }
