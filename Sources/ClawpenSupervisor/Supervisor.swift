@@ -51,8 +51,11 @@ public final class Supervisor: @unchecked Sendable {
     var workers: [UInt64: WorkerHandle] = [:]
     private var timers: [CoreTimer: Scheduled<Void>] = [:]
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel),
-    /// with each connection's count against its limit (JobWaiters.swift).
-    lazy var waiters = JobWaiters<(Result<JobView, ProtocolError>) -> Void>(limits: config.waitLimits)
+    /// with each connection's count against its limit (JobWaiters.swift). Not `lazy`: a lazy
+    /// property has a getter and a setter and no in-place mutation, so every `add` copied the
+    /// table and the job's list of waits (quadratic: 65,536 waits of one job took 18.5 s to book
+    /// in a debug build, 3.8 s after, JobWaitLimitsDaemonTests). The same holds for every struct the supervisor mutates.
+    var waiters: JobWaiters<(Result<JobView, ProtocolError>) -> Void>
     /// Agent waits that lent their job's run slot, by connection (those whose lend ended are
     /// dropped as new ones come): a connection that closes takes its lends back
     /// (Requests+Agent.swift).
@@ -98,7 +101,8 @@ public final class Supervisor: @unchecked Sendable {
     /// Every client connection and the bytes held for it, against the budgets (ClientBudgetHandler.swift).
     lazy var clients = ClientTable(budget: config.clientBudget, logger: logger)
     /// The control socket's connections against their limits (ControlConnectionLimit.swift).
-    lazy var control = ControlSocketState(connections: config.controlConnections(descriptors: AgentState.descriptorLimit()))
+    /// Not `lazy`, for the reason `waiters` is not.
+    var control: ControlSocketState
     var runtimeCounters = RuntimeCounters()
     /// How each suspended tenant's processes were stopped (status says which).
     var freezeMethods: [TenantName: FreezeMethod] = [:]
@@ -125,6 +129,8 @@ public final class Supervisor: @unchecked Sendable {
         self.logger = logger; self.workerPath = workerPath; self.cgroup = cgroup
         self.seccompPrograms = seccompPrograms; self.cgroups = cgroups
         self.jobSeccompGuard = jobSeccompGuard
+        waiters = JobWaiters(limits: config.waitLimits)
+        control = ControlSocketState(connections: config.controlConnections(descriptors: AgentState.descriptorLimit()))
         let jobSlots = JobSlotIndex(cgroups: cgroups)
         self.jobSlots = jobSlots
         let maxRunning = config.maxRunning ?? Core.defaultMaxRunning(cores: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))

@@ -89,14 +89,16 @@ final class Daemon {
     /// The bench's daemons register their uid range in files of their own, not the host's. An
     /// older build (compared by scripts/bench-alternate) has no such option and registers nothing.
     static func uidRangeArguments(_ clawpen: String, root: String) -> [String] {
-        guard servesSubuidFile(clawpen) else { return [] }
+        guard serves(clawpen, option: "--subuid-file") else { return [] }
         return ["--subuid-file", root + "/subuid", "--subgid-file", root + "/subgid"]
     }
 
-    nonisolated(unsafe) private static var subuidOption: [String: Bool] = [:]
+    nonisolated(unsafe) private static var serveHelp: [String: String] = [:]
 
-    private static func servesSubuidFile(_ clawpen: String) -> Bool {
-        if let known = subuidOption[clawpen] { return known }
+    /// Whether `clawpen serve` of this build takes `option` (its --help names it): an older
+    /// build compared by scripts/bench-alternate may not.
+    static func serves(_ clawpen: String, option: String) -> Bool {
+        if let help = serveHelp[clawpen] { return help.contains(option) }
         var help = ""
         if let pipe = popen("'\(clawpen)' serve --help 2>&1", "r") {
             var buffer = [CChar](repeating: 0, count: 4096)
@@ -105,9 +107,8 @@ final class Daemon {
             }
             pclose(pipe)
         }
-        let known = help.contains("--subuid-file")
-        subuidOption[clawpen] = known
-        return known
+        serveHelp[clawpen] = help
+        return help.contains(option)
     }
 
     static func start(_ setup: Setup, label: String) throws(BenchFailure) -> Daemon {

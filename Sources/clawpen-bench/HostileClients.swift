@@ -153,6 +153,14 @@ extension Scenarios {
             throw BenchFailure("RLIMIT_NOFILE is \(raised), the scenario needs \(needed) descriptors")
         }
 
+        // The scenario is about buffer budgets: every one of its connections (all from this
+        // uid) must be let in, whatever the defaults of the connection limits are here (they
+        // follow RLIMIT_NOFILE, which differs between machines).
+        var setup = self.setup
+        if Daemon.serves(setup.clawpen, option: "--max-clients-per-uid") {
+            // Before the user's own --serve-arg, which wins (the last of an option does).
+            setup.serveArgs = ["--max-clients", "\(needed + 64)", "--max-clients-per-uid", "\(needed + 64)"] + setup.serveArgs
+        }
         try Daemon.with(setup, label: "hostile-clients") { d in
             let conn = try d.connect()
             for name in ["ordinary", "hostile"] {
