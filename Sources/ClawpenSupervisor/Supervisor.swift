@@ -53,8 +53,9 @@ public final class Supervisor: @unchecked Sendable {
     /// Callbacks waiting for a job to reach a final state (sync submit, job.wait, job.cancel),
     /// with each connection's count against its limit (JobWaiters.swift). Not `lazy`: a lazy
     /// property has a getter and a setter and no in-place mutation, so every `add` copied the
-    /// table and the job's list of waits (quadratic: 65,536 waits of one job took 18.5 s to book
-    /// in a debug build, 3.8 s after, JobWaitLimitsDaemonTests). The same holds for every struct the supervisor mutates.
+    /// table and the job's list of waits (quadratic: 65,536 waits of one job took 18.5 s to
+    /// book in a debug build, 3.8 s after; JobWaitLimitsDaemonTests). A struct the supervisor
+    /// mutates is never a lazy property.
     var waiters: JobWaiters<(Result<JobView, ProtocolError>) -> Void>
     /// Agent waits that lent their job's run slot, by connection (those whose lend ended are
     /// dropped as new ones come): a connection that closes takes its lends back
